@@ -1,0 +1,69 @@
+"""``apparate-compile``: an ONNX classifier plus bootstrap data in, an engine directory out."""
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+from apparate_trt.cli._common import HelpFormatter, Parser, flush_print, run_main
+
+DESCRIPTION = """\
+Compile an ONNX classifier for early-exit serving.
+
+Finds the candidate ramp sites (cuts) of MODEL.onnx, splits it into segments, trains one small
+ramp per site to predict the model's own output on the bootstrap data (no labels needed), profiles
+the model, segments and ramps at batch sizes 1, 2, 4, ... up to --max-batch, chooses the initial
+active ramps within --budget and writes everything to the engine directory --out, which
+`apparate-run --engine-dir DIR` serves. See docs/ENGINE_DIR.md for its contents.
+"""
+
+EPILOG = """\
+BOOTSTRAP.npz holds one array per model input, named as in the model, first axis = samples
+(at least 10; 1,000 is a good size). Write it with numpy.savez(path, input_name=array, ...).
+
+exit status: 0 success, 2 bad input (one line 'error: ...' on stderr), 130 interrupted.
+
+example:
+  apparate-compile model.onnx --data bootstrap.npz --out engines/model
+"""
+
+
+def build_parser() -> Parser:
+    """The argument parser (every flag documented, defaults shown)."""
+    p = Parser(prog="apparate-compile", description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
+    p.add_argument("model", metavar="MODEL.onnx", help="the ONNX classifier to compile (one [batch, classes] score output)")
+    p.add_argument("--data", required=True, metavar="BOOTSTRAP.npz",
+                   help="bootstrap samples: one array per model input, named as in the model, first axis = samples (required)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="engine directory to write; must not exist, be empty, or (with --force) be an engine directory (required)")
+    p.add_argument("--budget", type=float, default=0.02,
+                   help="ramp budget: latency all active ramps may add to an input that never exits, as a fraction of the model's latency, in (0, 1)")
+    p.add_argument("--max-batch", type=int, default=16, help="largest batch size to profile (profiles 1, 2, 4, ... up to it)")
+    p.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"], default="auto",
+                   help="backend to profile on: onnxruntime works everywhere; tensorrt needs an NVIDIA GPU and the 'tensorrt' extra; auto picks what this machine can use")
+    p.add_argument("--seed", type=int, default=0, help="random seed for the train/held-out split and ramp training")
+    p.add_argument("--output", metavar="NAME", default=None,
+                   help="name of the [batch, classes] score output, needed when the model has several outputs (default: the only such output)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="ONNX Runtime intra-op threads for feature collection and profiling (default: all cores this process may use)")
+    p.add_argument("--force", action="store_true", help="replace --out if it already holds an engine directory")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``apparate-compile``; returns (and, as a script, exits with) the exit status."""
+    args = build_parser().parse_args(argv)
+
+    def body() -> None:
+        from apparate_trt.compiler.pipeline import compile_model  # heavy imports after argument parsing
+
+        compile_model(
+            args.model, args.data, args.out,
+            budget=args.budget, max_batch=args.max_batch, backend=args.backend, seed=args.seed,
+            output=args.output, force=args.force, threads=args.threads, log=flush_print,
+        )
+
+    return run_main(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""``apparate-run``: replay a workload against an engine directory, or serve it (``--serve``)."""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from apparate_trt.cli._common import HelpFormatter, Parser, flush_print, run_main
+from apparate_trt.errors import ApparateError
+
+DESCRIPTION = """\
+Serve an engine directory written by apparate-compile.
+
+Replay (default): the samples of --data arrive in real time by --arrivals, are batched dynamically
+(--max-batch, --max-delay-ms) and really run. Each request's result is released at its first
+confident ramp while its batch runs on to the end; the final output is free feedback that tunes
+the ramps' thresholds and moves ramps (--mode apparate). --mode vanilla serves the unsplit original
+model through the same batching, as the baseline. Latency = release time - arrival time on the
+wall clock. Prints a report (latency p50/p95/p99, throughput, accuracy against the original model
+overall and per window, exit share per ramp, the controller's decisions); --report writes it as
+JSON (keys in docs/REPORT.md), --plot writes a latency CDF and a controller timeline as PNG.
+
+Serving (--serve): an Open Inference Protocol (KServe v2) server, REST on --http-port and gRPC on
+--grpc-port, until SIGTERM or Ctrl-C (docs/SERVING.md).
+"""
+
+EPILOG = """\
+arrival processes (RATE in requests per second):
+  fixed:RATE     one request every 1/RATE s (a camera)
+  poisson:RATE   exponential gaps with mean 1/RATE s (independent users), seeded by --seed
+  trace:FILE     one arrival time in seconds per line (# comments allowed)
+
+EVAL.npz holds one array per model input, named as in the model, first axis = samples (as for
+apparate-compile --data). Request i is sample i.
+
+exit status: 0 success, 2 bad input (one line 'error: ...' on stderr), 130 interrupted.
+
+examples:
+  apparate-run --engine-dir out/cv --data data/cv/eval.npz --arrivals poisson:100 --report cv.json --plot plots/
+  apparate-run --engine-dir out/cv --data data/cv/eval.npz --arrivals poisson:100 --mode vanilla
+  apparate-run --engine-dir out/cv --serve --model-name cv --http-port 8000 --grpc-port 8001
+"""
+
+
+def build_parser() -> Parser:
+    """The argument parser (every flag documented, defaults shown)."""
+    p = Parser(prog="apparate-run", description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
+    p.add_argument("--engine-dir", required=True, metavar="DIR", help="engine directory written by apparate-compile --out (required)")
+    p.add_argument("--data", metavar="EVAL.npz", default=None,
+                   help="samples to replay: one array per model input, named as in the model, first axis = samples (required unless --serve)")
+    p.add_argument("--arrivals", default="poisson:100", metavar="SPEC",
+                   help="arrival process: fixed:RATE, poisson:RATE (requests per second) or trace:FILE (seconds, one per line)")
+    p.add_argument("--max-batch", type=int, default=8, metavar="B", help="largest batch the dynamic batcher forms")
+    p.add_argument("--max-delay-ms", type=float, default=5.0, metavar="D",
+                   help="longest time (ms) the oldest queued request waits for its batch to fill")
+    p.add_argument("--accuracy-constraint", type=float, default=0.01, metavar="C",
+                   help="allowed share of results that disagree with the original model over a window, in [0, 1) (0.01 = 1%%)")
+    p.add_argument("--mode", choices=["apparate", "vanilla"], default="apparate",
+                   help="apparate: ramps with adaptive thresholds; vanilla: the unsplit original model (baseline)")
+    p.add_argument("--confidence", choices=["maxprob", "entropy"], default="maxprob",
+                   help="ramp confidence: max softmax probability, or 1 - normalised entropy")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="ONNX Runtime intra-op threads per session (default: all cores this process may use)")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="replay only the first N samples (default: all)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed of the poisson arrival process")
+    p.add_argument("--report", metavar="report.json", default=None, help="also write the report as JSON to this file (keys: docs/REPORT.md)")
+    p.add_argument("--plot", metavar="DIR", default=None, help="write latency_cdf.png and timeline.png into DIR (needs matplotlib, the 'plot' extra)")
+    p.add_argument("--accuracy-window", type=int, default=256, metavar="W",
+                   help="requests per accuracy window in the report (consecutive requests in arrival order)")
+    p.add_argument("--window-size", type=int, default=512, metavar="N",
+                   help="controller feedback window, in samples (the thresholds are tuned on it)")
+    p.add_argument("--initial-thresholds", choices=["bootstrap", "never"], default="bootstrap",
+                   help="start with thresholds tuned on the engine's held-out bootstrap statistics, or at never-exit until the first feedback")
+    p.add_argument("--queue-size", type=int, default=1024, metavar="N",
+                   help="most requests waiting for a batch; past it new requests are refused (replay: counted as failed)")
+    p.add_argument("--quiet", action="store_true", help="no progress line while the replay runs")
+    serve = p.add_argument_group("serving (--serve)")
+    serve.add_argument("--serve", action="store_true", help="serve over the Open Inference Protocol instead of replaying --data")
+    serve.add_argument("--model-name", default=None, metavar="NAME", help="model name in the protocol's URLs (default: the engine's model name)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
+    serve.add_argument("--http-port", type=int, default=8000, metavar="PORT", help="REST port (0: pick a free one)")
+    serve.add_argument("--grpc-port", type=int, default=8001, metavar="PORT", help="gRPC port (0: pick a free one)")
+    serve.add_argument("--request-timeout-s", type=float, default=30.0, metavar="S",
+                       help="longest time (s) a served request may wait before it fails with a timeout")
+    return p
+
+
+def validate_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse out-of-range flag values with one line naming the flag (exits 2 via ``p.error``)."""
+    checks = [
+        (args.max_batch >= 1, f"--max-batch must be at least 1, got {args.max_batch}"),
+        (math.isfinite(args.max_delay_ms) and args.max_delay_ms >= 0, f"--max-delay-ms must be a number >= 0, got {args.max_delay_ms}"),
+        (0.0 <= args.accuracy_constraint < 1.0, f"--accuracy-constraint must be in [0, 1) (e.g. 0.01 for 1%), got {args.accuracy_constraint}"),
+        (args.threads is None or args.threads >= 1, f"--threads must be at least 1, got {args.threads}"),
+        (args.limit is None or args.limit >= 1, f"--limit must be at least 1, got {args.limit}"),
+        (args.accuracy_window >= 1, f"--accuracy-window must be at least 1, got {args.accuracy_window}"),
+        (args.window_size >= 1, f"--window-size must be at least 1, got {args.window_size}"),
+        (args.queue_size >= 1, f"--queue-size must be at least 1, got {args.queue_size}"),
+        (0 <= args.http_port <= 65535, f"--http-port must be in 0..65535, got {args.http_port}"),
+        (0 <= args.grpc_port <= 65535, f"--grpc-port must be in 0..65535, got {args.grpc_port}"),
+        (math.isfinite(args.request_timeout_s) and args.request_timeout_s > 0, f"--request-timeout-s must be > 0, got {args.request_timeout_s}"),
+        (args.serve or args.data is not None, "--data EVAL.npz is required to replay (or pass --serve to serve)"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            p.error(message)
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """``--serve``: hand over to the server (imported lazily: it needs the 'serve' extra)."""
+    try:
+        from apparate_trt.runtime.server import serve
+    except ModuleNotFoundError as exc:
+        raise ApparateError(
+            f"--serve needs the server module and its dependencies, which are missing ({exc}); "
+            "install them with: pip install 'apparate_trt[serve]'"
+        ) from None
+    return int(serve(
+        args.engine_dir, model_name=args.model_name, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+        max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, accuracy_constraint=args.accuracy_constraint,
+        queue_size=args.queue_size, request_timeout_s=args.request_timeout_s, mode=args.mode, threads=args.threads,
+    ) or 0)
+
+
+def replay_command(args: argparse.Namespace) -> int:
+    """Replay --data at --arrivals; print the report; write --report and --plot."""
+    from apparate_trt.data import load_inputs, num_samples, take
+    from apparate_trt.engine_dir import read_manifest
+    from apparate_trt.runtime import api
+    from apparate_trt.runtime.arrivals import parse_arrivals
+    from apparate_trt.runtime.replay import replay
+    from apparate_trt.runtime.report import build_report, format_report, write_report
+
+    manifest = read_manifest(args.engine_dir)
+    inputs = load_inputs(args.data, manifest.model.inputs, min_samples=1, what="evaluation data")
+    count = num_samples(inputs) if args.limit is None else min(args.limit, num_samples(inputs))
+    arrivals = parse_arrivals(args.arrivals, count, seed=args.seed)
+    inputs = take(inputs, slice(0, arrivals.shape[0]))
+    if args.plot:
+        from apparate_trt.runtime.plots import ensure_matplotlib
+
+        ensure_matplotlib()  # fail before the replay, not after it, when matplotlib is missing
+    settings = _settings(args, arrivals.shape[0])
+    flush_print(
+        f"apparate-run: {manifest.model.name} ({len(manifest.sites)} sites), mode {args.mode}, "
+        f"{arrivals.shape[0]} requests, arrivals {args.arrivals}, max batch {args.max_batch}, max delay {args.max_delay_ms} ms"
+    )
+    engine = api.load(
+        args.engine_dir, max_batch=args.max_batch, max_delay_ms=args.max_delay_ms,
+        accuracy_constraint=args.accuracy_constraint, mode=args.mode, threads=args.threads,
+        queue_size=args.queue_size, confidence=args.confidence,
+        controller_options={"window_size": args.window_size, "initial_thresholds": args.initial_thresholds},
+    )
+    try:
+        result = replay(engine, inputs, arrivals, progress=not args.quiet)
+    finally:
+        engine.close()
+    report = build_report(result, args.accuracy_constraint, window_size=args.accuracy_window, settings=settings)
+    flush_print(format_report(report))
+    if args.report:
+        flush_print(f"report written to {write_report(report, args.report)}")
+    if args.plot:
+        from apparate_trt.runtime.plots import write_plots
+
+        done = result.completed
+        paths = write_plots(args.plot, report, result.latency_ms[done], result.arrivals_s[done])
+        flush_print(f"plots written: {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def _settings(args: argparse.Namespace, requests: int) -> dict[str, Any]:
+    return {
+        "engine_dir": str(Path(args.engine_dir)),
+        "data": str(args.data),
+        "arrivals": args.arrivals,
+        "seed": args.seed,
+        "requests": requests,
+        "max_batch": args.max_batch,
+        "max_delay_ms": args.max_delay_ms,
+        "accuracy_constraint": args.accuracy_constraint,
+        "mode": args.mode,
+        "confidence": args.confidence,
+        "threads": args.threads,
+        "window_size": args.window_size,
+        "initial_thresholds": args.initial_thresholds,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``apparate-run``; returns (and, as a script, exits with) the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    validate_args(parser, args)
+    return run_main(lambda: serve_command(args) if args.serve else replay_command(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,372 @@
+"""``compile_model``: an ONNX classifier and bootstrap data in, an engine directory out.
+
+The stages of DESIGN.md "Offline", each with progress lines through ``log``:
+
+1. check the output directory (before any expensive work) and the backend;
+2. ingest the model (validate, shape-infer, prune, sort) and pick its score output;
+3. load and validate the bootstrap data;
+4. find the candidate ramp sites;
+5. split the model into the finest segments and check that the chain reproduces the model;
+6. collect pooled site features and the model's predictions in one pass, train every ramp,
+   export each as ONNX and check it against numpy;
+7. profile the model, every segment and every ramp at batch sizes 1, 2, 4, ... up to max_batch;
+8. choose the initial configuration within the budget;
+9. write the engine directory (into a temporary sibling, renamed into place at the end, so a
+   failed compile never leaves a half-written directory) and print the summary table.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import platform
+import shutil
+import tempfile
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import onnx
+
+import apparate_trt
+from apparate_trt._optional import is_available
+from apparate_trt.compiler.ingest import load_model, model_io, score_output
+from apparate_trt.compiler.initial_config import choose_initial
+from apparate_trt.compiler.profiling import ProfileResult, ProfileSettings, batch_sizes_up_to, profile_all
+from apparate_trt.compiler.ramps import RAMP_OUTPUT, build_ramp_onnx, check_ramp, ramp_kind
+from apparate_trt.compiler.segments import split_model, verify_chain
+from apparate_trt.compiler.sites import find_sites
+from apparate_trt.compiler.training import TrainConfig, collect_features, feature_batch_size, train_ramps
+from apparate_trt.data import load_inputs, take
+from apparate_trt.engine_dir import (
+    BootstrapInfo,
+    InitialConfig,
+    Manifest,
+    ModelInfo,
+    Profiles,
+    RampEntry,
+    SegmentEntry,
+    SiteEntry,
+    TensorSpec,
+    is_engine_dir,
+    read_manifest,
+    write_bootstrap_stats,
+    write_manifest,
+)
+from apparate_trt.errors import ApparateError
+
+Log = Callable[[str], None]
+
+BACKENDS = ("auto", "onnxruntime", "tensorrt")
+MIN_BOOTSTRAP_SAMPLES = 10
+CHAIN_CHECK_SAMPLES = 64
+MODEL_FILE = "model.onnx"
+BOOTSTRAP_FILE = "bootstrap_stats.npz"
+
+
+# ----- arguments -----------------------------------------------------------------------------------
+def check_options(budget: float, max_batch: int, threads: int | None) -> None:
+    """Validate the numeric options (ApparateError naming the flag)."""
+    if not (isinstance(budget, (int, float)) and 0.0 < budget < 1.0):
+        raise ApparateError(f"--budget must be a fraction of the model's latency in (0, 1), e.g. 0.02 for 2%; got {budget}")
+    if not (isinstance(max_batch, int) and max_batch >= 1):
+        raise ApparateError(f"--max-batch must be an integer >= 1; got {max_batch}")
+    if threads is not None and not (isinstance(threads, int) and threads >= 1):
+        raise ApparateError(f"--threads must be an integer >= 1 (or omitted for all cores); got {threads}")
+
+
+def _tensorrt_problem() -> str | None:
+    """Why TensorRT engines cannot be built here, or None if TensorRT and a GPU are present."""
+    if not is_available("tensorrt"):
+        return "the Python package 'tensorrt' is not installed"
+    if not any(Path("/dev").glob("nvidia[0-9]*")):
+        return "no NVIDIA GPU is visible"
+    return None
+
+
+def resolve_backend(backend: str) -> str:
+    """The backend to profile on: ``auto`` picks what the machine can build (onnxruntime for now)."""
+    if backend not in BACKENDS:
+        raise ApparateError(f"--backend must be one of {', '.join(BACKENDS)}; got '{backend}'")
+    if backend == "tensorrt":
+        problem = _tensorrt_problem()
+        if problem:
+            raise ApparateError(
+                f"--backend tensorrt needs an NVIDIA GPU and the 'tensorrt' extra (pip install 'apparate_trt[tensorrt]'), "
+                f"but {problem}; use --backend onnxruntime, which works everywhere"
+            )
+        raise ApparateError("building TensorRT engines is not supported by this version of apparate-compile yet; use --backend onnxruntime")
+    return "onnxruntime"  # auto: TensorRT engine building arrives in a later version
+
+
+def prepare_out_dir(out_dir: Path, force: bool) -> None:
+    """Refuse an output path that is not ours to replace, and check that it can be written."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ApparateError(f"output path '{out_dir}' is a file; choose a directory for --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not is_engine_dir(out_dir):
+            raise ApparateError(
+                f"output directory '{out_dir}' exists and is not an engine directory; choose a new --out "
+                f"(apparate-compile replaces only engine directories, and only with --force)"
+            )
+        if not force:
+            raise ApparateError(f"output directory '{out_dir}' already holds an engine directory; pass --force to replace it")
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.probe-")
+        os.rmdir(probe)
+    except OSError as exc:
+        raise ApparateError(f"output directory '{out_dir}' cannot be written ({exc.strerror or exc}); choose a writable --out") from None
+
+
+# ----- helpers ---------------------------------------------------------------------------------------
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tool_versions() -> dict[str, str | None]:
+    """Versions recorded in the manifest (None for tools that are not installed)."""
+    import onnxruntime
+
+    def version(module: str) -> str | None:
+        if not is_available(module):
+            return None
+        return getattr(__import__(module), "__version__", None)
+
+    return {
+        "apparate_trt": apparate_trt.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "torch": version("torch"),
+        "python": platform.python_version(),
+        "tensorrt": version("tensorrt") if is_available("tensorrt") else None,
+    }
+
+
+def _spec(info: object) -> TensorSpec:
+    dtype = np.dtype(getattr(info, "dtype")).name
+    shape = [d if isinstance(d, (int, str)) or d is None else str(d) for d in getattr(info, "shape")]
+    return TensorSpec(getattr(info, "name"), dtype, shape)
+
+
+def _renumber(sites: Sequence[object]) -> list:
+    """Sites with ids 0..n-1 in order (after dropping sites no ramp fits)."""
+    return [s if s.id == i else dataclasses.replace(s, id=i) for i, s in enumerate(sites)]  # type: ignore[attr-defined]
+
+
+def _fixed_batch(inputs: Sequence[object]) -> int | None:
+    for info in inputs:
+        shape = list(getattr(info, "shape"))
+        if shape and isinstance(shape[0], int) and shape[0] > 0:
+            return shape[0]
+    return None
+
+
+def _depths(segments_ms_b1: Sequence[float], num_sites: int) -> list[float]:
+    """Fraction of the chained segments' batch-1 latency spent before each site."""
+    total = float(sum(segments_ms_b1)) or 1.0
+    cumulative = np.cumsum(segments_ms_b1)
+    return [float(cumulative[i] / total) for i in range(num_sites)]
+
+
+def _write_tree(tmp: Path, model: onnx.ModelProto, segment_models: Sequence[onnx.ModelProto], ramp_models: Sequence[onnx.ModelProto]) -> tuple[list[str], list[str]]:
+    (tmp / "segments").mkdir()
+    (tmp / "ramps").mkdir()
+    onnx.save(model, str(tmp / MODEL_FILE))
+    seg_files = [f"segments/seg_{i:03d}.onnx" for i in range(len(segment_models))]
+    ramp_files = [f"ramps/ramp_{i:03d}.onnx" for i in range(len(ramp_models))]
+    for rel, m in [*zip(seg_files, segment_models), *zip(ramp_files, ramp_models)]:
+        onnx.save(m, str(tmp / rel))
+    return seg_files, ramp_files
+
+
+def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+
+
+# ----- the pipeline ----------------------------------------------------------------------------------
+def compile_model(
+    model_path: str | Path,
+    data_path: str | Path,
+    out_dir: str | Path,
+    *,
+    budget: float = 0.02,
+    max_batch: int = 16,
+    backend: str = "auto",
+    seed: int = 0,
+    output: str | None = None,
+    force: bool = False,
+    threads: int | None = None,
+    log: Log = print,
+    train_config: TrainConfig | None = None,
+    profile_settings: ProfileSettings | None = None,
+) -> Manifest:
+    """Compile ``model_path`` with bootstrap data ``data_path`` into the engine directory ``out_dir``.
+
+    ``budget`` is the ramp budget as a fraction of the model's latency; ``threads`` the ORT intra-op
+    threads (None: all cores). Returns the manifest as read back from the written directory.
+    """
+    t0 = time.perf_counter()
+    model_path, data_path, out_dir = Path(model_path), Path(data_path), Path(out_dir)
+    check_options(budget, max_batch, threads)
+    backend = resolve_backend(backend)
+    prepare_out_dir(out_dir, force)
+    train_config = dataclasses.replace(train_config or TrainConfig(), seed=seed)
+    profile_settings = profile_settings or ProfileSettings()
+
+    log(f"[1/8] ingest {model_path}")
+    model = load_model(model_path)
+    inputs_info, outputs_info = model_io(model)
+    score_name, num_classes = score_output(model, output)
+    log(f"  {len(model.graph.node)} nodes; inputs: {', '.join(f'{i.name} {list(i.shape)}' for i in inputs_info)}; "
+        f"score output '{score_name}' with {num_classes} classes")
+
+    log(f"[2/8] load bootstrap data {data_path}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = load_inputs(data_path, inputs_info, min_samples=MIN_BOOTSTRAP_SAMPLES, what="bootstrap data")
+    for w in caught:
+        log(f"warning: {w.message}")
+    n = next(iter(data.values())).shape[0]
+    log(f"  {n} samples")
+
+    log("[3/8] find ramp sites")
+    found = find_sites(model)
+    sites = _renumber([s for s in found if ramp_kind(s.shape) is not None])
+    kinds = [ramp_kind(s.shape) for s in sites]
+    if len(sites) < len(found):
+        log(f"  dropped {len(found) - len(sites)} sites whose tensor has rank < 2 (no ramp fits)")
+    if not sites:
+        log("warning: no usable ramp site found (no cut where a single activation, plus side tensors, is live); "
+            "the engine directory will have zero ramps and run the model unsplit")
+    for s, k in zip(sites, kinds):
+        log(f"  site {s.id}: {s.tensor} {list(s.shape)} -> {k}" + (f" (+ side tensors {', '.join(s.side_tensors)})" if s.side_tensors else ""))
+
+    log(f"[4/8] split into {len(sites) + 1} segments and check the chain")
+    segments = split_model(model, sites, [s.id for s in sites])
+    check = verify_chain(model, segments, take(data, slice(0, CHAIN_CHECK_SAMPLES)), score_name)
+    if not check.argmax_equal:
+        raise ApparateError(
+            f"the chained segments do not reproduce the model (argmax differs, max abs difference {check.max_abs_diff:.3g}); "
+            "the model may be non-deterministic or use an unsupported construct; please report it with the model"
+        )
+    log(f"  chained segments equal the model: all argmaxes equal, max abs difference {check.max_abs_diff:.3g}")
+
+    log(f"[5/8] train {len(sites)} ramps")
+    features = collect_features(model, sites, kinds, data, score_name, batch_size=_fixed_batch(inputs_info) or 64, threads=threads, log=log)
+    trained = train_ramps(features, kinds, train_config, threads=threads or 1, log=log)
+    ramp_models = [build_ramp_onnx(s, k, r.weights) for s, k, r in zip(sites, kinds, trained.ramps)]
+    for m, k, r, example in zip(ramp_models, kinds, trained.ramps, features.examples):
+        check_ramp(m, k, r.weights, example, threads=1)
+
+    fixed = _fixed_batch(inputs_info)
+    batch_sizes = [fixed] if fixed else batch_sizes_up_to(max_batch)
+    if fixed and fixed != max_batch:
+        log(f"warning: the model's batch dimension is fixed at {fixed}; profiling only that batch size")
+    log(f"[6/8] profile on {backend} at batch sizes {batch_sizes}")
+    prof = profile_all(model, [s.model for s in segments], ramp_models, [s.tensor for s in sites], data, batch_sizes,
+                       threads=threads, settings=profile_settings, log=log)
+
+    log("[7/8] choose the initial configuration")
+    manifest = _assemble_manifest(model_path, model, inputs_info, outputs_info, score_name, num_classes, sites, kinds,
+                                  segments, trained, prof, budget, backend, n)
+    choice = choose_initial(trained.stats.confidence, trained.stats.agree, manifest.site_saved_ms(batch_sizes[0]),
+                            manifest.ramp_cost_ms(batch_sizes[0]), manifest.model_ms(batch_sizes[0]), budget)
+    manifest.initial_config = InitialConfig(choice.active_sites, choice.thresholds)
+    log(f"  latest useful site: {choice.latest_useful}; budget {choice.budget_ms:.3f} ms; active sites: {choice.active_sites or 'none'}")
+
+    log(f"[8/8] write {out_dir}")
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    try:
+        seg_files, ramp_files = _write_tree(tmp, model, [s.model for s in segments], ramp_models)
+        for entry, rel in zip(manifest.segments, seg_files):
+            entry.file = rel
+        for entry, rel in zip(manifest.ramps, ramp_files):
+            entry.file = rel
+        write_bootstrap_stats(tmp / BOOTSTRAP_FILE, trained.stats)
+        write_manifest(tmp, manifest)
+        read_manifest(tmp)  # what we wrote must read back
+        _move_into_place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    result = read_manifest(out_dir)
+    log(summary_table(result, time.perf_counter() - t0))
+    return result
+
+
+def _assemble_manifest(model_path: Path, model: onnx.ModelProto, inputs_info: Sequence[object], outputs_info: Sequence[object],
+                       score_name: str, num_classes: int, sites: Sequence[object], kinds: Sequence[str], segments: Sequence[object],
+                       trained: object, prof: ProfileResult, budget: float, backend: str, num_samples: int) -> Manifest:
+    model_b1 = prof.model_ms[0]
+    depths = _depths([row[0] for row in prof.segments_ms], len(sites))
+    return Manifest(
+        model=ModelInfo(
+            file=MODEL_FILE,
+            name=model_path.stem,
+            sha256=file_sha256(model_path),
+            inputs=[_spec(i) for i in inputs_info],
+            outputs=[_spec(o) for o in outputs_info],
+            output=score_name,
+            num_classes=num_classes,
+        ),
+        sites=[
+            SiteEntry(s.id, s.tensor, list(s.side_tensors), [d if isinstance(d, (int, str)) else None for d in s.shape], int(s.node_index), depth)
+            for s, depth in zip(sites, depths)
+        ],
+        segments=[SegmentEntry("", list(seg.inputs), list(seg.outputs), seg.ends_at_site) for seg in segments],
+        ramps=[
+            RampEntry(
+                site=s.id, file="", inputs=[s.tensor], output=RAMP_OUTPUT, kind=k, num_classes=num_classes,
+                agreement=r.agreement, cost_ms=prof.ramps_ms[i][0], cost_fraction=prof.ramps_ms[i][0] / model_b1,
+            )
+            for i, (s, k, r) in enumerate(zip(sites, kinds, trained.ramps))
+        ],
+        profiles=Profiles(backend, prof.threads, prof.batch_sizes, prof.model_ms, prof.segments_ms, prof.ramps_ms),
+        budget=float(budget),
+        initial_config=InitialConfig([], []),
+        bootstrap=BootstrapInfo(BOOTSTRAP_FILE, num_samples, int(trained.train_index.size), int(trained.heldout_index.size)),
+        tools=tool_versions(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def _short(name: str, width: int) -> str:
+    return name if len(name) <= width else "…" + name[-(width - 1):]
+
+
+def summary_table(m: Manifest, compile_s: float) -> str:
+    """The final compile summary: per site its ramp's agreement and cost, segment latencies, totals."""
+    b = m.profiles.batch_sizes[0]
+    seg_ms = m.segment_ms(b)
+    model_ms = m.model_ms(b)
+    active = set(m.initial_config.active_sites)
+    width = max([6, *(min(len(s.tensor), 40) for s in m.sites)])
+    lines = [
+        f"summary for {m.model.name} ({m.model.num_classes} classes) on {m.profiles.backend}, latencies at batch {b}:",
+        f"{'site':>4}  {'tensor':<{width}}  {'shape':<18}  {'depth':>5}  {'ramp kind':<25}  {'agree':>6}  {'cost ms':>8}  {'cost %':>6}  {'segment ms':>10}  active",
+    ]
+    for s, r in zip(m.sites, m.ramps):
+        shape = "[" + ",".join(str(d) for d in s.shape) + "]"
+        lines.append(
+            f"{s.id:>4}  {_short(s.tensor, width):<{width}}  {_short(shape, 18):<18}  {s.depth or 0:>5.2f}  {r.kind:<25}  "
+            f"{r.agreement:>6.3f}  {r.cost_ms:>8.3f}  {100 * r.cost_fraction:>5.2f}%  {seg_ms[s.id]:>10.3f}  {'*' if s.id in active else ''}"
+        )
+    lines.append(f"{'tail':>4}  {'(to the model outputs)':<{width}}  {'':<18}  {1.0:>5.2f}  {'':<25}  {'':>6}  {'':>8}  {'':>6}  {seg_ms[-1]:>10.3f}")
+    lines.append(
+        f"model {model_ms:.3f} ms (segments chained {seg_ms.sum():.3f} ms); budget {100 * m.budget:.1f}% = {m.budget * model_ms:.3f} ms; "
+        f"{len(m.sites)} sites; initial active sites: {', '.join(map(str, sorted(active))) or 'none'}"
+    )
+    lines.append(f"bootstrap: {m.bootstrap.num_samples} samples ({m.bootstrap.num_train} train, {m.bootstrap.num_heldout} held out)")
+    lines.append(f"compile time: {compile_s:.1f} s")
+    return "\n".join(lines)

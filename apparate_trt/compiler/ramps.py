@@ -1,0 +1,184 @@
+"""Ramps: one small classifier head per site, chosen by the site tensor's rank (DESIGN.md step 4).
+
+A ramp is a fixed, parameter-free pooling followed by a trained head:
+
+====================================  ==============  ====================================
+kind                                  site tensor     ramp
+====================================  ==============  ====================================
+``conv_gap_linear``                   [N, C, H, W]    global average pool, flatten, linear
+``seq_cls_dense_tanh_linear``         [N, S, H]       first token, dense + tanh, linear
+``dense_linear``                      [N, F]          linear
+====================================  ==============  ====================================
+
+Because the pooling is fixed, training works on pooled features (:func:`pool_features`), and
+:func:`build_ramp_onnx` turns the trained numpy weights into the ramp's own small ONNX model
+(input: the site tensor, output ``logits``) that computes exactly :func:`ramp_forward` after the
+pooling. Feature maps of rank > 4 ([N, C, D, H, W]) are pooled like rank 4 over all spatial axes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from apparate_trt.errors import ApparateError
+from apparate_trt.runtime.backends.onnxruntime import OrtRunner
+
+CONV_GAP_LINEAR = "conv_gap_linear"
+SEQ_CLS_DENSE_TANH_LINEAR = "seq_cls_dense_tanh_linear"
+DENSE_LINEAR = "dense_linear"
+RAMP_OUTPUT = "logits"
+RAMP_OPSET = 17
+RAMP_IR_VERSION = 8  # readable by every onnxruntime this package supports
+
+#: Number of linear layers of each kind's head (tanh between consecutive layers).
+NUM_LAYERS = {CONV_GAP_LINEAR: 1, SEQ_CLS_DENSE_TANH_LINEAR: 2, DENSE_LINEAR: 1}
+
+
+class SiteLike(Protocol):
+    """What ramps need of a site (``compiler.sites.Site`` fits)."""
+
+    id: int
+    tensor: str
+    shape: Sequence[int | str | None]
+
+
+@dataclass
+class RampWeights:
+    """A ramp head: ``layers[i] = (W [in, out], b [out])`` float32; ``y = tanh(x W0 + b0) W1 + b1``."""
+
+    layers: list[tuple[np.ndarray, np.ndarray]]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.layers[-1][1].shape[0])
+
+
+def ramp_kind(shape: Sequence[int | str | None]) -> str | None:
+    """The ramp kind for a site tensor of this shape, or None if no ramp fits (rank < 2)."""
+    rank = len(shape)
+    if rank == 2:
+        return DENSE_LINEAR
+    if rank == 3:
+        return SEQ_CLS_DENSE_TANH_LINEAR
+    if rank >= 4:
+        return CONV_GAP_LINEAR
+    return None
+
+
+def pool_features(kind: str, array: np.ndarray) -> np.ndarray:
+    """The fixed pooling of a ramp: site activation -> float32 features [N, D]."""
+    if kind == CONV_GAP_LINEAR:
+        pooled = array.reshape(array.shape[0], array.shape[1], -1).mean(axis=2, dtype=np.float64)
+    elif kind == SEQ_CLS_DENSE_TANH_LINEAR:
+        pooled = array[:, 0, :]
+    elif kind == DENSE_LINEAR:
+        pooled = array
+    else:
+        raise ValueError(f"unknown ramp kind {kind!r}")
+    return np.ascontiguousarray(pooled, dtype=np.float32)
+
+
+def ramp_forward(weights: RampWeights, features: np.ndarray) -> np.ndarray:
+    """The ramp head on pooled features [N, D] -> logits [N, classes] (float32, numpy reference)."""
+    x = features.astype(np.float32, copy=False)
+    for i, (w, b) in enumerate(weights.layers):
+        if i:
+            x = np.tanh(x)
+        x = x @ w + b
+    return x.astype(np.float32, copy=False)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, numerically stable (float64 inside, float32 out)."""
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _dim(d: int | str | None, fallback: str) -> onnx.TensorShapeProto.Dimension:
+    dim = onnx.TensorShapeProto.Dimension()
+    if isinstance(d, int) and d > 0:
+        dim.dim_value = d
+    else:
+        dim.dim_param = d if isinstance(d, str) and d else fallback
+    return dim
+
+
+def _value_info(name: str, shape: Sequence[int | str | None], batch: str) -> onnx.ValueInfoProto:
+    info = helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+    dims = info.type.tensor_type.shape
+    for axis, d in enumerate(shape):
+        dims.dim.append(_dim(d, batch if axis == 0 else f"d{axis}"))
+    return info
+
+
+def _pooling_nodes(kind: str, source: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str]:
+    """Nodes that pool ``source`` to [N, D]; returns (nodes, initializers, pooled tensor name)."""
+    if kind == CONV_GAP_LINEAR:
+        return (
+            [
+                helper.make_node("GlobalAveragePool", [source], ["ramp_gap"], name="ramp_gap"),
+                helper.make_node("Flatten", ["ramp_gap"], ["ramp_pooled"], name="ramp_flatten", axis=1),
+            ],
+            [],
+            "ramp_pooled",
+        )
+    if kind == SEQ_CLS_DENSE_TANH_LINEAR:
+        index = numpy_helper.from_array(np.array(0, dtype=np.int64), "ramp_first_index")
+        node = helper.make_node("Gather", [source, "ramp_first_index"], ["ramp_pooled"], name="ramp_first_token", axis=1)
+        return [node], [index], "ramp_pooled"
+    if kind == DENSE_LINEAR:
+        return [], [], source
+    raise ValueError(f"unknown ramp kind {kind!r}")
+
+
+def build_ramp_onnx(site: SiteLike, kind: str, weights: RampWeights) -> onnx.ModelProto:
+    """The ramp at ``site`` as its own checked ONNX model: input ``site.tensor``, output ``logits``."""
+    if len(weights.layers) != NUM_LAYERS[kind]:
+        raise ValueError(f"{kind} ramps have {NUM_LAYERS[kind]} layers, got {len(weights.layers)}")
+    batch = site.shape[0] if site.shape and isinstance(site.shape[0], str) and site.shape[0] else "batch"
+    nodes, inits, x = _pooling_nodes(kind, site.tensor)
+    for i, (w, b) in enumerate(weights.layers):
+        if i:
+            nodes.append(helper.make_node("Tanh", [x], [f"ramp_tanh{i}"], name=f"ramp_tanh{i}"))
+            x = f"ramp_tanh{i}"
+        inits += [
+            numpy_helper.from_array(np.ascontiguousarray(w, dtype=np.float32), f"ramp_w{i}"),
+            numpy_helper.from_array(np.ascontiguousarray(b, dtype=np.float32), f"ramp_b{i}"),
+        ]
+        out = RAMP_OUTPUT if i == len(weights.layers) - 1 else f"ramp_dense{i}"
+        nodes.append(helper.make_node("Gemm", [x, f"ramp_w{i}", f"ramp_b{i}"], [out], name=f"ramp_gemm{i}"))
+        x = out
+    graph = helper.make_graph(
+        nodes,
+        f"ramp_site{site.id}",
+        [_value_info(site.tensor, site.shape, batch)],
+        [_value_info(RAMP_OUTPUT, [batch, weights.num_classes], batch)],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", RAMP_OPSET)], producer_name="apparate_trt")
+    model.ir_version = RAMP_IR_VERSION
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as exc:  # a bug, not a user error; keep the detail
+        raise ApparateError(f"internal error: the ramp for site {site.id} is not a valid ONNX model ({exc}); please report it") from exc
+    return model
+
+
+def check_ramp(model: onnx.ModelProto, kind: str, weights: RampWeights, activation: np.ndarray, threads: int | None = 1, atol: float = 1e-4) -> float:
+    """Run the ramp's ONNX model on ``activation`` (a site tensor batch) and compare it with numpy.
+
+    Returns the max abs difference of the logits; raises ApparateError (an internal error) if it
+    exceeds ``atol`` relative to the logits' scale.
+    """
+    name = model.graph.input[0].name
+    got = OrtRunner(model, threads=threads, name=f"ramp {model.graph.name}").run({name: activation.astype(np.float32)})[RAMP_OUTPUT]
+    want = ramp_forward(weights, pool_features(kind, activation))
+    diff = float(np.max(np.abs(got - want))) if want.size else 0.0
+    if not diff <= atol * max(1.0, float(np.max(np.abs(want))) if want.size else 1.0):
+        raise ApparateError(f"internal error: ramp {model.graph.name} in ONNX differs from its trained weights by {diff:.3g}; please report it")
+    return diff

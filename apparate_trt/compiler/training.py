@@ -1,0 +1,279 @@
+"""Ramp training on bootstrap data (DESIGN.md step 5).
+
+One pass of the original model over the bootstrap data (:func:`collect_features`) keeps, per site,
+the ramp's pooled features, plus the model's final scores. Every ramp head is then trained
+(:func:`train_ramps`) to predict the ORIGINAL MODEL's argmax (softmax cross-entropy; optionally
+distillation on its probabilities) on a train part, and its agreement with the model is measured
+on the held-out rest. The backbone is frozen: only the small heads are trained, with Adam, seeded.
+Features are standardised for training and the standardisation is folded into the first layer,
+so the exported ramp takes raw pooled features.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import onnx
+
+from apparate_trt._optional import require
+from apparate_trt.compiler.ramps import NUM_LAYERS, RampWeights, SiteLike, pool_features, ramp_forward, softmax
+from apparate_trt.compiler.segments import with_extra_outputs
+from apparate_trt.data import num_samples, take
+from apparate_trt.engine_dir import BootstrapStats
+from apparate_trt.runtime.backends.onnxruntime import OrtRunner
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Features:
+    """What one pass over the bootstrap data keeps.
+
+    ``pooled[i]``: float32 [N, D_i] pooled features of site i; ``final_scores``: float32 [N, K] the
+    model's score output; ``examples[i]``: the raw site activation of the first few samples, used
+    to check each exported ramp against numpy.
+    """
+
+    pooled: list[np.ndarray]
+    final_scores: np.ndarray
+    examples: list[np.ndarray]
+
+    @property
+    def final_pred(self) -> np.ndarray:
+        return self.final_scores.argmax(axis=1).astype(np.int32)
+
+
+@dataclass
+class TrainConfig:
+    """Ramp training hyper-parameters (defaults train 16 ramps x 1,000 samples in seconds)."""
+
+    heldout_fraction: float = 0.2
+    epochs: int = 20
+    min_steps: int = 200
+    batch_size: int = 128
+    lr: float = 1e-2
+    weight_decay: float = 1e-4
+    max_hidden: int = 128
+    distill: bool = False
+    seed: int = 0
+
+
+@dataclass
+class TrainedRamp:
+    """A trained ramp head and its held-out results (confidence = max softmax probability)."""
+
+    kind: str
+    weights: RampWeights
+    agreement: float
+    train_agreement: float
+    confidence: np.ndarray  # float32 [num_heldout]
+    pred: np.ndarray  # int32 [num_heldout]
+
+
+@dataclass
+class TrainResult:
+    """All ramps, the held-out statistics (for the engine dir) and the train/held-out split."""
+
+    ramps: list[TrainedRamp]
+    stats: BootstrapStats
+    train_index: np.ndarray
+    heldout_index: np.ndarray
+
+
+def feature_batch_size(model_inputs: Sequence[object], default: int = 64) -> int:
+    """Samples per run of the original model: the batch dimension if fixed, else ``default``."""
+    for spec in model_inputs:
+        first = list(getattr(spec, "shape", [None]))[:1]
+        if first and isinstance(first[0], int) and first[0] > 0:
+            return first[0]
+    return default
+
+
+def collect_features(
+    model: onnx.ModelProto,
+    sites: Sequence[SiteLike],
+    kinds: Sequence[str],
+    inputs: dict[str, np.ndarray],
+    score_name: str,
+    *,
+    batch_size: int = 64,
+    threads: int | None = None,
+    example_rows: int = 4,
+    log: Log = print,
+) -> Features:
+    """Run the model once over ``inputs`` in batches; pool every site's activation on the fly."""
+    tensors = [site.tensor for site in sites]
+    runner = OrtRunner(with_extra_outputs(model, tensors) if tensors else model, threads=threads, name="the model with site outputs")
+    wanted = [score_name, *dict.fromkeys(tensors)]
+    n = num_samples(inputs)
+    pooled: list[list[np.ndarray]] = [[] for _ in sites]
+    scores: list[np.ndarray] = []
+    examples: list[np.ndarray] = []
+    start, next_report = time.perf_counter(), 0.25
+    for begin in range(0, n, batch_size):
+        out = runner.run(take(inputs, slice(begin, begin + batch_size)), outputs=wanted)
+        scores.append(np.asarray(out[score_name], dtype=np.float32).reshape(out[score_name].shape[0], -1))
+        for i, (site, kind) in enumerate(zip(sites, kinds)):
+            pooled[i].append(pool_features(kind, out[site.tensor]))
+            if begin == 0:
+                examples.append(np.array(out[site.tensor][:example_rows], dtype=np.float32))
+        done = min(n, begin + batch_size)
+        if done / n >= next_report or done == n:
+            log(f"  features: {done}/{n} samples ({time.perf_counter() - start:.1f} s)")
+            next_report = done / n + 0.25
+    return Features(
+        pooled=[np.concatenate(parts) for parts in pooled],
+        final_scores=np.concatenate(scores),
+        examples=examples,
+    )
+
+
+def split_indices(n: int, heldout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded random split of ``n`` samples: (train indices, held-out indices), both non-empty if n >= 2."""
+    order = np.random.default_rng(seed).permutation(n)
+    heldout = min(n - 1, max(1, int(round(heldout_fraction * n)))) if n >= 2 else 0
+    return np.sort(order[heldout:]), np.sort(order[:heldout])
+
+
+def target_probabilities(scores: np.ndarray) -> np.ndarray:
+    """The model's output as probabilities: itself if it already is (rows >= 0 summing to 1), else softmax."""
+    if scores.size and scores.min() >= 0 and np.allclose(scores.sum(axis=1), 1.0, atol=1e-3):
+        return scores.astype(np.float32)
+    return softmax(scores)
+
+
+def _standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = x.mean(axis=0, dtype=np.float64)
+    std = x.std(axis=0, dtype=np.float64)
+    std = np.where(std > 1e-6 * max(1.0, float(np.abs(mean).max(initial=0.0))), std, 1.0)
+    return mean, std
+
+
+def fold_standardisation(weights: RampWeights, mean: np.ndarray, std: np.ndarray) -> RampWeights:
+    """Weights for raw features equal to ``weights`` applied to ``(x - mean) / std``."""
+    w0, b0 = weights.layers[0]
+    w = w0.astype(np.float64) / std[:, None]
+    b = b0.astype(np.float64) - mean @ w
+    first = (w.astype(np.float32), b.astype(np.float32))
+    return RampWeights([first, *weights.layers[1:]])
+
+
+def train_head(
+    features: np.ndarray,
+    labels: np.ndarray,
+    probs: np.ndarray | None,
+    kind: str,
+    num_classes: int,
+    config: TrainConfig,
+    seed: int,
+) -> RampWeights:
+    """Train one ramp head on pooled ``features`` [N, D] to predict ``labels`` (or ``probs``)."""
+    torch = require("torch", extra="train", purpose="ramp training")
+    torch.manual_seed(seed)
+    mean, std = _standardiser(features)
+    x = torch.from_numpy(((features - mean) / std).astype(np.float32))
+    y = torch.from_numpy(labels.astype(np.int64))
+    p = torch.from_numpy(probs) if probs is not None else None
+    dim = features.shape[1]
+    sizes = [dim, min(dim, config.max_hidden), num_classes] if NUM_LAYERS[kind] == 2 else [dim, num_classes]
+    layers: list = []
+    for i in range(len(sizes) - 1):
+        if i:
+            layers.append(torch.nn.Tanh())
+        layers.append(torch.nn.Linear(sizes[i], sizes[i + 1]))
+    net = torch.nn.Sequential(*layers)
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    n = x.shape[0]
+    batch = min(config.batch_size, n)
+    steps_per_epoch = max(1, -(-n // batch))
+    epochs = max(config.epochs, -(-config.min_steps // steps_per_epoch))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        for begin in range(0, n, batch):
+            idx = order[begin : begin + batch]
+            logits = net(x[idx])
+            if p is not None:
+                loss = -(p[idx] * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
+            else:
+                loss = torch.nn.functional.cross_entropy(logits, y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    linear = [m for m in net if isinstance(m, torch.nn.Linear)]
+    trained = RampWeights(
+        [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy()) for m in linear]
+    )
+    return fold_standardisation(trained, mean, std)
+
+
+def train_ramps(
+    features: Features,
+    kinds: Sequence[str],
+    config: TrainConfig = TrainConfig(),
+    *,
+    threads: int | None = 1,
+    log: Log = print,
+) -> TrainResult:
+    """Train every site's ramp; measure agreement with the original model on the held-out part."""
+    torch = require("torch", extra="train", purpose="ramp training")
+    n = features.final_scores.shape[0]
+    num_classes = features.final_scores.shape[1]
+    train_idx, held_idx = split_indices(n, config.heldout_fraction, config.seed)
+    final_pred = features.final_pred
+    probs = target_probabilities(features.final_scores) if config.distill else None
+    ramps: list[TrainedRamp] = []
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads or 1))
+    try:
+        for i, (pooled, kind) in enumerate(zip(features.pooled, kinds)):
+            start = time.perf_counter()
+            weights = train_head(
+                pooled[train_idx],
+                final_pred[train_idx],
+                None if probs is None else probs[train_idx],
+                kind,
+                num_classes,
+                config,
+                seed=config.seed * 1000 + i,
+            )
+            ramp = _evaluate(kind, weights, pooled, final_pred, train_idx, held_idx)
+            ramps.append(ramp)
+            log(
+                f"  ramp {i + 1}/{len(kinds)} ({kind}, {pooled.shape[1]} features): held-out agreement "
+                f"{ramp.agreement:.3f} (train {ramp.train_agreement:.3f}, {time.perf_counter() - start:.1f} s)"
+            )
+    finally:
+        torch.set_num_threads(old_threads)
+    return TrainResult(ramps, heldout_stats(ramps, final_pred[held_idx]), train_idx, held_idx)
+
+
+def _evaluate(kind: str, weights: RampWeights, pooled: np.ndarray, final_pred: np.ndarray, train_idx: np.ndarray, held_idx: np.ndarray) -> TrainedRamp:
+    probs = softmax(ramp_forward(weights, pooled))
+    pred = probs.argmax(axis=1).astype(np.int32)
+    agree = pred == final_pred
+    return TrainedRamp(
+        kind=kind,
+        weights=weights,
+        agreement=float(agree[held_idx].mean()) if held_idx.size else float("nan"),
+        train_agreement=float(agree[train_idx].mean()) if train_idx.size else float("nan"),
+        confidence=probs[held_idx].max(axis=1).astype(np.float32),
+        pred=pred[held_idx],
+    )
+
+
+def heldout_stats(ramps: Sequence[TrainedRamp], final_pred: np.ndarray) -> BootstrapStats:
+    """The engine directory's bootstrap statistics: per held-out sample and site."""
+    n = final_pred.shape[0]
+    confidence = np.stack([r.confidence for r in ramps], axis=1) if ramps else np.zeros((n, 0), np.float32)
+    ramp_pred = np.stack([r.pred for r in ramps], axis=1) if ramps else np.zeros((n, 0), np.int32)
+    return BootstrapStats(
+        confidence=confidence.astype(np.float32),
+        ramp_pred=ramp_pred.astype(np.int32),
+        final_pred=final_pred.astype(np.int32),
+        agree=(ramp_pred == final_pred[:, None]).astype(np.uint8),
+    )

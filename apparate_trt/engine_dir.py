@@ -1,0 +1,435 @@
+"""The engine directory: its manifest schema (docs/ENGINE_DIR.md), reading and writing.
+
+``apparate-compile`` writes an engine directory with :func:`write_manifest`; everything that reads
+one (the runtime, the API, tests) goes through :func:`read_manifest`, which validates the directory
+and returns a :class:`Manifest` whose attributes mirror ``manifest.json``. Latencies are in ms,
+shares and fractions in 0..1.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from apparate_trt.errors import ApparateError
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+RAMP_KINDS = ("conv_gap_linear", "seq_cls_dense_tanh_linear", "dense_linear")
+BOOTSTRAP_ARRAYS = ("confidence", "ramp_pred", "final_pred", "agree")
+
+_RECOMPILE = "recompile it with: apparate-compile MODEL.onnx --data BOOTSTRAP.npz --out DIR --force"
+
+Dim = int | str | None
+
+
+@dataclass
+class TensorSpec:
+    """A named tensor: ``dtype`` a numpy name (``float32``), ``shape`` ints or symbolic names."""
+
+    name: str
+    dtype: str
+    shape: list[Dim]
+
+
+@dataclass
+class ModelInfo:
+    """The original model: its file in the directory, hash, inputs/outputs and score output."""
+
+    file: str
+    name: str
+    sha256: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    output: str
+    num_classes: int
+
+
+@dataclass
+class SiteEntry:
+    """A candidate ramp site (a cut); ``depth`` is the fraction of model latency before it."""
+
+    id: int
+    tensor: str
+    side_tensors: list[str]
+    shape: list[Dim]
+    node_index: int
+    depth: float | None = None
+
+
+@dataclass
+class SegmentEntry:
+    """One segment of the finest split; ``ends_at_site`` is None for the last segment."""
+
+    file: str
+    inputs: list[str]
+    outputs: list[str]
+    ends_at_site: int | None
+
+
+@dataclass
+class RampEntry:
+    """The ramp at one site: its ONNX file, held-out agreement (0..1) and batch-1 cost."""
+
+    site: int
+    file: str
+    inputs: list[str]
+    output: str
+    kind: str
+    num_classes: int
+    agreement: float
+    cost_ms: float
+    cost_fraction: float
+
+
+@dataclass
+class Profiles:
+    """Median latencies (ms) per batch size on one backend."""
+
+    backend: str
+    threads: int | None
+    batch_sizes: list[int]
+    model_ms: list[float]
+    segments_ms: list[list[float]]
+    ramps_ms: list[list[float]]
+
+
+@dataclass
+class InitialConfig:
+    """Active ramps to start with and their thresholds (0.0: never exit)."""
+
+    active_sites: list[int]
+    thresholds: list[float]
+
+
+@dataclass
+class BootstrapInfo:
+    """Where the held-out bootstrap statistics are and how the bootstrap data was split."""
+
+    file: str
+    num_samples: int
+    num_train: int
+    num_heldout: int
+
+
+@dataclass
+class BootstrapStats:
+    """Held-out bootstrap statistics (``N`` samples, ``S`` sites), see docs/ENGINE_DIR.md."""
+
+    confidence: np.ndarray  # float32 [N, S]
+    ramp_pred: np.ndarray  # int32 [N, S]
+    final_pred: np.ndarray  # int32 [N]
+    agree: np.ndarray  # uint8 [N, S]
+
+
+@dataclass
+class Manifest:
+    """``manifest.json`` as Python objects; ``root`` is the directory it was read from (or None)."""
+
+    model: ModelInfo
+    sites: list[SiteEntry]
+    segments: list[SegmentEntry]
+    ramps: list[RampEntry]
+    profiles: Profiles
+    budget: float
+    initial_config: InitialConfig
+    bootstrap: BootstrapInfo
+    tools: dict[str, str | None]
+    created: str
+    format_version: int = FORMAT_VERSION
+    root: Path | None = field(default=None, compare=False, repr=False)
+
+    # ----- files -------------------------------------------------------------------------------
+    def path(self, rel: str) -> Path:
+        """Absolute path of a file named in the manifest (paths there are relative to the dir)."""
+        if self.root is None:
+            raise ValueError("this manifest was not read from a directory; its paths have no root")
+        return self.root / rel
+
+    def referenced_files(self) -> list[str]:
+        """Every file the manifest names, relative to the directory."""
+        return [
+            self.model.file,
+            *(s.file for s in self.segments),
+            *(r.file for r in self.ramps),
+            self.bootstrap.file,
+        ]
+
+    def load_bootstrap_stats(self) -> BootstrapStats:
+        """The held-out bootstrap statistics (``bootstrap_stats.npz``)."""
+        with np.load(self.path(self.bootstrap.file), allow_pickle=False) as npz:
+            return BootstrapStats(**{name: npz[name] for name in BOOTSTRAP_ARRAYS})
+
+    # ----- latencies ---------------------------------------------------------------------------
+    def model_ms(self, batch_size: int) -> float:
+        """The unsplit model's latency (ms) at ``batch_size``, interpolated between profiled sizes."""
+        return float(interpolate_ms(self.profiles.batch_sizes, self.profiles.model_ms, batch_size))
+
+    def segment_ms(self, batch_size: int) -> np.ndarray:
+        """Latency (ms) of every finest segment at ``batch_size``: float64 [len(segments)]."""
+        return np.array([interpolate_ms(self.profiles.batch_sizes, ms, batch_size) for ms in self.profiles.segments_ms])
+
+    def ramp_cost_ms(self, batch_size: int) -> np.ndarray:
+        """Latency (ms) each ramp adds at ``batch_size``: float64 [len(ramps)], indexed like ``ramps``."""
+        return np.array([interpolate_ms(self.profiles.batch_sizes, ms, batch_size) for ms in self.profiles.ramps_ms])
+
+    def site_reached_ms(self, batch_size: int) -> np.ndarray:
+        """Latency (ms) from batch start to the end of the segment ending at each site: [len(sites)]."""
+        cumulative = np.cumsum(self.segment_ms(batch_size))
+        index = {seg.ends_at_site: i for i, seg in enumerate(self.segments)}
+        return np.array([cumulative[index[site.id]] for site in self.sites], dtype=np.float64)
+
+    def site_saved_ms(self, batch_size: int) -> np.ndarray:
+        """Latency (ms) saved by exiting at each site: model_ms - time to reach it, at least 0."""
+        return np.maximum(self.model_ms(batch_size) - self.site_reached_ms(batch_size), 0.0)
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest as the JSON object written to ``manifest.json``."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "root"}
+        data = {k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v) for k, v in data.items()}
+        for key in ("sites", "segments", "ramps"):
+            data[key] = [asdict(item) for item in getattr(self, key)]
+        ordered = {"format_version": data.pop("format_version")}
+        ordered.update(data)
+        return ordered
+
+
+def interpolate_ms(batch_sizes: list[int], values_ms: list[float], batch_size: int) -> float:
+    """Latency (ms) at ``batch_size``: linear between profiled sizes, proportional beyond the largest.
+
+    Below the smallest profiled size the smallest size's latency is used (latency does not drop
+    below the batch-1 cost).
+    """
+    sizes = np.asarray(batch_sizes, dtype=np.float64)
+    values = np.asarray(values_ms, dtype=np.float64)
+    if batch_size > sizes[-1]:
+        return float(values[-1] * batch_size / sizes[-1])
+    return float(np.interp(batch_size, sizes, values))
+
+
+# ----- writing -----------------------------------------------------------------------------------
+def write_manifest(directory: str | Path, manifest: Manifest) -> Path:
+    """Write ``manifest.json`` into ``directory`` (atomically) and return its path."""
+    directory = Path(directory)
+    target = directory / MANIFEST_NAME
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".manifest-", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(manifest.to_json(), fh, indent=2)
+        fh.write("\n")
+    os.replace(tmp, target)
+    return target
+
+
+def write_bootstrap_stats(path: str | Path, stats: BootstrapStats) -> None:
+    """Write the held-out bootstrap statistics as ``.npz`` with the dtypes of docs/ENGINE_DIR.md."""
+    np.savez(
+        path,
+        confidence=np.asarray(stats.confidence, dtype=np.float32),
+        ramp_pred=np.asarray(stats.ramp_pred, dtype=np.int32),
+        final_pred=np.asarray(stats.final_pred, dtype=np.int32),
+        agree=np.asarray(stats.agree, dtype=np.uint8),
+    )
+
+
+# ----- reading -----------------------------------------------------------------------------------
+def is_engine_dir(directory: str | Path) -> bool:
+    """True if ``directory`` holds a ``manifest.json`` (whatever its state)."""
+    return (Path(directory) / MANIFEST_NAME).is_file()
+
+
+def read_manifest(directory: str | Path) -> Manifest:
+    """Read and validate the engine directory's manifest; ApparateError says what is wrong."""
+    directory = Path(directory)
+    if not directory.exists():
+        raise ApparateError(f"engine directory '{directory}' does not exist; create it with: apparate-compile MODEL.onnx --data BOOTSTRAP.npz --out {directory}")
+    if not directory.is_dir():
+        raise ApparateError(f"'{directory}' is a file, not an engine directory; pass the directory written by apparate-compile --out")
+    manifest_path = directory / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise ApparateError(f"'{directory}' is not an engine directory (it has no {MANIFEST_NAME}); pass the directory written by apparate-compile --out, or {_RECOMPILE}")
+    data = _load_json(manifest_path)
+    _check_version(data, manifest_path)
+    manifest = _parse(data, manifest_path)
+    manifest.root = directory.resolve()
+    _check_consistency(manifest, manifest_path)
+    _check_files(manifest, directory)
+    return manifest
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ApparateError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}); the engine directory is corrupt, {_RECOMPILE}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ApparateError(f"cannot read {path} ({exc}); check its permissions, or {_RECOMPILE}") from None
+    if not isinstance(data, dict):
+        raise ApparateError(f"{path} holds a JSON {type(data).__name__}, not an object; the engine directory is corrupt, {_RECOMPILE}")
+    return data
+
+
+def _check_version(data: dict[str, Any], path: Path) -> None:
+    version = data.get("format_version")
+    if version is None:
+        raise ApparateError(f"{path} has no 'format_version'; the engine directory is corrupt, {_RECOMPILE}")
+    if version != FORMAT_VERSION:
+        raise ApparateError(
+            f"{path} has format_version {version!r}, but this version of apparate_trt reads only "
+            f"format_version {FORMAT_VERSION}; recompile with this version of apparate-compile"
+        )
+
+
+class _Missing(Exception):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _get(obj: Any, key: str, where: str, kind: type | tuple[type, ...]) -> Any:
+    """``obj[key]`` with a type check; raises _Missing(path) naming the JSON path of the problem."""
+    label = f"{where}.{key}" if where else key
+    if not isinstance(obj, dict) or key not in obj:
+        raise _Missing(label)
+    value = obj[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
+        raise _Missing(f"{label} (wrong type {type(value).__name__})")
+    return value
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+_NUM = (int, float)
+_OPT_INT = (int, type(None))
+
+
+def _tensor(obj: Any, where: str) -> TensorSpec:
+    return TensorSpec(_get(obj, "name", where, str), _get(obj, "dtype", where, str), list(_get(obj, "shape", where, list)))
+
+
+def _items(obj: Any, key: str, where: str = "") -> list[tuple[Any, str]]:
+    label = f"{where}.{key}" if where else key
+    return [(item, f"{label}[{i}]") for i, item in enumerate(_get(obj, key, where, list))]
+
+
+def _parse(data: dict[str, Any], path: Path) -> Manifest:
+    try:
+        model = _get(data, "model", "", dict)
+        profiles = _get(data, "profiles", "", dict)
+        initial = _get(data, "initial_config", "", dict)
+        boot = _get(data, "bootstrap", "", dict)
+        return Manifest(
+            format_version=data["format_version"],
+            model=ModelInfo(
+                file=_get(model, "file", "model", str),
+                name=_get(model, "name", "model", str),
+                sha256=_get(model, "sha256", "model", str),
+                inputs=[_tensor(t, w) for t, w in _items(model, "inputs", "model")],
+                outputs=[_tensor(t, w) for t, w in _items(model, "outputs", "model")],
+                output=_get(model, "output", "model", str),
+                num_classes=_get(model, "num_classes", "model", int),
+            ),
+            sites=[
+                SiteEntry(
+                    id=_get(s, "id", w, int),
+                    tensor=_get(s, "tensor", w, str),
+                    side_tensors=list(_get(s, "side_tensors", w, list)),
+                    shape=list(_get(s, "shape", w, list)),
+                    node_index=_get(s, "node_index", w, int),
+                    depth=_get(s, "depth", w, (*_NUM, type(None))),
+                )
+                for s, w in _items(data, "sites")
+            ],
+            segments=[
+                SegmentEntry(
+                    file=_get(s, "file", w, str),
+                    inputs=list(_get(s, "inputs", w, list)),
+                    outputs=list(_get(s, "outputs", w, list)),
+                    ends_at_site=_get(s, "ends_at_site", w, _OPT_INT),
+                )
+                for s, w in _items(data, "segments")
+            ],
+            ramps=[
+                RampEntry(
+                    site=_get(r, "site", w, int),
+                    file=_get(r, "file", w, str),
+                    inputs=list(_get(r, "inputs", w, list)),
+                    output=_get(r, "output", w, str),
+                    kind=_get(r, "kind", w, str),
+                    num_classes=_get(r, "num_classes", w, int),
+                    agreement=float(_get(r, "agreement", w, _NUM)),
+                    cost_ms=float(_get(r, "cost_ms", w, _NUM)),
+                    cost_fraction=float(_get(r, "cost_fraction", w, _NUM)),
+                )
+                for r, w in _items(data, "ramps")
+            ],
+            profiles=Profiles(
+                backend=_get(profiles, "backend", "profiles", str),
+                threads=_get(profiles, "threads", "profiles", _OPT_INT),
+                batch_sizes=[int(b) for b in _get(profiles, "batch_sizes", "profiles", list)],
+                model_ms=[float(v) for v in _get(profiles, "model_ms", "profiles", list)],
+                segments_ms=[[float(v) for v in row] for row in _get(profiles, "segments_ms", "profiles", list)],
+                ramps_ms=[[float(v) for v in row] for row in _get(profiles, "ramps_ms", "profiles", list)],
+            ),
+            budget=float(_get(data, "budget", "", _NUM)),
+            initial_config=InitialConfig(
+                active_sites=[int(s) for s in _get(initial, "active_sites", "initial_config", list)],
+                thresholds=[float(t) for t in _get(initial, "thresholds", "initial_config", list)],
+            ),
+            bootstrap=BootstrapInfo(
+                file=_get(boot, "file", "bootstrap", str),
+                num_samples=_get(boot, "num_samples", "bootstrap", int),
+                num_train=_get(boot, "num_train", "bootstrap", int),
+                num_heldout=_get(boot, "num_heldout", "bootstrap", int),
+            ),
+            tools=dict(_get(data, "tools", "", dict)),
+            created=_get(data, "created", "", str),
+        )
+    except _Missing as exc:
+        raise ApparateError(f"{path} is missing or has a bad '{exc.key}'; the engine directory is corrupt or from another tool, {_RECOMPILE}") from None
+    except (TypeError, ValueError) as exc:
+        raise ApparateError(f"{path} holds a malformed value ({exc}); the engine directory is corrupt, {_RECOMPILE}") from None
+
+
+def _check_consistency(m: Manifest, path: Path) -> None:
+    """Cross-field checks: counts and ids agree, so that the runtime can index without surprises."""
+    problems: list[str] = []
+    n_sites, n_batches = len(m.sites), len(m.profiles.batch_sizes)
+    if [s.id for s in m.sites] != list(range(n_sites)):
+        problems.append("site ids are not 0..n-1 in order")
+    if len(m.segments) != n_sites + 1:
+        problems.append(f"{len(m.segments)} segments for {n_sites} sites (expected {n_sites + 1})")
+    elif [s.ends_at_site for s in m.segments] != [*range(n_sites), None]:
+        problems.append("segments do not end at sites 0..n-1 and then the model's end")
+    if [r.site for r in m.ramps] != list(range(n_sites)):
+        problems.append(f"ramps are not one per site in order ({len(m.ramps)} ramps, {n_sites} sites)")
+    if any(r.kind not in RAMP_KINDS for r in m.ramps):
+        problems.append(f"a ramp kind is not one of {', '.join(RAMP_KINDS)}")
+    if n_batches == 0 or m.profiles.batch_sizes != sorted(set(m.profiles.batch_sizes)):
+        problems.append("profiles.batch_sizes is empty or not increasing")
+    if len(m.profiles.model_ms) != n_batches:
+        problems.append("profiles.model_ms does not have one entry per batch size")
+    for key, rows, count in (("segments_ms", m.profiles.segments_ms, len(m.segments)), ("ramps_ms", m.profiles.ramps_ms, len(m.ramps))):
+        if len(rows) != count or any(len(row) != n_batches for row in rows):
+            problems.append(f"profiles.{key} is not one list per {key[:-4]} with one entry per batch size")
+    if any(not 0 <= s < n_sites for s in m.initial_config.active_sites):
+        problems.append("initial_config.active_sites names an unknown site")
+    if len(m.initial_config.thresholds) != len(m.initial_config.active_sites):
+        problems.append("initial_config.thresholds does not match active_sites")
+    if m.model.output not in [t.name for t in m.model.outputs]:
+        problems.append(f"model.output '{m.model.output}' is not one of model.outputs")
+    if problems:
+        raise ApparateError(f"{path} is inconsistent: {'; '.join(problems)}; {_RECOMPILE}")
+
+
+def _check_files(m: Manifest, directory: Path) -> None:
+    missing = [rel for rel in m.referenced_files() if not (directory / rel).is_file()]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise ApparateError(f"engine directory '{directory}' is missing {missing[0]}{more} (named in {MANIFEST_NAME}); {_RECOMPILE}")

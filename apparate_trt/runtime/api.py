@@ -1,0 +1,421 @@
+"""The embedding API: load an engine directory, submit single samples, receive results as they happen.
+
+```python
+engine = load("out/", max_batch=8, max_delay_ms=5.0, accuracy_constraint=0.01)
+handle = engine.submit({"input": x}, on_result=print)   # x: ONE sample, no batch axis
+early = handle.early.result()    # first released result (a ramp's, or the final one)
+final = handle.final.result()    # the original model's output for x
+engine.close()                   # answers every accepted request, then returns
+```
+
+Requests are validated one by one in ``submit`` (a bad request raises there and affects nothing
+else), batched dynamically (:mod:`~apparate_trt.runtime.batching`) and run by the executor. After
+each batch the controller sees the batch's feedback and may change the active ramps and thresholds.
+Times are ``time.monotonic()`` seconds; latencies are ms.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from apparate_trt.engine_dir import Manifest, TensorSpec, read_manifest
+from apparate_trt.errors import ApparateError
+from apparate_trt.runtime.batching import (
+    BatcherClosedError,
+    DynamicBatcher,
+    OverloadError,
+    RequestTimeoutError,
+    validate_settings,
+)
+from apparate_trt.runtime.controller import Controller
+from apparate_trt.runtime.executor import BatchExecutor, BatchOutcome, Executor, check_confidence_kind
+from apparate_trt.runtime.vanilla import VanillaExecutor
+
+log = logging.getLogger(__name__)
+
+MODES = ("apparate", "vanilla")
+
+__all__ = [
+    "BatcherClosedError",
+    "Engine",
+    "OverloadError",
+    "RequestHandle",
+    "RequestTimeoutError",
+    "Result",
+    "load",
+]
+
+
+@dataclass(frozen=True)
+class Result:
+    """One released result of one request.
+
+    ``output`` is the released score row (float32 [classes]): the ramp's logits for an early
+    result, the original model's output for the final one. ``exit_site`` is the ramp site that
+    released this result, None for the final output. Times are ``time.monotonic()`` seconds.
+    """
+
+    request_id: int
+    output: np.ndarray
+    pred: int
+    exit_site: int | None
+    is_final: bool
+    t_arrival: float
+    t_release: float
+
+    @property
+    def latency_ms(self) -> float:
+        """Release time minus arrival time, in ms."""
+        return (self.t_release - self.t_arrival) * 1000.0
+
+
+@dataclass
+class RequestHandle:
+    """A submitted request: ``early`` resolves with the first released :class:`Result` (the final
+    one when no ramp exits), ``final`` with the final one. Both get the exception if it fails.
+    Cancelling ``final`` before the request runs drops it from its batch (a client went away)."""
+
+    request_id: int
+    t_arrival: float
+    early: Future = field(default_factory=Future)
+    final: Future = field(default_factory=Future)
+
+    def result(self, timeout_s: float | None = None) -> Result:
+        """The final result (blocks up to ``timeout_s`` seconds)."""
+        return self.final.result(timeout_s)
+
+
+@dataclass
+class _Request:
+    handle: RequestHandle
+    inputs: dict[str, np.ndarray]
+    on_result: Callable[[Result], None] | None
+
+    @property
+    def shape_key(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(a.shape for a in self.inputs.values())
+
+
+# ------------------------------------------------------------------------------------- validation
+def _cast(name: str, value: np.ndarray, target: np.dtype) -> np.ndarray:
+    """``value`` as ``target``: safe casts, float or int to float, and int to int when the values fit."""
+    if value.dtype == target:
+        return value
+    if np.can_cast(value.dtype, target, casting="safe"):
+        return value.astype(target)
+    src, dst = value.dtype.kind, target.kind
+    if src in "fiub" and dst == "f":
+        return value.astype(target)
+    if src in "iu" and dst in "iu":
+        info = np.iinfo(target)
+        if value.size == 0 or (value.min() >= info.min and value.max() <= info.max):
+            return value.astype(target)
+        raise ApparateError(f"input '{name}' holds values outside the range of {target}, which the model takes")
+    raise ApparateError(f"input '{name}' has dtype {value.dtype}, but the model takes {target}; convert it with .astype(np.{target})")
+
+
+def _check_shape(spec: TensorSpec, value: np.ndarray, symbols: dict[str, int]) -> None:
+    """One sample's shape against the spec without its batch axis; symbolic dims must agree."""
+    expected = spec.shape[1:]
+    shown = [d if isinstance(d, int) else str(d) for d in expected]
+    if value.ndim != len(expected):
+        hint = " (give ONE sample, without the batch axis)" if value.ndim == len(expected) + 1 else ""
+        raise ApparateError(f"input '{spec.name}' has shape {list(value.shape)}, expected {shown}{hint}")
+    for axis, (dim, size) in enumerate(zip(expected, value.shape)):
+        if isinstance(dim, int) and dim > 0:
+            if size != dim:
+                raise ApparateError(f"input '{spec.name}' has shape {list(value.shape)}, expected {shown} (axis {axis} must be {dim})")
+        elif size < 1:
+            raise ApparateError(f"input '{spec.name}' has an empty axis {axis} (shape {list(value.shape)})")
+        elif isinstance(dim, str) and dim:
+            seen = symbols.setdefault(dim, size)
+            if seen != size:
+                raise ApparateError(f"inputs disagree on dimension '{dim}' ({seen} and {size} in '{spec.name}'); give every input the same length")
+
+
+def validate_sample(specs: Sequence[TensorSpec], inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Check one sample against the model's inputs; return C-contiguous arrays of the model's dtypes.
+
+    Raises ApparateError naming the problem: not a mapping, missing or unknown input names, a shape
+    that does not match (without the batch axis), a dtype that cannot be cast safely, NaN or inf.
+    """
+    if not isinstance(inputs, Mapping):
+        raise ApparateError(f"a request is a dict {{input name: array}}, got {type(inputs).__name__}")
+    names = [s.name for s in specs]
+    missing = [n for n in names if n not in inputs]
+    unknown = [n for n in inputs if n not in names]
+    if missing or unknown:
+        parts = ([f"missing input(s) {missing}"] if missing else []) + ([f"unknown input(s) {unknown}"] if unknown else [])
+        raise ApparateError(f"{' and '.join(parts)}; this model takes {names}")
+    out: dict[str, np.ndarray] = {}
+    symbols: dict[str, int] = {}
+    for spec in specs:
+        try:
+            value = np.asarray(inputs[spec.name])
+        except (ValueError, TypeError) as exc:
+            raise ApparateError(f"input '{spec.name}' is not an array ({exc})") from None
+        if value.dtype == object:
+            raise ApparateError(f"input '{spec.name}' is not a numeric array (dtype object); give a numpy array")
+        _check_shape(spec, value, symbols)
+        value = _cast(spec.name, value, np.dtype(spec.dtype))
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise ApparateError(f"input '{spec.name}' holds NaN or infinite values; clean the sample before submitting")
+        out[spec.name] = np.ascontiguousarray(value)
+    return out
+
+
+def _group_by_shape(requests: list[_Request]) -> list[list[_Request]]:
+    """Split a batch into groups that can be stacked (symbolic dims such as sequence length agree)."""
+    groups: dict[tuple, list[_Request]] = {}
+    for req in requests:
+        groups.setdefault(req.shape_key, []).append(req)
+    return list(groups.values())
+
+
+def _set_once(future: Future, *, result: Any = None, error: BaseException | None = None) -> bool:
+    """Resolve ``future`` unless it is already resolved; True if this call resolved it."""
+    if future.done():
+        return False
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except Exception:  # noqa: BLE001 - InvalidStateError from a race with cancel()
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------------------ engine
+class Engine:
+    """A loaded engine directory serving requests (use :func:`load`)."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        executor: BatchExecutor,
+        controller: Controller | None,
+        *,
+        mode: str,
+        max_batch: int,
+        max_delay_ms: float,
+        queue_size: int,
+        timeout_ms: float | None,
+    ) -> None:
+        self.manifest = manifest
+        self.mode = mode
+        self.executor = executor
+        self.controller = controller
+        self.timeout_ms = timeout_ms
+        self._ids = itertools.count()
+        self._failed = 0
+        self._batcher: DynamicBatcher[_Request] = DynamicBatcher(
+            self._process,
+            max_batch=max_batch,
+            max_delay_ms=max_delay_ms,
+            queue_size=queue_size,
+            on_expired=self._expire,
+            name=f"apparate-{manifest.model.name}",
+        )
+
+    # ------------------------------------------------------------------------------------ requests
+    def submit(
+        self,
+        inputs: Mapping[str, Any],
+        on_result: Callable[[Result], None] | None = None,
+        *,
+        timeout_ms: float | None = None,
+    ) -> RequestHandle:
+        """Queue ONE sample (``{input name: array without the batch axis}``).
+
+        ``on_result(Result)`` is called on the engine's worker thread with the early result (if a
+        ramp releases it) and then with the final one; it must be quick and must not block.
+        ``timeout_ms`` (default: the engine's) bounds the time the request may wait in the queue;
+        past it the request is not run and its futures get :class:`RequestTimeoutError`.
+
+        Raises:
+            ApparateError: the sample is invalid (nothing is queued; other requests are unaffected).
+            OverloadError: the queue is full (retry later).
+            BatcherClosedError: the engine is closed.
+        """
+        t_arrival = time.monotonic()
+        sample = validate_sample(self.manifest.model.inputs, inputs)
+        handle = RequestHandle(next(self._ids), t_arrival)
+        timeout = self.timeout_ms if timeout_ms is None else timeout_ms
+        self._batcher.submit(_Request(handle, sample, on_result), timeout_ms=timeout)
+        return handle
+
+    def infer(self, inputs: Mapping[str, Any], timeout_s: float | None = None) -> Result:
+        """Submit one sample and wait for its final result (convenience)."""
+        return self.submit(inputs).result(timeout_s)
+
+    # ---------------------------------------------------------------------------------- the worker
+    def _process(self, requests: list[_Request]) -> None:
+        """Run a batch from the batcher; requests cancelled by their client are skipped."""
+        live: list[_Request] = []
+        for req in requests:
+            if req.handle.final.cancelled():
+                req.handle.early.cancel()
+            else:
+                live.append(req)
+        for group in _group_by_shape(live):
+            self._run_group(group)
+
+    def _run_group(self, group: list[_Request]) -> None:
+        """Run ``group`` as one batch; if it fails, rerun each request alone so one fails alone."""
+        try:
+            batch = {name: np.stack([req.inputs[name] for req in group]) for name in group[0].inputs}
+
+            def on_release(index: int, row: np.ndarray, pred: int, site: int | None, t_release: float) -> None:
+                self._deliver(group[index], row, pred, site, t_release)
+
+            outcome = self.executor.run_batch(batch, on_release)
+        except Exception as exc:  # noqa: BLE001 - isolate the failing request(s)
+            if len(group) > 1:
+                log.warning("a batch of %d failed (%s); running its requests one by one", len(group), exc)
+                for req in group:
+                    self._run_group([req])
+            else:
+                self._fail(group[0], exc)
+            return
+        self._observe(outcome)
+
+    def _deliver(self, req: _Request, row: np.ndarray, pred: int, site: int | None, t_release: float) -> None:
+        handle = req.handle
+        result = Result(handle.request_id, np.array(row, dtype=np.float32), int(pred), site, site is None, handle.t_arrival, t_release)
+        delivered = _set_once(handle.early, result=result)
+        if result.is_final:
+            delivered = _set_once(handle.final, result=result) or delivered
+        if delivered and req.on_result is not None:
+            try:
+                req.on_result(result)
+            except Exception:  # noqa: BLE001 - a client's callback must not stop serving
+                log.exception("on_result callback of request %d raised", handle.request_id)
+
+    def _fail(self, req: _Request, exc: BaseException) -> None:
+        self._failed += 1
+        if not isinstance(exc, ApparateError):
+            exc = ApparateError(f"request {req.handle.request_id} failed while running: {exc}")
+        _set_once(req.handle.early, error=exc)
+        _set_once(req.handle.final, error=exc)
+
+    def _expire(self, requests: list[_Request]) -> None:
+        for req in requests:
+            waited_ms = (time.monotonic() - req.handle.t_arrival) * 1000.0
+            self._fail(req, RequestTimeoutError(f"request {req.handle.request_id} waited {waited_ms:.0f} ms in the queue, past its timeout; retry, or raise the timeout"))
+
+    def _observe(self, outcome: BatchOutcome) -> None:
+        """Hand the batch's feedback to the controller and apply any new configuration."""
+        if self.controller is None:
+            return
+        try:
+            config = self.controller.observe(outcome, outcome.t_end)
+            if config is not None:
+                active, thresholds = config
+                self.executor.configure(active, thresholds)
+        except Exception:  # noqa: BLE001 - a controller bug must not stop serving
+            log.exception("the controller failed on a batch; keeping the current configuration")
+
+    # ----------------------------------------------------------------------------------- lifecycle
+    def stats(self) -> dict[str, Any]:
+        """Counters for metrics: queue depth, batches, requests, active sites and their thresholds."""
+        b = self._batcher.stats()
+        thresholds = self.executor.thresholds
+        active = self.executor.active_sites
+        return {
+            "mode": self.mode,
+            "queue_depth": b.queue_depth,
+            "batches": b.batches,
+            "requests": b.accepted,
+            "refused": b.refused,
+            "expired": b.expired,
+            "failed": self._failed,
+            "batch_sizes": b.batch_sizes,
+            "active_sites": active,
+            "thresholds": {site: thresholds.get(site, 0.0) for site in active},
+        }
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._batcher.closed
+
+    def close(self, timeout_s: float | None = None) -> None:
+        """Stop accepting requests, answer every accepted one, then free the executor."""
+        self._batcher.close(timeout_s)
+        self.executor.close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load(
+    engine_dir: str | Path,
+    *,
+    max_batch: int = 8,
+    max_delay_ms: float = 5.0,
+    accuracy_constraint: float = 0.01,
+    mode: str = "apparate",
+    threads: int | None = None,
+    queue_size: int = 1024,
+    confidence: str = "maxprob",
+    controller_options: Mapping[str, Any] | None = None,
+    timeout_ms: float | None = None,
+) -> Engine:
+    """Load an engine directory and start serving it.
+
+    Args:
+        engine_dir: the directory written by ``apparate-compile``.
+        max_batch: the largest batch; max_delay_ms: the longest queueing delay (ms) before a
+            partial batch is dispatched.
+        accuracy_constraint: the tolerated share of results that disagree with the original model.
+        mode: ``apparate`` (ramps, adaptive) or ``vanilla`` (the unsplit original model).
+        threads: ONNX Runtime intra-op threads per session (None: every core).
+        queue_size: the most requests waiting; past it ``submit`` raises OverloadError.
+        confidence: ``maxprob`` or ``entropy``.
+        controller_options: extra keyword arguments for the controller.
+        timeout_ms: default per-request queueing timeout (ms), None for none.
+    """
+    if mode not in MODES:
+        raise ApparateError(f"unknown mode '{mode}'; use one of: {', '.join(MODES)}")
+    if not 0.0 <= accuracy_constraint < 1.0:
+        raise ApparateError(f"accuracy constraint must lie in [0, 1), got {accuracy_constraint}")
+    if threads is not None and int(threads) < 1:
+        raise ApparateError(f"threads must be at least 1 (or None for all cores), got {threads}")
+    check_confidence_kind(confidence)
+    validate_settings(max_batch, max_delay_ms, queue_size)
+    manifest = read_manifest(engine_dir)
+    controller: Controller | None = None
+    executor: BatchExecutor
+    if mode == "vanilla":
+        executor = VanillaExecutor(manifest, threads)
+    else:
+        executor = Executor(manifest, threads, confidence)
+        options = {"confidence": confidence, **dict(controller_options or {})}
+        try:
+            controller = Controller(manifest, accuracy_constraint=accuracy_constraint, **options)
+            active, thresholds = controller.initial_config()
+            executor.configure(active, thresholds, wait=True)
+        except BaseException:
+            executor.close()
+            raise
+    return Engine(
+        manifest,
+        executor,
+        controller,
+        mode=mode,
+        max_batch=max_batch,
+        max_delay_ms=max_delay_ms,
+        queue_size=queue_size,
+        timeout_ms=timeout_ms,
+    )

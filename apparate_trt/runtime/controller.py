@@ -1,0 +1,599 @@
+"""The control plane: per-ramp thresholds (fast loop) and ramp placement (slow loop).
+
+The executor hands every finished batch to :meth:`Controller.observe` as a ``BatchOutcome``: for
+each input and each active ramp, the ramp's confidence and whether its argmax agreed with the
+model's final output. That free feedback goes into a sliding window (the C core's
+``FeedbackWindow``) and drives, per DESIGN.md ("Online"):
+
+Initial configuration
+    The active sites come from the manifest's ``initial_config`` (chosen by the compiler within the
+    budget). Thresholds: with ``initial_thresholds="bootstrap"`` (the default) the window is seeded
+    with the held-out bootstrap statistics (``bootstrap_stats.npz``; the bootstrap data is the start
+    of the same stream, and the ramps never trained on the held-out part) and the thresholds are
+    tuned on them at once, so that savings start with the first request. Live feedback then pushes
+    the bootstrap samples out of the window. With ``"never"`` (the paper's start, also used when the
+    bootstrap statistics are missing or the confidence is not ``maxprob``, which they were measured
+    with) every ramp starts at threshold 0 (never exit) until the first tune on live feedback.
+
+Threshold tuning (fast loop, accuracy first)
+    ``search_thresholds`` (greedy hill climb in C) on the window, maximising the latency saved per
+    input (ms, from the profile at the current batch size) subject to window accuracy >=
+    ``1 - target_fraction * accuracy_constraint``. The margin (``target_fraction``, default 0.5)
+    absorbs the sampling noise between the window that was tuned on and the requests that follow,
+    so that windows of served requests stay within the constraint itself. A tune runs on the first
+    feedback, after every ramp change or emergency cut (once ``min_tune_samples`` samples hold the
+    new active set), when the window's accuracy with the current thresholds breaks
+    ``1 - accuracy_constraint``, and every ``tune_every_batches`` batches.
+
+Emergency cut
+    Every batch, over the most recent ``emergency_window`` samples: a ramp whose wrong exits there
+    reach ``max(3, 3 * accuracy_constraint * samples)`` (one ramp alone spending three times the
+    whole error budget) gets threshold 0 at once. The window is then cleared, since its older
+    feedback describes a workload that is gone, and a tune follows once ``min_tune_samples`` fresh
+    samples arrived.
+
+Ramp adjustment (slow loop, latency first)
+    Every ``adjust_every_batches`` batches (when no tune is pending and no ramp is in probation),
+    each active ramp's utility over the window with the current thresholds, via ``ramp_utility``:
+    ``exit share * ms saved relative to the next exit point - pass share * ramp cost ms``. Ramps
+    with negative utility (or no exits) are removed, and each one's freed budget probes a site
+    deeper: halfway between it and the next active ramp (or the latest useful site). When every
+    ramp pays off, spare budget probes a site earlier: halfway between the start and the earliest
+    active ramp. A removed site is not probed again for ``probe_cooldown`` adjustment rounds. Sites
+    past the latest useful site (where the latency after the site does not exceed the ramp's own
+    cost) are never used. The budget is checked in latency: the sum of the active ramps' profiled
+    costs at the current batch size stays within ``manifest.budget`` times the model's latency. A
+    new ramp starts in probation (threshold 0, never exits) and gets its threshold at the next tune.
+
+Every decision is an event ``{t, kind, reason, ...}`` (kinds: ``initial``, ``tune``,
+``emergency``, ``remove_ramp``, ``add_ramp``), and every batch appends to the threshold history
+``{t, active_sites, thresholds, window_accuracy, window_samples}``. Times ``t`` are in seconds of
+``clock`` (``time.monotonic`` by default, the executor's clock).
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+from apparate_trt import _core
+from apparate_trt.engine_dir import BootstrapStats, Manifest
+from apparate_trt.errors import ApparateError
+
+Config = tuple[list[int], list[float]]
+"""``(active site ids in execution order, threshold per active site)``."""
+
+INITIAL_THRESHOLD_MODES = ("bootstrap", "never")
+EMERGENCY_MIN_ERRORS = 3
+"""Wrong exits at one ramp in the emergency window below which no emergency is declared."""
+EMERGENCY_BUDGET_FACTOR = 3.0
+"""An emergency needs one ramp's wrong exits to reach this many times the window's error budget."""
+BATCH_SIZE_SMOOTHING = 0.1
+"""Weight of the newest batch in the running batch size used to read the profile."""
+
+
+class Feedback(Protocol):
+    """What the controller reads from a batch (``apparate_trt.runtime.executor.BatchOutcome``)."""
+
+    site_ids: np.ndarray  # int32 [r]: active sites that ran, in execution order
+    confidence: np.ndarray  # float32 [r, n]
+    agree: np.ndarray  # uint8 [r, n]: ramp argmax == final argmax
+    exit_site: np.ndarray  # int32 [n]: site that released the input early, -1 none
+
+
+# ------------------------------------------------------------------------------ latency model
+@dataclass(frozen=True)
+class _ProfileAt:
+    """The profile at one batch size: ms after each site, each ramp's cost, the model's latency."""
+
+    remaining_ms: np.ndarray  # float64 [sites]: segments after the site, up to the model's end
+    ramp_ms: np.ndarray  # float64 [sites]: each site's ramp cost
+    model_ms: float
+
+
+class LatencyModel:
+    """The engine's latency profile (ms) as the controller reads it, cached per batch size.
+
+    Batch sizes are rounded to integers; between profiled sizes latencies are interpolated
+    (``Manifest.segment_ms`` / ``ramp_cost_ms`` / ``model_ms``).
+    """
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        self._cache: dict[int, _ProfileAt] = {}
+
+    def at(self, batch_size: float) -> _ProfileAt:
+        """The profile at ``batch_size`` (rounded, at least 1)."""
+        b = max(1, int(round(batch_size)))
+        found = self._cache.get(b)
+        if found is None:
+            m = self.manifest
+            remaining = m.segment_ms(b).sum() - m.site_reached_ms(b) if m.sites else np.zeros(0)
+            found = _ProfileAt(np.asarray(remaining, np.float64), np.asarray(m.ramp_cost_ms(b), np.float64), m.model_ms(b))
+            self._cache[b] = found
+        return found
+
+    def ramp_costs_ms(self, sites: Sequence[int], batch_size: float) -> np.ndarray:
+        """Latency (ms) each ramp in ``sites`` adds to a batch of ``batch_size``: float64 [r]."""
+        return self.at(batch_size).ramp_ms[list(sites)]
+
+    def exit_saved_ms(self, sites: Sequence[int], batch_size: float) -> np.ndarray:
+        """Latency (ms) saved by releasing an input at each active ramp instead of at the end.
+
+        That is the segments after the site plus the active ramps after it: float64 [r], ``sites``
+        in execution order.
+        """
+        if not sites:
+            return np.zeros(0, dtype=np.float64)
+        profile = self.at(batch_size)
+        after = profile.remaining_ms[list(sites)]
+        costs = profile.ramp_ms[list(sites)]
+        later_ramps = np.concatenate([np.cumsum(costs[::-1])[::-1][1:], [0.0]])
+        return np.maximum(after + later_ramps, 0.0)
+
+    def budget_ms(self, batch_size: float) -> float:
+        """The ramp budget in ms: ``manifest.budget`` times the model's latency at ``batch_size``."""
+        return float(self.manifest.budget * self.at(batch_size).model_ms)
+
+    def latest_useful_site(self, batch_size: float) -> int:
+        """The deepest site whose exit saves more latency than its ramp costs (-1 when none does)."""
+        profile = self.at(batch_size)
+        found = np.flatnonzero(profile.remaining_ms > profile.ramp_ms)
+        return int(found[-1]) if found.size else -1
+
+
+def saved_next_ms(saved_ms: np.ndarray) -> np.ndarray:
+    """Latency (ms) an exit at each ramp saves relative to the next exit point (next ramp or end)."""
+    return saved_ms - np.concatenate([saved_ms[1:], [0.0]])
+
+
+def search_constraint(target: float, ramps: int, samples: int) -> float:
+    """The constraint handed to the threshold search on a window of ``samples`` for ``ramps`` ramps.
+
+    The hill climb raises each ramp's threshold until just before the window's next wrong exit, so
+    on new requests the thresholds it picks make about one more wrong exit per ramp than it saw in
+    the window (the winner's curse of tuning on the very samples it is judged on). That expected
+    excess, ``ramps / samples``, is taken off the target (never below 0).
+    """
+    return max(0.0, target - ramps / samples) if samples else target
+
+
+# ------------------------------------------------------------------------------ placement rules
+def deeper_probe(removed: int, active: Sequence[int], latest: int, blocked: set[int]) -> int | None:
+    """Site to probe after removing the ramp at ``removed``: halfway to the next boundary, deeper.
+
+    The boundary is the next active ramp after ``removed`` (or ``latest + 1``). Sites in ``active``
+    or ``blocked`` are skipped (the nearest free site from halfway onward, then back toward
+    ``removed``). None when no site is free.
+    """
+    later = [s for s in active if s > removed]
+    boundary = min(later) if later else latest + 1
+    return _free_site_between(removed + 1, boundary, active, blocked)
+
+
+def earlier_probe(active: Sequence[int], latest: int, blocked: set[int]) -> int | None:
+    """Site to probe with spare budget: halfway between the start and the earliest active ramp."""
+    boundary = min(active) if active else latest + 1
+    return _free_site_between(0, boundary, active, blocked)
+
+
+def _free_site_between(low: int, high: int, active: Sequence[int], blocked: set[int]) -> int | None:
+    """A free site in [low, high): the middle one if free, else the nearest free one to it."""
+    if high <= low:
+        return None
+    middle = (low + high - 1) // 2 if high - low > 1 else low
+    taken = set(active) | blocked
+    for distance in range(high - low):
+        for site in (middle + distance, middle - distance):
+            if low <= site < high and site not in taken:
+                return site
+    return None
+
+
+# ------------------------------------------------------------------------------ the controller
+@dataclass
+class _Tuned:
+    thresholds: np.ndarray
+    accuracy: float
+    saved_ms: float
+    samples: int
+
+
+class Controller:
+    """Adapts thresholds and active ramps from each batch's feedback (see the module docstring).
+
+    Args:
+        manifest: the engine directory's manifest (profiles, budget, initial config, bootstrap).
+        accuracy_constraint: allowed share (0..1) of released results that disagree with the
+            original model over a window.
+        window_size: feedback window capacity, in samples (inputs).
+        tune_every_batches: periodic re-tune interval, in batches.
+        adjust_every_batches: ramp adjustment interval, in batches.
+        emergency_window: most recent samples checked each batch for a ramp turning inaccurate.
+        confidence: the executor's confidence kind (``maxprob`` or ``entropy``).
+        clock: seconds, the same clock as the executor's timestamps.
+        target_fraction: the tune aims at ``target_fraction * accuracy_constraint`` (0 < f <= 1).
+        min_tune_samples: fewest window samples (holding every active ramp) a tune uses.
+        initial_thresholds: ``bootstrap`` (tune on the bootstrap statistics at start) or ``never``.
+        probe_cooldown: adjustment rounds during which a removed site is not probed again.
+        bootstrap: bootstrap statistics to use instead of the engine directory's file.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        accuracy_constraint: float = 0.01,
+        window_size: int = 512,
+        tune_every_batches: int = 16,
+        adjust_every_batches: int = 32,
+        emergency_window: int = 128,
+        confidence: str = "maxprob",
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        target_fraction: float = 0.5,
+        min_tune_samples: int = 128,
+        initial_thresholds: str = "bootstrap",
+        probe_cooldown: int = 4,
+        bootstrap: BootstrapStats | None = None,
+    ) -> None:
+        _check_options(accuracy_constraint, window_size, tune_every_batches, adjust_every_batches,
+                       emergency_window, target_fraction, min_tune_samples, initial_thresholds, probe_cooldown)
+        self.manifest = manifest
+        self.latency = LatencyModel(manifest)
+        self.constraint = float(accuracy_constraint)
+        self.target_constraint = float(target_fraction) * self.constraint
+        self.window_size = int(window_size)
+        self.tune_every = int(tune_every_batches)
+        self.adjust_every = int(adjust_every_batches)
+        self.emergency_window = int(emergency_window)
+        self.confidence = confidence
+        self.min_tune_samples = min(int(min_tune_samples), self.window_size)
+        self.probe_cooldown = int(probe_cooldown)
+        self.clock = clock
+        self.num_sites = len(manifest.sites)
+        self.window = _core.FeedbackWindow(self.window_size, max(1, self.num_sites))
+        self.batch_size = 1.0
+        self.batches = 0
+        self._last_tune_batch = 0
+        self._last_adjust_batch = 0
+        self._adjust_rounds = 0
+        self._tuned_live = False
+        self._pending_tune: str | None = "first feedback"
+        self._probation: set[int] = set()
+        self._blocked_until: dict[int, int] = {}
+        self._events: list[dict[str, Any]] = []
+        self._history: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._active, self._thresholds = self._start(initial_thresholds, bootstrap)
+
+    # --------------------------------------------------------------------------- public API
+    def initial_config(self) -> Config:
+        """The configuration to serve the first batch with: ``(active sites, thresholds)``."""
+        return self.config
+
+    @property
+    def config(self) -> Config:
+        """The current ``(active sites in execution order, thresholds)``."""
+        return list(self._active), [float(t) for t in self._thresholds]
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """Every decision so far, oldest first: ``{t, kind, reason, ...}`` (a copy)."""
+        with self._lock:
+            return [dict(e) for e in self._events]
+
+    @property
+    def threshold_history(self) -> list[dict[str, Any]]:
+        """Per batch: ``{t, active_sites, thresholds, window_accuracy, window_samples}`` (a copy)."""
+        with self._lock:
+            return [dict(h) for h in self._history]
+
+    def observe(self, outcome: Feedback, t: float | None = None) -> Config | None:
+        """Take one batch's feedback; return the new configuration if it changed, else None.
+
+        ``t`` is the time of the feedback in seconds of ``clock`` (default: now).
+        """
+        t = self.clock() if t is None else float(t)
+        before = self.config
+        self._push(outcome)
+        self.batches += 1
+        window = None
+        if not self._emergency(t):
+            window = self._window_accuracy()
+            self._maybe_tune(t, window)
+            self._maybe_adjust(t)
+        after = self.config
+        changed = after != before
+        self._record_history(t, window if window is not None and not changed else self._window_accuracy())
+        return after if changed else None
+
+    # --------------------------------------------------------------------------- start
+    def _start(self, mode: str, bootstrap: BootstrapStats | None) -> tuple[list[int], np.ndarray]:
+        initial = self.manifest.initial_config
+        active = sorted(int(s) for s in initial.active_sites if 0 <= int(s) < self.num_sites)
+        thresholds = np.zeros(len(active), dtype=np.float64)
+        self._active, self._thresholds = active, thresholds
+        t = self.clock()
+        stats, why_not = self._bootstrap_for_start(mode, bootstrap)
+        if stats is None:
+            self._event(t, "initial", f"sites from the manifest; thresholds 0 (never exit) until the first tune: {why_not}")
+            return active, thresholds
+        self._seed_window(stats)
+        tuned = self._search(active)
+        if tuned is not None:
+            thresholds = tuned.thresholds
+        self._event(
+            t, "initial",
+            f"sites from the manifest; thresholds tuned on {len(self.window)} held-out bootstrap samples",
+            window_accuracy=None if tuned is None else tuned.accuracy,
+            saved_ms=None if tuned is None else tuned.saved_ms,
+        )
+        return active, thresholds
+
+    def _bootstrap_for_start(self, mode: str, given: BootstrapStats | None) -> tuple[BootstrapStats | None, str]:
+        """The bootstrap statistics to seed the window with, or (None, why not)."""
+        if mode == "never":
+            return None, "initial_thresholds='never'"
+        if self.confidence != "maxprob":
+            return None, f"the bootstrap statistics hold maxprob confidences, not {self.confidence}"
+        if given is not None:
+            return given, ""
+        if self.manifest.root is None:
+            return None, "the manifest has no engine directory to read bootstrap statistics from"
+        try:
+            return self.manifest.load_bootstrap_stats(), ""
+        except (OSError, KeyError, ValueError) as exc:
+            return None, f"bootstrap statistics unreadable ({exc})"
+
+    def _seed_window(self, stats: BootstrapStats) -> None:
+        conf = np.ascontiguousarray(np.asarray(stats.confidence, dtype=np.float32).T)
+        agree = np.ascontiguousarray(np.asarray(stats.agree, dtype=np.uint8).T)
+        if conf.shape[0] != self.num_sites or conf.shape[1] == 0:
+            return
+        conf = np.nan_to_num(np.clip(conf, 0.0, 1.0), nan=0.0)
+        self.window.push(np.arange(self.num_sites, dtype=np.int32), conf, agree)
+
+    # --------------------------------------------------------------------------- feedback
+    def _push(self, outcome: Feedback) -> None:
+        sites = np.ascontiguousarray(outcome.site_ids, dtype=np.int32)
+        conf = np.ascontiguousarray(outcome.confidence, dtype=np.float32)
+        agree = np.ascontiguousarray(outcome.agree, dtype=np.uint8)
+        n = int(np.shape(outcome.exit_site)[0]) if conf.shape[0] == 0 else int(conf.shape[1])
+        if n == 0:
+            return
+        self.batch_size += BATCH_SIZE_SMOOTHING * (n - self.batch_size) if self.batches else (n - self.batch_size)
+        if sites.size == 0:
+            self.window.push(sites, np.zeros((0, n), np.float32), np.zeros((0, n), np.uint8))
+            return
+        conf = np.nan_to_num(np.clip(conf, 0.0, 1.0), nan=0.0)
+        self.window.push(sites, conf, agree)
+
+    def _window_arrays(self, sites: Sequence[int], last: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.asarray(sites, dtype=np.int32)
+        return self.window.gather(ids) if last is None else self.window.gather(ids, last)
+
+    def _window_accuracy(self) -> tuple[float, int]:
+        """Accuracy (fraction) of the current thresholds on the window, and the samples used."""
+        if not self._active:
+            return 1.0, len(self.window)
+        conf, agree = self._window_arrays(self._active)
+        saved = self.latency.exit_saved_ms(self._active, self.batch_size)
+        accuracy, _, _ = _core.evaluate_thresholds(conf, agree, saved, self._thresholds)
+        return float(accuracy), int(conf.shape[1])
+
+    # --------------------------------------------------------------------------- emergency
+    def _emergency(self, t: float) -> bool:
+        """Cut (threshold 0) every ramp whose recent exits turned inaccurate; True if any was cut."""
+        if not self._active or not np.any(self._thresholds > 0):
+            return False
+        conf, agree = self._window_arrays(self._active, self.emergency_window)
+        m = conf.shape[1]
+        if m == 0:
+            return False
+        exits = _core.exit_decisions(conf, self._thresholds)
+        limit = max(EMERGENCY_MIN_ERRORS, math.ceil(EMERGENCY_BUDGET_FACTOR * self.constraint * m))
+        cut = []
+        for i, site in enumerate(self._active):
+            exiting = exits == i
+            wrong = int(np.count_nonzero(exiting & (agree[i] == 0)))
+            if self._thresholds[i] > 0 and wrong >= limit:
+                cut.append((i, site, wrong, int(np.count_nonzero(exiting))))
+        if not cut:
+            return False
+        for i, site, wrong, exited in cut:
+            self._event(
+                t, "emergency",
+                f"ramp {site}: {wrong} of its {exited} exits in the last {m} samples disagree with the "
+                f"final output (limit {limit}); threshold {self._thresholds[i]:.4f} -> 0, window cleared",
+                site=site, wrong_exits=wrong, exits=exited, samples=m, old_threshold=float(self._thresholds[i]),
+            )
+            self._thresholds[i] = 0.0
+        self.window.clear()
+        self._pending_tune = "after an emergency cut"
+        return True
+
+    # --------------------------------------------------------------------------- tuning
+    def _maybe_tune(self, t: float, window: tuple[float, int]) -> None:
+        reason = self._tune_reason(*window)
+        if reason is None:
+            return
+        if not self._active:  # nothing to tune; the slow loop may probe a ramp
+            self._pending_tune = None
+            self._tuned_live = True
+            self._last_tune_batch = self.batches
+            return
+        tuned = self._search(self._active)
+        if tuned is None:
+            self._pending_tune = self._pending_tune or reason
+            return
+        old = self._thresholds
+        self._thresholds = tuned.thresholds
+        self._pending_tune = None
+        self._probation.clear()
+        self._tuned_live = True
+        self._last_tune_batch = self.batches
+        self._event(
+            t, "tune", reason,
+            active_sites=list(self._active), old_thresholds=[float(x) for x in old],
+            thresholds=[float(x) for x in tuned.thresholds], window_accuracy=tuned.accuracy,
+            samples=tuned.samples, saved_ms=tuned.saved_ms,
+        )
+
+    def _tune_reason(self, accuracy: float, samples: int) -> str | None:
+        """Why a tune is due now (given the window's accuracy with the current thresholds), or None."""
+        if self._pending_tune is not None:
+            return self._pending_tune
+        if samples >= self.min_tune_samples and accuracy < 1.0 - self.constraint - 1e-12:
+            return f"window accuracy {accuracy:.4f} broke the constraint (>= {1.0 - self.constraint:.4f})"
+        if self.batches - self._last_tune_batch >= self.tune_every:
+            return f"periodic (every {self.tune_every} batches)"
+        return None
+
+    def _search(self, sites: Sequence[int]) -> _Tuned | None:
+        """Thresholds for ``sites`` from the window, or None when it holds too few samples."""
+        if not sites:
+            return _Tuned(np.zeros(0), 1.0, 0.0, len(self.window))
+        conf, agree = self._window_arrays(sites)
+        m = conf.shape[1]
+        if m < self.min_tune_samples:
+            return None
+        saved = self.latency.exit_saved_ms(sites, self.batch_size)
+        thresholds, accuracy, saved_mean = _core.search_thresholds(conf, agree, saved, search_constraint(self.target_constraint, len(sites), m))
+        return _Tuned(np.asarray(thresholds, dtype=np.float64).copy(), float(accuracy), float(saved_mean), int(m))
+
+    # --------------------------------------------------------------------------- ramp adjustment
+    def _maybe_adjust(self, t: float) -> None:
+        if self.batches - self._last_adjust_batch < self.adjust_every:
+            return
+        if self._pending_tune is not None or self._probation or not self._tuned_live:
+            return
+        utility = self._utilities()
+        if utility is None:
+            return
+        self._last_adjust_batch = self.batches
+        self._adjust_rounds += 1
+        values, exits, samples = utility
+        useless = [(s, float(u), int(e)) for s, u, e in zip(self._active, values, exits) if u < 0 or e == 0]
+        if useless:
+            self._remove_and_probe_deeper(t, useless, samples)
+        else:
+            self._probe_earlier(t, values)
+
+    def _utilities(self) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """(utility ms per input, exits) per active ramp over the window, and the samples used."""
+        active = self._active
+        if not active:
+            return np.zeros(0), np.zeros(0, np.int64), len(self.window)
+        conf, agree = self._window_arrays(active)
+        m = conf.shape[1]
+        if m < self.min_tune_samples:
+            return None
+        saved = self.latency.exit_saved_ms(active, self.batch_size)
+        _, _, counts = _core.evaluate_thresholds(conf, agree, saved, self._thresholds)
+        counts = np.asarray(counts, dtype=np.int64)
+        exits = counts[: len(active)]
+        passes = m - np.cumsum(exits)
+        costs = self.latency.ramp_costs_ms(active, self.batch_size)
+        values = _core.ramp_utility(exits, passes, m, saved_next_ms(saved), costs)
+        return np.asarray(values, dtype=np.float64), exits, m
+
+    def _blocked(self) -> set[int]:
+        return {s for s, until in self._blocked_until.items() if until > self._adjust_rounds}
+
+    def _fits_budget(self, sites: Sequence[int]) -> bool:
+        return float(self.latency.ramp_costs_ms(sites, self.batch_size).sum()) <= self.latency.budget_ms(self.batch_size) + 1e-12
+
+    def _remove_and_probe_deeper(self, t: float, useless: list[tuple[int, float, int]], samples: int) -> None:
+        removed = [s for s, _, _ in useless]
+        keep = [i for i, s in enumerate(self._active) if s not in removed]
+        self._active = [self._active[i] for i in keep]
+        self._thresholds = self._thresholds[keep].copy()
+        for site, value, exited in useless:
+            self._blocked_until[site] = self._adjust_rounds + self.probe_cooldown
+            self._event(
+                t, "remove_ramp",
+                f"ramp {site}: utility {value:.4f} ms per input over {samples} samples "
+                f"({exited} exits){' is negative' if value < 0 else ', nothing exits'}",
+                site=site, utility_ms=value, exits=exited, samples=samples,
+            )
+        latest = self.latency.latest_useful_site(self.batch_size)
+        for site in removed:
+            probe = deeper_probe(site, self._active, latest, self._blocked())
+            if probe is not None and self._fits_budget([*self._active, probe]):
+                self._add_ramp(t, probe, f"freed budget of ramp {site} probes a deeper site")
+        self._pending_tune = "after a ramp change"
+
+    def _probe_earlier(self, t: float, values: np.ndarray) -> None:
+        latest = self.latency.latest_useful_site(self.batch_size)
+        probe = earlier_probe(self._active, latest, self._blocked())
+        if probe is None or not self._fits_budget([*self._active, probe]):
+            return
+        why = "every ramp pays off" if self._active else "no active ramp"
+        self._add_ramp(t, probe, f"{why} (utility ms {[round(float(v), 4) for v in values]}); spare budget probes an earlier site")
+        self._pending_tune = "after a ramp change"
+
+    def _add_ramp(self, t: float, site: int, reason: str) -> None:
+        sites = sorted([*self._active, site])
+        per_site = dict(zip(self._active, self._thresholds))
+        per_site[site] = 0.0
+        self._active = sites
+        self._thresholds = np.asarray([per_site[s] for s in sites], dtype=np.float64)
+        self._probation.add(site)
+        used = float(self.latency.ramp_costs_ms(sites, self.batch_size).sum())
+        self._event(
+            t, "add_ramp", f"{reason}; in probation (threshold 0) until the next tune",
+            site=site, active_sites=list(sites), cost_ms=used, budget_ms=self.latency.budget_ms(self.batch_size),
+        )
+
+    # --------------------------------------------------------------------------- records
+    def _event(self, t: float, kind: str, reason: str, **details: Any) -> None:
+        event = {"t": float(t), "kind": kind, "reason": reason, "batch": self.batches}
+        event.update({k: _plain(v) for k, v in details.items()})
+        with self._lock:
+            self._events.append(event)
+
+    def _record_history(self, t: float, window: tuple[float, int]) -> None:
+        accuracy, samples = window
+        entry = {
+            "t": float(t),
+            "active_sites": list(self._active),
+            "thresholds": [float(x) for x in self._thresholds],
+            "window_accuracy": accuracy,
+            "window_samples": samples,
+        }
+        with self._lock:
+            self._history.append(entry)
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays as plain Python values (for JSON)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _check_options(
+    constraint: float, window_size: int, tune_every: int, adjust_every: int, emergency_window: int,
+    target_fraction: float, min_tune_samples: int, initial_thresholds: str, probe_cooldown: int,
+) -> None:
+    if not 0.0 <= constraint < 1.0:
+        raise ApparateError(f"accuracy constraint must be a fraction in [0, 1), e.g. 0.01 for 1%, got {constraint}")
+    for name, value in (
+        ("window size", window_size), ("tune interval (batches)", tune_every),
+        ("adjust interval (batches)", adjust_every), ("emergency window", emergency_window),
+        ("min tune samples", min_tune_samples),
+    ):
+        if int(value) < 1:
+            raise ApparateError(f"controller {name} must be at least 1, got {value}")
+    if not 0.0 < target_fraction <= 1.0:
+        raise ApparateError(f"target_fraction must be in (0, 1], got {target_fraction}")
+    if initial_thresholds not in INITIAL_THRESHOLD_MODES:
+        raise ApparateError(f"initial_thresholds must be one of {', '.join(INITIAL_THRESHOLD_MODES)}, got {initial_thresholds!r}")
+    if int(probe_cooldown) < 0:
+        raise ApparateError(f"probe_cooldown must be >= 0, got {probe_cooldown}")

@@ -1,0 +1,413 @@
+"""The executor: runs a batch through the segments, evaluates active ramps, releases early results.
+
+A *plan* is the chain of ONNX Runtime sessions for one set of active ramp sites: the model split
+only at those sites (``split_model``), so an inactive site costs nothing, plus one ramp session per
+active site. Plans are built off the critical path on a background thread when the active set
+changes, cached by active set (a revisited set is instant), and swapped in between batches.
+Thresholds change at once.
+
+``run_batch`` keeps an environment of named tensors: each segment reads its inputs from it (side
+tensors such as an attention mask flow on to later segments) and adds its outputs. After a segment
+that ends at an active site, that site's ramp runs on the site tensor and the C core decides which
+not-yet-released inputs exit there; each is released through ``on_release`` at once, before the
+next segment runs. The batch always runs to the end (exits never shrink it), then every input's
+final output is released. The returned :class:`BatchOutcome` is the controller's feedback.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Mapping, Protocol, Sequence
+
+import numpy as np
+import onnx
+
+from apparate_trt import _core
+from apparate_trt.engine_dir import Manifest
+from apparate_trt.errors import ApparateError
+from apparate_trt.runtime.backends.onnxruntime import OrtRunner
+
+log = logging.getLogger(__name__)
+
+CONFIDENCE_KINDS = ("maxprob", "entropy")
+
+ReleaseFn = Callable[[int, np.ndarray, int, "int | None", float], None]
+"""``on_release(index, logits_row, pred, site_id, t_release)``: index in the batch, the released
+output row (float32 [classes]), its argmax, the exiting site id (None for the final output) and the
+release time (``time.monotonic()`` seconds)."""
+
+
+@dataclass
+class BatchOutcome:
+    """What one batch did: the controller's feedback and the report's raw material.
+
+    ``r`` is the number of ramps that ran (``site_ids``, in execution order), ``n`` the batch size.
+    """
+
+    site_ids: np.ndarray  # int32 [r]: active sites that ran, in execution order
+    thresholds: np.ndarray  # float64 [r]: thresholds applied (0: probation, never exits)
+    confidence: np.ndarray  # float32 [r, n]
+    ramp_pred: np.ndarray  # int32 [r, n]
+    final_logits: np.ndarray  # float32 [n, classes]
+    final_pred: np.ndarray  # int32 [n]
+    agree: np.ndarray  # uint8 [r, n]: ramp_pred == final_pred
+    exit_site: np.ndarray  # int32 [n]: site that released the input early, -1 none
+    segments_ms: np.ndarray  # float64 [r + 1]: wall time of each segment
+    ramps_ms: np.ndarray  # float64 [r]: wall time of each ramp (including the exit decision)
+    total_ms: float  # wall time of the whole batch
+    t_start: float  # time.monotonic() seconds when the batch started
+    t_end: float  # time.monotonic() seconds when the final outputs were released
+
+    @property
+    def batch_size(self) -> int:
+        """Inputs in the batch."""
+        return int(self.final_pred.shape[0])
+
+    @property
+    def active_sites(self) -> list[int]:
+        """The active sites that ran, in execution order."""
+        return [int(s) for s in self.site_ids]
+
+
+class BatchExecutor(Protocol):
+    """What the API needs from an executor (apparate or vanilla)."""
+
+    manifest: Manifest
+
+    def configure(self, active_sites: Sequence[int], thresholds: Sequence[float]) -> None: ...
+
+    def run_batch(self, inputs: Mapping[str, np.ndarray], on_release: ReleaseFn) -> BatchOutcome: ...
+
+    @property
+    def active_sites(self) -> list[int]: ...
+
+    @property
+    def thresholds(self) -> dict[int, float]: ...
+
+    def close(self) -> None: ...
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def check_confidence_kind(kind: str) -> str:
+    """Return ``kind`` if the C core knows it, else raise an ApparateError naming the choices."""
+    if kind not in CONFIDENCE_KINDS:
+        raise ApparateError(f"unknown confidence '{kind}'; use one of: {', '.join(CONFIDENCE_KINDS)}")
+    return kind
+
+
+def final_predictions(logits: np.ndarray) -> np.ndarray:
+    """Argmax per row as int32 [n] (the original model's decision)."""
+    return np.argmax(logits, axis=1).astype(np.int32, copy=False)
+
+
+def release_final(final_logits: np.ndarray, final_pred: np.ndarray, on_release: ReleaseFn) -> float:
+    """Release every input's final output through ``on_release`` (site None); return the time."""
+    t_release = time.monotonic()
+    for i in range(final_logits.shape[0]):
+        on_release(i, final_logits[i], int(final_pred[i]), None, t_release)
+    return t_release
+
+
+def _ms_since(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0
+
+
+def _float32_logits(value: np.ndarray, what: str) -> np.ndarray:
+    if value.ndim != 2:
+        raise ApparateError(f"{what} has shape {list(value.shape)}, expected [batch, classes]; recompile the engine directory")
+    return np.ascontiguousarray(value, dtype=np.float32)
+
+
+def _normalise_config(
+    manifest: Manifest, active_sites: Sequence[int], thresholds: Sequence[float]
+) -> tuple[tuple[int, ...], dict[int, float]]:
+    """Validate a config; return the active sites in execution order and threshold per site."""
+    sites = [int(s) for s in active_sites]
+    values = [float(t) for t in thresholds]
+    if len(sites) != len(values):
+        raise ApparateError(f"{len(sites)} active sites but {len(values)} thresholds; give one threshold per site")
+    if len(set(sites)) != len(sites):
+        raise ApparateError(f"active sites {sites} name a site twice")
+    known = len(manifest.sites)
+    bad = [s for s in sites if not 0 <= s < known]
+    if bad:
+        raise ApparateError(f"unknown ramp site(s) {bad}; this engine has sites 0..{known - 1}")
+    if any(not 0.0 <= t <= 1.0 for t in values):
+        raise ApparateError(f"thresholds {values} must lie in [0, 1] (0: never exit)")
+    per_site = dict(zip(sites, values))
+    return tuple(sorted(sites)), per_site
+
+
+# -------------------------------------------------------------------------------------------- plans
+@dataclass
+class _Stage:
+    """One segment of a plan, and the site it ends at (None: the model's end)."""
+
+    runner: OrtRunner
+    outputs: list[str]
+    site: int | None
+
+
+@dataclass
+class _Plan:
+    """The sessions for one active set: segments split only at those sites."""
+
+    active: tuple[int, ...]
+    stages: list[_Stage]
+
+
+def _split_segments(model: onnx.ModelProto, manifest: Manifest, active: tuple[int, ...]) -> list:
+    """Segments of ``model`` split at the ``active`` sites only (the compiler's ``split_model``)."""
+    from apparate_trt.compiler.segments import split_model
+
+    return split_model(model, manifest.sites, list(active))
+
+
+class _PlanBuilder:
+    """Builds and caches plans; builds run on one background thread (off the critical path).
+
+    Ramp sessions are shared by all plans (one per site, created on first use).
+    """
+
+    def __init__(self, manifest: Manifest, threads: int | None) -> None:
+        self.manifest = manifest
+        self.threads = threads
+        self._model: onnx.ModelProto | None = None
+        self._plans: dict[tuple[int, ...], _Plan] = {}
+        self._ramps: dict[int, OrtRunner] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apparate-plan")
+
+    def cached(self, active: tuple[int, ...]) -> _Plan | None:
+        with self._lock:
+            return self._plans.get(active)
+
+    def ramp(self, site: int) -> OrtRunner:
+        with self._lock:
+            runner = self._ramps.get(site)
+        if runner is None:
+            entry = self.manifest.ramps[site]
+            runner = OrtRunner(self.manifest.path(entry.file), self.threads, name=f"ramp {site} ({entry.file})")
+            with self._lock:
+                runner = self._ramps.setdefault(site, runner)
+        return runner
+
+    def build(self, active: tuple[int, ...]) -> _Plan:
+        """Build (or fetch) the plan for ``active`` on the calling thread."""
+        plan = self.cached(active)
+        if plan is not None:
+            return plan
+        for site in active:
+            self.ramp(site)
+        plan = _Plan(active, self._stages(active))
+        with self._lock:
+            return self._plans.setdefault(active, plan)
+
+    def build_async(self, active: tuple[int, ...]) -> Future[_Plan]:
+        """Build the plan for ``active`` on the background thread."""
+        return self._pool.submit(self.build, active)
+
+    def _stages(self, active: tuple[int, ...]) -> list[_Stage]:
+        m = self.manifest
+        if not active:
+            runner = OrtRunner(m.path(m.model.file), self.threads, name=f"model ({m.model.file})")
+            return [_Stage(runner, [m.model.output], None)]
+        if list(active) == [s.id for s in m.sites]:  # the finest split is on disk already
+            return [
+                _Stage(OrtRunner(m.path(seg.file), self.threads, name=f"segment {seg.file}"), list(seg.outputs), seg.ends_at_site)
+                for seg in m.segments
+            ]
+        if self._model is None:
+            self._model = onnx.load(str(m.path(m.model.file)))
+        segments = _split_segments(self._model, m, active)
+        return [
+            _Stage(OrtRunner(seg.model, self.threads, name=f"segment {i} of sites {list(active)}"), list(seg.outputs), seg.ends_at_site)
+            for i, seg in enumerate(segments)
+        ]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ----------------------------------------------------------------------------------------- executor
+class Executor:
+    """Runs batches through the segments of the active sites and releases early results.
+
+    Args:
+        manifest: the engine directory's manifest (``read_manifest``).
+        threads: ONNX Runtime intra-op threads per session (None: every core).
+        confidence: ``maxprob`` (max softmax probability) or ``entropy``.
+
+    The initial plan has no active ramps (the unsplit model) until :meth:`configure` is called.
+    One thread runs batches; :meth:`configure` may be called from any thread.
+    """
+
+    def __init__(self, manifest: Manifest, threads: int | None = None, confidence: str = "maxprob") -> None:
+        self.manifest = manifest
+        self.confidence = check_confidence_kind(confidence)
+        self._builder = _PlanBuilder(manifest, threads)
+        self._plan = self._builder.build(())
+        self._thresholds: dict[int, float] = {}
+        self._wanted: tuple[int, ...] = ()
+        self._pending: Future[_Plan] | None = None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------- configuration
+    def configure(self, active_sites: Sequence[int], thresholds: Sequence[float], *, wait: bool = False) -> None:
+        """Set the active sites and their thresholds (0: probation, runs but never exits).
+
+        Thresholds apply from the next batch. A new active set whose plan is cached is swapped in
+        before the next batch; otherwise its plan is built on a background thread and swapped in
+        before the first batch after it is ready (``wait=True``: build it now, on this thread).
+        Until then the current plan runs, and its ramps that left the active set never exit.
+        """
+        active, per_site = _normalise_config(self.manifest, active_sites, thresholds)
+        with self._lock:
+            self._thresholds = per_site
+            if active == self._wanted:
+                return
+            self._wanted = active
+            if wait:
+                self._pending = None
+                plan = self._builder.build(active)
+            else:
+                plan = self._builder.cached(active)
+                if plan is None:
+                    self._pending = self._builder.build_async(active)
+                    return
+            self._pending = None
+            self._plan = plan
+
+    def wait_ready(self, timeout_s: float | None = None) -> None:
+        """Block until the plan for the last configured active set is built (tests, warm-up)."""
+        with self._lock:
+            pending = self._pending
+        if pending is not None:
+            pending.result(timeout_s)
+            self._swap_if_ready()
+
+    def _swap_if_ready(self) -> _Plan:
+        """The plan to run now: the pending one if its build finished (errors are logged)."""
+        with self._lock:
+            pending = self._pending
+            if pending is not None and pending.done():
+                self._pending = None
+                try:
+                    plan = pending.result()
+                except Exception as exc:  # noqa: BLE001 - keep serving with the old plan
+                    log.error("building segments for active sites %s failed (%s); keeping sites %s", self._wanted, exc, self._plan.active)
+                    self._wanted = self._plan.active
+                else:
+                    if plan.active == self._wanted:
+                        self._plan = plan
+            return self._plan
+
+    @property
+    def active_sites(self) -> list[int]:
+        """The sites whose ramps run now (the last configured set once its plan is in)."""
+        return list(self._plan.active)
+
+    @property
+    def thresholds(self) -> dict[int, float]:
+        """Threshold per configured active site."""
+        return dict(self._thresholds)
+
+    @property
+    def ready(self) -> bool:
+        """True when the running plan is the one for the last configured active set."""
+        return self._plan.active == self._wanted
+
+    # ----------------------------------------------------------------------------------- execution
+    def run_batch(self, inputs: Mapping[str, np.ndarray], on_release: ReleaseFn) -> BatchOutcome:
+        """Run one batch (arrays with the batch axis first) and release results as they are decided.
+
+        ``on_release`` is called on this thread for each early exit as soon as its ramp decides
+        (site id given), then for every input with the final output (site None).
+        """
+        t_start = time.monotonic()
+        plan = self._swap_if_ready()
+        thresholds = self._thresholds
+        n = _batch_size(inputs)
+        r = len(plan.active)
+        env: dict[str, np.ndarray] = dict(inputs)
+        done = np.zeros(n, dtype=np.uint8)
+        exit_site = np.full(n, -1, dtype=np.int32)
+        conf = np.zeros((r, n), dtype=np.float32)
+        ramp_pred = np.zeros((r, n), dtype=np.int32)
+        applied = np.zeros(r, dtype=np.float64)
+        segments_ms = np.zeros(r + 1, dtype=np.float64)
+        ramps_ms = np.zeros(r, dtype=np.float64)
+        ramp_index = 0
+        for stage_index, stage in enumerate(plan.stages):
+            t0 = time.perf_counter()
+            env.update(stage.runner.run(env, stage.outputs))
+            segments_ms[stage_index] = _ms_since(t0)
+            if stage.site is None:
+                continue
+            t0 = time.perf_counter()
+            threshold = thresholds.get(stage.site, 0.0)
+            applied[ramp_index] = threshold
+            self._run_ramp(stage.site, threshold, env, done, conf[ramp_index], ramp_pred[ramp_index], exit_site, on_release)
+            ramps_ms[ramp_index] = _ms_since(t0)
+            ramp_index += 1
+        final_logits = _float32_logits(env[self.manifest.model.output], f"model output '{self.manifest.model.output}'")
+        final_pred = final_predictions(final_logits)
+        t_end = release_final(final_logits, final_pred, on_release)
+        return BatchOutcome(
+            site_ids=np.asarray(plan.active, dtype=np.int32),
+            thresholds=applied,
+            confidence=conf,
+            ramp_pred=ramp_pred,
+            final_logits=final_logits,
+            final_pred=final_pred,
+            agree=(ramp_pred == final_pred[None, :]).astype(np.uint8),
+            exit_site=exit_site,
+            segments_ms=segments_ms,
+            ramps_ms=ramps_ms,
+            total_ms=(t_end - t_start) * 1000.0,
+            t_start=t_start,
+            t_end=t_end,
+        )
+
+    def _run_ramp(
+        self,
+        site: int,
+        threshold: float,
+        env: dict[str, np.ndarray],
+        done: np.ndarray,
+        conf_out: np.ndarray,
+        pred_out: np.ndarray,
+        exit_site: np.ndarray,
+        on_release: ReleaseFn,
+    ) -> None:
+        """Run one ramp, decide its exits (marking ``done``) and release each exiting input."""
+        entry = self.manifest.ramps[site]
+        raw = self._builder.ramp(site).run(env, [entry.output])[entry.output]
+        logits = _float32_logits(raw, f"ramp {site} output '{entry.output}'")
+        conf, pred, newly = _core.ramp_exits(logits, threshold, done, self.confidence)
+        conf_out[:] = conf
+        pred_out[:] = pred
+        exiting = np.flatnonzero(newly)
+        if exiting.size == 0:
+            return
+        exit_site[exiting] = site
+        t_release = time.monotonic()
+        for i in exiting:
+            on_release(int(i), logits[i], int(pred[i]), site, t_release)
+
+    def close(self) -> None:
+        """Stop the background builder (sessions are freed with the executor)."""
+        self._builder.close()
+
+
+def _batch_size(inputs: Mapping[str, np.ndarray]) -> int:
+    sizes = {int(np.shape(v)[0]) for v in inputs.values()}
+    if len(sizes) != 1:
+        raise ApparateError(f"batch inputs disagree on the batch size ({sorted(sizes)}); stack the same samples in every input")
+    (n,) = sizes
+    if n < 1:
+        raise ApparateError("empty batch: give at least one sample")
+    return n

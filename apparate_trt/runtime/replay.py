@@ -1,0 +1,227 @@
+"""Workload replay: requests arrive in real time and really run; latencies are measured, not modelled.
+
+``replay(engine, inputs, arrivals)`` submits sample ``i`` of ``inputs`` to a loaded
+:class:`~apparate_trt.runtime.api.Engine` at ``arrivals[i]`` seconds after the start (open loop: a
+slow engine does not slow the arrivals down), collects every released result (a ramp's early one
+and the final one) through ``on_result``, and waits for every final result. Request ``i``'s latency
+is its first release time minus its scheduled arrival time, both on the engine's clock
+(``time.monotonic``), so any lag of the load generator counts against the system, as it would for a
+real client. The engine is not closed: the caller owns it.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from apparate_trt.errors import ApparateError
+from apparate_trt.runtime.api import Engine, Result
+
+ProgressFn = Callable[[str], None]
+
+PROGRESS_INTERVAL_S = 1.0
+"""Seconds between progress lines."""
+
+
+@dataclass
+class ReplayResult:
+    """What a replay measured, per request in arrival order (``n`` requests).
+
+    Times are ``time.monotonic()`` seconds; latencies are ms. ``released_pred`` / ``final_pred`` /
+    ``exit_site`` are -1 where a request failed (or, for ``exit_site``, was released by the final
+    output). ``events`` and ``threshold_history`` are the controller's (empty in vanilla mode).
+    """
+
+    mode: str
+    t_start: float
+    t_end: float
+    arrivals_s: np.ndarray  # float64 [n]: scheduled arrival, seconds after t_start
+    submit_lag_ms: np.ndarray  # float64 [n]: actual submit time minus scheduled arrival
+    latency_ms: np.ndarray  # float64 [n]: first release minus scheduled arrival (NaN: failed)
+    final_latency_ms: np.ndarray  # float64 [n]: final release minus scheduled arrival (NaN: failed)
+    released_pred: np.ndarray  # int32 [n]: argmax of the first released result
+    final_pred: np.ndarray  # int32 [n]: the original model's argmax (the final result)
+    exit_site: np.ndarray  # int32 [n]: ramp site that released the request, -1 the final output
+    t_release: np.ndarray  # float64 [n]: first release time (NaN: failed)
+    t_final: np.ndarray  # float64 [n]: final release time (NaN: failed)
+    errors: dict[int, str] = field(default_factory=dict)  # request index -> one-line error
+    events: list[dict[str, Any]] = field(default_factory=list)
+    threshold_history: list[dict[str, Any]] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def requests(self) -> int:
+        """Requests in the replay (submitted or refused)."""
+        return int(self.arrivals_s.shape[0])
+
+    @property
+    def completed(self) -> np.ndarray:
+        """bool [n]: requests that got both their first and final result."""
+        return np.isfinite(self.latency_ms) & np.isfinite(self.final_latency_ms)
+
+
+class _Collector:
+    """Thread-safe store of the results the engine releases (called on the engine's thread)."""
+
+    def __init__(self, n: int) -> None:
+        self.t_release = np.full(n, np.nan)
+        self.t_final = np.full(n, np.nan)
+        self.released_pred = np.full(n, -1, dtype=np.int32)
+        self.final_pred = np.full(n, -1, dtype=np.int32)
+        self.exit_site = np.full(n, -1, dtype=np.int32)
+        self.finished = 0
+        self.lock = threading.Lock()
+
+    def on_result(self, index: int, result: Result) -> None:
+        with self.lock:
+            if np.isnan(self.t_release[index]):
+                self.t_release[index] = result.t_release
+                self.released_pred[index] = result.pred
+                self.exit_site[index] = -1 if result.exit_site is None else int(result.exit_site)
+            if result.is_final:
+                self.t_final[index] = result.t_release
+                self.final_pred[index] = result.pred
+                self.finished += 1
+
+
+def replay(
+    engine: Engine,
+    inputs: Mapping[str, np.ndarray],
+    arrivals: np.ndarray,
+    progress: bool | ProgressFn = True,
+    wait_timeout_s: float = 600.0,
+) -> ReplayResult:
+    """Replay ``inputs`` (arrays with the samples on axis 0) against ``engine`` at ``arrivals``.
+
+    ``arrivals`` are seconds from the start (non-decreasing); request ``i`` is sample ``i`` and
+    there must be at least as many samples as arrivals. ``progress``: True prints a progress line
+    (requests done, current median latency, throughput) to stderr about once a second; a callable
+    receives the line instead; False prints nothing. Waits up to ``wait_timeout_s`` seconds after
+    the last arrival for the outstanding results.
+    """
+    arrivals = np.asarray(arrivals, dtype=np.float64)
+    n = int(arrivals.shape[0])
+    _check_inputs(inputs, n)
+    collector = _Collector(n)
+    submit_lag = np.full(n, np.nan)
+    handles: list[Any] = [None] * n
+    errors: dict[int, str] = {}
+    reporter = _Progress(collector, n, progress)
+    t_start = time.monotonic()
+    reporter.start(t_start, arrivals)
+    try:
+        for i in range(n):
+            due = t_start + arrivals[i]
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            sample = {name: array[i] for name, array in inputs.items()}
+            submit_lag[i] = (time.monotonic() - due) * 1000.0
+            try:
+                handles[i] = engine.submit(sample, on_result=partial(collector.on_result, i))
+            except ApparateError as exc:  # refused (queue full) or invalid: this request fails alone
+                errors[i] = str(exc).splitlines()[0]
+        _wait_for(handles, errors, wait_timeout_s)
+    finally:
+        reporter.stop()
+    t_end = time.monotonic()
+    scheduled = t_start + arrivals
+    with collector.lock:
+        t_release = collector.t_release.copy()
+        t_final = collector.t_final.copy()
+        released_pred, final_pred = collector.released_pred.copy(), collector.final_pred.copy()
+        exit_site = collector.exit_site.copy()
+    for i in errors:
+        t_release[i] = t_final[i] = np.nan
+    controller = getattr(engine, "controller", None)
+    return ReplayResult(
+        mode=getattr(engine, "mode", "apparate"),
+        t_start=t_start,
+        t_end=t_end,
+        arrivals_s=arrivals,
+        submit_lag_ms=submit_lag,
+        latency_ms=(t_release - scheduled) * 1000.0,
+        final_latency_ms=(t_final - scheduled) * 1000.0,
+        released_pred=released_pred,
+        final_pred=final_pred,
+        exit_site=exit_site,
+        t_release=t_release,
+        t_final=t_final,
+        errors=errors,
+        events=[] if controller is None else controller.events,
+        threshold_history=[] if controller is None else controller.threshold_history,
+    )
+
+
+def _check_inputs(inputs: Mapping[str, np.ndarray], n: int) -> None:
+    if not inputs:
+        raise ApparateError("no input arrays to replay; pass the evaluation data's arrays")
+    counts = {name: int(np.shape(a)[0]) for name, a in inputs.items()}
+    if min(counts.values()) < n:
+        raise ApparateError(f"{n} arrivals but only {min(counts.values())} samples; pass fewer arrivals or more data")
+
+
+def _wait_for(handles: list[Any], errors: dict[int, str], timeout_s: float) -> None:
+    """Wait for every submitted request's final result; record failures by request index."""
+    deadline = time.monotonic() + timeout_s
+    for i, handle in enumerate(handles):
+        if handle is None:
+            continue
+        try:
+            handle.final.result(max(0.0, deadline - time.monotonic()))
+        except ApparateError as exc:
+            errors[i] = str(exc).splitlines()[0]
+        except TimeoutError:
+            errors[i] = f"no final result within {timeout_s:.0f} s of the last arrival"
+        except Exception as exc:  # noqa: BLE001 - any other failure of one request
+            errors[i] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+class _Progress:
+    """Prints ``done/total, p50 latency, throughput`` about once a second on a daemon thread."""
+
+    def __init__(self, collector: _Collector, total: int, progress: bool | ProgressFn) -> None:
+        self.collector = collector
+        self.total = total
+        self.emit: ProgressFn | None = _stderr_line if progress is True else (progress or None)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._t_start = 0.0
+        self._scheduled = np.zeros(total)
+
+    def start(self, t_start: float, arrivals_s: np.ndarray) -> None:
+        self._t_start = t_start
+        self._scheduled = t_start + arrivals_s
+        if self.emit is not None:
+            self._thread = threading.Thread(target=self._run, name="apparate-replay-progress", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self.emit(self.line(final=True))
+
+    def line(self, final: bool = False) -> str:
+        c = self.collector
+        with c.lock:
+            done = c.finished
+            latency_ms = (c.t_release - self._scheduled) * 1000.0
+        latency_ms = latency_ms[np.isfinite(latency_ms)]
+        elapsed = max(time.monotonic() - self._t_start, 1e-9)
+        p50 = f"{np.median(latency_ms):.2f} ms" if latency_ms.size else "-"
+        state = "finished" if final else "running"
+        return f"replay {state}: {done}/{self.total} requests done, p50 latency {p50}, throughput {done / elapsed:.1f} req/s, {elapsed:.1f} s"
+
+    def _run(self) -> None:
+        while not self._stop.wait(PROGRESS_INTERVAL_S):
+            self.emit(self.line())
+
+
+def _stderr_line(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)

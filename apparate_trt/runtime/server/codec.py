@@ -1,0 +1,469 @@
+"""Tensors to and from the Open Inference Protocol (KServe v2), over REST (JSON + binary) and gRPC.
+
+Pure functions and small value types, no I/O: the HTTP and gRPC front ends parse a request into an
+:class:`InferRequest` (named numpy arrays, batch axis first), the service checks it against the
+model's :class:`ModelSpec`, and the answer goes back through :func:`encode_http_response` or
+:func:`encode_grpc_response`.
+
+Every problem with a request raises :class:`RequestError` (HTTP 400, gRPC INVALID_ARGUMENT) with a
+one-line message that names the offending tensor or field.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from apparate_trt.errors import ApparateError
+
+# KServe v2 datatype names <-> numpy dtypes (BYTES is not used by classifiers and is refused).
+_DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+}
+_NAMES: dict[np.dtype, str] = {dt: name for name, dt in _DATATYPES.items()}
+
+# gRPC InferTensorContents field holding each datatype's values (when raw contents are not used).
+_GRPC_CONTENTS: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+}
+
+WAIT_FINAL_PARAM = "apparate_wait_final"
+"""Request parameter (bool): answer with the final result instead of the early one."""
+EXIT_SITE_PARAM = "apparate_exit_site"
+"""Response parameter (string): the releasing site id per sample, or ``final``; comma-separated."""
+IS_FINAL_PARAM = "apparate_is_final"
+"""Response parameter (bool): every sample's answer is the full model's output."""
+FINAL_RESPONSE_PARAM = "triton_final_response"
+"""Response parameter (bool) of a decoupled stream: true on a request's last response."""
+TIMEOUT_PARAM = "timeout"
+"""Request parameter (int, microseconds), as tritonclient sends it: a tighter per-request timeout."""
+
+
+class RequestError(ApparateError):
+    """A request the server cannot serve as sent (HTTP 400, gRPC INVALID_ARGUMENT)."""
+
+
+class UnknownModelError(RequestError):
+    """The request names a model or version this server does not serve."""
+
+
+def numpy_dtype(datatype: str, where: str) -> np.dtype:
+    """The numpy dtype of a protocol datatype name such as ``FP32``; RequestError if unsupported."""
+    try:
+        return _DATATYPES[str(datatype).upper()]
+    except KeyError:
+        supported = ", ".join(_DATATYPES)
+        raise RequestError(f"{where}: datatype '{datatype}' is not supported (use one of {supported})") from None
+
+
+def protocol_datatype(dtype: np.dtype | str) -> str:
+    """The protocol datatype name (``FP32``) of a numpy dtype or dtype name (``float32``)."""
+    try:
+        return _NAMES[np.dtype(dtype)]
+    except (KeyError, TypeError):
+        raise ApparateError(f"dtype '{dtype}' has no Open Inference Protocol datatype") from None
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model tensor as the protocol shows it: ``shape`` has the batch axis first, -1 = any size."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def datatype(self) -> str:
+        """The protocol datatype name, e.g. ``FP32``."""
+        return protocol_datatype(self.dtype)
+
+    def metadata(self) -> dict[str, Any]:
+        """The ``{name, datatype, shape}`` entry of model metadata."""
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+def _protocol_shape(shape: Sequence[Any]) -> tuple[int, ...]:
+    """Manifest shape (ints, symbolic names, None) -> protocol shape (-1 for every non-fixed dim)."""
+    dims = [int(d) if isinstance(d, (int, np.integer)) and int(d) > 0 else -1 for d in shape]
+    if dims:
+        dims[0] = -1  # the batch axis
+    return tuple(dims)
+
+
+def _attr(obj: Any, key: str) -> Any:
+    return obj[key] if isinstance(obj, Mapping) else getattr(obj, key)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the server exposes of a compiled model: its name, inputs and the score output."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    output: TensorSpec
+    num_classes: int
+    version: str = "1"
+    platform: str = "apparate_trt"
+
+    @classmethod
+    def from_manifest(cls, manifest: Any, name: str | None = None) -> "ModelSpec":
+        """Build from an engine directory's manifest (``read_manifest``'s object or the JSON dict)."""
+        model = _attr(manifest, "model")
+        specs = []
+        for tensor in _attr(model, "inputs"):
+            specs.append(TensorSpec(_attr(tensor, "name"), np.dtype(_attr(tensor, "dtype")), _protocol_shape(_attr(tensor, "shape"))))
+        out_name = _attr(model, "output")
+        num_classes = int(_attr(model, "num_classes"))
+        out_dtype = np.dtype(np.float32)
+        for tensor in _attr(model, "outputs"):
+            if _attr(tensor, "name") == out_name:
+                out_dtype = np.dtype(_attr(tensor, "dtype"))
+        output = TensorSpec(out_name, out_dtype, (-1, num_classes))
+        return cls(name or str(_attr(model, "name")), tuple(specs), output, num_classes)
+
+    def metadata(self) -> dict[str, Any]:
+        """The model metadata object of the protocol (``GET /v2/models/{name}``)."""
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": self.platform,
+            "inputs": [t.metadata() for t in self.inputs],
+            "outputs": [self.output.metadata()],
+        }
+
+    def config(self, max_batch: int) -> dict[str, Any]:
+        """A minimal Triton-style model configuration (``GET /v2/models/{name}/config``)."""
+
+        def entry(t: TensorSpec) -> dict[str, Any]:
+            return {"name": t.name, "data_type": "TYPE_" + t.datatype, "dims": list(t.shape[1:])}
+
+        return {
+            "name": self.name,
+            "platform": self.platform,
+            "max_batch_size": int(max_batch),
+            "input": [entry(t) for t in self.inputs],
+            "output": [entry(self.output)],
+            "model_transaction_policy": {"decoupled": False},
+        }
+
+
+@dataclass
+class InferRequest:
+    """A parsed infer request: inputs as numpy arrays with the batch axis first."""
+
+    inputs: dict[str, np.ndarray]
+    id: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+    outputs: list[str] | None = None  # requested output names; None: all
+    binary_outputs: set[str] = field(default_factory=set)  # HTTP: outputs to send as binary data
+
+    @property
+    def wait_final(self) -> bool:
+        """True if the client asked for the final result (``apparate_wait_final``)."""
+        return _truthy(self.parameters.get(WAIT_FINAL_PARAM, False))
+
+    @property
+    def timeout_s(self) -> float | None:
+        """The client's own timeout in seconds (``timeout`` parameter, microseconds), or None."""
+        value = self.parameters.get(TIMEOUT_PARAM)
+        if value is None or isinstance(value, bool):
+            return None
+        try:
+            micros = float(value)
+        except (TypeError, ValueError):
+            raise RequestError(f"request parameter 'timeout' must be a number of microseconds, got {value!r}") from None
+        return micros / 1e6 if micros > 0 else None
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+@dataclass
+class InferAnswer:
+    """The server's answer to one infer request (all its samples)."""
+
+    output: np.ndarray  # [batch, classes]
+    exit_sites: list[int | None]  # per sample: releasing site id, None for the final layer
+    is_final: bool  # True when every sample's answer is the final output
+    final_response: bool | None = None  # streams: value of triton_final_response (None: not sent)
+
+    def parameters(self) -> dict[str, Any]:
+        """The response parameters: exit site(s), finality and (streams) the final-response flag."""
+        params: dict[str, Any] = {
+            EXIT_SITE_PARAM: ",".join("final" if s is None else str(s) for s in self.exit_sites),
+            IS_FINAL_PARAM: bool(self.is_final),
+        }
+        if self.final_response is not None:
+            params[FINAL_RESPONSE_PARAM] = bool(self.final_response)
+        return params
+
+
+# ------------------------------------------------------------------------------------ checking
+def check_inputs(spec: ModelSpec, inputs: Mapping[str, np.ndarray]) -> int:
+    """Check names, datatypes, shapes and values against the model; return the batch size.
+
+    Raises:
+        RequestError: a missing or unknown input, a wrong datatype or shape, inconsistent batch
+            sizes, an empty batch, or a NaN / infinite value.
+    """
+    expected = {t.name: t for t in spec.inputs}
+    unknown = sorted(set(inputs) - set(expected))
+    if unknown:
+        raise RequestError(f"unknown input '{unknown[0]}' for model '{spec.name}' (its inputs: {', '.join(expected)})")
+    missing = [name for name in expected if name not in inputs]
+    if missing:
+        raise RequestError(f"input '{missing[0]}' is missing (model '{spec.name}' needs {', '.join(expected)})")
+    batch: int | None = None
+    for name, t in expected.items():
+        value = inputs[name]
+        if value.dtype != t.dtype:
+            raise RequestError(f"input '{name}' has datatype {protocol_datatype(value.dtype)}, expected {t.datatype}")
+        if not _shape_matches(value.shape, t.shape):
+            raise RequestError(f"input '{name}' has shape {list(value.shape)}, expected {list(t.shape)} (-1: any size, batch first)")
+        if value.shape[0] < 1:
+            raise RequestError(f"input '{name}' has an empty batch (shape {list(value.shape)})")
+        if batch is not None and value.shape[0] != batch:
+            raise RequestError(f"inputs disagree on the batch size: '{name}' has {value.shape[0]}, another has {batch}")
+        batch = value.shape[0]
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise RequestError(f"input '{name}' holds NaN or infinite values")
+    assert batch is not None  # a model has at least one input
+    return batch
+
+
+def _shape_matches(shape: Sequence[int], expected: Sequence[int]) -> bool:
+    return len(shape) == len(expected) and all(e < 0 or s == e for s, e in zip(shape, expected))
+
+
+def check_outputs(spec: ModelSpec, requested: Iterable[str] | None) -> None:
+    """RequestError if a requested output is not the model's score output."""
+    for name in requested or ():
+        if name != spec.output.name:
+            raise RequestError(f"unknown output '{name}' for model '{spec.name}' (its output: {spec.output.name})")
+
+
+def split_samples(inputs: Mapping[str, np.ndarray], batch: int) -> list[dict[str, np.ndarray]]:
+    """One ``{name: array without the batch axis}`` per sample, in batch order."""
+    return [{name: np.ascontiguousarray(value[i]) for name, value in inputs.items()} for i in range(batch)]
+
+
+# ----------------------------------------------------------------------------------- tensors
+def _shape_of(raw: Any, where: str) -> tuple[int, ...]:
+    if not isinstance(raw, (list, tuple)) or not all(isinstance(d, int) and not isinstance(d, bool) for d in raw):
+        raise RequestError(f"{where}: 'shape' must be a list of integers, got {raw!r}")
+    if any(d < 0 for d in raw):
+        raise RequestError(f"{where}: 'shape' {list(raw)} has a negative dimension")
+    return tuple(raw)
+
+
+def tensor_from_values(values: Any, dtype: np.dtype, shape: tuple[int, ...], where: str) -> np.ndarray:
+    """Array of ``shape`` from JSON data (flat or nested list); RequestError on a size mismatch."""
+    try:
+        arr = np.asarray(values, dtype=dtype)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise RequestError(f"{where}: 'data' cannot be read as {protocol_datatype(dtype)} ({exc})") from None
+    count = int(np.prod(shape, dtype=np.int64))
+    if arr.size != count:
+        raise RequestError(f"{where}: 'data' holds {arr.size} values but shape {list(shape)} needs {count}")
+    return arr.reshape(shape)
+
+
+def tensor_from_bytes(raw: bytes, dtype: np.dtype, shape: tuple[int, ...], where: str) -> np.ndarray:
+    """Array of ``shape`` from little-endian raw bytes; RequestError on a size mismatch."""
+    count = int(np.prod(shape, dtype=np.int64))
+    need = count * dtype.itemsize
+    if len(raw) != need:
+        raise RequestError(f"{where}: binary data has {len(raw)} bytes but shape {list(shape)} of {protocol_datatype(dtype)} needs {need}")
+    return np.frombuffer(raw, dtype=dtype.newbyteorder("<"), count=count).astype(dtype, copy=True).reshape(shape)
+
+
+# --------------------------------------------------------------------------------------- REST
+def parse_http_request(body: bytes, header_length: int | None = None) -> InferRequest:
+    """Parse a REST infer body: JSON, or with the binary tensor extension a JSON header of
+    ``header_length`` bytes followed by the inputs' raw bytes (``binary_data_size`` each)."""
+    if header_length is not None:
+        if header_length < 0 or header_length > len(body):
+            raise RequestError(f"Inference-Header-Content-Length {header_length} exceeds the body's {len(body)} bytes")
+        header_bytes, binary = body[:header_length], body[header_length:]
+    else:
+        header_bytes, binary = body, b""
+    try:
+        doc = json.loads(header_bytes)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise RequestError(f"request body is not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise RequestError("request body must be a JSON object with an 'inputs' list")
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise RequestError("request body needs a non-empty 'inputs' list")
+    params = doc.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise RequestError("request 'parameters' must be a JSON object")
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for i, entry in enumerate(raw_inputs):
+        array, used = _http_input(entry, i, binary, offset)
+        offset += used
+        inputs[_name_of(entry, f"inputs[{i}]")] = array
+    if offset != len(binary):
+        raise RequestError(f"the body carries {len(binary) - offset} binary bytes that no input claims")
+    outputs, binary_outputs = _http_outputs(doc.get("outputs"), _truthy(params.get("binary_data_output", False)))
+    request_id = doc.get("id", "")
+    return InferRequest(inputs, str(request_id) if request_id is not None else "", params, outputs, binary_outputs)
+
+
+def _name_of(entry: Any, where: str) -> str:
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        raise RequestError(f"{where} must be an object with a string 'name'")
+    return entry["name"]
+
+
+def _http_input(entry: Any, index: int, binary: bytes, offset: int) -> tuple[np.ndarray, int]:
+    """One input tensor of a REST request, and the binary bytes it consumed."""
+    name = _name_of(entry, f"inputs[{index}]")
+    where = f"input '{name}'"
+    dtype = numpy_dtype(entry.get("datatype", ""), where)
+    shape = _shape_of(entry.get("shape"), where)
+    params = entry.get("parameters") or {}
+    size = params.get("binary_data_size") if isinstance(params, dict) else None
+    if size is not None:
+        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            raise RequestError(f"{where}: binary_data_size {size!r} does not fit the {len(binary) - offset} binary bytes left")
+        return tensor_from_bytes(binary[offset : offset + size], dtype, shape, where), size
+    if "data" not in entry:
+        raise RequestError(f"{where} has neither 'data' nor a 'binary_data_size' parameter")
+    return tensor_from_values(entry["data"], dtype, shape, where), 0
+
+
+def _http_outputs(raw: Any, binary_default: bool) -> tuple[list[str] | None, set[str]]:
+    if raw is None:
+        return None, set()
+    if not isinstance(raw, list):
+        raise RequestError("request 'outputs' must be a list")
+    names: list[str] = []
+    binary: set[str] = set()
+    for i, entry in enumerate(raw):
+        name = _name_of(entry, f"outputs[{i}]")
+        names.append(name)
+        params = entry.get("parameters") or {}
+        if _truthy(params.get("binary_data", binary_default) if isinstance(params, dict) else binary_default):
+            binary.add(name)
+    return names, binary
+
+
+def encode_http_response(
+    spec: ModelSpec, request: InferRequest, answer: InferAnswer
+) -> tuple[bytes, int | None]:
+    """The REST response body, and the JSON header length when binary output data follows."""
+    out = np.ascontiguousarray(answer.output, dtype=spec.output.dtype)
+    binary = spec.output.name in request.binary_outputs or (
+        request.outputs is None and _truthy(request.parameters.get("binary_data_output", False))
+    )
+    tensor: dict[str, Any] = {"name": spec.output.name, "datatype": spec.output.datatype, "shape": list(out.shape)}
+    if binary:
+        raw = out.astype(out.dtype.newbyteorder("<"), copy=False).tobytes()
+        tensor["parameters"] = {"binary_data_size": len(raw)}
+    else:
+        raw = b""
+        tensor["data"] = out.ravel().tolist()
+    doc: dict[str, Any] = {
+        "model_name": spec.name,
+        "model_version": spec.version,
+        "outputs": [tensor],
+        "parameters": answer.parameters(),
+    }
+    if request.id:
+        doc["id"] = request.id
+    header = json.dumps(doc, separators=(",", ":")).encode()
+    return (header + raw, len(header)) if binary else (header, None)
+
+
+def http_error_body(message: str) -> bytes:
+    """The protocol's error body: ``{"error": message}``."""
+    return json.dumps({"error": message}).encode()
+
+
+# --------------------------------------------------------------------------------------- gRPC
+def _grpc_param_value(param: Any) -> Any:
+    kind = param.WhichOneof("parameter_choice")
+    return None if kind is None else getattr(param, kind)
+
+
+def grpc_parameters(params: Any) -> dict[str, Any]:
+    """A protobuf map<string, InferParameter> as a plain dict."""
+    return {key: _grpc_param_value(value) for key, value in params.items()}
+
+
+def set_grpc_parameters(target: Any, values: Mapping[str, Any]) -> None:
+    """Fill a protobuf map<string, InferParameter> from plain bool / int / float / str values."""
+    for key, value in values.items():
+        if isinstance(value, bool):
+            target[key].bool_param = value
+        elif isinstance(value, (int, np.integer)):
+            target[key].int64_param = int(value)
+        elif isinstance(value, float):
+            target[key].double_param = value
+        else:
+            target[key].string_param = str(value)
+
+
+def parse_grpc_request(request: Any) -> InferRequest:
+    """Parse a ``ModelInferRequest`` (raw_input_contents or typed contents)."""
+    if not request.inputs:
+        raise RequestError("the request has no inputs")
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise RequestError(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs")
+    inputs: dict[str, np.ndarray] = {}
+    for i, tensor in enumerate(request.inputs):
+        where = f"input '{tensor.name}'"
+        dtype = numpy_dtype(tensor.datatype, where)
+        shape = _shape_of(list(tensor.shape), where)
+        if raw:
+            inputs[tensor.name] = tensor_from_bytes(raw[i], dtype, shape, where)
+        else:
+            field_name = _GRPC_CONTENTS.get(tensor.datatype.upper())
+            if field_name is None:
+                raise RequestError(f"{where}: datatype {tensor.datatype} needs raw_input_contents")
+            inputs[tensor.name] = tensor_from_values(list(getattr(tensor.contents, field_name)), dtype, shape, where)
+    outputs = [o.name for o in request.outputs] or None
+    return InferRequest(inputs, request.id, grpc_parameters(request.parameters), outputs)
+
+
+def encode_grpc_response(spec: ModelSpec, request_id: str, answer: InferAnswer, pb: Any) -> Any:
+    """A ``ModelInferResponse`` (``pb`` is the service_pb2 module) with raw output contents."""
+    out = np.ascontiguousarray(answer.output, dtype=spec.output.dtype)
+    response = pb.ModelInferResponse(model_name=spec.name, model_version=spec.version, id=request_id)
+    tensor = response.outputs.add()
+    tensor.name = spec.output.name
+    tensor.datatype = spec.output.datatype
+    tensor.shape.extend(out.shape)
+    response.raw_output_contents.append(out.astype(out.dtype.newbyteorder("<"), copy=False).tobytes())
+    set_grpc_parameters(response.parameters, answer.parameters())
+    return response

@@ -1,0 +1,302 @@
+"""The gRPC front end: ``inference.GRPCInferenceService`` of the Open Inference Protocol.
+
+Uses the protocol's generated modules shipped in ``tritonclient[grpc]`` (``service_pb2``,
+``service_pb2_grpc``, ``model_config_pb2``) and a ``grpc.aio`` server on its own event-loop thread,
+so a waiting request costs a coroutine, not a thread. Implemented: ServerLive, ServerReady,
+ModelReady, ServerMetadata, ModelMetadata, ModelConfig, ModelInfer (the early result, or the final
+one with ``apparate_wait_final``) and ModelStreamInfer (per request the early response with
+``triton_final_response=false`` and then the final one with ``true``; a single final response when
+no ramp releases the request early). Status codes: INVALID_ARGUMENT (bad request, unknown model),
+RESOURCE_EXHAUSTED (queue full), UNAVAILABLE (shutting down), DEADLINE_EXCEEDED, INTERNAL.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import logging
+import threading
+import time
+from typing import Any, AsyncIterator, Sequence
+
+import grpc
+
+from apparate_trt import __version__
+from apparate_trt._optional import require
+from apparate_trt.errors import ApparateError
+from apparate_trt.runtime.server.codec import (
+    InferAnswer,
+    RequestError,
+    encode_grpc_response,
+    parse_grpc_request,
+)
+from apparate_trt.runtime.server.http import EXTENSIONS, error_status
+from apparate_trt.runtime.server.service import (
+    DeadlineError,
+    InferenceService,
+    InternalError,
+    Pending,
+    collect,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+"""The largest gRPC message sent or received (bytes)."""
+STREAM_POLL_S = 0.1
+"""How often (seconds) an idle stream checks whether the server is draining."""
+
+_STATUS = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    503: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+    500: grpc.StatusCode.INTERNAL,
+}
+
+
+def _protocol_modules() -> tuple[Any, Any, Any]:
+    pb = require("tritonclient.grpc.service_pb2", extra="serve", purpose="the gRPC server")
+    pb_grpc = require("tritonclient.grpc.service_pb2_grpc", extra="serve", purpose="the gRPC server")
+    config_pb = require("tritonclient.grpc.model_config_pb2", extra="serve", purpose="the gRPC server")
+    return pb, pb_grpc, config_pb
+
+
+def status_code(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """gRPC status code and metrics outcome code for an error raised while serving a request."""
+    status, code = error_status(exc)
+    if code == "unavailable":
+        return grpc.StatusCode.UNAVAILABLE, code
+    return _STATUS.get(status, grpc.StatusCode.INTERNAL), code
+
+
+def _bridge(fut: cf.Future, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
+    """An asyncio future set when ``fut`` resolves; cancelling it leaves ``fut`` alone."""
+    waiter = loop.create_future()
+
+    def wake(_: cf.Future) -> None:
+        try:
+            loop.call_soon_threadsafe(lambda: waiter.done() or waiter.set_result(None))
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+    fut.add_done_callback(wake)
+    return waiter
+
+
+async def wait_answer(pending: Pending, final: bool, final_response: bool | None = None) -> InferAnswer:
+    """Await every sample's first released (or final) result; the answer (DeadlineError past it)."""
+    futures: Sequence[cf.Future] = pending.futures(final)
+    loop = asyncio.get_running_loop()
+    waiters = [_bridge(f, loop) for f in futures]
+    _, not_done = await asyncio.wait(waiters, timeout=max(0.0, pending.remaining_s()))
+    if not_done:
+        for waiter in not_done:
+            waiter.cancel()
+        raise DeadlineError(f"no answer within the request timeout of {pending.deadline - pending.t_start:.3g} s")
+    return collect(futures, final_response)
+
+
+def _client_timeout(context: Any) -> float | None:
+    remaining = context.time_remaining()
+    return remaining if remaining is not None and remaining > 0 else None
+
+
+def make_servicer(service: InferenceService, pb: Any, pb_grpc: Any, config_pb: Any) -> Any:
+    """The GRPCInferenceService implementation over ``service``."""
+    spec = service.spec
+
+    class Servicer(pb_grpc.GRPCInferenceServiceServicer):
+        async def ServerLive(self, request: Any, context: Any) -> Any:  # noqa: N802 - protocol names
+            return pb.ServerLiveResponse(live=True)
+
+        async def ServerReady(self, request: Any, context: Any) -> Any:  # noqa: N802
+            return pb.ServerReadyResponse(ready=service.ready)
+
+        async def ModelReady(self, request: Any, context: Any) -> Any:  # noqa: N802
+            try:
+                service.check_model(request.name, request.version)
+            except RequestError:
+                return pb.ModelReadyResponse(ready=False)
+            return pb.ModelReadyResponse(ready=service.ready)
+
+        async def ServerMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
+            return pb.ServerMetadataResponse(name="apparate_trt", version=__version__, extensions=EXTENSIONS)
+
+        async def ModelMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
+            try:
+                service.check_model(request.name, request.version)
+            except RequestError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+            def tensor(t: Any) -> Any:
+                return pb.ModelMetadataResponse.TensorMetadata(name=t.name, datatype=t.datatype, shape=list(t.shape))
+
+            return pb.ModelMetadataResponse(
+                name=spec.name,
+                versions=[spec.version],
+                platform=spec.platform,
+                inputs=[tensor(t) for t in spec.inputs],
+                outputs=[tensor(spec.output)],
+            )
+
+        async def ModelConfig(self, request: Any, context: Any) -> Any:  # noqa: N802
+            try:
+                service.check_model(request.name, request.version)
+            except RequestError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+            def entry(t: Any, cls: Any) -> Any:
+                return cls(name=t.name, data_type=config_pb.DataType.Value("TYPE_" + t.datatype), dims=list(t.shape[1:]))
+
+            config = config_pb.ModelConfig(
+                name=spec.name,
+                platform=spec.platform,
+                max_batch_size=service.max_batch,
+                input=[entry(t, config_pb.ModelInput) for t in spec.inputs],
+                output=[entry(spec.output, config_pb.ModelOutput)],
+            )
+            return pb.ModelConfigResponse(config=config)
+
+        async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
+            t0 = time.monotonic()
+            code, failure = "ok", None
+            try:
+                with service.tracked():
+                    service.check_model(request.model_name, request.model_version)
+                    infer = parse_grpc_request(request)
+                    pending = service.submit(infer, _client_timeout(context))
+                    answer = await wait_answer(pending, final=infer.wait_final)
+                    return encode_grpc_response(spec, infer.id, answer, pb)
+            except ApparateError as exc:
+                failure = exc
+                status, code = status_code(exc)
+            except asyncio.CancelledError:
+                code = "disconnected"
+                raise
+            except Exception as exc:  # noqa: BLE001 - a bug must cost one request, not the server
+                log.exception("gRPC infer request failed")
+                failure, code = InternalError(f"internal server error: {exc}"), "error"
+                status = grpc.StatusCode.INTERNAL
+            finally:
+                service.metrics.request_done("grpc", code, time.monotonic() - t0)
+            await context.abort(status, str(failure))
+
+        async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:  # noqa: N802
+            out: asyncio.Queue = asyncio.Queue()
+            tasks: set[asyncio.Task] = set()
+            reader_done = asyncio.Event()
+
+            async def read() -> None:
+                try:
+                    async for request in request_iterator:
+                        task = asyncio.ensure_future(self._stream_one(request, out))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                finally:
+                    reader_done.set()
+
+            reader = asyncio.ensure_future(read())
+            try:
+                while True:
+                    try:
+                        yield await asyncio.wait_for(out.get(), STREAM_POLL_S)
+                        continue
+                    except asyncio.TimeoutError:
+                        pass
+                    if not tasks and out.empty() and (reader_done.is_set() or not service.ready):
+                        break
+            finally:
+                reader.cancel()
+
+        async def _stream_one(self, request: Any, out: asyncio.Queue) -> None:
+            """Answer one stream request: early then final response, or one final response."""
+            t0 = time.monotonic()
+            code = "ok"
+            try:
+                with service.tracked():
+                    service.check_model(request.model_name, request.model_version)
+                    infer = parse_grpc_request(request)
+                    pending = service.submit(infer)
+                    first = await wait_answer(pending, final=infer.wait_final)
+                    first.final_response = first.is_final
+                    out.put_nowait(pb.ModelStreamInferResponse(infer_response=encode_grpc_response(spec, infer.id, first, pb)))
+                    if not first.is_final:
+                        final = await wait_answer(pending, final=True, final_response=True)
+                        out.put_nowait(pb.ModelStreamInferResponse(infer_response=encode_grpc_response(spec, infer.id, final, pb)))
+            except ApparateError as exc:
+                code = status_code(exc)[1]
+                out.put_nowait(pb.ModelStreamInferResponse(error_message=f"{request.id or 'request'}: {exc}"))
+            except asyncio.CancelledError:
+                code = "disconnected"
+                raise
+            except Exception as exc:  # noqa: BLE001
+                log.exception("gRPC stream request failed")
+                code = "error"
+                out.put_nowait(pb.ModelStreamInferResponse(error_message=f"internal server error: {exc}"))
+            finally:
+                service.metrics.request_done("grpc_stream", code, time.monotonic() - t0)
+
+    return Servicer()
+
+
+class GrpcFrontend:
+    """The gRPC listener on its own event-loop thread; binds in :meth:`start`."""
+
+    def __init__(self, service: InferenceService, host: str, port: int) -> None:
+        self.service = service
+        self.host = host
+        self.port = int(port)
+        self._modules = _protocol_modules()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="apparate-grpc", daemon=True)
+        self._server: Any = None
+        self._stopping: cf.Future | None = None
+
+    def start(self) -> None:
+        """Start the loop thread and the server; ApparateError if the port cannot be bound."""
+        self._thread.start()
+        try:
+            self.port = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result()
+        except Exception:
+            self._halt_loop()
+            raise
+
+    async def _start(self) -> int:
+        pb, pb_grpc, config_pb = self._modules
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),  # a taken port must fail, not be shared
+        ]
+        server = grpc.aio.server(options=options)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(make_servicer(self.service, pb, pb_grpc, config_pb), server)
+        address = f"{self.host}:{self.port}"
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise ApparateError(f"cannot listen for gRPC on {address} ({exc}); choose another --grpc-port") from None
+        if not port:
+            raise ApparateError(f"cannot listen for gRPC on {address}; choose another --grpc-port")
+        await server.start()
+        self._server = server
+        return int(port)
+
+    def stop_accepting(self, grace_s: float) -> None:
+        """Refuse new RPCs now; running ones get up to ``grace_s`` seconds (see :meth:`close`)."""
+        if self._server is not None and self._stopping is None:
+            self._stopping = asyncio.run_coroutine_threadsafe(self._server.stop(grace_s), self._loop)
+
+    def close(self, timeout_s: float) -> None:
+        """Wait for the stop begun by :meth:`stop_accepting`, then end the loop thread."""
+        if self._stopping is not None:
+            try:
+                self._stopping.result(timeout_s)
+            except cf.TimeoutError:
+                log.warning("gRPC server did not stop within %.1f s", timeout_s)
+        self._halt_loop()
+
+    def _halt_loop(self) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10.0)
+        if not self._thread.is_alive() and not self._loop.is_closed():
+            self._loop.close()

@@ -1,0 +1,100 @@
+"""Ramp training: features from one pass, heads that agree with the original model, folded weights."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tiny_models
+from apparate_trt.compiler.ingest import load_model, model_io
+from apparate_trt.compiler.ramps import RampWeights, build_ramp_onnx, check_ramp, ramp_forward, ramp_kind
+from apparate_trt.compiler.sites import find_sites
+from apparate_trt.compiler.training import (
+    Features,
+    TrainConfig,
+    collect_features,
+    fold_standardisation,
+    split_indices,
+    train_ramps,
+)
+from apparate_trt.runtime.backends.onnxruntime import OrtRunner
+
+QUIET = {"log": lambda line: None}
+
+
+def _features(tmp_path, tiny, data):
+    path = tmp_path / "model.onnx"
+    import onnx
+
+    onnx.save(tiny.model, str(path))
+    model = load_model(path)
+    sites = find_sites(model)
+    kinds = [ramp_kind(s.shape) for s in sites]
+    feats = collect_features(model, sites, kinds, data, "logits", batch_size=64, threads=1, **QUIET)
+    return model, sites, kinds, feats
+
+
+@pytest.mark.parametrize(
+    ("builder", "data", "classes", "floor"),
+    [
+        (tiny_models.resnet_like, lambda n: tiny_models.separable_images("resnet", n, seed=5), 10, 0.5),
+        (tiny_models.bert_like, lambda n: tiny_models.separable_tokens(n, seed=5), 2, 0.7),
+    ],
+)
+def test_ramps_agree_with_the_model_far_above_chance(tmp_path, builder, data, classes, floor) -> None:
+    feeds = data(300)
+    model, sites, kinds, feats = _features(tmp_path, builder(), feeds)
+    # the features are the site tensors' pooled values and the scores the model's own output
+    reference = OrtRunner(model, threads=1).run(feeds)["logits"]
+    np.testing.assert_allclose(feats.final_scores, reference, rtol=1e-5, atol=1e-5)
+    assert len(feats.pooled) == len(sites) >= 3 and all(p.shape[0] == 300 for p in feats.pooled)
+    # the model's predictions are spread over the classes, so agreement is not a majority vote
+    majority = np.bincount(feats.final_pred, minlength=classes).max() / 300
+    result = train_ramps(feats, kinds, TrainConfig(seed=0), threads=1, **QUIET)
+    agreements = [r.agreement for r in result.ramps]
+    assert max(agreements) >= max(floor, majority + 0.15), (agreements, majority)
+    assert agreements[-1] >= 1.0 / classes + 0.25
+    stats = result.stats
+    assert stats.confidence.shape == stats.agree.shape == (60, len(sites)) and stats.final_pred.shape == (60,)
+    np.testing.assert_allclose(stats.agree.mean(axis=0), agreements, rtol=1e-6)
+    assert np.all((stats.confidence >= 1.0 / classes - 1e-6) & (stats.confidence <= 1.0))
+    # each trained ramp exported as ONNX computes what numpy computes on real activations
+    for site, kind, ramp, example in zip(sites, kinds, result.ramps, feats.examples):
+        check_ramp(build_ramp_onnx(site, kind, ramp.weights), kind, ramp.weights, example)
+
+
+def test_training_is_seeded() -> None:
+    rng = np.random.default_rng(0)
+    pooled = [rng.normal(size=(400, 6)).astype(np.float32)]
+    scores = (pooled[0] @ rng.normal(size=(6, 3))).astype(np.float32)
+    feats = Features(pooled, scores, [])
+    a = train_ramps(feats, ["dense_linear"], TrainConfig(seed=3), **QUIET)
+    b = train_ramps(feats, ["dense_linear"], TrainConfig(seed=3), **QUIET)
+    np.testing.assert_array_equal(a.ramps[0].weights.layers[0][0], b.ramps[0].weights.layers[0][0])
+    assert a.ramps[0].agreement > 0.8  # a linear teacher is learnable by a linear ramp
+
+
+def test_distillation_on_probabilities() -> None:
+    rng = np.random.default_rng(1)
+    pooled = [rng.normal(size=(400, 5)).astype(np.float32)]
+    logits = pooled[0] @ rng.normal(size=(5, 4))
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    result = train_ramps(Features(pooled, probs.astype(np.float32), []), ["dense_linear"], TrainConfig(distill=True), **QUIET)
+    assert result.ramps[0].agreement > 0.8
+
+
+def test_fold_standardisation_is_exact() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.normal(3.0, 5.0, size=(10, 4)).astype(np.float32)
+    mean, std = x.mean(axis=0).astype(np.float64), x.std(axis=0).astype(np.float64)
+    weights = RampWeights([(rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)),
+                           (rng.normal(size=(3, 2)).astype(np.float32), rng.normal(size=2).astype(np.float32))])
+    folded = fold_standardisation(weights, mean, std)
+    want = ramp_forward(weights, ((x - mean) / std).astype(np.float32))
+    np.testing.assert_allclose(ramp_forward(folded, x), want, rtol=1e-4, atol=1e-4)
+
+
+def test_split_indices() -> None:
+    train, held = split_indices(100, 0.2, seed=0)
+    assert len(held) == 20 and len(train) == 80 and not set(train) & set(held)
+    train, held = split_indices(2, 0.2, seed=0)
+    assert len(train) == 1 and len(held) == 1

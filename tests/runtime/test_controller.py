@@ -1,0 +1,305 @@
+"""The controller driven with synthetic batch feedback (real C core, synthetic manifest and stream).
+
+A synthetic stream gives every input an "easiness" u in [0, 1]; the ramp at site s is confident on
+easy inputs (more so at deeper sites) and, the more confident, the likelier it agrees with the final
+output. A fake executor applies the controller's configuration exactly as the real one does (first
+active ramp with 1 - conf < threshold releases the input) and reports the feedback.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from apparate_trt.engine_dir import (
+    BootstrapInfo,
+    BootstrapStats,
+    InitialConfig,
+    Manifest,
+    ModelInfo,
+    Profiles,
+    RampEntry,
+    SegmentEntry,
+    SiteEntry,
+    TensorSpec,
+)
+from apparate_trt.errors import ApparateError
+from apparate_trt.runtime.controller import (
+    Controller,
+    LatencyModel,
+    deeper_probe,
+    earlier_probe,
+    saved_next_ms,
+    search_constraint,
+)
+
+NUM_SITES = 8
+SEGMENT_MS = 10.0  # per segment at batch 1; batch 8 costs 4x
+
+
+def make_manifest(
+    initial_sites: list[int],
+    ramp_ms: list[float] | None = None,
+    budget: float = 0.05,
+    num_sites: int = NUM_SITES,
+) -> Manifest:
+    """A manifest with ``num_sites`` sites, equal segments, and the given ramp costs (ms, batch 1)."""
+    ramp_ms = ramp_ms if ramp_ms is not None else [0.5] * num_sites
+    seg_rows = [[SEGMENT_MS, 4 * SEGMENT_MS] for _ in range(num_sites + 1)]
+    model_ms = [SEGMENT_MS * (num_sites + 1), 4 * SEGMENT_MS * (num_sites + 1)]
+    spec = TensorSpec("x", "float32", ["N", 4])
+    return Manifest(
+        model=ModelInfo("model.onnx", "synthetic", "0" * 64, [spec], [TensorSpec("y", "float32", ["N", 3])], "y", 3),
+        sites=[SiteEntry(i, f"t{i}", [], ["N", 4], i, (i + 1) / (num_sites + 1)) for i in range(num_sites)],
+        segments=[SegmentEntry(f"seg_{i}.onnx", [], [], i if i < num_sites else None) for i in range(num_sites + 1)],
+        ramps=[
+            RampEntry(i, f"ramp_{i}.onnx", [f"t{i}"], f"r{i}", "dense_linear", 3, 0.9, ramp_ms[i], ramp_ms[i] / model_ms[0])
+            for i in range(num_sites)
+        ],
+        profiles=Profiles("onnxruntime", 1, [1, 8], model_ms, seg_rows, [[c, 4 * c] for c in ramp_ms]),
+        budget=budget,
+        initial_config=InitialConfig(list(initial_sites), [0.0] * len(initial_sites)),
+        bootstrap=BootstrapInfo("bootstrap_stats.npz", 0, 0, 0),
+        tools={},
+        created="2026-01-01T00:00:00Z",
+    )
+
+
+@dataclass
+class Outcome:
+    """The fields of ``BatchOutcome`` the controller reads."""
+
+    site_ids: np.ndarray
+    confidence: np.ndarray
+    agree: np.ndarray
+    exit_site: np.ndarray
+
+
+class Stream:
+    """Synthetic per-site confidences and agreement for a stream of inputs.
+
+    ``broken`` sites: confident and always wrong (exits never agree). ``silent`` sites: confidence
+    0 (nothing can exit).
+    """
+
+    def __init__(self, seed: int = 0, broken: set[int] = frozenset(), silent: set[int] = frozenset()) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.broken = set(broken)
+        self.silent = set(silent)
+
+    def sample(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """conf float32 [sites, n], agree uint8 [sites, n]."""
+        u = self.rng.random(n)
+        depth = (np.arange(NUM_SITES) + 1.0) / NUM_SITES
+        noise = self.rng.normal(0.0, 0.05, (NUM_SITES, n))
+        conf = np.clip(0.3 + 0.7 * u[None, :] ** (1.5 - depth[:, None]) + noise, 0.0, 1.0)
+        p_agree = 1.0 - 0.6 * (1.0 - conf)
+        agree = self.rng.random((NUM_SITES, n)) < p_agree
+        for s in self.broken:
+            conf[s] = 0.999
+            agree[s] = False
+        for s in self.silent:
+            conf[s] = 0.0
+        return conf.astype(np.float32), agree.astype(np.uint8)
+
+    def bootstrap(self, n: int) -> BootstrapStats:
+        conf, agree = self.sample(n)
+        final = np.zeros(n, np.int32)
+        return BootstrapStats(conf.T.copy(), np.where(agree.T, 0, 1).astype(np.int32), final, agree.T.copy())
+
+
+def run_batch(config: tuple[list[int], list[float]], conf: np.ndarray, agree: np.ndarray) -> tuple[Outcome, np.ndarray]:
+    """Apply the configuration like the executor; return the feedback and released-correct flags."""
+    sites, thresholds = config
+    n = conf.shape[1]
+    exit_site = np.full(n, -1, np.int32)
+    correct = np.ones(n, bool)
+    done = np.zeros(n, bool)
+    for site, thr in zip(sites, thresholds):
+        newly = ~done & ((1.0 - conf[site].astype(np.float64)) < thr)
+        exit_site[newly] = site
+        correct[newly] = agree[site][newly] == 1
+        done |= newly
+    ids = np.asarray(sites, np.int32)
+    return Outcome(ids, conf[ids].copy(), agree[ids].copy(), exit_site), correct
+
+
+def drive(controller: Controller, stream: Stream, batches: int, batch: int = 8, start_t: float = 0.0):
+    """Serve ``batches`` batches; return released-correct flags, exit sites and returned configs."""
+    config = controller.initial_config()
+    correct_all, exits_all, changes = [], [], []
+    for b in range(batches):
+        conf, agree = stream.sample(batch)
+        outcome, correct = run_batch(config, conf, agree)
+        correct_all.append(correct)
+        exits_all.append(outcome.exit_site)
+        new = controller.observe(outcome, t=start_t + b)
+        if new is not None:
+            config = new
+            changes.append((b, new))
+    return np.concatenate(correct_all), np.concatenate(exits_all), changes
+
+
+def kinds(controller: Controller) -> list[str]:
+    return [e["kind"] for e in controller.events]
+
+
+# ------------------------------------------------------------------------------ pure helpers
+def test_exit_saved_counts_later_segments_and_later_ramps():
+    latency = LatencyModel(make_manifest([1, 4], ramp_ms=[0.5] * NUM_SITES))
+    saved = latency.exit_saved_ms([1, 4], batch_size=1)
+    # after site 1: segments 2..8 (7 x 10 ms) plus ramp 4 (0.5 ms); after site 4: segments 5..8.
+    np.testing.assert_allclose(saved, [70.5, 40.0])
+    np.testing.assert_allclose(saved_next_ms(saved), [30.5, 40.0])
+    np.testing.assert_allclose(latency.exit_saved_ms([1, 4], batch_size=8), [4 * 70.5, 4 * 40.0])
+
+
+def test_budget_and_latest_useful_site_come_from_the_profile():
+    latency = LatencyModel(make_manifest([], ramp_ms=[1.0] * 6 + [25.0, 5.0], budget=0.02))
+    assert latency.budget_ms(1) == pytest.approx(0.02 * 90.0)
+    assert latency.budget_ms(8) == pytest.approx(0.02 * 360.0)
+    # site 7 leaves 10 ms of model and its ramp costs 5 ms: useful (site 6's 25 ms cost is not).
+    assert latency.latest_useful_site(1) == 7
+    assert LatencyModel(make_manifest([], ramp_ms=[1.0] * 7 + [15.0])).latest_useful_site(1) == 6
+
+
+def test_search_constraint_discounts_one_error_per_ramp():
+    assert search_constraint(0.005, ramps=2, samples=1000) == pytest.approx(0.003)
+    assert search_constraint(0.005, ramps=4, samples=512) == 0.0
+
+
+def test_probe_sites_go_halfway_and_skip_taken_ones():
+    assert deeper_probe(2, [2, 6], latest=7, blocked=set()) in (3, 4)
+    assert deeper_probe(2, [6], latest=7, blocked=set()) == 4
+    assert deeper_probe(5, [6], latest=7, blocked=set()) is None  # no site between 5 and 6
+    assert deeper_probe(6, [], latest=6, blocked=set()) is None  # never past the latest useful site
+    assert earlier_probe([6], latest=7, blocked=set()) == 2
+    assert earlier_probe([6], latest=7, blocked={2}) in (1, 3)
+    assert earlier_probe([0], latest=7, blocked=set()) is None
+    assert earlier_probe([], latest=7, blocked=set()) == 3
+
+
+def test_bad_options_are_refused():
+    m = make_manifest([2])
+    with pytest.raises(ApparateError, match="accuracy constraint"):
+        Controller(m, accuracy_constraint=1.5)
+    with pytest.raises(ApparateError, match="window size"):
+        Controller(m, window_size=0)
+    with pytest.raises(ApparateError, match="initial_thresholds"):
+        Controller(m, initial_thresholds="sometimes")
+
+
+# ------------------------------------------------------------------------------ fast loop
+def test_starts_never_exit_and_tunes_on_the_first_feedback():
+    m = make_manifest([2, 5])
+    ctl = Controller(m, initial_thresholds="never", min_tune_samples=64)
+    assert ctl.initial_config() == ([2, 5], [0.0, 0.0])
+    conf, agree = Stream(1).sample(128)
+    outcome, _ = run_batch(ctl.initial_config(), conf, agree)
+    new = ctl.observe(outcome, t=1.0)
+    assert new is not None and new[0] == [2, 5] and max(new[1]) > 0
+    tune = [e for e in ctl.events if e["kind"] == "tune"]
+    assert len(tune) == 1 and tune[0]["reason"] == "first feedback" and tune[0]["t"] == 1.0
+    assert tune[0]["window_accuracy"] >= 1 - 0.5 * 0.01 - 1e-9
+    assert ctl.threshold_history[-1]["thresholds"] == new[1]
+
+
+def test_bootstrap_statistics_give_initial_thresholds():
+    m = make_manifest([2, 5])
+    ctl = Controller(m, bootstrap=Stream(2).bootstrap(400))
+    sites, thresholds = ctl.initial_config()
+    assert sites == [2, 5] and max(thresholds) > 0
+    (initial,) = [e for e in ctl.events if e["kind"] == "initial"]
+    assert "bootstrap" in initial["reason"]
+
+
+def test_stationary_stream_keeps_windows_within_the_constraint():
+    m = make_manifest([2, 5], budget=0.02)
+    ctl = Controller(m, accuracy_constraint=0.01, initial_thresholds="never", adjust_every_batches=10**6)
+    correct, exits, _ = drive(ctl, Stream(3), batches=2000)
+    first_tune = next(e["batch"] for e in ctl.events if e["kind"] == "tune")
+    after = correct[first_tune * 8:]
+    w = ctl.window_size  # windows of served requests as long as the feedback window
+    windows = after[: len(after) // w * w].reshape(-1, w).mean(axis=1)
+    assert len(windows) >= 30
+    violating = float(np.mean(windows < 1 - 0.01))
+    assert violating < 0.05, f"{violating:.1%} of windows broke the constraint"
+    assert np.mean(exits[first_tune * 8:] >= 0) > 0.1  # it does exit (the test is not vacuous)
+    assert "emergency" not in kinds(ctl)
+
+
+# ------------------------------------------------------------------------------ emergency
+def test_emergency_cuts_a_ramp_whose_exits_turn_wrong_before_the_next_tune():
+    m = make_manifest([2, 5], budget=0.02)
+    ctl = Controller(m, initial_thresholds="never", tune_every_batches=10**6, adjust_every_batches=10**6)
+    drive(ctl, Stream(4), batches=40)
+    sites, thresholds = ctl.config
+    assert thresholds[0] > 0
+    before = len(ctl.events)
+    _, _, changes = drive(ctl, Stream(5, broken={2}), batches=8, start_t=100.0)
+    new_events = ctl.events[before:]
+    assert new_events and new_events[0]["kind"] == "emergency" and new_events[0]["site"] == 2
+    cut_batch = new_events[0]["batch"]
+    assert not any(e["kind"] == "tune" and e["batch"] == cut_batch for e in new_events)
+    assert changes and changes[0][1][1][0] == 0.0  # threshold of site 2 -> 0 in the returned config
+    assert len(ctl.window) < 64  # the stale window was dropped
+
+
+# ------------------------------------------------------------------------------ slow loop
+@pytest.mark.parametrize("bad", ["broken", "silent"])
+def test_useless_ramp_is_removed_and_a_useful_one_kept(bad):
+    m = make_manifest([1, 5], budget=0.05)
+    stream = Stream(6, broken={1} if bad == "broken" else set(), silent={1} if bad == "silent" else set())
+    ctl = Controller(m, initial_thresholds="never", adjust_every_batches=20, probe_cooldown=100)
+    drive(ctl, stream, batches=60)
+    removed = [e for e in ctl.events if e["kind"] == "remove_ramp"]
+    assert removed and removed[0]["site"] == 1, ctl.events
+    assert 5 in ctl.config[0]
+    assert all(e["site"] != 5 for e in removed)
+    added = [e for e in ctl.events if e["kind"] == "add_ramp"]
+    assert added and added[0]["site"] in (2, 3, 4)  # freed budget probes deeper, before ramp 5
+
+
+def test_new_ramp_starts_in_probation_and_gets_a_threshold_at_the_next_tune():
+    m = make_manifest([5], budget=0.05)
+    ctl = Controller(m, initial_thresholds="never", adjust_every_batches=20, probe_cooldown=100, min_tune_samples=64)
+    _, _, changes = drive(ctl, Stream(7), batches=60)
+    added = [e for e in ctl.events if e["kind"] == "add_ramp"]
+    assert added and added[0]["site"] == 2  # halfway between the start and ramp 5
+    batch_added = added[0]["batch"]
+    config_after_add = next(cfg for b, cfg in changes if b + 1 == batch_added)
+    assert config_after_add[1][config_after_add[0].index(2)] == 0.0
+    later_tunes = [e for e in ctl.events if e["kind"] == "tune" and e["batch"] > batch_added]
+    assert later_tunes and later_tunes[0]["active_sites"] == [2, 5]
+    assert later_tunes[0]["reason"] == "after a ramp change"
+
+
+@pytest.mark.parametrize("probe_cost_ms, expect_add", [(0.5, True), (3.0, False)])
+def test_budget_is_checked_in_latency_not_count(probe_cost_ms, expect_add):
+    # budget 2% of 90 ms = 1.8 ms; ramp 5 costs 1.0 ms; the probe at site 2 costs probe_cost_ms.
+    costs = [0.5] * NUM_SITES
+    costs[5] = 1.0
+    costs[2] = probe_cost_ms
+    m = make_manifest([5], ramp_ms=costs, budget=0.02)
+    ctl = Controller(m, initial_thresholds="never", adjust_every_batches=20, probe_cooldown=100)
+    drive(ctl, Stream(8), batches=45)
+    added = [e for e in ctl.events if e["kind"] == "add_ramp"]
+    if expect_add:
+        assert added and added[0]["site"] == 2
+        assert added[0]["cost_ms"] <= added[0]["budget_ms"] + 1e-9
+    else:
+        assert not added and ctl.config[0] == [5]
+
+
+def test_every_event_has_time_kind_and_reason():
+    m = make_manifest([1, 5])
+    ctl = Controller(m, initial_thresholds="never", adjust_every_batches=20)
+    drive(ctl, Stream(9, broken={1}), batches=60)
+    assert {"initial", "tune", "remove_ramp"} <= set(kinds(ctl))
+    for event in ctl.events:
+        assert isinstance(event["t"], float) and event["kind"] and event["reason"]
+    history = ctl.threshold_history
+    assert len(history) == 60
+    assert all(len(h["active_sites"]) == len(h["thresholds"]) for h in history)
+    assert all(0.0 <= h["window_accuracy"] <= 1.0 for h in history)

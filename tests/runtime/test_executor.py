@@ -1,0 +1,226 @@
+"""The executor: segments only at active sites, early release between segments, exact final outputs."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from apparate_trt.errors import ApparateError
+from apparate_trt.runtime.backends.onnxruntime import OrtRunner
+from apparate_trt.runtime.executor import Executor
+from apparate_trt.runtime.vanilla import VanillaExecutor
+
+from runtime_helpers import THREADS, assert_same_output, reference_ramp_logits
+
+
+@dataclass
+class Releases:
+    """Records every on_release call in order."""
+
+    calls: list[tuple[int, np.ndarray, int, int | None, float]] = field(default_factory=list)
+
+    def __call__(self, index, row, pred, site, t_release) -> None:
+        self.calls.append((index, np.array(row), pred, site, t_release))
+
+    def early(self) -> list[tuple[int, np.ndarray, int, int | None, float]]:
+        return [c for c in self.calls if c[3] is not None]
+
+    def final(self) -> list[tuple[int, np.ndarray, int, int | None, float]]:
+        return [c for c in self.calls if c[3] is None]
+
+
+def _executor(compiled, active, thresholds) -> Executor:
+    executor = Executor(compiled.manifest, threads=THREADS)
+    executor.configure(active, thresholds, wait=True)
+    return executor
+
+
+def test_final_outputs_equal_the_original_model_for_every_active_set(resnet):
+    sites = [s.id for s in resnet.manifest.sites]
+    batch = resnet.batch(8)
+    executor = Executor(resnet.manifest, threads=THREADS)
+    try:
+        for active in ([], [sites[0]], [sites[0], sites[-1]], sites):
+            executor.configure(active, [0.0] * len(active), wait=True)
+            releases = Releases()
+            outcome = executor.run_batch(batch, releases)
+            assert outcome.active_sites == active
+            assert_same_output(outcome.final_logits, resnet.reference[:8])
+            assert [c[0] for c in releases.final()] == list(range(8))
+            assert not releases.early(), "threshold 0 (probation) must never release early"
+            assert (outcome.exit_site == -1).all()
+    finally:
+        executor.close()
+
+
+def test_segments_are_split_only_at_active_sites(resnet):
+    sites = [s.id for s in resnet.manifest.sites]
+    executor = _executor(resnet, [sites[-1]], [0.0])
+    try:
+        outcome = executor.run_batch(resnet.batch(2), Releases())
+        assert outcome.segments_ms.shape == (2,), "one active site: two segments, whatever the site count"
+        assert outcome.ramps_ms.shape == (1,)
+    finally:
+        executor.close()
+
+
+def test_early_results_are_the_ramps_argmax_and_come_before_the_next_segment(resnet, monkeypatch):
+    sites = [s.id for s in resnet.manifest.sites]
+    first, last = sites[0], sites[-1]
+    executor = _executor(resnet, [first, last], [1.0, 1.0])  # threshold 1: every input exits at once
+    events: list[str] = []
+    original_run = OrtRunner.run
+
+    def traced_run(self, feeds, outputs=None):
+        events.append(f"run {self.name}")
+        return original_run(self, feeds, outputs)
+
+    monkeypatch.setattr(OrtRunner, "run", traced_run)
+    releases = Releases()
+
+    def on_release(index, row, pred, site, t_release):
+        events.append(f"release {site}")
+        releases(index, row, pred, site, t_release)
+
+    batch = resnet.batch(6)
+    try:
+        outcome = executor.run_batch(batch, on_release)
+    finally:
+        executor.close()
+    early = releases.early()
+    assert sorted(c[0] for c in early) == list(range(6)), "each input is released early exactly once"
+    assert {c[3] for c in early} == {first}
+    ramp = reference_ramp_logits(resnet.manifest, batch, first)
+    for index, row, pred, _, _ in early:
+        np.testing.assert_allclose(row, ramp[index], rtol=1e-4, atol=1e-4)
+        assert pred == int(np.argmax(ramp[index]))
+    # the releases at the first ramp precede every later segment's run: the batch went on afterwards
+    first_release = events.index(f"release {first}")
+    later_runs = [i for i, e in enumerate(events) if e.startswith("run segment")]
+    assert later_runs[-1] > first_release, "the batch must run on to the end after the exits"
+    assert max(c[4] for c in early) <= min(c[4] for c in releases.final())
+    # exits never shrink the batch: the last ramp still saw every input and the final is exact
+    assert outcome.confidence.shape == (2, 6)
+    assert (outcome.exit_site == first).all()
+    assert_same_output(outcome.final_logits, resnet.reference[:6])
+    assert [c[0] for c in releases.final()] == list(range(6))
+
+
+def test_outcome_feedback_arrays(resnet):
+    sites = [s.id for s in resnet.manifest.sites]
+    active = sites[:2]
+    executor = _executor(resnet, active, [0.0, 0.0])
+    try:
+        outcome = executor.run_batch(resnet.batch(5), Releases())
+    finally:
+        executor.close()
+    assert outcome.site_ids.dtype == np.int32 and outcome.active_sites == active
+    assert outcome.confidence.dtype == np.float32 and outcome.confidence.shape == (2, 5)
+    assert ((outcome.confidence > 0) & (outcome.confidence <= 1)).all()
+    assert outcome.ramp_pred.dtype == np.int32
+    assert outcome.agree.dtype == np.uint8
+    np.testing.assert_array_equal(outcome.agree, (outcome.ramp_pred == outcome.final_pred).astype(np.uint8))
+    np.testing.assert_array_equal(outcome.final_pred, np.argmax(resnet.reference[:5], axis=1))
+    assert outcome.total_ms > 0 and outcome.t_end >= outcome.t_start
+    np.testing.assert_array_equal(outcome.thresholds, [0.0, 0.0])
+
+
+def test_thresholds_change_at_once_and_only_exit_confident_inputs(resnet):
+    site = resnet.manifest.sites[0].id
+    executor = _executor(resnet, [site], [0.0])
+    batch = resnet.batch(12)
+    try:
+        probe = executor.run_batch(batch, Releases())
+        conf = probe.confidence[0]
+        threshold = float(1.0 - np.median(conf)) + 1e-6  # about half of the inputs are confident enough
+        executor.configure([site], [threshold])
+        releases = Releases()
+        outcome = executor.run_batch(batch, releases)
+    finally:
+        executor.close()
+    expected = np.flatnonzero(1.0 - conf.astype(np.float64) < threshold)
+    assert 0 < expected.size < 12
+    assert sorted(c[0] for c in releases.early()) == expected.tolist()
+    np.testing.assert_array_equal(np.flatnonzero(outcome.exit_site == site), expected)
+
+
+def test_new_active_set_is_built_off_the_critical_path_and_swapped_between_batches(resnet):
+    sites = [s.id for s in resnet.manifest.sites]
+    old, new = [sites[0]], [sites[0], sites[-1]]
+    executor = _executor(resnet, old, [0.0])
+    batch = resnet.batch(4)
+    try:
+        executor.configure(new, [0.0, 0.0])  # returns at once; the plan builds in the background
+        during = executor.run_batch(batch, Releases())
+        assert during.active_sites in (old, new), "a batch runs whole with either the old or the new plan"
+        executor.wait_ready(timeout_s=60)
+        assert executor.ready
+        after = executor.run_batch(batch, Releases())
+        assert after.active_sites == new
+        assert_same_output(after.final_logits, resnet.reference[:4])
+        executor.configure(old, [0.0])  # a revisited set is cached: in effect for the next batch
+        assert executor.ready and executor.active_sites == old
+        back = executor.run_batch(batch, Releases())
+        assert back.active_sites == old
+        assert_same_output(back.final_logits, resnet.reference[:4])
+    finally:
+        executor.close()
+
+
+def test_ramp_leaving_the_active_set_never_exits_while_its_replacement_builds(resnet):
+    sites = [s.id for s in resnet.manifest.sites]
+    executor = _executor(resnet, [sites[0]], [1.0])
+    try:
+        executor.configure([sites[-1]], [1.0])
+        releases = Releases()
+        outcome = executor.run_batch(resnet.batch(3), releases)
+        if outcome.active_sites == [sites[0]]:  # the old plan ran: its removed ramp is in probation
+            assert not releases.early()
+            np.testing.assert_array_equal(outcome.thresholds, [0.0])
+    finally:
+        executor.close()
+
+
+def test_side_tensors_flow_to_later_segments(bert):
+    sites = [s.id for s in bert.manifest.sites]
+    assert any(s.side_tensors for s in bert.manifest.sites), "the tiny BERT keeps its attention mask live"
+    executor = Executor(bert.manifest, threads=THREADS)
+    try:
+        for active in ([sites[0], sites[-1]], sites):
+            executor.configure(active, [1.0] + [0.0] * (len(active) - 1), wait=True)
+            releases = Releases()
+            outcome = executor.run_batch(bert.batch(6), releases)
+            assert_same_output(outcome.final_logits, bert.reference[:6])
+            assert len(releases.early()) == 6
+    finally:
+        executor.close()
+
+
+def test_vanilla_executor_equals_the_original_model(resnet):
+    vanilla = VanillaExecutor(resnet.manifest, threads=THREADS)
+    releases = Releases()
+    outcome = vanilla.run_batch(resnet.batch(7), releases)
+    assert_same_output(outcome.final_logits, resnet.reference[:7])
+    assert not releases.early() and len(releases.final()) == 7
+    assert outcome.site_ids.size == 0 and outcome.confidence.shape == (0, 7)
+    vanilla.configure([0], [1.0])  # ignored: no ramps in vanilla mode
+    assert vanilla.active_sites == []
+
+
+@pytest.mark.parametrize(
+    "active, thresholds, message",
+    [([0], [0.1, 0.2], "one threshold per site"), ([0, 0], [0.1, 0.1], "twice"), ([999], [0.1], "unknown ramp site"), ([0], [1.5], "[0, 1]")],
+)
+def test_bad_configurations_are_refused(resnet, active, thresholds, message):
+    executor = Executor(resnet.manifest, threads=THREADS)
+    try:
+        with pytest.raises(ApparateError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            executor.configure(active, thresholds)
+    finally:
+        executor.close()
+
+
+def test_unknown_confidence_kind_is_refused(resnet):
+    with pytest.raises(ApparateError, match="maxprob"):
+        Executor(resnet.manifest, confidence="softmax")

@@ -20,7 +20,7 @@ from apparate_trt.errors import ApparateError
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-RAMP_KINDS = ("conv_gap_linear", "seq_cls_dense_tanh_linear", "dense_linear")
+RAMP_KINDS = ("conv_gap_linear", "seq_cls_dense_tanh_linear", "seq_mean_dense_tanh_linear", "dense_linear")
 BOOTSTRAP_ARRAYS = ("confidence", "ramp_pred", "final_pred", "agree")
 
 _RECOMPILE = "recompile it with: apparate-compile MODEL.onnx --data BOOTSTRAP.npz --out DIR --force"
@@ -89,7 +89,8 @@ class RampEntry:
 
 @dataclass
 class Profiles:
-    """Median latencies (ms) per batch size on one backend."""
+    """Median latencies (ms) per batch size on one backend; ``threads`` are ORT intra-op threads
+    of the model and segment sessions, ``ramp_threads`` those of the ramp sessions."""
 
     backend: str
     threads: int | None
@@ -97,6 +98,7 @@ class Profiles:
     model_ms: list[float]
     segments_ms: list[list[float]]
     ramps_ms: list[list[float]]
+    ramp_threads: int = 1
 
 
 @dataclass
@@ -376,6 +378,7 @@ def _parse(data: dict[str, Any], path: Path) -> Manifest:
                 model_ms=[float(v) for v in _get(profiles, "model_ms", "profiles", list)],
                 segments_ms=[[float(v) for v in row] for row in _get(profiles, "segments_ms", "profiles", list)],
                 ramps_ms=[[float(v) for v in row] for row in _get(profiles, "ramps_ms", "profiles", list)],
+                ramp_threads=_get(profiles, "ramp_threads", "profiles", int) if "ramp_threads" in profiles else 1,
             ),
             budget=float(_get(data, "budget", "", _NUM)),
             initial_config=InitialConfig(

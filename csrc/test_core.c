@@ -117,6 +117,26 @@ static void test_ramp_exits(void) {
           "negative threshold -> AP_ERR_VALUE");
 }
 
+static void test_batch_exits(void) {
+    /* 2 ramps x 3 inputs x 2 classes */
+    float logits[2 * 3 * 2] = {0, 10, 0, 0, 0, 0,   /* ramp 0: input 0 confident */
+                               0, 0, 10, 0, 0, 10}; /* ramp 1: inputs 1 and 2 confident */
+    double thr[2] = {0.1, 0.1};
+    float conf[6];
+    int32_t pred[6], ex[3];
+    CHECK(ap_batch_exits(logits, 2, 3, 2, AP_CONF_MAXPROB, thr, conf, pred, ex) == AP_OK, "batch_exits ok");
+    CHECK(ex[0] == 0 && ex[1] == 1 && ex[2] == 1, "first confident ramp per input (got %d %d %d)", ex[0], ex[1],
+          ex[2]);
+    CHECK(pred[0] == 1 && pred[3] == 0 && pred[4] == 0 && pred[5] == 1 && near(conf[1], 0.5, 1e-7),
+          "conf and pred laid out [ramp, input]");
+    thr[0] = 0.0;
+    CHECK(ap_batch_exits(logits, 2, 3, 2, AP_CONF_MAXPROB, thr, conf, pred, ex) == AP_OK && ex[0] == -1,
+          "threshold 0 on ramp 0: input 0 does not exit");
+    thr[1] = 2.0;
+    CHECK(ap_batch_exits(logits, 2, 3, 2, AP_CONF_MAXPROB, thr, conf, pred, ex) == AP_ERR_VALUE,
+          "threshold 2 -> AP_ERR_VALUE");
+}
+
 static void test_window(void) {
     ap_window *w = NULL;
     CHECK(ap_window_create(0, 4, &w) == AP_ERR_SIZE && w == NULL, "capacity 0 -> AP_ERR_SIZE");
@@ -281,6 +301,7 @@ int main(void) {
     test_confidence();
     test_exit_decisions();
     test_ramp_exits();
+    test_batch_exits();
     test_window();
     test_evaluate();
     test_search();

@@ -16,21 +16,25 @@ Models (widths chosen so that every expected site lies far from the 0.05 / 0.9 d
 
 - ``resnet_like``: stem Conv-BN-Relu, ``blocks`` basic residual blocks (Conv-BN-Relu-Conv-BN, Add,
   Relu; the first block of the second half halves the resolution and doubles the width, with a 1x1
-  projection), GlobalAveragePool, Flatten, Gemm. Sites: after each block's final Relu.
+  projection), GlobalAveragePool, Flatten, Gemm. Sites: after each block's final Relu but the last
+  (past 0.9 of the MACs); the stem lies before 0.05.
 - ``mbconv_like``: stem Conv-BN-Clip, four MBConv blocks (1x1 expand, depthwise 3x3, 1x1 project,
   each with BN, Clip as ReLU6; blocks 2 and 4 residual, 1 and 3 strided without a skip), head 1x1
-  conv, pool, Gemm. Sites: after each block (not inside the expanded ones).
-- ``vgg_like``: ``layers`` Conv-Relu layers, MaxPool after every second, Flatten, Gemm. Sites: after
-  every Relu and every pool.
+  conv, pool, Gemm. Sites: the stem and blocks 1-3 (block 4 lies past 0.9), never inside the
+  expanded blocks 1 and 3.
+- ``vgg_like``: ``layers`` Conv-Relu layers, MaxPool after every second, GlobalAveragePool,
+  Flatten, Gemm. Sites: after every Relu and every pool up to the last layer (past 0.9).
 - ``bert_like``: inputs ``input_ids`` / ``attention_mask`` int64 ``[N, S]`` (``S`` symbolic; the
   data uses ``seq``), word + position embeddings and LayerNormalization, an extended mask
   ``(1 - mask) * -10000`` ``[N, 1, 1, S]`` computed once and added in every layer's attention,
   ``layers`` post-LN encoder layers (2 heads, erf GELU feed-forward), first-token pooler Gemm-Tanh
-  and classifier Gemm. Sites: the output of each encoder layer, with the extended mask as side
-  tensor.
+  and classifier Gemm. Sites: the output of each encoder layer but the last, with the extended
+  mask as side tensor ``extended_mask`` (``TinyModel.side_tensors``).
 
 Data: ``separable_images(kind, n, seed)`` ({"input": float32 [n, 3, 16, 16]}) and
-``separable_tokens(n, seed)`` ({"input_ids", "attention_mask"} int64 [n, seq]).
+``separable_tokens(n, seed)`` ({"input_ids", "attention_mask"} int64 [n, seq]);
+``separable_inputs(tiny, n, seed)`` picks the one for a TinyModel. ``BUILDERS`` maps kinds to
+builders.
 """
 from __future__ import annotations
 
@@ -289,6 +293,22 @@ def _attention(g: _Graph, h: str, mask: str, hidden: int, heads: int) -> str:
     return g.linear(ctx, hidden, hidden, gemm=False)
 
 
+def _word_embeddings(rng: np.random.RandomState, vocab: int, hidden: int, classes: int) -> np.ndarray:
+    """Random embeddings (std 0.5) in which each class's keywords (see ``separable_tokens``) share
+    a random direction of norm 2, so that the class shows in every layer."""
+    emb = 0.5 * rng.randn(vocab, hidden)
+    directions = rng.randn(classes, hidden)
+    directions *= 2.0 / np.linalg.norm(directions, axis=1, keepdims=True)
+    for c, ids in enumerate(_keywords(classes)):
+        emb[ids] += directions[c]
+    return emb.astype(np.float32)
+
+
+def _keywords(classes: int) -> list[np.ndarray]:
+    """Token ids of each class's 8 keywords (ids 0 and 1 are [PAD] and [CLS])."""
+    return np.array_split(np.arange(2, 2 + 8 * classes), classes)
+
+
 def bert_like(layers: int = 4, hidden: int = 32, seq: int = 16, vocab: int = 100, classes: int = 2,
               seed: int = 0, heads: int = 2) -> TinyModel:
     """A post-LN BERT encoder classifier (module docstring); sites after layers 1..layers-1."""
@@ -296,7 +316,7 @@ def bert_like(layers: int = 4, hidden: int = 32, seq: int = 16, vocab: int = 100
     m = g.op("Unsqueeze", ["attention_mask", g.const(np.array([1, 2], np.int64), "axes")])
     m = g.op("Cast", [m], to=TensorProto.FLOAT)
     ext = g.op("Mul", [g.op("Sub", [g.const(np.float32(1.0)), m]), g.const(np.float32(-10000.0))], "extended_mask")
-    words = g.op("Gather", [g.const((0.5 * g.rng.randn(vocab, hidden)).astype(np.float32), "word_emb"), "input_ids"])
+    words = g.op("Gather", [g.const(_word_embeddings(g.rng, vocab, hidden, classes), "word_emb"), "input_ids"])
     length = g.op("Gather", [g.op("Shape", ["input_ids"]), g.const(np.int64(1), "one")], axis=0)
     positions = g.op("Range", [g.const(np.int64(0), "zero"), length, g.const(np.int64(1), "step")])
     pos = g.op("Gather", [g.const((0.1 * g.rng.randn(seq, hidden)).astype(np.float32), "pos_emb"), positions])
@@ -321,7 +341,7 @@ def bert_like(layers: int = 4, hidden: int = 32, seq: int = 16, vocab: int = 100
 def _tokens(n: int, seed: int, seq: int, vocab: int, classes: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
     rng = np.random.RandomState(seed)
     labels = rng.randint(0, classes, size=n)
-    keywords = np.array_split(np.arange(2, 2 + 8 * classes), classes)  # 8 keywords per class
+    keywords = _keywords(classes)
     filler = np.arange(2 + 8 * classes, vocab)
     ids = rng.choice(filler, size=(n, seq))
     is_keyword = rng.rand(n, seq) < 0.4
@@ -339,3 +359,14 @@ def separable_tokens(n: int, seed: int, seq: int = 16, vocab: int = 100, classes
     other tokens are keywords of the sample's class (8 ids per class), the rest filler ids; a random
     tail (up to half) is padding (id 0, mask 0)."""
     return _tokens(n, seed, seq, vocab, classes)[0]
+
+
+#: Every builder by kind, for tests parametrised over the tiny models.
+BUILDERS = {"resnet": resnet_like, "mbconv": mbconv_like, "vgg": vgg_like, "bert": bert_like}
+
+
+def separable_inputs(tiny: TinyModel, n: int, seed: int) -> dict[str, np.ndarray]:
+    """The data generator matching ``tiny``'s kind (images or tokens), as a dict of input arrays."""
+    if tiny.kind == "bert":
+        return separable_tokens(n, seed, classes=tiny.num_classes)
+    return separable_images(tiny.kind, n, seed, classes=tiny.num_classes)

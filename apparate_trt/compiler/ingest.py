@@ -67,14 +67,22 @@ def _subgraph_outer_refs(graph: onnx.GraphProto) -> set[str]:
     return used - defined
 
 
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs held in ``node``'s attributes (the branches/bodies of If, Loop, Scan)."""
+    found: list[onnx.GraphProto] = []
+    for attr in node.attribute:
+        if attr.HasField("g"):
+            found.append(attr.g)
+        found.extend(attr.graphs)
+    return found
+
+
 def node_inputs(node: onnx.NodeProto) -> list[str]:
     """Every tensor name ``node`` reads: its non-empty inputs, then (for control-flow nodes such as
     If/Loop/Scan) the names its subgraphs take from the outer scope, in a stable order."""
     names = [name for name in node.input if name]
-    for attr in node.attribute:
-        graphs = list(attr.graphs) + ([attr.g] if attr.HasField("g") else [])
-        for sub in graphs:
-            names.extend(sorted(_subgraph_outer_refs(sub) - set(names)))
+    for sub in subgraphs(node):
+        names.extend(sorted(_subgraph_outer_refs(sub) - set(names)))
     return names
 
 
@@ -151,10 +159,21 @@ def _parse(path: Path) -> onnx.ModelProto:
     return model
 
 
+def _all_tensors(graph: onnx.GraphProto) -> Iterable[onnx.TensorProto]:
+    """Initializers and tensor attributes (Constant values) of ``graph`` and its subgraphs."""
+    yield from graph.initializer
+    for node in _all_nodes(graph):
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+        for sub in subgraphs(node):
+            yield from sub.initializer
+
+
 def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
     """Read initializers kept in external files next to ``path``; error if a file is missing."""
-    tensors = [t for t in external_data_helper._get_all_tensors(model)
-               if external_data_helper.uses_external_data(t)]
+    tensors = [t for t in _all_tensors(model.graph) if external_data_helper.uses_external_data(t)]
     if not tensors:
         return
     base = path.parent
@@ -227,9 +246,8 @@ def _all_nodes(graph: onnx.GraphProto) -> Iterable[onnx.NodeProto]:
     """Nodes of ``graph`` and of every subgraph nested in them."""
     for node in graph.node:
         yield node
-        for attr in node.attribute:
-            for sub in list(attr.graphs) + ([attr.g] if attr.HasField("g") else []):
-                yield from _all_nodes(sub)
+        for sub in subgraphs(node):
+            yield from _all_nodes(sub)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -33,13 +33,13 @@ import onnx
 
 import apparate_trt
 from apparate_trt._optional import is_available
-from apparate_trt.compiler.ingest import load_model, model_io, score_output
+from apparate_trt.compiler.ingest import TensorInfo, load_model, model_io, score_output
 from apparate_trt.compiler.initial_config import choose_initial
 from apparate_trt.compiler.profiling import ProfileResult, ProfileSettings, batch_sizes_up_to, profile_all
-from apparate_trt.compiler.ramps import RAMP_OUTPUT, build_ramp_onnx, check_ramp, ramp_kind
-from apparate_trt.compiler.segments import split_model, verify_chain
-from apparate_trt.compiler.sites import find_sites
-from apparate_trt.compiler.training import TrainConfig, collect_features, feature_batch_size, train_ramps
+from apparate_trt.compiler.ramps import MASKED_KINDS, RAMP_OUTPUT, build_ramp_onnx, candidate_kinds, check_ramp, find_mask_input
+from apparate_trt.compiler.segments import Segment, split_model, verify_chain
+from apparate_trt.compiler.sites import Site, find_sites
+from apparate_trt.compiler.training import TrainConfig, TrainResult, collect_features, train_ramps
 from apparate_trt.data import load_inputs, take
 from apparate_trt.engine_dir import (
     BootstrapInfo,
@@ -151,22 +151,20 @@ def tool_versions() -> dict[str, str | None]:
     }
 
 
-def _spec(info: object) -> TensorSpec:
-    dtype = np.dtype(getattr(info, "dtype")).name
-    shape = [d if isinstance(d, (int, str)) or d is None else str(d) for d in getattr(info, "shape")]
-    return TensorSpec(getattr(info, "name"), dtype, shape)
+def _spec(info: TensorInfo) -> TensorSpec:
+    return TensorSpec(info.name, np.dtype(info.dtype).name if info.dtype != "bfloat16" else info.dtype, list(info.shape))
 
 
-def _renumber(sites: Sequence[object]) -> list:
+def _renumber(sites: Sequence[Site]) -> list[Site]:
     """Sites with ids 0..n-1 in order (after dropping sites no ramp fits)."""
-    return [s if s.id == i else dataclasses.replace(s, id=i) for i, s in enumerate(sites)]  # type: ignore[attr-defined]
+    return [s if s.id == i else dataclasses.replace(s, id=i) for i, s in enumerate(sites)]
 
 
-def _fixed_batch(inputs: Sequence[object]) -> int | None:
+def _fixed_batch(inputs: Sequence[TensorInfo]) -> int | None:
+    """The batch size the model's inputs fix, or None if the batch dimension is symbolic."""
     for info in inputs:
-        shape = list(getattr(info, "shape"))
-        if shape and isinstance(shape[0], int) and shape[0] > 0:
-            return shape[0]
+        if info.shape and isinstance(info.shape[0], int) and info.shape[0] > 0:
+            return info.shape[0]
     return None
 
 
@@ -241,16 +239,19 @@ def compile_model(
     log(f"  {n} samples")
 
     log("[3/8] find ramp sites")
+    mask = find_mask_input(inputs_info)
     found = find_sites(model)
-    sites = _renumber([s for s in found if ramp_kind(s.shape) is not None])
-    kinds = [ramp_kind(s.shape) for s in sites]
+    options = [candidate_kinds(s.shape, mask.name if mask else None) for s in found]
+    sites = _renumber([s for s, kinds in zip(found, options) if kinds])
+    candidates = [kinds for kinds in options if kinds]
     if len(sites) < len(found):
         log(f"  dropped {len(found) - len(sites)} sites whose tensor has rank < 2 (no ramp fits)")
     if not sites:
         log("warning: no usable ramp site found (no cut where a single activation, plus side tensors, is live); "
             "the engine directory will have zero ramps and run the model unsplit")
-    for s, k in zip(sites, kinds):
-        log(f"  site {s.id}: {s.tensor} {list(s.shape)} -> {k}" + (f" (+ side tensors {', '.join(s.side_tensors)})" if s.side_tensors else ""))
+    for s, kinds in zip(sites, candidates):
+        side = f" (+ side tensors {', '.join(s.side_tensors)})" if s.side_tensors else ""
+        log(f"  site {s.id}: {s.tensor} {list(s.shape)} -> {' or '.join(kinds)}{side}")
 
     log(f"[4/8] split into {len(sites) + 1} segments and check the chain")
     segments = split_model(model, sites, [s.id for s in sites])
@@ -263,22 +264,20 @@ def compile_model(
     log(f"  chained segments equal the model: all argmaxes equal, max abs difference {check.max_abs_diff:.3g}")
 
     log(f"[5/8] train {len(sites)} ramps")
-    features = collect_features(model, sites, kinds, data, score_name, batch_size=_fixed_batch(inputs_info) or 64, threads=threads, log=log)
-    trained = train_ramps(features, kinds, train_config, threads=threads or 1, log=log)
-    ramp_models = [build_ramp_onnx(s, k, r.weights) for s, k, r in zip(sites, kinds, trained.ramps)]
-    for m, k, r, example in zip(ramp_models, kinds, trained.ramps, features.examples):
-        check_ramp(m, k, r.weights, example, threads=1)
+    trained, ramp_models = _train_ramps(model, sites, candidates, mask, data, score_name, _fixed_batch(inputs_info) or 64,
+                                        train_config, threads, log)
 
     fixed = _fixed_batch(inputs_info)
     batch_sizes = [fixed] if fixed else batch_sizes_up_to(max_batch)
     if fixed and fixed != max_batch:
         log(f"warning: the model's batch dimension is fixed at {fixed}; profiling only that batch size")
     log(f"[6/8] profile on {backend} at batch sizes {batch_sizes}")
-    prof = profile_all(model, [s.model for s in segments], ramp_models, [s.tensor for s in sites], data, batch_sizes,
+    ramp_inputs = [[i.name for i in m.graph.input] for m in ramp_models]
+    prof = profile_all(model, [s.model for s in segments], ramp_models, ramp_inputs, data, batch_sizes,
                        threads=threads, settings=profile_settings, log=log)
 
     log("[7/8] choose the initial configuration")
-    manifest = _assemble_manifest(model_path, model, inputs_info, outputs_info, score_name, num_classes, sites, kinds,
+    manifest = _assemble_manifest(model_path, inputs_info, outputs_info, score_name, num_classes, sites, ramp_inputs,
                                   segments, trained, prof, budget, backend, n)
     choice = choose_initial(trained.stats.confidence, trained.stats.agree, manifest.site_saved_ms(batch_sizes[0]),
                             manifest.ramp_cost_ms(batch_sizes[0]), manifest.model_ms(batch_sizes[0]), budget)
@@ -305,9 +304,27 @@ def compile_model(
     return result
 
 
-def _assemble_manifest(model_path: Path, model: onnx.ModelProto, inputs_info: Sequence[object], outputs_info: Sequence[object],
-                       score_name: str, num_classes: int, sites: Sequence[object], kinds: Sequence[str], segments: Sequence[object],
-                       trained: object, prof: ProfileResult, budget: float, backend: str, num_samples: int) -> Manifest:
+def _train_ramps(model: onnx.ModelProto, sites: Sequence[Site], candidates: Sequence[list[str]], mask: TensorInfo | None,
+                 data: dict[str, np.ndarray], score_name: str, batch_size: int, config: TrainConfig, threads: int | None,
+                 log: Log) -> tuple[TrainResult, list[onnx.ModelProto]]:
+    """Collect features, train every ramp, export each as ONNX and check it against numpy."""
+    features = collect_features(model, sites, candidates, data, score_name, mask=mask.name if mask else None,
+                                batch_size=batch_size, threads=threads, log=log)
+    # one torch thread: the heads are tiny, and extra (spin-waiting) threads only slow them down
+    trained = train_ramps(features, config, threads=1, log=log)
+    ramp_models = []
+    for site, ramp, example in zip(sites, trained.ramps, features.examples):
+        masked = ramp.kind in MASKED_KINDS
+        onnx_ramp = build_ramp_onnx(site, ramp.kind, ramp.weights, mask if masked else None)
+        check_ramp(onnx_ramp, ramp.kind, ramp.weights, example, features.mask_example if masked else None, threads=1)
+        ramp_models.append(onnx_ramp)
+    return trained, ramp_models
+
+
+def _assemble_manifest(model_path: Path, inputs_info: Sequence[TensorInfo], outputs_info: Sequence[TensorInfo],
+                       score_name: str, num_classes: int, sites: Sequence[Site], ramp_inputs: Sequence[list[str]], segments: Sequence[Segment],
+                       trained: TrainResult, prof: ProfileResult, budget: float, backend: str, num_samples: int) -> Manifest:
+    """The manifest of everything computed (file names and the initial configuration filled in later)."""
     model_b1 = prof.model_ms[0]
     depths = _depths([row[0] for row in prof.segments_ms], len(sites))
     return Manifest(
@@ -327,12 +344,12 @@ def _assemble_manifest(model_path: Path, model: onnx.ModelProto, inputs_info: Se
         segments=[SegmentEntry("", list(seg.inputs), list(seg.outputs), seg.ends_at_site) for seg in segments],
         ramps=[
             RampEntry(
-                site=s.id, file="", inputs=[s.tensor], output=RAMP_OUTPUT, kind=k, num_classes=num_classes,
+                site=s.id, file="", inputs=list(names), output=RAMP_OUTPUT, kind=r.kind, num_classes=num_classes,
                 agreement=r.agreement, cost_ms=prof.ramps_ms[i][0], cost_fraction=prof.ramps_ms[i][0] / model_b1,
             )
-            for i, (s, k, r) in enumerate(zip(sites, kinds, trained.ramps))
+            for i, (s, names, r) in enumerate(zip(sites, ramp_inputs, trained.ramps))
         ],
-        profiles=Profiles(backend, prof.threads, prof.batch_sizes, prof.model_ms, prof.segments_ms, prof.ramps_ms),
+        profiles=Profiles(backend, prof.threads, prof.batch_sizes, prof.model_ms, prof.segments_ms, prof.ramps_ms, prof.ramp_threads),
         budget=float(budget),
         initial_config=InitialConfig([], []),
         bootstrap=BootstrapInfo(BOOTSTRAP_FILE, num_samples, int(trained.train_index.size), int(trained.heldout_index.size)),

@@ -1,9 +1,11 @@
 """Latency profiles (DESIGN.md step 6): whole model, every finest segment, every ramp, per batch size.
 
 Each measurement is the median wall time (ms) of repeated runs after warm-up, on real bootstrap
-samples (tiled when there are fewer samples than the batch size). The number of repeats adapts
-to the run time so that one measurement takes about ``budget_ms`` (at least ``min_repeats`` runs),
-which bounds the total profiling time. Segment inputs are the previous segments' real outputs.
+samples (tiled when there are fewer samples than the batch size). At one batch size, the model,
+every segment and every ramp are timed in interleaved rounds (one run of each per round), so that
+load from other processes skews them alike. The number of rounds adapts to the run time so that a
+measurement takes about ``budget_ms`` (at least ``min_repeats`` rounds), which bounds the total
+profiling time. Segment inputs are the previous segments' real outputs.
 """
 from __future__ import annotations
 
@@ -16,9 +18,13 @@ import numpy as np
 import onnx
 
 from apparate_trt.data import num_samples
-from apparate_trt.runtime.backends.onnxruntime import OrtRunner
+from apparate_trt.runtime.backends.onnxruntime import OrtRunner, default_threads
 
 Log = Callable[[str], None]
+
+#: ORT intra-op threads of a ramp session: a ramp is a few small ops, and waking a second thread
+#: costs more than it saves (it doubles a ramp's latency on CPU). Recorded in the manifest.
+RAMP_THREADS = 1
 
 
 @dataclass
@@ -29,12 +35,13 @@ class ProfileResult:
     model_ms: list[float]
     segments_ms: list[list[float]]
     ramps_ms: list[list[float]]
-    threads: int | None
+    threads: int
+    ramp_threads: int = RAMP_THREADS
 
 
 @dataclass
 class ProfileSettings:
-    """How long each measurement may take (ms) and its repeat limits."""
+    """About how long each measurement may take (ms), warm-up runs, and the limits on rounds."""
 
     budget_ms: float = 80.0
     warmup: int = 2
@@ -52,20 +59,29 @@ def batch_sizes_up_to(max_batch: int) -> list[int]:
     return sizes
 
 
-def median_ms(fn: Callable[[], object], settings: ProfileSettings) -> float:
-    """Median wall time of ``fn()`` in ms, after warm-up, with repeats adapted to ``settings.budget_ms``."""
-    first = time.perf_counter()
-    fn()
-    elapsed = time.perf_counter() - first
-    for _ in range(settings.warmup - 1):
-        fn()
-    repeats = int(np.clip(settings.budget_ms / max(elapsed * 1e3, 1e-3), settings.min_repeats, settings.max_repeats))
-    times = []
-    for _ in range(repeats):
+def median_ms(fns: Sequence[Callable[[], object]], settings: ProfileSettings) -> list[float]:
+    """Median wall time (ms) of each of ``fns``, measured in interleaved rounds after warm-up.
+
+    Each round runs every function once, so that a burst of load from other processes slows all
+    of them alike instead of one measurement. The number of rounds adapts so that the whole takes
+    about ``settings.budget_ms`` per function (between ``min_repeats`` and ``max_repeats`` rounds).
+    """
+    first = []
+    for fn in fns:
         start = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+        first.append(time.perf_counter() - start)
+        for _ in range(settings.warmup - 1):
+            fn()
+    round_ms = max(sum(first) * 1e3, 1e-3)
+    rounds = int(np.clip(settings.budget_ms * len(fns) / round_ms, settings.min_repeats, settings.max_repeats))
+    times = np.empty((rounds, len(fns)))
+    for r in range(rounds):
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            times[r, i] = time.perf_counter() - start
+    return [float(v) for v in np.median(times, axis=0) * 1e3]
 
 
 def tile_batch(inputs: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
@@ -79,7 +95,7 @@ def profile_all(
     model: onnx.ModelProto,
     segment_models: Sequence[onnx.ModelProto],
     ramp_models: Sequence[onnx.ModelProto],
-    ramp_inputs: Sequence[str],
+    ramp_inputs: Sequence[Sequence[str]],
     inputs: dict[str, np.ndarray],
     batch_sizes: Sequence[int],
     *,
@@ -87,25 +103,40 @@ def profile_all(
     settings: ProfileSettings = ProfileSettings(),
     log: Log = print,
 ) -> ProfileResult:
-    """Profile the model, the segments (chained in order) and the ramps at each batch size."""
+    """Profile the model, the segments (chained in order) and the ramps at each batch size.
+
+    ``ramp_inputs[i]`` names the tensors ramp i reads (its site tensor, maybe a model input).
+    ``threads`` is the ORT intra-op thread count of the model and the segments (None: all cores);
+    ramps run with ``RAMP_THREADS``. The result records the numbers used.
+    """
+    threads = threads or default_threads()
     whole = OrtRunner(model, threads=threads, name="the model")
     segments = [OrtRunner(m, threads=threads, name=f"segment {i}") for i, m in enumerate(segment_models)]
-    ramps = [OrtRunner(m, threads=threads, name=f"ramp {i}") for i, m in enumerate(ramp_models)]
+    ramps = [OrtRunner(m, threads=RAMP_THREADS, name=f"ramp {i}") for i, m in enumerate(ramp_models)]
     model_ms: list[float] = []
     segments_ms: list[list[float]] = [[] for _ in segments]
     ramps_ms: list[list[float]] = [[] for _ in ramps]
     start = time.perf_counter()
     for b in batch_sizes:
         feeds = tile_batch(inputs, b)
-        model_ms.append(median_ms(lambda: whole.run(feeds), settings))
         env: dict[str, np.ndarray] = dict(feeds)
-        for i, seg in enumerate(segments):
-            seg_feeds = {name: env[name] for name in seg.input_names}
-            segments_ms[i].append(median_ms(lambda: seg.run(seg_feeds), settings))
-            env.update(seg.run(seg_feeds))
-        for i, (ramp, tensor) in enumerate(zip(ramps, ramp_inputs)):
-            ramp_feeds = {ramp.input_names[0]: env[tensor]}
-            ramps_ms[i].append(median_ms(lambda: ramp.run(ramp_feeds), settings))
+        seg_feeds = []
+        for seg in segments:
+            seg_feeds.append({name: env[name] for name in seg.input_names})
+            env.update(seg.run(seg_feeds[-1]))
+        ramp_feeds = [{name: env[name] for name in names} for names in ramp_inputs]
+        # execution order: the model, then segment 0, ramp 0, segment 1, ramp 1, ..., the last segment
+        calls: list[Callable[[], object]] = [lambda: whole.run(feeds)]
+        for i, (seg, f) in enumerate(zip(segments, seg_feeds)):
+            calls.append(lambda seg=seg, f=f: seg.run(f))
+            if i < len(ramps):
+                calls.append(lambda ramp=ramps[i], f=ramp_feeds[i]: ramp.run(f))
+        measured = median_ms(calls, settings)
+        model_ms.append(measured[0])
+        for i in range(len(segments)):
+            segments_ms[i].append(measured[1 + 2 * i])
+        for i in range(len(ramps)):
+            ramps_ms[i].append(measured[2 + 2 * i])
         log(
             f"  batch {b:>3}: model {model_ms[-1]:.3f} ms, segments {sum(r[-1] for r in segments_ms):.3f} ms in total, "
             f"ramps {sum(r[-1] for r in ramps_ms):.3f} ms in total ({time.perf_counter() - start:.1f} s)"

@@ -2,18 +2,25 @@
 
 A ramp is a fixed, parameter-free pooling followed by a trained head:
 
-====================================  ==============  ====================================
+====================================  ==============  ===========================================
 kind                                  site tensor     ramp
-====================================  ==============  ====================================
+====================================  ==============  ===========================================
 ``conv_gap_linear``                   [N, C, H, W]    global average pool, flatten, linear
 ``seq_cls_dense_tanh_linear``         [N, S, H]       first token, dense + tanh, linear
+``seq_mean_dense_tanh_linear``        [N, S, H]       masked mean over tokens, dense + tanh, linear
 ``dense_linear``                      [N, F]          linear
-====================================  ==============  ====================================
+====================================  ==============  ===========================================
+
+A sequence site gets the masked-mean ramp as a second candidate when the model has an attention
+mask input (:func:`find_mask_input`); training keeps the candidate that agrees better with the
+model (the first token suits models with a [CLS] pooler, the masked mean models such as
+sentence-transformers that pool by mean). A masked-mean ramp takes the mask as a second input.
 
 Because the pooling is fixed, training works on pooled features (:func:`pool_features`), and
 :func:`build_ramp_onnx` turns the trained numpy weights into the ramp's own small ONNX model
-(input: the site tensor, output ``logits``) that computes exactly :func:`ramp_forward` after the
-pooling. Feature maps of rank > 4 ([N, C, D, H, W]) are pooled like rank 4 over all spatial axes.
+(inputs: the site tensor, and the mask for the masked mean; output ``logits``) that computes
+exactly :func:`ramp_forward` after the pooling. Feature maps of rank > 4 ([N, C, D, H, W]) are
+pooled like rank 4 over all spatial axes.
 """
 from __future__ import annotations
 
@@ -29,13 +36,16 @@ from apparate_trt.runtime.backends.onnxruntime import OrtRunner
 
 CONV_GAP_LINEAR = "conv_gap_linear"
 SEQ_CLS_DENSE_TANH_LINEAR = "seq_cls_dense_tanh_linear"
+SEQ_MEAN_DENSE_TANH_LINEAR = "seq_mean_dense_tanh_linear"
 DENSE_LINEAR = "dense_linear"
 RAMP_OUTPUT = "logits"
 RAMP_OPSET = 17
 RAMP_IR_VERSION = 8  # readable by every onnxruntime this package supports
 
 #: Number of linear layers of each kind's head (tanh between consecutive layers).
-NUM_LAYERS = {CONV_GAP_LINEAR: 1, SEQ_CLS_DENSE_TANH_LINEAR: 2, DENSE_LINEAR: 1}
+NUM_LAYERS = {CONV_GAP_LINEAR: 1, SEQ_CLS_DENSE_TANH_LINEAR: 2, SEQ_MEAN_DENSE_TANH_LINEAR: 2, DENSE_LINEAR: 1}
+#: Kinds whose ramp also reads the attention mask.
+MASKED_KINDS = frozenset({SEQ_MEAN_DENSE_TANH_LINEAR})
 
 
 class SiteLike(Protocol):
@@ -58,7 +68,7 @@ class RampWeights:
 
 
 def ramp_kind(shape: Sequence[int | str | None]) -> str | None:
-    """The ramp kind for a site tensor of this shape, or None if no ramp fits (rank < 2)."""
+    """The default ramp kind for a site tensor of this shape, or None if no ramp fits (rank < 2)."""
     rank = len(shape)
     if rank == 2:
         return DENSE_LINEAR
@@ -69,12 +79,43 @@ def ramp_kind(shape: Sequence[int | str | None]) -> str | None:
     return None
 
 
-def pool_features(kind: str, array: np.ndarray) -> np.ndarray:
-    """The fixed pooling of a ramp: site activation -> float32 features [N, D]."""
+def candidate_kinds(shape: Sequence[int | str | None], mask: str | None) -> list[str]:
+    """Ramp kinds worth training at a site (best first on ties); empty if no ramp fits."""
+    kind = ramp_kind(shape)
+    if kind is None:
+        return []
+    if kind == SEQ_CLS_DENSE_TANH_LINEAR and mask is not None:
+        return [kind, SEQ_MEAN_DENSE_TANH_LINEAR]
+    return [kind]
+
+
+class InputLike(Protocol):
+    """A model input (``ingest.TensorInfo`` fits)."""
+
+    name: str
+    dtype: str
+    shape: Sequence[int | str]
+
+
+def find_mask_input(model_inputs: Sequence[InputLike]) -> InputLike | None:
+    """The model's attention mask: an integer or bool input of rank 2 named like ``*mask*``, or None."""
+    for spec in model_inputs:
+        if "mask" in spec.name.lower() and len(spec.shape) == 2 and np.dtype(spec.dtype).kind in "iub":
+            return spec
+    return None
+
+
+def pool_features(kind: str, array: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """The fixed pooling of a ramp: site activation (and mask [N, S]) -> float32 features [N, D]."""
     if kind == CONV_GAP_LINEAR:
         pooled = array.reshape(array.shape[0], array.shape[1], -1).mean(axis=2, dtype=np.float64)
     elif kind == SEQ_CLS_DENSE_TANH_LINEAR:
         pooled = array[:, 0, :]
+    elif kind == SEQ_MEAN_DENSE_TANH_LINEAR:
+        if mask is None:
+            raise ValueError(f"{kind} pooling needs the attention mask")
+        m = mask.astype(np.float32)[:, :, None]
+        pooled = (array * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1.0)
     elif kind == DENSE_LINEAR:
         pooled = array
     else:
@@ -108,40 +149,62 @@ def _dim(d: int | str | None, fallback: str) -> onnx.TensorShapeProto.Dimension:
     return dim
 
 
-def _value_info(name: str, shape: Sequence[int | str | None], batch: str) -> onnx.ValueInfoProto:
-    info = helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+def _value_info(name: str, shape: Sequence[int | str | None], batch: str, elem_type: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
+    info = helper.make_tensor_value_info(name, elem_type, None)
     dims = info.type.tensor_type.shape
     for axis, d in enumerate(shape):
         dims.dim.append(_dim(d, batch if axis == 0 else f"d{axis}"))
     return info
 
 
-def _pooling_nodes(kind: str, source: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str]:
+def _const(name: str, value: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(value), name)
+
+
+def _pooling_nodes(kind: str, source: str, mask: str | None) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str]:
     """Nodes that pool ``source`` to [N, D]; returns (nodes, initializers, pooled tensor name)."""
+    node = helper.make_node
     if kind == CONV_GAP_LINEAR:
         return (
-            [
-                helper.make_node("GlobalAveragePool", [source], ["ramp_gap"], name="ramp_gap"),
-                helper.make_node("Flatten", ["ramp_gap"], ["ramp_pooled"], name="ramp_flatten", axis=1),
-            ],
+            [node("GlobalAveragePool", [source], ["ramp_gap"], name="ramp_gap"),
+             node("Flatten", ["ramp_gap"], ["ramp_pooled"], name="ramp_flatten", axis=1)],
             [],
             "ramp_pooled",
         )
     if kind == SEQ_CLS_DENSE_TANH_LINEAR:
-        index = numpy_helper.from_array(np.array(0, dtype=np.int64), "ramp_first_index")
-        node = helper.make_node("Gather", [source, "ramp_first_index"], ["ramp_pooled"], name="ramp_first_token", axis=1)
-        return [node], [index], "ramp_pooled"
+        gather = node("Gather", [source, "ramp_first_index"], ["ramp_pooled"], name="ramp_first_token", axis=1)
+        return [gather], [_const("ramp_first_index", np.array(0, dtype=np.int64))], "ramp_pooled"
+    if kind == SEQ_MEAN_DENSE_TANH_LINEAR:
+        nodes = [
+            node("Cast", [mask], ["ramp_mask_f"], name="ramp_mask_cast", to=TensorProto.FLOAT),
+            node("Unsqueeze", ["ramp_mask_f", "ramp_axis2"], ["ramp_mask_3d"], name="ramp_mask_unsqueeze"),
+            node("Mul", [source, "ramp_mask_3d"], ["ramp_masked"], name="ramp_mask_mul"),
+            node("ReduceSum", ["ramp_masked", "ramp_axis1"], ["ramp_sum"], name="ramp_sum", keepdims=0),
+            node("ReduceSum", ["ramp_mask_3d", "ramp_axis1"], ["ramp_count"], name="ramp_count", keepdims=0),
+            node("Max", ["ramp_count", "ramp_one"], ["ramp_count_1"], name="ramp_count_at_least_1"),
+            node("Div", ["ramp_sum", "ramp_count_1"], ["ramp_pooled"], name="ramp_mean"),
+        ]
+        inits = [_const("ramp_axis1", np.array([1], np.int64)), _const("ramp_axis2", np.array([2], np.int64)),
+                 _const("ramp_one", np.array(1.0, np.float32))]
+        return nodes, inits, "ramp_pooled"
     if kind == DENSE_LINEAR:
         return [], [], source
     raise ValueError(f"unknown ramp kind {kind!r}")
 
 
-def build_ramp_onnx(site: SiteLike, kind: str, weights: RampWeights) -> onnx.ModelProto:
-    """The ramp at ``site`` as its own checked ONNX model: input ``site.tensor``, output ``logits``."""
+def build_ramp_onnx(site: SiteLike, kind: str, weights: RampWeights, mask: InputLike | None = None) -> onnx.ModelProto:
+    """The ramp at ``site`` as its own checked ONNX model: inputs ``site.tensor`` (and ``mask.name``
+    for a masked-mean ramp), output ``logits``."""
     if len(weights.layers) != NUM_LAYERS[kind]:
         raise ValueError(f"{kind} ramps have {NUM_LAYERS[kind]} layers, got {len(weights.layers)}")
+    if (kind in MASKED_KINDS) != (mask is not None):
+        raise ValueError(f"{kind} ramps take {'a' if kind in MASKED_KINDS else 'no'} mask input")
     batch = site.shape[0] if site.shape and isinstance(site.shape[0], str) and site.shape[0] else "batch"
-    nodes, inits, x = _pooling_nodes(kind, site.tensor)
+    inputs = [_value_info(site.tensor, site.shape, batch)]
+    if mask is not None:
+        mask_type = helper.np_dtype_to_tensor_dtype(np.dtype(mask.dtype))
+        inputs.append(_value_info(mask.name, [batch, *list(mask.shape)[1:]], batch, mask_type))
+    nodes, inits, x = _pooling_nodes(kind, site.tensor, mask.name if mask is not None else None)
     for i, (w, b) in enumerate(weights.layers):
         if i:
             nodes.append(helper.make_node("Tanh", [x], [f"ramp_tanh{i}"], name=f"ramp_tanh{i}"))
@@ -156,7 +219,7 @@ def build_ramp_onnx(site: SiteLike, kind: str, weights: RampWeights) -> onnx.Mod
     graph = helper.make_graph(
         nodes,
         f"ramp_site{site.id}",
-        [_value_info(site.tensor, site.shape, batch)],
+        inputs,
         [_value_info(RAMP_OUTPUT, [batch, weights.num_classes], batch)],
         initializer=inits,
     )
@@ -169,15 +232,20 @@ def build_ramp_onnx(site: SiteLike, kind: str, weights: RampWeights) -> onnx.Mod
     return model
 
 
-def check_ramp(model: onnx.ModelProto, kind: str, weights: RampWeights, activation: np.ndarray, threads: int | None = 1, atol: float = 1e-4) -> float:
-    """Run the ramp's ONNX model on ``activation`` (a site tensor batch) and compare it with numpy.
+def check_ramp(model: onnx.ModelProto, kind: str, weights: RampWeights, activation: np.ndarray,
+               mask: np.ndarray | None = None, threads: int | None = 1, atol: float = 1e-4) -> float:
+    """Run the ramp's ONNX model on ``activation`` (a site tensor batch, and the mask rows for a
+    masked-mean ramp) and compare it with numpy.
 
     Returns the max abs difference of the logits; raises ApparateError (an internal error) if it
     exceeds ``atol`` relative to the logits' scale.
     """
-    name = model.graph.input[0].name
-    got = OrtRunner(model, threads=threads, name=f"ramp {model.graph.name}").run({name: activation.astype(np.float32)})[RAMP_OUTPUT]
-    want = ramp_forward(weights, pool_features(kind, activation))
+    names = [i.name for i in model.graph.input]
+    feeds = {names[0]: activation.astype(np.float32)}
+    if kind in MASKED_KINDS:
+        feeds[names[1]] = mask
+    got = OrtRunner(model, threads=threads, name=f"ramp {model.graph.name}").run(feeds)[RAMP_OUTPUT]
+    want = ramp_forward(weights, pool_features(kind, activation, mask))
     diff = float(np.max(np.abs(got - want))) if want.size else 0.0
     if not diff <= atol * max(1.0, float(np.max(np.abs(want))) if want.size else 1.0):
         raise ApparateError(f"internal error: ramp {model.graph.name} in ONNX differs from its trained weights by {diff:.3g}; please report it")

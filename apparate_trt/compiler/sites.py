@@ -15,22 +15,23 @@ Rules, applied in this order:
    read only at the end. So is a graph output (other than the score) after its last node reader:
    it only waits for the end. Side tensors do not count against a cut; later segments receive them.
 2. **Candidates.** A position is a candidate when the live set minus side tensors is exactly one
-   float tensor of rank >= 2 whose first dimension is the batch symbol of the model's inputs, and at
-   least one node follows.
+   float tensor of rank >= 2 whose first dimension is the batch symbol of the model's inputs,
+   produced by a node (not a graph input), and at least one node follows.
 3. **One site per tensor.** When several consecutive positions have the same main tensor (the nodes
    between them only made constants or side tensors), the last position is kept.
 4. **Layer ends (elementwise chains).** A candidate is dropped when every node between it and the
-   next candidate is cheap (anything but the ``LAYER_OPS``: convolutions, matrix products, pooling,
-   resize, recurrent and control-flow nodes). So Conv -> BatchNormalization -> Relu gives one site,
-   after Relu, and a residual Add -> Relu gives one, after Relu.
+   next candidate (or the end of the graph) is cheap, i.e. not one of the ``LAYER_OPS``
+   (convolutions, matrix products, pooling, resize, recurrent and control-flow nodes). So
+   Conv -> BatchNormalization -> Relu gives one site, after Relu, and a residual Add -> Relu gives
+   one, after Relu.
 5. **Transformer layers.** Call a side tensor *auxiliary* when it is computed from the graph
    inputs without any ``LAYER_OPS`` node (an attention mask and its extended form, shape values),
    unlike, say, a long skip connection. A candidate is dropped when auxiliary side tensors are read
-   between the previous candidate and it, but not between it and the next candidate: that is the
-   middle of a transformer layer, after self-attention (which reads the mask) and before the
-   feed-forward part (which does not). So each encoder layer gives one site, at its end. Without
-   auxiliary side tensors (e.g. a ViT without a mask) the rule is inert and both sub-layer ends
-   stay sites.
+   between the previous kept candidate and it, but not between it and the end of the next layer
+   (the first rule-2 candidate past a ``LAYER_OPS`` node): that is the middle of a transformer
+   layer, after self-attention (which reads the mask) and before the feed-forward part (which does
+   not). So each encoder layer gives one site, at its end. Without auxiliary side tensors (e.g. a
+   ViT without a mask) the rule is inert and both sub-layer ends stay sites.
 6. **Inverted bottlenecks.** A run of consecutive candidates whose channel counts (dim 1 of a rank-4
    NCHW map, the last dim otherwise) are all greater than those of the candidates on both sides is
    dropped: those are the expanded interior of an MBConv/inverted-residual block without a skip
@@ -39,7 +40,8 @@ Rules, applied in this order:
 7. **Depth.** Sites whose estimated depth lies outside ``[min_depth, max_depth]`` are dropped. The
    estimate is the share of the model's multiply-accumulates (MACs, from Conv/ConvTranspose/MatMul/
    Gemm/Einsum shapes; every other node costs its output element count) spent at or before the
-   position, with symbolic dimensions other than the batch set to ``symbolic_dim`` (batch: 1). The
+   position, per sample: a symbolic leading (batch) dimension counts 1, other symbolic dimensions
+   (e.g. the sequence length) count ``symbolic_dim``. The
    estimate is stored in ``Site.est_depth``; ``Site.depth`` is left for profiling to fill (the
    measured latency share, docs/ENGINE_DIR.md).
 """
@@ -143,7 +145,7 @@ def live_sets(lv: Liveness) -> list[list[str]]:
     """Live tensors after each node position, each list in production order."""
     starts: dict[int, list[str]] = {}
     for name, pos in lv.produced.items():
-        if lv.last_use[name] > max(pos, -1) and lv.last_use[name] >= 0:
+        if lv.last_use[name] > pos:
             starts.setdefault(pos, []).append(name)
     live: dict[str, None] = {name: None for name in starts.get(-1, [])}
     result: list[list[str]] = []
@@ -173,14 +175,16 @@ def is_side_at(lv: Liveness, sides: set[str], name: str, position: int) -> bool:
 # ----------------------------------------------------------------------------------------------
 
 def _numel(dims: Sequence[int | str] | None, batch: str, symbolic_dim: int) -> float:
+    """Elements per sample: a symbolic leading dimension (or the batch symbol anywhere) counts 1,
+    other symbolic dimensions ``symbolic_dim``."""
     if dims is None:
         return 0.0
     total = 1.0
-    for d in dims:
+    for i, d in enumerate(dims):
         if isinstance(d, int):
             total *= d
         else:
-            total *= 1 if d == batch else symbolic_dim
+            total *= 1 if (i == 0 or d == batch) else symbolic_dim
     return total
 
 
@@ -192,9 +196,11 @@ def node_costs(model: onnx.ModelProto, batch: str, symbolic_dim: int = 128) -> n
         return dims_of(types[name]) if name in types else None
 
     def last(dims: Sequence[int | str] | None, k: int) -> float:
+        """Size of the k-th last dimension (a contraction length)."""
         if not dims or len(dims) < k:
             return 1.0
-        return _numel([dims[-k]], batch, symbolic_dim)
+        d = dims[-k]
+        return float(d) if isinstance(d, int) else 1.0 if d == batch else float(symbolic_dim)
 
     costs = np.zeros(len(model.graph.node))
     for index, node in enumerate(model.graph.node):
@@ -211,9 +217,7 @@ def node_costs(model: onnx.ModelProto, batch: str, symbolic_dim: int = 128) -> n
             w = shape(ins[1])
             if w and len(w) > 1:
                 cost = _numel(shape(ins[0]), batch, symbolic_dim) * _numel(w[1:], batch, symbolic_dim)
-        elif op in ("MatMul", "MatMulInteger"):
-            cost = out_elems * last(shape(ins[0]), 1)
-        elif op == "QLinearMatMul":
+        elif op in ("MatMul", "MatMulInteger", "QLinearMatMul"):
             cost = out_elems * last(shape(ins[0]), 1)
         elif op == "Gemm":
             trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
@@ -279,7 +283,7 @@ def _candidates(model: onnx.ModelProto, lv: Liveness, sides: set[str]) -> list[_
     found: list[_Candidate] = []
     for p, live in enumerate(live_sets(lv)[:-1]):
         main = [t for t in live if not is_side_at(lv, sides, t, p)]
-        if len(main) != 1 or main[0] not in types:
+        if len(main) != 1 or main[0] not in types or lv.produced[main[0]] < 0:
             continue
         type_proto = types[main[0]]
         shape = dims_of(type_proto)
@@ -317,21 +321,29 @@ def auxiliary_tensors(model: onnx.ModelProto, names: set[str]) -> set[str]:
     return {name for name in names if name not in layered}
 
 
-def _merge_transformer_sublayers(model: onnx.ModelProto, cands: list[_Candidate],
+def _merge_transformer_sublayers(model: onnx.ModelProto, cands: list[_Candidate], raw: list[_Candidate],
                                  aux: set[str]) -> list[_Candidate]:
-    """Rule 5: drop a candidate preceded, but not followed, by reads of auxiliary side tensors."""
+    """Rule 5: drop a candidate preceded, but not followed, by reads of auxiliary side tensors.
+
+    "Preceded": since the previous kept candidate. "Followed": up to the next candidate of ``raw``
+    (before rule 4) that lies past at least one layer node, i.e. to the end of the next layer."""
     nodes = model.graph.node
 
     def reads_aux(first: int, last: int) -> bool:
         return any(name in aux for i in range(first, last + 1) for name in node_inputs(nodes[i]))
+
+    def has_layer(first: int, last: int) -> bool:
+        return any(nodes[i].op_type in LAYER_OPS for i in range(first, last + 1))
 
     if not aux:
         return cands
     kept = []
     for i, cand in enumerate(cands):
         before = cands[i - 1].position if i > 0 else -1
-        if (i + 1 < len(cands) and reads_aux(before + 1, cand.position)
-                and not reads_aux(cand.position + 1, cands[i + 1].position)):
+        nxt = next((r.position for r in raw if r.position > cand.position
+                    and has_layer(cand.position + 1, r.position)), None)
+        if (nxt is not None and reads_aux(before + 1, cand.position)
+                and not reads_aux(cand.position + 1, nxt)):
             continue
         kept.append(cand)
     return kept
@@ -368,9 +380,9 @@ def find_sites(model: onnx.ModelProto, min_depth: float = 0.05, max_depth: float
     """
     lv = liveness(model)
     sides = side_tensors(lv, side_span)
-    cands = _candidates(model, lv, sides)
-    cands = _merge_elementwise_chains(model, cands)
-    cands = _merge_transformer_sublayers(model, cands, auxiliary_tensors(model, sides))
+    raw = _candidates(model, lv, sides)
+    cands = _merge_elementwise_chains(model, raw)
+    cands = _merge_transformer_sublayers(model, cands, raw, auxiliary_tensors(model, sides))
     cands = _drop_bulges(cands)
     depths = estimated_depths(model, _batch_symbol(model) or "", symbolic_dim)
     sites: list[Site] = []

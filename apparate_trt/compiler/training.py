@@ -1,7 +1,9 @@
 """Ramp training on bootstrap data (DESIGN.md step 5).
 
-One pass of the original model over the bootstrap data (:func:`collect_features`) keeps, per site,
-the ramp's pooled features, plus the model's final scores. Every ramp head is then trained
+One pass of the original model over the bootstrap data (:func:`collect_features`) keeps, per site
+and candidate ramp kind, the ramp's pooled features, plus the model's final scores. Where a site
+has two candidate kinds (first token or masked mean of a sequence), each is trained on 75% of the
+train part and the one that agrees better on the other 25% is kept. Every ramp head is then trained
 (:func:`train_ramps`) to predict the ORIGINAL MODEL's argmax (softmax cross-entropy; optionally
 distillation on its probabilities) on a train part, and its agreement with the model is measured
 on the held-out rest. The backbone is frozen: only the small heads are trained, with Adam, seeded.
@@ -18,7 +20,7 @@ import numpy as np
 import onnx
 
 from apparate_trt._optional import require
-from apparate_trt.compiler.ramps import NUM_LAYERS, RampWeights, SiteLike, pool_features, ramp_forward, softmax
+from apparate_trt.compiler.ramps import MASKED_KINDS, NUM_LAYERS, RampWeights, SiteLike, pool_features, ramp_forward, softmax
 from apparate_trt.compiler.segments import with_extra_outputs
 from apparate_trt.data import num_samples, take
 from apparate_trt.engine_dir import BootstrapStats
@@ -31,14 +33,16 @@ Log = Callable[[str], None]
 class Features:
     """What one pass over the bootstrap data keeps.
 
-    ``pooled[i]``: float32 [N, D_i] pooled features of site i; ``final_scores``: float32 [N, K] the
-    model's score output; ``examples[i]``: the raw site activation of the first few samples, used
-    to check each exported ramp against numpy.
+    ``pooled[i]``: per candidate kind of site i (in preference order), float32 [N, D] pooled
+    features; ``final_scores``: float32 [N, K] the model's score output; ``examples[i]``: the raw
+    activation of site i for the first few samples and ``mask_example`` the mask rows for them,
+    used to check each exported ramp against numpy.
     """
 
-    pooled: list[np.ndarray]
+    pooled: list[dict[str, np.ndarray]]
     final_scores: np.ndarray
     examples: list[np.ndarray]
+    mask_example: np.ndarray | None = None
 
     @property
     def final_pred(self) -> np.ndarray:
@@ -82,51 +86,53 @@ class TrainResult:
     heldout_index: np.ndarray
 
 
-def feature_batch_size(model_inputs: Sequence[object], default: int = 64) -> int:
-    """Samples per run of the original model: the batch dimension if fixed, else ``default``."""
-    for spec in model_inputs:
-        first = list(getattr(spec, "shape", [None]))[:1]
-        if first and isinstance(first[0], int) and first[0] > 0:
-            return first[0]
-    return default
-
-
 def collect_features(
     model: onnx.ModelProto,
     sites: Sequence[SiteLike],
-    kinds: Sequence[str],
+    candidates: Sequence[Sequence[str]],
     inputs: dict[str, np.ndarray],
     score_name: str,
     *,
+    mask: str | None = None,
     batch_size: int = 64,
     threads: int | None = None,
     example_rows: int = 4,
     log: Log = print,
 ) -> Features:
-    """Run the model once over ``inputs`` in batches; pool every site's activation on the fly."""
+    """Run the model once over ``inputs`` in batches; pool every site's activation on the fly for
+    each of its ``candidates`` kinds (``mask`` names the attention mask input that masked kinds
+    read; a masked kind is dropped at a site whose sequence length differs from the mask's)."""
     tensors = [site.tensor for site in sites]
     runner = OrtRunner(with_extra_outputs(model, tensors) if tensors else model, threads=threads, name="the model with site outputs")
     wanted = [score_name, *dict.fromkeys(tensors)]
     n = num_samples(inputs)
-    pooled: list[list[np.ndarray]] = [[] for _ in sites]
+    pooled: list[dict[str, list[np.ndarray]]] = [{} for _ in sites]
     scores: list[np.ndarray] = []
     examples: list[np.ndarray] = []
     start, next_report = time.perf_counter(), 0.25
     for begin in range(0, n, batch_size):
-        out = runner.run(take(inputs, slice(begin, begin + batch_size)), outputs=wanted)
+        batch = take(inputs, slice(begin, begin + batch_size))
+        out = runner.run(batch, outputs=wanted)
         scores.append(np.asarray(out[score_name], dtype=np.float32).reshape(out[score_name].shape[0], -1))
-        for i, (site, kind) in enumerate(zip(sites, kinds)):
-            pooled[i].append(pool_features(kind, out[site.tensor]))
+        mask_rows = batch[mask] if mask is not None else None
+        for i, (site, kinds) in enumerate(zip(sites, candidates)):
+            activation = out[site.tensor]
+            for kind in kinds:
+                if kind in MASKED_KINDS and (mask_rows is None or mask_rows.shape[:2] != activation.shape[:2]):
+                    continue
+                pooled[i].setdefault(kind, []).append(pool_features(kind, activation, mask_rows))
             if begin == 0:
-                examples.append(np.array(out[site.tensor][:example_rows], dtype=np.float32))
+                examples.append(np.array(activation[:example_rows], dtype=np.float32))
         done = min(n, begin + batch_size)
         if done / n >= next_report or done == n:
             log(f"  features: {done}/{n} samples ({time.perf_counter() - start:.1f} s)")
             next_report = done / n + 0.25
+    complete = [{k: np.concatenate(v) for k, v in site.items() if len(v) == len(scores)} for site in pooled]
     return Features(
-        pooled=[np.concatenate(parts) for parts in pooled],
+        pooled=complete,
         final_scores=np.concatenate(scores),
         examples=examples,
+        mask_example=np.array(inputs[mask][:example_rows]) if mask is not None else None,
     )
 
 
@@ -211,15 +217,41 @@ def train_head(
     return fold_standardisation(trained, mean, std)
 
 
+def choose_kind(
+    options: dict[str, np.ndarray],
+    final_pred: np.ndarray,
+    probs: np.ndarray | None,
+    train_idx: np.ndarray,
+    num_classes: int,
+    config: TrainConfig,
+    seed: int,
+) -> tuple[str, dict[str, float]]:
+    """The candidate kind whose head, trained on 75% of the train part, agrees best on the other 25%.
+
+    Returns (kind, agreement per kind); with one candidate, (it, {}). Ties keep the earlier kind.
+    """
+    kinds = list(options)
+    if len(kinds) == 1:
+        return kinds[0], {}
+    fit_pos, val_pos = split_indices(len(train_idx), 0.25, seed)
+    fit, val = train_idx[fit_pos], train_idx[val_pos]
+    scores: dict[str, float] = {}
+    for kind in kinds:
+        weights = train_head(options[kind][fit], final_pred[fit], None if probs is None else probs[fit], kind, num_classes, config, seed)
+        pred = ramp_forward(weights, options[kind][val]).argmax(axis=1)
+        scores[kind] = float((pred == final_pred[val]).mean())
+    return max(kinds, key=lambda k: scores[k]), scores
+
+
 def train_ramps(
     features: Features,
-    kinds: Sequence[str],
     config: TrainConfig = TrainConfig(),
     *,
     threads: int | None = 1,
     log: Log = print,
 ) -> TrainResult:
-    """Train every site's ramp; measure agreement with the original model on the held-out part."""
+    """Train every site's ramp (choosing among its candidate kinds); measure agreement with the
+    original model on the held-out part. ``threads``: torch threads (1 suits these small heads)."""
     torch = require("torch", extra="train", purpose="ramp training")
     n = features.final_scores.shape[0]
     num_classes = features.final_scores.shape[1]
@@ -230,8 +262,11 @@ def train_ramps(
     old_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads or 1))
     try:
-        for i, (pooled, kind) in enumerate(zip(features.pooled, kinds)):
+        for i, options in enumerate(features.pooled):
             start = time.perf_counter()
+            seed = config.seed * 1000 + i
+            kind, scores = choose_kind(options, final_pred, probs, train_idx, num_classes, config, seed)
+            pooled = options[kind]
             weights = train_head(
                 pooled[train_idx],
                 final_pred[train_idx],
@@ -239,13 +274,14 @@ def train_ramps(
                 kind,
                 num_classes,
                 config,
-                seed=config.seed * 1000 + i,
+                seed=seed,
             )
             ramp = _evaluate(kind, weights, pooled, final_pred, train_idx, held_idx)
             ramps.append(ramp)
+            chosen = f", chosen by inner validation: {', '.join(f'{k} {v:.3f}' for k, v in scores.items())}" if scores else ""
             log(
-                f"  ramp {i + 1}/{len(kinds)} ({kind}, {pooled.shape[1]} features): held-out agreement "
-                f"{ramp.agreement:.3f} (train {ramp.train_agreement:.3f}, {time.perf_counter() - start:.1f} s)"
+                f"  ramp {i + 1}/{len(features.pooled)} ({kind}, {pooled.shape[1]} features): held-out agreement "
+                f"{ramp.agreement:.3f} (train {ramp.train_agreement:.3f}, {time.perf_counter() - start:.1f} s{chosen})"
             )
     finally:
         torch.set_num_threads(old_threads)

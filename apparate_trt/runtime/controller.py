@@ -18,7 +18,7 @@ Initial configuration
 Threshold tuning (fast loop, accuracy first)
     ``search_thresholds`` (greedy hill climb in C) on the window, maximising the latency saved per
     input (ms, from the profile at the current batch size) subject to window accuracy >=
-    ``1 - target_fraction * accuracy_constraint``. The margin (``target_fraction``, default 0.5)
+    ``1 - target_fraction * accuracy_constraint``. The margin (``target_fraction``, default 0.4)
     absorbs the sampling noise between the window that was tuned on and the requests that follow,
     so that windows of served requests stay within the constraint itself. A tune runs on the first
     feedback, after every ramp change or emergency cut (once ``min_tune_samples`` samples hold the
@@ -27,8 +27,8 @@ Threshold tuning (fast loop, accuracy first)
 
 Emergency cut
     Every batch, over the most recent ``emergency_window`` samples: a ramp whose wrong exits there
-    reach ``max(3, 3 * accuracy_constraint * samples)`` (one ramp alone spending three times the
-    whole error budget) gets threshold 0 at once. The window is then cleared, since its older
+    reach :func:`emergency_limit` (a count that a ramp spending the whole error budget reaches with
+    probability below 1e-3; 7 of 128 samples at a 1% constraint) gets threshold 0 at once. The window is then cleared, since its older
     feedback describes a workload that is gone, and a tune follows once ``min_tune_samples`` fresh
     samples arrived.
 
@@ -70,8 +70,8 @@ Config = tuple[list[int], list[float]]
 INITIAL_THRESHOLD_MODES = ("bootstrap", "never")
 EMERGENCY_MIN_ERRORS = 3
 """Wrong exits at one ramp in the emergency window below which no emergency is declared."""
-EMERGENCY_BUDGET_FACTOR = 3.0
-"""An emergency needs one ramp's wrong exits to reach this many times the window's error budget."""
+EMERGENCY_P_VALUE = 1e-3
+"""An emergency needs one ramp's wrong exits to be this unlikely for a ramp within the constraint."""
 BATCH_SIZE_SMOOTHING = 0.1
 """Weight of the newest batch in the running batch size used to read the profile."""
 
@@ -149,6 +149,24 @@ class LatencyModel:
 def saved_next_ms(saved_ms: np.ndarray) -> np.ndarray:
     """Latency (ms) an exit at each ramp saves relative to the next exit point (next ramp or end)."""
     return saved_ms - np.concatenate([saved_ms[1:], [0.0]])
+
+
+def emergency_limit(constraint: float, samples: int, p_value: float = EMERGENCY_P_VALUE) -> int:
+    """Wrong exits of one ramp among ``samples`` recent ones that declare an emergency.
+
+    The smallest count ``k`` (at least EMERGENCY_MIN_ERRORS) that a ramp spending the whole error
+    budget (wrong exits ~ Poisson(constraint * samples)) reaches with probability below ``p_value``:
+    checked every batch, a ramp within the constraint is almost never cut, while one whose exits
+    turn wrong is cut within a few batches.
+    """
+    lam = constraint * samples
+    k, pmf, below = 0, math.exp(-lam), 0.0
+    while True:
+        below += pmf  # P(X <= k)
+        k += 1
+        if 1.0 - below < p_value:
+            return max(EMERGENCY_MIN_ERRORS, k)
+        pmf *= lam / k
 
 
 def search_constraint(target: float, ramps: int, samples: int) -> float:
@@ -234,7 +252,7 @@ class Controller:
         confidence: str = "maxprob",
         clock: Callable[[], float] = time.monotonic,
         *,
-        target_fraction: float = 0.5,
+        target_fraction: float = 0.4,
         min_tune_samples: int = 128,
         initial_thresholds: str = "bootstrap",
         probe_cooldown: int = 4,
@@ -324,15 +342,18 @@ class Controller:
             return active, thresholds
         self._seed_window(stats)
         tuned = self._search(active)
-        if tuned is not None:
-            thresholds = tuned.thresholds
+        if tuned is None:
+            self._event(
+                t, "initial",
+                f"sites from the manifest; thresholds 0 (never exit) until the first tune: {len(self.window)} held-out "
+                f"bootstrap samples are too few to tune {len(active)} ramps on (needs {self.samples_to_tune(len(active))})",
+            )
+            return active, thresholds
         self._event(
-            t, "initial",
-            f"sites from the manifest; thresholds tuned on {len(self.window)} held-out bootstrap samples",
-            window_accuracy=None if tuned is None else tuned.accuracy,
-            saved_ms=None if tuned is None else tuned.saved_ms,
+            t, "initial", f"sites from the manifest; thresholds tuned on {tuned.samples} held-out bootstrap samples",
+            thresholds=[float(x) for x in tuned.thresholds], window_accuracy=tuned.accuracy, saved_ms=tuned.saved_ms,
         )
-        return active, thresholds
+        return active, tuned.thresholds
 
     def _bootstrap_for_start(self, mode: str, given: BootstrapStats | None) -> tuple[BootstrapStats | None, str]:
         """The bootstrap statistics to seed the window with, or (None, why not)."""
@@ -395,7 +416,7 @@ class Controller:
         if m == 0:
             return False
         exits = _core.exit_decisions(conf, self._thresholds)
-        limit = max(EMERGENCY_MIN_ERRORS, math.ceil(EMERGENCY_BUDGET_FACTOR * self.constraint * m))
+        limit = emergency_limit(self.constraint, m)
         cut = []
         for i, site in enumerate(self._active):
             exiting = exits == i
@@ -433,6 +454,8 @@ class Controller:
         old = self._thresholds
         self._thresholds = tuned.thresholds
         self._pending_tune = None
+        if self._probation or not self._tuned_live:  # judge ramps after a full period of live thresholds
+            self._last_adjust_batch = self.batches
         self._probation.clear()
         self._tuned_live = True
         self._last_tune_batch = self.batches
@@ -453,13 +476,24 @@ class Controller:
             return f"periodic (every {self.tune_every} batches)"
         return None
 
+    def samples_to_tune(self, ramps: int) -> int:
+        """Fewest window samples (holding every active ramp) a tune of ``ramps`` ramps waits for.
+
+        At least ``min_tune_samples``, and enough that the winner's-curse excess of one wrong exit
+        per ramp (see :func:`search_constraint`) fits in the target: ``ramps / target`` samples,
+        capped at the window's capacity.
+        """
+        if self.target_constraint <= 0:
+            return self.min_tune_samples
+        return max(self.min_tune_samples, min(self.window_size, math.ceil(ramps / self.target_constraint)))
+
     def _search(self, sites: Sequence[int]) -> _Tuned | None:
         """Thresholds for ``sites`` from the window, or None when it holds too few samples."""
         if not sites:
             return _Tuned(np.zeros(0), 1.0, 0.0, len(self.window))
         conf, agree = self._window_arrays(sites)
         m = conf.shape[1]
-        if m < self.min_tune_samples:
+        if m < self.samples_to_tune(len(sites)):
             return None
         saved = self.latency.exit_saved_ms(sites, self.batch_size)
         thresholds, accuracy, saved_mean = _core.search_thresholds(conf, agree, saved, search_constraint(self.target_constraint, len(sites), m))

@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from typing import Callable, Mapping, Protocol, Sequence
 
@@ -77,7 +78,9 @@ class BatchExecutor(Protocol):
 
     manifest: Manifest
 
-    def configure(self, active_sites: Sequence[int], thresholds: Sequence[float]) -> None: ...
+    def configure(self, active_sites: Sequence[int], thresholds: Sequence[float], *, wait: bool = False) -> None: ...
+
+    def wait_ready(self, timeout_s: float | None = None) -> None: ...
 
     def run_batch(self, inputs: Mapping[str, np.ndarray], on_release: ReleaseFn) -> BatchOutcome: ...
 
@@ -195,20 +198,30 @@ class _PlanBuilder:
                 runner = self._ramps.setdefault(site, runner)
         return runner
 
-    def build(self, active: tuple[int, ...]) -> _Plan:
-        """Build (or fetch) the plan for ``active`` on the calling thread."""
+    def build(self, active: tuple[int, ...], warm_inputs: Mapping[str, np.ndarray] | None = None) -> _Plan:
+        """Build (or fetch) the plan for ``active`` on the calling thread.
+
+        With ``warm_inputs`` (a small batch) the new segments run once on it before the plan is
+        cached: ONNX Runtime's first-run allocations happen here rather than in a served batch, and
+        a segment chain that fails never reaches the critical path. Ramps (shared with the running
+        plan) are not run here.
+        """
         plan = self.cached(active)
         if plan is not None:
             return plan
         for site in active:
             self.ramp(site)
         plan = _Plan(active, self._stages(active))
+        if warm_inputs is not None:
+            env = dict(warm_inputs)
+            for stage in plan.stages:
+                env.update(stage.runner.run(env, stage.outputs))
         with self._lock:
             return self._plans.setdefault(active, plan)
 
-    def build_async(self, active: tuple[int, ...]) -> Future[_Plan]:
-        """Build the plan for ``active`` on the background thread."""
-        return self._pool.submit(self.build, active)
+    def build_async(self, active: tuple[int, ...], warm_inputs: Mapping[str, np.ndarray] | None = None) -> Future[_Plan]:
+        """Build the plan for ``active`` on the background thread (see :meth:`build`)."""
+        return self._pool.submit(self.build, active, warm_inputs)
 
     def _stages(self, active: tuple[int, ...]) -> list[_Stage]:
         m = self.manifest
@@ -253,6 +266,7 @@ class Executor:
         self._thresholds: dict[int, float] = {}
         self._wanted: tuple[int, ...] = ()
         self._pending: Future[_Plan] | None = None
+        self._warm_inputs: dict[str, np.ndarray] | None = None  # one sample of the latest batch
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------------------- configuration
@@ -272,21 +286,22 @@ class Executor:
             self._wanted = active
             if wait:
                 self._pending = None
-                plan = self._builder.build(active)
+                plan = self._builder.build(active, self._warm_inputs)
             else:
                 plan = self._builder.cached(active)
                 if plan is None:
-                    self._pending = self._builder.build_async(active)
+                    self._pending = self._builder.build_async(active, self._warm_inputs)
                     return
             self._pending = None
             self._plan = plan
 
     def wait_ready(self, timeout_s: float | None = None) -> None:
-        """Block until the plan for the last configured active set is built (tests, warm-up)."""
+        """Block until the last configured active set's plan is built (or failed, which is logged
+        and keeps the running plan) and swap it in; for tests and warm-up."""
         with self._lock:
             pending = self._pending
         if pending is not None:
-            pending.result(timeout_s)
+            wait_futures([pending], timeout_s)
             self._swap_if_ready()
 
     def _swap_if_ready(self) -> _Plan:
@@ -331,6 +346,7 @@ class Executor:
         plan = self._swap_if_ready()
         thresholds = self._thresholds
         n = _batch_size(inputs)
+        self._warm_inputs = {name: value[:1] for name, value in inputs.items()}
         r = len(plan.active)
         env: dict[str, np.ndarray] = dict(inputs)
         done = np.zeros(n, dtype=np.uint8)

@@ -1,7 +1,6 @@
 """Ingest: loading, checking, canonicalising an ONNX model, and picking its score output."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +12,7 @@ from apparate_trt.compiler.ingest import TensorInfo, load_model, model_io, score
 from apparate_trt.errors import ApparateError
 from apparate_trt.runtime.backends.onnxruntime import OrtRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import tiny_models  # noqa: E402
+import tiny_models  # tests/tiny_models.py (tests/conftest.py puts tests/ on sys.path)
 
 
 def _mlp(out_shape=("N", 3), out_type=TensorProto.FLOAT, batch="N", extra_outputs=(), nodes_first=(),

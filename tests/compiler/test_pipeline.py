@@ -42,7 +42,8 @@ def test_engine_dir_is_complete_and_consistent(request: pytest.FixtureRequest, f
         env.update(OrtRunner(m.path(seg.file), threads=1).run(env, seg.outputs))
     np.testing.assert_allclose(env[m.model.output], want, rtol=1e-4, atol=1e-4)
     for ramp in m.ramps:
-        logits = OrtRunner(m.path(ramp.file), threads=1).run({ramp.inputs[0]: env[ramp.inputs[0]]})[ramp.output]
+        assert ramp.inputs[0] == m.sites[ramp.site].tensor
+        logits = OrtRunner(m.path(ramp.file), threads=1).run({name: env[name] for name in ramp.inputs})[ramp.output]
         assert logits.shape == (8, m.model.num_classes) and np.all(np.isfinite(logits))
     assert all(s.side_tensors for s in m.sites) == (fixture == "tiny_bert_engine")
 

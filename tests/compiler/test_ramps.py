@@ -12,13 +12,17 @@ from apparate_trt.compiler.ramps import (
     DENSE_LINEAR,
     RAMP_OUTPUT,
     SEQ_CLS_DENSE_TANH_LINEAR,
+    SEQ_MEAN_DENSE_TANH_LINEAR,
     RampWeights,
     build_ramp_onnx,
+    candidate_kinds,
     check_ramp,
+    find_mask_input,
     pool_features,
     ramp_forward,
     ramp_kind,
 )
+from apparate_trt.compiler.ingest import TensorInfo
 from apparate_trt.runtime.backends.onnxruntime import OrtRunner
 
 RNG = np.random.default_rng(0)
@@ -40,6 +44,17 @@ def test_kind_by_rank() -> None:
     assert ramp_kind(["N", 128, 384]) == SEQ_CLS_DENSE_TANH_LINEAR
     assert ramp_kind(["N", 10]) == DENSE_LINEAR
     assert ramp_kind(["N"]) is None
+    assert candidate_kinds(["N", "S", 8], "attention_mask") == [SEQ_CLS_DENSE_TANH_LINEAR, SEQ_MEAN_DENSE_TANH_LINEAR]
+    assert candidate_kinds(["N", "S", 8], None) == [SEQ_CLS_DENSE_TANH_LINEAR]
+    assert candidate_kinds(["N", 8, 4, 4], "attention_mask") == [CONV_GAP_LINEAR]
+    assert candidate_kinds(["N"], None) == []
+
+
+def test_find_mask_input() -> None:
+    ids, mask = TensorInfo("input_ids", "int64", ["N", "S"]), TensorInfo("attention_mask", "int64", ["N", "S"])
+    assert find_mask_input([ids, mask]) is mask
+    assert find_mask_input([ids]) is None
+    assert find_mask_input([TensorInfo("mask_image", "float32", ["N", 4])]) is None
 
 
 def test_pooling() -> None:
@@ -48,6 +63,25 @@ def test_pooling() -> None:
     s = RNG.normal(size=(2, 7, 5)).astype(np.float32)
     np.testing.assert_array_equal(pool_features(SEQ_CLS_DENSE_TANH_LINEAR, s), s[:, 0, :])
     assert pool_features(DENSE_LINEAR, s[:, 0, :]).shape == (2, 5)
+    mask = np.array([[1, 1, 0, 0, 0, 0, 0], [0] * 7])
+    mean = pool_features(SEQ_MEAN_DENSE_TANH_LINEAR, s, mask)
+    np.testing.assert_allclose(mean[0], s[0, :2].mean(axis=0), rtol=1e-6)
+    np.testing.assert_array_equal(mean[1], np.zeros(5))  # an all-padding row pools to zeros, not NaN
+
+
+def test_masked_mean_ramp_onnx_equals_numpy() -> None:
+    site = SimpleNamespace(id=1, tensor="hidden", shape=["N", "S", 12])
+    mask_info = TensorInfo("attention_mask", "int64", ["N", "S"])
+    weights = _weights([12, 10], classes=2)
+    model = build_ramp_onnx(site, SEQ_MEAN_DENSE_TANH_LINEAR, weights, mask_info)
+    assert [i.name for i in model.graph.input] == ["hidden", "attention_mask"]
+    x = RNG.normal(size=(4, 9, 12)).astype(np.float32)
+    mask = (np.arange(9)[None, :] < np.array([[9], [5], [1], [0]])).astype(np.int64)
+    got = OrtRunner(model, threads=1).run({"hidden": x, "attention_mask": mask})[RAMP_OUTPUT]
+    np.testing.assert_allclose(got, ramp_forward(weights, pool_features(SEQ_MEAN_DENSE_TANH_LINEAR, x, mask)), rtol=1e-4, atol=1e-4)
+    assert check_ramp(model, SEQ_MEAN_DENSE_TANH_LINEAR, weights, x, mask) < 1e-3
+    with pytest.raises(ValueError, match="mask"):
+        build_ramp_onnx(site, SEQ_MEAN_DENSE_TANH_LINEAR, weights)
 
 
 @pytest.mark.parametrize("kind", list(CASES))

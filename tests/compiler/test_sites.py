@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -13,15 +11,9 @@ from onnx import TensorProto, helper, numpy_helper
 from apparate_trt.compiler.ingest import load_model
 from apparate_trt.compiler.sites import Site, find_sites, live_sets, liveness, side_tensors
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import tiny_models  # noqa: E402
+import tiny_models  # tests/tiny_models.py (tests/conftest.py puts tests/ on sys.path)
 
-BUILDERS = {
-    "resnet": tiny_models.resnet_like,
-    "mbconv": tiny_models.mbconv_like,
-    "vgg": tiny_models.vgg_like,
-    "bert": tiny_models.bert_like,
-}
+BUILDERS = tiny_models.BUILDERS
 
 
 @pytest.fixture(scope="module", params=sorted(BUILDERS))

@@ -2,11 +2,21 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
 import tiny_models
-from apparate_trt.compiler.ingest import load_model, model_io
-from apparate_trt.compiler.ramps import RampWeights, build_ramp_onnx, check_ramp, ramp_forward, ramp_kind
+from apparate_trt.compiler.ingest import load_model
+from apparate_trt.compiler.ingest import model_io
+from apparate_trt.compiler.ramps import (
+    MASKED_KINDS,
+    RampWeights,
+    build_ramp_onnx,
+    candidate_kinds,
+    check_ramp,
+    find_mask_input,
+    ramp_forward,
+)
 from apparate_trt.compiler.sites import find_sites
 from apparate_trt.compiler.training import (
     Features,
@@ -23,14 +33,14 @@ QUIET = {"log": lambda line: None}
 
 def _features(tmp_path, tiny, data):
     path = tmp_path / "model.onnx"
-    import onnx
-
     onnx.save(tiny.model, str(path))
     model = load_model(path)
     sites = find_sites(model)
-    kinds = [ramp_kind(s.shape) for s in sites]
-    feats = collect_features(model, sites, kinds, data, "logits", batch_size=64, threads=1, **QUIET)
-    return model, sites, kinds, feats
+    mask = find_mask_input(model_io(model)[0])
+    candidates = [candidate_kinds(s.shape, mask.name if mask else None) for s in sites]
+    feats = collect_features(model, sites, candidates, data, "logits", mask=mask.name if mask else None,
+                             batch_size=64, threads=1, **QUIET)
+    return model, sites, mask, feats
 
 
 @pytest.mark.parametrize(
@@ -42,14 +52,18 @@ def _features(tmp_path, tiny, data):
 )
 def test_ramps_agree_with_the_model_far_above_chance(tmp_path, builder, data, classes, floor) -> None:
     feeds = data(300)
-    model, sites, kinds, feats = _features(tmp_path, builder(), feeds)
+    model, sites, mask, feats = _features(tmp_path, builder(), feeds)
     # the features are the site tensors' pooled values and the scores the model's own output
     reference = OrtRunner(model, threads=1).run(feeds)["logits"]
     np.testing.assert_allclose(feats.final_scores, reference, rtol=1e-5, atol=1e-5)
-    assert len(feats.pooled) == len(sites) >= 3 and all(p.shape[0] == 300 for p in feats.pooled)
+    assert len(feats.pooled) == len(sites) >= 3
+    assert all(p.shape[0] == 300 for options in feats.pooled for p in options.values())
+    # a BERT-like model has an attention mask: its sites get both sequence ramp kinds as candidates
+    assert all(len(options) == (2 if mask is not None else 1) for options in feats.pooled)
     # the model's predictions are spread over the classes, so agreement is not a majority vote
     majority = np.bincount(feats.final_pred, minlength=classes).max() / 300
-    result = train_ramps(feats, kinds, TrainConfig(seed=0), threads=1, **QUIET)
+    result = train_ramps(feats, TrainConfig(seed=0), threads=1, **QUIET)
+    assert all(r.kind in feats.pooled[i] for i, r in enumerate(result.ramps))
     agreements = [r.agreement for r in result.ramps]
     assert max(agreements) >= max(floor, majority + 0.15), (agreements, majority)
     assert agreements[-1] >= 1.0 / classes + 0.25
@@ -58,27 +72,29 @@ def test_ramps_agree_with_the_model_far_above_chance(tmp_path, builder, data, cl
     np.testing.assert_allclose(stats.agree.mean(axis=0), agreements, rtol=1e-6)
     assert np.all((stats.confidence >= 1.0 / classes - 1e-6) & (stats.confidence <= 1.0))
     # each trained ramp exported as ONNX computes what numpy computes on real activations
-    for site, kind, ramp, example in zip(sites, kinds, result.ramps, feats.examples):
-        check_ramp(build_ramp_onnx(site, kind, ramp.weights), kind, ramp.weights, example)
+    for site, ramp, example in zip(sites, result.ramps, feats.examples):
+        masked = ramp.kind in MASKED_KINDS
+        onnx_ramp = build_ramp_onnx(site, ramp.kind, ramp.weights, mask if masked else None)
+        check_ramp(onnx_ramp, ramp.kind, ramp.weights, example, feats.mask_example if masked else None)
 
 
 def test_training_is_seeded() -> None:
     rng = np.random.default_rng(0)
-    pooled = [rng.normal(size=(400, 6)).astype(np.float32)]
-    scores = (pooled[0] @ rng.normal(size=(6, 3))).astype(np.float32)
-    feats = Features(pooled, scores, [])
-    a = train_ramps(feats, ["dense_linear"], TrainConfig(seed=3), **QUIET)
-    b = train_ramps(feats, ["dense_linear"], TrainConfig(seed=3), **QUIET)
+    x = rng.normal(size=(400, 6)).astype(np.float32)
+    scores = (x @ rng.normal(size=(6, 3))).astype(np.float32)
+    feats = Features([{"dense_linear": x}], scores, [])
+    a = train_ramps(feats, TrainConfig(seed=3), **QUIET)
+    b = train_ramps(feats, TrainConfig(seed=3), **QUIET)
     np.testing.assert_array_equal(a.ramps[0].weights.layers[0][0], b.ramps[0].weights.layers[0][0])
     assert a.ramps[0].agreement > 0.8  # a linear teacher is learnable by a linear ramp
 
 
 def test_distillation_on_probabilities() -> None:
     rng = np.random.default_rng(1)
-    pooled = [rng.normal(size=(400, 5)).astype(np.float32)]
-    logits = pooled[0] @ rng.normal(size=(5, 4))
+    x = rng.normal(size=(400, 5)).astype(np.float32)
+    logits = x @ rng.normal(size=(5, 4))
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    result = train_ramps(Features(pooled, probs.astype(np.float32), []), ["dense_linear"], TrainConfig(distill=True), **QUIET)
+    result = train_ramps(Features([{"dense_linear": x}], probs.astype(np.float32), []), TrainConfig(distill=True), **QUIET)
     assert result.ramps[0].agreement > 0.8
 
 
@@ -98,3 +114,13 @@ def test_split_indices() -> None:
     assert len(held) == 20 and len(train) == 80 and not set(train) & set(held)
     train, held = split_indices(2, 0.2, seed=0)
     assert len(train) == 1 and len(held) == 1
+
+
+def test_kind_choice_keeps_the_candidate_that_agrees_better() -> None:
+    rng = np.random.default_rng(4)
+    informative = rng.normal(size=(400, 8)).astype(np.float32)
+    noise = rng.normal(size=(400, 8)).astype(np.float32)
+    scores = (informative @ rng.normal(size=(8, 2))).astype(np.float32)
+    options = {"seq_cls_dense_tanh_linear": noise, "seq_mean_dense_tanh_linear": informative}
+    result = train_ramps(Features([options], scores, []), TrainConfig(), **QUIET)
+    assert result.ramps[0].kind == "seq_mean_dense_tanh_linear" and result.ramps[0].agreement > 0.8

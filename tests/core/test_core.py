@@ -96,6 +96,28 @@ def test_ramp_exits_chain_matches_reference():
     np.testing.assert_array_equal(C.exit_decisions(conf, thr), exits)
 
 
+def test_batch_exits_matches_ramp_chain_and_reference():
+    rng = np.random.default_rng(8)
+    for kind in ("maxprob", "entropy"):
+        logits = (rng.normal(size=(3, 16, 7)) * rng.uniform(1, 8, (3, 1, 1))).astype(np.float32)
+        logits[1, 4, 2] = np.nan
+        thr = np.array([0.2, 0.4, 0.0])
+        conf, pred, exit_ramp = C.batch_exits(logits, thr, kind)
+        rc, rp, re = R.batch_exits(logits, thr, kind)
+        np.testing.assert_allclose(conf, rc, rtol=2e-6)
+        np.testing.assert_array_equal(pred, rp)
+        np.testing.assert_array_equal(exit_ramp, re)
+        done = np.zeros(16, np.uint8)
+        chain = np.full(16, -1)
+        for i in range(3):
+            c, p, newly = C.ramp_exits(logits[i], thr[i], done, kind)
+            np.testing.assert_array_equal(c, conf[i])
+            np.testing.assert_array_equal(p, pred[i])
+            chain[newly == 1] = i
+        np.testing.assert_array_equal(exit_ramp, chain)
+    assert C.batch_exits(np.zeros((0, 4, 3), np.float32), []).__getitem__(2).tolist() == [-1] * 4
+
+
 def test_ramp_exits_updates_done_in_place():
     logits = np.array([[0, 10], [0, 10], [0, 0], [np.nan, 0]], np.float32)
     done = np.array([0, 1, 0, 0], np.uint8)
@@ -172,8 +194,9 @@ def exhaustive(conf, agree, saved, constraint):
 def test_search_against_exhaustive_on_small_windows():
     """Greedy vs exhaustive on 48 small windows (2 ramps x 40 samples, 3 ramps x 24 samples).
 
-    Observed with this generator: median share of the optimum 1.0, mean ~0.97, worst ~0.58 (the
-    greedy can spend the accuracy budget on an early cheap move). Bounds are set just under those."""
+    Observed with this generator: median share of the optimum 1.0, mean 0.97, 42 of 48 windows at
+    >= 90%, worst 0.58 (a greedy step can spend the accuracy budget on a move the optimum avoids).
+    The bounds sit just under those numbers."""
     rng = np.random.default_rng(0)
     shares = []
     for trial in range(48):
@@ -188,6 +211,7 @@ def test_search_against_exhaustive_on_small_windows():
     shares = np.array(shares)
     assert np.median(shares) >= 0.99, shares
     assert shares.mean() >= 0.93, shares
+    assert (shares >= 0.9).mean() >= 0.85, shares
     assert shares.min() >= 0.5, shares
 
 
@@ -264,6 +288,8 @@ BAD_CALLS = [
     (lambda m: m.confidence(np.zeros((2, 3), np.float32), kind="softmax"), "kind must be one of"),
     (lambda m: m.confidence(np.zeros((2, 0), np.float32)), "at least one class"),
     (lambda m: m.exit_decisions(GOOD_C, [0.1]), "thresholds has 1 entries"),
+    (lambda m: m.batch_exits(np.zeros((2, 4), np.float32), [0.1, 0.1]), "3-D"),
+    (lambda m: m.batch_exits(np.zeros((2, 4, 3), np.float32), [0.1, 2.0]), r"thresholds must each be in \[0, 1\]"),
     (lambda m: m.exit_decisions(GOOD_C, [0.1, 1.5]), r"thresholds must each be in \[0, 1\]"),
     (lambda m: m.exit_decisions(GOOD_C, [0.1, np.nan]), r"thresholds must each be in \[0, 1\]"),
     (lambda m: m.ramp_exits(np.zeros((4, 3), np.float32), 0.1, np.zeros(3, np.uint8)), "done has 3 entries"),

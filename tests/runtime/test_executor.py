@@ -8,6 +8,7 @@ import pytest
 
 from apparate_trt.errors import ApparateError
 from apparate_trt.runtime.backends.onnxruntime import OrtRunner
+from apparate_trt.runtime import executor as executor_module
 from apparate_trt.runtime.executor import Executor
 from apparate_trt.runtime.vanilla import VanillaExecutor
 
@@ -178,6 +179,29 @@ def test_ramp_leaving_the_active_set_never_exits_while_its_replacement_builds(re
         if outcome.active_sites == [sites[0]]:  # the old plan ran: its removed ramp is in probation
             assert not releases.early()
             np.testing.assert_array_equal(outcome.thresholds, [0.0])
+    finally:
+        executor.close()
+
+
+def test_a_failed_build_keeps_the_running_plan(resnet, monkeypatch, caplog):
+    sites = [s.id for s in resnet.manifest.sites]
+    if len(sites) < 3:
+        pytest.skip("needs a proper subset of at least two sites (split_model is used only then)")
+    executor = _executor(resnet, [sites[0]], [0.0])
+
+    def broken_split(model, manifest, active):
+        raise ApparateError("cannot split here")
+
+    monkeypatch.setattr(executor_module, "_split_segments", broken_split)
+    try:
+        executor.run_batch(resnet.batch(2), Releases())
+        executor.configure([sites[0], sites[-1]], [0.0, 0.0])
+        executor.wait_ready(timeout_s=60)
+        assert executor.ready and executor.active_sites == [sites[0]]
+        assert "cannot split here" in caplog.text
+        outcome = executor.run_batch(resnet.batch(2), Releases())
+        assert outcome.active_sites == [sites[0]]
+        assert_same_output(outcome.final_logits, resnet.reference[:2])
     finally:
         executor.close()
 

@@ -159,7 +159,10 @@ class Server:
             self._http.stop_accepting()
         if self._grpc is not None:
             self._grpc.stop_accepting(self.drain_timeout_s)
-        self.engine.close()
+        try:
+            self.engine.close()  # dispatches the queue at once and answers every accepted sample
+        except Exception:  # noqa: BLE001 - the front ends must still close
+            log.exception("closing the engine failed")
         idle = self.service.wait_idle(self.drain_timeout_s)
         if self._grpc is not None:
             self._grpc.close(max(1.0, self.drain_timeout_s - (time.monotonic() - t0)))

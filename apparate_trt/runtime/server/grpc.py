@@ -158,7 +158,7 @@ def make_servicer(service: InferenceService, pb: Any, pb_grpc: Any, config_pb: A
 
         async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
             t0 = time.monotonic()
-            code, failure = "ok", None
+            code, failure, status = "ok", None, grpc.StatusCode.INTERNAL
             try:
                 with service.tracked():
                     service.check_model(request.model_name, request.model_version)
@@ -175,7 +175,6 @@ def make_servicer(service: InferenceService, pb: Any, pb_grpc: Any, config_pb: A
             except Exception as exc:  # noqa: BLE001 - a bug must cost one request, not the server
                 log.exception("gRPC infer request failed")
                 failure, code = InternalError(f"internal server error: {exc}"), "error"
-                status = grpc.StatusCode.INTERNAL
             finally:
                 service.metrics.request_done("grpc", code, time.monotonic() - t0)
             await context.abort(status, str(failure))

@@ -7,38 +7,23 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-import tritonclient.grpc as grpcclient
-import tritonclient.http as httpclient
 
-from conftest import CONSTRAINT, Workload
-from test_grpc import grpc_inputs, params_of
+from server_helpers import CONSTRAINT, Workload, grpc_client, grpc_inputs, http_client, http_inputs, params_of
 
 THREADS_PER_PROTOCOL = 3
 REQUESTS_PER_THREAD = 50
 
 
-def _http_inputs(workload: Workload, i: int) -> list[httpclient.InferInput]:
-    out = []
-    for name, value in workload.batch(i).items():
-        inp = httpclient.InferInput(name, list(value.shape), "FP32" if value.dtype == np.float32 else "INT64")
-        inp.set_data_from_numpy(value)
-        out.append(inp)
-    return out
-
-
 def _run_client(server, workload: Workload, protocol: str, thread: int, answers: dict, errors: list) -> None:
     try:
-        if protocol == "http":
-            client = httpclient.InferenceServerClient(f"127.0.0.1:{server.http_port}", network_timeout=60)
-        else:
-            client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+        client = http_client(server) if protocol == "http" else grpc_client(server)
         for k in range(REQUESTS_PER_THREAD):
             i = thread * REQUESTS_PER_THREAD + k
             rid = f"{protocol}-{i}"
             wait_final = k % 3 == 0
             params = {"apparate_wait_final": True} if wait_final else None
             if protocol == "http":
-                result = client.infer(server.spec.name, _http_inputs(workload, i), request_id=rid, parameters=params)
+                result = client.infer(server.spec.name, http_inputs(workload, i), request_id=rid, parameters=params)
                 response_id, p = result.get_response()["id"], result.get_response()["parameters"]
             else:
                 result = client.infer(server.spec.name, grpc_inputs(workload, i), request_id=rid, parameters=params)

@@ -7,35 +7,13 @@ import time
 
 import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import Workload
-
-
-def client_for(server) -> grpcclient.InferenceServerClient:
-    return grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
-
-
-def grpc_inputs(workload: Workload, start: int, count: int = 1) -> list[grpcclient.InferInput]:
-    out = []
-    for name, value in workload.batch(start, count).items():
-        inp = grpcclient.InferInput(name, list(value.shape), "FP32" if value.dtype == np.float32 else "INT64")
-        inp.set_data_from_numpy(value)
-        out.append(inp)
-    return out
-
-
-def params_of(result) -> dict:
-    """A response's parameters as plain values."""
-    out = {}
-    for key, param in result.get_response().parameters.items():
-        out[key] = getattr(param, param.WhichOneof("parameter_choice"))
-    return out
+from server_helpers import Workload, grpc_client, grpc_inputs, params_of
 
 
 def test_health_and_metadata(server, workload: Workload) -> None:
-    client = client_for(server)
+    client = grpc_client(server)
     name = server.spec.name
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(name)
     assert not client.is_model_ready("no_such_model")
@@ -50,7 +28,7 @@ def test_health_and_metadata(server, workload: Workload) -> None:
 
 
 def test_unary_infer_early_and_final(server, workload: Workload) -> None:
-    client = client_for(server)
+    client = grpc_client(server)
     out = workload.manifest.model.output
     for i in range(6):
         early = client.infer(server.spec.name, grpc_inputs(workload, i), request_id=f"g{i}")
@@ -69,7 +47,7 @@ def test_unary_infer_early_and_final(server, workload: Workload) -> None:
 def test_stream_answers_early_then_final(server, workload: Workload) -> None:
     """Per request: [early (triton_final_response false), final (true)] or, when no ramp released
     it, one final response; the final output equals the original model's. The stream ends cleanly."""
-    client = client_for(server)
+    client = grpc_client(server)
     responses: queue.Queue = queue.Queue()
     client.start_stream(callback=lambda result, error: responses.put((result, error)))
     count = 64

@@ -10,20 +10,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from conftest import Workload
-
-
-def _client(server) -> httpclient.InferenceServerClient:
-    return httpclient.InferenceServerClient(f"127.0.0.1:{server.http_port}", connection_timeout=30, network_timeout=30)
-
-
-def _inputs(workload: Workload, start: int, count: int, binary: bool = True) -> list[httpclient.InferInput]:
-    out = []
-    for spec, (name, value) in zip(workload.manifest.model.inputs, workload.batch(start, count).items()):
-        inp = httpclient.InferInput(name, list(value.shape), {"float32": "FP32", "int64": "INT64"}[spec.dtype])
-        inp.set_data_from_numpy(value, binary_data=binary)
-        out.append(inp)
-    return out
+from server_helpers import Workload, http_client, http_inputs
 
 
 def _url(server, path: str) -> str:
@@ -31,7 +18,7 @@ def _url(server, path: str) -> str:
 
 
 def test_health_and_metadata(server, workload: Workload) -> None:
-    client = _client(server)
+    client = http_client(server)
     name = server.spec.name
     assert name == workload.manifest.model.name
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(name)
@@ -49,11 +36,11 @@ def test_health_and_metadata(server, workload: Workload) -> None:
 
 @pytest.mark.parametrize("binary", [True, False])
 def test_tritonclient_infer_early_and_final(server, workload: Workload, binary: bool) -> None:
-    client = _client(server)
+    client = http_client(server)
     name, out = server.spec.name, workload.manifest.model.output
     outputs = [httpclient.InferRequestedOutput(out, binary_data=binary)]
     for i in range(6):
-        early = client.infer(name, _inputs(workload, i, 1, binary), outputs=outputs, request_id=f"e{i}")
+        early = client.infer(name, http_inputs(workload, i, 1, binary), outputs=outputs, request_id=f"e{i}")
         params = early.get_response()["parameters"]
         assert early.get_response()["id"] == f"e{i}"
         got = early.as_numpy(out)
@@ -63,15 +50,15 @@ def test_tritonclient_infer_early_and_final(server, workload: Workload, binary: 
             np.testing.assert_allclose(got, workload.expected(i), rtol=1e-4, atol=1e-4)
         else:
             assert int(params["apparate_exit_site"]) in {s.id for s in workload.manifest.sites}
-        final = client.infer(name, _inputs(workload, i, 1, binary), outputs=outputs, parameters={"apparate_wait_final": True})
+        final = client.infer(name, http_inputs(workload, i, 1, binary), outputs=outputs, parameters={"apparate_wait_final": True})
         assert final.get_response()["parameters"] == {"apparate_exit_site": "final", "apparate_is_final": True}
         np.testing.assert_allclose(final.as_numpy(out), workload.expected(i), rtol=1e-4, atol=1e-4)
 
 
 def test_batched_request_and_default_outputs(server, workload: Workload) -> None:
     """A request with a batch axis of 5 gets 5 rows; with no outputs named, binary output is used."""
-    client = _client(server)
-    result = client.infer(server.spec.name, _inputs(workload, 3, 5), parameters={"apparate_wait_final": True})
+    client = http_client(server)
+    result = client.infer(server.spec.name, http_inputs(workload, 3, 5), parameters={"apparate_wait_final": True})
     got = result.as_numpy(workload.manifest.model.output)
     np.testing.assert_allclose(got, workload.expected(3, 5), rtol=1e-4, atol=1e-4)
     assert result.get_response()["parameters"]["apparate_exit_site"] == ",".join(["final"] * 5)
@@ -96,8 +83,8 @@ def test_plain_json_infer(server, workload: Workload) -> None:
 
 
 def test_metrics_endpoint(server, workload: Workload) -> None:
-    client = _client(server)
-    client.infer(server.spec.name, _inputs(workload, 0, 1))
+    client = http_client(server)
+    client.infer(server.spec.name, http_inputs(workload, 0, 1))
     with urllib.request.urlopen(_url(server, "/metrics"), timeout=30) as resp:
         assert resp.headers["Content-Type"].startswith("text/plain")
         text = resp.read().decode()

@@ -1,0 +1,162 @@
+"""``apparate-run`` end to end (a real subprocess on a tiny engine) and its one-line errors.
+
+Most bad inputs are checked in-process through ``main(argv)`` (the same code path as the console
+script, without a second interpreter start); one is checked as a subprocess to cover the exit
+status and the absence of a traceback at the process level.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from apparate_trt.cli.run import main
+
+RUN = [sys.executable, "-m", "apparate_trt.cli.run"]
+
+
+def _run_in_process(argv: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        status = main(argv)
+    except SystemExit as exc:  # argparse usage errors
+        status = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def _assert_one_line_error(status: int, err: str, *fragments: str) -> None:
+    assert status != 0
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def test_replay_end_to_end_writes_report_and_plots(tiny_resnet_engine, tmp_path):
+    engine_dir, eval_npz = tiny_resnet_engine
+    report_path, plot_dir = tmp_path / "report.json", tmp_path / "plots"
+    proc = subprocess.run(
+        [*RUN, "--engine-dir", str(engine_dir), "--data", str(eval_npz), "--arrivals", "fixed:400", "--limit", "120",
+         "--max-batch", "4", "--threads", "1", "--report", str(report_path), "--plot", str(plot_dir)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "p50" in proc.stdout and "exit share" in proc.stdout
+    assert "replay finished: 120/120" in proc.stderr  # the progress line
+    report = json.loads(report_path.read_text())
+    for key in ("requests", "latency_ms", "throughput_rps", "accuracy", "exit_share", "events", "threshold_history", "mode", "windows_violating"):
+        assert key in report
+    assert report["requests"] == 120 and report["mode"] == "apparate"
+    assert set(report["latency_ms"]) >= {"p50", "p95", "p99"}
+    assert set(report["accuracy"]) >= {"overall", "worst_window", "window_size"}
+    assert all({"t", "kind", "reason"} <= set(e) for e in report["events"])
+    for name in ("latency_cdf.png", "timeline.png"):
+        png = plot_dir / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_bad_input_in_a_subprocess_is_one_line_and_exit_2(tmp_path):
+    proc = subprocess.run([*RUN, "--engine-dir", str(tmp_path / "missing"), "--data", str(tmp_path / "x.npz")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    _assert_one_line_error(proc.returncode, proc.stderr, "does not exist")
+
+
+def test_help_documents_every_flag(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--engine-dir", "--data", "--arrivals", "--max-batch", "--max-delay-ms", "--accuracy-constraint", "--mode",
+                 "--report", "--plot", "--threads", "--limit", "--seed", "--confidence", "--serve", "--model-name",
+                 "--http-port", "--grpc-port", "--queue-size", "--request-timeout-s"):
+        assert flag in text
+    assert "default: poisson:100" in text and "default: 0.01" in text
+
+
+@pytest.fixture()
+def engine_copy(tiny_resnet_engine, tmp_path) -> tuple[Path, Path]:
+    engine_dir, eval_npz = tiny_resnet_engine
+    copy = tmp_path / "engine"
+    shutil.copytree(engine_dir, copy)
+    return copy, eval_npz
+
+
+def _bad_engine(kind: str, engine: Path) -> None:
+    manifest = engine / "manifest.json"
+    if kind == "corrupt":
+        manifest.write_text("{ not json", encoding="utf-8")
+    elif kind == "version":
+        data = json.loads(manifest.read_text())
+        data["format_version"] = 99
+        manifest.write_text(json.dumps(data), encoding="utf-8")
+    elif kind == "no_manifest":
+        manifest.unlink()
+
+
+@pytest.mark.parametrize(
+    "kind, fragment",
+    [("corrupt", "not valid JSON"), ("version", "format_version 99"), ("no_manifest", "not an engine directory")],
+)
+def test_bad_engine_directories(engine_copy, kind, fragment, capsys):
+    engine, eval_npz = engine_copy
+    _bad_engine(kind, engine)
+    status, _, err = _run_in_process(["--engine-dir", str(engine), "--data", str(eval_npz), "--quiet"], capsys)
+    _assert_one_line_error(status, err, fragment)
+
+
+def _write_data(kind: str, path: Path, eval_npz: Path) -> None:
+    with np.load(eval_npz) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    name = next(iter(arrays))
+    if kind == "nan":
+        bad = arrays[name].astype(np.float32)
+        bad[3].flat[0] = np.nan
+        arrays[name] = bad
+    elif kind == "wrong_name":
+        arrays = {"not_an_input": arrays[name]}
+    elif kind == "wrong_shape":
+        arrays[name] = arrays[name][:, :1]
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize(
+    "kind, fragment",
+    [("nan", "NaN"), ("wrong_name", "has no array"), ("wrong_shape", "shape")],
+)
+def test_data_not_matching_the_model(tiny_resnet_engine, tmp_path, kind, fragment, capsys):
+    engine_dir, eval_npz = tiny_resnet_engine
+    data = tmp_path / "bad.npz"
+    _write_data(kind, data, eval_npz)
+    status, _, err = _run_in_process(["--engine-dir", str(engine_dir), "--data", str(data), "--quiet"], capsys)
+    _assert_one_line_error(status, err, fragment)
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--arrivals", "poisson:fast"], "not a number"),
+        (["--arrivals", "trace:/nonexistent.txt"], "does not exist"),
+        (["--max-batch", "0"], "--max-batch"),
+        (["--accuracy-constraint", "1.5"], "--accuracy-constraint"),
+        (["--threads", "0"], "--threads"),
+        (["--mode", "fast"], "invalid choice"),
+        (["--max-delay-ms", "-1"], "--max-delay-ms"),
+    ],
+)
+def test_bad_flags(tiny_resnet_engine, extra, fragment, capsys):
+    engine_dir, eval_npz = tiny_resnet_engine
+    status, _, err = _run_in_process(["--engine-dir", str(engine_dir), "--data", str(eval_npz), "--quiet", *extra], capsys)
+    _assert_one_line_error(status, err, fragment)
+
+
+def test_data_is_required_without_serve(tiny_resnet_engine, capsys):
+    status, _, err = _run_in_process(["--engine-dir", str(tiny_resnet_engine[0])], capsys)
+    _assert_one_line_error(status, err, "--data")

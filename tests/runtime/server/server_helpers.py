@@ -1,0 +1,140 @@
+"""Helpers of the server tests: eval inputs with the original model's outputs (``model.onnx`` run
+directly with ONNX Runtime, never through the code under test), servers on free 127.0.0.1 ports,
+a gate that holds the engine's batches, and tensors for the real clients.
+
+Every client here is a real one (tritonclient.http, tritonclient.grpc, urllib, raw sockets) talking
+to a real server over loopback. Engines use one ORT thread (shared CI cores).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+from apparate_trt.data import load_inputs
+from apparate_trt.engine_dir import Manifest, read_manifest
+from apparate_trt.runtime.api import load
+from apparate_trt.runtime.backends.onnxruntime import OrtRunner
+from apparate_trt.runtime.server import Server
+
+THREADS = 1
+CONSTRAINT = 0.05  # accuracy constraint of the shared server: loose enough that ramps do exit
+
+
+@dataclass
+class Workload:
+    """Eval samples of an engine and the original model's score output on each."""
+
+    engine_dir: Path
+    manifest: Manifest
+    inputs: dict[str, np.ndarray]  # batch axis first
+    reference: np.ndarray  # [n, classes]
+
+    @property
+    def n(self) -> int:
+        return int(self.reference.shape[0])
+
+    def batch(self, start: int, count: int = 1) -> dict[str, np.ndarray]:
+        """Samples ``start .. start + count - 1`` (cycling), batch axis first."""
+        idx = [(start + k) % self.n for k in range(count)]
+        return {name: np.ascontiguousarray(value[idx]) for name, value in self.inputs.items()}
+
+    def expected(self, start: int, count: int = 1) -> np.ndarray:
+        return self.reference[[(start + k) % self.n for k in range(count)]]
+
+
+def make_workload(engine: tuple[Path, Path]) -> Workload:
+    engine_dir, eval_npz = engine
+    manifest = read_manifest(engine_dir)
+    inputs = load_inputs(eval_npz, manifest.model.inputs)
+    runner = OrtRunner(manifest.path(manifest.model.file), threads=THREADS)
+    reference = runner.run(inputs, [manifest.model.output])[manifest.model.output]
+    return Workload(Path(engine_dir), manifest, inputs, np.asarray(reference))
+
+
+def start_server(engine_dir: Path, **kwargs: Any) -> Server:
+    """A started server on free ports around a freshly loaded engine (one ORT thread)."""
+    server_kw = {k: kwargs.pop(k) for k in ("request_timeout_s", "model_name", "drain_timeout_s") if k in kwargs}
+    load_kw = {"threads": THREADS, "max_batch": 8, "max_delay_ms": 2.0, "queue_size": 256, **kwargs}
+    engine = load(engine_dir, **load_kw)
+    return Server(engine, http_port=0, grpc_port=0, max_batch=load_kw["max_batch"], **server_kw).start()
+
+
+class Gate:
+    """Holds the engine's batches (its executor's run_batch) until opened: deterministic queueing."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.opened = threading.Event()
+        self.entered = threading.Event()
+        self._inner = engine.executor
+        gate = self
+
+        class Gated:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(gate._inner, name)
+
+            def run_batch(self, inputs: Any, on_release: Any) -> Any:
+                gate.entered.set()
+                assert gate.opened.wait(30.0), "gate never opened"
+                return gate._inner.run_batch(inputs, on_release)
+
+        engine.executor = Gated()
+
+    def open(self) -> None:
+        self.opened.set()
+
+    def remove(self) -> None:
+        self.opened.set()
+        self.engine.executor = self._inner
+
+
+def _datatype(value: np.ndarray) -> str:
+    return {"float32": "FP32", "int64": "INT64", "int32": "INT32", "float64": "FP64"}[value.dtype.name]
+
+
+def http_inputs(workload: Workload, start: int, count: int = 1, binary: bool = True) -> list[httpclient.InferInput]:
+    """tritonclient.http tensors of samples ``start ..`` (binary or JSON data)."""
+    out = []
+    for name, value in workload.batch(start, count).items():
+        inp = httpclient.InferInput(name, list(value.shape), _datatype(value))
+        inp.set_data_from_numpy(value, binary_data=binary)
+        out.append(inp)
+    return out
+
+
+def grpc_inputs(workload: Workload, start: int, count: int = 1) -> list[grpcclient.InferInput]:
+    """tritonclient.grpc tensors of samples ``start ..``."""
+    out = []
+    for name, value in workload.batch(start, count).items():
+        inp = grpcclient.InferInput(name, list(value.shape), _datatype(value))
+        inp.set_data_from_numpy(value)
+        out.append(inp)
+    return out
+
+
+def grpc_client(server: Server) -> grpcclient.InferenceServerClient:
+    return grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+
+
+def http_client(server: Server) -> httpclient.InferenceServerClient:
+    return httpclient.InferenceServerClient(f"127.0.0.1:{server.http_port}", connection_timeout=30, network_timeout=60)
+
+
+def params_of(result: Any) -> dict:
+    """A gRPC response's parameters as plain values."""
+    return {key: getattr(p, p.WhichOneof("parameter_choice")) for key, p in result.get_response().parameters.items()}
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 20.0, what: str = "condition") -> None:
+    """Poll ``condition`` every 10 ms; fail after ``timeout_s`` seconds."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)

@@ -1,0 +1,109 @@
+"""Real replays on the tiny compiled engines: real time arrivals, real execution, the report.
+
+Timing is never asserted (shared CI cores); only orderings that hold by construction are
+(p50 <= p95 <= p99, every latency positive).
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from apparate_trt.data import load_inputs
+from apparate_trt.engine_dir import read_manifest
+from apparate_trt.runtime import api
+from apparate_trt.runtime.arrivals import parse_arrivals
+from apparate_trt.runtime.replay import replay
+from apparate_trt.runtime.report import build_report, comparison_table, exit_shares, format_report, window_accuracies, write_report
+
+THREADS = 1
+CONSTRAINT = 0.01
+
+
+def _inputs(engine, repeat: int = 1):
+    engine_dir, eval_npz = engine
+    inputs = load_inputs(eval_npz, read_manifest(engine_dir).model.inputs)
+    return {name: np.concatenate([a] * repeat) for name, a in inputs.items()}
+
+
+def _replay(engine, inputs, arrivals, **load_kwargs):
+    with api.load(engine[0], threads=THREADS, accuracy_constraint=CONSTRAINT, **load_kwargs) as eng:
+        return replay(eng, inputs, arrivals, progress=False)
+
+
+def test_report_helpers():
+    np.testing.assert_allclose(window_accuracies(np.array([1, 1, 0, 1, 1, 1, 0]), 3), [2 / 3, 1.0])
+    np.testing.assert_allclose(window_accuracies(np.array([1, 0]), 3), [0.5])
+    assert exit_shares(np.array([3, -1, 3, 0])) == {"0": 0.25, "3": 0.5, "final": 0.25}
+
+
+@pytest.mark.parametrize("which", ["tiny_resnet_engine", "tiny_bert_engine"])
+def test_report_of_a_real_replay_has_sane_keys(which, request, tmp_path):
+    engine = request.getfixturevalue(which)
+    inputs = _inputs(engine)
+    arrivals = parse_arrivals("fixed:400", 160)
+    result = _replay(engine, inputs, arrivals, max_batch=4, max_delay_ms=5.0)
+    report = build_report(result, CONSTRAINT, window_size=64)
+    assert report["requests"] == report["completed"] == 160 and report["failed"] == 0
+    lat = report["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"]
+    assert np.all(result.latency_ms > 0) and np.all(result.latency_ms <= result.final_latency_ms + 1e-9)
+    assert report["throughput_rps"] > 0
+    acc = report["accuracy"]
+    assert 0.0 <= acc["overall"] <= 1.0 and acc["window_size"] == 64
+    assert acc["worst_window"] == min(acc["windows"])
+    assert len(acc["windows"]) == 2 and 0.0 <= report["windows_violating"] <= 1.0
+    assert sum(report["exit_share"].values()) == pytest.approx(1.0)
+    assert set(report["exit_share"]) <= {"final", *(str(s) for s in range(len(read_manifest(engine[0]).sites)))}
+    assert report["mode"] == "apparate" and report["events"][0]["kind"] == "initial"
+    assert all({"t", "kind", "reason"} <= set(e) for e in report["events"])
+    history = report["threshold_history"]
+    assert history and all({"t", "active_sites", "thresholds", "window_accuracy"} <= set(h) for h in history)
+    assert [h["t"] for h in history] == sorted(h["t"] for h in history)
+    # the final result is the original model's argmax; the released one agrees where it is final
+    final_only = result.exit_site < 0
+    np.testing.assert_array_equal(result.released_pred[final_only], result.final_pred[final_only])
+    path = write_report(report, tmp_path / "r.json")
+    assert json.loads(path.read_text())["latency_ms"]["p50"] == pytest.approx(lat["p50"])
+    assert "p50" in format_report(report)
+
+
+def test_vanilla_and_apparate_on_the_same_arrivals(tiny_resnet_engine):
+    inputs = _inputs(tiny_resnet_engine)
+    arrivals = parse_arrivals("poisson:500", 200, seed=1)
+    vanilla = _replay(tiny_resnet_engine, inputs, arrivals, mode="vanilla", max_batch=4)
+    # the tiny engine holds only 60 held-out bootstrap samples: a short window tunes within 200 requests
+    apparate = _replay(tiny_resnet_engine, inputs, arrivals, mode="apparate", max_batch=4,
+                       controller_options={"window_size": 128, "min_tune_samples": 100})
+    reports = {"vanilla": build_report(vanilla, CONSTRAINT), "apparate": build_report(apparate, CONSTRAINT)}
+    v, a = reports["vanilla"], reports["apparate"]
+    assert v["exit_share"] == {"final": 1.0} and v["accuracy"]["overall"] == 1.0 and v["events"] == []
+    np.testing.assert_array_equal(vanilla.arrivals_s, apparate.arrivals_s)
+    np.testing.assert_array_equal(vanilla.final_pred, apparate.final_pred)  # both: the original model
+    assert a["exit_share"]["final"] < 1.0  # the tiny ResNet's ramps do release early
+    table = comparison_table(reports)
+    assert table.count("\n") == 3 and "| vanilla |" in table and "1.00x" in table
+
+
+def test_accuracy_within_constraint_after_tuning_on_a_stationary_stream(tiny_resnet_engine):
+    inputs = _inputs(tiny_resnet_engine, repeat=5)  # the eval set five times: a stationary stream
+    arrivals = parse_arrivals("fixed:1000", 1000)
+    result = _replay(tiny_resnet_engine, inputs, arrivals, max_batch=8)
+    tunes = [e for e in result.events if e["kind"] == "tune"]
+    assert tunes, "the controller never tuned"
+    after = result.t_start + result.arrivals_s > tunes[0]["t"]
+    correct = (result.released_pred == result.final_pred)[after & result.completed]
+    assert correct.size > 300, [(round(e["t"] - result.t_start, 2), e["kind"], e["reason"]) for e in result.events]
+    assert correct.mean() >= 1.0 - CONSTRAINT
+    assert np.mean(result.exit_site[after] >= 0) > 0.1  # not vacuous: inputs do exit early
+
+
+def test_refused_requests_fail_alone_and_are_reported(tiny_resnet_engine):
+    inputs = _inputs(tiny_resnet_engine)
+    arrivals = np.zeros(60)  # a burst far beyond a one-slot queue
+    result = _replay(tiny_resnet_engine, inputs, arrivals, max_batch=1, max_delay_ms=0.0, queue_size=1)
+    report = build_report(result, CONSTRAINT)
+    assert report["failed"] > 0 and report["completed"] > 0
+    assert report["failed"] + report["completed"] == 60
+    assert any("queue full" in message for message in report["errors"])

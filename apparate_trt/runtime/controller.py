@@ -33,7 +33,9 @@ Emergency cut
     samples arrived.
 
 Ramp adjustment (slow loop, latency first)
-    Every ``adjust_every_batches`` batches (when no tune is pending and no ramp is in probation),
+    Every ``adjust_every_batches`` batches, and at least ``window_size`` samples after the last
+    adjustment or ramp change (so that small batches do not make it hasty; only when no tune is
+    pending and no ramp is in probation),
     each active ramp's utility over the window with the current thresholds, via ``ramp_utility``:
     ``exit share * ms saved relative to the next exit point - pass share * ramp cost ms``. Ramps
     with negative utility (or no exits) are removed, and each one's freed budget probes a site
@@ -43,7 +45,9 @@ Ramp adjustment (slow loop, latency first)
     past the latest useful site (where the latency after the site does not exceed the ramp's own
     cost) are never used. The budget is checked in latency: the sum of the active ramps' profiled
     costs at the current batch size stays within ``manifest.budget`` times the model's latency. A
-    new ramp starts in probation (threshold 0, never exits) and gets its threshold at the next tune.
+    new ramp starts in probation (threshold 0, never exits) and gets its threshold at the next tune
+    that has enough samples holding it; meanwhile the other ramps are re-tuned at once on the
+    samples that hold them (a ramp in probation changes no exit, so that search is exact).
 
 Every decision is an event ``{t, kind, reason, ...}`` (kinds: ``initial``, ``tune``,
 ``emergency``, ``remove_ramp``, ``add_ramp``), and every batch appends to the threshold history
@@ -278,6 +282,8 @@ class Controller:
         self.batches = 0
         self._last_tune_batch = 0
         self._last_adjust_batch = 0
+        self._samples_since_adjust = 0
+        self._partial_for: tuple[int, ...] | None = None
         self._adjust_rounds = 0
         self._tuned_live = False
         self._pending_tune: str | None = "first feedback"
@@ -386,6 +392,7 @@ class Controller:
         n = int(np.shape(outcome.exit_site)[0]) if conf.shape[0] == 0 else int(conf.shape[1])
         if n == 0:
             return
+        self._samples_since_adjust += n
         self.batch_size += BATCH_SIZE_SMOOTHING * (n - self.batch_size) if self.batches else (n - self.batch_size)
         if sites.size == 0:
             self.window.push(sites, np.zeros((0, n), np.float32), np.zeros((0, n), np.uint8))
@@ -450,13 +457,15 @@ class Controller:
         tuned = self._search(self._active)
         if tuned is None:
             self._pending_tune = self._pending_tune or reason
+            self._tune_established(t, reason)
             return
         old = self._thresholds
         self._thresholds = tuned.thresholds
         self._pending_tune = None
         if self._probation or not self._tuned_live:  # judge ramps after a full period of live thresholds
-            self._last_adjust_batch = self.batches
+            self._reset_adjust_clock()
         self._probation.clear()
+        self._partial_for = None
         self._tuned_live = True
         self._last_tune_batch = self.batches
         self._event(
@@ -465,6 +474,36 @@ class Controller:
             thresholds=[float(x) for x in tuned.thresholds], window_accuracy=tuned.accuracy,
             samples=tuned.samples, saved_ms=tuned.saved_ms,
         )
+
+    def _tune_established(self, t: float, reason: str) -> None:
+        """Tune the ramps out of probation while those in probation gather feedback (once per set).
+
+        A ramp in probation never exits, so the others' thresholds can be searched exactly on the
+        (plentiful) samples that hold them alone; the full tune follows when the new ramps have
+        enough samples. Without this, a removal would leave later ramps with thresholds tuned for
+        inputs that the removed ramp used to take.
+        """
+        established = [s for s in self._active if s not in self._probation]
+        if not self._probation or not established or self._partial_for == tuple(self._active):
+            return
+        tuned = self._search(established)
+        if tuned is None:
+            return
+        per_site = dict(zip(established, tuned.thresholds))
+        old = self._thresholds
+        self._thresholds = np.asarray([per_site.get(s, 0.0) for s in self._active], dtype=np.float64)
+        self._partial_for = tuple(self._active)
+        self._last_tune_batch = self.batches
+        self._event(
+            t, "tune", f"{reason}: sites {established} (sites {sorted(self._probation)} stay in probation until they have feedback)",
+            active_sites=list(self._active), old_thresholds=[float(x) for x in old],
+            thresholds=[float(x) for x in self._thresholds], window_accuracy=tuned.accuracy,
+            samples=tuned.samples, saved_ms=tuned.saved_ms,
+        )
+
+    def _reset_adjust_clock(self) -> None:
+        self._last_adjust_batch = self.batches
+        self._samples_since_adjust = 0
 
     def _tune_reason(self, accuracy: float, samples: int) -> str | None:
         """Why a tune is due now (given the window's accuracy with the current thresholds), or None."""
@@ -501,14 +540,14 @@ class Controller:
 
     # --------------------------------------------------------------------------- ramp adjustment
     def _maybe_adjust(self, t: float) -> None:
-        if self.batches - self._last_adjust_batch < self.adjust_every:
+        if self.batches - self._last_adjust_batch < self.adjust_every or self._samples_since_adjust < self.window_size:
             return
         if self._pending_tune is not None or self._probation or not self._tuned_live:
             return
         utility = self._utilities()
         if utility is None:
             return
-        self._last_adjust_batch = self.batches
+        self._reset_adjust_clock()
         self._adjust_rounds += 1
         values, exits, samples = utility
         useless = [(s, float(u), int(e)) for s, u, e in zip(self._active, values, exits) if u < 0 or e == 0]

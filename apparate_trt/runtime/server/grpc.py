@@ -203,8 +203,10 @@ def make_servicer(service: InferenceService, pb: Any, pb_grpc: Any, config_pb: A
                         pass
                     if not tasks and out.empty() and (reader_done.is_set() or not service.ready):
                         break
-            finally:
+            finally:  # normal end: nothing is pending; client gone: its answers are dropped
                 reader.cancel()
+                for task in list(tasks):
+                    task.cancel()
 
         async def _stream_one(self, request: Any, out: asyncio.Queue) -> None:
             """Answer one stream request: early then final response, or one final response."""

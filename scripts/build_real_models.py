@@ -30,6 +30,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -183,9 +184,11 @@ def export_onnx(module: Any, args: tuple, path: Path, input_names: list[str],
     dynamic = {name: {0: "batch"} for name in input_names + output_names}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.onnx")
-    torch.onnx.export(module, args, str(tmp), kwargs=kwargs, input_names=input_names,
-                      output_names=output_names, dynamic_axes=dynamic, opset_version=OPSET,
-                      do_constant_folding=True, dynamo=False)
+    with warnings.catch_warnings():     # the legacy-exporter deprecation and folding notes
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(tmp), kwargs=kwargs, input_names=input_names,
+                          output_names=output_names, dynamic_axes=dynamic, opset_version=OPSET,
+                          do_constant_folding=True, dynamo=False)
     fold_constants(tmp, path)
     tmp.unlink()
 
@@ -686,6 +689,7 @@ def load_minilm() -> tuple[Any, Any, str]:
     transformers = require("transformers", "transformers")
     tokenizers = require("tokenizers", "tokenizers")
     path = str(pkg.get_model_path())
+    transformers.utils.logging.disable_progress_bar()
     model = transformers.AutoModel.from_pretrained(path, attn_implementation="eager").eval()
     tokenizer = tokenizers.Tokenizer.from_file(path + "/tokenizer.json")
     tokenizer.no_padding()       # tokenizer.json pads/truncates to 128; padding to L is done here

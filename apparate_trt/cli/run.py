@@ -69,7 +69,7 @@ def build_parser() -> Parser:
     p.add_argument("--plot", metavar="DIR", default=None, help="write latency_cdf.png and timeline.png into DIR (needs matplotlib, the 'plot' extra)")
     p.add_argument("--accuracy-window", type=int, default=256, metavar="W",
                    help="requests per accuracy window in the report (consecutive requests in arrival order)")
-    p.add_argument("--window-size", type=int, default=512, metavar="N",
+    p.add_argument("--window-size", type=int, default=1024, metavar="N",
                    help="controller feedback window, in samples (the thresholds are tuned on it)")
     p.add_argument("--initial-thresholds", choices=["bootstrap", "never"], default="bootstrap",
                    help="start with thresholds tuned on the engine's held-out bootstrap statistics, or at never-exit until the first feedback")

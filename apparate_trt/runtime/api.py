@@ -21,7 +21,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -45,12 +45,23 @@ MODES = ("apparate", "vanilla")
 __all__ = [
     "BatcherClosedError",
     "Engine",
+    "ServingPolicy",
     "OverloadError",
     "RequestHandle",
     "RequestTimeoutError",
     "Result",
     "load",
 ]
+
+
+class ServingPolicy(Protocol):
+    """A fixed exit policy for :func:`load`: builds the executor it serves with (no controller)."""
+
+    name: str
+
+    def build_executor(self, manifest: Manifest, threads: int | None, confidence: str) -> BatchExecutor:
+        """The configured executor (its active sites and thresholds never change at run time)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -97,6 +108,7 @@ class _Request:
     handle: RequestHandle
     inputs: dict[str, np.ndarray]
     on_result: Callable[[Result], None] | None
+    tag: Any = None
 
     @property
     def shape_key(self) -> tuple[tuple[int, ...], ...]:
@@ -232,6 +244,7 @@ class Engine:
         on_result: Callable[[Result], None] | None = None,
         *,
         timeout_ms: float | None = None,
+        tag: Any = None,
     ) -> RequestHandle:
         """Queue ONE sample (``{input name: array without the batch axis}``).
 
@@ -239,6 +252,8 @@ class Engine:
         ramp releases it) and then with the final one; it must be quick and must not block.
         ``timeout_ms`` (default: the engine's) bounds the time the request may wait in the queue;
         past it the request is not run and its futures get :class:`RequestTimeoutError`.
+        ``tag`` (any object, e.g. the sample's index in a stream) reaches executors that accept
+        tags (``accepts_tags``), such as the oracle baseline of ``apparate_trt.runtime.policies``.
 
         Raises:
             ApparateError: the sample is invalid (nothing is queued; other requests are unaffected).
@@ -249,7 +264,7 @@ class Engine:
         sample = validate_sample(self.manifest.model.inputs, inputs)
         handle = RequestHandle(next(self._ids), t_arrival)
         timeout = self.timeout_ms if timeout_ms is None else timeout_ms
-        self._batcher.submit(_Request(handle, sample, on_result), timeout_ms=timeout)
+        self._batcher.submit(_Request(handle, sample, on_result, tag), timeout_ms=timeout)
         return handle
 
     def infer(self, inputs: Mapping[str, Any], timeout_s: float | None = None) -> Result:
@@ -276,7 +291,10 @@ class Engine:
             def on_release(index: int, row: np.ndarray, pred: int, site: int | None, t_release: float) -> None:
                 self._deliver(group[index], row, pred, site, t_release)
 
-            outcome = self.executor.run_batch(batch, on_release)
+            if getattr(self.executor, "accepts_tags", False) and any(req.tag is not None for req in group):
+                outcome = self.executor.run_batch(batch, on_release, tags=[req.tag for req in group])  # type: ignore[call-arg]
+            else:
+                outcome = self.executor.run_batch(batch, on_release)
         except Exception as exc:  # noqa: BLE001 - isolate the failing request(s)
             if len(group) > 1:
                 log.warning("a batch of %d failed (%s); running its requests one by one", len(group), exc)
@@ -371,6 +389,7 @@ def load(
     confidence: str = "maxprob",
     controller_options: Mapping[str, Any] | None = None,
     timeout_ms: float | None = None,
+    policy: "ServingPolicy | None" = None,
 ) -> Engine:
     """Load an engine directory and start serving it.
 
@@ -385,6 +404,10 @@ def load(
         confidence: ``maxprob`` or ``entropy``.
         controller_options: extra keyword arguments for the controller.
         timeout_ms: default per-request queueing timeout (ms), None for none.
+        policy: a fixed (non-adaptive) exit policy that builds its own executor, e.g. the
+            baselines of ``apparate_trt.runtime.policies`` (static thresholds, patience, oracle);
+            None (default): ``mode`` decides (the adaptive controller or vanilla). With a policy
+            there is no controller and the engine's ``mode`` is the policy's ``name``.
     """
     if mode not in MODES:
         raise ApparateError(f"unknown mode '{mode}'; use one of: {', '.join(MODES)}")
@@ -397,7 +420,10 @@ def load(
     manifest = read_manifest(engine_dir)
     controller: Controller | None = None
     executor: BatchExecutor
-    if mode == "vanilla":
+    if policy is not None:
+        executor = policy.build_executor(manifest, threads, confidence)
+        mode = policy.name
+    elif mode == "vanilla":
         executor = VanillaExecutor(manifest, threads)
     else:
         executor = Executor(manifest, threads, confidence)

@@ -94,6 +94,36 @@ class BatchExecutor(Protocol):
 
 
 # ------------------------------------------------------------------------------------------ helpers
+class ExitRule(Protocol):
+    """Decides, after each active ramp of a batch, which not-yet-released inputs exit there.
+
+    The executor calls ``begin_batch`` once per batch (``tags``: one per input, or None when the
+    caller gave none), then ``decide`` after each active ramp, in execution order.
+    """
+
+    def begin_batch(self, n: int, tags: Sequence[object] | None) -> None: ...
+
+    def decide(
+        self, site: int, logits: np.ndarray, threshold: float, done: np.ndarray, kind: str
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return ``(conf float32[n], pred int32[n], newly uint8[n])`` and set ``done[newly] = 1``."""
+        ...
+
+
+class ThresholdRule:
+    """The default exit rule (DESIGN.md): an input exits at the first active ramp where
+    ``1 - confidence < threshold`` (the C core's ``ramp_exits``)."""
+
+    def begin_batch(self, n: int, tags: Sequence[object] | None) -> None:
+        """Stateless: nothing to reset."""
+
+    def decide(
+        self, site: int, logits: np.ndarray, threshold: float, done: np.ndarray, kind: str
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The C core's decision for one ramp (marks the exiting inputs in ``done``)."""
+        return _core.ramp_exits(logits, threshold, done, kind)
+
+
 def check_confidence_kind(kind: str) -> str:
     """Return ``kind`` if the C core knows it, else raise an ApparateError naming the choices."""
     if kind not in CONFIDENCE_KINDS:
@@ -253,14 +283,22 @@ class Executor:
         manifest: the engine directory's manifest (``read_manifest``).
         threads: ONNX Runtime intra-op threads per session (None: every core).
         confidence: ``maxprob`` (max softmax probability) or ``entropy``.
+        exit_rule: decides the exits after each ramp (default :class:`ThresholdRule`; e.g. the
+            patience rule of ``apparate_trt.runtime.policies``).
 
     The initial plan has no active ramps (the unsplit model) until :meth:`configure` is called.
     One thread runs batches; :meth:`configure` may be called from any thread.
     """
 
-    def __init__(self, manifest: Manifest, threads: int | None = None, confidence: str = "maxprob") -> None:
+    accepts_tags = True
+    """``run_batch`` takes per-input ``tags`` (the API passes each request's ``tag``)."""
+
+    def __init__(
+        self, manifest: Manifest, threads: int | None = None, confidence: str = "maxprob", exit_rule: ExitRule | None = None
+    ) -> None:
         self.manifest = manifest
         self.confidence = check_confidence_kind(confidence)
+        self.exit_rule: ExitRule = exit_rule or ThresholdRule()
         self._builder = _PlanBuilder(manifest, threads)
         self._plan = self._builder.build(())
         self._thresholds: dict[int, float] = {}
@@ -336,16 +374,20 @@ class Executor:
         return self._plan.active == self._wanted
 
     # ----------------------------------------------------------------------------------- execution
-    def run_batch(self, inputs: Mapping[str, np.ndarray], on_release: ReleaseFn) -> BatchOutcome:
+    def run_batch(
+        self, inputs: Mapping[str, np.ndarray], on_release: ReleaseFn, tags: Sequence[object] | None = None
+    ) -> BatchOutcome:
         """Run one batch (arrays with the batch axis first) and release results as they are decided.
 
         ``on_release`` is called on this thread for each early exit as soon as its ramp decides
-        (site id given), then for every input with the final output (site None).
+        (site id given), then for every input with the final output (site None). ``tags`` (one per
+        input, optional) are handed to the exit rule's ``begin_batch``.
         """
         t_start = time.monotonic()
         plan = self._swap_if_ready()
         thresholds = self._thresholds
         n = _batch_size(inputs)
+        self.exit_rule.begin_batch(n, tags)
         self._warm_inputs = {name: value[:1] for name, value in inputs.items()}
         r = len(plan.active)
         env: dict[str, np.ndarray] = dict(inputs)
@@ -403,7 +445,7 @@ class Executor:
         entry = self.manifest.ramps[site]
         raw = self._builder.ramp(site).run(env, [entry.output])[entry.output]
         logits = _float32_logits(raw, f"ramp {site} output '{entry.output}'")
-        conf, pred, newly = _core.ramp_exits(logits, threshold, done, self.confidence)
+        conf, pred, newly = self.exit_rule.decide(site, logits, threshold, done, self.confidence)
         conf_out[:] = conf
         pred_out[:] = pred
         exiting = np.flatnonzero(newly)

@@ -202,21 +202,21 @@ def test_starts_never_exit_and_tunes_on_the_first_feedback():
     m = make_manifest([2, 5])
     ctl = Controller(m, initial_thresholds="never", min_tune_samples=64)
     assert ctl.initial_config() == ([2, 5], [0.0, 0.0])
-    assert ctl.samples_to_tune(2) == 500  # 2 ramps / (0.4 * 1%)
-    assert ctl.samples_to_tune(4) == 512  # capped at the window
-    conf, agree = Stream(1).sample(500)
+    assert ctl.samples_to_tune(2) == 667  # 2 ramps / (0.3 * 1%)
+    assert ctl.samples_to_tune(3) == 1000 and ctl.samples_to_tune(4) == 1024  # capped at the window
+    conf, agree = Stream(1).sample(700)
     outcome, _ = run_batch(ctl.initial_config(), conf, agree)
     new = ctl.observe(outcome, t=1.0)
     assert new is not None and new[0] == [2, 5] and max(new[1]) > 0
     tune = [e for e in ctl.events if e["kind"] == "tune"]
     assert len(tune) == 1 and tune[0]["reason"] == "first feedback" and tune[0]["t"] == 1.0
-    assert tune[0]["window_accuracy"] >= 1 - 0.4 * 0.01 - 1e-9
+    assert tune[0]["window_accuracy"] >= 1 - 0.3 * 0.01 - 1e-9
     assert ctl.threshold_history[-1]["thresholds"] == new[1]
 
 
 def test_bootstrap_statistics_give_initial_thresholds():
     m = make_manifest([2, 5])
-    ctl = Controller(m, bootstrap=Stream(2).bootstrap(600))
+    ctl = Controller(m, bootstrap=Stream(2).bootstrap(800))
     sites, thresholds = ctl.initial_config()
     assert sites == [2, 5] and max(thresholds) > 0
     (initial,) = [e for e in ctl.events if e["kind"] == "initial"]
@@ -231,7 +231,7 @@ def test_stationary_stream_keeps_windows_within_the_constraint():
         correct, exit_site, _ = drive(ctl, Stream(seed), batches=2000)
         first_tune = next(e["batch"] for e in ctl.events if e["kind"] == "tune")
         after = correct[first_tune * 8:]
-        w = ctl.window_size  # windows of served requests as long as the feedback window
+        w = 512  # windows of served requests, half the feedback window
         accuracy = after[: len(after) // w * w].reshape(-1, w).mean(axis=1)
         violating += int(np.sum(accuracy < 1 - 0.01))
         windows += accuracy.size
@@ -246,7 +246,7 @@ def test_stationary_stream_keeps_windows_within_the_constraint():
 def test_emergency_cuts_a_ramp_whose_exits_turn_wrong_before_the_next_tune():
     m = make_manifest([2, 5], budget=0.02)
     ctl = Controller(m, initial_thresholds="never", tune_every_batches=10**6, adjust_every_batches=10**6)
-    drive(ctl, Stream(4), batches=80)
+    drive(ctl, Stream(4), batches=100)
     sites, thresholds = ctl.config
     assert thresholds[0] > 0
     before = len(ctl.events)
@@ -285,7 +285,8 @@ def test_new_ramp_starts_in_probation_and_gets_a_threshold_at_the_next_tune():
     config_after_add = next(cfg for b, cfg in changes if b + 1 == batch_added)
     assert config_after_add[1][config_after_add[0].index(2)] == 0.0
     later_tunes = [e for e in ctl.events if e["kind"] == "tune" and e["batch"] >= batch_added]
-    partial, full = later_tunes[0], next(e for e in later_tunes if e["reason"] == "after a ramp change")
+    partial = next(e for e in later_tunes if "stay in probation" in e["reason"])
+    full = next(e for e in later_tunes if e["reason"] == "after a ramp change")
     assert "stay in probation" in partial["reason"] and partial["thresholds"][0] == 0.0  # site 2 waits
     assert partial["thresholds"][1] > 0  # ramp 5 re-tuned at once
     assert full["active_sites"] == [2, 5] and full["batch"] > partial["batch"]
@@ -319,3 +320,28 @@ def test_every_event_has_time_kind_and_reason():
     assert len(history) == 60
     assert all(len(h["active_sites"]) == len(h["thresholds"]) for h in history)
     assert all(0.0 <= h["window_accuracy"] <= 1.0 for h in history)
+
+
+@dataclass
+class TimedOutcome(Outcome):
+    """Feedback with the executor's measured wall times (ms)."""
+
+    segments_ms: np.ndarray = None
+    ramps_ms: np.ndarray = None
+
+
+def test_measured_chain_timings_replace_the_profile_after_a_few_batches():
+    m = make_manifest([2, 5])
+    ctl = Controller(m, initial_thresholds="never", tune_every_batches=10**6, adjust_every_batches=10**6)
+    profile_saved, profile_cost = ctl.chain_ms([2, 5])
+    np.testing.assert_allclose(profile_saved, LatencyModel(m).exit_saved_ms([2, 5], 1))
+    conf, agree = Stream(10).sample(4)
+    for _ in range(8):
+        outcome, _ = run_batch(([2, 5], [0.0, 0.0]), conf, agree)
+        timed = TimedOutcome(outcome.site_ids, outcome.confidence, outcome.agree, outcome.exit_site,
+                             segments_ms=np.array([1.0, 2.0, 3.0]), ramps_ms=np.array([0.5, 0.25]))
+        ctl.observe(timed, t=0.0)
+    saved, cost = ctl.chain_ms([2, 5])
+    np.testing.assert_allclose(saved, [2.0 + 0.25 + 3.0, 3.0])  # stages and ramps after each ramp
+    np.testing.assert_allclose(cost, [0.5, 0.25])
+    np.testing.assert_allclose(ctl.chain_ms([2])[0], LatencyModel(m).exit_saved_ms([2], ctl.batch_size))  # other sets: profile

@@ -87,8 +87,8 @@ def test_vanilla_and_apparate_on_the_same_arrivals(tiny_resnet_engine):
 
 
 def test_accuracy_within_constraint_after_tuning_on_a_stationary_stream(tiny_resnet_engine):
-    inputs = _inputs(tiny_resnet_engine, repeat=5)  # the eval set five times: a stationary stream
-    arrivals = parse_arrivals("fixed:1000", 1000)
+    inputs = _inputs(tiny_resnet_engine, repeat=6)  # the eval set six times: a stationary stream
+    arrivals = parse_arrivals("fixed:1000", 1200)
     result = _replay(tiny_resnet_engine, inputs, arrivals, max_batch=8)
     tunes = [e for e in result.events if e["kind"] == "tune"]
     assert tunes, "the controller never tuned"

@@ -60,10 +60,6 @@ class ChainCheck:
 # Splitting
 # ----------------------------------------------------------------------------------------------
 
-def _is_site(obj: Any) -> bool:
-    return hasattr(obj, "node_index") and hasattr(obj, "tensor")
-
-
 def _chosen_sites(sites: Sequence[Any], cut_ids: Sequence[int], num_nodes: int) -> list[Any]:
     """The sites with ids in ``cut_ids``, in graph order; ValueError on an unknown id or a site
     outside the graph."""
@@ -192,12 +188,9 @@ def split_model(model: onnx.ModelProto, sites: Sequence[Any], cut_ids: Sequence[
     """Split the sorted model (``ingest.load_model`` output, the one the sites were found on) at the
     sites whose ids are in ``cut_ids`` (any subset, any order): ``len(chosen) + 1`` segments in
     execution order (module docstring). ``sites`` may be :class:`~apparate_trt.compiler.sites.Site`
-    objects or any objects with ``id``, ``tensor`` and ``node_index`` (manifest entries); the
-    argument order ``split_model(model, cut_ids, sites)`` is accepted too.
+    objects or any objects with ``id``, ``tensor`` and ``node_index`` (manifest entries).
     """
     sites, cut_ids = list(sites), list(cut_ids)
-    if (cut_ids and _is_site(cut_ids[0])) or (sites and not _is_site(sites[0])):
-        sites, cut_ids = cut_ids, sites
     n = len(model.graph.node)
     chosen = _chosen_sites(sites, cut_ids, n)
     idx = _index(model)

@@ -17,8 +17,8 @@ Initial configuration
 
 Threshold tuning (fast loop, accuracy first)
     ``search_thresholds`` (greedy hill climb in C) on the window, maximising the latency saved per
-    input (ms) subject to the window's accuracy. Two
-    corrections make the served requests, not just the window, meet the constraint:
+    input (ms) subject to the window's accuracy. Two corrections make the served requests, not
+    just the window, meet the constraint:
 
     - the target is ``target_fraction * accuracy_constraint`` (default 0.3 of it): windows of 256
       served requests stay within 1% in 95% of cases only if the true disagreement rate is about
@@ -43,9 +43,9 @@ Emergency cut
 
 Ramp adjustment (slow loop, latency first)
     Every ``adjust_every_batches`` batches, and at least ``window_size`` samples after the last
-    adjustment or ramp change (so that small batches do not make it hasty; only when no tune is
-    pending and no ramp is in probation),
-    each active ramp's utility over the window with the current thresholds, via ``ramp_utility``:
+    adjustment or ramp change (small batches must not make it hasty), when no tune is pending and
+    no ramp is in probation: each active ramp's utility over the window with the current
+    thresholds, via ``ramp_utility``:
     ``exit share * ms saved relative to the next exit point - pass share * ramp cost ms``. Ramps
     with negative utility (or no exits) are removed, and each one's freed budget probes a site
     deeper: halfway between it and the next active ramp (or the latest useful site). When every

@@ -1,0 +1,259 @@
+"""Workloads, systems and measurements of issue 4's benchmark (``benchmarks/run_workloads.py``).
+
+A *workload* is a stream of samples (an ``.npz`` of one real model's inputs), an arrival process
+and the engine directory it is served from (compiled from the model's ``bootstrap.npz``, the
+stream's first 10%). A *system* is one way of serving it through the same API and batching:
+``vanilla``, ``apparate`` (adaptive controller, default settings) and the fixed baselines of
+:mod:`apparate_trt.runtime.policies`. Every number comes from real, timed serving on this machine:
+latency is first release minus scheduled arrival (``apparate_trt.runtime.replay``), throughput at
+saturation is the completion rate of a burst of back-to-back full batches.
+
+Latencies in ms, rates and throughput in requests per second (rps).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from apparate_trt.data import load_inputs, take
+from apparate_trt.engine_dir import Manifest, read_manifest
+from apparate_trt.errors import ApparateError
+from apparate_trt.runtime import policies
+from apparate_trt.runtime.api import Engine, load
+from apparate_trt.runtime.arrivals import fixed_arrivals, poisson_arrivals
+from apparate_trt.runtime.replay import ReplayResult, replay
+from apparate_trt.runtime.report import build_report
+
+Log = Callable[[str], None]
+
+SYSTEMS = ("vanilla", "apparate", "static-shared", "static-per-ramp", "patience", "oracle")
+CONSTRAINT = 0.01
+WINDOW = 256
+MAX_BATCH = 8  # the API's defaults: the same batching for every system
+MAX_DELAY_MS = 5.0
+BURST_MAX = 1000  # below the API's default queue size (1024): a burst is never refused
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One benchmark workload: ``model`` (``cv`` or ``nlp``) names the data and engine directory."""
+
+    name: str
+    model: str
+    stream: str  # file name of the served stream in the model's data directory
+    arrivals: str  # ``fixed`` or ``poisson``
+    rate_fraction: float  # of vanilla's measured capacity
+    description: str
+
+    def stream_path(self, data_root: Path) -> Path:
+        """The stream's ``.npz``."""
+        return data_root / self.model / self.stream
+
+
+WORKLOADS = (
+    Workload("cv-fixed", "cv", "eval.npz", "fixed", 0.5,
+             "EfficientNet-Lite0 / Fashion-MNIST test images, fixed-rate arrivals (a camera feed) at half of vanilla's capacity"),
+    Workload("cv-poisson", "cv", "eval.npz", "poisson", 0.5,
+             "EfficientNet-Lite0 / Fashion-MNIST test images, Poisson arrivals at half of vanilla's capacity"),
+    Workload("nlp-poisson", "nlp", "eval.npz", "poisson", 0.5,
+             "MiniLM / Rotten Tomatoes held-out snippets, Poisson arrivals at half of vanilla's capacity"),
+    Workload("drift", "cv", "drift.npz", "poisson", 0.5,
+             "CV drift stream (normal, class mix change, degraded images, normal again), Poisson at half of vanilla's capacity"),
+)
+
+
+# ------------------------------------------------------------------------------ engines
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cached_engine_ok(engine_dir: Path, model: Path, bootstrap_samples: int) -> bool:
+    """True when ``engine_dir`` is a valid engine directory compiled from ``model`` (same SHA-256)
+    with ``bootstrap_samples`` bootstrap samples."""
+    try:
+        manifest = read_manifest(engine_dir)
+    except ApparateError:
+        return False
+    return manifest.model.sha256 == file_sha256(model) and manifest.bootstrap.num_samples == bootstrap_samples
+
+
+def ensure_engine(data_dir: Path, engine_dir: Path, threads: int | None, log: Log) -> Manifest:
+    """The engine directory for ``data_dir`` (``model.onnx`` + ``bootstrap.npz``): reused from
+    ``engine_dir`` when it matches, else compiled there with ``compile_model`` (max batch 8)."""
+    model, bootstrap = data_dir / "model.onnx", data_dir / "bootstrap.npz"
+    for path in (model, bootstrap):
+        if not path.is_file():
+            raise ApparateError(f"'{path}' is missing; build the data with `python scripts/build_real_models.py`")
+    with np.load(bootstrap) as npz:
+        samples = int(next(iter(npz.values())).shape[0])
+    if cached_engine_ok(engine_dir, model, samples):
+        log(f"  engine {engine_dir}: cached (same model and bootstrap size)")
+        return read_manifest(engine_dir)
+    from apparate_trt.compiler.pipeline import compile_model
+
+    t0 = time.perf_counter()
+    log(f"  compiling {model} with {bootstrap} into {engine_dir} ...")
+    compile_model(model, bootstrap, engine_dir, max_batch=MAX_BATCH, threads=threads, force=True, log=lambda line: None)
+    log(f"  compiled in {time.perf_counter() - t0:.0f} s")
+    return read_manifest(engine_dir)
+
+
+# ------------------------------------------------------------------------------ systems
+class StreamTagger:
+    """Engine proxy for :func:`replay`: the ``k``-th submitted request gets ``tag=offset + k``
+    (its index in the stream; replay submits in stream order from one thread)."""
+
+    def __init__(self, engine: Engine, offset: int = 0) -> None:
+        self.engine = engine
+        self.mode = engine.mode
+        self.controller = engine.controller
+        self._next = offset
+
+    def submit(self, inputs: Mapping[str, Any], on_result: Any = None, **kwargs: Any) -> Any:
+        """``Engine.submit`` with the next stream index as the tag."""
+        tag = self._next
+        self._next += 1
+        return self.engine.submit(inputs, on_result, tag=tag, **kwargs)
+
+
+@dataclass
+class SystemFactory:
+    """Builds each system's engine for one engine directory and one stream (policies tuned once)."""
+
+    engine_dir: Path
+    manifest: Manifest
+    threads: int | None
+    oracle: policies.StreamOracle | None = None
+    _policies: dict[str, Any] = field(default_factory=dict)
+
+    def policy(self, system: str) -> Any:
+        """The fixed policy of ``system`` (None for vanilla and apparate)."""
+        if system in ("vanilla", "apparate"):
+            return None
+        if system == "oracle":
+            if self.oracle is None:
+                raise ApparateError("the oracle needs the stream's offline pass first (SystemFactory.oracle)")
+            return policies.OraclePolicy(self.oracle)
+        if system not in self._policies:
+            build = {
+                "static-shared": lambda: policies.static_shared_policy(self.manifest, CONSTRAINT),
+                "static-per-ramp": lambda: policies.static_per_ramp_policy(self.manifest, CONSTRAINT),
+                "patience": lambda: policies.patience_policy(self.manifest, CONSTRAINT),
+            }.get(system)
+            if build is None:
+                raise ApparateError(f"unknown system '{system}'; use one of: {', '.join(SYSTEMS)}")
+            self._policies[system] = build()
+        return self._policies[system]
+
+    def describe(self, system: str) -> dict[str, Any]:
+        """The fixed configuration of ``system`` (tuned values) for the report."""
+        policy = self.policy(system)
+        if isinstance(policy, policies.FixedThresholdPolicy):
+            return {"sites": policy.sites, "thresholds": policy.thresholds, "bootstrap_accuracy": policy.bootstrap_accuracy}
+        if isinstance(policy, policies.PatiencePolicy):
+            return {"sites": policy.sites, "patience": policy.patience, "bootstrap_accuracy": policy.bootstrap_accuracy}
+        if system == "apparate":
+            return {"initial_sites": list(self.manifest.initial_config.active_sites), "budget": self.manifest.budget}
+        return {}
+
+    def load(self, system: str) -> Engine:
+        """A started engine serving ``system`` with the shared batching settings."""
+        mode = "vanilla" if system == "vanilla" else "apparate"
+        return load(self.engine_dir, max_batch=MAX_BATCH, max_delay_ms=MAX_DELAY_MS, accuracy_constraint=CONSTRAINT,
+                    mode=mode, threads=self.threads, policy=self.policy(system))
+
+
+# ------------------------------------------------------------------------------ measurements
+def warm_up(engine: Engine, inputs: Mapping[str, np.ndarray], batches: int = 3) -> None:
+    """Run ``batches`` full batches of ``inputs`` (untagged) so first-run allocations are done."""
+    n = int(next(iter(inputs.values())).shape[0])
+    count = min(n, batches * MAX_BATCH)
+    handles = [engine.submit({k: v[i] for k, v in inputs.items()}) for i in range(count)]
+    for handle in handles:
+        handle.final.result(120.0)
+
+
+def burst_throughput(engine: Engine, inputs: Mapping[str, np.ndarray], count: int) -> float:
+    """Completion rate (rps) of ``count`` requests submitted at once: back-to-back full batches."""
+    count = min(count, BURST_MAX, int(next(iter(inputs.values())).shape[0]))
+    result = replay(StreamTagger(engine), take(dict(inputs), slice(0, count)), np.zeros(count), progress=False)
+    done = result.completed
+    if not done.any():
+        raise ApparateError("no request of the throughput burst completed; see the errors above")
+    return float(done.sum() / (np.nanmax(result.t_final[done]) - result.t_start))
+
+
+def make_arrivals(kind: str, rate: float, n: int, seed: int) -> np.ndarray:
+    """Arrival times (s) of ``n`` requests: ``fixed`` or ``poisson`` at ``rate`` rps."""
+    if kind == "fixed":
+        return fixed_arrivals(rate, n)
+    if kind == "poisson":
+        return poisson_arrivals(rate, n, seed)
+    raise ApparateError(f"unknown arrival kind '{kind}'; use fixed or poisson")
+
+
+@dataclass
+class RunRecord:
+    """One system served once on one workload: the report plus raw per-request arrays."""
+
+    system: str
+    repeat: int
+    report: dict[str, Any]
+    latency_ms: np.ndarray
+    arrivals_s: np.ndarray
+    throughput_rps: float
+    wall_s: float
+
+
+def serve_once(factory: SystemFactory, system: str, inputs: Mapping[str, np.ndarray], arrivals: np.ndarray,
+               warm_inputs: Mapping[str, np.ndarray], burst: int, repeat: int) -> RunRecord:
+    """Load ``system``, warm it up, replay the stream at ``arrivals``, then measure its saturation
+    throughput with a burst of ``burst`` requests; close it."""
+    t0 = time.perf_counter()
+    engine = factory.load(system)
+    try:
+        warm_up(engine, warm_inputs)
+        result: ReplayResult = replay(StreamTagger(engine), inputs, arrivals, progress=False)
+        report = build_report(result, CONSTRAINT, WINDOW)
+        throughput = burst_throughput(engine, inputs, burst) if burst > 0 else float("nan")
+    finally:
+        engine.close()
+    report["mode"] = system
+    done = result.completed
+    return RunRecord(system, repeat, report, result.latency_ms[done], result.arrivals_s[done], throughput, time.perf_counter() - t0)
+
+
+def load_stream(path: Path, manifest: Manifest, limit: int | None) -> dict[str, np.ndarray]:
+    """The stream's inputs (first ``limit`` samples when given), validated against the model."""
+    inputs = load_inputs(path, manifest.model.inputs)
+    return take(inputs, slice(0, limit)) if limit else inputs
+
+
+def drift_phases(meta_path: Path, served: int) -> list[dict[str, Any]]:
+    """The drift stream's phases (``name``, ``start``, ``end`` in stream indices) within ``served``."""
+    if not meta_path.is_file():
+        return []
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    return [{"name": p["name"], "start": int(p["start"]), "end": min(int(p["end"]), served)}
+            for p in meta.get("phases", []) if int(p["start"]) < served]
+
+
+def windows_after_changes(n_windows: int, phases: list[dict[str, Any]], window: int = WINDOW) -> np.ndarray:
+    """bool [n_windows]: windows NOT touched by a phase change, i.e. excluding each window that
+    holds a change and the one after it (the window that sees the change)."""
+    keep = np.ones(n_windows, dtype=bool)
+    for phase in phases[1:]:
+        k = phase["start"] // window
+        keep[k:k + 2] = False
+    return keep

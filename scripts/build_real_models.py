@@ -87,7 +87,7 @@ def log(msg: str) -> None:
 
 
 def require(module: str, package: str) -> Any:
-    """Import ``module`` or raise BuildError naming the missing ``package`` and how to install it."""
+    """Import ``module``, or raise BuildError naming the missing ``package`` and its install."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
@@ -179,7 +179,8 @@ def head_accuracy(head: Any, features: np.ndarray, labels: np.ndarray) -> float:
 
 def export_onnx(module: Any, args: tuple, path: Path, input_names: list[str],
                 output_names: list[str], kwargs: dict | None = None) -> None:
-    """Export ``module`` with torch.onnx.export (opset 17, TorchScript path, dynamic batch axis 0)."""
+    """Export ``module`` with torch.onnx.export (opset 17, TorchScript path, dynamic batch axis 0),
+    then fold constants (see fold_constants) into ``path``."""
     torch = require("torch", "torch==2.13.0")
     dynamic = {name: {0: "batch"} for name in input_names + output_names}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -288,7 +289,8 @@ def ort_session(path: Path) -> Any:
 
 def ort_logits(session: Any, arrays: dict[str, np.ndarray], batch: int = 64,
                progress: str = "") -> np.ndarray:
-    """Run ``session`` over all samples of ``arrays`` (name -> [N, ...]) in batches; [N, C] logits."""
+    """Run ``session`` over all samples of ``arrays`` (name -> [N, ...]) in batches of ``batch``;
+    returns the first output, [N, C] logits."""
     n = len(next(iter(arrays.values())))
     out = []
     for start in range(0, n, batch):
@@ -763,7 +765,8 @@ def nlp_split(df: Any) -> tuple[Any, Any, Any]:
     stream = df[in_stream]
     stream = stream.iloc[np.random.default_rng(SEED + 2).permutation(len(stream))]
     train = rest[~in_val]
-    train = train.iloc[np.sort(np.random.default_rng(SEED + 3).permutation(len(train))[:NLP_TRAIN_MAX])]
+    keep = np.random.default_rng(SEED + 3).permutation(len(train))[:NLP_TRAIN_MAX]
+    train = train.iloc[np.sort(keep)]
     return train.reset_index(drop=True), rest[in_val].reset_index(drop=True), \
         stream.reset_index(drop=True)
 
@@ -794,7 +797,8 @@ def build_nlp(out: Path, force: bool) -> None:
     n_boot = bootstrap_count(len(stream))
     if force or ran or not outputs_exist([paths["bootstrap"], paths["eval"], paths["labels"]]):
         log("nlp: stage streams")
-        np.savez_compressed(paths["bootstrap"], input_ids=ids[:n_boot], attention_mask=mask[:n_boot])
+        np.savez_compressed(paths["bootstrap"], input_ids=ids[:n_boot],
+                            attention_mask=mask[:n_boot])
         np.savez_compressed(paths["eval"], input_ids=ids[n_boot:], attention_mask=mask[n_boot:])
         np.savez_compressed(paths["labels"], bootstrap=labels[:n_boot], eval=labels[n_boot:])
         update_json(paths["meta"], "stream", {
@@ -825,7 +829,8 @@ def build_nlp_model(paths: dict[str, Path], encoder: Any, tokenizer: Any, train:
     torch = seeded_torch(SEED)
     t0 = time.perf_counter()
     pooled = make_nlp_model(encoder, None)
-    x_tr = embed_texts(pooled, tokenizer, train["text"], seq_len, "nlp: embeddings of train snippets")
+    x_tr = embed_texts(pooled, tokenizer, train["text"], seq_len,
+                       "nlp: embeddings of train snippets")
     x_va = embed_texts(pooled, tokenizer, val["text"], seq_len, "nlp: embeddings of val snippets")
     y_tr, y_va = train["label"].to_numpy(), val["label"].to_numpy()
     log(f"nlp: training linear head 384-2 for {NLP_HEAD_EPOCHS} epochs")
@@ -868,7 +873,8 @@ def build_nlp_model(paths: dict[str, Path], encoder: Any, tokenizer: Any, train:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=Path("data"), help="output directory (default data/)")
+    p.add_argument("--out", type=Path, default=Path("data"),
+                   help="output directory (default data/)")
     p.add_argument("--only", choices=["cv", "nlp"], help="build one model only")
     p.add_argument("--force", action="store_true", help="rebuild stages whose outputs exist")
     return p.parse_args(argv)

@@ -108,24 +108,12 @@ def replay(
     n = int(arrivals.shape[0])
     _check_inputs(inputs, n)
     collector = _Collector(n)
-    submit_lag = np.full(n, np.nan)
-    handles: list[Any] = [None] * n
     errors: dict[int, str] = {}
     reporter = _Progress(collector, n, progress)
     t_start = time.monotonic()
     reporter.start(t_start, arrivals)
     try:
-        for i in range(n):
-            due = t_start + arrivals[i]
-            delay = due - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            sample = {name: array[i] for name, array in inputs.items()}
-            submit_lag[i] = (time.monotonic() - due) * 1000.0
-            try:
-                handles[i] = engine.submit(sample, on_result=partial(collector.on_result, i))
-            except ApparateError as exc:  # refused (queue full) or invalid: this request fails alone
-                errors[i] = str(exc).splitlines()[0]
+        handles, submit_lag = _submit_all(engine, inputs, t_start + arrivals, collector, errors)
         _wait_for(handles, errors, wait_timeout_s)
     finally:
         reporter.stop()
@@ -156,6 +144,26 @@ def replay(
         events=[] if controller is None else controller.events,
         threshold_history=[] if controller is None else controller.threshold_history,
     )
+
+
+def _submit_all(
+    engine: Engine, inputs: Mapping[str, np.ndarray], due: np.ndarray, collector: _Collector, errors: dict[int, str]
+) -> tuple[list[Any], np.ndarray]:
+    """Submit sample ``i`` at monotonic time ``due[i]`` (open loop); return the handles (None where
+    refused, with the one-line reason in ``errors``) and each submission's lag (ms) behind ``due``."""
+    handles: list[Any] = [None] * due.shape[0]
+    lag_ms = np.full(due.shape[0], np.nan)
+    for i, when in enumerate(due):
+        delay = when - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        sample = {name: array[i] for name, array in inputs.items()}
+        lag_ms[i] = (time.monotonic() - when) * 1000.0
+        try:
+            handles[i] = engine.submit(sample, on_result=partial(collector.on_result, i))
+        except ApparateError as exc:  # refused (queue full) or invalid: this request fails alone
+            errors[i] = str(exc).splitlines()[0]
+    return handles, lag_ms
 
 
 def _check_inputs(inputs: Mapping[str, np.ndarray], n: int) -> None:

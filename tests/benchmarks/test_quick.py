@@ -1,0 +1,86 @@
+"""CI run of ``benchmarks/run_workloads.py --quick`` on the tiny models (no real model needed).
+
+It checks that every workload is served by every system and that every output file is written,
+not the goals (tiny models say nothing about them).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "run_workloads.py"
+
+
+def _script():
+    sys.path.insert(0, str(SCRIPT.parent))
+    spec = importlib.util.spec_from_file_location("run_workloads", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _data_dir(root: Path, engine: tuple[Path, Path], engines: Path, name: str, drift: bool) -> None:
+    """``root/name`` laid out like scripts/build_real_models.py's output, and the engine cached."""
+    engine_dir, eval_npz = engine
+    target = root / name
+    target.mkdir(parents=True)
+    for file in ("model.onnx", "bootstrap.npz", "eval.npz"):
+        shutil.copy(engine_dir.parent / file, target / file)
+    if drift:  # the eval samples reversed, in two phases
+        with np.load(eval_npz) as npz:
+            np.savez(target / "drift.npz", **{k: v[::-1].copy() for k, v in npz.items()})
+            n = int(next(iter(npz.values())).shape[0])
+        phases = [{"name": "a", "start": 0, "end": n // 2}, {"name": "b", "start": n // 2, "end": n}]
+        (target / "drift_meta.json").write_text(json.dumps({"phases": phases}))
+    shutil.copytree(engine_dir, engines / name)  # compiled by the fixture: reused, not recompiled
+
+
+def test_quick_run_serves_every_system_and_writes_every_file(tmp_path, tiny_resnet_engine, tiny_bert_engine):
+    run = _script()
+    data, engines, out = tmp_path / "data", tmp_path / "engines", tmp_path / "out"
+    _data_dir(data, tiny_resnet_engine, engines, "cv", drift=True)
+    _data_dir(data, tiny_bert_engine, engines, "nlp", drift=False)
+    results_before = sorted(p.name for p in run.RESULTS.glob("*")) if run.RESULTS.exists() else []
+    assert run.main(["--quick", "--out", str(out), "--data", str(data), "--engines", str(engines),
+                     "--requests", "120", "--burst", "40", "--threads", "1"]) == 0
+
+    summary = json.loads((out / "summary.json").read_text())
+    workloads = [w.name for w in run.WORKLOADS]
+    assert set(workloads) <= set(summary)
+    for w in workloads:
+        assert set(summary[w]) == set(run.SYSTEMS), w
+        for system, entry in summary[w].items():
+            assert set(entry["latency_ms"]) == {"p50", "p95", "p99"} and entry["latency_ms"]["p50"] > 0, (w, system)
+            assert entry["throughput_rps"] > 0 and entry["failed"] == 0, (w, system)
+            assert {"overall", "worst_window", "windows_violating"} <= set(entry["accuracy"]), (w, system)
+            assert entry["accuracy"]["overall"] is not None
+        assert summary[w]["oracle"]["accuracy"]["overall"] == 1.0  # the oracle releases the final answer early
+        assert summary[w]["vanilla"]["exit_share"] == {"final": 1.0}
+    assert "windows_violating_after_changes" in summary["drift"]["apparate"]["accuracy"]
+    assert summary["_goals"] and all({"goal", "met", "detail"} <= set(g) for g in summary["_goals"])
+
+    md = (out / "summary.md").read_text()
+    assert "| apparate |" in md and "## Goals" in md and "Machine:" in md and "Command:" in md
+    for w in workloads:
+        assert (out / f"latency_cdf_{w}.png").stat().st_size > 0
+        assert (out / f"apparate_timeline_{w}.png").stat().st_size > 0
+        runs = json.loads((out / "runs" / f"{w}.json").read_text())
+        assert {r["system"] for r in runs["runs"]} == set(run.SYSTEMS)
+    assert (out / "drift_timeline.png").stat().st_size > 0
+    after = sorted(p.name for p in run.RESULTS.glob("*")) if run.RESULTS.exists() else []
+    assert after == results_before  # the committed results are never touched
+
+
+def test_quick_refuses_to_write_over_the_committed_results():
+    run = _script()
+    with pytest.raises(SystemExit):
+        run.parse_args(["--quick"])
+    with pytest.raises(SystemExit):
+        run.parse_args(["--quick", "--out", str(run.RESULTS)])

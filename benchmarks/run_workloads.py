@@ -8,7 +8,9 @@ model's bootstrap data under ``--engines`` (default ``out/bench``); measure vani
 (median of bursts of back-to-back full batches) and set the arrival rate from it; run the oracle's
 offline pass over the stream; then serve the same stream with the same arrivals through every
 system, ``--repeats`` times, the order of the systems rotated each repeat so that machine drift
-favours none. Reported numbers are medians over the repeats. Each system's saturation throughput
+favours none; within a repeat the systems are interleaved chunk by chunk (``--chunk`` requests:
+every system serves chunk 1, then every system serves chunk 2, ...; engines keep their state), so
+the machine's load changes hit all systems alike. Reported numbers are medians over the repeats. Each system's saturation throughput
 is a burst of back-to-back full batches right after its replay.
 
 Writes into the output directory: ``summary.json``, ``summary.md`` (tables, goals, machine,
@@ -51,7 +53,7 @@ from workloads import (  # noqa: E402
     ensure_engine,
     load_stream,
     make_arrivals,
-    serve_once,
+    serve_interleaved,
     warm_up,
     windows_after_changes,
 )
@@ -86,6 +88,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads per session (default: all cores)")
     p.add_argument("--burst", type=int, help="requests per saturation burst (default 800; --quick: 200)")
     p.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals")
+    p.add_argument("--max-stream-s", type=float, default=30.0,
+                   help="serve at most this many seconds of each stream's arrivals (bounds the full run on a slow model; 0: no bound)")
+    p.add_argument("--chunk", type=int, help="requests per interleaving chunk: systems alternate chunk by chunk (default 1000; --quick: 100)")
     args = p.parse_args(argv)
     if args.out is None:
         if args.quick:
@@ -95,6 +100,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--quick must not write over benchmarks/results; pass another --out DIR")
     args.requests = args.requests or (300 if args.quick else None)
     args.repeats = args.repeats or (1 if args.quick else 2)
+    args.chunk = args.chunk or (100 if args.quick else 1000)
     args.burst = args.burst if args.burst is not None else (200 if args.quick else 800)
     args.workloads = [w for w in WORKLOADS if w.name in args.workloads.split(",")]
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -133,6 +139,9 @@ def run_workload(w: Workload, args: argparse.Namespace, factories: dict[str, Sys
         capacity[w.model] = measure_capacity(factory, inputs, warm, args.burst)
     rate = w.rate_fraction * capacity[w.model]
     arrivals = make_arrivals(w.arrivals, rate, n, args.seed)
+    if args.max_stream_s and arrivals[-1] > args.max_stream_s:  # bound the run time: the stream's first max_stream_s seconds
+        n = int(np.searchsorted(arrivals, args.max_stream_s, side="right"))
+        arrivals, inputs = arrivals[:n], take(inputs, slice(0, n))
     log(f"[{w.name}] {n} requests, {w.arrivals} arrivals at {rate:.0f} rps ({w.rate_fraction:.0%} of vanilla's {capacity[w.model]:.0f} rps), "
         f"stream duration {arrivals[-1]:.1f} s")
     t0 = time.perf_counter()
@@ -141,15 +150,14 @@ def run_workload(w: Workload, args: argparse.Namespace, factories: dict[str, Sys
         f"{np.mean(factory.oracle.site >= 0):.1%} of requests")
     runs: list[RunRecord] = []
     for repeat in range(args.repeats):
-        shift = repeat % len(args.systems)
-        order = args.systems[shift:] + args.systems[:shift]
-        for system in order:
-            record = serve_once(factory, system, inputs, arrivals, warm, args.burst, repeat)
-            runs.append(record)
+        log(f"[{w.name}] repeat {repeat + 1}/{args.repeats}: {len(args.systems)} systems interleaved in chunks of {args.chunk} requests")
+        records = serve_interleaved(factory, args.systems, inputs, arrivals, warm, args.burst, repeat, args.chunk, log)
+        runs += records
+        for record in records:
             lat = record.report["latency_ms"]
-            log(f"[{w.name} {repeat + 1}/{args.repeats}] {system:<16} p50 {lat['p50']:7.2f} ms  p99 {lat['p99']:7.2f} ms  "
-                f"accuracy {record.report['accuracy']['overall']:.4f}  saturation {record.throughput_rps:6.0f} rps  "
-                f"({record.wall_s:.1f} s; load {os.getloadavg()[0]:.1f})")
+            log(f"[{w.name} {repeat + 1}/{args.repeats}] {record.system:<16} p50 {lat['p50']:7.2f} ms  p99 {lat['p99']:7.2f} ms  "
+                f"accuracy {record.report['accuracy']['overall']:.4f}  early exits {1 - record.report['exit_share'].get('final', 1.0):.1%}  "
+                f"saturation {record.throughput_rps:6.0f} rps")
     phases = drift_phases(data_dir / "drift_meta.json", n) if w.stream == "drift.npz" else []
     return {"workload": w, "n": n, "rate": rate, "capacity": capacity[w.model], "runs": runs, "phases": phases,
             "configs": {s: factory.describe(s) for s in args.systems if s != "oracle"},
@@ -293,7 +301,7 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], goals: list[dict[str
         f"Load average (1/5/15 min) at start {', '.join(f'{x:.1f}' for x in meta['machine']['load_avg_start'])}, "
         f"at end {', '.join(f'{x:.1f}' for x in meta['load_avg_end'])} (the machine is shared with other work)  ",
         f"Batching for every system: max batch {MAX_BATCH}, max queueing delay {MAX_DELAY_MS} ms. Accuracy constraint {CONSTRAINT:.0%}, "
-        f"windows of {WINDOW} requests. Medians over {meta['repeats']} repeat(s), systems rotated per repeat. Run took {meta['wall_s'] / 60:.1f} min.",
+        f"windows of {WINDOW} requests. Medians over {meta['repeats']} repeat(s); within a repeat the systems are interleaved in chunks of {meta['chunk']} requests (order rotated per chunk). Run took {meta['wall_s'] / 60:.1f} min.",
         "",
         "Latency: first released result minus scheduled arrival. Throughput: saturation (burst of back-to-back full batches). "
         "Accuracy: agreement with the original model.",
@@ -418,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
     command = "python benchmarks/run_workloads.py" + ("" if argv is None and len(sys.argv) < 2 else " " + shlex.join(sys.argv[1:] if argv is None else list(argv)))
-    meta: dict[str, Any] = {"command": command, "machine": machine(), "threads": args.threads, "repeats": args.repeats, "workloads": {}}
+    meta: dict[str, Any] = {"command": command, "machine": machine(), "threads": args.threads, "repeats": args.repeats, "chunk": args.chunk, "workloads": {}}
     log(f"benchmark: {len(args.workloads)} workload(s) x {len(args.systems)} systems x {args.repeats} repeat(s); "
         f"load average {meta['machine']['load_avg_start'][0]:.1f} on {meta['machine']['cores']} cores")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -12,8 +12,8 @@ Latencies in ms, rates and throughput in requests per second (rps).
 """
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from apparate_trt.compiler.pipeline import file_sha256
 from apparate_trt.data import load_inputs, take
 from apparate_trt.engine_dir import Manifest, read_manifest
 from apparate_trt.errors import ApparateError
@@ -69,15 +70,6 @@ WORKLOADS = (
 
 
 # ------------------------------------------------------------------------------ engines
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def cached_engine_ok(engine_dir: Path, model: Path, bootstrap_samples: int) -> bool:
     """True when ``engine_dir`` is a valid engine directory compiled from ``model`` (same SHA-256)
     with ``bootstrap_samples`` bootstrap samples."""
@@ -212,26 +204,85 @@ class RunRecord:
     report: dict[str, Any]
     latency_ms: np.ndarray
     arrivals_s: np.ndarray
-    throughput_rps: float
-    wall_s: float
+    throughput_rps: float  # saturation (burst), rps
+    wall_s: float  # seconds spent serving the stream (sum over chunks)
 
 
-def serve_once(factory: SystemFactory, system: str, inputs: Mapping[str, np.ndarray], arrivals: np.ndarray,
-               warm_inputs: Mapping[str, np.ndarray], burst: int, repeat: int) -> RunRecord:
-    """Load ``system``, warm it up, replay the stream at ``arrivals``, then measure its saturation
-    throughput with a burst of ``burst`` requests; close it."""
-    t0 = time.perf_counter()
-    engine = factory.load(system)
+def merge_results(parts: list[ReplayResult]) -> ReplayResult:
+    """One :class:`ReplayResult` from consecutive chunk replays of one engine (arrival order).
+
+    ``arrivals_s`` become seconds since the first chunk's start, the clock of the controller's
+    events and history (the gaps while other systems served their chunks included).
+    """
+    first, last = parts[0], parts[-1]
+    cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
+    errors: dict[int, str] = {}
+    offset = 0
+    for part in parts:
+        errors.update({offset + i: e for i, e in part.errors.items()})
+        offset += part.requests
+    return ReplayResult(
+        mode=first.mode, t_start=first.t_start, t_end=last.t_end,
+        arrivals_s=np.concatenate([p.t_start + p.arrivals_s for p in parts]) - first.t_start,
+        submit_lag_ms=cat("submit_lag_ms"), latency_ms=cat("latency_ms"), final_latency_ms=cat("final_latency_ms"),
+        released_pred=cat("released_pred"), final_pred=cat("final_pred"), exit_site=cat("exit_site"),
+        t_release=cat("t_release"), t_final=cat("t_final"), errors=errors,
+        events=list(last.events), threshold_history=list(last.threshold_history),
+    )
+
+
+def rotated(systems: list[str], k: int) -> list[str]:
+    """``systems`` rotated left by ``k`` (who goes first changes every chunk and repeat)."""
+    k %= len(systems)
+    return systems[k:] + systems[:k]
+
+
+def serve_interleaved(factory: SystemFactory, systems: list[str], inputs: Mapping[str, np.ndarray], arrivals: np.ndarray,
+                      warm_inputs: Mapping[str, np.ndarray], burst: int, repeat: int, chunk: int, log: Log) -> list[RunRecord]:
+    """Serve the stream through every system, interleaved chunk by chunk.
+
+    All systems are loaded and warmed up; then for each chunk of ``chunk`` consecutive requests,
+    every system (in an order rotated per chunk) replays that chunk at its arrival times. Each
+    engine keeps its state between its chunks (Apparate's controller sees the whole stream in
+    order), and systems compared on one chunk ran seconds apart, so a change in the machine's load
+    hits them alike. Each chunk starts with an empty queue. Then each system's saturation
+    throughput is measured (burst of ``burst`` requests, order rotated) and the engines are closed.
+    """
+    n = int(arrivals.shape[0])
+    engines = {}
     try:
-        warm_up(engine, warm_inputs)
-        result: ReplayResult = replay(StreamTagger(engine), inputs, arrivals, progress=False)
-        report = build_report(result, CONSTRAINT, WINDOW)
-        throughput = burst_throughput(engine, inputs, burst) if burst > 0 else float("nan")
+        for system in systems:
+            engines[system] = factory.load(system)
+            warm_up(engines[system], warm_inputs)
+        parts: dict[str, list[ReplayResult]] = {s: [] for s in systems}
+        spans: dict[str, float] = {s: 0.0 for s in systems}
+        starts = list(range(0, n, chunk))
+        t0 = time.perf_counter()
+        for k, lo in enumerate(starts):
+            hi = min(n, lo + chunk)
+            sub = {name: a[lo:hi] for name, a in inputs.items()}
+            times = arrivals[lo:hi] - arrivals[lo]
+            for system in rotated(systems, repeat + k):
+                part = replay(StreamTagger(engines[system], offset=lo), sub, times, progress=False)
+                parts[system].append(part)
+                spans[system] += part.t_end - part.t_start
+            p50 = "  ".join(f"{s} {np.nanmedian(parts[s][-1].latency_ms):.1f}" for s in systems)
+            log(f"    chunk {k + 1}/{len(starts)} ({time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.1f}) p50 ms: {p50}")
+        throughput = {}
+        for system in rotated(systems, repeat):
+            throughput[system] = burst_throughput(engines[system], inputs, burst) if burst > 0 else float("nan")
     finally:
-        engine.close()
-    report["mode"] = system
-    done = result.completed
-    return RunRecord(system, repeat, report, result.latency_ms[done], result.arrivals_s[done], throughput, time.perf_counter() - t0)
+        for engine in engines.values():
+            engine.close()
+    records = []
+    for system in systems:
+        merged = merge_results(parts[system])
+        report = build_report(merged, CONSTRAINT, WINDOW)
+        report["mode"] = system
+        report["throughput_rps"] = float(merged.completed.sum() / spans[system]) if spans[system] > 0 else None
+        done = merged.completed
+        records.append(RunRecord(system, repeat, report, merged.latency_ms[done], merged.arrivals_s[done], throughput[system], spans[system]))
+    return records
 
 
 def load_stream(path: Path, manifest: Manifest, limit: int | None) -> dict[str, np.ndarray]:

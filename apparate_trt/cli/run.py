@@ -64,7 +64,7 @@ def build_parser() -> Parser:
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="ONNX Runtime intra-op threads per session (default: all cores this process may use)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="replay only the first N samples (default: all)")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed of the poisson arrival process")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed of the poisson arrival process (default: 0)")
     p.add_argument("--report", metavar="report.json", default=None, help="also write the report as JSON to this file (keys: docs/REPORT.md)")
     p.add_argument("--plot", metavar="DIR", default=None, help="write latency_cdf.png and timeline.png into DIR (needs matplotlib, the 'plot' extra)")
     p.add_argument("--accuracy-window", type=int, default=256, metavar="W",

@@ -374,17 +374,13 @@ def _assemble_manifest(model_path: Path, inputs_info: Sequence[TensorInfo], outp
     )
 
 
-def _short(name: str, width: int) -> str:
-    return name if len(name) <= width else "…" + name[-(width - 1):]
-
-
 def summary_table(m: Manifest, compile_s: float) -> str:
     """The final compile summary: per site its ramp's agreement and cost, segment latencies, totals."""
     b = m.profiles.batch_sizes[0]
     seg_ms = m.segment_ms(b)
     model_ms = m.model_ms(b)
     active = set(m.initial_config.active_sites)
-    width = max([6, *(min(len(s.tensor), 40) for s in m.sites)])
+    width = max([22, *(len(s.tensor) for s in m.sites)])
     lines = [
         f"summary for {m.model.name} ({m.model.num_classes} classes) on {m.profiles.backend}, latencies at batch {b}:",
         f"{'site':>4}  {'tensor':<{width}}  {'shape':<18}  {'depth':>5}  {'ramp kind':<26}  {'agree':>6}  {'cost ms':>8}  {'cost %':>6}  {'segment ms':>10}  active",
@@ -392,7 +388,7 @@ def summary_table(m: Manifest, compile_s: float) -> str:
     for s, r in zip(m.sites, m.ramps):
         shape = "[" + ",".join(str(d) for d in s.shape) + "]"
         lines.append(
-            f"{s.id:>4}  {_short(s.tensor, width):<{width}}  {_short(shape, 18):<18}  {s.depth or 0:>5.2f}  {r.kind:<26}  "
+            f"{s.id:>4}  {s.tensor:<{width}}  {shape:<18}  {s.depth or 0:>5.2f}  {r.kind:<26}  "
             f"{r.agreement:>6.3f}  {r.cost_ms:>8.3f}  {100 * r.cost_fraction:>5.2f}%  {seg_ms[s.id]:>10.3f}  {'*' if s.id in active else ''}"
         )
     lines.append(f"{'tail':>4}  {'(to the model outputs)':<{width}}  {'':<18}  {1.0:>5.2f}  {'':<26}  {'':>6}  {'':>8}  {'':>6}  {seg_ms[-1]:>10.3f}")

@@ -233,12 +233,13 @@ def build_ramp_onnx(site: SiteLike, kind: str, weights: RampWeights, mask: Input
 
 
 def check_ramp(model: onnx.ModelProto, kind: str, weights: RampWeights, activation: np.ndarray,
-               mask: np.ndarray | None = None, threads: int | None = 1, atol: float = 1e-4) -> float:
+               mask: np.ndarray | None = None, threads: int | None = 1, rtol: float = 1e-3) -> float:
     """Run the ramp's ONNX model on ``activation`` (a site tensor batch, and the mask rows for a
     masked-mean ramp) and compare it with numpy.
 
     Returns the max abs difference of the logits; raises ApparateError (an internal error) if it
-    exceeds ``atol`` relative to the logits' scale.
+    exceeds ``rtol`` times the logits' scale (at least 1): float32 round-off in ORT's and numpy's
+    differently ordered sums stays far below that, a wrong graph far above.
     """
     names = [i.name for i in model.graph.input]
     feeds = {names[0]: activation.astype(np.float32)}
@@ -247,6 +248,6 @@ def check_ramp(model: onnx.ModelProto, kind: str, weights: RampWeights, activati
     got = OrtRunner(model, threads=threads, name=f"ramp {model.graph.name}").run(feeds)[RAMP_OUTPUT]
     want = ramp_forward(weights, pool_features(kind, activation, mask))
     diff = float(np.max(np.abs(got - want))) if want.size else 0.0
-    if not diff <= atol * max(1.0, float(np.max(np.abs(want))) if want.size else 1.0):
+    if not diff <= rtol * max(1.0, float(np.max(np.abs(want))) if want.size else 1.0):
         raise ApparateError(f"internal error: ramp {model.graph.name} in ONNX differs from its trained weights by {diff:.3g}; please report it")
     return diff

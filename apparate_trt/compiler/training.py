@@ -153,8 +153,10 @@ def target_probabilities(scores: np.ndarray) -> np.ndarray:
 def _standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mean = x.mean(axis=0, dtype=np.float64)
     std = x.std(axis=0, dtype=np.float64)
-    std = np.where(std > 1e-6 * max(1.0, float(np.abs(mean).max(initial=0.0))), std, 1.0)
-    return mean, std
+    # Features that barely vary (e.g. a [CLS] token after one layer) would get huge folded weights
+    # that float round-off then disturbs: floor the scale at 1% of the features' overall magnitude.
+    magnitude = float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
+    return mean, np.maximum(std, 0.01 * magnitude) if magnitude > 0 else np.ones_like(std)
 
 
 def fold_standardisation(weights: RampWeights, mean: np.ndarray, std: np.ndarray) -> RampWeights:

@@ -52,7 +52,7 @@ INSTALL_HINT = "run `bash scripts/install_system.sh` (or `make install`)"
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-CV_IMAGE_SIZE = 64          # pixels: the backbone's input side S (resized from 28 inside the model)
+CV_IMAGE_SIZE = 128         # pixels: the backbone's input side S (resized from 28 inside the model)
 CV_TRAIN_IMAGES = 6000      # Fashion-MNIST train images whose frozen features train the head
 CV_VAL_IMAGES = 1000        # further train images held out to report the head's validation accuracy
 CV_HEAD_HIDDEN = 256

@@ -4,7 +4,7 @@ CC ?= gcc
 DATA ?= data
 OUT ?= out
 
-.PHONY: install demo test test-c test-py models clean
+.PHONY: install demo test test-c test-py models lib clean
 
 install:
 	bash scripts/install_system.sh
@@ -25,6 +25,12 @@ test-c:
 	mkdir -p build
 	$(CC) -O2 -std=c11 -Wall -Wextra -Werror -Icsrc csrc/*.c -o build/test_core -lm
 	./build/test_core
+
+# The C core as a static library for C/C++ services: link build/libapparate_core.a, include csrc/.
+lib:
+	mkdir -p build/obj
+	for f in $$(ls csrc/*.c | grep -v '/test_'); do $(CC) -O3 -std=c11 -fPIC -Icsrc -c $$f -o build/obj/$$(basename $$f .c).o || exit 1; done
+	ar rcs build/libapparate_core.a build/obj/*.o
 
 test-py:
 	$(PY) -m pytest -q tests

@@ -95,6 +95,11 @@ BATCH_SIZE_SMOOTHING = 0.1
 """Weight of the newest batch in the running batch size used to read the profile."""
 
 
+SEARCH_MIN_STEP = 1e-6
+"""Smallest threshold step of the search. Over-confident ramps (NLP ramps often give
+1 - p_max around 1e-4) need thresholds far below the C core's default step of 1e-3."""
+
+
 class Feedback(Protocol):
     """What the controller reads from a batch (``apparate_trt.runtime.executor.BatchOutcome``)."""
 
@@ -585,7 +590,9 @@ class Controller:
         if m < self.samples_to_tune(len(sites)):
             return None
         saved, _ = self.chain_ms(sites)
-        thresholds, accuracy, saved_mean = _core.search_thresholds(conf, agree, saved, search_constraint(self.target_constraint, len(sites), m))
+        thresholds, accuracy, saved_mean = _core.search_thresholds(
+            conf, agree, saved, search_constraint(self.target_constraint, len(sites), m), min_step=SEARCH_MIN_STEP
+        )
         return _Tuned(np.asarray(thresholds, dtype=np.float64).copy(), float(accuracy), float(saved_mean), int(m))
 
     # --------------------------------------------------------------------------- ramp adjustment

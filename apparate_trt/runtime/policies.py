@@ -36,10 +36,12 @@ from apparate_trt import _core
 from apparate_trt.engine_dir import Manifest
 from apparate_trt.errors import ApparateError
 from apparate_trt.runtime.backends.onnxruntime import OrtRunner
+from apparate_trt.runtime.controller import SEARCH_MIN_STEP
 from apparate_trt.runtime.executor import BatchOutcome, Executor, ReleaseFn, final_predictions, release_final
 
-SHARED_GRID = np.round(np.linspace(0.0, 1.0, 201), 6)
-"""Thresholds tried by the shared-threshold grid search (step 0.005)."""
+SHARED_GRID = np.unique(np.concatenate([np.round(np.linspace(0.0, 1.0, 201), 6), np.geomspace(1e-6, 0.005, 25)]))
+"""Thresholds tried by the shared-threshold grid search: steps of 0.005, plus 25 log-spaced values
+from 1e-6 to 0.005 for over-confident ramps (1 - p_max far below 0.005)."""
 
 
 # ------------------------------------------------------------------------------ pure helpers
@@ -103,7 +105,7 @@ def tune_per_ramp_thresholds(
     conf: np.ndarray, agree: np.ndarray, saved_ms: np.ndarray, constraint: float
 ) -> tuple[np.ndarray, float, float]:
     """Per-ramp thresholds by the C core's greedy search, run once. Returns (thresholds, accuracy, saved ms)."""
-    thresholds, acc, saved = _core.search_thresholds(conf, agree, saved_ms, constraint)
+    thresholds, acc, saved = _core.search_thresholds(conf, agree, saved_ms, constraint, min_step=SEARCH_MIN_STEP)
     return np.asarray(thresholds, dtype=np.float64), float(acc), float(saved)
 
 

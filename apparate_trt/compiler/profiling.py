@@ -9,7 +9,6 @@ profiling time. Segment inputs are the previous segments' real outputs.
 """
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence

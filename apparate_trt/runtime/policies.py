@@ -37,6 +37,7 @@ from apparate_trt.engine_dir import Manifest
 from apparate_trt.errors import ApparateError
 from apparate_trt.runtime.backends.onnxruntime import OrtRunner
 from apparate_trt.runtime.controller import SEARCH_MIN_STEP
+from apparate_trt.runtime.vanilla import FixedExecutorBase
 from apparate_trt.runtime.executor import BatchOutcome, Executor, ReleaseFn, final_predictions, release_final
 
 SHARED_GRID = np.unique(np.concatenate([np.round(np.linspace(0.0, 1.0, 201), 6), np.geomspace(1e-6, 0.005, 25)]))
@@ -296,7 +297,7 @@ def patience_policy(manifest: Manifest, constraint: float = 0.01) -> PatiencePol
 
 
 # ------------------------------------------------------------------------------ oracle executor
-class OracleExecutor:
+class OracleExecutor(FixedExecutorBase):
     """The model split at every site (the engine's finest segments), no ramps; each tagged input is
     released right after the segment of its oracle site with its precomputed final argmax (a one-hot
     row). Untagged inputs, and inputs no ramp agrees on, are released by the final output."""
@@ -310,22 +311,6 @@ class OracleExecutor:
             (OrtRunner(manifest.path(s.file), threads, name=f"segment {s.file}"), list(s.outputs), s.ends_at_site) for s in manifest.segments
         ]
         self._rows = np.eye(manifest.model.num_classes, dtype=np.float32)
-
-    def configure(self, active_sites: Sequence[int], thresholds: Sequence[float], *, wait: bool = False) -> None:
-        """Fixed policy: ignored."""
-
-    def wait_ready(self, timeout_s: float | None = None) -> None:
-        """Nothing is ever pending."""
-
-    @property
-    def active_sites(self) -> list[int]:
-        """No ramps run."""
-        return []
-
-    @property
-    def thresholds(self) -> dict[int, float]:
-        """No thresholds."""
-        return {}
 
     def _targets(self, n: int, tags: Sequence[object] | None) -> tuple[np.ndarray, np.ndarray]:
         site = np.full(n, -1, dtype=np.int32)
@@ -375,6 +360,3 @@ class OracleExecutor:
             t_start=t_start,
             t_end=t_end,
         )
-
-    def close(self) -> None:
-        """Nothing to stop."""

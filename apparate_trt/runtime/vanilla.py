@@ -15,20 +15,12 @@ from apparate_trt.runtime.backends.onnxruntime import OrtRunner
 from apparate_trt.runtime.executor import BatchOutcome, ReleaseFn, final_predictions, release_final
 
 
-class VanillaExecutor:
-    """Runs the unsplit original model; ``configure`` is accepted and ignored (no ramps).
-
-    Args:
-        manifest: the engine directory's manifest.
-        threads: ONNX Runtime intra-op threads (None: every core).
-    """
-
-    def __init__(self, manifest: Manifest, threads: int | None = None) -> None:
-        self.manifest = manifest
-        self._runner = OrtRunner(manifest.path(manifest.model.file), threads, name=f"model ({manifest.model.file})")
+class FixedExecutorBase:
+    """The configuration side of an executor that runs no adaptive ramps (vanilla, the oracle):
+    ``configure`` is accepted and ignored, nothing is ever pending, no ramps, nothing to stop."""
 
     def configure(self, active_sites: Sequence[int], thresholds: Sequence[float], *, wait: bool = False) -> None:
-        """No ramps in vanilla mode: the configuration is ignored."""
+        """No adaptive ramps: the configuration is ignored."""
 
     def wait_ready(self, timeout_s: float | None = None) -> None:
         """Nothing is ever pending."""
@@ -42,6 +34,22 @@ class VanillaExecutor:
     def thresholds(self) -> dict[int, float]:
         """Always empty."""
         return {}
+
+    def close(self) -> None:
+        """Nothing to stop."""
+
+
+class VanillaExecutor(FixedExecutorBase):
+    """Runs the unsplit original model; ``configure`` is accepted and ignored (no ramps).
+
+    Args:
+        manifest: the engine directory's manifest.
+        threads: ONNX Runtime intra-op threads (None: every core).
+    """
+
+    def __init__(self, manifest: Manifest, threads: int | None = None) -> None:
+        self.manifest = manifest
+        self._runner = OrtRunner(manifest.path(manifest.model.file), threads, name=f"model ({manifest.model.file})")
 
     def run_batch(self, inputs: Mapping[str, np.ndarray], on_release: ReleaseFn) -> BatchOutcome:
         """Run the batch through the original model and release every final result."""
@@ -67,6 +75,3 @@ class VanillaExecutor:
             t_start=t_start,
             t_end=t_end,
         )
-
-    def close(self) -> None:
-        """Nothing to stop."""

@@ -24,7 +24,6 @@ Latencies in ms, rates in requests per second.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shlex

@@ -37,7 +37,7 @@ from apparate_trt.engine_dir import Manifest
 from apparate_trt.errors import ApparateError
 from apparate_trt.runtime.backends.onnxruntime import OrtRunner
 from apparate_trt.runtime.controller import SEARCH_MIN_STEP
-from apparate_trt.runtime.vanilla import FixedExecutorBase
+from apparate_trt.runtime.vanilla import FixedExecutorBase, rampless_outcome
 from apparate_trt.runtime.executor import BatchOutcome, Executor, ReleaseFn, final_predictions, release_final
 
 SHARED_GRID = np.unique(np.concatenate([np.round(np.linspace(0.0, 1.0, 201), 6), np.geomspace(1e-6, 0.005, 25)]))
@@ -345,18 +345,4 @@ class OracleExecutor(FixedExecutorBase):
         logits = np.ascontiguousarray(env[self.manifest.model.output], dtype=np.float32)
         final = final_predictions(logits)
         t_end = release_final(logits, final, on_release)
-        return BatchOutcome(
-            site_ids=np.zeros(0, dtype=np.int32),
-            thresholds=np.zeros(0, dtype=np.float64),
-            confidence=np.zeros((0, n), dtype=np.float32),
-            ramp_pred=np.zeros((0, n), dtype=np.int32),
-            final_logits=logits,
-            final_pred=final,
-            agree=np.zeros((0, n), dtype=np.uint8),
-            exit_site=target,
-            segments_ms=segments_ms,
-            ramps_ms=np.zeros(0, dtype=np.float64),
-            total_ms=(t_end - t_start) * 1000.0,
-            t_start=t_start,
-            t_end=t_end,
-        )
+        return rampless_outcome(logits, final, target, segments_ms, t_start, t_end)

@@ -15,6 +15,30 @@ from apparate_trt.runtime.backends.onnxruntime import OrtRunner
 from apparate_trt.runtime.executor import BatchOutcome, ReleaseFn, final_predictions, release_final
 
 
+def rampless_outcome(
+    logits: np.ndarray, pred: np.ndarray, exit_site: np.ndarray, segments_ms: np.ndarray, t_start: float, t_end: float
+) -> BatchOutcome:
+    """The BatchOutcome of a batch that ran no ramps (no feedback rows): final ``logits`` [n,
+    classes] and ``pred`` [n], ``exit_site`` [n] (-1: released by the final output), segment
+    wall times in ms, and the batch's start and end (``time.monotonic()`` seconds)."""
+    n = logits.shape[0]
+    return BatchOutcome(
+        site_ids=np.zeros(0, dtype=np.int32),
+        thresholds=np.zeros(0, dtype=np.float64),
+        confidence=np.zeros((0, n), dtype=np.float32),
+        ramp_pred=np.zeros((0, n), dtype=np.int32),
+        final_logits=logits,
+        final_pred=pred,
+        agree=np.zeros((0, n), dtype=np.uint8),
+        exit_site=exit_site,
+        segments_ms=segments_ms,
+        ramps_ms=np.zeros(0, dtype=np.float64),
+        total_ms=(t_end - t_start) * 1000.0,
+        t_start=t_start,
+        t_end=t_end,
+    )
+
+
 class FixedExecutorBase:
     """The configuration side of an executor that runs no adaptive ramps (vanilla, the oracle):
     ``configure`` is accepted and ignored, nothing is ever pending, no ramps, nothing to stop."""
@@ -59,19 +83,5 @@ class VanillaExecutor(FixedExecutorBase):
         t_model = time.monotonic()
         pred = final_predictions(logits)
         t_end = release_final(logits, pred, on_release)
-        n = logits.shape[0]
-        return BatchOutcome(
-            site_ids=np.zeros(0, dtype=np.int32),
-            thresholds=np.zeros(0, dtype=np.float64),
-            confidence=np.zeros((0, n), dtype=np.float32),
-            ramp_pred=np.zeros((0, n), dtype=np.int32),
-            final_logits=logits,
-            final_pred=pred,
-            agree=np.zeros((0, n), dtype=np.uint8),
-            exit_site=np.full(n, -1, dtype=np.int32),
-            segments_ms=np.array([(t_model - t_start) * 1000.0]),
-            ramps_ms=np.zeros(0, dtype=np.float64),
-            total_ms=(t_end - t_start) * 1000.0,
-            t_start=t_start,
-            t_end=t_end,
-        )
+        no_exits = np.full(logits.shape[0], -1, dtype=np.int32)
+        return rampless_outcome(logits, pred, no_exits, np.array([(t_model - t_start) * 1000.0]), t_start, t_end)

@@ -79,25 +79,18 @@ def check_options(budget: float, max_batch: int, threads: int | None) -> None:
         raise ApparateError(f"--threads must be an integer >= 1 (or omitted for all cores); got {threads}")
 
 
-def _tensorrt_problem() -> str | None:
-    """Why TensorRT engines cannot be built here, or None if TensorRT and a GPU are present."""
-    if not is_available("tensorrt"):
-        return "the Python package 'tensorrt' is not installed"
-    if not any(Path("/dev").glob("nvidia[0-9]*")):
-        return "no NVIDIA GPU is visible"
-    return None
-
-
 def resolve_backend(backend: str) -> str:
     """The backend to profile on: ``auto`` picks what the machine can build (onnxruntime for now)."""
     if backend not in BACKENDS:
         raise ApparateError(f"--backend must be one of {', '.join(BACKENDS)}; got '{backend}'")
     if backend == "tensorrt":
-        problem = _tensorrt_problem()
+        from apparate_trt.runtime.backends.tensorrt import unavailable_reason  # lazy: no CUDA at import
+
+        problem = unavailable_reason()
         if problem:
             raise ApparateError(
                 f"--backend tensorrt needs an NVIDIA GPU and the 'tensorrt' extra (pip install 'apparate_trt[tensorrt]'), "
-                f"but {problem}; use --backend onnxruntime, which works everywhere"
+                f"which this machine lacks ({problem}); use --backend onnxruntime, which works everywhere"
             )
         raise ApparateError("building TensorRT engines is not supported by this version of apparate-compile yet; use --backend onnxruntime")
     return "onnxruntime"  # auto: TensorRT engine building arrives in a later version

@@ -6,15 +6,23 @@ A ramp is a fixed, parameter-free pooling followed by a trained head:
 kind                                  site tensor     ramp
 ====================================  ==============  ===========================================
 ``conv_gap_linear``                   [N, C, H, W]    global average pool, flatten, linear
+``conv_grid2_linear``                 [N, C, H, W]    average pool to a 2 x 2 grid, flatten, linear
+``conv_grid4_linear``                 [N, C, H, W]    average pool to a 4 x 4 grid, flatten, linear
 ``seq_cls_dense_tanh_linear``         [N, S, H]       first token, dense + tanh, linear
 ``seq_mean_dense_tanh_linear``        [N, S, H]       masked mean over tokens, dense + tanh, linear
 ``dense_linear``                      [N, F]          linear
 ====================================  ==============  ===========================================
 
-A sequence site gets the masked-mean ramp as a second candidate when the model has an attention
-mask input (:func:`find_mask_input`); training keeps the candidate that agrees better with the
-model (the first token suits models with a [CLS] pooler, the masked mean models such as
-sentence-transformers that pool by mean). A masked-mean ramp takes the mask as a second input.
+Where a site has several candidate kinds, training keeps the one that agrees best with the model
+on held-out samples. A feature map with static spatial sizes gets the grid-pooled ramps as
+candidates wherever the grid divides the map at least twice along each axis (:func:`candidate_kinds`):
+a grid keeps where in the image a feature fired, which a global average loses, and early feature
+maps (edges, parts) need that to tell classes apart (``apparate-compile`` logs each candidate's
+held-out agreement, so the choice can be checked per site). A sequence site gets
+the masked-mean ramp as a second candidate when the model has an attention mask input
+(:func:`find_mask_input`): the first token suits models with a [CLS] pooler, the masked mean
+models such as sentence-transformers that pool by mean. A masked-mean ramp takes the mask as a
+second input.
 
 Because the pooling is fixed, training works on pooled features (:func:`pool_features`), and
 :func:`build_ramp_onnx` turns the trained numpy weights into the ramp's own small ONNX model
@@ -35,6 +43,8 @@ from apparate_trt.errors import ApparateError
 from apparate_trt.runtime.backends.onnxruntime import OrtRunner
 
 CONV_GAP_LINEAR = "conv_gap_linear"
+CONV_GRID2_LINEAR = "conv_grid2_linear"
+CONV_GRID4_LINEAR = "conv_grid4_linear"
 SEQ_CLS_DENSE_TANH_LINEAR = "seq_cls_dense_tanh_linear"
 SEQ_MEAN_DENSE_TANH_LINEAR = "seq_mean_dense_tanh_linear"
 DENSE_LINEAR = "dense_linear"
@@ -43,9 +53,11 @@ RAMP_OPSET = 17
 RAMP_IR_VERSION = 8  # readable by every onnxruntime this package supports
 
 #: Number of linear layers of each kind's head (tanh between consecutive layers).
-NUM_LAYERS = {CONV_GAP_LINEAR: 1, SEQ_CLS_DENSE_TANH_LINEAR: 2, SEQ_MEAN_DENSE_TANH_LINEAR: 2, DENSE_LINEAR: 1}
+NUM_LAYERS = {CONV_GAP_LINEAR: 1, CONV_GRID2_LINEAR: 1, CONV_GRID4_LINEAR: 1, SEQ_CLS_DENSE_TANH_LINEAR: 2, SEQ_MEAN_DENSE_TANH_LINEAR: 2, DENSE_LINEAR: 1}
 #: Kinds whose ramp also reads the attention mask.
 MASKED_KINDS = frozenset({SEQ_MEAN_DENSE_TANH_LINEAR})
+#: Cells per spatial axis of the grid-pooled kinds.
+GRID_CELLS = {CONV_GRID2_LINEAR: 2, CONV_GRID4_LINEAR: 4}
 
 
 class SiteLike(Protocol):
@@ -79,6 +91,15 @@ def ramp_kind(shape: Sequence[int | str | None]) -> str | None:
     return None
 
 
+def grid_fits(shape: Sequence[int | str | None], cells: int) -> bool:
+    """True if ``shape`` is [N, C, H, W] with static H and W that ``cells`` divides into cells of
+    at least 2 x 2 (a grid as fine as the map itself would be no pooling at all)."""
+    if len(shape) != 4:
+        return False
+    spatial = shape[2:]
+    return all(isinstance(d, int) and d >= 2 * cells and d % cells == 0 for d in spatial)
+
+
 def candidate_kinds(shape: Sequence[int | str | None], mask: str | None) -> list[str]:
     """Ramp kinds worth training at a site (best first on ties); empty if no ramp fits."""
     kind = ramp_kind(shape)
@@ -86,7 +107,19 @@ def candidate_kinds(shape: Sequence[int | str | None], mask: str | None) -> list
         return []
     if kind == SEQ_CLS_DENSE_TANH_LINEAR and mask is not None:
         return [kind, SEQ_MEAN_DENSE_TANH_LINEAR]
+    if kind == CONV_GAP_LINEAR:
+        return [kind, *(grid for grid, cells in GRID_CELLS.items() if grid_fits(shape, cells))]
     return [kind]
+
+
+def grid_pool(array: np.ndarray, cells: int) -> np.ndarray:
+    """Average ``array`` [N, C, H, W] over ``cells`` x ``cells`` equal tiles -> [N, C * cells * cells]
+    (channel-major, then row, then column: the order ONNX ``Flatten`` gives ``AveragePool``'s output)."""
+    n, c, h, w = array.shape
+    if h % cells or w % cells:
+        raise ValueError(f"a {cells} x {cells} grid does not divide a {h} x {w} feature map")
+    tiles = array.reshape(n, c, cells, h // cells, cells, w // cells)
+    return tiles.mean(axis=(3, 5), dtype=np.float64).reshape(n, c * cells * cells)
 
 
 class InputLike(Protocol):
@@ -109,6 +142,8 @@ def pool_features(kind: str, array: np.ndarray, mask: np.ndarray | None = None) 
     """The fixed pooling of a ramp: site activation (and mask [N, S]) -> float32 features [N, D]."""
     if kind == CONV_GAP_LINEAR:
         pooled = array.reshape(array.shape[0], array.shape[1], -1).mean(axis=2, dtype=np.float64)
+    elif kind in GRID_CELLS:
+        pooled = grid_pool(array, GRID_CELLS[kind])
     elif kind == SEQ_CLS_DENSE_TANH_LINEAR:
         pooled = array[:, 0, :]
     elif kind == SEQ_MEAN_DENSE_TANH_LINEAR:
@@ -161,9 +196,22 @@ def _const(name: str, value: np.ndarray) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(value), name)
 
 
-def _pooling_nodes(kind: str, source: str, mask: str | None) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str]:
-    """Nodes that pool ``source`` to [N, D]; returns (nodes, initializers, pooled tensor name)."""
+def _pooling_nodes(
+    kind: str, source: str, mask: str | None, shape: Sequence[int | str | None]
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str]:
+    """Nodes that pool ``source`` (of ``shape``) to [N, D]; returns (nodes, initializers, pooled name)."""
     node = helper.make_node
+    if kind in GRID_CELLS:
+        cells = GRID_CELLS[kind]
+        if not grid_fits(shape, cells):
+            raise ValueError(f"{kind} ramps need a feature map whose static height and width {cells} divides, got {list(shape)}")
+        tile = [int(shape[2]) // cells, int(shape[3]) // cells]
+        return (
+            [node("AveragePool", [source], ["ramp_grid"], name="ramp_grid", kernel_shape=tile, strides=tile),
+             node("Flatten", ["ramp_grid"], ["ramp_pooled"], name="ramp_flatten", axis=1)],
+            [],
+            "ramp_pooled",
+        )
     if kind == CONV_GAP_LINEAR:
         return (
             [node("GlobalAveragePool", [source], ["ramp_gap"], name="ramp_gap"),
@@ -204,7 +252,7 @@ def build_ramp_onnx(site: SiteLike, kind: str, weights: RampWeights, mask: Input
     if mask is not None:
         mask_type = helper.np_dtype_to_tensor_dtype(np.dtype(mask.dtype))
         inputs.append(_value_info(mask.name, [batch, *list(mask.shape)[1:]], batch, mask_type))
-    nodes, inits, x = _pooling_nodes(kind, site.tensor, mask.name if mask is not None else None)
+    nodes, inits, x = _pooling_nodes(kind, site.tensor, mask.name if mask is not None else None, site.shape)
     for i, (w, b) in enumerate(weights.layers):
         if i:
             nodes.append(helper.make_node("Tanh", [x], [f"ramp_tanh{i}"], name=f"ramp_tanh{i}"))

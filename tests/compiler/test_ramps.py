@@ -9,7 +9,10 @@ import pytest
 
 from apparate_trt.compiler.ramps import (
     CONV_GAP_LINEAR,
+    CONV_GRID2_LINEAR,
+    CONV_GRID4_LINEAR,
     DENSE_LINEAR,
+    NUM_LAYERS,
     RAMP_OUTPUT,
     SEQ_CLS_DENSE_TANH_LINEAR,
     SEQ_MEAN_DENSE_TANH_LINEAR,
@@ -28,6 +31,8 @@ from apparate_trt.runtime.backends.onnxruntime import OrtRunner
 RNG = np.random.default_rng(0)
 CASES = {
     CONV_GAP_LINEAR: (["N", 6, 5, 7], (3, 6, 5, 7), [6]),
+    CONV_GRID2_LINEAR: (["N", 6, 4, 6], (3, 6, 4, 6), [6 * 2 * 2]),
+    CONV_GRID4_LINEAR: (["N", 3, 8, 16], (3, 3, 8, 16), [3 * 4 * 4]),
     SEQ_CLS_DENSE_TANH_LINEAR: (["batch", "seq", 12], (3, 9, 12), [12, 10]),
     DENSE_LINEAR: (["N", 20], (3, 20), [20]),
 }
@@ -46,7 +51,12 @@ def test_kind_by_rank() -> None:
     assert ramp_kind(["N"]) is None
     assert candidate_kinds(["N", "S", 8], "attention_mask") == [SEQ_CLS_DENSE_TANH_LINEAR, SEQ_MEAN_DENSE_TANH_LINEAR]
     assert candidate_kinds(["N", "S", 8], None) == [SEQ_CLS_DENSE_TANH_LINEAR]
-    assert candidate_kinds(["N", 8, 4, 4], "attention_mask") == [CONV_GAP_LINEAR]
+    assert candidate_kinds(["N", 8, 4, 4], "attention_mask") == [CONV_GAP_LINEAR, CONV_GRID2_LINEAR]
+    assert candidate_kinds(["N", 8, 16, 8], None) == [CONV_GAP_LINEAR, CONV_GRID2_LINEAR, CONV_GRID4_LINEAR]
+    assert candidate_kinds(["N", 8, 3, 3], None) == [CONV_GAP_LINEAR]  # too small for any grid
+    assert candidate_kinds(["N", 8, 12, 10], None) == [CONV_GAP_LINEAR, CONV_GRID2_LINEAR]  # 4 does not divide 10
+    assert candidate_kinds(["N", 8, "H", "W"], None) == [CONV_GAP_LINEAR]  # dynamic: no fixed grid
+    assert candidate_kinds(["N", 4, 8, 8, 8], None) == [CONV_GAP_LINEAR]
     assert candidate_kinds(["N"], None) == []
 
 
@@ -60,6 +70,11 @@ def test_find_mask_input() -> None:
 def test_pooling() -> None:
     x = RNG.normal(size=(2, 3, 4, 5)).astype(np.float32)
     np.testing.assert_allclose(pool_features(CONV_GAP_LINEAR, x), x.mean(axis=(2, 3)), rtol=1e-6)
+    grid = RNG.normal(size=(2, 3, 4, 6)).astype(np.float32)
+    pooled = pool_features(CONV_GRID2_LINEAR, grid).reshape(2, 3, 2, 2)
+    np.testing.assert_allclose(pooled[:, :, 1, 0], grid[:, :, 2:, :3].mean(axis=(2, 3)), rtol=1e-5)  # lower-left tile
+    with pytest.raises(ValueError, match="does not divide"):
+        pool_features(CONV_GRID4_LINEAR, grid)
     s = RNG.normal(size=(2, 7, 5)).astype(np.float32)
     np.testing.assert_array_equal(pool_features(SEQ_CLS_DENSE_TANH_LINEAR, s), s[:, 0, :])
     assert pool_features(DENSE_LINEAR, s[:, 0, :]).shape == (2, 5)
@@ -99,6 +114,18 @@ def test_onnx_ramp_equals_numpy(kind: str) -> None:
     assert got.shape == (3, 4)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     assert check_ramp(model, kind, weights, x) < 1e-3
+
+
+def test_grid_ramp_needs_a_static_divisible_map() -> None:
+    site = SimpleNamespace(id=0, tensor="h", shape=["N", 4, "H", "W"])
+    with pytest.raises(ValueError, match="static height and width"):
+        build_ramp_onnx(site, CONV_GRID2_LINEAR, _weights([16]))
+
+
+def test_every_kind_is_valid_in_an_engine_directory() -> None:
+    from apparate_trt.engine_dir import RAMP_KINDS
+
+    assert set(NUM_LAYERS) == set(RAMP_KINDS)
 
 
 def test_layer_count_must_match_kind() -> None:

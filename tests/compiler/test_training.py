@@ -31,14 +31,17 @@ from apparate_trt.runtime.backends.onnxruntime import OrtRunner
 QUIET = {"log": lambda line: None}
 
 
+def candidates_of(sites, mask) -> list[list[str]]:
+    return [candidate_kinds(s.shape, mask.name if mask else None) for s in sites]
+
+
 def _features(tmp_path, tiny, data):
     path = tmp_path / "model.onnx"
     onnx.save(tiny.model, str(path))
     model = load_model(path)
     sites = find_sites(model)
     mask = find_mask_input(model_io(model)[0])
-    candidates = [candidate_kinds(s.shape, mask.name if mask else None) for s in sites]
-    feats = collect_features(model, sites, candidates, data, "logits", mask=mask.name if mask else None,
+    feats = collect_features(model, sites, candidates_of(sites, mask), data, "logits", mask=mask.name if mask else None,
                              batch_size=64, threads=1, **QUIET)
     return model, sites, mask, feats
 
@@ -58,8 +61,10 @@ def test_ramps_agree_with_the_model_far_above_chance(tmp_path, builder, data, cl
     np.testing.assert_allclose(feats.final_scores, reference, rtol=1e-5, atol=1e-5)
     assert len(feats.pooled) == len(sites) >= 3
     assert all(p.shape[0] == 300 for options in feats.pooled for p in options.values())
-    # a BERT-like model has an attention mask: its sites get both sequence ramp kinds as candidates
-    assert all(len(options) == (2 if mask is not None else 1) for options in feats.pooled)
+    # every candidate kind of every site was pooled (a BERT-like model's sites get both sequence
+    # kinds, a ResNet-like model's feature maps the grid kinds that fit them)
+    assert [list(options) for options in feats.pooled] == candidates_of(sites, mask)
+    assert any(len(options) >= 2 for options in feats.pooled)
     # the model's predictions are spread over the classes, so agreement is not a majority vote
     majority = np.bincount(feats.final_pred, minlength=classes).max() / 300
     result = train_ramps(feats, TrainConfig(seed=0), threads=1, **QUIET)

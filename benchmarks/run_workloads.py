@@ -391,7 +391,8 @@ def plot_drift(path: Path, res: dict[str, Any]) -> Path:
             thr = np.asarray([dict(zip(h["active_sites"], h["thresholds"])).get(site, np.nan) for h in history])
             ax_thr.step(index, thr, where="post", label=f"site {site}")
             ax_sites.plot(index, np.where(np.isnan(thr), np.nan, site), linewidth=6, solid_capstyle="butt")
-        ax_thr.legend(loc="upper right", fontsize=7, ncol=4)
+        if ax_thr.get_legend_handles_labels()[0]:  # no ramp was ever active: nothing to label
+            ax_thr.legend(loc="upper right", fontsize=7, ncol=4)
     ax_thr.set_ylabel("apparate thresholds")
     ax_sites.set_ylabel("apparate active ramps")
     ax_sites.set_xlabel("request index in the drift stream")

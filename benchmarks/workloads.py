@@ -12,6 +12,8 @@ Latencies in ms, rates and throughput in requests per second (rps).
 """
 from __future__ import annotations
 
+import hashlib
+
 import json
 import os
 import time
@@ -70,14 +72,31 @@ WORKLOADS = (
 
 
 # ------------------------------------------------------------------------------ engines
+def compiler_fingerprint() -> str:
+    """SHA-256 over the compiler's source files: an engine compiled by other compiler code is stale."""
+    import apparate_trt.compiler as compiler
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(compiler.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _fingerprint_file(engine_dir: Path) -> Path:
+    return engine_dir.with_name(engine_dir.name + ".compiler-sha256")
+
+
 def cached_engine_ok(engine_dir: Path, model: Path, bootstrap_samples: int) -> bool:
     """True when ``engine_dir`` is a valid engine directory compiled from ``model`` (same SHA-256)
-    with ``bootstrap_samples`` bootstrap samples."""
+    with ``bootstrap_samples`` bootstrap samples by this compiler code (:func:`compiler_fingerprint`,
+    kept beside the directory)."""
     try:
         manifest = read_manifest(engine_dir)
-    except ApparateError:
+        fingerprint = _fingerprint_file(engine_dir).read_text().strip()
+    except (ApparateError, OSError):
         return False
-    return manifest.model.sha256 == file_sha256(model) and manifest.bootstrap.num_samples == bootstrap_samples
+    return (manifest.model.sha256 == file_sha256(model) and manifest.bootstrap.num_samples == bootstrap_samples
+            and fingerprint == compiler_fingerprint())
 
 
 def ensure_engine(data_dir: Path, engine_dir: Path, threads: int | None, log: Log) -> Manifest:
@@ -97,6 +116,7 @@ def ensure_engine(data_dir: Path, engine_dir: Path, threads: int | None, log: Lo
     t0 = time.perf_counter()
     log(f"  compiling {model} with {bootstrap} into {engine_dir} ...")
     compile_model(model, bootstrap, engine_dir, max_batch=MAX_BATCH, threads=threads, force=True, log=lambda line: None)
+    _fingerprint_file(engine_dir).write_text(compiler_fingerprint() + "\n")
     log(f"  compiled in {time.perf_counter() - t0:.0f} s")
     return read_manifest(engine_dir)
 
@@ -111,6 +131,10 @@ class StreamTagger:
         self.mode = engine.mode
         self.controller = engine.controller
         self._next = offset
+
+    def sync_controller(self, timeout_s: float | None = None) -> bool:
+        """``Engine.sync_controller``."""
+        return self.engine.sync_controller(timeout_s)
 
     def submit(self, inputs: Mapping[str, Any], on_result: Any = None, **kwargs: Any) -> Any:
         """``Engine.submit`` with the next stream index as the tag."""

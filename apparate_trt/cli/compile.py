@@ -10,7 +10,8 @@ DESCRIPTION = """\
 Compile an ONNX classifier for early-exit serving.
 
 Finds the candidate ramp sites (cuts) of MODEL.onnx, splits it into segments, trains one small
-ramp per site to predict the model's own output on the bootstrap data (no labels needed), profiles
+ramp per site to predict the model's own output on the bootstrap data (no labels needed; for an
+image model also on mirrored and shifted copies of it, see --augment), profiles
 the model, segments and ramps at batch sizes 1, 2, 4, ... up to --max-batch, chooses the initial
 active ramps within --budget and writes everything to the engine directory --out, which
 `apparate-run --engine-dir DIR` serves. See docs/ENGINE_DIR.md for its contents.
@@ -45,6 +46,9 @@ def build_parser() -> Parser:
                    help="name of the [batch, classes] score output, needed when the model has several outputs (default: the only such output)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="ONNX Runtime intra-op threads for feature collection and profiling (default: all cores this process may use)")
+    p.add_argument("--augment", type=int, default=None, metavar="N",
+                   help="near-copies of each train sample (mirror, 1-pixel shifts; 0-7) the ramps also learn the model's outputs on "
+                        "(default: 7 for a model whose only input is a float [N, C, H, W] image, 0 otherwise)")
     p.add_argument("--force", action="store_true", help="replace --out if it already holds an engine directory")
     return p
 
@@ -59,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         compile_model(
             args.model, args.data, args.out,
             budget=args.budget, max_batch=args.max_batch, backend=args.backend, seed=args.seed,
-            output=args.output, force=args.force, threads=args.threads, log=flush_print,
+            output=args.output, force=args.force, threads=args.threads, augment=args.augment, log=flush_print,
         )
 
     return run_main(body)

@@ -33,14 +33,15 @@ import onnx
 
 import apparate_trt
 from apparate_trt._optional import is_available
+from apparate_trt.compiler.augment import MAX_COPIES, augmented_inputs, default_copies, image_input
 from apparate_trt.compiler.ingest import TensorInfo, load_model, model_io, score_output
 from apparate_trt.compiler.initial_config import choose_initial
 from apparate_trt.compiler.profiling import ProfileResult, ProfileSettings, batch_sizes_up_to, profile_all
 from apparate_trt.compiler.ramps import MASKED_KINDS, RAMP_OUTPUT, build_ramp_onnx, candidate_kinds, check_ramp, find_mask_input
 from apparate_trt.compiler.segments import Segment, split_model, verify_chain
 from apparate_trt.compiler.sites import Site, find_sites
-from apparate_trt.compiler.training import TrainConfig, TrainResult, collect_features, train_ramps
-from apparate_trt.data import load_inputs, take
+from apparate_trt.compiler.training import Features, TrainConfig, TrainResult, bootstrap_split, collect_features, train_ramps
+from apparate_trt.data import load_inputs, num_samples, take
 from apparate_trt.engine_dir import (
     BootstrapInfo,
     BootstrapStats,
@@ -69,8 +70,10 @@ BOOTSTRAP_FILE = "bootstrap_stats.npz"
 
 
 # ----- arguments -----------------------------------------------------------------------------------
-def check_options(budget: float, max_batch: int, threads: int | None) -> None:
+def check_options(budget: float, max_batch: int, threads: int | None, augment: int | None = None) -> None:
     """Validate the numeric options (ApparateError naming the flag)."""
+    if augment is not None and not (isinstance(augment, int) and 0 <= augment <= MAX_COPIES):
+        raise ApparateError(f"--augment must be an integer from 0 (no near-copies) to {MAX_COPIES}; got {augment}")
     if not (isinstance(budget, (int, float)) and 0.0 < budget < 1.0):
         raise ApparateError(f"--budget must be a fraction of the model's latency in (0, 1), e.g. 0.02 for 2%; got {budget}")
     if not (isinstance(max_batch, int) and max_batch >= 1):
@@ -248,18 +251,24 @@ def compile_model(
     log: Log = print,
     train_config: TrainConfig | None = None,
     profile_settings: ProfileSettings | None = None,
+    augment: int | None = None,
 ) -> Manifest:
     """Compile ``model_path`` with bootstrap data ``data_path`` into the engine directory ``out_dir``.
 
     ``budget`` is the ramp budget as a fraction of the model's latency; ``threads`` the ORT intra-op
-    threads (None: all cores). Returns the manifest as read back from the written directory.
+    threads (None: all cores); ``augment`` the near-copies of each train sample that the ramps also
+    train on (``compiler.augment``; None: the ``train_config``'s setting, whose None means every copy
+    for a single-image-input model and none otherwise). Returns the manifest as read back from the
+    written directory.
     """
     t0 = time.perf_counter()
     model_path, data_path, out_dir = Path(model_path), Path(data_path), Path(out_dir)
-    check_options(budget, max_batch, threads)
+    check_options(budget, max_batch, threads, augment)
     backend = resolve_backend(backend)
     prepare_out_dir(out_dir, force)
     train_config = dataclasses.replace(train_config or TrainConfig(), seed=seed)
+    if augment is not None:
+        train_config = dataclasses.replace(train_config, augment_copies=augment)
     profile_settings = profile_settings or ProfileSettings()
 
     log(f"[1/8] ingest {model_path}")
@@ -319,8 +328,9 @@ def _train_ramps(model: onnx.ModelProto, sites: Sequence[Site], candidates: Sequ
     """Collect features, train every ramp, export each as ONNX and check it against numpy."""
     features = collect_features(model, sites, candidates, data, score_name, mask=mask.name if mask else None,
                                 batch_size=batch_size, threads=threads, log=log)
+    extra = _copies_features(model, sites, candidates, data, score_name, batch_size, config, threads, log)
     # one torch thread: the heads are tiny, and extra (spin-waiting) threads only slow them down
-    trained = train_ramps(features, config, threads=1, log=log)
+    trained = train_ramps(features, config, extra=extra, threads=1, log=log)
     ramp_models = []
     for site, ramp, example in zip(sites, trained.ramps, features.examples):
         masked = ramp.kind in MASKED_KINDS
@@ -328,6 +338,24 @@ def _train_ramps(model: onnx.ModelProto, sites: Sequence[Site], candidates: Sequ
         check_ramp(onnx_ramp, ramp.kind, ramp.weights, example, features.mask_example if masked else None, threads=1)
         ramp_models.append(onnx_ramp)
     return trained, ramp_models
+
+
+def _copies_features(model: onnx.ModelProto, sites: Sequence[Site], candidates: Sequence[list[str]], data: dict[str, np.ndarray],
+                     score_name: str, batch_size: int, config: TrainConfig, threads: int | None, log: Log) -> Features | None:
+    """Features of near-copies of the train samples (``compiler.augment``), or None when there are none."""
+    spec = image_input(model_io(model)[0])
+    copies = default_copies(model_io(model)[0]) if config.augment_copies is None else config.augment_copies
+    if copies == 0:
+        return None
+    if spec is None:
+        log("  no near-copies: the model's input is not a single float image [N, C, H, W]")
+        return None
+    train_idx, _ = bootstrap_split(num_samples(data), config)
+    inputs, names = augmented_inputs(take(data, train_idx), spec, copies)
+    log(f"  near-copies of the {train_idx.size} train samples to train on too: {', '.join(names)}")
+    extra = collect_features(model, sites, candidates, inputs, score_name, batch_size=batch_size, threads=threads, example_rows=0, log=log)
+    extra.source = np.tile(train_idx, copies)
+    return extra
 
 
 def _assemble_manifest(model_path: Path, inputs_info: Sequence[TensorInfo], outputs_info: Sequence[TensorInfo],

@@ -6,7 +6,9 @@ has two candidate kinds (first token or masked mean of a sequence), each is trai
 train part and the one that agrees better on the other 25% is kept. Every ramp head is then trained
 (:func:`train_ramps`) to predict the ORIGINAL MODEL's argmax (softmax cross-entropy; optionally
 distillation on its probabilities) on a train part, and its agreement with the model is measured
-on the held-out rest. The backbone is frozen: only the small heads are trained, with Adam, seeded.
+on the held-out rest. Extra training rows (``extra``: features of near-copies of train samples,
+``compiler.augment``) join the train part only; each row names the sample it was copied from, so
+that no copy of a validation sample is ever trained on. The backbone is frozen: only the small heads are trained, with Adam, seeded.
 Features are standardised for training and the standardisation is folded into the first layer,
 so the exported ramp takes raw pooled features.
 """
@@ -43,6 +45,8 @@ class Features:
     final_scores: np.ndarray
     examples: list[np.ndarray]
     mask_example: np.ndarray | None = None
+    source: np.ndarray | None = None
+    """For extra rows (near-copies): the bootstrap index each row was made from; None otherwise."""
 
     @property
     def final_pred(self) -> np.ndarray:
@@ -56,12 +60,18 @@ class TrainConfig:
     heldout_fraction: float = 0.2
     epochs: int = 20
     min_steps: int = 200
+    max_steps: int = 400
+    """Optimiser steps are ``epochs`` passes, raised to ``min_steps`` and capped at ``max_steps``
+    (near-copies multiply the rows; the cap keeps training time flat)."""
     batch_size: int = 128
     lr: float = 1e-2
     weight_decay: float = 1e-4
     max_hidden: int = 128
     distill: bool = False
     seed: int = 0
+    augment_copies: int | None = None
+    """Near-copies of each train sample to train on too (``compiler.augment``); None: the default
+    for the model's inputs (every copy for an image model, none otherwise)."""
 
 
 @dataclass
@@ -136,6 +146,11 @@ def collect_features(
     )
 
 
+def bootstrap_split(n: int, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The (train, held-out) indices of ``n`` bootstrap samples that :func:`train_ramps` uses."""
+    return split_indices(n, config.heldout_fraction, config.seed)
+
+
 def split_indices(n: int, heldout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A seeded random split of ``n`` samples: (train indices, held-out indices), both non-empty if n >= 2."""
     order = np.random.default_rng(seed).permutation(n)
@@ -196,7 +211,8 @@ def train_head(
     n = x.shape[0]
     batch = min(config.batch_size, n)
     steps_per_epoch = max(1, -(-n // batch))
-    epochs = max(config.epochs, -(-config.min_steps // steps_per_epoch))
+    steps = min(max(config.epochs * steps_per_epoch, config.min_steps), max(config.max_steps, config.min_steps))
+    epochs = max(1, -(-steps // steps_per_epoch))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
@@ -219,10 +235,48 @@ def train_head(
     return fold_standardisation(trained, mean, std)
 
 
+@dataclass
+class _Rows:
+    """Training rows of one site and kind: pooled features, the model's argmax and probabilities."""
+
+    x: np.ndarray
+    y: np.ndarray
+    p: np.ndarray | None
+
+
+class _TrainingSet:
+    """The bootstrap rows of every site and kind, plus the extra rows made from them."""
+
+    def __init__(self, features: Features, extra: Features | None, distill: bool) -> None:
+        self.features = features
+        self.extra = extra
+        self.final_pred = features.final_pred
+        self.probs = target_probabilities(features.final_scores) if distill else None
+        if extra is not None:
+            if extra.source is None:
+                raise ValueError("extra training rows must name the bootstrap sample each was made from (Features.source)")
+            self.extra_pred = extra.final_pred
+            self.extra_probs = target_probabilities(extra.final_scores) if distill else None
+
+    def rows(self, site: int, kind: str, index: np.ndarray) -> _Rows:
+        """The rows of bootstrap samples ``index`` at ``site`` for ``kind``, with the extra rows made from them."""
+        x = self.features.pooled[site][kind][index]
+        y = self.final_pred[index]
+        p = None if self.probs is None else self.probs[index]
+        extra = self.extra
+        if extra is None or kind not in extra.pooled[site]:
+            return _Rows(x, y, p)
+        keep = np.isin(extra.source, index)
+        x = np.concatenate([x, extra.pooled[site][kind][keep]])
+        y = np.concatenate([y, self.extra_pred[keep]])
+        if p is not None and self.extra_probs is not None:
+            p = np.concatenate([p, self.extra_probs[keep]])
+        return _Rows(x, y, p)
+
+
 def choose_kind(
-    options: dict[str, np.ndarray],
-    final_pred: np.ndarray,
-    probs: np.ndarray | None,
+    data: _TrainingSet,
+    site: int,
     train_idx: np.ndarray,
     num_classes: int,
     config: TrainConfig,
@@ -232,6 +286,7 @@ def choose_kind(
 
     Returns (kind, agreement per kind); with one candidate, (it, {}). Ties keep the earlier kind.
     """
+    options = data.features.pooled[site]
     kinds = list(options)
     if len(kinds) == 1:
         return kinds[0], {}
@@ -239,9 +294,10 @@ def choose_kind(
     fit, val = train_idx[fit_pos], train_idx[val_pos]
     scores: dict[str, float] = {}
     for kind in kinds:
-        weights = train_head(options[kind][fit], final_pred[fit], None if probs is None else probs[fit], kind, num_classes, config, seed)
+        rows = data.rows(site, kind, fit)
+        weights = train_head(rows.x, rows.y, rows.p, kind, num_classes, config, seed)
         pred = ramp_forward(weights, options[kind][val]).argmax(axis=1)
-        scores[kind] = float((pred == final_pred[val]).mean())
+        scores[kind] = float((pred == data.final_pred[val]).mean())
     return max(kinds, key=lambda k: scores[k]), scores
 
 
@@ -249,17 +305,20 @@ def train_ramps(
     features: Features,
     config: TrainConfig = TrainConfig(),
     *,
+    extra: Features | None = None,
     threads: int | None = 1,
     log: Log = print,
 ) -> TrainResult:
     """Train every site's ramp (choosing among its candidate kinds); measure agreement with the
-    original model on the held-out part. ``threads``: torch threads (1 suits these small heads)."""
+    original model on the held-out part. ``extra``: features of near-copies of bootstrap samples
+    (``source`` set), trained on only where their source sample is. ``threads``: torch threads (1
+    suits these small heads)."""
     torch = require("torch", extra="train", purpose="ramp training")
     n = features.final_scores.shape[0]
     num_classes = features.final_scores.shape[1]
-    train_idx, held_idx = split_indices(n, config.heldout_fraction, config.seed)
+    train_idx, held_idx = bootstrap_split(n, config)
     final_pred = features.final_pred
-    probs = target_probabilities(features.final_scores) if config.distill else None
+    data = _TrainingSet(features, extra, config.distill)
     ramps: list[TrainedRamp] = []
     old_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads or 1))
@@ -267,22 +326,16 @@ def train_ramps(
         for i, options in enumerate(features.pooled):
             start = time.perf_counter()
             seed = config.seed * 1000 + i
-            kind, scores = choose_kind(options, final_pred, probs, train_idx, num_classes, config, seed)
+            kind, scores = choose_kind(data, i, train_idx, num_classes, config, seed)
             pooled = options[kind]
-            weights = train_head(
-                pooled[train_idx],
-                final_pred[train_idx],
-                None if probs is None else probs[train_idx],
-                kind,
-                num_classes,
-                config,
-                seed=seed,
-            )
+            rows = data.rows(i, kind, train_idx)
+            weights = train_head(rows.x, rows.y, rows.p, kind, num_classes, config, seed=seed)
             ramp = _evaluate(kind, weights, pooled, final_pred, train_idx, held_idx)
             ramps.append(ramp)
             chosen = f", chosen by inner validation: {', '.join(f'{k} {v:.3f}' for k, v in scores.items())}" if scores else ""
+            copies = f", {rows.y.shape[0] - train_idx.size} of them copies" if rows.y.shape[0] > train_idx.size else ""
             log(
-                f"  ramp {i + 1}/{len(features.pooled)} ({kind}, {pooled.shape[1]} features): held-out agreement "
+                f"  ramp {i + 1}/{len(features.pooled)} ({kind}, {pooled.shape[1]} features, {rows.y.shape[0]} train rows{copies}): held-out agreement "
                 f"{ramp.agreement:.3f} (train {ramp.train_agreement:.3f}, {time.perf_counter() - start:.1f} s{chosen})"
             )
     finally:

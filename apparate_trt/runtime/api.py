@@ -34,6 +34,7 @@ from apparate_trt.runtime.batching import (
     RequestTimeoutError,
     validate_settings,
 )
+from apparate_trt.runtime.control_loop import ControlLoop
 from apparate_trt.runtime.controller import Controller
 from apparate_trt.runtime.executor import BatchExecutor, BatchOutcome, Executor, check_confidence_kind
 from apparate_trt.runtime.vanilla import VanillaExecutor
@@ -228,6 +229,11 @@ class Engine:
         self.timeout_ms = timeout_ms
         self._ids = itertools.count()
         self._failed = 0
+        self._control = None if controller is None else ControlLoop(
+            lambda outcomes, t: self.controller.observe_batches(outcomes, t),  # type: ignore[union-attr]
+            self._apply_config,
+            name=f"apparate-{manifest.model.name}-controller",
+        )
         self._batcher: DynamicBatcher[_Request] = DynamicBatcher(
             self._process,
             max_batch=max_batch,
@@ -330,16 +336,19 @@ class Engine:
             self._fail(req, RequestTimeoutError(f"request {req.handle.request_id} waited {waited_ms:.0f} ms in the queue, past its timeout; retry, or raise the timeout"))
 
     def _observe(self, outcome: BatchOutcome) -> None:
-        """Hand the batch's feedback to the controller and apply any new configuration."""
-        if self.controller is None:
-            return
-        try:
-            config = self.controller.observe(outcome, outcome.t_end)
-            if config is not None:
-                active, thresholds = config
-                self.executor.configure(active, thresholds)
-        except Exception:  # noqa: BLE001 - a controller bug must not stop serving
-            log.exception("the controller failed on a batch; keeping the current configuration")
+        """Hand the batch's feedback to the controller's thread (``runtime.control_loop``)."""
+        if self._control is not None:
+            self._control.submit(outcome)
+
+    def _apply_config(self, config: tuple[list[int], list[float]]) -> None:
+        active, thresholds = config
+        self.executor.configure(active, thresholds)
+
+    def sync_controller(self, timeout_s: float | None = None) -> bool:
+        """Wait until the controller has taken the feedback of every batch finished so far and
+        applied its decisions (for reports and tests: ``controller.events`` is then complete).
+        True at once without a controller; False if ``timeout_s`` seconds passed first."""
+        return True if self._control is None else self._control.sync(timeout_s)
 
     # ----------------------------------------------------------------------------------- lifecycle
     def stats(self) -> dict[str, Any]:
@@ -366,8 +375,11 @@ class Engine:
         return self._batcher.closed
 
     def close(self, timeout_s: float | None = None) -> None:
-        """Stop accepting requests, answer every accepted one, then free the executor."""
+        """Stop accepting requests, answer every accepted one, let the controller take their
+        feedback, then free the executor."""
         self._batcher.close(timeout_s)
+        if self._control is not None:
+            self._control.close(timeout_s)
         self.executor.close()
 
     def __enter__(self) -> "Engine":

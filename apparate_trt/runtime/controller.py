@@ -35,7 +35,7 @@ Threshold tuning (fast loop, accuracy first)
     ``tune_every_batches`` batches.
 
 Emergency cut
-    Every batch, over the most recent ``emergency_window`` samples: a ramp whose wrong exits there
+    Every observation, over the most recent ``emergency_window`` samples: a ramp whose wrong exits there
     reach :func:`emergency_limit` (a count that a ramp spending the whole error budget reaches with
     probability below 1e-3; 7 of 128 samples at a 1% constraint) gets threshold 0 at once. The
     window is then cleared, since its older feedback describes a workload that is gone, and a tune
@@ -63,7 +63,9 @@ active set has run a few batches (:meth:`Controller.chain_ms`), else the profile
 batch size; the budget check for a new ramp always uses the profile (the ramp has not run yet).
 
 Every decision is an event ``{t, kind, reason, ...}`` (kinds: ``initial``, ``tune``,
-``emergency``, ``remove_ramp``, ``add_ramp``), and every batch appends to the threshold history
+``emergency``, ``remove_ramp``, ``add_ramp``), and every observation (one batch, or the several
+that queued while the engine's control thread was busy: :meth:`Controller.observe_batches`)
+appends to the threshold history
 ``{t, active_sites, thresholds, window_accuracy, window_samples}``. Times ``t`` are in seconds of
 ``clock`` (``time.monotonic`` by default, the executor's clock).
 """
@@ -342,10 +344,21 @@ class Controller:
 
         ``t`` is the time of the feedback in seconds of ``clock`` (default: now).
         """
+        return self.observe_batches([outcome], t)
+
+    def observe_batches(self, outcomes: Sequence[Feedback], t: float | None = None) -> Config | None:
+        """Take the feedback of several batches (oldest first) and decide once, as after the last
+        of them; return the new configuration if it changed, else None. The engine's control loop
+        (``runtime.control_loop``) hands over everything that finished since its last call.
+
+        Feedback from ramps that are no longer active (batches that ran before the last change)
+        is kept in the window like any other: it is what those ramps said about real inputs.
+        """
         t = self.clock() if t is None else float(t)
         before = self.config
-        self._push(outcome)
-        self.batches += 1
+        for outcome in outcomes:
+            self._push(outcome)
+            self.batches += 1
         window = None
         if not self._emergency(t):
             window = self._window_accuracy()

@@ -126,6 +126,9 @@ def replay(
         exit_site = collector.exit_site.copy()
     for i in errors:
         t_release[i] = t_final[i] = np.nan
+    sync = getattr(engine, "sync_controller", None)
+    if sync is not None:
+        sync(wait_timeout_s)  # the controller has taken every batch's feedback: its events are complete
     controller = getattr(engine, "controller", None)
     return ReplayResult(
         mode=getattr(engine, "mode", "apparate"),

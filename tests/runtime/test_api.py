@@ -25,11 +25,10 @@ class FixedController:
         self.switch_to = switch_to
         self.observed: list[list[int]] = []
 
-    def observe(self, outcome, t):
-        self.observed.append(outcome.active_sites)
-        if len(self.observed) == 1 and self.switch_to is not None:
-            return self.switch_to
-        return None
+    def observe_batches(self, outcomes, t):
+        first = not self.observed
+        self.observed += [outcome.active_sites for outcome in outcomes]
+        return self.switch_to if first else None
 
 
 def _load(compiled, **kwargs) -> api.Engine:
@@ -215,6 +214,7 @@ def test_controller_changes_swap_segments_between_batches_and_results_stay_exact
     with _load(resnet, max_batch=4, max_delay_ms=0.0) as engine:
         controller = _fixed(engine, [sites[0]], [0.0], switch_to=new)
         finals = [engine.submit(resnet.sample(i)).result(WAIT_S) for i in range(2)]
+        assert engine.sync_controller(WAIT_S)  # the controller runs on its own thread
         engine.executor.wait_ready(WAIT_S)
         finals += [engine.submit(resnet.sample(i)).result(WAIT_S) for i in range(2, 4)]
         stats = engine.stats()

@@ -1,0 +1,95 @@
+"""The controller's own thread: feedback in from the batch thread, configurations out to the executor.
+
+The batch thread only appends each finished batch's feedback (``BatchOutcome``) to a queue and
+goes on to the next batch. The loop thread drains everything queued, gives it to
+:meth:`Controller.observe_batches` in one call (one round of decisions however many batches
+arrived, so a slow tune never makes the controller fall behind) and hands a changed
+configuration to ``apply`` (``Executor.configure``, which takes it from its next batch).
+
+A decision therefore reaches the executor about one batch later than if the batch thread made
+it, and in exchange no batch ever waits for the controller: its per-batch bookkeeping, threshold
+searches and ramp adjustments run while the batch thread runs the model (ONNX Runtime releases
+the GIL) or waits for requests.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from typing import Any, Callable, Sequence
+
+log = logging.getLogger(__name__)
+
+Config = tuple[list[int], list[float]]
+
+
+ObserveFn = Callable[[Sequence[Any], "float | None"], "Config | None"]
+"""``(outcomes oldest first, time of the newest) -> new configuration or None``
+(``Controller.observe_batches``)."""
+
+
+class ControlLoop:
+    """Runs ``observe`` on a thread of its own.
+
+    Args:
+        observe: the controller's ``observe_batches`` (the engine passes a function that looks its
+            controller up at each call, so a replaced controller takes over).
+        apply: called on the loop thread with each new configuration ``(active sites, thresholds)``.
+        name: the thread's name.
+    """
+
+    def __init__(self, observe: ObserveFn, apply: Callable[[Config], None], name: str = "apparate-controller") -> None:
+        self._observe = observe
+        self._apply = apply
+        self._queue: deque[Any] = deque()
+        self._cond = threading.Condition()
+        self._submitted = 0
+        self._observed = 0
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, outcome: Any) -> None:
+        """Queue one batch's feedback (never blocks on the controller)."""
+        with self._cond:
+            self._queue.append(outcome)
+            self._submitted += 1
+            self._cond.notify_all()
+
+    @property
+    def backlog(self) -> int:
+        """Batches submitted but not yet observed."""
+        return self._submitted - self._observed
+
+    def sync(self, timeout_s: float | None = None) -> bool:
+        """Wait until every batch submitted so far was observed (and its configuration applied);
+        False if ``timeout_s`` seconds passed first."""
+        with self._cond:
+            target = self._submitted
+            return self._cond.wait_for(lambda: self._observed >= target or not self._thread.is_alive(), timeout_s)
+
+    def close(self, timeout_s: float | None = None) -> None:
+        """Observe what is queued, then stop the thread."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._queue or self._closing)
+                if not self._queue:
+                    return
+                outcomes = list(self._queue)
+                self._queue.clear()
+            try:
+                config = self._observe(outcomes, getattr(outcomes[-1], "t_end", None))
+                if config is not None:
+                    self._apply(config)
+            except Exception:  # noqa: BLE001 - a controller bug must not stop serving
+                log.exception("the controller failed on %d batch(es); keeping the current configuration", len(outcomes))
+            with self._cond:
+                self._observed += len(outcomes)
+                self._cond.notify_all()

@@ -1,0 +1,73 @@
+"""The controller's thread: every batch's feedback observed once, in order, batched when behind."""
+from __future__ import annotations
+
+import threading
+
+from apparate_trt.runtime.control_loop import ControlLoop
+
+WAIT_S = 10.0
+
+
+class Recorder:
+    def __init__(self, gate: threading.Event | None = None, fail_on: int | None = None) -> None:
+        self.calls: list[list[int]] = []
+        self.times: list[float | None] = []
+        self.gate = gate
+        self.fail_on = fail_on
+
+    def __call__(self, outcomes, t):
+        if self.gate is not None:
+            self.gate.wait(WAIT_S)
+        self.calls.append([o.n for o in outcomes])
+        self.times.append(t)
+        if self.fail_on is not None and self.fail_on in self.calls[-1]:
+            raise RuntimeError("controller bug")
+        return ([outcomes[-1].n], [0.5]) if o_changes(outcomes) else None
+
+
+class Outcome:
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.t_end = float(n)
+
+
+def o_changes(outcomes) -> bool:
+    return any(o.n % 2 == 0 for o in outcomes)
+
+
+def test_every_outcome_is_observed_once_in_order_and_configs_are_applied() -> None:
+    applied: list = []
+    observe = Recorder()
+    loop = ControlLoop(observe, applied.append)
+    for n in range(1, 6):
+        loop.submit(Outcome(n))
+    assert loop.sync(WAIT_S) and loop.backlog == 0
+    loop.close(WAIT_S)
+    assert [n for call in observe.calls for n in call] == [1, 2, 3, 4, 5]
+    assert observe.times[-1] == 5.0  # decided as of the newest batch
+    assert applied and all(config[1] == [0.5] for config in applied)
+
+
+def test_a_slow_controller_gets_the_backlog_in_one_call() -> None:
+    gate = threading.Event()
+    observe = Recorder(gate)
+    loop = ControlLoop(observe, lambda config: None)
+    for n in range(1, 5):
+        loop.submit(Outcome(n))  # never blocks, although the controller is held
+    assert not loop.sync(0.05) and loop.backlog == 4
+    gate.set()
+    assert loop.sync(WAIT_S)
+    loop.close(WAIT_S)
+    assert [n for call in observe.calls for n in call] == [1, 2, 3, 4]
+    assert len(observe.calls) <= 2  # the first call, then everything that queued behind it
+
+
+def test_a_failing_controller_does_not_stop_the_loop_and_close_drains() -> None:
+    observe = Recorder(fail_on=2)
+    loop = ControlLoop(observe, lambda config: None)
+    loop.submit(Outcome(2))
+    assert loop.sync(WAIT_S)
+    for n in (3, 5):
+        loop.submit(Outcome(n))
+    loop.close(WAIT_S)  # observes what is queued before stopping
+    assert [n for call in observe.calls for n in call] == [2, 3, 5]

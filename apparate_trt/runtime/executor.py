@@ -3,7 +3,9 @@
 A *plan* is the chain of ONNX Runtime sessions for one set of active ramp sites: the model split
 only at those sites (``split_model``), so an inactive site costs nothing, plus one ramp session per
 active site. Plans are built off the critical path on a background thread when the active set
-changes, cached by active set (a revisited set is instant), and swapped in between batches.
+changes, cached by active set (a revisited set is instant), and swapped in between batches. A
+large model is split in a low-priority child process (``runtime.split_worker``) so that the split
+never holds the GIL against the batch thread.
 Thresholds change at once.
 
 ``run_batch`` keeps an environment of named tensors: each segment reads its inputs from it (side
@@ -16,11 +18,14 @@ final output is released. The returned :class:`BatchOutcome` is the controller's
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Mapping, Protocol, Sequence
 
 import numpy as np
@@ -30,6 +35,7 @@ from apparate_trt import _core
 from apparate_trt.engine_dir import Manifest
 from apparate_trt.errors import ApparateError
 from apparate_trt.runtime.backends.onnxruntime import OrtRunner
+from apparate_trt.runtime.split_worker import should_split_out_of_process, split_out_of_process
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +219,7 @@ class _PlanBuilder:
         self._ramps: dict[int, OrtRunner] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apparate-plan")
+        self._scratch_dir: Path | None = None
 
     def cached(self, active: tuple[int, ...]) -> _Plan | None:
         with self._lock:
@@ -263,6 +270,15 @@ class _PlanBuilder:
                 _Stage(OrtRunner(m.path(seg.file), self.threads, name=f"segment {seg.file}"), list(seg.outputs), seg.ends_at_site)
                 for seg in m.segments
             ]
+        if should_split_out_of_process(m):
+            try:
+                files = split_out_of_process(m, active, self._scratch() / ("sites_" + "_".join(map(str, active))))
+                return [
+                    _Stage(OrtRunner(f.file, self.threads, name=f"segment {i} of sites {list(active)}"), f.outputs, f.ends_at_site)
+                    for i, f in enumerate(files)
+                ]
+            except ApparateError as exc:
+                log.warning("%s; splitting in this process instead", exc)
         if self._model is None:
             self._model = onnx.load(str(m.path(m.model.file)))
         segments = _split_segments(self._model, m, active)
@@ -271,8 +287,17 @@ class _PlanBuilder:
             for i, seg in enumerate(segments)
         ]
 
+    def _scratch(self) -> Path:
+        """A private temporary directory for segment files (removed by :meth:`close`)."""
+        with self._lock:
+            if self._scratch_dir is None:
+                self._scratch_dir = Path(tempfile.mkdtemp(prefix="apparate-plans-"))
+            return self._scratch_dir
+
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._scratch_dir is not None:
+            shutil.rmtree(self._scratch_dir, ignore_errors=True)  # open sessions keep their own copy
 
 
 # ----------------------------------------------------------------------------------------- executor

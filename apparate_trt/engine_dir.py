@@ -117,6 +117,9 @@ class BootstrapInfo:
     num_samples: int
     num_train: int
     num_heldout: int
+    folds: int = 0
+    """>= 2: the statistics are cross-fitted (``folds`` folds: every sample's ramp outputs come from
+    a ramp trained without it, and ``num_heldout == num_samples``); 0: one train/held-out split."""
 
 
 @dataclass
@@ -390,6 +393,7 @@ def _parse(data: dict[str, Any], path: Path) -> Manifest:
                 num_samples=_get(boot, "num_samples", "bootstrap", int),
                 num_train=_get(boot, "num_train", "bootstrap", int),
                 num_heldout=_get(boot, "num_heldout", "bootstrap", int),
+                folds=_get(boot, "folds", "bootstrap", int) if "folds" in boot else 0,
             ),
             tools=dict(_get(data, "tools", "", dict)),
             created=_get(data, "created", "", str),

@@ -352,7 +352,7 @@ def _copies_features(model: onnx.ModelProto, sites: Sequence[Site], candidates: 
         return None
     train_idx, _ = bootstrap_split(num_samples(data), config)
     inputs, names = augmented_inputs(take(data, train_idx), spec, copies)
-    log(f"  near-copies of the {train_idx.size} train samples to train on too: {', '.join(names)}")
+    log(f"  near-copies of {train_idx.size} samples to train on too: {', '.join(names)}")
     extra = collect_features(model, sites, candidates, inputs, score_name, batch_size=batch_size, threads=threads, example_rows=0, log=log)
     extra.source = np.tile(train_idx, copies)
     return extra
@@ -389,7 +389,8 @@ def _assemble_manifest(model_path: Path, inputs_info: Sequence[TensorInfo], outp
         profiles=Profiles(backend, prof.threads, prof.batch_sizes, prof.model_ms, prof.segments_ms, prof.ramps_ms, prof.ramp_threads),
         budget=float(budget),
         initial_config=InitialConfig([], []),
-        bootstrap=BootstrapInfo(BOOTSTRAP_FILE, num_samples, int(trained.train_index.size), int(trained.heldout_index.size)),
+        bootstrap=BootstrapInfo(BOOTSTRAP_FILE, num_samples, int(trained.train_index.size), int(trained.heldout_index.size),
+                                folds=trained.folds),
         tools=tool_versions(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
@@ -417,6 +418,10 @@ def summary_table(m: Manifest, compile_s: float) -> str:
         f"model {model_ms:.3f} ms (segments chained {seg_ms.sum():.3f} ms); budget {100 * m.budget:.1f}% = {m.budget * model_ms:.3f} ms; "
         f"{len(m.sites)} sites; initial active sites: {', '.join(map(str, sorted(active))) or 'none'}"
     )
-    lines.append(f"bootstrap: {m.bootstrap.num_samples} samples ({m.bootstrap.num_train} train, {m.bootstrap.num_heldout} held out)")
+    if m.bootstrap.folds >= 2:
+        lines.append(f"bootstrap: {m.bootstrap.num_samples} samples, {m.bootstrap.folds}-fold cross-fitted (every sample's "
+                     "statistics from a ramp trained without it; the exported ramps trained on all)")
+    else:
+        lines.append(f"bootstrap: {m.bootstrap.num_samples} samples ({m.bootstrap.num_train} train, {m.bootstrap.num_heldout} held out)")
     lines.append(f"compile time: {compile_s:.1f} s")
     return "\n".join(lines)

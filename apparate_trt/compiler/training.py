@@ -2,15 +2,21 @@
 
 One pass of the original model over the bootstrap data (:func:`collect_features`) keeps, per site
 and candidate ramp kind, the ramp's pooled features, plus the model's final scores. Where a site
-has two candidate kinds (first token or masked mean of a sequence), each is trained on 75% of the
-train part and the one that agrees better on the other 25% is kept. Every ramp head is then trained
-(:func:`train_ramps`) to predict the ORIGINAL MODEL's argmax (softmax cross-entropy; optionally
-distillation on its probabilities) on a train part, and its agreement with the model is measured
-on the held-out rest. Extra training rows (``extra``: features of near-copies of train samples,
-``compiler.augment``) join the train part only; each row names the sample it was copied from, so
-that no copy of a validation sample is ever trained on. The backbone is frozen: only the small heads are trained, with Adam, seeded.
-Features are standardised for training and the standardisation is folded into the first layer,
-so the exported ramp takes raw pooled features.
+has several candidate kinds, each is trained on 75% of the train part and the one that agrees best
+on the other 25% is kept. Every ramp head is then trained (:func:`train_ramps`) to predict the
+ORIGINAL MODEL's argmax (softmax cross-entropy; optionally distillation on its probabilities).
+
+Its statistics (confidence and prediction per sample, which seed and tune the controller at
+start) must come from samples it did not train on. By default they are cross-fitted
+(``TrainConfig.folds`` = 5): a ramp trained on four folds gives the outputs for the fifth, so
+every bootstrap sample contributes, while the exported ramp is trained on all of them. With
+``folds`` < 2 one seeded split holds ``heldout_fraction`` out instead.
+
+Extra training rows (``extra``: features of near-copies of samples, ``compiler.augment``) name
+the sample each was copied from and are trained on only together with it, so that no copy of a
+validation or held-out sample is ever trained on. The backbone is frozen: only the small heads are
+trained, with Adam, seeded. Features are standardised for training and the standardisation is
+folded into the first layer, so the exported ramp takes raw pooled features.
 """
 from __future__ import annotations
 
@@ -69,6 +75,11 @@ class TrainConfig:
     max_hidden: int = 128
     distill: bool = False
     seed: int = 0
+    folds: int = 5
+    """Cross-fitting: >= 2 splits the bootstrap samples into this many folds and gives every sample
+    the ramp outputs of a ramp trained on the other folds, so that all of them (not only a held-out
+    fifth) seed and tune the controller at start; the exported ramp is trained on every sample.
+    0 or 1: one seeded split, ``heldout_fraction`` held out."""
     augment_copies: int | None = None
     """Near-copies of each train sample to train on too (``compiler.augment``); None: the default
     for the model's inputs (every copy for an image model, none otherwise)."""
@@ -94,6 +105,7 @@ class TrainResult:
     stats: BootstrapStats
     train_index: np.ndarray
     heldout_index: np.ndarray
+    folds: int = 0  # >= 2: cross-fitted statistics (every sample held out of one fold)
 
 
 def collect_features(
@@ -146,9 +158,26 @@ def collect_features(
     )
 
 
+def cross_fitted(n: int, config: TrainConfig) -> bool:
+    """True when ``n`` samples are cross-fitted under ``config`` (at least 2 folds of 2 samples)."""
+    return config.folds >= 2 and n >= 2 * config.folds
+
+
 def bootstrap_split(n: int, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    """The (train, held-out) indices of ``n`` bootstrap samples that :func:`train_ramps` uses."""
+    """The (train, held-out) indices of ``n`` bootstrap samples that :func:`train_ramps` uses: with
+    cross-fitting every sample is both (each is held out of one fold's ramp)."""
+    if cross_fitted(n, config):
+        every = np.arange(n)
+        return every, every
     return split_indices(n, config.heldout_fraction, config.seed)
+
+
+def fold_ids(n: int, folds: int, seed: int) -> np.ndarray:
+    """A seeded assignment of ``n`` samples to ``folds`` folds of (nearly) equal size: int [n]."""
+    order = np.random.default_rng(seed).permutation(n)
+    ids = np.empty(n, dtype=np.int64)
+    ids[order] = np.arange(n) % folds
+    return ids
 
 
 def split_indices(n: int, heldout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -310,7 +339,8 @@ def train_ramps(
     log: Log = print,
 ) -> TrainResult:
     """Train every site's ramp (choosing among its candidate kinds); measure agreement with the
-    original model on the held-out part. ``extra``: features of near-copies of bootstrap samples
+    original model on the held-out part (with cross-fitting, ``config.folds``: out of fold, on every
+sample). ``extra``: features of near-copies of bootstrap samples
     (``source`` set), trained on only where their source sample is. ``threads``: torch threads (1
     suits these small heads)."""
     torch = require("torch", extra="train", purpose="ramp training")
@@ -330,17 +360,46 @@ def train_ramps(
             pooled = options[kind]
             rows = data.rows(i, kind, train_idx)
             weights = train_head(rows.x, rows.y, rows.p, kind, num_classes, config, seed=seed)
-            ramp = _evaluate(kind, weights, pooled, final_pred, train_idx, held_idx)
+            if cross_fitted(n, config):
+                ramp = _cross_fit(data, i, kind, weights, num_classes, config, seed)
+            else:
+                ramp = _evaluate(kind, weights, pooled, final_pred, train_idx, held_idx)
             ramps.append(ramp)
-            chosen = f", chosen by inner validation: {', '.join(f'{k} {v:.3f}' for k, v in scores.items())}" if scores else ""
             copies = f", {rows.y.shape[0] - train_idx.size} of them copies" if rows.y.shape[0] > train_idx.size else ""
+            chosen = f", chosen by inner validation: {', '.join(f'{k} {v:.3f}' for k, v in scores.items())}" if scores else ""
             log(
-                f"  ramp {i + 1}/{len(features.pooled)} ({kind}, {pooled.shape[1]} features, {rows.y.shape[0]} train rows{copies}): held-out agreement "
+                f"  ramp {i + 1}/{len(features.pooled)} ({kind}, {pooled.shape[1]} features, {rows.y.shape[0]} train rows{copies}): {'out-of-fold' if cross_fitted(n, config) else 'held-out'} agreement "
                 f"{ramp.agreement:.3f} (train {ramp.train_agreement:.3f}, {time.perf_counter() - start:.1f} s{chosen})"
             )
     finally:
         torch.set_num_threads(old_threads)
-    return TrainResult(ramps, heldout_stats(ramps, final_pred[held_idx]), train_idx, held_idx)
+    folds = config.folds if cross_fitted(n, config) else 0
+    return TrainResult(ramps, heldout_stats(ramps, final_pred[held_idx]), train_idx, held_idx, folds)
+
+
+def _cross_fit(data: _TrainingSet, site: int, kind: str, weights: RampWeights, num_classes: int, config: TrainConfig, seed: int) -> TrainedRamp:
+    """The exported ramp (``weights``, trained on every sample) with out-of-fold statistics: each
+    sample's confidence and prediction come from a ramp trained on the other folds."""
+    pooled = data.features.pooled[site][kind]
+    n = pooled.shape[0]
+    folds = fold_ids(n, config.folds, config.seed)
+    confidence = np.zeros(n, dtype=np.float32)
+    pred = np.zeros(n, dtype=np.int32)
+    for f in range(config.folds):
+        out = folds == f
+        rows = data.rows(site, kind, np.flatnonzero(~out))
+        probs = softmax(ramp_forward(train_head(rows.x, rows.y, rows.p, kind, num_classes, config, seed=seed + 100 * (f + 1)), pooled[out]))
+        confidence[out], pred[out] = probs.max(axis=1), probs.argmax(axis=1)
+    final_pred = data.final_pred
+    train_pred = ramp_forward(weights, pooled).argmax(axis=1)
+    return TrainedRamp(
+        kind=kind,
+        weights=weights,
+        agreement=float((pred == final_pred).mean()),
+        train_agreement=float((train_pred == final_pred).mean()),
+        confidence=confidence,
+        pred=pred,
+    )
 
 
 def _evaluate(kind: str, weights: RampWeights, pooled: np.ndarray, final_pred: np.ndarray, train_idx: np.ndarray, held_idx: np.ndarray) -> TrainedRamp:

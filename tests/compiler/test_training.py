@@ -22,6 +22,7 @@ from apparate_trt.compiler.training import (
     Features,
     TrainConfig,
     collect_features,
+    fold_ids,
     fold_standardisation,
     split_indices,
     train_ramps,
@@ -73,7 +74,9 @@ def test_ramps_agree_with_the_model_far_above_chance(tmp_path, builder, data, cl
     assert max(agreements) >= max(floor, majority + 0.15), (agreements, majority)
     assert agreements[-1] >= 1.0 / classes + 0.25
     stats = result.stats
-    assert stats.confidence.shape == stats.agree.shape == (60, len(sites)) and stats.final_pred.shape == (60,)
+    # cross-fitted by default: every sample has statistics, from a ramp trained without it
+    assert result.folds == TrainConfig().folds and result.heldout_index.size == 300
+    assert stats.confidence.shape == stats.agree.shape == (300, len(sites)) and stats.final_pred.shape == (300,)
     np.testing.assert_allclose(stats.agree.mean(axis=0), agreements, rtol=1e-6)
     assert np.all((stats.confidence >= 1.0 / classes - 1e-6) & (stats.confidence <= 1.0))
     # each trained ramp exported as ONNX computes what numpy computes on real activations
@@ -81,6 +84,40 @@ def test_ramps_agree_with_the_model_far_above_chance(tmp_path, builder, data, cl
         masked = ramp.kind in MASKED_KINDS
         onnx_ramp = build_ramp_onnx(site, ramp.kind, ramp.weights, mask if masked else None)
         check_ramp(onnx_ramp, ramp.kind, ramp.weights, example, feats.mask_example if masked else None)
+
+
+def _random_labels(n: int = 300, dim: int = 400, classes: int = 4, seed: int = 0) -> Features:
+    """Features with labels that do not depend on them: a ramp can only memorise them."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, dim)).astype(np.float32)
+    scores = rng.normal(size=(n, classes)).astype(np.float32)
+    return Features([{"dense_linear": x}], scores, [])
+
+
+def test_cross_fitted_statistics_never_come_from_a_ramp_that_trained_on_the_sample() -> None:
+    feats = _random_labels()
+    # exact copies of every sample as extra rows: a leak of a sample's copy into the fold that
+    # scores it would show as out-of-fold agreement far above chance
+    extra = Features([{"dense_linear": feats.pooled[0]["dense_linear"].copy()}], feats.final_scores.copy(), [],
+                     source=np.arange(300))
+    result = train_ramps(feats, TrainConfig(seed=0, folds=5, weight_decay=0.0, epochs=200, max_steps=2000), extra=extra, **QUIET)
+    ramp = result.ramps[0]
+    assert ramp.train_agreement > 0.9  # the exported ramp memorised its training samples ...
+    assert ramp.agreement < 0.45  # ... but each sample was scored by a ramp that never saw it (chance: 0.25)
+    assert result.stats.confidence.shape == (300, 1)
+
+
+def test_one_held_out_split_when_folds_are_off() -> None:
+    result = train_ramps(_random_labels(), TrainConfig(seed=0, folds=0), **QUIET)
+    assert result.folds == 0 and result.heldout_index.size == 60 and result.train_index.size == 240
+    assert result.stats.confidence.shape == (60, 1)
+    assert not set(result.train_index) & set(result.heldout_index)
+
+
+def test_fold_ids_are_balanced_and_seeded() -> None:
+    ids = fold_ids(103, 5, seed=1)
+    assert sorted(np.bincount(ids)) == [20, 20, 21, 21, 21]
+    np.testing.assert_array_equal(ids, fold_ids(103, 5, seed=1))
 
 
 def test_training_is_seeded() -> None:

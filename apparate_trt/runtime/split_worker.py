@@ -51,6 +51,8 @@ def split_out_of_process(manifest: Manifest, active: Sequence[int], out_dir: Pat
     Raises ApparateError if the worker fails (its last stderr line is in the message)."""
     if manifest.root is None:
         raise ApparateError("the manifest was not read from an engine directory; the split worker needs one")
+    if not sys.executable:  # e.g. Python embedded in a C++ service: no interpreter to start
+        raise ApparateError("no Python interpreter to start the split worker with (sys.executable is empty)")
     out_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "apparate_trt.runtime.split_worker", str(manifest.root),
            "--sites", ",".join(str(int(s)) for s in active), "--out", str(out_dir)]

@@ -61,12 +61,14 @@ def test_a_failing_worker_falls_back_to_splitting_in_process(bert, monkeypatch, 
         executor.close()
 
 
-def test_worker_errors_say_what_failed(bert, tmp_path):
+def test_worker_errors_say_what_failed(bert, tmp_path, monkeypatch):
     not_an_engine = tmp_path / "empty"
     not_an_engine.mkdir()
     manifest = Manifest.__new__(Manifest)
     manifest.root = not_an_engine
     with pytest.raises(ApparateError, match=r"split worker for sites \[0\] failed with exit status 2: error: .* is not an engine directory"):
         split_worker.split_out_of_process(manifest, [0], tmp_path / "out")
-    small = bert.manifest
-    assert not split_worker.should_split_out_of_process(small)  # a tiny model is split in-process
+    assert not split_worker.should_split_out_of_process(bert.manifest)  # a tiny model is split in-process
+    monkeypatch.setattr(split_worker.sys, "executable", "")  # Python embedded in a service: no interpreter to start
+    with pytest.raises(ApparateError, match="no Python interpreter"):
+        split_worker.split_out_of_process(bert.manifest, [0], tmp_path / "out2")

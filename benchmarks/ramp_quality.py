@@ -1,0 +1,97 @@
+"""How good each ramp of an engine directory is where it matters: its confident share.
+
+    python benchmarks/ramp_quality.py --engine-dir out/bench/cv --data data/cv/eval.npz \
+        [--samples 4000] [--errors 0.003,0.01] [--out benchmarks/results/ramp_quality.json]
+
+Runs the original model once over the first ``--samples`` inputs of ``--data`` (the served
+stream, which the ramps never trained on), runs every site's ramp on the site's activation, and
+prints per site: agreement with the model's argmax, and for each disagreement level in
+``--errors`` the largest share of inputs that an oracle-placed threshold could release at that site
+while the wrongly released inputs stay within that share of all inputs (as the accuracy constraint
+counts them). It bounds what the controller can release at one ramp for a given target (it aims at
+0.3% disagreement for a 1% constraint), so it is the number to raise when early exits are too few. Maxprob confidence, as the controller uses.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnx
+
+from apparate_trt.compiler.ramps import RAMP_OUTPUT
+from apparate_trt.compiler.segments import with_extra_outputs
+from apparate_trt.data import load_inputs, num_samples, take
+from apparate_trt.engine_dir import read_manifest
+from apparate_trt.runtime.backends.onnxruntime import OrtRunner
+
+
+def confident_share(confidence: np.ndarray, agree: np.ndarray, max_disagreement: float) -> float:
+    """The largest share (0..1) of all inputs that one threshold could release (the most confident
+    ones) while the wrongly released stay at most ``max_disagreement`` (a fraction) of ALL inputs,
+    as the accuracy constraint counts them. A threshold cannot split inputs of equal confidence, so
+    only cuts between distinct confidences count."""
+    if confidence.size == 0:
+        return 0.0
+    order = np.argsort(-confidence, kind="stable")
+    ranked = confidence[order]
+    wrong = np.cumsum(agree[order] == 0)
+    cut = np.append(ranked[:-1] > ranked[1:], True)  # a threshold can fall after position k
+    ok = np.flatnonzero(cut & (wrong <= max_disagreement * confidence.size))
+    return float((ok[-1] + 1) / confidence.size) if ok.size else 0.0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--engine-dir", type=Path, required=True, help="engine directory (apparate-compile --out)")
+    p.add_argument("--data", type=Path, required=True, help="npz of model inputs the ramps did not train on")
+    p.add_argument("--samples", type=int, default=4000, help="inputs to use (the first ones)")
+    p.add_argument("--errors", default="0.003,0.01", help="comma-separated disagreement levels (fractions)")
+    p.add_argument("--batch", type=int, default=64, help="batch size of the model pass")
+    p.add_argument("--out", type=Path, help="write the table as JSON here")
+    args = p.parse_args(argv)
+    levels = [float(e) for e in args.errors.split(",") if e.strip()]
+    manifest = read_manifest(args.engine_dir)
+    inputs = load_inputs(args.data, manifest.model.inputs)
+    inputs = take(inputs, slice(0, min(args.samples, num_samples(inputs))))
+    n = num_samples(inputs)
+    tensors = list(dict.fromkeys(name for ramp in manifest.ramps for name in ramp.inputs))
+    model = with_extra_outputs(onnx.load(str(manifest.path(manifest.model.file))), tensors)
+    runner = OrtRunner(model, name="the model with site outputs")
+    ramps = [OrtRunner(manifest.path(r.file), name=f"ramp {r.site}") for r in manifest.ramps]
+    final: list[np.ndarray] = []
+    logits: list[list[np.ndarray]] = [[] for _ in ramps]
+    for begin in range(0, n, args.batch):
+        batch = take(inputs, slice(begin, begin + args.batch))
+        env = {**batch, **runner.run(batch, [manifest.model.output, *tensors])}
+        final.append(env[manifest.model.output].argmax(axis=1))
+        for i, (ramp, entry) in enumerate(zip(ramps, manifest.ramps)):
+            logits[i].append(ramp.run({name: env[name] for name in entry.inputs}, [RAMP_OUTPUT])[RAMP_OUTPUT])
+    final_pred = np.concatenate(final)
+    rows = []
+    for entry, site_logits in zip(manifest.ramps, logits):
+        z = np.concatenate(site_logits).astype(np.float64)
+        z -= z.max(axis=1, keepdims=True)
+        agree = (z.argmax(axis=1) == final_pred).astype(np.uint8)
+        conf = 1.0 / np.exp(z).sum(axis=1)  # max softmax probability, in float64 (float32 saturates at 1)
+        rows.append({"site": entry.site, "kind": entry.kind, "agreement": float(agree.mean()),
+                     "confident_share": {f"{e:g}": confident_share(conf, agree, e) for e in levels}})
+    header = " | ".join(f"releasable, <= {100 * e:g}% wrong" for e in levels)
+    print(f"{manifest.model.name}: {n} inputs of {args.data}")
+    print(f"| site | ramp kind | agreement | {header} |")
+    print("|---:|---|---:|" + "---:|" * len(levels))
+    for r in rows:
+        shares = " | ".join(f"{100 * v:.1f}%" for v in r["confident_share"].values())
+        print(f"| {r['site']} | {r['kind']} | {r['agreement']:.3f} | {shares} |")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"engine_dir": str(args.engine_dir), "data": str(args.data), "samples": n, "rows": rows}, indent=1))
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,13 +3,14 @@
     python benchmarks/ramp_quality.py --engine-dir out/bench/cv --data data/cv/eval.npz \
         [--samples 4000] [--errors 0.003,0.01] [--out benchmarks/results/ramp_quality.json]
 
-Runs the original model once over the first ``--samples`` inputs of ``--data`` (the served
-stream, which the ramps never trained on), runs every site's ramp on the site's activation, and
-prints per site: agreement with the model's argmax, and for each disagreement level in
-``--errors`` the largest share of inputs that an oracle-placed threshold could release at that site
-while the wrongly released inputs stay within that share of all inputs (as the accuracy constraint
-counts them). It bounds what the controller can release at one ramp for a given target (it aims at
-0.3% disagreement for a 1% constraint), so it is the number to raise when early exits are too few. Maxprob confidence, as the controller uses.
+Runs the model (its finest segment chain) and every site's ramp once over the first
+``--samples`` inputs of ``--data`` (the served stream, which the ramps never trained on), with
+``policies.stream_ramps``, the oracle's offline pass. Prints per site: agreement with the model's
+argmax, and for each disagreement level in ``--errors`` the largest share of inputs that an
+oracle-placed threshold could release at that site while the wrongly released inputs stay within
+that share of all inputs (as the accuracy constraint counts them). It bounds what the controller
+can release at one ramp for a given target (it aims at 0.3% disagreement for a 1% constraint), so
+it is the number to raise when early exits are too few. Maxprob confidence, as the controller uses.
 """
 from __future__ import annotations
 
@@ -20,13 +21,10 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import onnx
 
-from apparate_trt.compiler.ramps import RAMP_OUTPUT
-from apparate_trt.compiler.segments import with_extra_outputs
 from apparate_trt.data import load_inputs, num_samples, take
 from apparate_trt.engine_dir import read_manifest
-from apparate_trt.runtime.backends.onnxruntime import OrtRunner
+from apparate_trt.runtime.policies import stream_ramps
 
 
 def confident_share(confidence: np.ndarray, agree: np.ndarray, max_disagreement: float) -> float:
@@ -58,25 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     inputs = load_inputs(args.data, manifest.model.inputs)
     inputs = take(inputs, slice(0, min(args.samples, num_samples(inputs))))
     n = num_samples(inputs)
-    tensors = list(dict.fromkeys(name for ramp in manifest.ramps for name in ramp.inputs))
-    model = with_extra_outputs(onnx.load(str(manifest.path(manifest.model.file))), tensors)
-    runner = OrtRunner(model, name="the model with site outputs")
-    ramps = [OrtRunner(manifest.path(r.file), name=f"ramp {r.site}") for r in manifest.ramps]
-    final: list[np.ndarray] = []
-    logits: list[list[np.ndarray]] = [[] for _ in ramps]
-    for begin in range(0, n, args.batch):
-        batch = take(inputs, slice(begin, begin + args.batch))
-        env = {**batch, **runner.run(batch, [manifest.model.output, *tensors])}
-        final.append(env[manifest.model.output].argmax(axis=1))
-        for i, (ramp, entry) in enumerate(zip(ramps, manifest.ramps)):
-            logits[i].append(ramp.run({name: env[name] for name in entry.inputs}, [RAMP_OUTPUT])[RAMP_OUTPUT])
-    final_pred = np.concatenate(final)
+    outputs = stream_ramps(manifest, inputs, batch_size=args.batch)
     rows = []
-    for entry, site_logits in zip(manifest.ramps, logits):
-        z = np.concatenate(site_logits).astype(np.float64)
-        z -= z.max(axis=1, keepdims=True)
-        agree = (z.argmax(axis=1) == final_pred).astype(np.uint8)
-        conf = 1.0 / np.exp(z).sum(axis=1)  # max softmax probability, in float64 (float32 saturates at 1)
+    for entry in manifest.ramps:
+        agree = (outputs.ramp_pred[entry.site] == outputs.final_pred).astype(np.uint8)
+        conf = outputs.confidence[entry.site]
         rows.append({"site": entry.site, "kind": entry.kind, "agreement": float(agree.mean()),
                      "confident_share": {f"{e:g}": confident_share(conf, agree, e) for e in levels}})
     header = " | ".join(f"releasable, <= {100 * e:g}% wrong" for e in levels)

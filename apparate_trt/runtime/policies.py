@@ -37,8 +37,8 @@ from apparate_trt.engine_dir import Manifest
 from apparate_trt.errors import ApparateError
 from apparate_trt.runtime.backends.onnxruntime import OrtRunner
 from apparate_trt.runtime.controller import SEARCH_MIN_STEP
-from apparate_trt.runtime.vanilla import FixedExecutorBase, rampless_outcome
 from apparate_trt.runtime.executor import BatchOutcome, Executor, ReleaseFn, final_predictions, release_final
+from apparate_trt.runtime.vanilla import FixedExecutorBase, rampless_outcome
 
 SHARED_GRID = np.unique(np.concatenate([np.round(np.linspace(0.0, 1.0, 201), 6), np.geomspace(1e-6, 0.005, 25)]))
 """Thresholds tried by the shared-threshold grid search: steps of 0.005, plus 25 log-spaced values
@@ -165,14 +165,27 @@ class StreamOracle:
     ramp_pred: np.ndarray  # int32 [S, n]: every ramp's argmax (for the report)
 
 
-def stream_oracle(
+@dataclass(frozen=True)
+class StreamRamps:
+    """Every ramp's output on every sample of a stream, next to the model's final argmax."""
+
+    ramp_pred: np.ndarray  # int32 [S, n]: each site's ramp argmax
+    confidence: np.ndarray  # float64 [S, n]: each site's ramp max softmax probability
+    final_pred: np.ndarray  # int32 [n]
+
+
+def stream_ramps(
     manifest: Manifest, inputs: Mapping[str, np.ndarray], batch_size: int = 64, threads: int | None = None
-) -> StreamOracle:
-    """Run the finest segment chain and every ramp over ``inputs`` once (offline, not timed)."""
+) -> StreamRamps:
+    """Run the finest segment chain and every ramp over ``inputs`` once (offline, not timed).
+
+    Confidences are computed in float64 from the ramps' logits: a float32 softmax saturates at 1
+    for over-confident ramps, which would tie inputs that a threshold can tell apart."""
     segments = [(OrtRunner(manifest.path(s.file), threads, name=f"segment {s.file}"), list(s.outputs), s.ends_at_site) for s in manifest.segments]
     ramps = {r.site: (OrtRunner(manifest.path(r.file), threads, name=f"ramp {r.file}"), r.output) for r in manifest.ramps}
     n = int(next(iter(inputs.values())).shape[0])
     ramp_pred = np.zeros((len(manifest.sites), n), dtype=np.int32)
+    confidence = np.zeros((len(manifest.sites), n), dtype=np.float64)
     final_pred = np.zeros(n, dtype=np.int32)
     for lo in range(0, n, batch_size):
         env: dict[str, np.ndarray] = {name: np.ascontiguousarray(a[lo:lo + batch_size]) for name, a in inputs.items()}
@@ -180,10 +193,21 @@ def stream_oracle(
             env.update(runner.run(env, outputs))
             if site is not None:
                 ramp, out = ramps[site]
-                ramp_pred[site, lo:lo + batch_size] = np.argmax(ramp.run(env, [out])[out], axis=1)
+                z = np.asarray(ramp.run(env, [out])[out], dtype=np.float64)
+                z -= z.max(axis=1, keepdims=True)
+                ramp_pred[site, lo:lo + batch_size] = np.argmax(z, axis=1)
+                confidence[site, lo:lo + batch_size] = 1.0 / np.exp(z).sum(axis=1)
         final_pred[lo:lo + batch_size] = final_predictions(np.asarray(env[manifest.model.output]))
+    return StreamRamps(ramp_pred, confidence, final_pred)
+
+
+def stream_oracle(
+    manifest: Manifest, inputs: Mapping[str, np.ndarray], batch_size: int = 64, threads: int | None = None
+) -> StreamOracle:
+    """Every sample's oracle site, from one offline pass of :func:`stream_ramps`."""
+    ramps = stream_ramps(manifest, inputs, batch_size, threads)
     sites = [s.id for s in manifest.sites]
-    return StreamOracle(oracle_sites(ramp_pred, final_pred, sites), final_pred, ramp_pred)
+    return StreamOracle(oracle_sites(ramps.ramp_pred, ramps.final_pred, sites), ramps.final_pred, ramps.ramp_pred)
 
 
 # ------------------------------------------------------------------------------ exit rules

@@ -131,6 +131,15 @@ def test_patience_rule_rejects_zero():
         policies.PatienceRule(0)
 
 
+def test_stream_ramps_are_every_ramps_argmax_and_max_probability(resnet):
+    outputs = policies.stream_ramps(resnet.manifest, resnet.inputs, batch_size=5, threads=THREADS)
+    conf, pred = _reference_ramps(resnet)
+    np.testing.assert_array_equal(outputs.ramp_pred, pred)
+    np.testing.assert_allclose(outputs.confidence, conf, rtol=1e-5, atol=1e-6)
+    assert outputs.confidence.dtype == np.float64
+    np.testing.assert_array_equal(outputs.final_pred, np.argmax(resnet.reference, axis=1))
+
+
 def test_oracle_releases_each_tagged_input_at_its_earliest_agreeing_site(resnet):
     oracle = policies.stream_oracle(resnet.manifest, resnet.inputs, batch_size=5, threads=THREADS)
     _, pred = _reference_ramps(resnet)

@@ -13,7 +13,6 @@ Latencies in ms, rates and throughput in requests per second (rps).
 from __future__ import annotations
 
 import hashlib
-
 import json
 import os
 import time

@@ -295,8 +295,8 @@ def compile_model(
     segments = _split_and_check(model, sites, data, score_name, log)
 
     log(f"[5/8] train {len(sites)} ramps")
-    trained, ramp_models = _train_ramps(model, sites, candidates, mask, data, score_name, _fixed_batch(inputs_info) or 64,
-                                        train_config, threads, log)
+    trained, ramp_models = _train_ramps(model, inputs_info, sites, candidates, mask, data, score_name,
+                                        _fixed_batch(inputs_info) or 64, train_config, threads, log)
 
     fixed = _fixed_batch(inputs_info)
     batch_sizes = [fixed] if fixed else batch_sizes_up_to(max_batch)
@@ -322,13 +322,13 @@ def compile_model(
     return result
 
 
-def _train_ramps(model: onnx.ModelProto, sites: Sequence[Site], candidates: Sequence[list[str]], mask: TensorInfo | None,
+def _train_ramps(model: onnx.ModelProto, inputs_info: Sequence[TensorInfo], sites: Sequence[Site], candidates: Sequence[list[str]], mask: TensorInfo | None,
                  data: dict[str, np.ndarray], score_name: str, batch_size: int, config: TrainConfig, threads: int | None,
                  log: Log) -> tuple[TrainResult, list[onnx.ModelProto]]:
     """Collect features, train every ramp, export each as ONNX and check it against numpy."""
     features = collect_features(model, sites, candidates, data, score_name, mask=mask.name if mask else None,
                                 batch_size=batch_size, threads=threads, log=log)
-    extra = _copies_features(model, sites, candidates, data, score_name, batch_size, config, threads, log)
+    extra = _copies_features(model, inputs_info, sites, candidates, data, score_name, batch_size, config, threads, log)
     # one torch thread: the heads are tiny, and extra (spin-waiting) threads only slow them down
     trained = train_ramps(features, config, extra=extra, threads=1, log=log)
     ramp_models = []
@@ -340,11 +340,12 @@ def _train_ramps(model: onnx.ModelProto, sites: Sequence[Site], candidates: Sequ
     return trained, ramp_models
 
 
-def _copies_features(model: onnx.ModelProto, sites: Sequence[Site], candidates: Sequence[list[str]], data: dict[str, np.ndarray],
-                     score_name: str, batch_size: int, config: TrainConfig, threads: int | None, log: Log) -> Features | None:
+def _copies_features(model: onnx.ModelProto, inputs_info: Sequence[TensorInfo], sites: Sequence[Site], candidates: Sequence[list[str]],
+                     data: dict[str, np.ndarray], score_name: str, batch_size: int, config: TrainConfig, threads: int | None,
+                     log: Log) -> Features | None:
     """Features of near-copies of the train samples (``compiler.augment``), or None when there are none."""
-    spec = image_input(model_io(model)[0])
-    copies = default_copies(model_io(model)[0]) if config.augment_copies is None else config.augment_copies
+    spec = image_input(inputs_info)
+    copies = default_copies(inputs_info) if config.augment_copies is None else config.augment_copies
     if copies == 0:
         return None
     if spec is None:

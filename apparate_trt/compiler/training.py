@@ -339,14 +339,15 @@ def train_ramps(
     log: Log = print,
 ) -> TrainResult:
     """Train every site's ramp (choosing among its candidate kinds); measure agreement with the
-    original model on the held-out part (with cross-fitting, ``config.folds``: out of fold, on every
-sample). ``extra``: features of near-copies of bootstrap samples
-    (``source`` set), trained on only where their source sample is. ``threads``: torch threads (1
-    suits these small heads)."""
+    original model on the held-out part (with cross-fitting, ``config.folds``: out of fold, on
+    every sample). ``extra``: features of near-copies of bootstrap samples (``source`` set),
+    trained on only where their source sample is. ``threads``: torch threads (1 suits these small
+    heads)."""
     torch = require("torch", extra="train", purpose="ramp training")
     n = features.final_scores.shape[0]
     num_classes = features.final_scores.shape[1]
     train_idx, held_idx = bootstrap_split(n, config)
+    folds = fold_ids(n, config.folds, config.seed) if cross_fitted(n, config) else None
     final_pred = features.final_pred
     data = _TrainingSet(features, extra, config.distill)
     ramps: list[TrainedRamp] = []
@@ -360,29 +361,29 @@ sample). ``extra``: features of near-copies of bootstrap samples
             pooled = options[kind]
             rows = data.rows(i, kind, train_idx)
             weights = train_head(rows.x, rows.y, rows.p, kind, num_classes, config, seed=seed)
-            if cross_fitted(n, config):
-                ramp = _cross_fit(data, i, kind, weights, num_classes, config, seed)
+            if folds is not None:
+                ramp = _cross_fit(data, i, kind, weights, folds, num_classes, config, seed)
             else:
                 ramp = _evaluate(kind, weights, pooled, final_pred, train_idx, held_idx)
             ramps.append(ramp)
             copies = f", {rows.y.shape[0] - train_idx.size} of them copies" if rows.y.shape[0] > train_idx.size else ""
             chosen = f", chosen by inner validation: {', '.join(f'{k} {v:.3f}' for k, v in scores.items())}" if scores else ""
             log(
-                f"  ramp {i + 1}/{len(features.pooled)} ({kind}, {pooled.shape[1]} features, {rows.y.shape[0]} train rows{copies}): {'out-of-fold' if cross_fitted(n, config) else 'held-out'} agreement "
+                f"  ramp {i + 1}/{len(features.pooled)} ({kind}, {pooled.shape[1]} features, {rows.y.shape[0]} train rows{copies}): {'held-out' if folds is None else 'out-of-fold'} agreement "
                 f"{ramp.agreement:.3f} (train {ramp.train_agreement:.3f}, {time.perf_counter() - start:.1f} s{chosen})"
             )
     finally:
         torch.set_num_threads(old_threads)
-    folds = config.folds if cross_fitted(n, config) else 0
-    return TrainResult(ramps, heldout_stats(ramps, final_pred[held_idx]), train_idx, held_idx, folds)
+    return TrainResult(ramps, heldout_stats(ramps, final_pred[held_idx]), train_idx, held_idx, 0 if folds is None else config.folds)
 
 
-def _cross_fit(data: _TrainingSet, site: int, kind: str, weights: RampWeights, num_classes: int, config: TrainConfig, seed: int) -> TrainedRamp:
+def _cross_fit(data: _TrainingSet, site: int, kind: str, weights: RampWeights, folds: np.ndarray, num_classes: int,
+               config: TrainConfig, seed: int) -> TrainedRamp:
     """The exported ramp (``weights``, trained on every sample) with out-of-fold statistics: each
-    sample's confidence and prediction come from a ramp trained on the other folds."""
+    sample's confidence and prediction come from a ramp trained on the other folds (``folds``:
+    :func:`fold_ids`)."""
     pooled = data.features.pooled[site][kind]
     n = pooled.shape[0]
-    folds = fold_ids(n, config.folds, config.seed)
     confidence = np.zeros(n, dtype=np.float32)
     pred = np.zeros(n, dtype=np.int32)
     for f in range(config.folds):

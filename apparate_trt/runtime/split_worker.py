@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from apparate_trt.engine_dir import Manifest
+from apparate_trt.engine_dir import Manifest, read_manifest
 from apparate_trt.errors import ApparateError
 
 OUT_OF_PROCESS_MIN_BYTES = 8 * 1024 * 1024
@@ -84,8 +84,7 @@ def write_segments(engine_dir: Path, active: Sequence[int], out_dir: Path) -> li
     """Split the engine's model at ``active`` and write ``seg_NNN.onnx`` files into ``out_dir``."""
     import onnx
 
-    from apparate_trt.compiler.segments import split_model
-    from apparate_trt.engine_dir import read_manifest
+    from apparate_trt.compiler.segments import split_model  # the compiler only in the worker process
 
     manifest = read_manifest(engine_dir)
     model = onnx.load(str(manifest.path(manifest.model.file)))

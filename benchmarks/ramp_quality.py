@@ -24,6 +24,7 @@ import numpy as np
 
 from apparate_trt.data import load_inputs, num_samples, take
 from apparate_trt.engine_dir import read_manifest
+from apparate_trt.errors import ApparateError
 from apparate_trt.runtime.policies import stream_ramps
 
 
@@ -51,7 +52,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=64, help="batch size of the model pass")
     p.add_argument("--out", type=Path, help="write the table as JSON here")
     args = p.parse_args(argv)
-    levels = [float(e) for e in args.errors.split(",") if e.strip()]
+    try:
+        levels = [float(e) for e in args.errors.split(",") if e.strip()]
+    except ValueError:
+        p.error(f"--errors must be comma-separated fractions such as 0.003,0.01; got {args.errors!r}")
+    if not levels or not all(0.0 <= e <= 1.0 for e in levels):
+        p.error(f"--errors must hold fractions in [0, 1]; got {args.errors!r}")
+    try:
+        return report(args, levels)
+    except ApparateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def report(args: argparse.Namespace, levels: list[float]) -> int:
+    """Measure and print (and with ``--out`` write) the table."""
     manifest = read_manifest(args.engine_dir)
     inputs = load_inputs(args.data, manifest.model.inputs)
     inputs = take(inputs, slice(0, min(args.samples, num_samples(inputs))))

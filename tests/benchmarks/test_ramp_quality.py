@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "ramp_quality.py"
 
@@ -41,3 +42,17 @@ def test_runs_on_a_compiled_engine_and_writes_json(tiny_resnet_engine, tmp_path,
         low, high = row["confident_share"]["0.003"], row["confident_share"]["0.01"]
         assert 0.0 <= low <= high <= 1.0  # a looser target never releases less
     assert "releasable" in capsys.readouterr().out
+
+
+def test_bad_input_gets_one_error_line_and_a_non_zero_exit(tiny_resnet_engine, tmp_path, capsys) -> None:
+    engine_dir, eval_npz = tiny_resnet_engine
+    script = _script()
+    assert script.main(["--engine-dir", str(tmp_path), "--data", str(eval_npz)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "not an engine directory" in err
+    assert script.main(["--engine-dir", str(engine_dir), "--data", str(tmp_path / "missing.npz")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    for errors, message in (("lots", "comma-separated fractions"), ("0.5,2", "fractions in [0, 1]")):
+        with pytest.raises(SystemExit) as info:
+            script.main(["--engine-dir", str(engine_dir), "--data", str(eval_npz), "--errors", errors])
+        assert info.value.code == 2 and message in capsys.readouterr().err

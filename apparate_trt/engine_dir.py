@@ -20,7 +20,8 @@ from apparate_trt.errors import ApparateError
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-RAMP_KINDS = ("conv_gap_linear", "conv_grid2_linear", "conv_grid4_linear", "seq_cls_dense_tanh_linear", "seq_mean_dense_tanh_linear", "dense_linear")
+RAMP_KINDS = ("conv_gap_mlp", "conv_grid2_mlp", "conv_grid4_mlp", "conv_gap_linear", "conv_grid2_linear", "conv_grid4_linear",
+              "seq_cls_dense_tanh_linear", "seq_mean_dense_tanh_linear", "dense_linear")
 BOOTSTRAP_ARRAYS = ("confidence", "ramp_pred", "final_pred", "agree")
 
 _RECOMPILE = "recompile it with: apparate-compile MODEL.onnx --data BOOTSTRAP.npz --out DIR --force"

@@ -4,7 +4,11 @@ One pass of the original model over the bootstrap data (:func:`collect_features`
 and candidate ramp kind, the ramp's pooled features, plus the model's final scores. Where a site
 has several candidate kinds, each is trained on 75% of the train part and the one that agrees best
 on the other 25% is kept. Every ramp head is then trained (:func:`train_ramps`) to predict the
-ORIGINAL MODEL's argmax (softmax cross-entropy; optionally distillation on its probabilities).
+ORIGINAL MODEL's output: by default distilled from its probabilities (cross-entropy against the
+softmax of its scores), which teaches a ramp to be unsure where the model is; ``distill=False``
+trains on its argmax instead. On the benchmark models distillation raised the share of inputs a
+ramp can release at 0.3% disagreement, markedly on the 2-class NLP model, whose argmax alone says
+nothing of how close a call was.
 
 Its statistics (confidence and prediction per sample, which seed and tune the controller at
 start) must come from samples it did not train on. By default they are cross-fitted
@@ -28,7 +32,7 @@ import numpy as np
 import onnx
 
 from apparate_trt._optional import require
-from apparate_trt.compiler.ramps import MASKED_KINDS, NUM_LAYERS, RampWeights, SiteLike, pool_features, ramp_forward, softmax
+from apparate_trt.compiler.ramps import MASKED_KINDS, RampWeights, SiteLike, kind_spec, pool_features, ramp_forward, softmax
 from apparate_trt.compiler.segments import with_extra_outputs
 from apparate_trt.data import num_samples, take
 from apparate_trt.engine_dir import BootstrapStats
@@ -73,7 +77,9 @@ class TrainConfig:
     lr: float = 1e-2
     weight_decay: float = 1e-4
     max_hidden: int = 128
-    distill: bool = False
+    """A cap on the hidden width of two-layer heads (each kind has its own, ``ramps.KindSpec.hidden``)."""
+    distill: bool = True
+    """Train on the model's probabilities (True) or on its argmax (False)."""
     seed: int = 0
     folds: int = 5
     """Cross-fitting: >= 2 splits the bootstrap samples into this many folds and gives every sample
@@ -209,7 +215,7 @@ def fold_standardisation(weights: RampWeights, mean: np.ndarray, std: np.ndarray
     w = w0.astype(np.float64) / std[:, None]
     b = b0.astype(np.float64) - mean @ w
     first = (w.astype(np.float32), b.astype(np.float32))
-    return RampWeights([first, *weights.layers[1:]])
+    return RampWeights([first, *weights.layers[1:]], weights.activation)
 
 
 def train_head(
@@ -229,11 +235,12 @@ def train_head(
     y = torch.from_numpy(labels.astype(np.int64))
     p = torch.from_numpy(probs) if probs is not None else None
     dim = features.shape[1]
-    sizes = [dim, min(dim, config.max_hidden), num_classes] if NUM_LAYERS[kind] == 2 else [dim, num_classes]
+    spec = kind_spec(kind)
+    sizes = [dim, min(dim, spec.hidden, config.max_hidden), num_classes] if spec.layers == 2 else [dim, num_classes]
     layers: list = []
     for i in range(len(sizes) - 1):
         if i:
-            layers.append(torch.nn.Tanh())
+            layers.append(torch.nn.Tanh() if spec.activation == "tanh" else torch.nn.ReLU())
         layers.append(torch.nn.Linear(sizes[i], sizes[i + 1]))
     net = torch.nn.Sequential(*layers)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -259,7 +266,7 @@ def train_head(
             sched.step()
     linear = [m for m in net if isinstance(m, torch.nn.Linear)]
     trained = RampWeights(
-        [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy()) for m in linear]
+        [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy()) for m in linear], spec.activation
     )
     return fold_standardisation(trained, mean, std)
 

@@ -9,9 +9,13 @@ import pytest
 
 from apparate_trt.compiler.ramps import (
     CONV_GAP_LINEAR,
+    CONV_GAP_MLP,
+    CONV_GRID2_MLP,
+    CONV_GRID4_MLP,
     CONV_GRID2_LINEAR,
     CONV_GRID4_LINEAR,
     DENSE_LINEAR,
+    KINDS,
     NUM_LAYERS,
     RAMP_OUTPUT,
     SEQ_CLS_DENSE_TANH_LINEAR,
@@ -33,30 +37,34 @@ CASES = {
     CONV_GAP_LINEAR: (["N", 6, 5, 7], (3, 6, 5, 7), [6]),
     CONV_GRID2_LINEAR: (["N", 6, 4, 6], (3, 6, 4, 6), [6 * 2 * 2]),
     CONV_GRID4_LINEAR: (["N", 3, 8, 16], (3, 3, 8, 16), [3 * 4 * 4]),
+    CONV_GAP_MLP: (["N", 6, 5, 7], (3, 6, 5, 7), [6, 5]),
+    CONV_GRID2_MLP: (["N", 6, 4, 6], (3, 6, 4, 6), [6 * 2 * 2, 8]),
+    CONV_GRID4_MLP: (["N", 3, 8, 16], (3, 3, 8, 16), [3 * 4 * 4, 8]),
     SEQ_CLS_DENSE_TANH_LINEAR: (["batch", "seq", 12], (3, 9, 12), [12, 10]),
     DENSE_LINEAR: (["N", 20], (3, 20), [20]),
 }
 
 
-def _weights(sizes: list[int], classes: int = 4) -> RampWeights:
+def _weights(sizes: list[int], classes: int = 4, activation: str = "tanh") -> RampWeights:
     dims = [*sizes, classes]
-    return RampWeights([(RNG.normal(size=(a, b)).astype(np.float32), RNG.normal(size=b).astype(np.float32)) for a, b in zip(dims, dims[1:])])
+    return RampWeights([(RNG.normal(size=(a, b)).astype(np.float32), RNG.normal(size=b).astype(np.float32)) for a, b in zip(dims, dims[1:])],
+                       activation)
 
 
 def test_kind_by_rank() -> None:
-    assert ramp_kind(["N", 64, 8, 8]) == CONV_GAP_LINEAR
-    assert ramp_kind(["N", 4, 8, 8, 8]) == CONV_GAP_LINEAR
+    assert ramp_kind(["N", 64, 8, 8]) == CONV_GAP_MLP
+    assert ramp_kind(["N", 4, 8, 8, 8]) == CONV_GAP_MLP
     assert ramp_kind(["N", 128, 384]) == SEQ_CLS_DENSE_TANH_LINEAR
     assert ramp_kind(["N", 10]) == DENSE_LINEAR
     assert ramp_kind(["N"]) is None
     assert candidate_kinds(["N", "S", 8], "attention_mask") == [SEQ_CLS_DENSE_TANH_LINEAR, SEQ_MEAN_DENSE_TANH_LINEAR]
     assert candidate_kinds(["N", "S", 8], None) == [SEQ_CLS_DENSE_TANH_LINEAR]
-    assert candidate_kinds(["N", 8, 4, 4], "attention_mask") == [CONV_GAP_LINEAR, CONV_GRID2_LINEAR]
-    assert candidate_kinds(["N", 8, 16, 8], None) == [CONV_GAP_LINEAR, CONV_GRID2_LINEAR, CONV_GRID4_LINEAR]
-    assert candidate_kinds(["N", 8, 3, 3], None) == [CONV_GAP_LINEAR]  # too small for any grid
-    assert candidate_kinds(["N", 8, 12, 10], None) == [CONV_GAP_LINEAR, CONV_GRID2_LINEAR]  # 4 does not divide 10
-    assert candidate_kinds(["N", 8, "H", "W"], None) == [CONV_GAP_LINEAR]  # dynamic: no fixed grid
-    assert candidate_kinds(["N", 4, 8, 8, 8], None) == [CONV_GAP_LINEAR]
+    assert candidate_kinds(["N", 8, 4, 4], "attention_mask") == [CONV_GAP_MLP, CONV_GRID2_MLP]
+    assert candidate_kinds(["N", 8, 16, 8], None) == [CONV_GAP_MLP, CONV_GRID2_MLP, CONV_GRID4_MLP]
+    assert candidate_kinds(["N", 8, 3, 3], None) == [CONV_GAP_MLP]  # too small for any grid
+    assert candidate_kinds(["N", 8, 12, 10], None) == [CONV_GAP_MLP, CONV_GRID2_MLP]  # 4 does not divide 10
+    assert candidate_kinds(["N", 8, "H", "W"], None) == [CONV_GAP_MLP]  # dynamic: no fixed grid
+    assert candidate_kinds(["N", 4, 8, 8, 8], None) == [CONV_GAP_MLP]
     assert candidate_kinds(["N"], None) == []
 
 
@@ -103,7 +111,7 @@ def test_masked_mean_ramp_onnx_equals_numpy() -> None:
 def test_onnx_ramp_equals_numpy(kind: str) -> None:
     shape, concrete, sizes = CASES[kind]
     site = SimpleNamespace(id=3, tensor="/layer/out_0", shape=shape)
-    weights = _weights(sizes)
+    weights = _weights(sizes, activation=KINDS[kind].activation)
     model = build_ramp_onnx(site, kind, weights)
     onnx.checker.check_model(model, full_check=True)
     assert [i.name for i in model.graph.input] == ["/layer/out_0"]
@@ -120,6 +128,21 @@ def test_grid_ramp_needs_a_static_divisible_map() -> None:
     site = SimpleNamespace(id=0, tensor="h", shape=["N", 4, "H", "W"])
     with pytest.raises(ValueError, match="static height and width"):
         build_ramp_onnx(site, CONV_GRID2_LINEAR, _weights([16]))
+
+
+def test_activation_must_match_the_kind() -> None:
+    site = SimpleNamespace(id=0, tensor="h", shape=["N", 6, 5, 7])
+    with pytest.raises(ValueError, match="relu between layers"):
+        build_ramp_onnx(site, CONV_GAP_MLP, _weights([6, 5], activation="tanh"))
+    with pytest.raises(ValueError, match="unknown ramp kind 'conv_fancy'"):
+        build_ramp_onnx(site, "conv_fancy", _weights([6]))
+
+
+def test_relu_head_zeroes_negative_hidden_units() -> None:
+    """The numpy reference of a ReLU head, checked by hand on a 1-feature, 2-unit example."""
+    weights = RampWeights([(np.array([[1.0, -1.0]], np.float32), np.zeros(2, np.float32)),
+                           (np.array([[1.0], [10.0]], np.float32), np.zeros(1, np.float32))], "relu")
+    np.testing.assert_allclose(ramp_forward(weights, np.array([[2.0], [-3.0]], np.float32)), [[2.0], [30.0]])
 
 
 def test_every_kind_is_valid_in_an_engine_directory() -> None:

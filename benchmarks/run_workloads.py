@@ -89,8 +89,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals")
     p.add_argument("--max-stream-s", type=float, default=30.0,
                    help="serve at most this many seconds of each stream's arrivals (bounds the full run on a slow model; 0: no bound)")
+    p.add_argument("--max-delay-ms", type=float, default=MAX_DELAY_MS,
+                   help=f"the dynamic batcher's max queueing delay (ms), the same for every system (default {MAX_DELAY_MS:g}, the API's default; "
+                        "0: a batch leaves as soon as the worker is free, as Triton's default)")
     p.add_argument("--chunk", type=int, help="requests per interleaving chunk: systems alternate chunk by chunk (default 1000; --quick: 100)")
     args = p.parse_args(argv)
+    if not args.max_delay_ms >= 0:
+        p.error(f"--max-delay-ms must be >= 0, got {args.max_delay_ms}")
     if args.out is None:
         if args.quick:
             p.error("--quick writes only to a directory you give: add --out DIR (never over benchmarks/results)")
@@ -299,7 +304,7 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], goals: list[dict[str
         f"ONNX Runtime {meta['machine']['onnxruntime']} (CPU), ORT threads per session: {meta['threads'] or 'all cores'}  ",
         f"Load average (1/5/15 min) at start {', '.join(f'{x:.1f}' for x in meta['machine']['load_avg_start'])}, "
         f"at end {', '.join(f'{x:.1f}' for x in meta['load_avg_end'])} (the machine is shared with other work)  ",
-        f"Batching for every system: max batch {MAX_BATCH}, max queueing delay {MAX_DELAY_MS} ms. Accuracy constraint {CONSTRAINT:.0%}, "
+        f"Batching for every system: max batch {MAX_BATCH}, max queueing delay {meta.get('max_delay_ms', MAX_DELAY_MS):g} ms. Accuracy constraint {CONSTRAINT:.0%}, "
         f"windows of {WINDOW} requests. Medians over {meta['repeats']} repeat(s); within a repeat the systems are interleaved in chunks of {meta['chunk']} requests (order rotated per chunk). Run took {meta['wall_s'] / 60:.1f} min.",
         "",
         "Latency: first released result minus scheduled arrival. Throughput: saturation (burst of back-to-back full batches). "
@@ -426,7 +431,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
     command = "python benchmarks/run_workloads.py" + ("" if argv is None and len(sys.argv) < 2 else " " + shlex.join(sys.argv[1:] if argv is None else list(argv)))
-    meta: dict[str, Any] = {"command": command, "machine": machine(), "threads": args.threads, "repeats": args.repeats, "chunk": args.chunk, "workloads": {}}
+    meta: dict[str, Any] = {"command": command, "machine": machine(), "threads": args.threads, "repeats": args.repeats, "chunk": args.chunk,
+                            "max_delay_ms": args.max_delay_ms, "workloads": {}}
     log(f"benchmark: {len(args.workloads)} workload(s) x {len(args.systems)} systems x {args.repeats} repeat(s); "
         f"load average {meta['machine']['load_avg_start'][0]:.1f} on {meta['machine']['cores']} cores")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -443,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"[{w.model}] engine directory")
             engine_dir = args.engines / w.model
             manifest = ensure_engine(data_dir, engine_dir, args.threads, log)
-            factories[w.model] = SystemFactory(engine_dir, manifest, args.threads)
+            factories[w.model] = SystemFactory(engine_dir, manifest, args.threads, args.max_delay_ms)
         res = run_workload(w, args, factories, capacity)
         raw[w.name] = res
         systems = {s: summarize_system([r for r in res["runs"] if r.system == s], res["phases"]) for s in args.systems}

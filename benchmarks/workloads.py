@@ -149,6 +149,8 @@ class SystemFactory:
     engine_dir: Path
     manifest: Manifest
     threads: int | None
+    max_delay_ms: float = MAX_DELAY_MS
+    """The dynamic batcher's max queueing delay (ms), the same for every system."""
     oracle: policies.StreamOracle | None = None
     _policies: dict[str, Any] = field(default_factory=dict)
 
@@ -185,7 +187,7 @@ class SystemFactory:
     def load(self, system: str) -> Engine:
         """A started engine serving ``system`` with the shared batching settings."""
         mode = "vanilla" if system == "vanilla" else "apparate"
-        return load(self.engine_dir, max_batch=MAX_BATCH, max_delay_ms=MAX_DELAY_MS, accuracy_constraint=CONSTRAINT,
+        return load(self.engine_dir, max_batch=MAX_BATCH, max_delay_ms=self.max_delay_ms, accuracy_constraint=CONSTRAINT,
                     mode=mode, threads=self.threads, policy=self.policy(system))
 
 

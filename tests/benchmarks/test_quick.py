@@ -49,7 +49,7 @@ def test_quick_run_serves_every_system_and_writes_every_file(tmp_path, tiny_resn
     _data_dir(data, tiny_bert_engine, engines, "nlp", drift=False)
     results_before = sorted(p.name for p in run.RESULTS.glob("*")) if run.RESULTS.exists() else []
     assert run.main(["--quick", "--out", str(out), "--data", str(data), "--engines", str(engines),
-                     "--requests", "120", "--burst", "40", "--threads", "1"]) == 0
+                     "--requests", "120", "--burst", "40", "--threads", "1", "--max-delay-ms", "2"]) == 0
 
     summary = json.loads((out / "summary.json").read_text())
     workloads = [w.name for w in run.WORKLOADS]
@@ -66,7 +66,10 @@ def test_quick_run_serves_every_system_and_writes_every_file(tmp_path, tiny_resn
     assert "windows_violating_after_changes" in summary["drift"]["apparate"]["accuracy"]
     assert summary["_goals"] and all({"goal", "met", "detail"} <= set(g) for g in summary["_goals"])
 
+    assert summary["_meta"]["max_delay_ms"] == 2.0
+
     md = (out / "summary.md").read_text()
+    assert "max queueing delay 2 ms" in md
     assert "| apparate |" in md and "## Goals" in md and "Machine:" in md and "Command:" in md
     for w in workloads:
         assert (out / f"latency_cdf_{w}.png").stat().st_size > 0
@@ -84,3 +87,10 @@ def test_quick_refuses_to_write_over_the_committed_results():
         run.parse_args(["--quick"])
     with pytest.raises(SystemExit):
         run.parse_args(["--quick", "--out", str(run.RESULTS)])
+
+
+def test_a_negative_batching_delay_is_refused():
+    run = _script()
+    with pytest.raises(SystemExit):
+        run.parse_args(["--max-delay-ms", "-1"])
+    assert run.parse_args(["--max-delay-ms", "0"]).max_delay_ms == 0.0

@@ -93,14 +93,10 @@ KINDS: dict[str, KindSpec] = {
     SEQ_MEAN_DENSE_TANH_LINEAR: KindSpec("mean", 2, "tanh"),
     DENSE_LINEAR: KindSpec("none", 1),
 }
-#: Number of linear layers of each kind's head.
-NUM_LAYERS = {kind: spec.layers for kind, spec in KINDS.items()}
 #: Kinds whose ramp also reads the attention mask.
 MASKED_KINDS = frozenset(kind for kind, spec in KINDS.items() if spec.pooling == "mean")
-#: Cells per spatial axis of the grid-pooled kinds.
-GRID_CELLS = {kind: spec.cells for kind, spec in KINDS.items() if spec.pooling == "grid"}
-#: The grid-pooled kinds that candidate_kinds offers, by cells per axis.
-CONV_GRID_MLPS = {2: CONV_GRID2_MLP, 4: CONV_GRID4_MLP}
+#: The grid-pooled kinds that candidate_kinds offers beside ``conv_gap_mlp`` (cells in ``KINDS``).
+OFFERED_GRID_KINDS = (CONV_GRID2_MLP, CONV_GRID4_MLP)
 
 
 def kind_spec(kind: str) -> KindSpec:
@@ -161,7 +157,7 @@ def candidate_kinds(shape: Sequence[int | str | None], mask: str | None) -> list
     if kind == SEQ_CLS_DENSE_TANH_LINEAR and mask is not None:
         return [kind, SEQ_MEAN_DENSE_TANH_LINEAR]
     if kind == CONV_GAP_MLP:
-        return [kind, *(grid for cells, grid in CONV_GRID_MLPS.items() if grid_fits(shape, cells))]
+        return [kind, *(grid for grid in OFFERED_GRID_KINDS if grid_fits(shape, KINDS[grid].cells))]
     return [kind]
 
 

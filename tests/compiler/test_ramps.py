@@ -16,7 +16,6 @@ from apparate_trt.compiler.ramps import (
     CONV_GRID4_LINEAR,
     DENSE_LINEAR,
     KINDS,
-    NUM_LAYERS,
     RAMP_OUTPUT,
     SEQ_CLS_DENSE_TANH_LINEAR,
     SEQ_MEAN_DENSE_TANH_LINEAR,
@@ -148,7 +147,7 @@ def test_relu_head_zeroes_negative_hidden_units() -> None:
 def test_every_kind_is_valid_in_an_engine_directory() -> None:
     from apparate_trt.engine_dir import RAMP_KINDS
 
-    assert set(NUM_LAYERS) == set(RAMP_KINDS)
+    assert set(KINDS) == set(RAMP_KINDS)
 
 
 def test_layer_count_must_match_kind() -> None:

@@ -92,6 +92,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--max-delay-ms", type=float, default=MAX_DELAY_MS,
                    help=f"the dynamic batcher's max queueing delay (ms), the same for every system (default {MAX_DELAY_MS:g}, the API's default; "
                         "0: a batch leaves as soon as the worker is free, as Triton's default)")
+    p.add_argument("--no-overload-fallback", dest="overload_fallback", action="store_false",
+                   help="apparate always runs its active ramps, even with a full batch waiting (an ablation; default: the API's fallback on)")
     p.add_argument("--chunk", type=int, help="requests per interleaving chunk: systems alternate chunk by chunk (default 1000; --quick: 100)")
     args = p.parse_args(argv)
     if not args.max_delay_ms >= 0:
@@ -203,6 +205,7 @@ def summarize_system(runs: list[RunRecord], phases: list[dict[str, Any]]) -> dic
         "exit_share": _median_shares([rep["exit_share"] for rep in reports]),
         "repeats": len(runs),
         "failed": int(sum(rep["failed"] for rep in reports)),
+        "unsplit_batch_share": _median([_unsplit_share(rep) for rep in reports]),
     }
     if phases:
         kept = []
@@ -217,6 +220,12 @@ def summarize_system(runs: list[RunRecord], phases: list[dict[str, Any]]) -> dic
         out["accuracy"]["windows_violating_after_changes"] = _median(kept)
         out["accuracy"]["worst_window_per_phase"] = {k: _median(v) for k, v in per_phase.items()}
     return out
+
+
+def _unsplit_share(report: dict[str, Any]) -> float | None:
+    """Share of the stream's batches the overload fallback ran unsplit (None: no batch counted)."""
+    batches = report.get("batches") or {}
+    return batches["unsplit"] / batches["run"] if batches.get("run") else None
 
 
 def _median_shares(shares: list[dict[str, float]]) -> dict[str, float]:
@@ -310,6 +319,9 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], goals: list[dict[str
         "Latency: first released result minus scheduled arrival. Throughput: saturation (burst of back-to-back full batches). "
         "Accuracy: agreement with the original model.",
         "",
+        f"Apparate's overload fallback (a batch dispatched while a full batch more waits runs unsplit, without ramps): "
+        f"{'on' if meta.get('overload_fallback', True) else 'off (--no-overload-fallback)'}; the baselines never have it.",
+        "",
     ]
     for wname, systems in summary.items():
         info = meta["workloads"][wname]
@@ -323,6 +335,9 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], goals: list[dict[str
             lines.append(f"| {name} | {_ms(lat['p50'])} | {_ms(lat['p95'])} | {_ms(lat['p99'])} | {_x(r['p50'])} | {_x(r['p95'])} | {_x(r['p99'])} | "
                          f"{e['throughput_rps']:.0f} | {_x(e['throughput_vs_vanilla'])} | {_pct(acc['overall'], 2)} | {_pct(acc['worst_window'])} | "
                          f"{_pct(acc['windows_violating'])} | {_pct(early)} |")
+        unsplit = systems.get("apparate", {}).get("unsplit_batch_share")
+        if unsplit is not None:
+            lines += ["", f"Apparate ran {_pct(unsplit)} of its batches on this stream unsplit (overload fallback); the saturation bursts are not counted."]
         if any("worst_window_per_phase" in e["accuracy"] for e in systems.values()):
             phase_names = list(next(e for e in systems.values() if "worst_window_per_phase" in e["accuracy"])["accuracy"]["worst_window_per_phase"])
             lines += ["", "Worst window per drift phase, and windows violating 1% outside the two windows at each change:", "",
@@ -432,7 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     command = "python benchmarks/run_workloads.py" + ("" if argv is None and len(sys.argv) < 2 else " " + shlex.join(sys.argv[1:] if argv is None else list(argv)))
     meta: dict[str, Any] = {"command": command, "machine": machine(), "threads": args.threads, "repeats": args.repeats, "chunk": args.chunk,
-                            "max_delay_ms": args.max_delay_ms, "workloads": {}}
+                            "max_delay_ms": args.max_delay_ms, "overload_fallback": args.overload_fallback, "workloads": {}}
     log(f"benchmark: {len(args.workloads)} workload(s) x {len(args.systems)} systems x {args.repeats} repeat(s); "
         f"load average {meta['machine']['load_avg_start'][0]:.1f} on {meta['machine']['cores']} cores")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -449,7 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"[{w.model}] engine directory")
             engine_dir = args.engines / w.model
             manifest = ensure_engine(data_dir, engine_dir, args.threads, log)
-            factories[w.model] = SystemFactory(engine_dir, manifest, args.threads, args.max_delay_ms)
+            factories[w.model] = SystemFactory(engine_dir, manifest, args.threads, args.max_delay_ms, args.overload_fallback)
         res = run_workload(w, args, factories, capacity)
         raw[w.name] = res
         systems = {s: summarize_system([r for r in res["runs"] if r.system == s], res["phases"]) for s in args.systems}

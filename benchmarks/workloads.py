@@ -135,6 +135,10 @@ class StreamTagger:
         """``Engine.sync_controller``."""
         return self.engine.sync_controller(timeout_s)
 
+    def stats(self) -> dict[str, Any]:
+        """``Engine.stats`` (replay counts the batches, and the unsplit ones, from it)."""
+        return self.engine.stats()
+
     def submit(self, inputs: Mapping[str, Any], on_result: Any = None, **kwargs: Any) -> Any:
         """``Engine.submit`` with the next stream index as the tag."""
         tag = self._next
@@ -151,6 +155,8 @@ class SystemFactory:
     threads: int | None
     max_delay_ms: float = MAX_DELAY_MS
     """The dynamic batcher's max queueing delay (ms), the same for every system."""
+    overload_fallback: bool = True
+    """Apparate's overload fallback (``load(overload_fallback=...)``); the baselines never have it."""
     oracle: policies.StreamOracle | None = None
     _policies: dict[str, Any] = field(default_factory=dict)
 
@@ -188,7 +194,7 @@ class SystemFactory:
         """A started engine serving ``system`` with the shared batching settings."""
         mode = "vanilla" if system == "vanilla" else "apparate"
         return load(self.engine_dir, max_batch=MAX_BATCH, max_delay_ms=self.max_delay_ms, accuracy_constraint=CONSTRAINT,
-                    mode=mode, threads=self.threads, policy=self.policy(system))
+                    mode=mode, threads=self.threads, policy=self.policy(system), overload_fallback=self.overload_fallback)
 
 
 # ------------------------------------------------------------------------------ measurements
@@ -253,6 +259,7 @@ def merge_results(parts: list[ReplayResult]) -> ReplayResult:
         released_pred=cat("released_pred"), final_pred=cat("final_pred"), exit_site=cat("exit_site"),
         t_release=cat("t_release"), t_final=cat("t_final"), errors=errors,
         events=list(last.events), threshold_history=list(last.threshold_history),
+        batches=sum(p.batches for p in parts), unsplit_batches=sum(p.unsplit_batches for p in parts),
     )
 
 

@@ -75,6 +75,9 @@ def build_parser() -> Parser:
                    help="start with thresholds tuned on the engine's held-out bootstrap statistics, or at never-exit until the first feedback")
     p.add_argument("--queue-size", type=int, default=1024, metavar="N",
                    help="most requests waiting for a batch; past it new requests are refused (replay: counted as failed)")
+    p.add_argument("--no-overload-fallback", dest="overload_fallback", action="store_false",
+                   help="always run the active ramps; by default a batch dispatched while a full batch more waits runs on the unsplit "
+                        "model without ramps (under overload exits save less than the split and ramps cost the queue)")
     p.add_argument("--quiet", action="store_true", help="no progress line while the replay runs")
     serve = p.add_argument_group("serving (--serve)")
     serve.add_argument("--serve", action="store_true", help="serve over the Open Inference Protocol instead of replaying --data")
@@ -121,6 +124,7 @@ def serve_command(args: argparse.Namespace) -> int:
         args.engine_dir, model_name=args.model_name, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
         max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, accuracy_constraint=args.accuracy_constraint,
         queue_size=args.queue_size, request_timeout_s=args.request_timeout_s, mode=args.mode, threads=args.threads,
+        overload_fallback=args.overload_fallback,
     ) or 0)
 
 
@@ -150,7 +154,7 @@ def replay_command(args: argparse.Namespace) -> int:
     engine = api.load(
         args.engine_dir, max_batch=args.max_batch, max_delay_ms=args.max_delay_ms,
         accuracy_constraint=args.accuracy_constraint, mode=args.mode, threads=args.threads,
-        queue_size=args.queue_size, confidence=args.confidence,
+        queue_size=args.queue_size, confidence=args.confidence, overload_fallback=args.overload_fallback,
         controller_options={"window_size": args.window_size, "initial_thresholds": args.initial_thresholds},
     )
     try:
@@ -183,6 +187,7 @@ def _settings(args: argparse.Namespace, requests: int) -> dict[str, Any]:
         "mode": args.mode,
         "confidence": args.confidence,
         "threads": args.threads,
+        "overload_fallback": args.overload_fallback,
         "window_size": args.window_size,
         "initial_thresholds": args.initial_thresholds,
     }

@@ -221,14 +221,19 @@ class Engine:
         max_delay_ms: float,
         queue_size: int,
         timeout_ms: float | None,
+        overload_fallback: bool = True,
     ) -> None:
         self.manifest = manifest
         self.mode = mode
         self.executor = executor
         self.controller = controller
         self.timeout_ms = timeout_ms
+        self.max_batch = int(max_batch)
+        self.overload_fallback = bool(overload_fallback) and controller is not None and getattr(executor, "runs_unsplit", False)
+        """True when a batch dispatched with a full batch still waiting runs unsplit (see :func:`load`)."""
         self._ids = itertools.count()
         self._failed = 0
+        self._unsplit_batches = 0
         self._control = None if controller is None else ControlLoop(
             lambda outcomes, t: self.controller.observe_batches(outcomes, t),  # type: ignore[union-attr]
             self._apply_config,
@@ -286,18 +291,28 @@ class Engine:
                 req.handle.early.cancel()
             else:
                 live.append(req)
+        unsplit = self._overloaded()
         for group in _group_by_shape(live):
-            self._run_group(group)
+            self._run_group(group, unsplit)
 
-    def _run_group(self, group: list[_Request]) -> None:
-        """Run ``group`` as one batch; if it fails, rerun each request alone so one fails alone."""
+    def _overloaded(self) -> bool:
+        """True when the overload fallback applies to the batch just taken: at least a full batch
+        still waits behind it. Its requests then queue for longer than any exit could save, and the
+        unsplit model, faster than the split one with ramps, drains the queue sooner."""
+        return self.overload_fallback and self._batcher.queue_depth >= self.max_batch
+
+    def _run_group(self, group: list[_Request], unsplit: bool = False) -> None:
+        """Run ``group`` as one batch (``unsplit``: the original model, no ramps, no feedback);
+        if it fails, rerun each request alone so one fails alone."""
         try:
             batch = {name: np.stack([req.inputs[name] for req in group]) for name in group[0].inputs}
 
             def on_release(index: int, row: np.ndarray, pred: int, site: int | None, t_release: float) -> None:
                 self._deliver(group[index], row, pred, site, t_release)
 
-            if getattr(self.executor, "accepts_tags", False) and any(req.tag is not None for req in group):
+            if unsplit:
+                outcome = self.executor.run_batch(batch, on_release, unsplit=True)  # type: ignore[call-arg]
+            elif getattr(self.executor, "accepts_tags", False) and any(req.tag is not None for req in group):
                 outcome = self.executor.run_batch(batch, on_release, tags=[req.tag for req in group])  # type: ignore[call-arg]
             else:
                 outcome = self.executor.run_batch(batch, on_release)
@@ -305,11 +320,14 @@ class Engine:
             if len(group) > 1:
                 log.warning("a batch of %d failed (%s); running its requests one by one", len(group), exc)
                 for req in group:
-                    self._run_group([req])
+                    self._run_group([req], unsplit)
             else:
                 self._fail(group[0], exc)
             return
-        self._observe(outcome)
+        if unsplit:
+            self._unsplit_batches += 1  # no ramp ran: nothing for the controller to learn
+        else:
+            self._observe(outcome)
 
     def _deliver(self, req: _Request, row: np.ndarray, pred: int, site: int | None, t_release: float) -> None:
         handle = req.handle
@@ -365,6 +383,7 @@ class Engine:
             "expired": b.expired,
             "failed": self._failed,
             "batch_sizes": b.batch_sizes,
+            "unsplit_batches": self._unsplit_batches,
             "active_sites": active,
             "thresholds": {site: thresholds.get(site, 0.0) for site in active},
         }
@@ -402,6 +421,7 @@ def load(
     controller_options: Mapping[str, Any] | None = None,
     timeout_ms: float | None = None,
     policy: "ServingPolicy | None" = None,
+    overload_fallback: bool = True,
 ) -> Engine:
     """Load an engine directory and start serving it.
 
@@ -420,6 +440,12 @@ def load(
             baselines of ``apparate_trt.runtime.policies`` (static thresholds, patience, oracle);
             None (default): ``mode`` decides (the adaptive controller or vanilla). With a policy
             there is no controller and the engine's ``mode`` is the policy's ``name``.
+        overload_fallback: (``apparate`` mode) when a batch is dispatched while at least
+            ``max_batch`` more requests wait, run it on the unsplit original model with no ramps:
+            under overload every request queues for longer than an exit saves, and the split model
+            with ramps drains the queue more slowly. Its results are all final (exact); the
+            controller gets no feedback from it. ``stats()["unsplit_batches"]`` counts such
+            batches. False: always run the active ramps.
     """
     if mode not in MODES:
         raise ApparateError(f"unknown mode '{mode}'; use one of: {', '.join(MODES)}")
@@ -456,4 +482,5 @@ def load(
         max_delay_ms=max_delay_ms,
         queue_size=queue_size,
         timeout_ms=timeout_ms,
+        overload_fallback=overload_fallback,
     )

@@ -317,6 +317,8 @@ class Executor:
 
     accepts_tags = True
     """``run_batch`` takes per-input ``tags`` (the API passes each request's ``tag``)."""
+    runs_unsplit = True
+    """``run_batch`` takes ``unsplit=True`` (the engine's overload fallback)."""
 
     def __init__(
         self, manifest: Manifest, threads: int | None = None, confidence: str = "maxprob", exit_rule: ExitRule | None = None
@@ -400,16 +402,18 @@ class Executor:
 
     # ----------------------------------------------------------------------------------- execution
     def run_batch(
-        self, inputs: Mapping[str, np.ndarray], on_release: ReleaseFn, tags: Sequence[object] | None = None
+        self, inputs: Mapping[str, np.ndarray], on_release: ReleaseFn, tags: Sequence[object] | None = None, *, unsplit: bool = False
     ) -> BatchOutcome:
         """Run one batch (arrays with the batch axis first) and release results as they are decided.
 
         ``on_release`` is called on this thread for each early exit as soon as its ramp decides
         (site id given), then for every input with the final output (site None). ``tags`` (one per
-        input, optional) are handed to the exit rule's ``begin_batch``.
+        input, optional) are handed to the exit rule's ``begin_batch``. ``unsplit=True`` runs the
+        original model in one piece with no ramps (the engine's overload fallback): every result is
+        final and the outcome has no ramp feedback.
         """
         t_start = time.monotonic()
-        plan = self._swap_if_ready()
+        plan = self._builder.build(()) if unsplit else self._swap_if_ready()
         thresholds = self._thresholds
         n = _batch_size(inputs)
         self.exit_rule.begin_batch(n, tags)

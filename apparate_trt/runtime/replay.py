@@ -53,6 +53,8 @@ class ReplayResult:
     events: list[dict[str, Any]] = field(default_factory=list)
     threshold_history: list[dict[str, Any]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
+    batches: int = 0  # batches the engine ran during the replay
+    unsplit_batches: int = 0  # of them, run unsplit by the overload fallback
 
     @property
     def requests(self) -> int:
@@ -110,6 +112,7 @@ def replay(
     collector = _Collector(n)
     errors: dict[int, str] = {}
     reporter = _Progress(collector, n, progress)
+    batches_before = _batch_counts(engine)
     t_start = time.monotonic()
     reporter.start(t_start, arrivals)
     try:
@@ -130,6 +133,7 @@ def replay(
     if sync is not None:
         sync(wait_timeout_s)  # the controller has taken every batch's feedback: its events are complete
     controller = getattr(engine, "controller", None)
+    batches, unsplit = (after - before for after, before in zip(_batch_counts(engine), batches_before))
     return ReplayResult(
         mode=getattr(engine, "mode", "apparate"),
         t_start=t_start,
@@ -146,7 +150,15 @@ def replay(
         errors=errors,
         events=[] if controller is None else controller.events,
         threshold_history=[] if controller is None else controller.threshold_history,
+        batches=batches,
+        unsplit_batches=unsplit,
     )
+
+
+def _batch_counts(engine: Any) -> tuple[int, int]:
+    """(batches run, of them unsplit) so far, from ``engine.stats()`` (zeros without it)."""
+    stats = engine.stats() if hasattr(engine, "stats") else {}
+    return int(stats.get("batches", 0)), int(stats.get("unsplit_batches", 0))
 
 
 def _submit_all(

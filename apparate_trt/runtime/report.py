@@ -103,6 +103,7 @@ def build_report(
         },
         "windows_violating": float(np.mean(windows < floor - 1e-12)) if windows.size else 0.0,
         "exit_share": exit_shares(result.exit_site[done]),
+        "batches": {"run": result.batches, "unsplit": result.unsplit_batches},
         "events": [_relative(e, result.t_start) for e in result.events],
         "threshold_history": [_relative(h, result.t_start) for h in result.threshold_history],
         "submit_lag_ms": {"p99": float(np.percentile(lag, 99)) if lag.size else None, "max": float(lag.max()) if lag.size else None},
@@ -172,6 +173,9 @@ def format_report(report: Mapping[str, Any]) -> str:
         f"(windows of {acc['window_size']})   windows below {_pct(1 - acc['constraint'], 1)}: {_pct(report['windows_violating'], 1)}",
         f"  exit share      {shares}",
     ]
+    batches = report.get("batches") or {}
+    if batches.get("run"):
+        lines.append(f"  batches         {batches['run']} run, {batches['unsplit']} unsplit (overload fallback: a full batch was waiting)")
     for message, count in report.get("errors", {}).items():
         lines.append(f"  failed          {count} x {message}")
     if report["events"]:

@@ -160,3 +160,20 @@ def test_bad_flags(tiny_resnet_engine, extra, fragment, capsys):
 def test_data_is_required_without_serve(tiny_resnet_engine, capsys):
     status, _, err = _run_in_process(["--engine-dir", str(tiny_resnet_engine[0])], capsys)
     _assert_one_line_error(status, err, "--data")
+
+
+@pytest.mark.parametrize("flag, unsplit", [([], True), (["--no-overload-fallback"], False)])
+def test_burst_replay_reports_the_overload_fallback(tiny_resnet_engine, tmp_path, flag, unsplit, capsys):
+    engine_dir, eval_npz = tiny_resnet_engine
+    trace, report_path = tmp_path / "burst.txt", tmp_path / "report.json"
+    trace.write_text("\n".join(["0"] * 48) + "\n")  # 48 requests at once: a backlog of full batches
+    status, out, err = _run_in_process(
+        ["--engine-dir", str(engine_dir), "--data", str(eval_npz), "--arrivals", f"trace:{trace}", "--max-batch", "4",
+         "--threads", "1", "--quiet", "--report", str(report_path), *flag], capsys)
+    assert status == 0, err
+    report = json.loads(report_path.read_text())
+    batches = report["batches"]
+    assert batches["run"] >= 12 and report["settings"]["overload_fallback"] is unsplit
+    assert (batches["unsplit"] > 0) is unsplit and batches["unsplit"] < batches["run"]
+    assert report["completed"] == 48 and report["accuracy"]["overall"] is not None
+    assert f"{batches['run']} run, {batches['unsplit']} unsplit" in out

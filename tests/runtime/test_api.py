@@ -286,3 +286,48 @@ def test_validation_casts_safely_and_checks_symbolic_dims():
         validate_sample(SPECS, {"ids": np.ones(2, np.float32), "mask": np.ones(2, np.float32), "x": np.zeros(3, np.float32)})
     with pytest.raises(ApparateError, match="axis 0 must be 3"):
         validate_sample(SPECS, {"ids": np.ones(2, np.int32), "mask": np.ones(2, np.float32), "x": np.zeros(4, np.float32)})
+
+
+def _burst(engine: api.Engine, compiled, count: int) -> list[tuple[Result, Result]]:
+    """Submit ``count`` samples at once while the worker is held, so that they queue; each one's
+    (first released, final) result."""
+    gate, entered = threading.Event(), threading.Event()
+
+    def hold(result: Result) -> None:
+        entered.set()
+        gate.wait(WAIT_S)
+
+    first = engine.submit(compiled.sample(0), on_result=hold)
+    assert entered.wait(WAIT_S)
+    handles = [first] + [engine.submit(compiled.sample(i % compiled.n)) for i in range(1, count)]
+    gate.set()
+    return [(h.early.result(WAIT_S), h.final.result(WAIT_S)) for h in handles]
+
+
+@pytest.mark.parametrize("fallback", [True, False])
+def test_overload_fallback_runs_queued_full_batches_unsplit_and_exact(resnet, fallback):
+    site = resnet.manifest.sites[0].id
+    with _load(resnet, max_batch=2, max_delay_ms=0.0, overload_fallback=fallback) as engine:
+        controller = _fixed(engine, [site], [1.0])  # threshold 1: every input that meets the ramp exits
+        results = _burst(engine, resnet, 9)  # 1 held, then 8 queued: batches of 2 with 6, 4, 2, 0 waiting
+        assert engine.sync_controller(WAIT_S)
+        stats = engine.stats()
+    expected = np.stack([resnet.reference[i % resnet.n] for i in range(9)])
+    assert_same_output(np.stack([final.output for _, final in results]), expected)
+    assert all(final.is_final for _, final in results)
+    early = sum(first.exit_site == site for first, _ in results)
+    if fallback:
+        # the batches dispatched with >= 2 waiting (6, 4, 2 left) ran unsplit: final results only, no feedback
+        assert stats["unsplit_batches"] == 3 and early == 9 - 6
+        assert len(controller.observed) == stats["batches"] - 3
+    else:
+        assert stats["unsplit_batches"] == 0 and early == 9, "every input met the ramp and exited there"
+
+
+def test_no_fallback_without_a_backlog(resnet):
+    site = resnet.manifest.sites[0].id
+    with _load(resnet, max_batch=2, max_delay_ms=0.0) as engine:
+        _fixed(engine, [site], [1.0])
+        early = [engine.submit(resnet.sample(i)).early.result(WAIT_S) for i in range(4)]
+        assert engine.stats()["unsplit_batches"] == 0
+    assert all(r.exit_site == site for r in early)

@@ -248,3 +248,20 @@ def test_bad_configurations_are_refused(resnet, active, thresholds, message):
 def test_unknown_confidence_kind_is_refused(resnet):
     with pytest.raises(ApparateError, match="maxprob"):
         Executor(resnet.manifest, confidence="softmax")
+
+
+def test_unsplit_batch_runs_the_original_model_without_ramps(resnet):
+    sites = [s.id for s in resnet.manifest.sites]
+    executor = _executor(resnet, sites[:2], [1.0, 1.0])  # threshold 1: every input would exit at once
+    try:
+        releases = Releases()
+        outcome = executor.run_batch(resnet.batch(6), releases, unsplit=True)
+        assert executor.active_sites == sites[:2], "the configured plan stays in place for the next batch"
+        split = executor.run_batch(resnet.batch(6), Releases())
+    finally:
+        executor.close()
+    assert releases.early() == [] and [c[0] for c in releases.final()] == list(range(6))
+    assert outcome.active_sites == [] and outcome.confidence.shape == (0, 6) and (outcome.exit_site == -1).all()
+    assert len(outcome.segments_ms) == 1, "one piece: the unsplit model"
+    assert_same_output(outcome.final_logits, resnet.reference[:6])
+    assert split.active_sites == sites[:2] and (split.exit_site == sites[0]).all()

@@ -85,6 +85,7 @@ class Server:
         mode: str = "apparate",
         threads: int | None = None,
         drain_timeout_s: float = DRAIN_TIMEOUT_S,
+        overload_fallback: bool = True,
     ) -> "Server":
         """Load ``engine_dir`` (see :func:`apparate_trt.runtime.api.load`) and wrap it (not started)."""
         from apparate_trt.runtime.api import load
@@ -97,6 +98,7 @@ class Server:
             mode=mode,
             threads=threads,
             queue_size=queue_size,
+            overload_fallback=overload_fallback,
         )
         try:
             return cls(
@@ -238,6 +240,7 @@ def serve(
     mode: str = "apparate",
     threads: int | None = None,
     ready_callback: Callable[[Server], None] | None = None,
+    overload_fallback: bool = True,
 ) -> int:
     """Serve ``engine_dir`` over the Open Inference Protocol until SIGTERM / SIGINT; the exit status.
 
@@ -257,5 +260,6 @@ def serve(
         request_timeout_s=request_timeout_s,
         mode=mode,
         threads=threads,
+        overload_fallback=overload_fallback,
     )
     return run_until_signal(server, ready_callback)

@@ -151,6 +151,7 @@ class Metrics:
         scalars = (
             ("queue_depth", "apparate_queue_depth", "gauge", "Requests waiting in the engine's queue."),
             ("batches", "apparate_batches_total", "counter", "Batches the engine ran."),
+            ("unsplit_batches", "apparate_unsplit_batches_total", "counter", "Batches run on the unsplit model, without ramps, because a full batch was waiting (overload fallback)."),
             ("refused", "apparate_refused_total", "counter", "Samples refused because the queue was full."),
             ("expired", "apparate_expired_total", "counter", "Samples dropped after waiting past their timeout."),
             ("window_accuracy", "apparate_window_accuracy", "gauge", "The controller's accuracy over its feedback window (0..1)."),

@@ -80,10 +80,10 @@ class Gate:
             def __getattr__(self, name: str) -> Any:
                 return getattr(gate._inner, name)
 
-            def run_batch(self, inputs: Any, on_release: Any) -> Any:
+            def run_batch(self, inputs: Any, on_release: Any, **kwargs: Any) -> Any:
                 gate.entered.set()
                 assert gate.opened.wait(30.0), "gate never opened"
-                return gate._inner.run_batch(inputs, on_release)
+                return gate._inner.run_batch(inputs, on_release, **kwargs)
 
         engine.executor = Gated()
 

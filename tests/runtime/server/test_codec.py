@@ -81,11 +81,12 @@ def test_metrics_text_format() -> None:
     for v in (0.05, 0.5, 5.0):
         hist.observe(v)
     assert hist.lines("h", {}) == ['h_bucket{le="0.1"} 1', 'h_bucket{le="1"} 2', 'h_bucket{le="+Inf"} 3', "h_sum 5.55", "h_count 3"]
-    metrics = Metrics("m", lambda: {"queue_depth": 2, "active_sites": [1, 4], "thresholds": {1: 0.25, 4: 0.0}, "window_accuracy": 0.995})
+    metrics = Metrics("m", lambda: {"queue_depth": 2, "unsplit_batches": 3, "active_sites": [1, 4], "thresholds": {1: 0.25, 4: 0.0}, "window_accuracy": 0.995})
     metrics.request_done("http", "ok", 0.01)
     text = metrics.render()
     assert 'apparate_requests_total{model="m",protocol="http",code="ok"} 1' in text
     assert 'apparate_queue_depth{model="m"} 2' in text and 'apparate_active_ramps{model="m"} 2' in text
+    assert 'apparate_unsplit_batches_total{model="m"} 3' in text
     assert 'apparate_threshold{model="m",site="1"} 0.25' in text and 'apparate_window_accuracy{model="m"} 0.995' in text
     families = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
     assert len(families) == len(set(families)), "a metric family is declared twice"

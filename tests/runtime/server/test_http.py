@@ -89,7 +89,7 @@ def test_metrics_endpoint(server, workload: Workload) -> None:
         assert resp.headers["Content-Type"].startswith("text/plain")
         text = resp.read().decode()
     for family in ("apparate_requests_total", "apparate_request_duration_seconds_bucket", "apparate_exit_share",
-                   "apparate_queue_depth", "apparate_active_ramps", "apparate_threshold", "apparate_release_latency_seconds_count"):
+                   "apparate_queue_depth", "apparate_unsplit_batches_total", "apparate_active_ramps", "apparate_threshold", "apparate_release_latency_seconds_count"):
         assert family in text, family
     assert 'apparate_requests_total{model="%s",protocol="http",code="ok"}' % server.spec.name in text
     for line in text.splitlines():  # every sample line is "name{labels} number"

@@ -41,6 +41,7 @@ from workloads import (  # noqa: E402
     CONSTRAINT,
     MAX_BATCH,
     MAX_DELAY_MS,
+    ABLATIONS,
     SYSTEMS,
     WINDOW,
     WORKLOADS,
@@ -81,7 +82,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=Path("data"), help="data root with cv/ and nlp/ (scripts/build_real_models.py)")
     p.add_argument("--engines", type=Path, default=Path("out/bench"), help="engine directory cache (compiled when missing or stale)")
     p.add_argument("--workloads", default=",".join(w.name for w in WORKLOADS), help="comma-separated workloads to run")
-    p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated systems (vanilla is always run)")
+    p.add_argument("--systems", default=",".join(SYSTEMS),
+                   help=f"comma-separated systems (vanilla is always run); also {', '.join(ABLATIONS)}: apparate without its overload fallback")
     p.add_argument("--requests", type=int, help="requests per run (default: the whole stream; --quick: 300)")
     p.add_argument("--repeats", type=int, help="repeats of every system (default 2; --quick: 1)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads per session (default: all cores)")
@@ -92,8 +94,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--max-delay-ms", type=float, default=MAX_DELAY_MS,
                    help=f"the dynamic batcher's max queueing delay (ms), the same for every system (default {MAX_DELAY_MS:g}, the API's default; "
                         "0: a batch leaves as soon as the worker is free, as Triton's default)")
-    p.add_argument("--no-overload-fallback", dest="overload_fallback", action="store_false",
-                   help="apparate always runs its active ramps, even with a full batch waiting (an ablation; default: the API's fallback on)")
     p.add_argument("--chunk", type=int, help="requests per interleaving chunk: systems alternate chunk by chunk (default 1000; --quick: 100)")
     args = p.parse_args(argv)
     if not args.max_delay_ms >= 0:
@@ -110,9 +110,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.burst = args.burst if args.burst is not None else (200 if args.quick else 800)
     args.workloads = [w for w in WORKLOADS if w.name in args.workloads.split(",")]
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    unknown = [s for s in systems if s not in SYSTEMS]
+    unknown = [s for s in systems if s not in SYSTEMS + ABLATIONS]
     if unknown:
-        p.error(f"unknown system(s) {unknown}; use {', '.join(SYSTEMS)}")
+        p.error(f"unknown system(s) {unknown}; use {', '.join(SYSTEMS + ABLATIONS)}")
     args.systems = ["vanilla"] + [s for s in systems if s != "vanilla"]
     return args
 
@@ -319,8 +319,8 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], goals: list[dict[str
         "Latency: first released result minus scheduled arrival. Throughput: saturation (burst of back-to-back full batches). "
         "Accuracy: agreement with the original model.",
         "",
-        f"Apparate's overload fallback (a batch dispatched while a full batch more waits runs unsplit, without ramps): "
-        f"{'on' if meta.get('overload_fallback', True) else 'off (--no-overload-fallback)'}; the baselines never have it.",
+        "Apparate runs with its overload fallback (a batch dispatched while a full batch more waits runs unsplit, without ramps); "
+        "apparate-no-fallback, where run, is the same without it; the baselines never have it.",
         "",
     ]
     for wname, systems in summary.items():
@@ -447,7 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     command = "python benchmarks/run_workloads.py" + ("" if argv is None and len(sys.argv) < 2 else " " + shlex.join(sys.argv[1:] if argv is None else list(argv)))
     meta: dict[str, Any] = {"command": command, "machine": machine(), "threads": args.threads, "repeats": args.repeats, "chunk": args.chunk,
-                            "max_delay_ms": args.max_delay_ms, "overload_fallback": args.overload_fallback, "workloads": {}}
+                            "max_delay_ms": args.max_delay_ms, "workloads": {}}
     log(f"benchmark: {len(args.workloads)} workload(s) x {len(args.systems)} systems x {args.repeats} repeat(s); "
         f"load average {meta['machine']['load_avg_start'][0]:.1f} on {meta['machine']['cores']} cores")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -464,7 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"[{w.model}] engine directory")
             engine_dir = args.engines / w.model
             manifest = ensure_engine(data_dir, engine_dir, args.threads, log)
-            factories[w.model] = SystemFactory(engine_dir, manifest, args.threads, args.max_delay_ms, args.overload_fallback)
+            factories[w.model] = SystemFactory(engine_dir, manifest, args.threads, args.max_delay_ms)
         res = run_workload(w, args, factories, capacity)
         raw[w.name] = res
         systems = {s: summarize_system([r for r in res["runs"] if r.system == s], res["phases"]) for s in args.systems}

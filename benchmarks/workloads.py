@@ -35,6 +35,8 @@ from apparate_trt.runtime.report import build_report
 Log = Callable[[str], None]
 
 SYSTEMS = ("vanilla", "apparate", "static-shared", "static-per-ramp", "patience", "oracle")
+ABLATIONS = ("apparate-no-fallback",)
+"""Systems run only when named (``--systems``): apparate without its overload fallback."""
 CONSTRAINT = 0.01
 WINDOW = 256
 MAX_BATCH = 8  # the API's defaults: the same batching for every system
@@ -155,14 +157,12 @@ class SystemFactory:
     threads: int | None
     max_delay_ms: float = MAX_DELAY_MS
     """The dynamic batcher's max queueing delay (ms), the same for every system."""
-    overload_fallback: bool = True
-    """Apparate's overload fallback (``load(overload_fallback=...)``); the baselines never have it."""
     oracle: policies.StreamOracle | None = None
     _policies: dict[str, Any] = field(default_factory=dict)
 
     def policy(self, system: str) -> Any:
         """The fixed policy of ``system`` (None for vanilla and apparate)."""
-        if system in ("vanilla", "apparate"):
+        if system in ("vanilla", "apparate", "apparate-no-fallback"):
             return None
         if system == "oracle":
             if self.oracle is None:
@@ -175,7 +175,7 @@ class SystemFactory:
                 "patience": lambda: policies.patience_policy(self.manifest, CONSTRAINT),
             }.get(system)
             if build is None:
-                raise ApparateError(f"unknown system '{system}'; use one of: {', '.join(SYSTEMS)}")
+                raise ApparateError(f"unknown system '{system}'; use one of: {', '.join(SYSTEMS + ABLATIONS)}")
             self._policies[system] = build()
         return self._policies[system]
 
@@ -186,15 +186,17 @@ class SystemFactory:
             return {"sites": policy.sites, "thresholds": policy.thresholds, "bootstrap_accuracy": policy.bootstrap_accuracy}
         if isinstance(policy, policies.PatiencePolicy):
             return {"sites": policy.sites, "patience": policy.patience, "bootstrap_accuracy": policy.bootstrap_accuracy}
-        if system == "apparate":
-            return {"initial_sites": list(self.manifest.initial_config.active_sites), "budget": self.manifest.budget}
+        if system in ("apparate", "apparate-no-fallback"):
+            return {"initial_sites": list(self.manifest.initial_config.active_sites), "budget": self.manifest.budget,
+                    "overload_fallback": system == "apparate"}
         return {}
 
     def load(self, system: str) -> Engine:
-        """A started engine serving ``system`` with the shared batching settings."""
+        """A started engine serving ``system`` with the shared batching settings (the overload
+        fallback only for ``apparate``: the baselines never have it)."""
         mode = "vanilla" if system == "vanilla" else "apparate"
         return load(self.engine_dir, max_batch=MAX_BATCH, max_delay_ms=self.max_delay_ms, accuracy_constraint=CONSTRAINT,
-                    mode=mode, threads=self.threads, policy=self.policy(system), overload_fallback=self.overload_fallback)
+                    mode=mode, threads=self.threads, policy=self.policy(system), overload_fallback=system == "apparate")
 
 
 # ------------------------------------------------------------------------------ measurements

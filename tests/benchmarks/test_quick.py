@@ -66,7 +66,7 @@ def test_quick_run_serves_every_system_and_writes_every_file(tmp_path, tiny_resn
     assert "windows_violating_after_changes" in summary["drift"]["apparate"]["accuracy"]
     assert summary["_goals"] and all({"goal", "met", "detail"} <= set(g) for g in summary["_goals"])
 
-    assert summary["_meta"]["max_delay_ms"] == 2.0 and summary["_meta"]["overload_fallback"] is True
+    assert summary["_meta"]["max_delay_ms"] == 2.0
     assert all(0.0 <= summary[w]["apparate"]["unsplit_batch_share"] <= 1.0 for w in workloads)
 
     md = (out / "summary.md").read_text()
@@ -97,17 +97,16 @@ def test_a_negative_batching_delay_is_refused():
     assert run.parse_args(["--max-delay-ms", "0"]).max_delay_ms == 0.0
 
 
-def test_the_overload_fallback_ablation_flag_reaches_apparate_only(tiny_resnet_engine):
+def test_only_apparate_has_the_overload_fallback_and_the_ablation_can_be_named(tiny_resnet_engine):
     run = _script()
-    assert run.parse_args([]).overload_fallback is True
-    assert run.parse_args(["--no-overload-fallback"]).overload_fallback is False
+    assert "apparate-no-fallback" not in run.parse_args([]).systems, "the ablation runs only when named"
+    assert run.parse_args(["--systems", "apparate,apparate-no-fallback"]).systems == ["vanilla", "apparate", "apparate-no-fallback"]
     engine_dir, _ = tiny_resnet_engine
     from apparate_trt.engine_dir import read_manifest
 
-    factory = run.SystemFactory(engine_dir, read_manifest(engine_dir), 1, overload_fallback=False)
-    with factory.load("apparate") as engine:
-        assert engine.overload_fallback is False
-    with run.SystemFactory(engine_dir, read_manifest(engine_dir), 1).load("apparate") as engine:
-        assert engine.overload_fallback is True
-    with run.SystemFactory(engine_dir, read_manifest(engine_dir), 1).load("static-shared") as engine:
-        assert engine.overload_fallback is False, "the baselines keep their definition"
+    factory = run.SystemFactory(engine_dir, read_manifest(engine_dir), 1)
+    expected = {"apparate": True, "apparate-no-fallback": False, "static-shared": False}
+    for system, fallback in expected.items():
+        with factory.load(system) as engine:
+            assert engine.overload_fallback is fallback, system
+    assert factory.describe("apparate-no-fallback")["overload_fallback"] is False

@@ -11,7 +11,8 @@ system, ``--repeats`` times, the order of the systems rotated each repeat so tha
 favours none; within a repeat the systems are interleaved chunk by chunk (``--chunk`` requests:
 every system serves chunk 1, then every system serves chunk 2, ...; engines keep their state), so
 the machine's load changes hit all systems alike. Reported numbers are medians over the repeats. Each system's saturation throughput
-is a burst of back-to-back full batches right after its replay.
+is the median of three bursts of back-to-back full batches after its replay (rounds over every
+system, the order rotated per round).
 
 Writes into the output directory: ``summary.json``, ``summary.md`` (tables, goals, machine,
 command), ``latency_cdf_<workload>.png``, ``drift_timeline.png`` and ``apparate_timeline_<workload>
@@ -42,6 +43,7 @@ from workloads import (  # noqa: E402
     MAX_BATCH,
     MAX_DELAY_MS,
     ABLATIONS,
+    BURST_ROUNDS,
     SYSTEMS,
     WINDOW,
     WORKLOADS,
@@ -316,7 +318,8 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], goals: list[dict[str
         f"Batching for every system: max batch {MAX_BATCH}, max queueing delay {meta.get('max_delay_ms', MAX_DELAY_MS):g} ms. Accuracy constraint {CONSTRAINT:.0%}, "
         f"windows of {WINDOW} requests. Medians over {meta['repeats']} repeat(s); within a repeat the systems are interleaved in chunks of {meta['chunk']} requests (order rotated per chunk). Run took {meta['wall_s'] / 60:.1f} min.",
         "",
-        "Latency: first released result minus scheduled arrival. Throughput: saturation (burst of back-to-back full batches). "
+        "Latency: first released result minus scheduled arrival. "
+        f"Throughput: saturation (median of {BURST_ROUNDS} bursts of back-to-back full batches per repeat, interleaved). "
         "Accuracy: agreement with the original model.",
         "",
         "Apparate runs with its overload fallback (a batch dispatched while a full batch more waits runs unsplit, without ramps); "

@@ -42,6 +42,9 @@ WINDOW = 256
 MAX_BATCH = 8  # the API's defaults: the same batching for every system
 MAX_DELAY_MS = 5.0
 BURST_MAX = 1000  # below the API's default queue size (1024): a burst is never refused
+BURST_ROUNDS = 3
+"""Saturation bursts per system and repeat, in rounds over every system (order rotated per round);
+the system's throughput is their median (one burst swings by 10-20% on a shared 2-core machine)."""
 
 
 @dataclass(frozen=True)
@@ -280,7 +283,8 @@ def serve_interleaved(factory: SystemFactory, systems: list[str], inputs: Mappin
     engine keeps its state between its chunks (Apparate's controller sees the whole stream in
     order), and systems compared on one chunk ran seconds apart, so a change in the machine's load
     hits them alike. Each chunk starts with an empty queue. Then each system's saturation
-    throughput is measured (burst of ``burst`` requests, order rotated) and the engines are closed.
+    throughput is measured: :data:`BURST_ROUNDS` rounds of one burst of ``burst`` requests per
+    system (order rotated per round), the median per system. Then the engines are closed.
     """
     n = int(arrivals.shape[0])
     engines = {}
@@ -302,9 +306,13 @@ def serve_interleaved(factory: SystemFactory, systems: list[str], inputs: Mappin
                 spans[system] += part.t_end - part.t_start
             p50 = "  ".join(f"{s} {np.nanmedian(parts[s][-1].latency_ms):.1f}" for s in systems)
             log(f"    chunk {k + 1}/{len(starts)} ({time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.1f}) p50 ms: {p50}")
-        throughput = {}
-        for system in rotated(systems, repeat):
-            throughput[system] = burst_throughput(engines[system], inputs, burst) if burst > 0 else float("nan")
+        bursts: dict[str, list[float]] = {s: [] for s in systems}
+        for k in range(BURST_ROUNDS if burst > 0 else 0):
+            for system in rotated(systems, repeat + k):
+                bursts[system].append(burst_throughput(engines[system], inputs, burst))
+        throughput = {s: float(np.median(r)) if r else float("nan") for s, r in bursts.items()}
+        if burst > 0:
+            log("    saturation rps per burst: " + "  ".join(f"{s} {'/'.join(f'{r:.0f}' for r in bursts[s])}" for s in systems))
     finally:
         for engine in engines.values():
             engine.close()

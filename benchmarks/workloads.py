@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -42,9 +42,11 @@ WINDOW = 256
 MAX_BATCH = 8  # the API's defaults: the same batching for every system
 MAX_DELAY_MS = 5.0
 BURST_MAX = 1000  # below the API's default queue size (1024): a burst is never refused
-BURST_ROUNDS = 3
-"""Saturation bursts per system and repeat, in rounds over every system (order rotated per round);
-the system's throughput is their median (one burst swings by 10-20% on a shared 2-core machine)."""
+BURST_ROUNDS = 5
+"""Saturation bursts per system and repeat, in rounds over every system (order rotated per round).
+A system's throughput is their median; its ratio to vanilla's is the median of the per-round
+ratios (:func:`paired_ratio`): one burst swings by 10-20% on a shared 2-core machine, and bursts
+of one round run seconds apart."""
 
 
 @dataclass(frozen=True)
@@ -222,6 +224,13 @@ def burst_throughput(engine: Engine, inputs: Mapping[str, np.ndarray], count: in
     return float(done.sum() / (np.nanmax(result.t_final[done]) - result.t_start))
 
 
+def paired_ratio(rates: Sequence[float], base_rates: Sequence[float]) -> float | None:
+    """Median over rounds of ``rates[k] / base_rates[k]`` (bursts of round ``k`` ran seconds
+    apart, so a change in the machine's load cancels); None without a usable pair."""
+    pairs = [a / b for a, b in zip(rates, base_rates) if np.isfinite(a) and np.isfinite(b) and b > 0]
+    return float(np.median(pairs)) if pairs else None
+
+
 def make_arrivals(kind: str, rate: float, n: int, seed: int) -> np.ndarray:
     """Arrival times (s) of ``n`` requests: ``fixed`` or ``poisson`` at ``rate`` rps."""
     if kind == "fixed":
@@ -240,8 +249,9 @@ class RunRecord:
     report: dict[str, Any]
     latency_ms: np.ndarray
     arrivals_s: np.ndarray
-    throughput_rps: float  # saturation (burst), rps
+    throughput_rps: float  # saturation: median of the bursts, rps
     wall_s: float  # seconds spent serving the stream (sum over chunks)
+    burst_rps: list[float] = field(default_factory=list)  # each round's burst, rps, round order
 
 
 def merge_results(parts: list[ReplayResult]) -> ReplayResult:
@@ -323,7 +333,8 @@ def serve_interleaved(factory: SystemFactory, systems: list[str], inputs: Mappin
         report["mode"] = system
         report["throughput_rps"] = float(merged.completed.sum() / spans[system]) if spans[system] > 0 else None
         done = merged.completed
-        records.append(RunRecord(system, repeat, report, merged.latency_ms[done], merged.arrivals_s[done], throughput[system], spans[system]))
+        records.append(RunRecord(system, repeat, report, merged.latency_ms[done], merged.arrivals_s[done], throughput[system], spans[system],
+                                 bursts[system]))
     return records
 
 

@@ -39,11 +39,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from workloads import (  # noqa: E402
+    ABLATIONS,
+    BURST_ROUNDS,
     CONSTRAINT,
     MAX_BATCH,
     MAX_DELAY_MS,
-    ABLATIONS,
-    BURST_ROUNDS,
     SYSTEMS,
     WINDOW,
     WORKLOADS,
@@ -51,11 +51,11 @@ from workloads import (  # noqa: E402
     SystemFactory,
     Workload,
     burst_throughput,
-    paired_ratio,
     drift_phases,
     ensure_engine,
     load_stream,
     make_arrivals,
+    paired_ratio,
     serve_interleaved,
     warm_up,
     windows_after_changes,
@@ -238,17 +238,13 @@ def _median_shares(shares: list[dict[str, float]]) -> dict[str, float]:
 
 
 def add_ratios(systems: dict[str, dict[str, Any]]) -> None:
-    """Each system's latency percentiles and throughput as a ratio to vanilla's."""
+    """Each system's latency percentiles and throughput as a ratio to vanilla's (throughput: the
+    median of the ratios of bursts in the same round, None without bursts)."""
     base = systems["vanilla"]
     for entry in systems.values():
         entry["latency_vs_vanilla"] = {k: (entry["latency_ms"][k] / base["latency_ms"][k]) if base["latency_ms"][k] and entry["latency_ms"][k] else None
                                        for k in ("p50", "p95", "p99")}
-        paired = entry.get("burst_rps", []), base.get("burst_rps", [])
-        if paired[0] and len(paired[0]) == len(paired[1]):
-            entry["throughput_vs_vanilla"] = paired_ratio(*paired)  # median of same-round ratios
-        else:
-            t, bt = entry["throughput_rps"], base["throughput_rps"]
-            entry["throughput_vs_vanilla"] = t / bt if t and bt else None
+        entry["throughput_vs_vanilla"] = paired_ratio(entry["burst_rps"], base["burst_rps"])  # median of same-round ratios
 
 
 def evaluate_goals(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

@@ -24,7 +24,19 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from workloads import ABLATIONS, SYSTEMS, StreamTagger, SystemFactory, burst_throughput, ensure_engine, load_stream, paired_ratio, rotated, warm_up  # noqa: E402
+from workloads import (  # noqa: E402
+    ABLATIONS,
+    APPARATE_SYSTEMS,
+    SYSTEMS,
+    StreamTagger,
+    SystemFactory,
+    burst_throughput,
+    ensure_engine,
+    interleaved_bursts,
+    load_stream,
+    paired_ratio,
+    warm_up,
+)
 
 from apparate_trt.data import load_inputs, take  # noqa: E402
 from apparate_trt.runtime import policies  # noqa: E402
@@ -64,12 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 warm_up(engine, warm)
             rate = 0.5 * burst_throughput(engines["vanilla"], inputs, args.burst)
             for s in systems:
-                if s.startswith("apparate"):
+                if s in APPARATE_SYSTEMS:
                     replay(StreamTagger(engines[s]), inputs, np.arange(len(next(iter(inputs.values())))) / rate, progress=False)
-            rates: dict[str, list[float]] = {s: [] for s in systems}
-            for k in range(args.rounds):
-                for s in rotated(systems, k):
-                    rates[s].append(burst_throughput(engines[s], inputs, args.burst))
+            rates = interleaved_bursts(engines, systems, inputs, args.burst, args.rounds)
         finally:
             for engine in engines.values():
                 engine.close()

@@ -35,7 +35,9 @@ from apparate_trt.runtime.report import build_report
 Log = Callable[[str], None]
 
 SYSTEMS = ("vanilla", "apparate", "static-shared", "static-per-ramp", "patience", "oracle")
-ABLATIONS = ("apparate-no-fallback",)
+APPARATE_SYSTEMS = ("apparate", "apparate-no-fallback")
+"""The systems served by the adaptive controller (no fixed policy)."""
+ABLATIONS = APPARATE_SYSTEMS[1:]
 """Systems run only when named (``--systems``): apparate without its overload fallback."""
 CONSTRAINT = 0.01
 WINDOW = 256
@@ -167,7 +169,7 @@ class SystemFactory:
 
     def policy(self, system: str) -> Any:
         """The fixed policy of ``system`` (None for vanilla and apparate)."""
-        if system in ("vanilla", "apparate", "apparate-no-fallback"):
+        if system == "vanilla" or system in APPARATE_SYSTEMS:
             return None
         if system == "oracle":
             if self.oracle is None:
@@ -191,7 +193,7 @@ class SystemFactory:
             return {"sites": policy.sites, "thresholds": policy.thresholds, "bootstrap_accuracy": policy.bootstrap_accuracy}
         if isinstance(policy, policies.PatiencePolicy):
             return {"sites": policy.sites, "patience": policy.patience, "bootstrap_accuracy": policy.bootstrap_accuracy}
-        if system in ("apparate", "apparate-no-fallback"):
+        if system in APPARATE_SYSTEMS:
             return {"initial_sites": list(self.manifest.initial_config.active_sites), "budget": self.manifest.budget,
                     "overload_fallback": system == "apparate"}
         return {}
@@ -222,6 +224,18 @@ def burst_throughput(engine: Engine, inputs: Mapping[str, np.ndarray], count: in
     if not done.any():
         raise ApparateError("no request of the throughput burst completed; see the errors above")
     return float(done.sum() / (np.nanmax(result.t_final[done]) - result.t_start))
+
+
+def interleaved_bursts(engines: Mapping[str, Engine], systems: list[str], inputs: Mapping[str, np.ndarray], burst: int,
+                       rounds: int, first: int = 0) -> dict[str, list[float]]:
+    """``rounds`` rounds of one :func:`burst_throughput` of ``burst`` requests per system, the
+    order rotated per round (round ``k`` starts at ``rotated(systems, first + k)``); each system's
+    rates (rps) in round order."""
+    rates: dict[str, list[float]] = {s: [] for s in systems}
+    for k in range(rounds):
+        for system in rotated(systems, first + k):
+            rates[system].append(burst_throughput(engines[system], inputs, burst))
+    return rates
 
 
 def paired_ratio(rates: Sequence[float], base_rates: Sequence[float]) -> float | None:
@@ -316,10 +330,7 @@ def serve_interleaved(factory: SystemFactory, systems: list[str], inputs: Mappin
                 spans[system] += part.t_end - part.t_start
             p50 = "  ".join(f"{s} {np.nanmedian(parts[s][-1].latency_ms):.1f}" for s in systems)
             log(f"    chunk {k + 1}/{len(starts)} ({time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.1f}) p50 ms: {p50}")
-        bursts: dict[str, list[float]] = {s: [] for s in systems}
-        for k in range(BURST_ROUNDS if burst > 0 else 0):
-            for system in rotated(systems, repeat + k):
-                bursts[system].append(burst_throughput(engines[system], inputs, burst))
+        bursts = interleaved_bursts(engines, systems, inputs, burst, BURST_ROUNDS if burst > 0 else 0, first=repeat)
         throughput = {s: float(np.median(r)) if r else float("nan") for s, r in bursts.items()}
         if burst > 0:
             log("    saturation rps per burst: " + "  ".join(f"{s} {'/'.join(f'{r:.0f}' for r in bursts[s])}" for s in systems))

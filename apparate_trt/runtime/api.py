@@ -228,7 +228,6 @@ class Engine:
         self.executor = executor
         self.controller = controller
         self.timeout_ms = timeout_ms
-        self.max_batch = int(max_batch)
         self.overload_fallback = bool(overload_fallback) and controller is not None and getattr(executor, "runs_unsplit", False)
         """True when a batch dispatched with a full batch still waiting runs unsplit (see :func:`load`)."""
         self._ids = itertools.count()
@@ -299,7 +298,7 @@ class Engine:
         """True when the overload fallback applies to the batch just taken: at least a full batch
         still waits behind it. Its requests then queue for longer than any exit could save, and the
         unsplit model, faster than the split one with ramps, drains the queue sooner."""
-        return self.overload_fallback and self._batcher.queue_depth >= self.max_batch
+        return self.overload_fallback and self._batcher.queue_depth >= self._batcher.max_batch
 
     def _run_group(self, group: list[_Request], unsplit: bool = False) -> None:
         """Run ``group`` as one batch (``unsplit``: the original model, no ramps, no feedback);

@@ -61,6 +61,8 @@ def test_quick_run_serves_every_system_and_writes_every_file(tmp_path, tiny_resn
             assert entry["throughput_rps"] > 0 and entry["failed"] == 0, (w, system)
             assert {"overall", "worst_window", "windows_violating"} <= set(entry["accuracy"]), (w, system)
             assert entry["accuracy"]["overall"] is not None
+            assert len(entry["burst_rps"]) == run.BURST_ROUNDS, (w, system)  # one repeat in --quick
+        assert summary[w]["vanilla"]["throughput_vs_vanilla"] == 1.0
         assert summary[w]["oracle"]["accuracy"]["overall"] == 1.0  # the oracle releases the final answer early
         assert summary[w]["vanilla"]["exit_share"] == {"final": 1.0}
     assert "windows_violating_after_changes" in summary["drift"]["apparate"]["accuracy"]
@@ -110,3 +112,11 @@ def test_only_apparate_has_the_overload_fallback_and_the_ablation_can_be_named(t
         with factory.load(system) as engine:
             assert engine.overload_fallback is fallback, system
     assert factory.describe("apparate-no-fallback")["overload_fallback"] is False
+
+
+def test_throughput_ratios_pair_bursts_of_the_same_round():
+    run = _script()
+    # the machine slows down by half in round 2: paired, the system is 0.9x vanilla in every round
+    assert run.paired_ratio([90.0, 45.0, 90.0], [100.0, 50.0, 100.0]) == pytest.approx(0.9)
+    assert run.paired_ratio([90.0, float("nan")], [100.0, 50.0]) == pytest.approx(0.9)
+    assert run.paired_ratio([], []) is None

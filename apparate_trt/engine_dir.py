@@ -184,6 +184,18 @@ class Manifest:
         """Latency (ms) each ramp adds at ``batch_size``: float64 [len(ramps)], indexed like ``ramps``."""
         return np.array([interpolate_ms(self.profiles.batch_sizes, ms, batch_size) for ms in self.profiles.ramps_ms])
 
+    def boundary_ms(self, batch_size: int) -> float:
+        """Latency (ms) one segment boundary adds at ``batch_size``, ramp aside: the finest split's
+        chained segments minus the unsplit model, per boundary (one per site), at least 0.
+
+        On CPU a boundary costs a session call and the layout conversions at its ends; an active
+        ramp's site must be a boundary, so its ramp only pays when its exits cover both.
+        """
+        if not self.sites:
+            return 0.0
+        extra = float(self.segment_ms(batch_size).sum()) - self.model_ms(batch_size)
+        return max(0.0, extra / len(self.sites))
+
     def site_reached_ms(self, batch_size: int) -> np.ndarray:
         """Latency (ms) from batch start to the end of the segment ending at each site: [len(sites)]."""
         cumulative = np.cumsum(self.segment_ms(batch_size))

@@ -11,7 +11,8 @@ Compile an ONNX classifier for early-exit serving.
 
 Finds the candidate ramp sites (cuts) of MODEL.onnx, splits it into segments, trains one small
 ramp per site to predict the model's own output on the bootstrap data (no labels needed; for an
-image model also on mirrored and shifted copies of it, see --augment), profiles
+image model also on mirrored and shifted copies of it, for a token model on copies with a few
+tokens deleted, see --augment), profiles
 the model, segments and ramps at batch sizes 1, 2, 4, ... up to --max-batch, chooses the initial
 active ramps within --budget and writes everything to the engine directory --out, which
 `apparate-run --engine-dir DIR` serves. See docs/ENGINE_DIR.md for its contents.
@@ -47,8 +48,9 @@ def build_parser() -> Parser:
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="ONNX Runtime intra-op threads for feature collection and profiling (default: all cores this process may use)")
     p.add_argument("--augment", type=int, default=None, metavar="N",
-                   help="near-copies of each train sample (mirror, 1-pixel shifts; 0-7) the ramps also learn the model's outputs on "
-                        "(default: 7 for a model whose only input is a float [N, C, H, W] image, 0 otherwise)")
+                   help="near-copies of each train sample the ramps also learn the model's outputs on, 0-7: mirror and 1-pixel "
+                        "shifts of an image, a few tokens deleted from a token sequence (default: 7 for a model whose only input "
+                        "is a float [N, C, H, W] image or whose inputs are integer [N, S] token tensors with an attention mask, 0 otherwise)")
     p.add_argument("--force", action="store_true", help="replace --out if it already holds an engine directory")
     return p
 

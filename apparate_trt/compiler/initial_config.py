@@ -1,21 +1,29 @@
 """The initial ramp configuration (DESIGN.md step 7), from the held-out bootstrap statistics.
 
 1. A site is *useful* if a ramp there is expected to save latency on the bootstrap data: with the
-   loosest threshold that keeps its exits within the accuracy constraint, (share exiting x ms saved
-   by an exit) exceeds (share passing x the ramp's cost). The *latest useful ramp* is the deepest
-   useful site; sites after it are never used. (If no site is useful, e.g. with a small bootstrap
-   set, the latest site where an exit saves more than the ramp costs is used instead.)
-2. The count is greedy: the largest k whose k sites, spread evenly over the useful range
-   [0, latest useful], cost at most ``budget x model latency`` in total.
+   loosest threshold that keeps its exits within the accuracy target, (share exiting x ms saved
+   by an exit) exceeds (share passing x the ramp's cost plus the segment boundary its site needs).
+   The *latest useful ramp* is the deepest useful site; sites after it are never used. (If no site
+   is useful, e.g. with a small bootstrap set, the latest site where an exit saves more than the
+   ramp and boundary cost is used instead.)
+2. The count is greedy: k = 1, 2, ... ramps spread evenly over the useful range [0, latest useful],
+   as long as the k ramps cost at most ``budget x model latency`` in total and each step raises
+   the expected saving (:func:`expected_saving_ms`: the C core's threshold search on the bootstrap
+   statistics, as the controller will tune them). The first k that fits is always taken: the
+   controller judges ramps on live feedback, and with no ramp it gets none.
 3. Thresholds all start at 0 (never exit) until the first feedback arrives.
 
-Latencies are in ms at batch size 1; budget and accuracy constraint are fractions.
+Latencies are in ms at batch size 1; budget and accuracy target are fractions.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
+
+from apparate_trt import _core
+from apparate_trt.runtime.controller import SEARCH_MIN_STEP
 
 
 @dataclass
@@ -26,6 +34,8 @@ class InitialChoice:
     thresholds: list[float]
     latest_useful: int | None
     budget_ms: float
+    expected_saving_ms: float | None = None
+    """Expected ms saved per input on the bootstrap statistics (None when no ramp is chosen)."""
 
 
 def exit_share_within(confidence: np.ndarray, agree: np.ndarray, constraint: float) -> float:
@@ -44,6 +54,27 @@ def exit_share_within(confidence: np.ndarray, agree: np.ndarray, constraint: flo
 def net_saving_ms(exit_share: float, saved_ms: float, cost_ms: float) -> float:
     """Expected ms saved per input by one ramp: exits save ``saved_ms``, the rest pay ``cost_ms``."""
     return exit_share * saved_ms - (1.0 - exit_share) * cost_ms
+
+
+def expected_saving_ms(confidence: np.ndarray, agree: np.ndarray, sites: Sequence[int], saved_ms: np.ndarray,
+                       cost_ms: np.ndarray, constraint: float) -> float:
+    """Expected ms saved per input by ramps at ``sites`` (ascending) on the statistics ``confidence`` /
+    ``agree`` ([samples, all sites]), with per-ramp thresholds from the C core's search at
+    ``constraint``: an input exiting at a site saves ``saved_ms`` there, and every input pays
+    ``cost_ms`` (ramp and boundary) at each ramp it reaches, the one it exits at included."""
+    k, n = len(sites), confidence.shape[0]
+    if k == 0 or n == 0:
+        return 0.0
+    conf = np.ascontiguousarray(confidence[:, sites].T, dtype=np.float32)
+    agr = np.ascontiguousarray(agree[:, sites].T, dtype=np.uint8)
+    costs = np.asarray(cost_ms, np.float64)[list(sites)]
+    saved = np.asarray(saved_ms, np.float64)[list(sites)]
+    in_chain = saved + np.concatenate([np.cumsum(costs[::-1])[::-1][1:], [0.0]])  # later ramps saved too
+    thresholds, _, _ = _core.search_thresholds(conf, agr, in_chain, constraint, min_step=SEARCH_MIN_STEP)
+    _, _, counts = _core.evaluate_thresholds(conf, agr, in_chain, thresholds)
+    exits = np.asarray(counts[:k], np.float64)
+    reach = n - np.concatenate([[0.0], np.cumsum(exits)[:-1]])
+    return float((exits * saved).sum() - (reach * costs).sum()) / n
 
 
 def latest_useful_site(confidence: np.ndarray, agree: np.ndarray, saved_ms: np.ndarray, cost_ms: np.ndarray, constraint: float) -> int | None:
@@ -75,15 +106,28 @@ def choose_initial(
     model_ms: float,
     budget: float,
     constraint: float = 0.01,
+    boundary_ms: float = 0.0,
 ) -> InitialChoice:
-    """Initial active sites within ``budget`` (fraction of ``model_ms``), thresholds all 0."""
+    """Initial active sites within ``budget`` (fraction of ``model_ms``), thresholds all 0.
+
+    ``confidence`` / ``agree``: [samples, sites] held-out bootstrap statistics; ``saved_ms`` /
+    ``cost_ms``: per site, what an exit saves and what the ramp costs (ms); ``boundary_ms``: what
+    the segment boundary at an active site adds (ms); ``constraint``: the share of disagreeing
+    exits the thresholds may make (the controller's target). The budget counts ramps alone.
+    """
     budget_ms = budget * model_ms
-    latest = latest_useful_site(confidence, agree, np.asarray(saved_ms), np.asarray(cost_ms), constraint)
+    ramp_ms = np.asarray(cost_ms, np.float64)
+    paid_ms = ramp_ms + boundary_ms
+    latest = latest_useful_site(confidence, agree, np.asarray(saved_ms), paid_ms, constraint)
     chosen: list[int] = []
+    best = -np.inf
     if latest is not None:
         for k in range(1, latest + 2):
             sites = spread_evenly(k, latest)
-            if float(np.sum(np.asarray(cost_ms)[sites])) > budget_ms:
+            if float(np.sum(ramp_ms[sites])) > budget_ms:
                 break
-            chosen = sites
-    return InitialChoice(chosen, [0.0] * len(chosen), latest, budget_ms)
+            value = expected_saving_ms(confidence, agree, sites, np.asarray(saved_ms), paid_ms, constraint)
+            if chosen and value <= best:
+                break
+            chosen, best = sites, value
+    return InitialChoice(chosen, [0.0] * len(chosen), latest, budget_ms, None if not chosen else best)

@@ -33,7 +33,7 @@ import onnx
 
 import apparate_trt
 from apparate_trt._optional import is_available
-from apparate_trt.compiler.augment import MAX_COPIES, augmented_inputs, default_copies, image_input
+from apparate_trt.compiler.augment import MAX_COPIES, augmented_inputs, default_copies, image_input, token_copies, token_inputs
 from apparate_trt.compiler.ingest import TensorInfo, load_model, model_io, score_output
 from apparate_trt.compiler.initial_config import choose_initial
 from apparate_trt.compiler.profiling import ProfileResult, ProfileSettings, batch_sizes_up_to, profile_all
@@ -42,6 +42,7 @@ from apparate_trt.compiler.segments import Segment, split_model, verify_chain
 from apparate_trt.compiler.sites import Site, find_sites
 from apparate_trt.compiler.training import Features, TrainConfig, TrainResult, bootstrap_split, collect_features, train_ramps
 from apparate_trt.data import load_inputs, num_samples, take
+from apparate_trt.runtime.controller import DEFAULT_ACCURACY_CONSTRAINT, DEFAULT_TARGET_FRACTION
 from apparate_trt.engine_dir import (
     BootstrapInfo,
     BootstrapStats,
@@ -258,7 +259,7 @@ def compile_model(
     ``budget`` is the ramp budget as a fraction of the model's latency; ``threads`` the ORT intra-op
     threads (None: all cores); ``augment`` the near-copies of each train sample that the ramps also
     train on (``compiler.augment``; None: the ``train_config``'s setting, whose None means every copy
-    for a single-image-input model and none otherwise). Returns the manifest as read back from the
+    for a single-image-input or token-sequence model and none otherwise). Returns the manifest as read back from the
     written directory.
     """
     t0 = time.perf_counter()
@@ -310,10 +311,14 @@ def compile_model(
     log("[7/8] choose the initial configuration")
     manifest = _assemble_manifest(model_path, inputs_info, outputs_info, score_name, num_classes, sites, ramp_inputs,
                                   segments, trained, prof, budget, backend, n)
-    choice = choose_initial(trained.stats.confidence, trained.stats.agree, manifest.site_saved_ms(batch_sizes[0]),
-                            manifest.ramp_cost_ms(batch_sizes[0]), manifest.model_ms(batch_sizes[0]), budget)
+    b1 = batch_sizes[0]
+    choice = choose_initial(trained.stats.confidence, trained.stats.agree, manifest.site_saved_ms(b1), manifest.ramp_cost_ms(b1),
+                            manifest.model_ms(b1), budget, constraint=DEFAULT_TARGET_FRACTION * DEFAULT_ACCURACY_CONSTRAINT,
+                            boundary_ms=manifest.boundary_ms(b1))
     manifest.initial_config = InitialConfig(choice.active_sites, choice.thresholds)
-    log(f"  latest useful site: {choice.latest_useful}; budget {choice.budget_ms:.3f} ms; active sites: {choice.active_sites or 'none'}")
+    expected = "" if choice.expected_saving_ms is None else f"; expected saving {choice.expected_saving_ms:.3f} ms per input"
+    log(f"  latest useful site: {choice.latest_useful}; budget {choice.budget_ms:.3f} ms; a segment boundary costs "
+        f"{manifest.boundary_ms(b1):.3f} ms; active sites: {choice.active_sites or 'none'}{expected}")
 
     log(f"[8/8] write {out_dir}")
     _write_engine_dir(out_dir, manifest, model, [s.model for s in segments], ramp_models, trained.stats)
@@ -345,16 +350,22 @@ def _copies_features(model: onnx.ModelProto, inputs_info: Sequence[TensorInfo], 
                      log: Log) -> Features | None:
     """Features of near-copies of the train samples (``compiler.augment``), or None when there are none."""
     spec = image_input(inputs_info)
-    copies = default_copies(inputs_info) if config.augment_copies is None else config.augment_copies
+    mask = find_mask_input(inputs_info)
+    edited = token_inputs(inputs_info, mask)
+    copies = default_copies(inputs_info, mask) if config.augment_copies is None else config.augment_copies
     if copies == 0:
         return None
-    if spec is None:
-        log("  no near-copies: the model's input is not a single float image [N, C, H, W]")
+    if spec is None and edited is None:
+        log("  no near-copies: the model's input is neither a single float image [N, C, H, W] nor token sequences with an attention mask")
         return None
     train_idx, _ = bootstrap_split(num_samples(data), config)
-    inputs, names = augmented_inputs(take(data, train_idx), spec, copies)
+    if spec is not None:
+        inputs, names = augmented_inputs(take(data, train_idx), spec, copies)
+    else:
+        inputs, names = token_copies(take(data, train_idx), edited, mask, copies, seed=config.seed)
     log(f"  near-copies of {train_idx.size} samples to train on too: {', '.join(names)}")
-    extra = collect_features(model, sites, candidates, inputs, score_name, batch_size=batch_size, threads=threads, example_rows=0, log=log)
+    extra = collect_features(model, sites, candidates, inputs, score_name, mask=mask.name if mask else None,
+                             batch_size=batch_size, threads=threads, example_rows=0, log=log)
     extra.source = np.tile(train_idx, copies)
     return extra
 

@@ -88,7 +88,7 @@ class TrainConfig:
     0 or 1: one seeded split, ``heldout_fraction`` held out."""
     augment_copies: int | None = None
     """Near-copies of each train sample to train on too (``compiler.augment``); None: the default
-    for the model's inputs (every copy for an image model, none otherwise)."""
+    for the model's inputs (every copy for an image or token-sequence model, none otherwise)."""
 
 
 @dataclass

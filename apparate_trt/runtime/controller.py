@@ -46,21 +46,24 @@ Ramp adjustment (slow loop, latency first)
     adjustment or ramp change (small batches must not make it hasty), when no tune is pending and
     no ramp is in probation: each active ramp's utility over the window with the current
     thresholds, via ``ramp_utility``:
-    ``exit share * ms saved relative to the next exit point - pass share * ramp cost ms``. Ramps
+    ``exit share * ms saved relative to the next exit point - pass share * ramp cost ms``, where a
+    ramp's cost is the ramp itself plus the segment boundary its site needs (``Manifest.boundary_ms``:
+    on CPU a boundary can cost more than the ramp, and an exit has to pay for both). Ramps
     with negative utility (or no exits) are removed, and each one's freed budget probes a site
     deeper: halfway between it and the next active ramp (or the latest useful site). When every
     ramp pays off, spare budget probes a site earlier: halfway between the start and the earliest
     active ramp. A removed site is not probed again for ``probe_cooldown`` adjustment rounds. Sites
-    past the latest useful site (where the latency after the site does not exceed the ramp's own
-    cost) are never used. The budget is checked in latency: the sum of the active ramps' profiled
-    costs at the current batch size stays within ``manifest.budget`` times the model's latency. A
+    past the latest useful site (where the latency after the site does not exceed the ramp's and
+    boundary's cost) are never used. The budget is checked in latency: the sum of the active ramps'
+    profiled costs (ramps alone, as the compiler's budget) at the current batch size stays within ``manifest.budget`` times the model's latency. A
     new ramp starts in probation (threshold 0, never exits) and gets its threshold at the next tune
     that has enough samples holding it; meanwhile the other ramps are re-tuned at once on the
     samples that hold them (a ramp in probation changes no exit, so that search is exact).
 
 Latencies (saved per exit, ramp costs) are the running chain's measured wall times once the
 active set has run a few batches (:meth:`Controller.chain_ms`), else the profile at the current
-batch size; the budget check for a new ramp always uses the profile (the ramp has not run yet).
+batch size; a boundary's cost and the budget check for a new ramp always use the profile (the
+chain cannot time a boundary apart from its segments, and a new ramp has not run yet).
 
 Every decision is an event ``{t, kind, reason, ...}`` (kinds: ``initial``, ``tune``,
 ``emergency``, ``remove_ramp``, ``add_ramp``), and every observation (one batch, or the several
@@ -87,6 +90,10 @@ Config = tuple[list[int], list[float]]
 """``(active site ids in execution order, threshold per active site)``."""
 
 INITIAL_THRESHOLD_MODES = ("bootstrap", "never")
+DEFAULT_ACCURACY_CONSTRAINT = 0.01
+"""The default allowed share of results that disagree with the original model (1%)."""
+DEFAULT_TARGET_FRACTION = 0.3
+"""The default share of the constraint the threshold search aims at (see "Threshold tuning")."""
 EMERGENCY_MIN_ERRORS = 3
 """Wrong exits at one ramp in the emergency window below which no emergency is declared."""
 EMERGENCY_P_VALUE = 1e-3
@@ -114,11 +121,12 @@ class Feedback(Protocol):
 # ------------------------------------------------------------------------------ latency model
 @dataclass(frozen=True)
 class _ProfileAt:
-    """The profile at one batch size: ms after each site, each ramp's cost, the model's latency."""
+    """The profile at one batch size: ms after each site, each ramp's cost, a boundary's cost, the model's latency."""
 
     remaining_ms: np.ndarray  # float64 [sites]: segments after the site, up to the model's end
     ramp_ms: np.ndarray  # float64 [sites]: each site's ramp cost
     model_ms: float
+    boundary_ms: float = 0.0  # one segment boundary (Manifest.boundary_ms)
 
 
 class LatencyModel:
@@ -139,13 +147,18 @@ class LatencyModel:
         if found is None:
             m = self.manifest
             remaining = m.segment_ms(b).sum() - m.site_reached_ms(b) if m.sites else np.zeros(0)
-            found = _ProfileAt(np.asarray(remaining, np.float64), np.asarray(m.ramp_cost_ms(b), np.float64), m.model_ms(b))
+            found = _ProfileAt(np.asarray(remaining, np.float64), np.asarray(m.ramp_cost_ms(b), np.float64), m.model_ms(b),
+                               m.boundary_ms(b))
             self._cache[b] = found
         return found
 
     def ramp_costs_ms(self, sites: Sequence[int], batch_size: float) -> np.ndarray:
         """Latency (ms) each ramp in ``sites`` adds to a batch of ``batch_size``: float64 [r]."""
         return self.at(batch_size).ramp_ms[list(sites)]
+
+    def boundary_ms(self, batch_size: float) -> float:
+        """Latency (ms) the segment boundary at an active site adds to a batch of ``batch_size``."""
+        return self.at(batch_size).boundary_ms
 
     def exit_saved_ms(self, sites: Sequence[int], batch_size: float) -> np.ndarray:
         """Latency (ms) saved by releasing an input at each active ramp instead of at the end.
@@ -166,9 +179,9 @@ class LatencyModel:
         return float(self.manifest.budget * self.at(batch_size).model_ms)
 
     def latest_useful_site(self, batch_size: float) -> int:
-        """The deepest site whose exit saves more latency than its ramp costs (-1 when none does)."""
+        """The deepest site whose exit saves more latency than its ramp and boundary cost (-1 when none does)."""
         profile = self.at(batch_size)
-        found = np.flatnonzero(profile.remaining_ms > profile.ramp_ms)
+        found = np.flatnonzero(profile.remaining_ms > profile.ramp_ms + profile.boundary_ms)
         return int(found[-1]) if found.size else -1
 
 
@@ -270,7 +283,7 @@ class Controller:
     def __init__(
         self,
         manifest: Manifest,
-        accuracy_constraint: float = 0.01,
+        accuracy_constraint: float = DEFAULT_ACCURACY_CONSTRAINT,
         window_size: int = 1024,
         tune_every_batches: int = 16,
         adjust_every_batches: int = 32,
@@ -278,7 +291,7 @@ class Controller:
         confidence: str = "maxprob",
         clock: Callable[[], float] = time.monotonic,
         *,
-        target_fraction: float = 0.3,
+        target_fraction: float = DEFAULT_TARGET_FRACTION,
         min_tune_samples: int = 128,
         initial_thresholds: str = "bootstrap",
         probe_cooldown: int = 4,
@@ -453,20 +466,23 @@ class Controller:
         """``(saved_ms [r], cost_ms [r])`` of the active ramps ``sites`` (execution order).
 
         ``saved_ms[i]``: latency saved by releasing at ramp i (the stages and ramps after it);
-        ``cost_ms[i]``: the latency ramp i adds to every input that reaches it. Measured in the
-        running chain (running means of the executor's wall times) once MIN_TIMED_BATCHES batches
-        ran with exactly these sites, so that the session calls, exit decisions and releases are
-        counted and a stale profile does not mislead; until then from the profile at the current
-        batch size.
+        ``cost_ms[i]``: the latency ramp i adds to every input that reaches it: the ramp itself
+        plus the segment boundary its site needs (the profile's :meth:`LatencyModel.boundary_ms`;
+        the chain cannot time a boundary apart from its stages). Measured in the running chain
+        (running means of the executor's wall times) once MIN_TIMED_BATCHES batches ran with
+        exactly these sites, so that the session calls, exit decisions and releases are counted
+        and a stale profile does not mislead; until then from the profile at the current batch
+        size.
         """
         r = len(sites)
+        boundary = self.latency.boundary_ms(self.batch_size)
         timed = self._timings.get(tuple(sites))
         if timed is None or timed[1] < MIN_TIMED_BATCHES:
-            return self.latency.exit_saved_ms(sites, self.batch_size), self.latency.ramp_costs_ms(sites, self.batch_size)
+            return self.latency.exit_saved_ms(sites, self.batch_size), self.latency.ramp_costs_ms(sites, self.batch_size) + boundary
         stages, ramps = timed[0][: r + 1], timed[0][r + 1:]
         after_stage = np.cumsum(stages[::-1])[::-1][1:]  # stages after ramp i's stage
         after_ramp = np.concatenate([np.cumsum(ramps[::-1])[::-1][1:], [0.0]])  # ramps after ramp i
-        return after_stage + after_ramp, ramps.copy()
+        return after_stage + after_ramp, ramps + boundary
 
     def _window_arrays(self, sites: Sequence[int], last: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         ids = np.asarray(sites, dtype=np.int32)

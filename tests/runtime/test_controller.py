@@ -44,11 +44,13 @@ def make_manifest(
     ramp_ms: list[float] | None = None,
     budget: float = 0.05,
     num_sites: int = NUM_SITES,
+    boundary_ms: float = 0.0,
 ) -> Manifest:
-    """A manifest with ``num_sites`` sites, equal segments, and the given ramp costs (ms, batch 1)."""
+    """A manifest with ``num_sites`` sites, equal segments, and the given ramp costs (ms, batch 1);
+    the unsplit model is ``boundary_ms`` per site faster than its chained segments."""
     ramp_ms = ramp_ms if ramp_ms is not None else [0.5] * num_sites
     seg_rows = [[SEGMENT_MS, 4 * SEGMENT_MS] for _ in range(num_sites + 1)]
-    model_ms = [SEGMENT_MS * (num_sites + 1), 4 * SEGMENT_MS * (num_sites + 1)]
+    model_ms = [SEGMENT_MS * (num_sites + 1) - boundary_ms * num_sites, 4 * (SEGMENT_MS * (num_sites + 1) - boundary_ms * num_sites)]
     spec = TensorSpec("x", "float32", ["N", 4])
     return Manifest(
         model=ModelInfo("model.onnx", "synthetic", "0" * 64, [spec], [TensorSpec("y", "float32", ["N", 3])], "y", 3),
@@ -275,6 +277,27 @@ def test_useless_ramp_is_removed_and_a_useful_one_kept(bad):
     assert added and added[0]["site"] in (2, 3, 4)  # freed budget probes deeper, before ramp 5
 
 
+def test_a_boundary_is_part_of_a_ramps_cost():
+    m = make_manifest([2, 5], boundary_ms=1.5)
+    assert m.boundary_ms(1) == pytest.approx(1.5) and m.boundary_ms(8) == pytest.approx(6.0)
+    assert make_manifest([], boundary_ms=-2.0).boundary_ms(1) == 0.0  # a faster chain is no negative cost
+    ctl = Controller(m, initial_thresholds="never", tune_every_batches=10**6, adjust_every_batches=10**6)
+    np.testing.assert_allclose(ctl.chain_ms([2, 5])[1], [0.5 + 1.5, 0.5 + 1.5])  # profile: ramp + boundary
+    # useful only while the 10 ms left after site 7 exceed its ramp and boundary
+    assert LatencyModel(make_manifest([], ramp_ms=[1.0] * 8, boundary_ms=9.5)).latest_useful_site(1) == 6
+
+
+@pytest.mark.parametrize("boundary_ms, removed", [(0.0, False), (25.0, True)])
+def test_a_ramp_whose_exits_do_not_pay_for_its_boundary_is_removed(boundary_ms, removed):
+    m = make_manifest([5], budget=0.05, boundary_ms=boundary_ms)
+    ctl = Controller(m, initial_thresholds="never", adjust_every_batches=20, probe_cooldown=100)
+    drive(ctl, Stream(6), batches=60, batch=32)
+    removals = [e for e in ctl.events if e["kind"] == "remove_ramp" and e["site"] == 5]
+    assert bool(removals) == removed, ctl.events
+    if removed:
+        assert removals[0]["utility_ms"] < 0
+
+
 def test_new_ramp_starts_in_probation_and_gets_a_threshold_at_the_next_tune():
     m = make_manifest([5], budget=0.05)
     ctl = Controller(m, initial_thresholds="never", adjust_every_batches=20, probe_cooldown=100, min_tune_samples=64)
@@ -343,5 +366,5 @@ def test_measured_chain_timings_replace_the_profile_after_a_few_batches():
         ctl.observe(timed, t=0.0)
     saved, cost = ctl.chain_ms([2, 5])
     np.testing.assert_allclose(saved, [2.0 + 0.25 + 3.0, 3.0])  # stages and ramps after each ramp
-    np.testing.assert_allclose(cost, [0.5, 0.25])
+    np.testing.assert_allclose(cost, [0.5, 0.25])  # measured ramps (this manifest's boundaries cost nothing)
     np.testing.assert_allclose(ctl.chain_ms([2])[0], LatencyModel(m).exit_saved_ms([2], ctl.batch_size))  # other sets: profile

@@ -35,7 +35,7 @@ from apparate_trt import _core
 from apparate_trt.engine_dir import Manifest
 from apparate_trt.errors import ApparateError
 from apparate_trt.runtime.backends.onnxruntime import OrtRunner
-from apparate_trt.runtime.split_worker import should_split_out_of_process, split_out_of_process
+from apparate_trt.runtime.split_worker import IdleGate, should_split_out_of_process, split_out_of_process
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +220,8 @@ class _PlanBuilder:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apparate-plan")
         self._scratch_dir: Path | None = None
+        self.gate = IdleGate()
+        """Stops the split worker while a batch runs (the executor calls it around each batch)."""
 
     def cached(self, active: tuple[int, ...]) -> _Plan | None:
         with self._lock:
@@ -272,7 +274,7 @@ class _PlanBuilder:
             ]
         if should_split_out_of_process(m):
             try:
-                files = split_out_of_process(m, active, self._scratch() / ("sites_" + "_".join(map(str, active))))
+                files = split_out_of_process(m, active, self._scratch() / ("sites_" + "_".join(map(str, active))), gate=self.gate)
                 return [
                     _Stage(OrtRunner(f.file, self.threads, name=f"segment {i} of sites {list(active)}"), f.outputs, f.ends_at_site)
                     for i, f in enumerate(files)
@@ -412,6 +414,14 @@ class Executor:
         original model in one piece with no ramps (the engine's overload fallback): every result is
         final and the outcome has no ramp feedback.
         """
+        self._builder.gate.batch_started()
+        try:
+            return self._run_plan(inputs, on_release, tags, unsplit)
+        finally:
+            self._builder.gate.batch_finished()
+
+    def _run_plan(self, inputs: Mapping[str, np.ndarray], on_release: ReleaseFn, tags: Sequence[object] | None,
+                  unsplit: bool) -> BatchOutcome:
         t_start = time.monotonic()
         plan = self._builder.build(()) if unsplit else self._swap_if_ready()
         thresholds = self._thresholds

@@ -4,9 +4,17 @@ A ramp move needs the model split at the new active sites. Done inside the servi
 split (loading the model, cutting the graph, serialising each segment for ONNX Runtime) holds
 Python's GIL in long, uninterruptible protobuf calls: on a 90 MB transformer that stalls the batch
 thread for up to about 100 ms at a time, and queued requests pay for it. This module does that work
-in a child process (``python -m apparate_trt.runtime.split_worker``, niced so that serving keeps
-the cores) that writes one ONNX file per segment; the server then opens ONNX Runtime sessions from
-those files, which does not hold the GIL.
+in a child process (``python -m apparate_trt.runtime.split_worker``, niced) that writes one ONNX
+file per segment; the server then opens ONNX Runtime sessions from those files, which does not hold
+the GIL.
+
+A lower CPU priority is not enough: the worker streams the whole model through memory, and a
+memory-bound model served beside it slows down anyway (on 2 cores, serving the MiniLM model at half
+load beside a niced worker that kept splitting raised the median latency from 28-34 ms to 48-51
+ms). So the executor holds the worker stopped while a batch runs (:class:`IdleGate`: SIGSTOP when a
+batch starts, SIGCONT when it ends): the split uses only the time between batches. Under
+saturation that time is short and the split waits; the engine's overload fallback serves unsplit
+meanwhile.
 
 Small models (below :data:`OUT_OF_PROCESS_MIN_BYTES`) are split in-process: their split takes
 milliseconds, less than starting a process.
@@ -20,8 +28,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -34,6 +45,63 @@ OUT_OF_PROCESS_MIN_BYTES = 8 * 1024 * 1024
 NICE_INCREMENT = 10
 """How much lower the child's CPU priority is than the server's."""
 TIMEOUT_S = 600.0
+"""Wall-clock seconds a split may take, stopped time included."""
+_CAN_STOP = hasattr(signal, "SIGSTOP") and hasattr(signal, "SIGCONT")
+
+
+class IdleGate:
+    """Keeps background worker processes stopped while a batch runs (POSIX SIGSTOP / SIGCONT).
+
+    The batch thread calls :meth:`batch_started` and :meth:`batch_finished` around each batch; a
+    worker runs inside :meth:`holding`. Where processes cannot be stopped (no SIGSTOP), the gate
+    does nothing and workers run at their (niced) priority.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pids: set[int] = set()
+        self._busy = 0
+
+    def batch_started(self) -> None:
+        """A batch is about to run: stop every held worker."""
+        with self._lock:
+            self._busy += 1
+            if self._busy == 1:
+                self._signal_all(signal.SIGSTOP if _CAN_STOP else None)
+
+    def batch_finished(self) -> None:
+        """The batch ended: let the held workers run until the next one."""
+        with self._lock:
+            self._busy = max(0, self._busy - 1)
+            if self._busy == 0:
+                self._signal_all(signal.SIGCONT if _CAN_STOP else None)
+
+    @contextmanager
+    def holding(self, pid: int):
+        """Hold the worker ``pid`` under the gate for the ``with`` block (it is left running after)."""
+        with self._lock:
+            self._pids.add(pid)
+            if self._busy:
+                self._send(pid, signal.SIGSTOP if _CAN_STOP else None)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._pids.discard(pid)
+                self._send(pid, signal.SIGCONT if _CAN_STOP else None)
+
+    def _signal_all(self, sig: signal.Signals | None) -> None:
+        for pid in self._pids:
+            self._send(pid, sig)
+
+    @staticmethod
+    def _send(pid: int, sig: signal.Signals | None) -> None:
+        if sig is None:
+            return
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass  # it has just exited
 
 
 @dataclass(frozen=True)
@@ -45,10 +113,13 @@ class SegmentFile:
     ends_at_site: int | None
 
 
-def split_out_of_process(manifest: Manifest, active: Sequence[int], out_dir: Path, timeout_s: float = TIMEOUT_S) -> list[SegmentFile]:
+def split_out_of_process(manifest: Manifest, active: Sequence[int], out_dir: Path, timeout_s: float = TIMEOUT_S,
+                         gate: IdleGate | None = None) -> list[SegmentFile]:
     """Run the worker on ``manifest``'s engine directory and return the segment files it wrote.
 
-    Raises ApparateError if the worker fails (its last stderr line is in the message)."""
+    ``gate``: the executor's :class:`IdleGate`, which stops the worker while batches run (None:
+    it runs freely). Raises ApparateError if the worker fails (its last stderr line is in the
+    message) or takes over ``timeout_s`` seconds."""
     if manifest.root is None:
         raise ApparateError("the manifest was not read from an engine directory; the split worker needs one")
     if not sys.executable:  # e.g. Python embedded in a C++ service: no interpreter to start
@@ -57,17 +128,29 @@ def split_out_of_process(manifest: Manifest, active: Sequence[int], out_dir: Pat
     cmd = [sys.executable, "-m", "apparate_trt.runtime.split_worker", str(manifest.root),
            "--sites", ",".join(str(int(s)) for s in active), "--out", str(out_dir)]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ApparateError(f"the split worker for sites {list(active)} did not finish ({exc})") from exc
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no error output"])[-1]
-        raise ApparateError(f"the split worker for sites {list(active)} failed with exit status {done.returncode}: {last}")
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    except OSError as exc:
+        raise ApparateError(f"the split worker for sites {list(active)} did not start ({exc})") from exc
     try:
-        rows = json.loads(done.stdout.strip().splitlines()[-1])
+        with gate.holding(proc.pid) if gate is not None else _nothing():
+            stdout, stderr = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        proc.kill()
+        proc.communicate()
+        raise ApparateError(f"the split worker for sites {list(active)} did not finish ({exc})") from exc
+    if proc.returncode != 0:
+        last = (stderr.strip().splitlines() or ["no error output"])[-1]
+        raise ApparateError(f"the split worker for sites {list(active)} failed with exit status {proc.returncode}: {last}")
+    try:
+        rows = json.loads(stdout.strip().splitlines()[-1])
         return [SegmentFile(Path(r["file"]), list(r["outputs"]), r["ends_at_site"]) for r in rows]
     except (IndexError, KeyError, TypeError, ValueError) as exc:
         raise ApparateError(f"the split worker for sites {list(active)} printed no segment list ({exc})") from exc
+
+
+@contextmanager
+def _nothing():
+    yield
 
 
 def should_split_out_of_process(manifest: Manifest) -> bool:

@@ -41,6 +41,7 @@ sys.path.insert(0, str(HERE))
 from workloads import (  # noqa: E402
     ABLATIONS,
     BURST_ROUNDS,
+    CAPACITY_PROBE,
     CONSTRAINT,
     MAX_BATCH,
     MAX_DELAY_MS,
@@ -50,6 +51,7 @@ from workloads import (  # noqa: E402
     RunRecord,
     SystemFactory,
     Workload,
+    burst_size,
     burst_throughput,
     drift_phases,
     ensure_engine,
@@ -90,7 +92,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--requests", type=int, help="requests per run (default: the whole stream; --quick: 300)")
     p.add_argument("--repeats", type=int, help="repeats of every system (default 2; --quick: 1)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads per session (default: all cores)")
-    p.add_argument("--burst", type=int, help="requests per saturation burst (default 800; --quick: 200)")
+    p.add_argument("--burst", type=int, help="requests per saturation burst (default: about 1.75 s at vanilla's capacity, "
+                                             "800 on the CV model and 180 on the NLP one; --quick: 200)")
     p.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals")
     p.add_argument("--max-stream-s", type=float, default=30.0,
                    help="serve at most this many seconds of each stream's arrivals (bounds the full run on a slow model; 0: no bound)")
@@ -110,7 +113,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.requests = args.requests or (300 if args.quick else None)
     args.repeats = args.repeats or (1 if args.quick else 2)
     args.chunk = args.chunk or (100 if args.quick else 1000)
-    args.burst = args.burst if args.burst is not None else (200 if args.quick else 800)
+    args.burst = args.burst if args.burst is not None else (200 if args.quick else None)
     args.workloads = [w for w in WORKLOADS if w.name in args.workloads.split(",")]
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = [s for s in systems if s not in SYSTEMS + ABLATIONS]
@@ -146,13 +149,14 @@ def run_workload(w: Workload, args: argparse.Namespace, factories: dict[str, Sys
     warm = take(load_inputs(data_dir / "bootstrap.npz", factory.manifest.model.inputs), slice(0, 3 * MAX_BATCH))
     if w.model not in capacity:
         capacity[w.model] = measure_capacity(factory, inputs, warm, args.burst)
+    burst = args.burst or burst_size(capacity[w.model])
     rate = w.rate_fraction * capacity[w.model]
     arrivals = make_arrivals(w.arrivals, rate, n, args.seed)
     if args.max_stream_s and arrivals[-1] > args.max_stream_s:  # bound the run time: the stream's first max_stream_s seconds
         n = int(np.searchsorted(arrivals, args.max_stream_s, side="right"))
         arrivals, inputs = arrivals[:n], take(inputs, slice(0, n))
     log(f"[{w.name}] {n} requests, {w.arrivals} arrivals at {rate:.0f} rps ({w.rate_fraction:.0%} of vanilla's {capacity[w.model]:.0f} rps), "
-        f"stream duration {arrivals[-1]:.1f} s")
+        f"stream duration {arrivals[-1]:.1f} s; saturation bursts of {burst} requests")
     t0 = time.perf_counter()
     factory.oracle = policies.stream_oracle(factory.manifest, inputs, threads=args.threads)
     log(f"[{w.name}] oracle offline pass: {time.perf_counter() - t0:.1f} s; oracle exits before the end for "
@@ -160,7 +164,7 @@ def run_workload(w: Workload, args: argparse.Namespace, factories: dict[str, Sys
     runs: list[RunRecord] = []
     for repeat in range(args.repeats):
         log(f"[{w.name}] repeat {repeat + 1}/{args.repeats}: {len(args.systems)} systems interleaved in chunks of {args.chunk} requests")
-        records = serve_interleaved(factory, args.systems, inputs, arrivals, warm, args.burst, repeat, args.chunk, log)
+        records = serve_interleaved(factory, args.systems, inputs, arrivals, warm, burst, repeat, args.chunk, log)
         runs += records
         for record in records:
             lat = record.report["latency_ms"]
@@ -168,16 +172,19 @@ def run_workload(w: Workload, args: argparse.Namespace, factories: dict[str, Sys
                 f"accuracy {record.report['accuracy']['overall']:.4f}  early exits {1 - record.report['exit_share'].get('final', 1.0):.1%}  "
                 f"saturation {record.throughput_rps:6.0f} rps")
     phases = drift_phases(data_dir / "drift_meta.json", n) if w.stream == "drift.npz" else []
-    return {"workload": w, "n": n, "rate": rate, "capacity": capacity[w.model], "runs": runs, "phases": phases,
+    return {"workload": w, "n": n, "rate": rate, "capacity": capacity[w.model], "burst": burst, "runs": runs, "phases": phases,
             "configs": {s: factory.describe(s) for s in args.systems if s != "oracle"},
             "oracle_exit_share": float(np.mean(factory.oracle.site >= 0))}
 
 
-def measure_capacity(factory: SystemFactory, inputs: dict[str, np.ndarray], warm: dict[str, np.ndarray], burst: int) -> float:
-    """Vanilla's capacity (rps): the median of three bursts of back-to-back full batches."""
+def measure_capacity(factory: SystemFactory, inputs: dict[str, np.ndarray], warm: dict[str, np.ndarray], burst: int | None) -> float:
+    """Vanilla's capacity (rps): the median of three bursts of back-to-back full batches of
+    ``burst`` requests (None: sized by :func:`burst_size` from a first probe burst)."""
     engine = factory.load("vanilla")
     try:
         warm_up(engine, warm)
+        if burst is None:
+            burst = burst_size(burst_throughput(engine, inputs, CAPACITY_PROBE))
         rates = [burst_throughput(engine, inputs, max(burst, 4 * MAX_BATCH)) for _ in range(3)]
     finally:
         engine.close()
@@ -332,7 +339,8 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], goals: list[dict[str
     for wname, systems in summary.items():
         info = meta["workloads"][wname]
         lines += [f"## {wname}", "", f"{info['description']}; {info['requests']} requests at {info['rate_rps']:.0f} rps "
-                  f"(vanilla capacity {info['capacity_rps']:.0f} rps). Oracle exits early for {_pct(info['oracle_exit_share'])} of requests.", "",
+                  f"(vanilla capacity {info['capacity_rps']:.0f} rps; saturation bursts of {info.get('burst', '?')} requests). "
+                  f"Oracle exits early for {_pct(info['oracle_exit_share'])} of requests.", "",
                   "| system | p50 ms | p95 ms | p99 ms | p50 / van | p95 / van | p99 / van | sat. rps | rps / van | accuracy | worst window | windows > 1% | early exits |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, e in systems.items():
@@ -477,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         add_ratios(systems)
         summary[w.name] = systems
         meta["workloads"][w.name] = {"description": w.description,
-                                     "requests": res["n"], "rate_rps": res["rate"], "capacity_rps": res["capacity"],
+                                     "requests": res["n"], "rate_rps": res["rate"], "capacity_rps": res["capacity"], "burst": res["burst"],
                                      "arrivals": w.arrivals, "phases": res["phases"], "configs": res["configs"],
                                      "oracle_exit_share": res["oracle_exit_share"]}
         runs_dir = args.out / "runs"

@@ -44,6 +44,12 @@ WINDOW = 256
 MAX_BATCH = 8  # the API's defaults: the same batching for every system
 MAX_DELAY_MS = 5.0
 BURST_MAX = 1000  # below the API's default queue size (1024): a burst is never refused
+BURST_S = 1.75
+"""About how long (s) one saturation burst lasts at vanilla's capacity: a burst holds
+``capacity x BURST_S`` requests (:func:`burst_size`), about 800 on the CV model and 180 on the NLP
+model, so that a slow model's bursts do not dominate the run time."""
+CAPACITY_PROBE = 200
+"""Requests of the first burst that estimates vanilla's capacity, before the bursts are sized."""
 BURST_ROUNDS = 5
 """Saturation bursts per system and repeat, in rounds over every system (order rotated per round).
 A system's throughput is their median; its ratio to vanilla's is the median of the per-round
@@ -214,6 +220,12 @@ def warm_up(engine: Engine, inputs: Mapping[str, np.ndarray], batches: int = 3) 
     handles = [engine.submit({k: v[i] for k, v in inputs.items()}) for i in range(count)]
     for handle in handles:
         handle.final.result(120.0)
+
+
+def burst_size(capacity_rps: float, seconds: float = BURST_S) -> int:
+    """Requests in a saturation burst that lasts about ``seconds`` at ``capacity_rps``, at least
+    four full batches and at most :data:`BURST_MAX`."""
+    return int(np.clip(round(capacity_rps * seconds), 4 * MAX_BATCH, BURST_MAX))
 
 
 def burst_throughput(engine: Engine, inputs: Mapping[str, np.ndarray], count: int) -> float:

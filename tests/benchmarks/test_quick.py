@@ -120,3 +120,14 @@ def test_throughput_ratios_pair_bursts_of_the_same_round():
     assert run.paired_ratio([90.0, 45.0, 90.0], [100.0, 50.0, 100.0]) == pytest.approx(0.9)
     assert run.paired_ratio([90.0, float("nan")], [100.0, 50.0]) == pytest.approx(0.9)
     assert run.paired_ratio([], []) is None
+
+
+def test_bursts_last_about_the_same_time_on_every_model():
+    _script()  # puts benchmarks/ on the path
+    import workloads
+
+    burst_size, BURST_S, MAX_BATCH, BURST_MAX = workloads.burst_size, workloads.BURST_S, workloads.MAX_BATCH, workloads.BURST_MAX
+    assert burst_size(455.0) == round(455.0 * BURST_S)  # the CV model: about 800 requests
+    assert burst_size(103.0) == round(103.0 * BURST_S)  # the NLP model: about 180
+    assert burst_size(5.0) == 4 * MAX_BATCH  # at least four full batches
+    assert burst_size(10_000.0) == BURST_MAX  # never more than the queue takes

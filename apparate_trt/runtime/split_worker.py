@@ -78,18 +78,20 @@ class IdleGate:
                 self._signal_all(signal.SIGCONT if _CAN_STOP else None)
 
     @contextmanager
-    def holding(self, pid: int):
-        """Hold the worker ``pid`` under the gate for the ``with`` block (it is left running after)."""
+    def holding(self, proc: subprocess.Popen):
+        """Hold the worker ``proc`` under the gate for the ``with`` block; if it still runs after,
+        it is left running (a reaped process is not signalled: its pid may be reused)."""
         with self._lock:
-            self._pids.add(pid)
+            self._pids.add(proc.pid)
             if self._busy:
-                self._send(pid, signal.SIGSTOP if _CAN_STOP else None)
+                self._send(proc.pid, signal.SIGSTOP if _CAN_STOP else None)
         try:
             yield
         finally:
             with self._lock:
-                self._pids.discard(pid)
-                self._send(pid, signal.SIGCONT if _CAN_STOP else None)
+                self._pids.discard(proc.pid)
+                if proc.poll() is None:
+                    self._send(proc.pid, signal.SIGCONT if _CAN_STOP else None)
 
     def _signal_all(self, sig: signal.Signals | None) -> None:
         for pid in self._pids:
@@ -133,7 +135,7 @@ def split_out_of_process(manifest: Manifest, active: Sequence[int], out_dir: Pat
     except OSError as exc:
         raise ApparateError(f"the split worker for sites {list(active)} did not start ({exc})") from exc
     try:
-        with gate.holding(proc.pid) if gate is not None else _nothing():
+        with gate.holding(proc) if gate is not None else _nothing():
             stdout, stderr = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired as exc:
         proc.kill()

@@ -98,7 +98,7 @@ def test_the_gate_stops_a_held_worker_while_a_batch_runs():
     gate = split_worker.IdleGate()
     proc = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(0.005)"])
     try:
-        with gate.holding(proc.pid):
+        with gate.holding(proc):
             gate.batch_started()
             assert _becomes(proc.pid, stopped=True)
             gate.batch_finished()

@@ -149,7 +149,7 @@ def run_workload(w: Workload, args: argparse.Namespace, factories: dict[str, Sys
     warm = take(load_inputs(data_dir / "bootstrap.npz", factory.manifest.model.inputs), slice(0, 3 * MAX_BATCH))
     if w.model not in capacity:
         capacity[w.model] = measure_capacity(factory, inputs, warm, args.burst)
-    burst = args.burst or burst_size(capacity[w.model])
+    burst = args.burst if args.burst is not None else burst_size(capacity[w.model])  # 0: no bursts
     rate = w.rate_fraction * capacity[w.model]
     arrivals = make_arrivals(w.arrivals, rate, n, args.seed)
     if args.max_stream_s and arrivals[-1] > args.max_stream_s:  # bound the run time: the stream's first max_stream_s seconds

@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from apparate_trt import _core
-from apparate_trt.runtime.controller import SEARCH_MIN_STEP
+from apparate_trt.runtime.controller import SEARCH_MIN_STEP, sum_after
 
 
 @dataclass
@@ -69,7 +69,7 @@ def expected_saving_ms(confidence: np.ndarray, agree: np.ndarray, sites: Sequenc
     agr = np.ascontiguousarray(agree[:, sites].T, dtype=np.uint8)
     costs = np.asarray(cost_ms, np.float64)[list(sites)]
     saved = np.asarray(saved_ms, np.float64)[list(sites)]
-    in_chain = saved + np.concatenate([np.cumsum(costs[::-1])[::-1][1:], [0.0]])  # later ramps saved too
+    in_chain = saved + sum_after(costs)  # an exit also skips the later ramps
     thresholds, _, _ = _core.search_thresholds(conf, agr, in_chain, constraint, min_step=SEARCH_MIN_STEP)
     _, _, counts = _core.evaluate_thresholds(conf, agr, in_chain, thresholds)
     exits = np.asarray(counts[:k], np.float64)
@@ -116,9 +116,10 @@ def choose_initial(
     exits the thresholds may make (the controller's target). The budget counts ramps alone.
     """
     budget_ms = budget * model_ms
+    saved = np.asarray(saved_ms, np.float64)
     ramp_ms = np.asarray(cost_ms, np.float64)
     paid_ms = ramp_ms + boundary_ms
-    latest = latest_useful_site(confidence, agree, np.asarray(saved_ms), paid_ms, constraint)
+    latest = latest_useful_site(confidence, agree, saved, paid_ms, constraint)
     chosen: list[int] = []
     best = -np.inf
     if latest is not None:
@@ -126,7 +127,7 @@ def choose_initial(
             sites = spread_evenly(k, latest)
             if float(np.sum(ramp_ms[sites])) > budget_ms:
                 break
-            value = expected_saving_ms(confidence, agree, sites, np.asarray(saved_ms), paid_ms, constraint)
+            value = expected_saving_ms(confidence, agree, sites, saved, paid_ms, constraint)
             if chosen and value <= best:
                 break
             chosen, best = sites, value

@@ -333,7 +333,7 @@ def _train_ramps(model: onnx.ModelProto, inputs_info: Sequence[TensorInfo], site
     """Collect features, train every ramp, export each as ONNX and check it against numpy."""
     features = collect_features(model, sites, candidates, data, score_name, mask=mask.name if mask else None,
                                 batch_size=batch_size, threads=threads, log=log)
-    extra = _copies_features(model, inputs_info, sites, candidates, data, score_name, batch_size, config, threads, log)
+    extra = _copies_features(model, inputs_info, sites, candidates, mask, data, score_name, batch_size, config, threads, log)
     # one torch thread: the heads are tiny, and extra (spin-waiting) threads only slow them down
     trained = train_ramps(features, config, extra=extra, threads=1, log=log)
     ramp_models = []
@@ -346,11 +346,10 @@ def _train_ramps(model: onnx.ModelProto, inputs_info: Sequence[TensorInfo], site
 
 
 def _copies_features(model: onnx.ModelProto, inputs_info: Sequence[TensorInfo], sites: Sequence[Site], candidates: Sequence[list[str]],
-                     data: dict[str, np.ndarray], score_name: str, batch_size: int, config: TrainConfig, threads: int | None,
+                     mask: TensorInfo | None, data: dict[str, np.ndarray], score_name: str, batch_size: int, config: TrainConfig, threads: int | None,
                      log: Log) -> Features | None:
     """Features of near-copies of the train samples (``compiler.augment``), or None when there are none."""
     spec = image_input(inputs_info)
-    mask = find_mask_input(inputs_info)
     edited = token_inputs(inputs_info, mask)
     copies = default_copies(inputs_info, mask) if config.augment_copies is None else config.augment_copies
     if copies == 0:

@@ -35,7 +35,7 @@ from apparate_trt.runtime.batching import (
     validate_settings,
 )
 from apparate_trt.runtime.control_loop import ControlLoop
-from apparate_trt.runtime.controller import Controller
+from apparate_trt.runtime.controller import DEFAULT_ACCURACY_CONSTRAINT, Controller
 from apparate_trt.runtime.executor import BatchExecutor, BatchOutcome, Executor, check_confidence_kind
 from apparate_trt.runtime.vanilla import VanillaExecutor
 
@@ -412,7 +412,7 @@ def load(
     *,
     max_batch: int = 8,
     max_delay_ms: float = 5.0,
-    accuracy_constraint: float = 0.01,
+    accuracy_constraint: float = DEFAULT_ACCURACY_CONSTRAINT,
     mode: str = "apparate",
     threads: int | None = None,
     queue_size: int = 1024,

@@ -171,8 +171,7 @@ class LatencyModel:
         profile = self.at(batch_size)
         after = profile.remaining_ms[list(sites)]
         costs = profile.ramp_ms[list(sites)]
-        later_ramps = np.concatenate([np.cumsum(costs[::-1])[::-1][1:], [0.0]])
-        return np.maximum(after + later_ramps, 0.0)
+        return np.maximum(after + sum_after(costs), 0.0)
 
     def budget_ms(self, batch_size: float) -> float:
         """The ramp budget in ms: ``manifest.budget`` times the model's latency at ``batch_size``."""
@@ -183,6 +182,13 @@ class LatencyModel:
         profile = self.at(batch_size)
         found = np.flatnonzero(profile.remaining_ms > profile.ramp_ms + profile.boundary_ms)
         return int(found[-1]) if found.size else -1
+
+
+def sum_after(values: np.ndarray) -> np.ndarray:
+    """For each entry of ``values`` (float64 [r]), the sum of the entries after it (0 for the last):
+    e.g. the cost of the ramps after each active ramp."""
+    values = np.asarray(values, dtype=np.float64)
+    return np.concatenate([np.cumsum(values[::-1])[::-1][1:], [0.0]]) if values.size else values.copy()
 
 
 def saved_next_ms(saved_ms: np.ndarray) -> np.ndarray:
@@ -480,9 +486,8 @@ class Controller:
         if timed is None or timed[1] < MIN_TIMED_BATCHES:
             return self.latency.exit_saved_ms(sites, self.batch_size), self.latency.ramp_costs_ms(sites, self.batch_size) + boundary
         stages, ramps = timed[0][: r + 1], timed[0][r + 1:]
-        after_stage = np.cumsum(stages[::-1])[::-1][1:]  # stages after ramp i's stage
-        after_ramp = np.concatenate([np.cumsum(ramps[::-1])[::-1][1:], [0.0]])  # ramps after ramp i
-        return after_stage + after_ramp, ramps + boundary
+        after_stage = sum_after(stages)[:r]  # stages after ramp i's stage
+        return after_stage + sum_after(ramps), ramps + boundary
 
     def _window_arrays(self, sites: Sequence[int], last: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         ids = np.asarray(sites, dtype=np.int32)

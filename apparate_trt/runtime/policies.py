@@ -36,7 +36,7 @@ from apparate_trt import _core
 from apparate_trt.engine_dir import Manifest
 from apparate_trt.errors import ApparateError
 from apparate_trt.runtime.backends.onnxruntime import OrtRunner
-from apparate_trt.runtime.controller import SEARCH_MIN_STEP
+from apparate_trt.runtime.controller import SEARCH_MIN_STEP, sum_after
 from apparate_trt.runtime.executor import BatchOutcome, Executor, ReleaseFn, final_predictions, release_final
 from apparate_trt.runtime.vanilla import FixedExecutorBase, rampless_outcome
 
@@ -84,8 +84,7 @@ def exit_saved_ms(manifest: Manifest, sites: Sequence[int], batch_size: int) -> 
         return np.zeros(0, dtype=np.float64)
     remaining = manifest.segment_ms(batch_size).sum() - np.asarray(manifest.site_reached_ms(batch_size))[sites]
     costs = np.asarray(manifest.ramp_cost_ms(batch_size), dtype=np.float64)[sites]
-    later = np.concatenate([np.cumsum(costs[::-1])[::-1][1:], [0.0]])
-    return np.maximum(remaining + later, 0.0).astype(np.float64)
+    return np.maximum(remaining + sum_after(costs), 0.0).astype(np.float64)
 
 
 def tune_shared_threshold(

@@ -33,7 +33,7 @@ import signal
 import subprocess
 import sys
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -47,7 +47,8 @@ NICE_INCREMENT = 10
 """How much lower the child's CPU priority is than the server's."""
 TIMEOUT_S = 600.0
 """Wall-clock seconds a split may take, stopped time included."""
-_CAN_STOP = hasattr(signal, "SIGSTOP") and hasattr(signal, "SIGCONT")
+_STOP = getattr(signal, "SIGSTOP", None)  # None where processes cannot be stopped (Windows)
+_CONT = getattr(signal, "SIGCONT", None)
 
 
 class IdleGate:
@@ -68,14 +69,14 @@ class IdleGate:
         with self._lock:
             self._busy += 1
             if self._busy == 1:
-                self._signal_all(signal.SIGSTOP if _CAN_STOP else None)
+                self._signal_all(_STOP)
 
     def batch_finished(self) -> None:
         """The batch ended: let the held workers run until the next one."""
         with self._lock:
             self._busy = max(0, self._busy - 1)
             if self._busy == 0:
-                self._signal_all(signal.SIGCONT if _CAN_STOP else None)
+                self._signal_all(_CONT)
 
     @contextmanager
     def holding(self, proc: subprocess.Popen):
@@ -84,14 +85,14 @@ class IdleGate:
         with self._lock:
             self._pids.add(proc.pid)
             if self._busy:
-                self._send(proc.pid, signal.SIGSTOP if _CAN_STOP else None)
+                self._send(proc.pid, _STOP)
         try:
             yield
         finally:
             with self._lock:
                 self._pids.discard(proc.pid)
                 if proc.poll() is None:
-                    self._send(proc.pid, signal.SIGCONT if _CAN_STOP else None)
+                    self._send(proc.pid, _CONT)
 
     def _signal_all(self, sig: signal.Signals | None) -> None:
         for pid in self._pids:
@@ -135,7 +136,7 @@ def split_out_of_process(manifest: Manifest, active: Sequence[int], out_dir: Pat
     except OSError as exc:
         raise ApparateError(f"the split worker for sites {list(active)} did not start ({exc})") from exc
     try:
-        with gate.holding(proc) if gate is not None else _nothing():
+        with gate.holding(proc) if gate is not None else nullcontext():
             stdout, stderr = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired as exc:
         proc.kill()
@@ -149,11 +150,6 @@ def split_out_of_process(manifest: Manifest, active: Sequence[int], out_dir: Pat
         return [SegmentFile(Path(r["file"]), list(r["outputs"]), r["ends_at_site"]) for r in rows]
     except (IndexError, KeyError, TypeError, ValueError) as exc:
         raise ApparateError(f"the split worker for sites {list(active)} printed no segment list ({exc})") from exc
-
-
-@contextmanager
-def _nothing():
-    yield
 
 
 def should_split_out_of_process(manifest: Manifest) -> bool:

@@ -33,6 +33,7 @@ from apparate_trt.runtime.controller import (
     emergency_limit,
     saved_next_ms,
     search_constraint,
+    sum_after,
 )
 
 NUM_SITES = 8
@@ -156,6 +157,12 @@ def test_exit_saved_counts_later_segments_and_later_ramps():
     np.testing.assert_allclose(saved, [70.5, 40.0])
     np.testing.assert_allclose(saved_next_ms(saved), [30.5, 40.0])
     np.testing.assert_allclose(latency.exit_saved_ms([1, 4], batch_size=8), [4 * 70.5, 4 * 40.0])
+
+
+def test_sum_after_adds_the_later_entries():
+    np.testing.assert_allclose(sum_after(np.array([1.0, 2.0, 4.0])), [6.0, 4.0, 0.0])
+    np.testing.assert_allclose(sum_after(np.array([3.0])), [0.0])
+    assert sum_after(np.zeros(0)).shape == (0,)
 
 
 def test_budget_and_latest_useful_site_come_from_the_profile():

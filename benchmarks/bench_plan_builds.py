@@ -85,6 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the three variants (default 2)")
     parser.add_argument("--out", help="also write the results as JSON to this file")
     args = parser.parse_args(argv)
+    if args.rate <= 0 or args.requests < 1 or args.rounds < 1:
+        parser.error(f"--rate must be > 0 and --requests and --rounds >= 1; got --rate {args.rate}, "
+                     f"--requests {args.requests}, --rounds {args.rounds}")
     manifest = read_manifest(args.engine_dir)
     inputs = take(load_inputs(args.data, manifest.model.inputs), slice(0, args.requests))
     arrivals = poisson_arrivals(args.rate, args.requests, 0)

@@ -131,3 +131,16 @@ def test_bursts_last_about_the_same_time_on_every_model():
     assert burst_size(103.0) == round(103.0 * BURST_S)  # the NLP model: about 180
     assert burst_size(5.0) == 4 * MAX_BATCH  # at least four full batches
     assert burst_size(10_000.0) == BURST_MAX  # never more than the queue takes
+
+
+def test_bench_plan_builds_refuses_bad_settings_and_a_missing_engine(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("bench_plan_builds", ROOT / "benchmarks" / "bench_plan_builds.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--engine-dir", str(tmp_path), "--data", "x.npz", "--rounds", "0"])
+    assert exit_info.value.code == 2 and "--rounds >= 1" in capsys.readouterr().err
+    from apparate_trt.errors import ApparateError
+
+    with pytest.raises(ApparateError, match="engine"):
+        bench.main(["--engine-dir", str(tmp_path / "missing"), "--data", "x.npz"])

@@ -11,8 +11,8 @@ Compile an ONNX classifier for early-exit serving.
 
 Finds the candidate ramp sites (cuts) of MODEL.onnx, splits it into segments, trains one small
 ramp per site to predict the model's own output on the bootstrap data (no labels needed; for an
-image model also on mirrored and shifted copies of it, for a token model on copies with a few
-tokens deleted, see --augment), profiles
+image model also on mirrored and shifted copies of it and blends of two images, see --augment and
+--blends; for a token model on copies with a few tokens deleted), profiles
 the model, segments and ramps at batch sizes 1, 2, 4, ... up to --max-batch, chooses the initial
 active ramps within --budget and writes everything to the engine directory --out, which
 `apparate-run --engine-dir DIR` serves. See docs/ENGINE_DIR.md for its contents.
@@ -51,6 +51,9 @@ def build_parser() -> Parser:
                    help="near-copies of each train sample the ramps also learn the model's outputs on, 0-7: mirror and 1-pixel "
                         "shifts of an image, a few tokens deleted from a token sequence (default: 7 for a model whose only input "
                         "is a float [N, C, H, W] image or whose inputs are integer [N, S] token tensors with an attention mask, 0 otherwise)")
+    p.add_argument("--blends", type=int, default=None, metavar="N",
+                   help="blends of each train image with another one (its own weight 0.5-0.9) the ramps also learn the model's "
+                        "outputs on, 0-16 (default: 8 for a model whose only input is a float [N, C, H, W] image, 0 otherwise)")
     p.add_argument("--force", action="store_true", help="replace --out if it already holds an engine directory")
     return p
 
@@ -65,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         compile_model(
             args.model, args.data, args.out,
             budget=args.budget, max_batch=args.max_batch, backend=args.backend, seed=args.seed,
-            output=args.output, force=args.force, threads=args.threads, augment=args.augment, log=flush_print,
+            output=args.output, force=args.force, threads=args.threads, augment=args.augment,
+            blends=args.blends, log=flush_print,
         )
 
     return run_main(body)

@@ -33,7 +33,8 @@ import onnx
 
 import apparate_trt
 from apparate_trt._optional import is_available
-from apparate_trt.compiler.augment import MAX_COPIES, augmented_inputs, default_copies, image_input, token_copies, token_inputs
+from apparate_trt.compiler.augment import (MAX_BLENDS, MAX_COPIES, augmented_inputs, blended_inputs, default_blends, default_copies, image_input,
+                                          token_copies, token_inputs)
 from apparate_trt.compiler.ingest import TensorInfo, load_model, model_io, score_output
 from apparate_trt.compiler.initial_config import choose_initial
 from apparate_trt.compiler.profiling import ProfileResult, ProfileSettings, batch_sizes_up_to, profile_all
@@ -71,10 +72,12 @@ BOOTSTRAP_FILE = "bootstrap_stats.npz"
 
 
 # ----- arguments -----------------------------------------------------------------------------------
-def check_options(budget: float, max_batch: int, threads: int | None, augment: int | None = None) -> None:
+def check_options(budget: float, max_batch: int, threads: int | None, augment: int | None = None, blends: int | None = None) -> None:
     """Validate the numeric options (ApparateError naming the flag)."""
     if augment is not None and not (isinstance(augment, int) and 0 <= augment <= MAX_COPIES):
         raise ApparateError(f"--augment must be an integer from 0 (no near-copies) to {MAX_COPIES}; got {augment}")
+    if blends is not None and not (isinstance(blends, int) and 0 <= blends <= MAX_BLENDS):
+        raise ApparateError(f"--blends must be an integer from 0 (no blends) to {MAX_BLENDS}; got {blends}")
     if not (isinstance(budget, (int, float)) and 0.0 < budget < 1.0):
         raise ApparateError(f"--budget must be a fraction of the model's latency in (0, 1), e.g. 0.02 for 2%; got {budget}")
     if not (isinstance(max_batch, int) and max_batch >= 1):
@@ -253,23 +256,28 @@ def compile_model(
     train_config: TrainConfig | None = None,
     profile_settings: ProfileSettings | None = None,
     augment: int | None = None,
+    blends: int | None = None,
 ) -> Manifest:
     """Compile ``model_path`` with bootstrap data ``data_path`` into the engine directory ``out_dir``.
 
     ``budget`` is the ramp budget as a fraction of the model's latency; ``threads`` the ORT intra-op
     threads (None: all cores); ``augment`` the near-copies of each train sample that the ramps also
     train on (``compiler.augment``; None: the ``train_config``'s setting, whose None means every copy
-    for a single-image-input or token-sequence model and none otherwise). Returns the manifest as read back from the
-    written directory.
+    for a single-image-input or token-sequence model and none otherwise); ``blends`` the blends of
+    each train image with another one that they train on too (None: the ``train_config``'s setting,
+    whose None means ``augment.DEFAULT_BLENDS`` for a single-image-input model and none otherwise).
+    Returns the manifest as read back from the written directory.
     """
     t0 = time.perf_counter()
     model_path, data_path, out_dir = Path(model_path), Path(data_path), Path(out_dir)
-    check_options(budget, max_batch, threads, augment)
+    check_options(budget, max_batch, threads, augment, blends)
     backend = resolve_backend(backend)
     prepare_out_dir(out_dir, force)
     train_config = dataclasses.replace(train_config or TrainConfig(), seed=seed)
     if augment is not None:
         train_config = dataclasses.replace(train_config, augment_copies=augment)
+    if blends is not None:
+        train_config = dataclasses.replace(train_config, blend_copies=blends)
     profile_settings = profile_settings or ProfileSettings()
 
     log(f"[1/8] ingest {model_path}")
@@ -348,24 +356,37 @@ def _train_ramps(model: onnx.ModelProto, inputs_info: Sequence[TensorInfo], site
 def _copies_features(model: onnx.ModelProto, inputs_info: Sequence[TensorInfo], sites: Sequence[Site], candidates: Sequence[list[str]],
                      mask: TensorInfo | None, data: dict[str, np.ndarray], score_name: str, batch_size: int, config: TrainConfig, threads: int | None,
                      log: Log) -> Features | None:
-    """Features of near-copies of the train samples (``compiler.augment``), or None when there are none."""
+    """Features of near-copies and blends of the train samples (``compiler.augment``), or None when there are none."""
     spec = image_input(inputs_info)
     edited = token_inputs(inputs_info, mask)
     copies = default_copies(inputs_info, mask) if config.augment_copies is None else config.augment_copies
-    if copies == 0:
+    blends = default_blends(inputs_info) if config.blend_copies is None else config.blend_copies
+    if spec is None:
+        blends = 0  # only images can be mixed
+    if copies == 0 and blends == 0:
         return None
     if spec is None and edited is None:
         log("  no near-copies: the model's input is neither a single float image [N, C, H, W] nor token sequences with an attention mask")
         return None
     train_idx, _ = bootstrap_split(num_samples(data), config)
+    train = take(data, train_idx)
     if spec is not None:
-        inputs, names = augmented_inputs(take(data, train_idx), spec, copies)
+        inputs, names = augmented_inputs(train, spec, copies)
     else:
-        inputs, names = token_copies(take(data, train_idx), edited, mask, copies, seed=config.seed)
+        inputs, names = token_copies(train, edited, mask, copies, seed=config.seed)
+    source = np.tile(train_idx, copies)
+    partner = source
+    if blends:
+        mixed, partner_pos = blended_inputs(train, spec, blends, seed=config.seed)
+        inputs = {spec.name: np.concatenate([inputs[spec.name], mixed[spec.name]])}
+        source = np.concatenate([source, np.tile(train_idx, blends)])
+        partner = np.concatenate([partner, train_idx[partner_pos]])
+        names.append(f"{blends} blends with another sample")
     log(f"  near-copies of {train_idx.size} samples to train on too: {', '.join(names)}")
     extra = collect_features(model, sites, candidates, inputs, score_name, mask=mask.name if mask else None,
                              batch_size=batch_size, threads=threads, example_rows=0, log=log)
-    extra.source = np.tile(train_idx, copies)
+    extra.source = source
+    extra.partner = partner if blends else None
     return extra
 
 

@@ -16,9 +16,10 @@ start) must come from samples it did not train on. By default they are cross-fit
 every bootstrap sample contributes, while the exported ramp is trained on all of them. With
 ``folds`` < 2 one seeded split holds ``heldout_fraction`` out instead.
 
-Extra training rows (``extra``: features of near-copies of samples, ``compiler.augment``) name
-the sample each was copied from and are trained on only together with it, so that no copy of a
-validation or held-out sample is ever trained on. The backbone is frozen: only the small heads are
+Extra training rows (``extra``: features of near-copies and blends of samples,
+``compiler.augment``) name the sample each was made from (a blend both of its samples) and are
+trained on only together with them, so that nothing made from a validation or held-out sample is
+ever trained on. The backbone is frozen: only the small heads are
 trained, with Adam, seeded. Features are standardised for training and the standardisation is
 folded into the first layer, so the exported ramp takes raw pooled features.
 """
@@ -56,6 +57,10 @@ class Features:
     examples: list[np.ndarray]
     mask_example: np.ndarray | None = None
     source: np.ndarray | None = None
+    """Extra rows only: the bootstrap sample each row was made from (int [N])."""
+    partner: np.ndarray | None = None
+    """Extra rows only: the second sample a blended row was made from (int [N]; a row that is
+    not a blend names its own source). None: no row is a blend."""
     """For extra rows (near-copies): the bootstrap index each row was made from; None otherwise."""
 
     @property
@@ -89,6 +94,9 @@ class TrainConfig:
     augment_copies: int | None = None
     """Near-copies of each train sample to train on too (``compiler.augment``); None: the default
     for the model's inputs (every copy for an image or token-sequence model, none otherwise)."""
+    blend_copies: int | None = None
+    """Blends of each train sample with another one to train on too (``compiler.augment``); None:
+    the default for the model's inputs (``augment.DEFAULT_BLENDS`` for an image model, else none)."""
 
 
 @dataclass
@@ -303,6 +311,8 @@ class _TrainingSet:
         if extra is None or kind not in extra.pooled[site]:
             return _Rows(x, y, p)
         keep = np.isin(extra.source, index)
+        if extra.partner is not None:  # a blend trains only together with both of its samples
+            keep &= np.isin(extra.partner, index)
         x = np.concatenate([x, extra.pooled[site][kind][keep]])
         y = np.concatenate([y, self.extra_pred[keep]])
         if p is not None and self.extra_probs is not None:

@@ -96,7 +96,7 @@ def test_help_documents_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert info.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--data", "--out", "--budget", "--max-batch", "--backend", "--seed", "--output", "--threads", "--augment", "--force"):
+    for flag in ("--data", "--out", "--budget", "--max-batch", "--backend", "--seed", "--output", "--threads", "--augment", "--blends", "--force"):
         assert flag in text
     assert "default: 0.02" in text and "default: 16" in text
 
@@ -177,6 +177,8 @@ def test_existing_engine_dir_needs_force(files, capsys) -> None:
         (("--threads", "0"), "--threads must be"),
         (("--augment", "8"), "--augment must be an integer from 0"),
         (("--augment", "-1"), "--augment must be an integer from 0"),
+        (("--blends", "17"), "--blends must be an integer from 0"),
+        (("--blends", "-1"), "--blends must be an integer from 0"),
         (("--backend", "tensorrt"), "--backend onnxruntime"),
         (("--backend", "cuda"), "invalid choice"),
         (("--budget", "lots"), "invalid float value"),

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from apparate_trt.compiler.augment import MAX_COPIES, augmented_inputs, default_copies, image_input, token_copies, token_inputs
+from apparate_trt.compiler.augment import (BLEND_WEIGHT, DEFAULT_BLENDS, MAX_BLENDS, MAX_COPIES, augmented_inputs, blended_inputs, default_blends,
+                                          default_copies, image_input, token_copies, token_inputs)
 from apparate_trt.compiler.ingest import TensorInfo
 
 IMAGE = TensorInfo("image", "float32", ["N", 1, 4, 5])
@@ -34,6 +35,34 @@ def test_copies_are_stacked_transform_by_transform() -> None:
     assert augmented_inputs({"image": x}, IMAGE, 0)[0]["image"].shape == (0, 1, 4, 5)
     with pytest.raises(ValueError, match="copies must be in 0..7"):
         augmented_inputs({"image": x}, IMAGE, MAX_COPIES + 1)
+
+
+def test_blends_mix_each_sample_mostly_with_itself() -> None:
+    n = 6
+    x = np.repeat(np.arange(n, dtype=np.float32)[:, None, None, None] * 10.0, 20, axis=3).reshape(n, 1, 4, 5)  # sample i is 10*i everywhere
+    blends, partner = blended_inputs({"image": x}, IMAGE, 3, seed=4)
+    out = blends["image"]
+    assert out.shape == (3 * n, 1, 4, 5) and out.dtype == np.float32 and partner.shape == (3 * n,)
+    for row in range(3 * n):
+        own, other = x[row % n, 0, 0, 0], x[partner[row], 0, 0, 0]
+        assert np.all(out[row] == out[row, 0, 0, 0])  # one weight per blend, the same at every pixel
+        if own != other:
+            w = (out[row, 0, 0, 0] - other) / (own - other)
+            assert BLEND_WEIGHT[0] - 1e-5 <= w <= BLEND_WEIGHT[1] + 1e-5
+    for k in range(3):
+        assert sorted(partner[k * n:(k + 1) * n]) == list(range(n))  # every sample is a partner once per copy
+    again, partner_again = blended_inputs({"image": x}, IMAGE, 3, seed=4)
+    np.testing.assert_array_equal(again["image"], out)
+    np.testing.assert_array_equal(partner_again, partner)
+    empty, none = blended_inputs({"image": x}, IMAGE, 0)
+    assert empty["image"].shape == (0, 1, 4, 5) and none.shape == (0,)
+    with pytest.raises(ValueError, match=f"blends must be in 0..{MAX_BLENDS}"):
+        blended_inputs({"image": x}, IMAGE, MAX_BLENDS + 1)
+
+
+def test_only_image_models_get_blends() -> None:
+    assert default_blends([IMAGE]) == DEFAULT_BLENDS
+    assert default_blends([IDS, MASK]) == 0 and default_blends([TensorInfo("x", "float32", ["N", 8])]) == 0
 
 
 IDS = TensorInfo("input_ids", "int64", ["N", "S"])

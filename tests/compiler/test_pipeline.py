@@ -70,7 +70,19 @@ def test_force_replaces_an_engine_dir(tiny_bert_engine: tuple[Path, Path], tmp_p
     assert m.profiles.batch_sizes == [1] and not (out / "stale.txt").exists()
     copies = [line for line in lines if "near-copies of" in line]  # a token model's ramps train on edited copies by default
     assert len(copies) == 1 and "drop 1 token" in copies[0] and "cut the last half" in copies[0]
+    assert "blends" not in copies[0]  # token ids cannot be mixed
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".engine.")]  # no temporary left over
+
+
+def test_an_image_model_trains_on_copies_and_blends(tiny_resnet_engine: tuple[Path, Path], tmp_path: Path) -> None:
+    root = tiny_resnet_engine[0].parent
+    lines: list[str] = []
+    compile_model(root / "model.onnx", root / "bootstrap.npz", tmp_path / "engine", max_batch=1, threads=1, augment=1, blends=2,
+                  log=lines.append, profile_settings=FAST)
+    copies = [line for line in lines if "near-copies of" in line]
+    assert len(copies) == 1 and "mirror" in copies[0] and "down 1 px" not in copies[0] and "2 blends with another sample" in copies[0]
+    features = [line for line in lines if "features:" in line]
+    assert features[-1].split()[1] == f"{3 * 300}/{3 * 300}"  # one mirror + two blends of each of the 300 samples
 
 
 def test_model_without_sites_compiles_to_zero_ramps(tmp_path: Path) -> None:

@@ -107,6 +107,21 @@ def test_cross_fitted_statistics_never_come_from_a_ramp_that_trained_on_the_samp
     assert result.stats.confidence.shape == (300, 1)
 
 
+def test_a_blend_trains_only_in_folds_that_hold_both_of_its_samples() -> None:
+    feats = _random_labels()
+    # each extra row is an exact copy of sample j, blended "from" another sample i: were only its
+    # source checked, a fold would train on copies of the very samples it scores
+    j = np.arange(300)
+    i = np.roll(j, 7)
+    extra = Features([{"dense_linear": feats.pooled[0]["dense_linear"].copy()}], feats.final_scores.copy(), [],
+                     source=i, partner=j)
+    config = TrainConfig(seed=0, folds=5, weight_decay=0.0, epochs=200, max_steps=2000)
+    result = train_ramps(feats, config, extra=extra, **QUIET)
+    assert result.ramps[0].agreement < 0.45  # chance: 0.25
+    leaky = Features(extra.pooled, extra.final_scores, [], source=i)  # the same rows, partner unknown
+    assert train_ramps(feats, config, extra=leaky, **QUIET).ramps[0].agreement > 0.6  # the leak the partner check stops
+
+
 def test_one_held_out_split_when_folds_are_off() -> None:
     result = train_ramps(_random_labels(), TrainConfig(seed=0, folds=0), **QUIET)
     assert result.folds == 0 and result.heldout_index.size == 60 and result.train_index.size == 240

@@ -7,7 +7,7 @@ For every workload (``benchmarks/workloads.py``): compile (or reuse) the engine 
 model's bootstrap data under ``--engines`` (default ``out/bench``); measure vanilla's capacity
 (median of bursts of back-to-back full batches) and set the arrival rate from it; run the oracle's
 offline pass over the stream; then serve the same stream with the same arrivals through every
-system, ``--repeats`` times, the order of the systems rotated each repeat so that machine drift
+system, ``--repeats`` times (default: the workload's own, ``Workload.repeats``), the order of the systems rotated each repeat so that machine drift
 favours none; within a repeat the systems are interleaved chunk by chunk (``--chunk`` requests:
 every system serves chunk 1, then every system serves chunk 2, ...; engines keep their state), so
 the machine's load changes hit all systems alike. Reported numbers are medians over the repeats. Each system's saturation throughput
@@ -90,13 +90,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--systems", default=",".join(SYSTEMS),
                    help=f"comma-separated systems (vanilla is always run); also {', '.join(ABLATIONS)}: apparate without its overload fallback")
     p.add_argument("--requests", type=int, help="requests per run (default: the whole stream; --quick: 300)")
-    p.add_argument("--repeats", type=int, help="repeats of every system (default 2; --quick: 1)")
+    p.add_argument("--repeats", type=int, help="repeats of every system (default: each workload's own, 2, and 1 for drift; --quick: 1)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads per session (default: all cores)")
     p.add_argument("--burst", type=int, help="requests per saturation burst (default: about 1.75 s at vanilla's capacity, "
                                              "800 on the CV model and 180 on the NLP one; --quick: 200)")
     p.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals")
-    p.add_argument("--max-stream-s", type=float, default=30.0,
-                   help="serve at most this many seconds of each stream's arrivals (bounds the full run on a slow model; 0: no bound)")
+    p.add_argument("--max-stream-s", type=float, default=None,
+                   help="serve at most this many seconds of each stream's arrivals (bounds the full run on a slow model; 0: no bound; "
+                        "default: each workload's own, 30 s, and the whole drift stream so that every phase is seen)")
     p.add_argument("--max-delay-ms", type=float, default=MAX_DELAY_MS,
                    help=f"the dynamic batcher's max queueing delay (ms), the same for every system (default {MAX_DELAY_MS:g}, the API's default; "
                         "0: a batch leaves as soon as the worker is free, as Triton's default)")
@@ -111,7 +112,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.quick and args.out.resolve() == RESULTS.resolve():
         p.error("--quick must not write over benchmarks/results; pass another --out DIR")
     args.requests = args.requests or (300 if args.quick else None)
-    args.repeats = args.repeats or (1 if args.quick else 2)
+    if args.repeats is not None and args.repeats < 1:
+        p.error(f"--repeats must be >= 1, got {args.repeats}")
+    args.repeats = args.repeats or (1 if args.quick else None)  # None: each workload's own
+    if args.max_stream_s is not None and args.max_stream_s < 0:
+        p.error(f"--max-stream-s must be >= 0 (0: no bound), got {args.max_stream_s}")
     args.chunk = args.chunk or (100 if args.quick else 1000)
     args.burst = args.burst if args.burst is not None else (200 if args.quick else None)
     args.workloads = [w for w in WORKLOADS if w.name in args.workloads.split(",")]
@@ -141,7 +146,9 @@ def machine() -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------ one workload
 def run_workload(w: Workload, args: argparse.Namespace, factories: dict[str, SystemFactory], capacity: dict[str, float]) -> dict[str, Any]:
-    """Serve ``w`` through every system ``args.repeats`` times; return its raw results."""
+    """Serve ``w`` through every system ``args.repeats`` times (None: the workload's own); return its raw results."""
+    repeats = args.repeats or w.repeats
+    max_stream_s = w.max_stream_s if args.max_stream_s is None else args.max_stream_s
     data_dir = args.data / w.model
     factory = factories[w.model]
     inputs = load_stream(w.stream_path(args.data), factory.manifest, args.requests)
@@ -152,8 +159,8 @@ def run_workload(w: Workload, args: argparse.Namespace, factories: dict[str, Sys
     burst = args.burst if args.burst is not None else burst_size(capacity[w.model])  # 0: no bursts
     rate = w.rate_fraction * capacity[w.model]
     arrivals = make_arrivals(w.arrivals, rate, n, args.seed)
-    if args.max_stream_s and arrivals[-1] > args.max_stream_s:  # bound the run time: the stream's first max_stream_s seconds
-        n = int(np.searchsorted(arrivals, args.max_stream_s, side="right"))
+    if max_stream_s and arrivals[-1] > max_stream_s:  # bound the run time: the stream's first max_stream_s seconds
+        n = int(np.searchsorted(arrivals, max_stream_s, side="right"))
         arrivals, inputs = arrivals[:n], take(inputs, slice(0, n))
     log(f"[{w.name}] {n} requests, {w.arrivals} arrivals at {rate:.0f} rps ({w.rate_fraction:.0%} of vanilla's {capacity[w.model]:.0f} rps), "
         f"stream duration {arrivals[-1]:.1f} s; saturation bursts of {burst} requests")
@@ -162,17 +169,17 @@ def run_workload(w: Workload, args: argparse.Namespace, factories: dict[str, Sys
     log(f"[{w.name}] oracle offline pass: {time.perf_counter() - t0:.1f} s; oracle exits before the end for "
         f"{np.mean(factory.oracle.site >= 0):.1%} of requests")
     runs: list[RunRecord] = []
-    for repeat in range(args.repeats):
-        log(f"[{w.name}] repeat {repeat + 1}/{args.repeats}: {len(args.systems)} systems interleaved in chunks of {args.chunk} requests")
+    for repeat in range(repeats):
+        log(f"[{w.name}] repeat {repeat + 1}/{repeats}: {len(args.systems)} systems interleaved in chunks of {args.chunk} requests")
         records = serve_interleaved(factory, args.systems, inputs, arrivals, warm, burst, repeat, args.chunk, log)
         runs += records
         for record in records:
             lat = record.report["latency_ms"]
-            log(f"[{w.name} {repeat + 1}/{args.repeats}] {record.system:<16} p50 {lat['p50']:7.2f} ms  p99 {lat['p99']:7.2f} ms  "
+            log(f"[{w.name} {repeat + 1}/{repeats}] {record.system:<16} p50 {lat['p50']:7.2f} ms  p99 {lat['p99']:7.2f} ms  "
                 f"accuracy {record.report['accuracy']['overall']:.4f}  early exits {1 - record.report['exit_share'].get('final', 1.0):.1%}  "
                 f"saturation {record.throughput_rps:6.0f} rps")
     phases = drift_phases(data_dir / "drift_meta.json", n) if w.stream == "drift.npz" else []
-    return {"workload": w, "n": n, "rate": rate, "capacity": capacity[w.model], "burst": burst, "runs": runs, "phases": phases,
+    return {"workload": w, "n": n, "repeats": repeats, "rate": rate, "capacity": capacity[w.model], "burst": burst, "runs": runs, "phases": phases,
             "configs": {s: factory.describe(s) for s in args.systems if s != "oracle"},
             "oracle_exit_share": float(np.mean(factory.oracle.site >= 0))}
 
@@ -325,7 +332,7 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], goals: list[dict[str
         f"Load average (1/5/15 min) at start {', '.join(f'{x:.1f}' for x in meta['machine']['load_avg_start'])}, "
         f"at end {', '.join(f'{x:.1f}' for x in meta['load_avg_end'])} (the machine is shared with other work)  ",
         f"Batching for every system: max batch {MAX_BATCH}, max queueing delay {meta.get('max_delay_ms', MAX_DELAY_MS):g} ms. Accuracy constraint {CONSTRAINT:.0%}, "
-        f"windows of {WINDOW} requests. Medians over {meta['repeats']} repeat(s); within a repeat the systems are interleaved in chunks of {meta['chunk']} requests (order rotated per chunk). Run took {meta['wall_s'] / 60:.1f} min.",
+        f"windows of {WINDOW} requests. Medians over each workload's repeats (below); within a repeat the systems are interleaved in chunks of {meta['chunk']} requests (order rotated per chunk). Run took {meta['wall_s'] / 60:.1f} min.",
         "",
         "Latency: first released result minus scheduled arrival. "
         f"Throughput: saturation, the median of {BURST_ROUNDS} bursts of back-to-back full batches per repeat, in rounds over every system; "
@@ -338,7 +345,7 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], goals: list[dict[str
     ]
     for wname, systems in summary.items():
         info = meta["workloads"][wname]
-        lines += [f"## {wname}", "", f"{info['description']}; {info['requests']} requests at {info['rate_rps']:.0f} rps "
+        lines += [f"## {wname}", "", f"{info['description']}; {info['requests']} requests at {info['rate_rps']:.0f} rps, {info.get('repeats', '?')} repeat(s) "
                   f"(vanilla capacity {info['capacity_rps']:.0f} rps; saturation bursts of {info.get('burst', '?')} requests). "
                   f"Oracle exits early for {_pct(info['oracle_exit_share'])} of requests.", "",
                   "| system | p50 ms | p95 ms | p99 ms | p50 / van | p95 / van | p99 / van | sat. rps | rps / van | accuracy | worst window | windows > 1% | early exits |",
@@ -460,9 +467,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
     command = "python benchmarks/run_workloads.py" + ("" if argv is None and len(sys.argv) < 2 else " " + shlex.join(sys.argv[1:] if argv is None else list(argv)))
-    meta: dict[str, Any] = {"command": command, "machine": machine(), "threads": args.threads, "repeats": args.repeats, "chunk": args.chunk,
+    meta: dict[str, Any] = {"command": command, "machine": machine(), "threads": args.threads, "chunk": args.chunk,
                             "max_delay_ms": args.max_delay_ms, "workloads": {}}
-    log(f"benchmark: {len(args.workloads)} workload(s) x {len(args.systems)} systems x {args.repeats} repeat(s); "
+    repeats = args.repeats or "each workload's"
+    log(f"benchmark: {len(args.workloads)} workload(s) x {len(args.systems)} systems x {repeats} repeat(s); "
         f"load average {meta['machine']['load_avg_start'][0]:.1f} on {meta['machine']['cores']} cores")
     args.out.mkdir(parents=True, exist_ok=True)
     factories: dict[str, SystemFactory] = {}
@@ -485,7 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         add_ratios(systems)
         summary[w.name] = systems
         meta["workloads"][w.name] = {"description": w.description,
-                                     "requests": res["n"], "rate_rps": res["rate"], "capacity_rps": res["capacity"], "burst": res["burst"],
+                                     "requests": res["n"], "repeats": res["repeats"], "rate_rps": res["rate"], "capacity_rps": res["capacity"], "burst": res["burst"],
                                      "arrivals": w.arrivals, "phases": res["phases"], "configs": res["configs"],
                                      "oracle_exit_share": res["oracle_exit_share"]}
         runs_dir = args.out / "runs"

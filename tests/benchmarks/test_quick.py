@@ -69,6 +69,7 @@ def test_quick_run_serves_every_system_and_writes_every_file(tmp_path, tiny_resn
     assert summary["_goals"] and all({"goal", "met", "detail"} <= set(g) for g in summary["_goals"])
 
     assert summary["_meta"]["max_delay_ms"] == 2.0
+    assert all(summary["_meta"]["workloads"][w]["repeats"] == 1 for w in workloads)  # --quick: one repeat everywhere
     assert all(0.0 <= summary[w]["apparate"]["unsplit_batch_share"] <= 1.0 for w in workloads)
 
     md = (out / "summary.md").read_text()
@@ -97,6 +98,19 @@ def test_a_negative_batching_delay_is_refused():
     with pytest.raises(SystemExit):
         run.parse_args(["--max-delay-ms", "-1"])
     assert run.parse_args(["--max-delay-ms", "0"]).max_delay_ms == 0.0
+
+
+def test_one_command_runs_every_workload_with_its_own_stream_bound_and_repeats():
+    run = _script()
+    args = run.parse_args([])
+    assert [w.name for w in args.workloads] == [w.name for w in run.WORKLOADS] and args.repeats is None and args.max_stream_s is None
+    drift = next(w for w in run.WORKLOADS if w.name == "drift")
+    assert drift.max_stream_s == 0 and drift.repeats == 1  # every phase of the drift stream, once
+    assert all(w.max_stream_s == 30.0 and w.repeats == 2 for w in run.WORKLOADS if w is not drift)
+    assert run.parse_args(["--quick", "--out", "x"]).repeats == 1
+    for flag, value in (("--repeats", "0"), ("--max-stream-s", "-1")):
+        with pytest.raises(SystemExit):
+            run.parse_args([flag, value])
 
 
 def test_only_apparate_has_the_overload_fallback_and_the_ablation_can_be_named(tiny_resnet_engine):

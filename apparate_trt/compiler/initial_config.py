@@ -6,11 +6,16 @@
    The *latest useful ramp* is the deepest useful site; sites after it are never used. (If no site
    is useful, e.g. with a small bootstrap set, the latest site where an exit saves more than the
    ramp and boundary cost is used instead.)
-2. The count is greedy: k = 1, 2, ... ramps spread evenly over the useful range [0, latest useful],
-   as long as the k ramps cost at most ``budget x model latency`` in total and each step raises
-   the expected saving (:func:`expected_saving_ms`: the C core's threshold search on the bootstrap
-   statistics, as the controller will tune them). The first k that fits is always taken: the
-   controller judges ramps on live feedback, and with no ramp it gets none.
+2. The sites are chosen greedily (forward selection): start with none and add, one at a time, the
+   site in the useful range [0, latest useful] whose ramp raises the expected saving the most
+   (:func:`expected_saving_ms`: the C core's threshold search on the bootstrap statistics, as the
+   controller will tune them), while the ramps cost at most ``budget x model latency`` in total and
+   the saving rises. The first ramp that fits is always taken: the controller judges ramps on live
+   feedback, and with no ramp it gets none. Ties go to the site nearest the middle of the useful
+   range, so that statistics that tell the sites apart not at all give the reference's hedge.
+   (DESIGN.md's reference code spreads its greedy count evenly over the useful range instead; on
+   the EfficientNet-Lite0 benchmark engine that put the one ramp the budget allows in the middle,
+   where forward selection finds an earlier site whose exits save more: benchmarks/README.md.)
 3. Thresholds all start at 0 (never exit) until the first feedback arrives.
 
 Latencies are in ms at batch size 1; budget and accuracy target are fractions.
@@ -90,12 +95,30 @@ def latest_useful_site(confidence: np.ndarray, agree: np.ndarray, saved_ms: np.n
     return max(useful) if useful else None
 
 
-def spread_evenly(k: int, last: int) -> list[int]:
-    """``k`` distinct site ids spread evenly over 0..``last``, with equal gaps at both ends."""
-    n = last + 1
-    if k >= n:
-        return list(range(n))
-    return [int(np.floor((j + 1) * n / (k + 1) + 0.5)) - 1 for j in range(k)]
+def forward_selection(confidence: np.ndarray, agree: np.ndarray, saved_ms: np.ndarray, ramp_ms: np.ndarray, paid_ms: np.ndarray,
+                      budget_ms: float, constraint: float, last: int) -> tuple[list[int], float]:
+    """Sites among 0..``last`` chosen one at a time by expected saving (module docstring, step 2):
+    (the ascending sites, their expected saving in ms per input; -inf when none fits).
+    ``ramp_ms`` is what the budget counts; ``paid_ms`` what an input pays at a ramp it reaches."""
+    chosen: list[int] = []
+    best = -np.inf
+    middle = last / 2.0
+    while True:
+        options = []
+        for site in range(last + 1):
+            if site in chosen:
+                continue
+            sites = sorted([*chosen, site])
+            if float(np.sum(ramp_ms[sites])) > budget_ms:
+                continue
+            value = expected_saving_ms(confidence, agree, sites, saved_ms, paid_ms, constraint)
+            options.append((value, -abs(site - middle), -site, sites))
+        if not options:
+            return chosen, best
+        value, _, _, sites = max(options)
+        if chosen and value <= best:
+            return chosen, best
+        chosen, best = sites, value
 
 
 def choose_initial(
@@ -120,15 +143,6 @@ def choose_initial(
     ramp_ms = np.asarray(cost_ms, np.float64)
     paid_ms = ramp_ms + boundary_ms
     latest = latest_useful_site(confidence, agree, saved, paid_ms, constraint)
-    chosen: list[int] = []
-    best = -np.inf
-    if latest is not None:
-        for k in range(1, latest + 2):
-            sites = spread_evenly(k, latest)
-            if float(np.sum(ramp_ms[sites])) > budget_ms:
-                break
-            value = expected_saving_ms(confidence, agree, sites, saved, paid_ms, constraint)
-            if chosen and value <= best:
-                break
-            chosen, best = sites, value
+    chosen, best = ([], -np.inf) if latest is None else forward_selection(
+        confidence, agree, saved, ramp_ms, paid_ms, budget_ms, constraint, latest)
     return InitialChoice(chosen, [0.0] * len(chosen), latest, budget_ms, None if not chosen else best)

@@ -1,10 +1,10 @@
-"""Initial configuration: latest useful ramp, greedy count within the budget by expected saving, even spread."""
+"""Initial configuration: latest useful ramp, sites chosen one at a time by expected saving within the budget."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from apparate_trt.compiler.initial_config import choose_initial, exit_share_within, expected_saving_ms, spread_evenly
+from apparate_trt.compiler.initial_config import choose_initial, exit_share_within, expected_saving_ms
 
 
 def test_exit_share_within_constraint() -> None:
@@ -15,28 +15,36 @@ def test_exit_share_within_constraint() -> None:
     assert exit_share_within(conf, agree, 0.4) == 1.0
 
 
-def test_spread_evenly() -> None:
-    assert spread_evenly(1, 15) == [7]
-    assert spread_evenly(3, 15) == [3, 7, 11]
-    assert spread_evenly(16, 15) == list(range(16))
-    for k in range(1, 12):
-        picks = spread_evenly(k, 10)
-        assert len(set(picks)) == k and picks == sorted(picks) and 0 <= picks[0] and picks[-1] <= 10
+def _two_groups(n: int = 200, sites: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Statistics where a ramp at site 2 or later releases the first 30% of the samples, one at
+    site 5 or later 30% more, and the rest are never confident (nor right); site s saves 9 - 9s/7 ms."""
+    conf = np.zeros((n, sites), np.float32)
+    agree = np.zeros((n, sites), np.uint8)
+    first, second = slice(0, 60), slice(60, 120)
+    conf[first, 2:], agree[first, 2:] = 0.99, 1
+    conf[second, 5:], agree[second, 5:] = 0.99, 1
+    return conf, agree, np.linspace(9.0, 0.0, sites), np.full(sites, 0.08)
 
 
-def test_choose_initial_respects_budget_and_latest_useful() -> None:
-    n, sites = 200, 8
-    conf = np.full((n, sites), 0.99, np.float32)
-    agree = np.ones((n, sites), np.uint8)
-    saved = np.linspace(9.0, 0.0, sites)  # the last site saves nothing
-    cost = np.full(sites, 0.08)
-    choice = choose_initial(conf, agree, saved, cost, model_ms=10.0, budget=0.02)
-    assert choice.latest_useful == 6
-    assert choice.active_sites == [1, 4] and choice.thresholds == [0.0, 0.0]  # 2 x 0.08 <= 0.2 ms < 3 x 0.08
-    # every input exits at the first ramp (site 1 saves 9 - 9/7 ms) and pays only that ramp
-    assert choice.expected_saving_ms == pytest.approx(9.0 - 9.0 / 7 - 0.08)
-    roomy = choose_initial(conf, agree, saved, cost, model_ms=10.0, budget=0.5)
-    assert roomy.active_sites == [1, 4]  # a third ramp ([1, 3, 5]) would save nothing more: the count stops
+SAVED = 9.0 - 9.0 * np.arange(8) / 7  # ms an exit saves at each site of _two_groups
+
+
+def test_sites_are_added_one_at_a_time_by_expected_saving() -> None:
+    conf, agree, saved, cost = _two_groups()
+    choice = choose_initial(conf, agree, saved, cost, model_ms=10.0, budget=0.05)  # 0.5 ms: up to six ramps
+    assert choice.latest_useful == 6  # site 7 saves nothing
+    # site 2 alone saves most (30% exit early); site 5 then adds the second group; a third ramp adds
+    # no exit, only its cost, so the selection stops
+    assert choice.active_sites == [2, 5] and choice.thresholds == [0.0, 0.0]
+    # all 200 reach ramp 2, the 140 that did not exit reach ramp 5
+    assert choice.expected_saving_ms == pytest.approx((60 * SAVED[2] + 60 * SAVED[5] - 200 * 0.08 - 140 * 0.08) / 200)
+
+
+def test_the_budget_bounds_the_ramps_chosen() -> None:
+    conf, agree, saved, cost = _two_groups()
+    choice = choose_initial(conf, agree, saved, cost, model_ms=10.0, budget=0.01)  # 0.1 ms: one ramp
+    assert choice.active_sites == [2] and choice.expected_saving_ms == pytest.approx((60 * SAVED[2] - 200 * 0.08) / 200)
+    assert choose_initial(conf, agree, saved, cost, model_ms=10.0, budget=0.005).active_sites == []  # not even one fits
 
 
 def test_expected_saving_counts_exits_and_the_ramps_each_input_reaches() -> None:
@@ -49,31 +57,22 @@ def test_expected_saving_counts_exits_and_the_ramps_each_input_reaches() -> None
     assert expected_saving_ms(conf, agree, [], saved, cost, 0.0) == 0.0
 
 
-def test_a_boundary_cost_lowers_the_saving_and_the_latest_useful_site() -> None:
-    n, sites = 200, 8
-    conf = np.full((n, sites), 0.99, np.float32)
-    agree = np.ones((n, sites), np.uint8)
-    conf[n // 2:], agree[n // 2:] = 0.0, 0  # half the samples are never confident (nor right): they pass every ramp
-    saved = np.linspace(9.0, 0.0, sites)
-    cost = np.full(sites, 0.08)
-    plain = choose_initial(conf, agree, saved, cost, model_ms=10.0, budget=0.02)
-    bounded = choose_initial(conf, agree, saved, cost, model_ms=10.0, budget=0.02, boundary_ms=1.5)
-    # site 6: half of the inputs save 9/7 ms, the other half pay 0.08 ms, or 1.58 with the boundary
-    assert plain.latest_useful == 6 and bounded.latest_useful == 5
-    assert plain.active_sites == [1, 4]  # two ramps fit the budget; the earlier exit saves more
-    # every input reaches ramp 1 (exit there or pass), half of them ramp 4
-    assert plain.expected_saving_ms == pytest.approx(0.5 * (9.0 - 9.0 / 7) - 1.5 * 0.08)
-    # with the boundary, the second ramp's boundary (paid by the half that never exits) costs more
-    # than the earlier exit of [1, 3] saves over one ramp at site 2
+def test_a_boundary_cost_lowers_the_saving_and_stops_the_second_ramp() -> None:
+    conf, agree, saved, cost = _two_groups()
+    bounded = choose_initial(conf, agree, saved, cost, model_ms=10.0, budget=0.05, boundary_ms=1.5)
+    # site 6 is still useful: its 120 exits save 9/7 ms each, more than the 80 others pay (1.58 ms each)
+    assert bounded.latest_useful == 6
+    # a second ramp at site 5 would save its 60 exits 2.57 ms each but cost the 140 inputs reaching it 1.58 ms
     assert bounded.active_sites == [2]
-    assert bounded.expected_saving_ms == pytest.approx(0.5 * (9.0 - 2 * 9.0 / 7) - 1.58)
+    assert bounded.expected_saving_ms == pytest.approx((60 * SAVED[2] - 200 * 1.58) / 200)
 
 
 def test_the_first_ramp_that_fits_is_taken_even_without_a_saving() -> None:
     conf = np.zeros((50, 4), np.float32)  # nothing is ever confident: no site is useful
     agree = np.ones((50, 4), np.uint8)
     choice = choose_initial(conf, agree, np.array([6.0, 4.0, 2.0, 0.0]), np.full(4, 0.1), model_ms=8.0, budget=0.05)
-    assert choice.latest_useful == 2 and choice.active_sites == [1]  # the controller needs feedback to judge
+    # the controller needs feedback to judge; with nothing to tell the sites apart, the middle one
+    assert choice.latest_useful == 2 and choice.active_sites == [1]
     assert choice.expected_saving_ms == pytest.approx(-0.1)
 
 

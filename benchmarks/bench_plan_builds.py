@@ -48,18 +48,14 @@ def other_site_sets(site_ids: Sequence[int], served: Sequence[int]) -> list[tupl
 def serve_once(engine_dir: str, inputs: dict[str, np.ndarray], arrivals: np.ndarray, variant: str) -> dict[str, float]:
     """Replay the stream once with ``variant``; returns p50 / p99 latency (ms) and the plans built."""
     engine = load(engine_dir, controller_options={"adjust_every_batches": 10**9})
-    builder = engine.executor._builder
-    if variant == "builds, no gate":
-        builder.gate.batch_started = lambda: None  # type: ignore[method-assign]
-        builder.gate.batch_finished = lambda: None  # type: ignore[method-assign]
+    executor = engine.executor
+    executor.build_gate.enabled = variant != "builds, no gate"
     sets = other_site_sets([s.id for s in engine.manifest.sites], engine.executor.active_sites)
     stop, built = threading.Event(), [0]
 
     def rebuild() -> None:
         while not stop.is_set():
-            with builder._lock:
-                builder._plans.clear()
-            builder.build(sets[built[0] % len(sets)])
+            executor.rebuild_plan(sets[built[0] % len(sets)])
             built[0] += 1
 
     thread = threading.Thread(target=rebuild, daemon=True)

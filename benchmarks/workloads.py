@@ -26,6 +26,7 @@ from apparate_trt.compiler.pipeline import file_sha256
 from apparate_trt.data import load_inputs, take
 from apparate_trt.engine_dir import Manifest, read_manifest
 from apparate_trt.errors import ApparateError
+from apparate_trt.runtime.defaults import DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY_MS
 from apparate_trt.runtime import policies
 from apparate_trt.runtime.api import Engine, load
 from apparate_trt.runtime.arrivals import fixed_arrivals, poisson_arrivals
@@ -41,8 +42,7 @@ ABLATIONS = APPARATE_SYSTEMS[1:]
 """Systems run only when named (``--systems``): apparate without its overload fallback."""
 CONSTRAINT = 0.01
 WINDOW = 256
-MAX_BATCH = 8  # the API's defaults: the same batching for every system
-MAX_DELAY_MS = 5.0
+MAX_BATCH, MAX_DELAY_MS = DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY_MS  # the API's defaults: the same batching for every system
 BURST_MAX = 1000  # below the API's default queue size (1024): a burst is never refused
 BURST_S = 1.75
 """About how long (s) one saturation burst lasts at vanilla's capacity: a burst holds

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 from apparate_trt.cli._common import HelpFormatter, Parser, flush_print, run_main
 from apparate_trt.errors import ApparateError
+from apparate_trt.runtime.defaults import DEFAULT_ACCURACY_CONSTRAINT, DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY_MS
 
 DESCRIPTION = """\
 Serve an engine directory written by apparate-compile.
@@ -52,10 +53,10 @@ def build_parser() -> Parser:
                    help="samples to replay: one array per model input, named as in the model, first axis = samples (required unless --serve)")
     p.add_argument("--arrivals", default="poisson:100", metavar="SPEC",
                    help="arrival process: fixed:RATE, poisson:RATE (requests per second) or trace:FILE (seconds, one per line)")
-    p.add_argument("--max-batch", type=int, default=8, metavar="B", help="largest batch the dynamic batcher forms")
-    p.add_argument("--max-delay-ms", type=float, default=5.0, metavar="D",
+    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, metavar="B", help="largest batch the dynamic batcher forms")
+    p.add_argument("--max-delay-ms", type=float, default=DEFAULT_MAX_DELAY_MS, metavar="D",
                    help="longest time (ms) the oldest queued request waits for its batch to fill")
-    p.add_argument("--accuracy-constraint", type=float, default=0.01, metavar="C",
+    p.add_argument("--accuracy-constraint", type=float, default=DEFAULT_ACCURACY_CONSTRAINT, metavar="C",
                    help="allowed share of results that disagree with the original model over a window, in [0, 1) (0.01 = 1%%)")
     p.add_argument("--mode", choices=["apparate", "vanilla"], default="apparate",
                    help="apparate: ramps with adaptive thresholds; vanilla: the unsplit original model (baseline)")

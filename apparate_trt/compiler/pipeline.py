@@ -43,7 +43,8 @@ from apparate_trt.compiler.segments import Segment, split_model, verify_chain
 from apparate_trt.compiler.sites import Site, find_sites
 from apparate_trt.compiler.training import Features, TrainConfig, TrainResult, bootstrap_split, collect_features, train_ramps
 from apparate_trt.data import load_inputs, num_samples, take
-from apparate_trt.runtime.controller import DEFAULT_ACCURACY_CONSTRAINT, DEFAULT_TARGET_FRACTION
+from apparate_trt.runtime.controller import DEFAULT_TARGET_FRACTION
+from apparate_trt.runtime.defaults import DEFAULT_ACCURACY_CONSTRAINT
 from apparate_trt.engine_dir import (
     BootstrapInfo,
     BootstrapStats,

@@ -35,7 +35,8 @@ from apparate_trt.runtime.batching import (
     validate_settings,
 )
 from apparate_trt.runtime.control_loop import ControlLoop
-from apparate_trt.runtime.controller import DEFAULT_ACCURACY_CONSTRAINT, Controller
+from apparate_trt.runtime.controller import Controller
+from apparate_trt.runtime.defaults import DEFAULT_ACCURACY_CONSTRAINT, DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY_MS
 from apparate_trt.runtime.executor import BatchExecutor, BatchOutcome, Executor, check_confidence_kind
 from apparate_trt.runtime.vanilla import VanillaExecutor
 
@@ -410,8 +411,8 @@ class Engine:
 def load(
     engine_dir: str | Path,
     *,
-    max_batch: int = 8,
-    max_delay_ms: float = 5.0,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    max_delay_ms: float = DEFAULT_MAX_DELAY_MS,
     accuracy_constraint: float = DEFAULT_ACCURACY_CONSTRAINT,
     mode: str = "apparate",
     threads: int | None = None,

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Generic, TypeVar
 
 from apparate_trt.errors import ApparateError
+from apparate_trt.runtime.defaults import DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY_MS
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,8 @@ class DynamicBatcher(Generic[T]):
         self,
         process: Callable[[list[T]], None],
         *,
-        max_batch: int = 8,
-        max_delay_ms: float = 5.0,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_delay_ms: float = DEFAULT_MAX_DELAY_MS,
         queue_size: int = 1024,
         on_expired: Callable[[list[T]], None] | None = None,
         name: str = "apparate-batcher",

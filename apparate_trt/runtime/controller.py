@@ -85,13 +85,12 @@ import numpy as np
 from apparate_trt import _core
 from apparate_trt.engine_dir import BootstrapStats, Manifest
 from apparate_trt.errors import ApparateError
+from apparate_trt.runtime.defaults import DEFAULT_ACCURACY_CONSTRAINT
 
 Config = tuple[list[int], list[float]]
 """``(active site ids in execution order, threshold per active site)``."""
 
 INITIAL_THRESHOLD_MODES = ("bootstrap", "never")
-DEFAULT_ACCURACY_CONSTRAINT = 0.01
-"""The default allowed share of results that disagree with the original model (1%)."""
 DEFAULT_TARGET_FRACTION = 0.3
 """The default share of the constraint the threshold search aims at (see "Threshold tuning")."""
 EMERGENCY_MIN_ERRORS = 3

@@ -86,6 +86,15 @@ class BatchExecutor(Protocol):
 
     def configure(self, active_sites: Sequence[int], thresholds: Sequence[float], *, wait: bool = False) -> None: ...
 
+    def rebuild_plan(self, active_sites: Sequence[int]) -> None:
+        """Build the plan for ``active_sites`` anew on the calling thread, as a ramp move would
+        (split worker, warm-up on the latest batch's sample), replacing a cached one; the running
+        plan and the configuration are unchanged. For benchmarks of what a build costs the batches
+        served meanwhile."""
+        active, _ = _normalise_config(self.manifest, active_sites, [0.0] * len(active_sites))
+        self._builder.forget(active)
+        self._builder.build(active, self._warm_inputs)
+
     def wait_ready(self, timeout_s: float | None = None) -> None: ...
 
     def run_batch(self, inputs: Mapping[str, np.ndarray], on_release: ReleaseFn) -> BatchOutcome: ...
@@ -258,6 +267,11 @@ class _PlanBuilder:
         with self._lock:
             return self._plans.setdefault(active, plan)
 
+    def forget(self, active: tuple[int, ...]) -> None:
+        """Drop the cached plan for ``active`` (if any); the next :meth:`build` makes it anew."""
+        with self._lock:
+            self._plans.pop(active, None)
+
     def build_async(self, active: tuple[int, ...], warm_inputs: Mapping[str, np.ndarray] | None = None) -> Future[_Plan]:
         """Build the plan for ``active`` on the background thread (see :meth:`build`)."""
         return self._pool.submit(self.build, active, warm_inputs)
@@ -330,6 +344,9 @@ class Executor:
         self.exit_rule: ExitRule = exit_rule or ThresholdRule()
         self._builder = _PlanBuilder(manifest, threads)
         self._plan = self._builder.build(())
+        self.build_gate = self._builder.gate
+        """The :class:`~apparate_trt.runtime.split_worker.IdleGate` that stops a plan build's split
+        worker while a batch runs; ``build_gate.enabled = False`` lets builds run beside batches."""
         self._thresholds: dict[int, float] = {}
         self._wanted: tuple[int, ...] = ()
         self._pending: Future[_Plan] | None = None
@@ -361,6 +378,15 @@ class Executor:
                     return
             self._pending = None
             self._plan = plan
+
+    def rebuild_plan(self, active_sites: Sequence[int]) -> None:
+        """Build the plan for ``active_sites`` anew on the calling thread, as a ramp move would
+        (split worker, warm-up on the latest batch's sample), replacing a cached one; the running
+        plan and the configuration are unchanged. For benchmarks of what a build costs the batches
+        served meanwhile."""
+        active, _ = _normalise_config(self.manifest, active_sites, [0.0] * len(active_sites))
+        self._builder.forget(active)
+        self._builder.build(active, self._warm_inputs)
 
     def wait_ready(self, timeout_s: float | None = None) -> None:
         """Block until the last configured active set's plan is built (or failed, which is logged

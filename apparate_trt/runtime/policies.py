@@ -36,7 +36,7 @@ from apparate_trt import _core
 from apparate_trt.engine_dir import Manifest
 from apparate_trt.errors import ApparateError
 from apparate_trt.runtime.backends.onnxruntime import OrtRunner
-from apparate_trt.runtime.controller import SEARCH_MIN_STEP, sum_after
+from apparate_trt.runtime.controller import SEARCH_MIN_STEP, LatencyModel
 from apparate_trt.runtime.executor import BatchOutcome, Executor, ReleaseFn, final_predictions, release_final
 from apparate_trt.runtime.vanilla import FixedExecutorBase, rampless_outcome
 
@@ -71,20 +71,6 @@ def bootstrap_view(manifest: Manifest) -> BootstrapView:
         ramp_pred=np.ascontiguousarray(np.asarray(stats.ramp_pred, dtype=np.int32).T),
         final_pred=np.asarray(stats.final_pred, dtype=np.int32),
     )
-
-
-def exit_saved_ms(manifest: Manifest, sites: Sequence[int], batch_size: int) -> np.ndarray:
-    """Latency (ms) saved by exiting at each of ``sites`` (all active, execution order).
-
-    The segments after the site plus the later active ramps' costs, from the profile at
-    ``batch_size``: float64 [len(sites)].
-    """
-    sites = list(sites)
-    if not sites:
-        return np.zeros(0, dtype=np.float64)
-    remaining = manifest.segment_ms(batch_size).sum() - np.asarray(manifest.site_reached_ms(batch_size))[sites]
-    costs = np.asarray(manifest.ramp_cost_ms(batch_size), dtype=np.float64)[sites]
-    return np.maximum(remaining + sum_after(costs), 0.0).astype(np.float64)
 
 
 def tune_shared_threshold(
@@ -297,7 +283,7 @@ def static_shared_policy(manifest: Manifest, constraint: float = 0.01, batch_siz
     """Static EE with one shared threshold, grid-searched on the bootstrap statistics."""
     sites = _all_sites(manifest)
     view = bootstrap_view(manifest)
-    saved = exit_saved_ms(manifest, sites, _tuning_batch(manifest, batch_size))
+    saved = LatencyModel(manifest).exit_saved_ms(sites, _tuning_batch(manifest, batch_size))
     t, acc, _ = tune_shared_threshold(view.confidence, view.agree, saved, constraint)
     return FixedThresholdPolicy("static-shared", sites, [t] * len(sites), acc)
 
@@ -306,7 +292,7 @@ def static_per_ramp_policy(manifest: Manifest, constraint: float = 0.01, batch_s
     """Static EE with per-ramp thresholds, searched once on the bootstrap statistics."""
     sites = _all_sites(manifest)
     view = bootstrap_view(manifest)
-    saved = exit_saved_ms(manifest, sites, _tuning_batch(manifest, batch_size))
+    saved = LatencyModel(manifest).exit_saved_ms(sites, _tuning_batch(manifest, batch_size))
     thresholds, acc, _ = tune_per_ramp_thresholds(view.confidence, view.agree, saved, constraint)
     return FixedThresholdPolicy("static-per-ramp", sites, [float(t) for t in thresholds], acc)
 

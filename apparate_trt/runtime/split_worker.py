@@ -63,9 +63,14 @@ class IdleGate:
         self._lock = threading.Lock()
         self._pids: set[int] = set()
         self._busy = 0
+        self.enabled = True
+        """False: batches no longer stop the workers (an ablation; a worker already stopped is let go
+        at the next :meth:`batch_finished`)."""
 
     def batch_started(self) -> None:
         """A batch is about to run: stop every held worker."""
+        if not self.enabled:
+            return
         with self._lock:
             self._busy += 1
             if self._busy == 1:

@@ -66,6 +66,26 @@ def test_segments_are_split_only_at_active_sites(resnet):
         executor.close()
 
 
+def test_rebuild_plan_builds_anew_and_leaves_the_running_plan(resnet, monkeypatch):
+    sites = [s.id for s in resnet.manifest.sites]
+    executor = _executor(resnet, [sites[-1]], [0.0])
+    built: list[tuple[int, ...]] = []
+    original = executor_module._PlanBuilder._stages
+    monkeypatch.setattr(executor_module._PlanBuilder, "_stages", lambda self, active: built.append(active) or original(self, active))
+    try:
+        executor.rebuild_plan([sites[0]])
+        executor.rebuild_plan([sites[0]])
+        assert built == [(sites[0],), (sites[0],)]  # made anew each time, not fetched from the cache
+        assert executor.active_sites == [sites[-1]]  # the running plan is unchanged
+        executor.configure([sites[0]], [0.0])  # the rebuilt plan is cached: swapped in without a build
+        assert built == [(sites[0],), (sites[0],)] and executor.active_sites == [sites[0]]
+        assert executor.run_batch(resnet.batch(2), Releases()).active_sites == [sites[0]]
+        with pytest.raises(ApparateError, match="unknown ramp site"):
+            executor.rebuild_plan([len(sites)])
+    finally:
+        executor.close()
+
+
 def test_early_results_are_the_ramps_argmax_and_come_before_the_next_segment(resnet, monkeypatch):
     sites = [s.id for s in resnet.manifest.sites]
     first, last = sites[0], sites[-1]

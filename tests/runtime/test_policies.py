@@ -13,6 +13,7 @@ from apparate_trt import _core
 from apparate_trt.errors import ApparateError
 from apparate_trt.runtime import policies
 from apparate_trt.runtime.api import load
+from apparate_trt.runtime.controller import LatencyModel
 
 from runtime_helpers import THREADS, reference_ramp_logits
 
@@ -99,7 +100,7 @@ def test_static_shared_policy_exits_where_the_threshold_says(resnet):
 def test_static_per_ramp_policy_is_tuned_within_the_constraint_on_bootstrap(bert):
     policy = policies.static_per_ramp_policy(bert.manifest, 0.01)
     view = policies.bootstrap_view(bert.manifest)
-    acc, _, _ = _core.evaluate_thresholds(view.confidence, view.agree, policies.exit_saved_ms(bert.manifest, policy.sites, 1), np.asarray(policy.thresholds))
+    acc, _, _ = _core.evaluate_thresholds(view.confidence, view.agree, LatencyModel(bert.manifest).exit_saved_ms(policy.sites, 1), np.asarray(policy.thresholds))
     assert acc >= 0.99 and acc == pytest.approx(policy.bootstrap_accuracy)
     early, final = _serve(bert, policy)
     assert all(r.is_final for r in final)

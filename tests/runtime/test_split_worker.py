@@ -115,6 +115,22 @@ def test_the_gate_stops_a_held_worker_while_a_batch_runs():
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_a_disabled_gate_lets_a_held_worker_run_through_batches():
+    gate = split_worker.IdleGate()
+    gate.enabled = False
+    proc = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(0.005)"])
+    try:
+        with gate.holding(proc):
+            gate.batch_started()
+            time.sleep(0.2)
+            assert _becomes(proc.pid, stopped=False)
+            gate.batch_finished()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
 def test_a_split_waits_for_the_batches_to_end(bert, tmp_path):
     gate = split_worker.IdleGate()
     gate.batch_started()  # a batch "runs" the whole time: the worker gets no time at all

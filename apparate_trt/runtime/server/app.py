@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from apparate_trt.errors import ApparateError
+from apparate_trt.runtime.defaults import DEFAULT_ACCURACY_CONSTRAINT, DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY_MS
 from apparate_trt.runtime.server.codec import ModelSpec
 from apparate_trt.runtime.server.grpc import GrpcFrontend
 from apparate_trt.runtime.server.http import HttpFrontend
@@ -50,7 +51,7 @@ class Server:
         http_port: int | None = 8000,
         grpc_port: int | None = 8001,
         request_timeout_s: float = 30.0,
-        max_batch: int = 8,
+        max_batch: int = DEFAULT_MAX_BATCH,
         drain_timeout_s: float = DRAIN_TIMEOUT_S,
     ) -> None:
         if http_port is None and grpc_port is None:
@@ -77,9 +78,9 @@ class Server:
         host: str = "127.0.0.1",
         http_port: int | None = 8000,
         grpc_port: int | None = 8001,
-        max_batch: int = 8,
-        max_delay_ms: float = 5.0,
-        accuracy_constraint: float = 0.01,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_delay_ms: float = DEFAULT_MAX_DELAY_MS,
+        accuracy_constraint: float = DEFAULT_ACCURACY_CONSTRAINT,
         queue_size: int = 256,
         request_timeout_s: float = 30.0,
         mode: str = "apparate",
@@ -232,9 +233,9 @@ def serve(
     http_port: int | None = 8000,
     grpc_port: int | None = 8001,
     host: str = "127.0.0.1",
-    max_batch: int = 8,
-    max_delay_ms: float = 5.0,
-    accuracy_constraint: float = 0.01,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    max_delay_ms: float = DEFAULT_MAX_DELAY_MS,
+    accuracy_constraint: float = DEFAULT_ACCURACY_CONSTRAINT,
     queue_size: int = 256,
     request_timeout_s: float = 30.0,
     mode: str = "apparate",

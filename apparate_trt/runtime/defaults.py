@@ -1,0 +1,13 @@
+"""Serving defaults shared by the Python API, the server and ``apparate-run`` (one place to change them).
+
+A light module (no numpy, no ONNX Runtime) so that command-line help can show the defaults
+without loading the runtime.
+"""
+from __future__ import annotations
+
+DEFAULT_MAX_BATCH = 8
+"""Largest batch the dynamic batcher forms."""
+DEFAULT_MAX_DELAY_MS = 5.0
+"""Longest the oldest queued request waits for a batch to fill (ms)."""
+DEFAULT_ACCURACY_CONSTRAINT = 0.01
+"""Allowed share (fraction) of released results that disagree with the original model over a window."""

@@ -86,15 +86,6 @@ class BatchExecutor(Protocol):
 
     def configure(self, active_sites: Sequence[int], thresholds: Sequence[float], *, wait: bool = False) -> None: ...
 
-    def rebuild_plan(self, active_sites: Sequence[int]) -> None:
-        """Build the plan for ``active_sites`` anew on the calling thread, as a ramp move would
-        (split worker, warm-up on the latest batch's sample), replacing a cached one; the running
-        plan and the configuration are unchanged. For benchmarks of what a build costs the batches
-        served meanwhile."""
-        active, _ = _normalise_config(self.manifest, active_sites, [0.0] * len(active_sites))
-        self._builder.forget(active)
-        self._builder.build(active, self._warm_inputs)
-
     def wait_ready(self, timeout_s: float | None = None) -> None: ...
 
     def run_batch(self, inputs: Mapping[str, np.ndarray], on_release: ReleaseFn) -> BatchOutcome: ...

@@ -363,7 +363,9 @@ def _copies_features(model: onnx.ModelProto, inputs_info: Sequence[TensorInfo], 
     copies = default_copies(inputs_info, mask) if config.augment_copies is None else config.augment_copies
     blends = default_blends(inputs_info) if config.blend_copies is None else config.blend_copies
     if spec is None:
-        blends = 0  # only images can be mixed
+        if config.blend_copies:
+            log(f"  --blends {config.blend_copies} ignored: only a model whose one input is a float image [N, C, H, W] gets blends")
+        blends = 0
     if copies == 0 and blends == 0:
         return None
     if spec is None and edited is None:

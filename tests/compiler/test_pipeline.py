@@ -65,12 +65,13 @@ def test_force_replaces_an_engine_dir(tiny_bert_engine: tuple[Path, Path], tmp_p
     (out / "stale.txt").write_text("old")
     root = engine.parent
     lines: list[str] = []
-    m = compile_model(root / "model.onnx", root / "bootstrap.npz", out, force=True, max_batch=1, threads=1,
+    m = compile_model(root / "model.onnx", root / "bootstrap.npz", out, force=True, max_batch=1, threads=1, blends=3,
                       log=lines.append, profile_settings=FAST)
     assert m.profiles.batch_sizes == [1] and not (out / "stale.txt").exists()
     copies = [line for line in lines if "near-copies of" in line]  # a token model's ramps train on edited copies by default
     assert len(copies) == 1 and "drop 1 token" in copies[0] and "cut the last half" in copies[0]
-    assert "blends" not in copies[0]  # token ids cannot be mixed
+    assert "blends" not in copies[0]  # token ids cannot be mixed: an explicit --blends says it is ignored
+    assert [line for line in lines if "--blends 3 ignored" in line]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".engine.")]  # no temporary left over
 
 

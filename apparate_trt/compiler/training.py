@@ -57,11 +57,10 @@ class Features:
     examples: list[np.ndarray]
     mask_example: np.ndarray | None = None
     source: np.ndarray | None = None
-    """Extra rows only: the bootstrap sample each row was made from (int [N])."""
+    """For extra rows (near-copies and blends): the bootstrap index each row was made from; None otherwise."""
     partner: np.ndarray | None = None
-    """Extra rows only: the second sample a blended row was made from (int [N]; a row that is
-    not a blend names its own source). None: no row is a blend."""
-    """For extra rows (near-copies): the bootstrap index each row was made from; None otherwise."""
+    """For extra rows: the second bootstrap index a blended row was made from (a row that is not
+    a blend names its own source); None when no row is a blend."""
 
     @property
     def final_pred(self) -> np.ndarray:

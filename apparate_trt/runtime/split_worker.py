@@ -12,10 +12,9 @@ A lower CPU priority is not enough: the worker streams the whole model through m
 memory-bound model served beside it slows down anyway. So the executor holds the worker stopped
 while a batch runs (:class:`IdleGate`: SIGSTOP when a batch starts, SIGCONT when it ends): the split
 uses only the time between batches. Under saturation that time is short and the split waits; the
-engine's overload fallback serves unsplit meanwhile. Serving the MiniLM model at half load while
-plans were rebuilt back to back (``benchmarks/bench_plan_builds.py``, 2 cores): median latency
-53.9 ms without the gate and 37.1 ms with it, against 34.9 ms with no builds; p99 441 and 139 ms
-against 150 ms; the gate halved the plans built per stream (13 to 6).
+engine's overload fallback serves unsplit meanwhile. ``benchmarks/bench_plan_builds.py`` measures
+what the gate buys: the median and p99 latency of the MiniLM model served at half load while plans
+are rebuilt back to back, with and without it (``benchmarks/results/plan_builds.json``).
 
 Small models (below :data:`OUT_OF_PROCESS_MIN_BYTES`) are split in-process: their split takes
 milliseconds, less than starting a process.

@@ -56,6 +56,21 @@ cdef extern from "apparate_core.h" nogil:
                              double min_step, double *thresholds, double *accuracy, double *saved)
     int ap_ramp_utility(const int64_t *exit_counts, const int64_t *pass_counts, int64_t r, int64_t n,
                         const double *saved_next_ms, const double *cost_ms, double *utility)
+    int ap_window_push_weighted(ap_window *w, const int32_t *site_ids, int64_t r, const float *conf,
+                                const uint8_t *agree, const double *weight, int64_t n)
+    int ap_window_gather_weights(const ap_window *w, const int32_t *site_ids, int64_t r, int64_t last,
+                                 double *weight, int64_t stride, int64_t *m)
+    int ap_evaluate_thresholds_weighted(const float *conf, const uint8_t *agree, const double *weight,
+                                        int64_t r, int64_t m, const double *saved_ms,
+                                        const double *thresholds, double *accuracy, double *saved,
+                                        double *exit_weights)
+    int ap_search_thresholds_weighted(const float *conf, const uint8_t *agree, const double *weight,
+                                      int64_t r, int64_t m, const double *saved_ms, double constraint,
+                                      double init_step, double min_step, double *thresholds,
+                                      double *accuracy, double *saved)
+    int ap_ramp_utility_weighted(const double *exit_weights, const double *pass_weights, int64_t r,
+                                 double total, const double *saved_next_ms, const double *cost_ms,
+                                 double *utility)
 
 # Logit elements above which confidence computations release the GIL.
 cdef int64_t _NOGIL_ELEMENTS = 1 << 16
@@ -312,21 +327,29 @@ cdef class FeedbackWindow:
         """Forgets every stored sample."""
         ap_window_clear(self._w)
 
-    def push(self, site_ids, conf, agree):
+    def push(self, site_ids, conf, agree, weights=None):
         """Appends n samples observed at ``site_ids`` int32[r] (distinct, in [0, max_sites)):
-        ``conf`` float32[r, n] in [0, 1], ``agree`` uint8[r, n]; evicts the oldest beyond capacity."""
+        ``conf`` float32[r, n] in [0, 1], ``agree`` uint8[r, n], ``weights`` float64[n] (each > 0,
+        the inputs a sample stands for: 1 / p for a row audited with probability p; None: all 1);
+        evicts the oldest beyond capacity."""
         s, c, a = _ref.check_push(site_ids, conf, agree, self.max_sites)
+        w = _ref.check_weights(weights, c.shape[1])
         cdef const int32_t[::1] sv = s
         cdef const float[:, ::1] cv = c
         cdef const uint8_t[:, ::1] av = a
+        cdef const double[::1] wv
+        cdef const double *wp = NULL
         cdef int64_t r = cv.shape[0], n = cv.shape[1]
         cdef int st
         if n == 0:
             return
+        if w is not None:
+            wv = w
+            wp = &wv[0]
         if r == 0:
-            _check(ap_window_push(self._w, NULL, 0, NULL, NULL, n), "FeedbackWindow.push")
+            _check(ap_window_push_weighted(self._w, NULL, 0, NULL, NULL, wp, n), "FeedbackWindow.push")
             return
-        st = ap_window_push(self._w, &sv[0], r, &cv[0, 0], &av[0, 0], n)
+        st = ap_window_push_weighted(self._w, &sv[0], r, &cv[0, 0], &av[0, 0], wp, n)
         if st == AP_ERR_VALUE:
             raise _ref.conf_range_error()
         _check(st, "FeedbackWindow.push")
@@ -365,8 +388,25 @@ cdef class FeedbackWindow:
                "FeedbackWindow.gather")
         return conf, agree
 
+    def gather_weights(self, site_ids, last=None):
+        """The weights float64[m] of the samples :meth:`gather` returns with the same arguments,
+        in the same order."""
+        cdef const int32_t[::1] sv = _ref.check_sites(site_ids, self.max_sites)
+        cdef int64_t lim = _ref.check_last(last)
+        cdef int64_t r = sv.shape[0], total = 0, m = 0
+        cdef const int32_t *sp = &sv[0] if r else NULL
+        _check(ap_window_count(self._w, sp, r, &total), "FeedbackWindow.gather_weights")
+        if lim >= 0 and total > lim:
+            total = lim
+        weights = _empty(total, np.float64)
+        cdef double[::1] wv = weights
+        if total == 0:
+            return weights
+        _check(ap_window_gather_weights(self._w, sp, r, lim, &wv[0], total, &m), "FeedbackWindow.gather_weights")
+        return weights
+
     def accuracy_with(self, site_ids, thresholds):
-        """Accuracy (fraction) that thresholds float64[r] for ``site_ids`` (in execution order)
+        """Weighted accuracy (fraction) that thresholds float64[r] for ``site_ids`` (in execution order)
         would have had on the stored samples holding all those sites; 1.0 when there are none."""
         cdef const int32_t[::1] sv = _ref.check_sites(site_ids, self.max_sites)
         cdef int64_t r = sv.shape[0]
@@ -377,15 +417,19 @@ cdef class FeedbackWindow:
         return acc
 
 
-def evaluate_thresholds(conf, agree, saved_ms, thresholds):
+def evaluate_thresholds(conf, agree, saved_ms, thresholds, weights=None):
     """Outcome of ``thresholds`` float64[r] on a window: ``(accuracy, saved, exit_counts int64[r+1])``.
 
     ``conf`` float32[r, m] in [0, 1]; ``agree`` uint8[r, m], 1 where ramp i agreed with the final
     output on sample j; ``saved_ms`` float64[r], ms saved by releasing at ramp i. accuracy: share of
     samples whose released result agrees with the final (non-exits agree; 1.0 when m == 0); saved:
     mean ms saved per sample; exit_counts: samples exiting at each ramp, last entry = non-exits.
+    With ``weights`` (float64[m], each > 0) every sum is weighted (ap_evaluate_thresholds_weighted)
+    and exit_counts are float64 weights.
     """
     c, a, s = _ref.check_window_arrays(conf, agree, saved_ms)
+    if weights is not None:
+        return _evaluate_weighted(c, a, s, thresholds, _ref.check_weights(weights, c.shape[1]))
     cdef const float[:, ::1] cv = c
     cdef const uint8_t[:, ::1] av = a
     cdef const double[::1] sv = s
@@ -406,7 +450,29 @@ def evaluate_thresholds(conf, agree, saved_ms, thresholds):
     return acc, saved, counts
 
 
-def search_thresholds(conf, agree, saved_ms, constraint, init_step=0.05, min_step=0.001):
+def _evaluate_weighted(c, a, s, thresholds, w):
+    cdef const float[:, ::1] cv = c
+    cdef const uint8_t[:, ::1] av = a
+    cdef const double[::1] sv = s
+    cdef const double[::1] wv = w
+    cdef int64_t r = cv.shape[0], m = cv.shape[1]
+    cdef const double[::1] t = _ref.check_thresholds(thresholds, r)
+    counts = np.zeros(r + 1, np.float64)
+    counts[r] = float(w.sum())
+    cdef double[::1] ct = counts
+    cdef double acc = 1.0, saved = 0.0
+    cdef int st
+    if r == 0 or m == 0:
+        return acc, saved, counts
+    with nogil:
+        st = ap_evaluate_thresholds_weighted(&cv[0, 0], &av[0, 0], &wv[0], r, m, &sv[0], &t[0], &acc, &saved, &ct[0])
+    if st == AP_ERR_VALUE:
+        raise _ref.conf_range_error()
+    _check(st, "evaluate_thresholds")
+    return acc, saved, counts
+
+
+def search_thresholds(conf, agree, saved_ms, constraint, init_step=0.05, min_step=0.001, weights=None):
     """Per-ramp thresholds by DESIGN.md's greedy coordinate hill climb.
 
     Maximises the mean latency saved (ms per sample) on the window subject to
@@ -414,10 +480,17 @@ def search_thresholds(conf, agree, saved_ms, constraint, init_step=0.05, min_ste
     original model, e.g. 0.01). ``conf`` float32[r, m], ``agree`` uint8[r, m], ``saved_ms``
     float64[r] as in evaluate_thresholds; ``init_step`` in (0, 1] and ``min_step`` > 0 are threshold
     steps. Returns ``(thresholds float64[r], accuracy, saved)``. Exact rule: ap_search_thresholds in
-    csrc/apparate_core.h.
+    csrc/apparate_core.h. ``weights`` (float64[m], each > 0): weighted samples
+    (ap_search_thresholds_weighted), e.g. skip mode's audited rows at 1 / their audit probability.
     """
     c, a, s = _ref.check_window_arrays(conf, agree, saved_ms)
     con, init, mn = _ref.check_search_args(constraint, init_step, min_step)
+    w = _ref.check_weights(weights, c.shape[1])
+    cdef const double[::1] wv
+    cdef const double *wp = NULL
+    if w is not None and w.shape[0]:
+        wv = w
+        wp = &wv[0]
     cdef const float[:, ::1] cv = c
     cdef const uint8_t[:, ::1] av = a
     cdef const double[::1] sv = s
@@ -429,7 +502,7 @@ def search_thresholds(conf, agree, saved_ms, constraint, init_step=0.05, min_ste
     if r == 0 or m == 0:
         return thresholds, acc, saved
     with nogil:
-        st = ap_search_thresholds(&cv[0, 0], &av[0, 0], r, m, &sv[0], cc, ii, mm, &t[0], &acc, &saved)
+        st = ap_search_thresholds_weighted(&cv[0, 0], &av[0, 0], wp, r, m, &sv[0], cc, ii, mm, &t[0], &acc, &saved)
     if st == AP_ERR_VALUE:
         raise _ref.conf_range_error()
     _check(st, "search_thresholds")
@@ -454,4 +527,21 @@ def ramp_utility(exit_counts, pass_counts, n, saved_next_ms, cost_ms):
     cdef double[::1] o = out
     if r:
         _check(ap_ramp_utility(&ev[0], &pv[0], r, nn, &sv[0], &cv[0], &o[0]), "ramp_utility")
+    return out
+
+
+def ramp_utility_weighted(exit_weights, pass_weights, total, saved_next_ms, cost_ms):
+    """:func:`ramp_utility` on weighted counts (skip mode's audited rows weigh 1 / p):
+    ``exit_weights/total * saved_next_ms - pass_weights/total * cost_ms``; float64[r] weights in
+    [0, total], ``total`` > 0 the weight observed. Returns float64[r]."""
+    e, p, s, co, tot = _ref.check_weighted_utility_args(exit_weights, pass_weights, total, saved_next_ms, cost_ms)
+    cdef const double[::1] ev = e
+    cdef const double[::1] pv = p
+    cdef const double[::1] sv = s
+    cdef const double[::1] cv = co
+    cdef int64_t r = ev.shape[0]
+    out = np.zeros(r, np.float64)
+    cdef double[::1] o = out
+    if r:
+        _check(ap_ramp_utility_weighted(&ev[0], &pv[0], r, tot, &sv[0], &cv[0], &o[0]), "ramp_utility_weighted")
     return out

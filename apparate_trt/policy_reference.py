@@ -202,18 +202,18 @@ def batch_exits(logits, thresholds, kind: str = "maxprob"):
 
 # ---- threshold evaluation and search --------------------------------------------------------------
 
-def _mean_saved(counts, saved_ms: np.ndarray, m: int) -> float:
+def _mean_saved(counts, saved_ms: np.ndarray, total: float) -> float:
     """Sum in ramp order, as the C core does (bit-identical results)."""
-    if m == 0:
+    if not total > 0:
         return 0.0
     s = 0.0
     for i in range(saved_ms.shape[0]):
         s += float(counts[i]) * float(saved_ms[i])
-    return s / m
+    return s / total
 
 
-def _accuracy(wrong: int, m: int) -> float:
-    return (m - wrong) / m if m else 1.0
+def _accuracy(wrong: float, total: float) -> float:
+    return (total - wrong) / total if total > 0 else 1.0
 
 
 def _exits_of(c: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -223,26 +223,47 @@ def _exits_of(c: np.ndarray, t: np.ndarray) -> np.ndarray:
     return np.where(ex.any(axis=0), ex.argmax(axis=0), r) if r else np.zeros(c.shape[1], np.int64)
 
 
-def _wrong_of(a: np.ndarray, exits: np.ndarray) -> int:
+def _wrong_of(a: np.ndarray, exits: np.ndarray, w: np.ndarray | None = None) -> float:
+    """Number (or, with weights ``w``, weight) of the samples whose exit is wrong."""
     r = a.shape[0]
     j = np.nonzero(exits < r)[0]
-    return int((a[exits[j], j] == 0).sum())
+    bad = a[exits[j], j] == 0
+    return int(bad.sum()) if w is None else float(w[j][bad].sum())
 
 
-def evaluate_thresholds(conf, agree, saved_ms, thresholds):
-    """Outcome of thresholds on a window: ``(accuracy, saved_ms_per_sample, exit_counts int64[r+1])``.
+def check_weights(weights, m: int) -> np.ndarray | None:
+    """None, or float64[m] sample weights, each finite and > 0 (skip mode's audited rows weigh 1 / p)."""
+    if weights is None:
+        return None
+    w = check_floats(weights, "weights", 1, np.float64, "float64[m] sample weights")
+    if w.shape[0] != m:
+        raise ValueError(f"weights has {w.shape[0]} entries but the window has {m} samples; give one weight per sample")
+    if m and not (np.isfinite(w).all() and (w > 0).all()):
+        raise ValueError("weights must be finite and > 0 (a sample kept with probability p weighs 1 / p)")
+    return w
+
+
+def evaluate_thresholds(conf, agree, saved_ms, thresholds, weights=None):
+    """Outcome of thresholds on a window: ``(accuracy, saved_ms_per_sample, exit_counts[r+1])``.
 
     ``conf`` float32[r, m], ``agree`` uint8[r, m] (ramp i agreed with the final output on sample j),
     ``saved_ms`` float64[r] (ms saved by exiting at ramp i). Accuracy counts non-exits as agreeing
     (1 when m == 0); saved is the mean over samples (ms); the last exit count is the non-exits.
+    With ``weights`` (float64[m], > 0) every sum is weighted (inverse probability weighting) and
+    exit_counts are the float64 weights exiting at each ramp; without, int64 counts.
     """
     c, a, s = check_window_arrays(conf, agree, saved_ms)
     _check_conf_values(c)
     r, m = c.shape
     t = check_thresholds(thresholds, r)
+    w = check_weights(weights, m)
     exits = _exits_of(c, t)
-    counts = np.bincount(exits, minlength=r + 1).astype(np.int64)
-    return _accuracy(_wrong_of(a, exits), m), _mean_saved(counts, s, m), counts
+    if w is None:
+        counts = np.bincount(exits, minlength=r + 1).astype(np.int64)
+        return _accuracy(_wrong_of(a, exits), m), _mean_saved(counts, s, m), counts
+    counts = np.bincount(exits, weights=w, minlength=r + 1).astype(np.float64)
+    total = float(w.sum())
+    return _accuracy(_wrong_of(a, exits, w), total), _mean_saved(counts, s, total), counts
 
 
 def check_search_args(constraint, init_step, min_step):
@@ -260,24 +281,28 @@ def check_search_args(constraint, init_step, min_step):
 
 
 def search_thresholds(conf, agree, saved_ms, constraint: float, init_step: float = 0.05,
-                      min_step: float = 0.001):
+                      min_step: float = 0.001, weights=None):
     """Greedy coordinate hill climb of per-ramp thresholds (DESIGN.md, "Threshold tuning").
 
     Maximises the mean latency saved (ms per sample) subject to accuracy >= 1 - constraint.
     Returns ``(thresholds float64[r], accuracy, saved_ms_per_sample)``; see
-    ``ap_search_thresholds`` in csrc/apparate_core.h for the exact rule.
+    ``ap_search_thresholds`` in csrc/apparate_core.h for the exact rule. ``weights`` (float64[m],
+    > 0): weighted samples, as ``ap_search_thresholds_weighted``.
     """
     c, a, s = check_window_arrays(conf, agree, saved_ms)
     _check_conf_values(c)
     con, init, mn = check_search_args(constraint, init_step, min_step)
     r, m = c.shape
+    w = check_weights(weights, m)
+    wt = np.ones(m) if w is None else w
+    total = float(m) if w is None else float(w.sum())
     d = 1.0 - c.astype(np.float64)
     thr = np.zeros(r)
     step = np.full(r, init)
     exits = _exits_of(c, thr)
-    counts = np.bincount(exits, minlength=r + 1).astype(np.int64)
-    wrong = _wrong_of(a, exits)
-    cur_saved = _mean_saved(counts, s, m)
+    counts = np.bincount(exits, weights=wt, minlength=r + 1).astype(np.float64)
+    wrong = _wrong_of(a, exits, wt)
+    cur_saved = _mean_saved(counts, s, total)
     floor_acc = 1.0 - con - EPS
     cols = np.arange(m)
     bad = np.vstack([a == 0, np.zeros((1, m), bool)])  # bad[e, j]: exit at e is wrong (e = r: never)
@@ -294,15 +319,16 @@ def search_thresholds(conf, agree, saved_ms, constraint: float, init_step: float
                     continue
             moved = running & (d[i] < nt)
             src = exits[moved]
-            cand = counts - np.bincount(src, minlength=r + 1)
-            cand[i] += src.shape[0]
-            cand_wrong = wrong + int(bad[i, moved].sum()) - int(bad[src, cols[moved]].sum())
-            acc = _accuracy(cand_wrong, m)
-            sv = _mean_saved(cand, s, m)
+            wm = wt[moved]
+            cand = counts - np.bincount(src, weights=wm, minlength=r + 1)
+            cand[i] += float(wm.sum())
+            cand_wrong = wrong + float(wm[bad[i, moved]].sum()) - float(wm[bad[src, cols[moved]]].sum())
+            acc = _accuracy(cand_wrong, total)
+            sv = _mean_saved(cand, s, total)
             gain = sv - cur_saved
             if acc < floor_acc or not gain > EPS:
                 continue
-            ratio = ((cand_wrong - wrong) / m) / gain
+            ratio = ((cand_wrong - wrong) / total) / gain
             if best is None or ratio < best[0] or (ratio == best[0] and sv > best[1]):
                 best = (ratio, sv, i, nt, moved, cand, cand_wrong)
         if best is None:
@@ -312,7 +338,7 @@ def search_thresholds(conf, agree, saved_ms, constraint: float, init_step: float
         exits[moved] = i
         thr[i] = nt
         step[i] = min(step[i] * 2.0, 1.0)
-    return thr, _accuracy(wrong, m), cur_saved
+    return thr, _accuracy(wrong, total), cur_saved
 
 
 def ramp_utility(exit_counts, pass_counts, n: int, saved_next_ms, cost_ms) -> np.ndarray:
@@ -324,6 +350,34 @@ def ramp_utility(exit_counts, pass_counts, n: int, saved_next_ms, cost_ms) -> np
     """
     e, p, sv, co, nn = check_utility_args(exit_counts, pass_counts, n, saved_next_ms, cost_ms)
     return e / nn * sv - p / nn * co
+
+
+def ramp_utility_weighted(exit_weights, pass_weights, total: float, saved_next_ms, cost_ms) -> np.ndarray:
+    """:func:`ramp_utility` on weighted counts: ``exit_weights/total * saved_next_ms -
+    pass_weights/total * cost_ms`` (float64[r] weights in [0, total], ``total`` > 0)."""
+    e, p, sv, co, tot = check_weighted_utility_args(exit_weights, pass_weights, total, saved_next_ms, cost_ms)
+    return e / tot * sv - p / tot * co
+
+
+def check_weighted_utility_args(exit_weights, pass_weights, total, saved_next_ms, cost_ms):
+    e = check_floats(exit_weights, "exit_weights", 1, np.float64)
+    p = check_floats(pass_weights, "pass_weights", 1, np.float64)
+    sv = check_floats(saved_next_ms, "saved_next_ms", 1, np.float64)
+    co = check_floats(cost_ms, "cost_ms", 1, np.float64)
+    r = e.shape[0]
+    if not (p.shape[0] == sv.shape[0] == co.shape[0] == r):
+        raise ValueError(f"exit_weights, pass_weights, saved_next_ms and cost_ms must have the same length "
+                         f"(one per ramp), got {r}, {p.shape[0]}, {sv.shape[0]}, {co.shape[0]}")
+    try:
+        tot = float(total)
+    except (TypeError, ValueError):
+        raise ValueError(f"total must be a positive number (weight observed), got {total!r}") from None
+    if not (0.0 < tot < math.inf):
+        raise ValueError(f"total must be a positive number (weight observed), got {total!r}")
+    slack = tot * 1e-9
+    if r and not ((e >= 0).all() and (p >= 0).all() and (e <= tot + slack).all() and (p <= tot + slack).all()):
+        raise ValueError(f"exit_weights and pass_weights must be in [0, total={tot}], got {e.tolist()} and {p.tolist()}")
+    return e, p, sv, co, tot
 
 
 def check_utility_args(exit_counts, pass_counts, n, saved_next_ms, cost_ms):
@@ -419,6 +473,7 @@ class FeedbackWindow:
         self._conf = np.zeros((self.max_sites, self.capacity), np.float32)
         self._agree = np.zeros((self.max_sites, self.capacity), np.uint8)
         self._has = np.zeros((self.max_sites, self.capacity), bool)
+        self._weight = np.ones(self.capacity, np.float64)
         self._head = 0
         self._size = 0
 
@@ -429,11 +484,13 @@ class FeedbackWindow:
         self._has[:] = False
         self._head = self._size = 0
 
-    def push(self, site_ids, conf, agree) -> None:
-        """Appends n samples observed at ``site_ids`` int32[r]: conf float32[r, n], agree uint8[r, n]."""
+    def push(self, site_ids, conf, agree, weights=None) -> None:
+        """Appends n samples observed at ``site_ids`` int32[r]: conf float32[r, n], agree uint8[r, n],
+        ``weights`` float64[n] (> 0; None: all 1)."""
         s, c, a = check_push(site_ids, conf, agree, self.max_sites)
         _check_conf_values(c)
         n = c.shape[1]
+        w = check_weights(weights, n)
         first = max(0, n - self.capacity)
         for j in range(first, n):
             slot = self._head
@@ -441,6 +498,7 @@ class FeedbackWindow:
             self._conf[s, slot] = c[:, j]
             self._agree[s, slot] = a[:, j] != 0
             self._has[s, slot] = True
+            self._weight[slot] = 1.0 if w is None else w[j]
             self._head = (slot + 1) % self.capacity
             self._size = min(self._size + 1, self.capacity)
 
@@ -468,11 +526,21 @@ class FeedbackWindow:
         return (np.ascontiguousarray(self._conf[s][:, slots]),
                 np.ascontiguousarray(self._agree[s][:, slots]))
 
+    def gather_weights(self, site_ids, last: int | None = None) -> np.ndarray:
+        """The weights (float64[m]) of the samples :meth:`gather` returns, in the same order."""
+        s = check_sites(site_ids, self.max_sites)
+        lim = check_last(last)
+        slots = self._slots(s)
+        if lim >= 0:
+            slots = slots[max(0, slots.shape[0] - lim):]
+        return self._weight[slots].copy()
+
     def accuracy_with(self, site_ids, thresholds) -> float:
-        """Accuracy (fraction) thresholds float64[r] for ``site_ids`` (in execution order) would have had
-        on the stored samples holding all those sites; 1.0 when there are none."""
+        """Weighted accuracy (fraction) thresholds float64[r] for ``site_ids`` (in execution order)
+        would have had on the stored samples holding all those sites; 1.0 when there are none."""
         s = check_sites(site_ids, self.max_sites)
         t = check_thresholds(thresholds, s.shape[0])
         c, a = self.gather(s)
+        w = self.gather_weights(s)
         exits = _exits_of(c, t)
-        return _accuracy(_wrong_of(a, exits), c.shape[1])
+        return _accuracy(_wrong_of(a, exits, w), float(w.sum()))

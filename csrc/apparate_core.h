@@ -26,7 +26,7 @@ extern "C" {
 #endif
 
 /* Version of this header's API, bumped on incompatible changes. */
-#define AP_API_VERSION 2
+#define AP_API_VERSION 3
 
 /* Status codes. */
 #define AP_OK 0
@@ -102,6 +102,13 @@ void ap_window_destroy(ap_window *w);
 int ap_window_push(ap_window *w, const int32_t *site_ids, int64_t r, const float *conf,
                    const uint8_t *agree, int64_t n);
 
+/* As ap_window_push, with one weight per sample: weight [n], each finite and > 0 (NULL: all 1).
+ * A sample's weight is the number of inputs it stands for: in skip mode an audited row that was
+ * kept with probability p weighs 1 / p, so window sums are unbiased (inverse probability weighting).
+ * Errors: as ap_window_push, and AP_ERR_VALUE for a weight that is not finite and > 0. */
+int ap_window_push_weighted(ap_window *w, const int32_t *site_ids, int64_t r, const float *conf,
+                            const uint8_t *agree, const double *weight, int64_t n);
+
 /* Forgets the values of one site in every stored sample (the samples themselves stay).
  * Errors: AP_ERR_NULL, AP_ERR_SITE. */
 int ap_window_remove_site(ap_window *w, int32_t site);
@@ -127,8 +134,15 @@ int ap_window_count(const ap_window *w, const int32_t *site_ids, int64_t r, int6
 int ap_window_gather(const ap_window *w, const int32_t *site_ids, int64_t r, int64_t last,
                      float *conf, uint8_t *agree, int64_t stride, int64_t *m);
 
+/* The weights of the samples ap_window_gather copies with the same arguments, in the same order:
+ *   weight: [stride] out; the first *m entries are written.
+ * Errors: AP_ERR_NULL, AP_ERR_SIZE (stride too small), AP_ERR_SITE. */
+int ap_window_gather_weights(const ap_window *w, const int32_t *site_ids, int64_t r, int64_t last,
+                             double *weight, int64_t stride, int64_t *m);
+
 /* Accuracy (fraction) that thresholds [r] for the sites [r] (in execution order) would have had on
- * the stored samples holding all those sites, as ap_evaluate_thresholds; 1 when there are none.
+ * the stored samples holding all those sites, weighted by the samples' weights, as
+ * ap_evaluate_thresholds_weighted; 1 when there are none.
  * *m (may be NULL) receives the number of samples used. Allocates nothing.
  * Errors: AP_ERR_NULL, AP_ERR_SIZE, AP_ERR_SITE, AP_ERR_VALUE (threshold). */
 int ap_window_accuracy(const ap_window *w, const int32_t *site_ids, int64_t r,
@@ -150,6 +164,16 @@ int ap_evaluate_thresholds(const float *conf, const uint8_t *agree, int64_t r, i
                            const double *saved_ms, const double *thresholds, double *accuracy,
                            double *saved, int64_t *exit_counts);
 
+/* As ap_evaluate_thresholds, each sample j counted with weight[j] (finite, > 0; NULL: all 1):
+ *   accuracy = 1 - (weight of the wrong exits) / (total weight); saved = sum_i exit_weights[i] *
+ *   saved_ms[i] / (total weight); exit_weights (out, may be NULL): [r + 1] weight exiting at each
+ *   ramp, last entry = weight of the non-exits. With all weights 1 it equals ap_evaluate_thresholds.
+ * Errors: as ap_evaluate_thresholds, and AP_ERR_VALUE for a bad weight. */
+int ap_evaluate_thresholds_weighted(const float *conf, const uint8_t *agree, const double *weight,
+                                    int64_t r, int64_t m, const double *saved_ms,
+                                    const double *thresholds, double *accuracy, double *saved,
+                                    double *exit_weights);
+
 /* Greedy coordinate hill climb (DESIGN.md, "Threshold tuning"): maximise the mean latency saved
  * subject to accuracy >= 1 - constraint (compared with a 1e-12 tolerance).
  *   Inputs as ap_evaluate_thresholds; constraint in [0, 1]; init_step in (0, 1]; min_step > 0.
@@ -169,6 +193,15 @@ int ap_search_thresholds(const float *conf, const uint8_t *agree, int64_t r, int
                          const double *saved_ms, double constraint, double init_step,
                          double min_step, double *thresholds, double *accuracy, double *saved);
 
+/* As ap_search_thresholds on weighted samples (weight [m], finite, > 0; NULL: all 1): accuracy,
+ * savings and the accuracy lost per ms saved are weighted sums over total weight, as
+ * ap_evaluate_thresholds_weighted. With all weights 1 it equals ap_search_thresholds.
+ * Errors: as ap_search_thresholds, and AP_ERR_VALUE for a bad weight. */
+int ap_search_thresholds_weighted(const float *conf, const uint8_t *agree, const double *weight,
+                                  int64_t r, int64_t m, const double *saved_ms, double constraint,
+                                  double init_step, double min_step, double *thresholds,
+                                  double *accuracy, double *saved);
+
 /* ---- ramp utility (csrc/utility.c) ---------------------------------------------------------- */
 
 /* Per-ramp utility in ms per input (DESIGN.md, "Ramp adjustment"):
@@ -179,6 +212,14 @@ int ap_search_thresholds(const float *conf, const uint8_t *agree, int64_t r, int
  * Errors: AP_ERR_NULL, AP_ERR_SIZE (r < 0, n < 1, a negative count or a count above n). */
 int ap_ramp_utility(const int64_t *exit_counts, const int64_t *pass_counts, int64_t r, int64_t n,
                     const double *saved_next_ms, const double *cost_ms, double *utility);
+
+/* As ap_ramp_utility with weighted counts: exit_weights, pass_weights [r] (each in [0, total]),
+ * total > 0 the weight of the inputs observed:
+ *   utility[i] = exit_weights[i] / total * saved_next_ms[i] - pass_weights[i] / total * cost_ms[i]
+ * Errors: AP_ERR_NULL, AP_ERR_SIZE (r < 0, total not finite and > 0, a weight outside [0, total]). */
+int ap_ramp_utility_weighted(const double *exit_weights, const double *pass_weights, int64_t r,
+                             double total, const double *saved_next_ms, const double *cost_ms,
+                             double *utility);
 
 #ifdef __cplusplus
 }

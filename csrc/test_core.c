@@ -296,6 +296,80 @@ static void test_utility(void) {
           "a count above n -> AP_ERR_SIZE");
 }
 
+/* Weighted samples (skip mode's audited rows): a sample of weight k must count as k copies of it. */
+static void test_weighted(void) {
+    enum { R = 3, M = 300 };
+    static float conf[R * M], dup_conf[R * M * 3];
+    static uint8_t agree[R * M], dup_agree[R * M * 3];
+    static double weight[M];
+    int64_t md = 0;
+    for (int j = 0; j < M; j++) weight[j] = 1.0 + (double)(j % 3); /* 1, 2 or 3 copies */
+    for (int j = 0; j < M; j++) md += (int64_t)weight[j];
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < M; j++) {
+            double q = pow(rnd(), 0.4 / (i + 1));
+            conf[i * M + j] = (float)q;
+            agree[i * M + j] = rnd() < 0.6 + 0.4 * q;
+        }
+    for (int i = 0; i < R; i++) {
+        int64_t col = 0;
+        for (int j = 0; j < M; j++)
+            for (int c = 0; c < (int)weight[j]; c++, col++) {
+                dup_conf[i * md + col] = conf[i * M + j];
+                dup_agree[i * md + col] = agree[i * M + j];
+            }
+    }
+    double saved[R] = {9.0, 6.0, 3.0}, tw[R], td[R], aw, ad, sw, sd;
+    int ok = ap_search_thresholds_weighted(conf, agree, weight, R, M, saved, 0.02, 0.05, 1e-4, tw, &aw, &sw) == AP_OK &&
+             ap_search_thresholds(dup_conf, dup_agree, R, md, saved, 0.02, 0.05, 1e-4, td, &ad, &sd) == AP_OK;
+    CHECK(ok && memcmp(tw, td, sizeof tw) == 0 && near(aw, ad, 1e-12) && near(sw, sd, 1e-9),
+          "weighted search equals the search on copies (accuracy %g vs %g, saved %g vs %g)", aw, ad, sw, sd);
+    double ew[R + 1];
+    int64_t dc[R + 1];
+    ok = ap_evaluate_thresholds_weighted(conf, agree, weight, R, M, saved, tw, &aw, &sw, ew) == AP_OK &&
+         ap_evaluate_thresholds(dup_conf, dup_agree, R, md, saved, tw, &ad, &sd, dc) == AP_OK;
+    int same = ok;
+    for (int i = 0; i <= R; i++) same &= near(ew[i], (double)dc[i], 1e-9);
+    CHECK(same && near(aw, ad, 1e-12), "weighted evaluate: exit weights equal the copies' exit counts");
+    double t0[R];
+    ok = ap_search_thresholds_weighted(conf, agree, NULL, R, M, saved, 0.02, 0.05, 1e-4, tw, &aw, &sw) == AP_OK &&
+         ap_search_thresholds(conf, agree, R, M, saved, 0.02, 0.05, 1e-4, t0, &ad, &sd) == AP_OK;
+    CHECK(ok && memcmp(tw, t0, sizeof tw) == 0 && aw == ad && sw == sd, "NULL weights equal the unweighted search");
+    weight[5] = 0.0;
+    CHECK(ap_search_thresholds_weighted(conf, agree, weight, R, M, saved, 0.02, 0.05, 1e-4, tw, &aw, &sw) == AP_ERR_VALUE,
+          "a zero weight -> AP_ERR_VALUE");
+    weight[5] = NAN;
+    CHECK(ap_evaluate_thresholds_weighted(conf, agree, weight, R, M, saved, t0, &aw, &sw, NULL) == AP_ERR_VALUE,
+          "a NaN weight -> AP_ERR_VALUE");
+    weight[5] = 3.0;
+
+    /* the window keeps each sample's weight; its accuracy is weighted */
+    ap_window *w = NULL;
+    int32_t s0[1] = {0};
+    float c[3] = {0.9f, 0.9f, 0.2f};
+    uint8_t a[3] = {0, 1, 1};
+    double wt[3] = {4.0, 1.0, 1.0}, got[3], thr[1] = {0.5}, acc = 0.0;
+    int64_t m = 0;
+    CHECK(ap_window_create(8, 2, &w) == AP_OK, "window for weights");
+    CHECK(ap_window_push_weighted(w, s0, 1, c, a, wt, 3) == AP_OK && ap_window_size(w) == 3, "weighted push");
+    CHECK(ap_window_gather_weights(w, s0, 1, -1, got, 3, &m) == AP_OK && m == 3 && got[0] == 4.0 && got[2] == 1.0,
+          "gather_weights returns the pushed weights, oldest first");
+    CHECK(ap_window_accuracy(w, s0, 1, thr, &acc, &m) == AP_OK && near(acc, 2.0 / 6.0, 1e-12),
+          "weighted window accuracy: wrong exit of weight 4 of 6 -> %g", acc);
+    CHECK(ap_window_push(w, s0, 1, c, a, 1) == AP_OK && ap_window_gather_weights(w, s0, 1, 1, got, 3, &m) == AP_OK &&
+          m == 1 && got[0] == 1.0, "an unweighted push weighs 1");
+    wt[1] = -1.0;
+    CHECK(ap_window_push_weighted(w, s0, 1, c, a, wt, 3) == AP_ERR_VALUE && ap_window_size(w) == 4,
+          "a negative weight -> AP_ERR_VALUE, window unchanged");
+    ap_window_destroy(w);
+
+    double exw[2] = {30.0, 12.5}, pw[2] = {70.0, 57.5}, sn[2] = {5.0, 2.0}, co[2] = {0.1, 0.5}, u[2];
+    CHECK(ap_ramp_utility_weighted(exw, pw, 2, 100.0, sn, co, u) == AP_OK &&
+          near(u[0], 0.3 * 5.0 - 0.7 * 0.1, 1e-12) && near(u[1], 0.125 * 2.0 - 0.575 * 0.5, 1e-12),
+          "weighted utility = exit share * saved - pass share * cost");
+    CHECK(ap_ramp_utility_weighted(exw, pw, 2, 0.0, sn, co, u) == AP_ERR_SIZE, "weighted utility: total 0 -> AP_ERR_SIZE");
+}
+
 int main(void) {
     test_version();
     test_confidence();
@@ -306,6 +380,7 @@ int main(void) {
     test_evaluate();
     test_search();
     test_utility();
+    test_weighted();
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }

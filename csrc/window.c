@@ -1,4 +1,5 @@
-/* The feedback window: a ring buffer of per-sample (confidence, agreement) at each site. */
+/* The feedback window: a ring buffer of per-sample (confidence, agreement) at each site, and one
+ * weight per sample (1 unless pushed with weights: an audited row of skip mode weighs 1 / p). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,6 +15,7 @@ struct ap_window {
     float *conf;
     uint8_t *agree;
     uint8_t *has; /* 1 when the sample in that slot was observed at that site */
+    double *weight; /* [capacity]: the sample's weight (> 0) */
 };
 
 int ap_window_create(int64_t capacity, int64_t max_sites, ap_window **out) {
@@ -30,7 +32,8 @@ int ap_window_create(int64_t capacity, int64_t max_sites, ap_window **out) {
     w->conf = malloc(cells * sizeof(float));
     w->agree = malloc(cells);
     w->has = calloc(cells, 1);
-    if (!w->conf || !w->agree || !w->has) {
+    w->weight = malloc((size_t)capacity * sizeof(double));
+    if (!w->conf || !w->agree || !w->has || !w->weight) {
         ap_window_destroy(w);
         return AP_ERR_NOMEM;
     }
@@ -43,6 +46,7 @@ void ap_window_destroy(ap_window *w) {
     free(w->conf);
     free(w->agree);
     free(w->has);
+    free(w->weight);
     free(w);
 }
 
@@ -60,6 +64,11 @@ static int check_sites(const ap_window *w, const int32_t *site_ids, int64_t r) {
 
 int ap_window_push(ap_window *w, const int32_t *site_ids, int64_t r, const float *conf,
                    const uint8_t *agree, int64_t n) {
+    return ap_window_push_weighted(w, site_ids, r, conf, agree, NULL, n);
+}
+
+int ap_window_push_weighted(ap_window *w, const int32_t *site_ids, int64_t r, const float *conf,
+                            const uint8_t *agree, const double *weight, int64_t n) {
     if (!w) return AP_ERR_NULL;
     if (n < 0) return AP_ERR_SIZE;
     int st = check_sites(w, site_ids, r);
@@ -67,6 +76,9 @@ int ap_window_push(ap_window *w, const int32_t *site_ids, int64_t r, const float
     if (r > 0 && n > 0 && (!conf || !agree)) return AP_ERR_NULL;
     st = ap_check_conf(conf, r * n);
     if (st != AP_OK) return st;
+    if (weight)
+        for (int64_t j = 0; j < n; j++)
+            if (!(weight[j] > 0.0) || !isfinite(weight[j])) return AP_ERR_VALUE;
     const int64_t cap = w->capacity;
     /* Samples older than the last `capacity` would be evicted by this very push. */
     int64_t first = n > cap ? n - cap : 0;
@@ -79,6 +91,7 @@ int ap_window_push(ap_window *w, const int32_t *site_ids, int64_t r, const float
             w->agree[cell] = (uint8_t)(agree[i * n + j] != 0);
             w->has[cell] = 1;
         }
+        w->weight[slot] = weight ? weight[j] : 1.0;
         w->head = (slot + 1) % cap;
         if (w->size < cap) w->size++;
     }
@@ -154,6 +167,27 @@ int ap_window_gather(const ap_window *w, const int32_t *site_ids, int64_t r, int
     return AP_OK;
 }
 
+int ap_window_gather_weights(const ap_window *w, const int32_t *site_ids, int64_t r, int64_t last,
+                             double *weight, int64_t stride, int64_t *m) {
+    if (!w || !m) return AP_ERR_NULL;
+    int st = check_sites(w, site_ids, r);
+    if (st != AP_OK) return st;
+    int64_t total = count_holding(w, site_ids, r);
+    int64_t skip = (last >= 0 && total > last) ? total - last : 0;
+    int64_t want = total - skip;
+    if (stride < want) return AP_ERR_SIZE;
+    if (want > 0 && !weight) return AP_ERR_NULL;
+    int64_t col = 0, seen = 0;
+    for (int64_t t = 0; t < w->size && col < want; t++) {
+        int64_t slot = slot_of(w, t);
+        if (!holds_all(w, site_ids, r, slot)) continue;
+        if (seen++ < skip) continue;
+        weight[col++] = w->weight[slot];
+    }
+    *m = col;
+    return AP_OK;
+}
+
 int ap_window_accuracy(const ap_window *w, const int32_t *site_ids, int64_t r,
                        const double *thresholds, double *accuracy, int64_t *m) {
     if (!w || !accuracy) return AP_ERR_NULL;
@@ -162,20 +196,22 @@ int ap_window_accuracy(const ap_window *w, const int32_t *site_ids, int64_t r,
     if (r > 0 && !thresholds) return AP_ERR_NULL;
     for (int64_t i = 0; i < r; i++)
         if (!ap_is_fraction(thresholds[i])) return AP_ERR_VALUE;
-    int64_t used = 0, wrong = 0;
+    int64_t used = 0;
+    double total = 0.0, wrong = 0.0;
     for (int64_t t = 0; t < w->size; t++) {
         int64_t slot = slot_of(w, t);
         if (!holds_all(w, site_ids, r, slot)) continue;
         used++;
+        total += w->weight[slot];
         for (int64_t i = 0; i < r; i++) {
             int64_t cell = (int64_t)site_ids[i] * w->capacity + slot;
             if (ap_exits(w->conf[cell], thresholds[i])) {
-                wrong += !w->agree[cell];
+                if (!w->agree[cell]) wrong += w->weight[slot];
                 break;
             }
         }
     }
-    *accuracy = used > 0 ? (double)(used - wrong) / (double)used : 1.0;
+    *accuracy = used > 0 ? (total - wrong) / total : 1.0;
     if (m) *m = used;
     return AP_OK;
 }

@@ -12,8 +12,15 @@ Thresholds change at once.
 tensors such as an attention mask flow on to later segments) and adds its outputs. After a segment
 that ends at an active site, that site's ramp runs on the site tensor and the C core decides which
 not-yet-released inputs exit there; each is released through ``on_release`` at once, before the
-next segment runs. The batch always runs to the end (exits never shrink it), then every input's
-final output is released. The returned :class:`BatchOutcome` is the controller's feedback.
+next segment runs. The returned :class:`BatchOutcome` is the controller's feedback.
+
+Exit modes (:data:`~apparate_trt.runtime.compaction.EXIT_MODES`): in ``release`` mode the batch
+always runs to the end (exits never shrink it), then every input's final output is released. In
+``skip`` mode the rows a ramp releases leave the batch, except an audit sample drawn at
+``audit_rate`` (and every row whose request waits for the final answer): the later segments and
+ramps run on the compacted batch (``runtime.compaction``), a skipped row's early result is its
+last, and the outcome weighs each audited row by ``1 / audit_rate`` so that the controller's
+feedback stays unbiased.
 """
 from __future__ import annotations
 
@@ -35,16 +42,18 @@ from apparate_trt import _core
 from apparate_trt.engine_dir import Manifest
 from apparate_trt.errors import ApparateError
 from apparate_trt.runtime.backends.onnxruntime import OrtRunner
+from apparate_trt.runtime.compaction import check_exit_mode, compact, draw_audits, dynamic_batch_inputs
 from apparate_trt.runtime.split_worker import IdleGate, should_split_out_of_process, split_out_of_process
 
 log = logging.getLogger(__name__)
 
 CONFIDENCE_KINDS = ("maxprob", "entropy")
 
-ReleaseFn = Callable[[int, np.ndarray, int, "int | None", float], None]
+ReleaseFn = Callable[..., None]
 """``on_release(index, logits_row, pred, site_id, t_release)``: index in the batch, the released
 output row (float32 [classes]), its argmax, the exiting site id (None for the final output) and the
-release time (``time.monotonic()`` seconds)."""
+release time (``time.monotonic()`` seconds). In ``skip`` mode a row that leaves the batch at its
+ramp is released with ``last=True`` as a keyword: it gets no final output."""
 
 
 @dataclass
@@ -67,6 +76,21 @@ class BatchOutcome:
     total_ms: float  # wall time of the whole batch
     t_start: float  # time.monotonic() seconds when the batch started
     t_end: float  # time.monotonic() seconds when the final outputs were released
+    weights: np.ndarray | None = None
+    """float64 [n]: the rows each row's feedback stands for, ``1 / P(it reached the end)``: 1 for a
+    row that did not exit, ``1 / audit_rate`` for an audited exit, 0 for a skipped row (it has no
+    final output: its ``final_pred`` is -1 and its ``agree`` entries mean nothing). None: all 1."""
+    skipped: np.ndarray | None = None  # bool [n]: left the batch at its ramp (skip mode); None: none
+    audited: int = 0  # exits that ran on to the end as the audit sample (skip mode)
+    rows_run: np.ndarray | None = None  # int64 [r + 1]: rows each segment ran on; None: all n
+    compute_saved_ms: float = 0.0
+    """Segment time the skipped rows did not cost, from the profile: the sum over segments of the
+    profiled latency at the full batch minus that at the rows the segment ran on (ms)."""
+
+    @property
+    def skipped_count(self) -> int:
+        """Rows that left the batch at their ramp."""
+        return 0 if self.skipped is None else int(np.count_nonzero(self.skipped))
 
     @property
     def batch_size(self) -> int:
@@ -196,6 +220,12 @@ class _Plan:
 
     active: tuple[int, ...]
     stages: list[_Stage]
+    batch_names: frozenset[str] = frozenset()
+    """Tensors with a batch axis first (model inputs, and segment and ramp inputs whose first axis
+    is dynamic): what skip mode's compaction gathers."""
+    compactable: bool = False
+    """True when every tensor a later segment or ramp reads has the batch axis first, so that rows
+    can leave the batch; False keeps every row (skip mode then behaves as release for this plan)."""
 
 
 def _split_segments(model: onnx.ModelProto, manifest: Manifest, active: tuple[int, ...]) -> list:
@@ -248,15 +278,37 @@ class _PlanBuilder:
         plan = self.cached(active)
         if plan is not None:
             return plan
-        for site in active:
-            self.ramp(site)
-        plan = _Plan(active, self._stages(active))
+        ramps = [self.ramp(site) for site in active]
+        stages = self._stages(active)
+        plan = _Plan(active, stages, *self._batch_layout(stages, ramps))
         if warm_inputs is not None:
             env = dict(warm_inputs)
             for stage in plan.stages:
                 env.update(stage.runner.run(env, stage.outputs))
         with self._lock:
             return self._plans.setdefault(active, plan)
+
+    def _batch_layout(self, stages: list[_Stage], ramps: list[OrtRunner]) -> tuple[frozenset[str], bool]:
+        """The plan's batch-first tensors, and whether rows can leave its batch (see :class:`_Plan`)."""
+        batch = {spec.name for spec in self.manifest.model.inputs}
+        fixed: set[str] = set()
+        for runner in [stage.runner for stage in stages[1:]] + ramps:
+            dynamic, other = dynamic_batch_inputs(runner.session.get_inputs())
+            batch |= dynamic
+            fixed |= other
+        fixed -= batch
+        if fixed and len(stages) > 1:
+            log.info("tensors %s have no batch axis first: rows of this plan never leave the batch", sorted(fixed))
+        return frozenset(batch), not fixed
+
+    def profiled_stage_ms(self, active: tuple[int, ...], batch_size: int) -> np.ndarray:
+        """Profiled latency (ms) of each stage of the plan for ``active`` at ``batch_size`` rows
+        (0 rows: 0 ms): the finest segments each stage spans, summed. float64 [len(active) + 1]."""
+        if batch_size <= 0:
+            return np.zeros(len(active) + 1)
+        per_segment = np.asarray(self.manifest.segment_ms(batch_size), dtype=np.float64)
+        bounds = [-1, *active, per_segment.shape[0] - 1]
+        return np.asarray([per_segment[a + 1: b + 1].sum() for a, b in zip(bounds[:-1], bounds[1:])])
 
     def forget(self, active: tuple[int, ...]) -> None:
         """Drop the cached plan for ``active`` (if any); the next :meth:`build` makes it anew."""
@@ -317,6 +369,9 @@ class Executor:
         confidence: ``maxprob`` (max softmax probability) or ``entropy``.
         exit_rule: decides the exits after each ramp (default :class:`ThresholdRule`; e.g. the
             patience rule of ``apparate_trt.runtime.policies``).
+        exit_mode: ``release`` (every row runs to the end) or ``skip`` (released rows leave the
+            batch but for an audit sample drawn at :attr:`audit_rate`; needs the default exit rule).
+        audit_seed: seed of the audit draws (None: fresh entropy).
 
     The initial plan has no active ramps (the unsplit model) until :meth:`configure` is called.
     One thread runs batches; :meth:`configure` may be called from any thread.
@@ -328,11 +383,19 @@ class Executor:
     """``run_batch`` takes ``unsplit=True`` (the engine's overload fallback)."""
 
     def __init__(
-        self, manifest: Manifest, threads: int | None = None, confidence: str = "maxprob", exit_rule: ExitRule | None = None
+        self, manifest: Manifest, threads: int | None = None, confidence: str = "maxprob", exit_rule: ExitRule | None = None,
+        *, exit_mode: str = "release", audit_seed: int | None = None,
     ) -> None:
         self.manifest = manifest
         self.confidence = check_confidence_kind(confidence)
+        self.exit_mode = check_exit_mode(exit_mode)
+        if exit_mode == "skip" and exit_rule is not None:
+            raise ApparateError("skip mode needs the default threshold exit rule (a custom rule keeps per-row state); use exit_mode='release'")
         self.exit_rule: ExitRule = exit_rule or ThresholdRule()
+        self.audit_rate = 1.0
+        """Probability (0, 1] that a row a ramp releases runs on to the end in skip mode (the
+        controller sets it, :meth:`set_audit_rate`)."""
+        self._rng = np.random.default_rng(audit_seed)
         self._builder = _PlanBuilder(manifest, threads)
         self._plan = self._builder.build(())
         self.build_gate = self._builder.gate
@@ -369,6 +432,14 @@ class Executor:
                     return
             self._pending = None
             self._plan = plan
+
+    def set_audit_rate(self, rate: float) -> None:
+        """Set the probability (0 < rate <= 1) with which a released row is audited in skip mode;
+        applies from the next batch."""
+        rate = float(rate)
+        if not 0.0 < rate <= 1.0:
+            raise ApparateError(f"audit rate must be in (0, 1], got {rate}")
+        self.audit_rate = rate
 
     def rebuild_plan(self, active_sites: Sequence[int]) -> None:
         """Build the plan for ``active_sites`` anew on the calling thread, as a ramp move would
@@ -421,24 +492,26 @@ class Executor:
 
     # ----------------------------------------------------------------------------------- execution
     def run_batch(
-        self, inputs: Mapping[str, np.ndarray], on_release: ReleaseFn, tags: Sequence[object] | None = None, *, unsplit: bool = False
+        self, inputs: Mapping[str, np.ndarray], on_release: ReleaseFn, tags: Sequence[object] | None = None, *,
+        unsplit: bool = False, wait_final: Sequence[bool] | np.ndarray | None = None,
     ) -> BatchOutcome:
         """Run one batch (arrays with the batch axis first) and release results as they are decided.
 
         ``on_release`` is called on this thread for each early exit as soon as its ramp decides
-        (site id given), then for every input with the final output (site None). ``tags`` (one per
-        input, optional) are handed to the exit rule's ``begin_batch``. ``unsplit=True`` runs the
-        original model in one piece with no ramps (the engine's overload fallback): every result is
-        final and the outcome has no ramp feedback.
+        (site id given), then for every input still in the batch with the final output (site
+        None). ``tags`` (one per input, optional) are handed to the exit rule's ``begin_batch``.
+        ``unsplit=True`` runs the original model in one piece with no ramps (the engine's overload
+        fallback): every result is final and the outcome has no ramp feedback. ``wait_final`` (bool
+        per input, skip mode): rows whose request waits for the final answer, never skipped.
         """
         self._builder.gate.batch_started()
         try:
-            return self._run_plan(inputs, on_release, tags, unsplit)
+            return self._run_plan(inputs, on_release, tags, unsplit, wait_final)
         finally:
             self._builder.gate.batch_finished()
 
     def _run_plan(self, inputs: Mapping[str, np.ndarray], on_release: ReleaseFn, tags: Sequence[object] | None,
-                  unsplit: bool) -> BatchOutcome:
+                  unsplit: bool, wait_final: Sequence[bool] | np.ndarray | None = None) -> BatchOutcome:
         t_start = time.monotonic()
         plan = self._builder.build(()) if unsplit else self._swap_if_ready()
         thresholds = self._thresholds
@@ -454,8 +527,14 @@ class Executor:
         applied = np.zeros(r, dtype=np.float64)
         segments_ms = np.zeros(r + 1, dtype=np.float64)
         ramps_ms = np.zeros(r, dtype=np.float64)
+        skipping = self.exit_mode == "skip" and plan.compactable and r > 0
+        rows = _Rows(n, r, self.audit_rate, _wait_final_mask(wait_final, n)) if skipping else None
         ramp_index = 0
         for stage_index, stage in enumerate(plan.stages):
+            if rows is not None:
+                rows.run[stage_index] = rows.alive.size
+                if rows.alive.size == 0:
+                    continue  # every row left the batch: the later segments have nothing to run
             t0 = time.perf_counter()
             env.update(stage.runner.run(env, stage.outputs))
             segments_ms[stage_index] = _ms_since(t0)
@@ -464,12 +543,22 @@ class Executor:
             t0 = time.perf_counter()
             threshold = thresholds.get(stage.site, 0.0)
             applied[ramp_index] = threshold
-            self._run_ramp(stage.site, threshold, env, done, conf[ramp_index], ramp_pred[ramp_index], exit_site, on_release)
+            if rows is None:
+                self._run_ramp(stage.site, threshold, env, done, conf[ramp_index], ramp_pred[ramp_index], exit_site, on_release)
+            else:
+                env = self._run_ramp_skipping(stage.site, threshold, env, done, conf[ramp_index], ramp_pred[ramp_index],
+                                              exit_site, on_release, rows, plan.batch_names)
             ramps_ms[ramp_index] = _ms_since(t0)
             ramp_index += 1
-        final_logits = _float32_logits(env[self.manifest.model.output], f"model output '{self.manifest.model.output}'")
-        final_pred = final_predictions(final_logits)
-        t_end = release_final(final_logits, final_pred, on_release)
+        if rows is None:
+            final_logits = _float32_logits(env[self.manifest.model.output], f"model output '{self.manifest.model.output}'")
+            final_pred = final_predictions(final_logits)
+            t_end = release_final(final_logits, final_pred, on_release)
+            extra: dict = {}
+        else:
+            final_logits, final_pred, t_end = self._release_alive(env, rows, on_release, n)
+            extra = dict(weights=rows.weights, skipped=rows.skipped, audited=rows.audited, rows_run=rows.run,
+                         compute_saved_ms=self._compute_saved_ms(plan.active, n, rows.run))
         return BatchOutcome(
             site_ids=np.asarray(plan.active, dtype=np.int32),
             thresholds=applied,
@@ -484,7 +573,78 @@ class Executor:
             total_ms=(t_end - t_start) * 1000.0,
             t_start=t_start,
             t_end=t_end,
+            **extra,
         )
+
+    def _release_alive(self, env: Mapping[str, np.ndarray], rows: "_Rows", on_release: ReleaseFn,
+                       n: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """Release the final output of the rows still in the batch; return the batch's final
+        logits (zeros for skipped rows), predictions (-1 for them) and the release time."""
+        classes = self.manifest.model.num_classes
+        final_logits = np.zeros((n, classes), dtype=np.float32)
+        final_pred = np.full(n, -1, dtype=np.int32)
+        t_release = time.monotonic()
+        if rows.alive.size:
+            name = self.manifest.model.output
+            logits = _float32_logits(env[name], f"model output '{name}'")
+            final_logits = np.zeros((n, logits.shape[1]), dtype=np.float32)
+            final_logits[rows.alive] = logits
+            final_pred[rows.alive] = final_predictions(logits)
+            for i in rows.alive:
+                on_release(int(i), final_logits[i], int(final_pred[i]), None, t_release)
+        return final_logits, final_pred, t_release
+
+    def _compute_saved_ms(self, active: tuple[int, ...], n: int, rows_run: np.ndarray) -> float:
+        """Profiled segment time the skipped rows did not cost (ms), see BatchOutcome."""
+        full = self._builder.profiled_stage_ms(active, n)
+        ran = [self._builder.profiled_stage_ms(active, int(k))[i] for i, k in enumerate(rows_run)]
+        return float(max(0.0, full.sum() - float(np.sum(ran))))
+
+    def _run_ramp_skipping(
+        self,
+        site: int,
+        threshold: float,
+        env: dict[str, np.ndarray],
+        done: np.ndarray,
+        conf_out: np.ndarray,
+        pred_out: np.ndarray,
+        exit_site: np.ndarray,
+        on_release: ReleaseFn,
+        rows: "_Rows",
+        batch_names: frozenset[str],
+    ) -> dict[str, np.ndarray]:
+        """:meth:`_run_ramp` on the rows still in the batch, then the skip: each newly exiting row
+        runs on only if audited; the others are released as their last result and leave the
+        batch. Returns the (compacted) environment."""
+        alive = rows.alive
+        entry = self.manifest.ramps[site]
+        raw = self._builder.ramp(site).run(env, [entry.output])[entry.output]
+        logits = _float32_logits(raw, f"ramp {site} output '{entry.output}'")
+        sub_done = done[alive]
+        c, pred, newly = self.exit_rule.decide(site, logits, threshold, sub_done, self.confidence)
+        done[alive] = sub_done
+        conf_out[alive] = c
+        pred_out[alive] = pred
+        positions = np.flatnonzero(newly)
+        if positions.size == 0:
+            return env
+        exiting = alive[positions]
+        exit_site[exiting] = site
+        audited = draw_audits(self._rng, exiting, rows.wait_final, rows.rate)
+        rows.mark(exiting, audited)
+        t_release = time.monotonic()
+        for pos, i, keep in zip(positions, exiting, audited):
+            if keep:
+                on_release(int(i), logits[pos], int(pred[pos]), site, t_release)
+            else:
+                on_release(int(i), logits[pos], int(pred[pos]), site, t_release, last=True)
+        if audited.all():
+            return env
+        stay = np.ones(alive.size, dtype=bool)
+        stay[positions[~audited]] = False
+        kept = np.flatnonzero(stay)
+        rows.alive = alive[kept]
+        return compact(env, kept, set(batch_names), alive.size)
 
     def _run_ramp(
         self,
@@ -515,6 +675,39 @@ class Executor:
     def close(self) -> None:
         """Stop the background builder (sessions are freed with the executor)."""
         self._builder.close()
+
+
+class _Rows:
+    """Skip mode's book of one batch: which rows are still in it, and what each row's feedback weighs."""
+
+    def __init__(self, n: int, ramps: int, rate: float, wait_final: np.ndarray) -> None:
+        self.alive = np.arange(n)
+        """Original batch indices of the rows still in the batch, ascending."""
+        self.rate = float(rate)
+        self.wait_final = wait_final
+        self.weights = np.ones(n, dtype=np.float64)
+        self.skipped = np.zeros(n, dtype=bool)
+        self.audited = 0
+        self.run = np.zeros(ramps + 1, dtype=np.int64)
+        """Rows each segment ran on."""
+
+    def mark(self, exiting: np.ndarray, audited: np.ndarray) -> None:
+        """Record the fate of rows that exit at a ramp: skipped ones weigh 0, audited ones 1 / rate
+        (a wait-final row was kept for sure: it weighs 1)."""
+        sampled = exiting[audited & ~self.wait_final[exiting]]
+        self.weights[sampled] = 1.0 / self.rate
+        self.weights[exiting[~audited]] = 0.0
+        self.skipped[exiting[~audited]] = True
+        self.audited += int(sampled.size)
+
+
+def _wait_final_mask(wait_final: Sequence[bool] | np.ndarray | None, n: int) -> np.ndarray:
+    if wait_final is None:
+        return np.zeros(n, dtype=bool)
+    mask = np.asarray(wait_final, dtype=bool)
+    if mask.shape != (n,):
+        raise ApparateError(f"wait_final has {mask.size} entries for a batch of {n}; give one per input")
+    return mask
 
 
 def _batch_size(inputs: Mapping[str, np.ndarray]) -> int:

@@ -60,6 +60,21 @@ Ramp adjustment (slow loop, latency first)
     that has enough samples holding it; meanwhile the other ramps are re-tuned at once on the
     samples that hold them (a ramp in probation changes no exit, so that search is exact).
 
+Skip mode (``exit_mode="skip"``)
+    The executor drops released rows from the batch but for an audit sample; an audited row
+    carries the weight ``1 / audit_rate`` and a skipped one never reaches the window. Every sum
+    over the window (accuracy, the threshold search, exit and pass shares of the ramp utility) is
+    weighted (``_core`` takes the weights), so the estimates stay unbiased. :attr:`Controller.audit_rate`
+    is ``audit_rate`` (default 0.25, at least ``MIN_AUDIT_RATE``), raised to 1 (every exit runs on)
+    while the window holds too few samples with every active ramp to tune on: at the start
+    without bootstrap statistics, after an emergency cleared the window, and while a new ramp is
+    in probation (no sample holds it yet). The window stores ``window_size / audit_rate`` samples
+    (:func:`skip_window_size`). An exit then also saves compute: the row leaves the later segments, which
+    the rest of the batch and the queue behind it gain (:meth:`LatencyModel.row_saved_ms`), so
+    the saving per exit the search and the utility use adds ``(1 - audit_rate)`` times that. The
+    emergency check counts the audited wrong exits against what a ramp spending the whole error
+    budget would show at the realised audit share.
+
 Latencies (saved per exit, ramp costs) are the running chain's measured wall times once the
 active set has run a few batches (:meth:`Controller.chain_ms`), else the profile at the current
 batch size; a boundary's cost and the budget check for a new ramp always use the profile (the
@@ -85,7 +100,8 @@ import numpy as np
 from apparate_trt import _core
 from apparate_trt.engine_dir import BootstrapStats, Manifest
 from apparate_trt.errors import ApparateError
-from apparate_trt.runtime.defaults import DEFAULT_ACCURACY_CONSTRAINT
+from apparate_trt.runtime.compaction import check_exit_mode
+from apparate_trt.runtime.defaults import DEFAULT_ACCURACY_CONSTRAINT, DEFAULT_AUDIT_RATE, MIN_AUDIT_RATE
 
 Config = tuple[list[int], list[float]]
 """``(active site ids in execution order, threshold per active site)``."""
@@ -115,6 +131,7 @@ class Feedback(Protocol):
     confidence: np.ndarray  # float32 [r, n]
     agree: np.ndarray  # uint8 [r, n]: ramp argmax == final argmax
     exit_site: np.ndarray  # int32 [n]: site that released the input early, -1 none
+    # optional (skip mode): weights float64 [n], 1 / P(row reached the end), 0 for a skipped row
 
 
 # ------------------------------------------------------------------------------ latency model
@@ -172,6 +189,21 @@ class LatencyModel:
         costs = profile.ramp_ms[list(sites)]
         return np.maximum(after + sum_after(costs), 0.0)
 
+    def row_saved_ms(self, sites: Sequence[int], batch_size: float) -> np.ndarray:
+        """Skip mode: latency (ms) one row leaving the batch at each active ramp gives the others.
+
+        The later segments and active ramps run on one row fewer: ``b * (after(b) - after(b - 1))``
+        at batch size ``b`` (``after(0) = 0``), the time every other row of the batch, or at batch
+        1 the request queued behind it, gets its result sooner. float64 [r], ``sites`` in
+        execution order.
+        """
+        if not sites:
+            return np.zeros(0, dtype=np.float64)
+        b = max(1, int(round(batch_size)))
+        full = self.exit_saved_ms(sites, b)
+        fewer = self.exit_saved_ms(sites, b - 1) if b > 1 else np.zeros(len(sites))
+        return np.maximum(b * (full - fewer), 0.0)
+
     def budget_ms(self, batch_size: float) -> float:
         """The ramp budget in ms: ``manifest.budget`` times the model's latency at ``batch_size``."""
         return float(self.manifest.budget * self.at(batch_size).model_ms)
@@ -195,7 +227,7 @@ def saved_next_ms(saved_ms: np.ndarray) -> np.ndarray:
     return saved_ms - np.concatenate([saved_ms[1:], [0.0]])
 
 
-def emergency_limit(constraint: float, samples: int, p_value: float = EMERGENCY_P_VALUE) -> int:
+def emergency_limit(constraint: float, samples: float, p_value: float = EMERGENCY_P_VALUE) -> int:
     """Wrong exits of one ramp among ``samples`` recent ones that declare an emergency.
 
     The smallest count ``k`` (at least EMERGENCY_MIN_ERRORS) that a ramp spending the whole error
@@ -203,7 +235,7 @@ def emergency_limit(constraint: float, samples: int, p_value: float = EMERGENCY_
     checked every batch, a ramp within the constraint is almost never cut, while one whose exits
     turn wrong is cut within a few batches.
     """
-    lam = constraint * samples
+    lam = constraint * float(samples)
     k, pmf, below = 0, math.exp(-lam), 0.0
     while True:
         below += pmf  # P(X <= k)
@@ -213,7 +245,30 @@ def emergency_limit(constraint: float, samples: int, p_value: float = EMERGENCY_
         pmf *= lam / k
 
 
-def search_constraint(target: float, ramps: int, samples: int) -> float:
+SKIP_WINDOW_CAP = 8192
+"""Skip mode: the most samples the feedback window stores (see :func:`skip_window_size`)."""
+
+
+def skip_window_size(window_size: int, audit_rate: float) -> int:
+    """Skip mode's window capacity: ``window_size / audit_rate`` kept samples (at most
+    SKIP_WINDOW_CAP), so that the window holds about as many exits' feedback as ``window_size``
+    rows in release mode; an audited exit's weight ``1 / p`` makes each one count more, and the
+    estimate is noisier (its variance grows by ``(1 - p) / p`` per exit) without the extra samples."""
+    return max(window_size, min(SKIP_WINDOW_CAP, int(math.ceil(window_size / audit_rate))))
+
+
+def _emergency_samples(exits: np.ndarray, weights: np.ndarray) -> float:
+    """The sample count at which to read :func:`emergency_limit` for wrong exits counted among
+    kept rows only: the rows the window stands for (its weight) times the share of the exits that
+    were kept (audited); equal to the sample count when every row was kept."""
+    total = float(weights.sum())
+    exited = exits >= 0
+    weighed = float(weights[exited].sum())
+    kept_share = float(np.count_nonzero(exited)) / weighed if weighed > 0 else 1.0
+    return max(1.0, total * kept_share)
+
+
+def search_constraint(target: float, ramps: int, samples: float) -> float:
     """The constraint handed to the threshold search on a window of ``samples`` for ``ramps`` ramps.
 
     The hill climb raises each ramp's threshold until just before the window's next wrong exit, so
@@ -272,7 +327,8 @@ class Controller:
         manifest: the engine directory's manifest (profiles, budget, initial config, bootstrap).
         accuracy_constraint: allowed share (0..1) of released results that disagree with the
             original model over a window.
-        window_size: feedback window capacity, in samples (inputs).
+        window_size: feedback window capacity, in samples (inputs); skip mode stores
+            ``window_size / audit_rate`` (:func:`skip_window_size`).
         tune_every_batches: periodic re-tune interval, in batches.
         adjust_every_batches: ramp adjustment interval, in batches.
         emergency_window: most recent samples checked each batch for a ramp turning inaccurate.
@@ -283,6 +339,8 @@ class Controller:
         initial_thresholds: ``bootstrap`` (tune on the bootstrap statistics at start) or ``never``.
         probe_cooldown: adjustment rounds during which a removed site is not probed again.
         bootstrap: bootstrap statistics to use instead of the engine directory's file.
+        exit_mode: the executor's exit mode, ``release`` or ``skip`` (see "Skip mode").
+        audit_rate: skip mode's steady audit probability (``MIN_AUDIT_RATE`` to 1).
     """
 
     def __init__(
@@ -301,14 +359,20 @@ class Controller:
         initial_thresholds: str = "bootstrap",
         probe_cooldown: int = 4,
         bootstrap: BootstrapStats | None = None,
+        exit_mode: str = "release",
+        audit_rate: float = DEFAULT_AUDIT_RATE,
     ) -> None:
+        self.exit_mode = check_exit_mode(exit_mode)
+        if not MIN_AUDIT_RATE <= float(audit_rate) <= 1.0:
+            raise ApparateError(f"audit rate must be in [{MIN_AUDIT_RATE}, 1] so that feedback never stops, got {audit_rate}")
+        self.steady_audit_rate = float(audit_rate)
         _check_options(accuracy_constraint, window_size, tune_every_batches, adjust_every_batches,
                        emergency_window, target_fraction, min_tune_samples, initial_thresholds, probe_cooldown)
         self.manifest = manifest
         self.latency = LatencyModel(manifest)
         self.constraint = float(accuracy_constraint)
         self.target_constraint = float(target_fraction) * self.constraint
-        self.window_size = int(window_size)
+        self.window_size = int(window_size) if exit_mode == "release" else skip_window_size(int(window_size), float(audit_rate))
         self.tune_every = int(tune_every_batches)
         self.adjust_every = int(adjust_every_batches)
         self.emergency_window = int(emergency_window)
@@ -334,6 +398,28 @@ class Controller:
         self._history: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._active, self._thresholds = self._start(initial_thresholds, bootstrap)
+        self._audit_rate = self._audit_choice()[0]
+
+    @property
+    def audit_rate(self) -> float:
+        """Probability (0, 1] that a released row runs on to the end (skip mode; 1 in release mode)."""
+        return self._audit_rate
+
+    def _audit_choice(self) -> tuple[float, str]:
+        """The audit rate the state calls for (see "Skip mode"), and why."""
+        if self.exit_mode != "skip":
+            return 1.0, "release mode"
+        if self._active and self.window.count(np.asarray(self._active, np.int32)) < self.samples_to_tune(len(self._active)):
+            why = f"sites {sorted(self._probation)} in probation" if self._probation else "the window is thin"
+            return 1.0, f"{why}: too few samples with every active ramp to tune on"
+        return self.steady_audit_rate, "steady: the window holds enough samples to tune on"
+
+    def _update_audit_rate(self, t: float) -> None:
+        rate, why = self._audit_choice()
+        if rate != self._audit_rate:
+            self._event(t, "audit", f"audit rate {self._audit_rate:.3g} -> {rate:.3g}: {why}",
+                        old_rate=self._audit_rate, rate=rate)
+            self._audit_rate = rate
 
     # --------------------------------------------------------------------------- public API
     def initial_config(self) -> Config:
@@ -382,6 +468,7 @@ class Controller:
             window = self._window_accuracy()
             self._maybe_tune(t, window)
             self._maybe_adjust(t)
+        self._update_audit_rate(t)
         after = self.config
         changed = after != before
         self._record_history(t, window if window is not None and not changed else self._window_accuracy())
@@ -451,7 +538,15 @@ class Controller:
             self.window.push(sites, np.zeros((0, n), np.float32), np.zeros((0, n), np.uint8))
             return
         conf = np.nan_to_num(np.clip(conf, 0.0, 1.0), nan=0.0)
-        self.window.push(sites, conf, agree)
+        weights = getattr(outcome, "weights", None)
+        if weights is None:
+            self.window.push(sites, conf, agree)
+            return
+        weights = np.asarray(weights, dtype=np.float64)
+        kept = np.flatnonzero(weights > 0)  # a skipped row has no final output: no feedback
+        if kept.size:
+            self.window.push(sites, np.ascontiguousarray(conf[:, kept]), np.ascontiguousarray(agree[:, kept]),
+                             np.ascontiguousarray(weights[kept]))
 
     def _measure(self, outcome: Feedback, sites: np.ndarray) -> None:
         """Running means of the chain's measured stage and ramp wall times (ms) per active set."""
@@ -481,24 +576,29 @@ class Controller:
         """
         r = len(sites)
         boundary = self.latency.boundary_ms(self.batch_size)
+        skip_gain = (1.0 - self.steady_audit_rate) * self.latency.row_saved_ms(sites, self.batch_size) if self.exit_mode == "skip" else 0.0
         timed = self._timings.get(tuple(sites))
         if timed is None or timed[1] < MIN_TIMED_BATCHES:
-            return self.latency.exit_saved_ms(sites, self.batch_size), self.latency.ramp_costs_ms(sites, self.batch_size) + boundary
+            saved = self.latency.exit_saved_ms(sites, self.batch_size)
+            return saved + skip_gain, self.latency.ramp_costs_ms(sites, self.batch_size) + boundary
         stages, ramps = timed[0][: r + 1], timed[0][r + 1:]
         after_stage = sum_after(stages)[:r]  # stages after ramp i's stage
-        return after_stage + sum_after(ramps), ramps + boundary
+        return after_stage + sum_after(ramps) + skip_gain, ramps + boundary
 
-    def _window_arrays(self, sites: Sequence[int], last: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def _window_arrays(self, sites: Sequence[int], last: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(conf [r, m], agree [r, m], weights float64 [m])`` of the window's samples holding ``sites``."""
         ids = np.asarray(sites, dtype=np.int32)
-        return self.window.gather(ids) if last is None else self.window.gather(ids, last)
+        if last is None:
+            return (*self.window.gather(ids), self.window.gather_weights(ids))
+        return (*self.window.gather(ids, last), self.window.gather_weights(ids, last))
 
     def _window_accuracy(self) -> tuple[float, int]:
-        """Accuracy (fraction) of the current thresholds on the window, and the samples used."""
+        """Accuracy (fraction, weighted) of the current thresholds on the window, and the samples used."""
         if not self._active:
             return 1.0, len(self.window)
-        conf, agree = self._window_arrays(self._active)
+        conf, agree, weights = self._window_arrays(self._active)
         saved, _ = self.chain_ms(self._active)
-        accuracy, _, _ = _core.evaluate_thresholds(conf, agree, saved, self._thresholds)
+        accuracy, _, _ = _core.evaluate_thresholds(conf, agree, saved, self._thresholds, weights=weights)
         return float(accuracy), int(conf.shape[1])
 
     # --------------------------------------------------------------------------- emergency
@@ -506,12 +606,12 @@ class Controller:
         """Cut (threshold 0) every ramp whose recent exits turned inaccurate; True if any was cut."""
         if not self._active or not np.any(self._thresholds > 0):
             return False
-        conf, agree = self._window_arrays(self._active, self.emergency_window)
+        conf, agree, weights = self._window_arrays(self._active, self.emergency_window)
         m = conf.shape[1]
         if m == 0:
             return False
         exits = _core.exit_decisions(conf, self._thresholds)
-        limit = emergency_limit(self.constraint, m)
+        limit = emergency_limit(self.constraint, _emergency_samples(exits, weights))
         cut = []
         for i, site in enumerate(self._active):
             exiting = exits == i
@@ -618,13 +718,14 @@ class Controller:
         """Thresholds for ``sites`` from the window, or None when it holds too few samples."""
         if not sites:
             return _Tuned(np.zeros(0), 1.0, 0.0, len(self.window))
-        conf, agree = self._window_arrays(sites)
+        conf, agree, weights = self._window_arrays(sites)
         m = conf.shape[1]
         if m < self.samples_to_tune(len(sites)):
             return None
         saved, _ = self.chain_ms(sites)
         thresholds, accuracy, saved_mean = _core.search_thresholds(
-            conf, agree, saved, search_constraint(self.target_constraint, len(sites), m), min_step=SEARCH_MIN_STEP
+            conf, agree, saved, search_constraint(self.target_constraint, len(sites), float(weights.sum())),
+            min_step=SEARCH_MIN_STEP, weights=weights,
         )
         return _Tuned(np.asarray(thresholds, dtype=np.float64).copy(), float(accuracy), float(saved_mean), int(m))
 
@@ -651,17 +752,17 @@ class Controller:
         active = self._active
         if not active:
             return np.zeros(0), np.zeros(0, np.int64), len(self.window)
-        conf, agree = self._window_arrays(active)
+        conf, agree, weights = self._window_arrays(active)
         m = conf.shape[1]
         if m < self.min_tune_samples:
             return None
         saved, costs = self.chain_ms(active)
-        _, _, counts = _core.evaluate_thresholds(conf, agree, saved, self._thresholds)
-        counts = np.asarray(counts, dtype=np.int64)
-        exits = counts[: len(active)]
-        passes = m - np.cumsum(exits)
-        values = _core.ramp_utility(exits, passes, m, saved_next_ms(saved), costs)
-        return np.asarray(values, dtype=np.float64), exits, m
+        _, _, counts = _core.evaluate_thresholds(conf, agree, saved, self._thresholds, weights=weights)
+        total = float(weights.sum())
+        exits = np.asarray(counts, dtype=np.float64)[: len(active)]
+        passes = np.maximum(total - np.cumsum(exits), 0.0)
+        values = _core.ramp_utility_weighted(exits, passes, total, saved_next_ms(saved), costs)
+        return np.asarray(values, dtype=np.float64), np.rint(exits).astype(np.int64), m
 
     def _blocked(self) -> set[int]:
         return {s for s, until in self._blocked_until.items() if until > self._adjust_rounds}
@@ -726,6 +827,7 @@ class Controller:
             "thresholds": [float(x) for x in self._thresholds],
             "window_accuracy": accuracy,
             "window_samples": samples,
+            "audit_rate": self._audit_rate,
         }
         with self._lock:
             self._history.append(entry)

@@ -11,3 +11,7 @@ DEFAULT_MAX_DELAY_MS = 5.0
 """Longest the oldest queued request waits for a batch to fill (ms)."""
 DEFAULT_ACCURACY_CONSTRAINT = 0.01
 """Allowed share (fraction) of released results that disagree with the original model over a window."""
+DEFAULT_AUDIT_RATE = 0.25
+"""Skip mode: the probability that a row a ramp releases still runs to the end as feedback."""
+MIN_AUDIT_RATE = 0.05
+"""Skip mode: the lowest audit rate a user may set (feedback never stops)."""

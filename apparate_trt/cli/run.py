@@ -9,15 +9,26 @@ from typing import Any, Sequence
 
 from apparate_trt.cli._common import HelpFormatter, Parser, flush_print, run_main
 from apparate_trt.errors import ApparateError
-from apparate_trt.runtime.defaults import DEFAULT_ACCURACY_CONSTRAINT, DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY_MS
+from apparate_trt.runtime.defaults import (
+    DEFAULT_ACCURACY_CONSTRAINT,
+    DEFAULT_AUDIT_RATE,
+    DEFAULT_EXIT_MODES,
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_DELAY_MS,
+    MIN_AUDIT_RATE,
+)
 
 DESCRIPTION = """\
 Serve an engine directory written by apparate-compile.
 
 Replay (default): the samples of --data arrive in real time by --arrivals, are batched dynamically
 (--max-batch, --max-delay-ms) and really run. Each request's result is released at its first
-confident ramp while its batch runs on to the end; the final output is free feedback that tunes
-the ramps' thresholds and moves ramps (--mode apparate). --mode vanilla serves the unsplit original
+confident ramp; the final output is free feedback that tunes the ramps' thresholds and moves
+ramps (--mode apparate). --exit-mode release runs every row on to the end of its batch (the
+paper's design); --exit-mode skip lets a released row leave the batch, so the later segments run
+on fewer rows, except an audit sample (--audit-rate) that runs on as feedback, weighted by
+1 / rate so the controller's estimates stay unbiased. In skip mode the report judges the requests
+that left early against the original model run offline on them afterwards. --mode vanilla serves the unsplit original
 model through the same batching, as the baseline. Latency = release time - arrival time on the
 wall clock. Prints a report (latency p50/p95/p99, throughput, accuracy against the original model
 overall and per window, exit share per ramp, the controller's decisions); --report writes it as
@@ -41,6 +52,7 @@ exit status: 0 success, 2 bad input (one line 'error: ...' on stderr), 130 inter
 examples:
   apparate-run --engine-dir out/cv --data data/cv/eval.npz --arrivals poisson:100 --report cv.json --plot plots/
   apparate-run --engine-dir out/cv --data data/cv/eval.npz --arrivals poisson:100 --mode vanilla
+  apparate-run --engine-dir out/cv --data data/cv/eval.npz --arrivals poisson:100 --exit-mode skip --audit-rate 0.25
   apparate-run --engine-dir out/cv --serve --model-name cv --http-port 8000 --grpc-port 8001
 """
 
@@ -60,6 +72,12 @@ def build_parser() -> Parser:
                    help="allowed share of results that disagree with the original model over a window, in [0, 1) (0.01 = 1%%)")
     p.add_argument("--mode", choices=["apparate", "vanilla"], default="apparate",
                    help="apparate: ramps with adaptive thresholds; vanilla: the unsplit original model (baseline)")
+    p.add_argument("--exit-mode", choices=["release", "skip"], default=None,
+                   help="release: every row runs to the end of its batch; skip: a released row leaves the batch but for an audit "
+                        "sample (default: the backend's, " + ", ".join(f"{k} {v}" for k, v in DEFAULT_EXIT_MODES.items()) + ")")
+    p.add_argument("--audit-rate", type=float, default=DEFAULT_AUDIT_RATE, metavar="P",
+                   help=f"skip mode: probability that a released row still runs to the end as feedback, in [{MIN_AUDIT_RATE}, 1] "
+                        "(every row while the controller's window is thin)")
     p.add_argument("--confidence", choices=["maxprob", "entropy"], default="maxprob",
                    help="ramp confidence: max softmax probability, or 1 - normalised entropy")
     p.add_argument("--threads", type=int, default=None, metavar="N",
@@ -101,6 +119,7 @@ def validate_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         (args.limit is None or args.limit >= 1, f"--limit must be at least 1, got {args.limit}"),
         (args.accuracy_window >= 1, f"--accuracy-window must be at least 1, got {args.accuracy_window}"),
         (args.window_size >= 1, f"--window-size must be at least 1, got {args.window_size}"),
+        (MIN_AUDIT_RATE <= args.audit_rate <= 1.0, f"--audit-rate must be in [{MIN_AUDIT_RATE}, 1] so that feedback never stops, got {args.audit_rate}"),
         (args.queue_size >= 1, f"--queue-size must be at least 1, got {args.queue_size}"),
         (0 <= args.http_port <= 65535, f"--http-port must be in 0..65535, got {args.http_port}"),
         (0 <= args.grpc_port <= 65535, f"--grpc-port must be in 0..65535, got {args.grpc_port}"),
@@ -125,7 +144,7 @@ def serve_command(args: argparse.Namespace) -> int:
         args.engine_dir, model_name=args.model_name, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
         max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, accuracy_constraint=args.accuracy_constraint,
         queue_size=args.queue_size, request_timeout_s=args.request_timeout_s, mode=args.mode, threads=args.threads,
-        overload_fallback=args.overload_fallback,
+        overload_fallback=args.overload_fallback, exit_mode=args.exit_mode, audit_rate=args.audit_rate,
     ) or 0)
 
 
@@ -135,7 +154,7 @@ def replay_command(args: argparse.Namespace) -> int:
     from apparate_trt.engine_dir import read_manifest
     from apparate_trt.runtime import api
     from apparate_trt.runtime.arrivals import parse_arrivals
-    from apparate_trt.runtime.replay import replay
+    from apparate_trt.runtime.replay import offline_predictions, replay
     from apparate_trt.runtime.report import build_report, format_report, write_report
 
     manifest = read_manifest(args.engine_dir)
@@ -157,11 +176,18 @@ def replay_command(args: argparse.Namespace) -> int:
         accuracy_constraint=args.accuracy_constraint, mode=args.mode, threads=args.threads,
         queue_size=args.queue_size, confidence=args.confidence, overload_fallback=args.overload_fallback,
         controller_options={"window_size": args.window_size, "initial_thresholds": args.initial_thresholds},
+        exit_mode=args.exit_mode, audit_rate=args.audit_rate,
     )
+    settings["exit_mode"] = engine.exit_mode
     try:
         result = replay(engine, inputs, arrivals, progress=not args.quiet)
     finally:
         engine.close()
+    if result.skipped is not None and result.skipped.any():
+        flush_print(f"judging the {int(result.skipped.sum())} requests that left the batch early against the original model (offline)")
+        skipped = result.skipped.nonzero()[0]
+        result.final_pred[skipped] = offline_predictions(manifest, take(inputs, skipped), threads=args.threads, batch_size=args.max_batch)
+        result.reference_used = True
     report = build_report(result, args.accuracy_constraint, window_size=args.accuracy_window, settings=settings)
     flush_print(format_report(report))
     if args.report:
@@ -191,6 +217,7 @@ def _settings(args: argparse.Namespace, requests: int) -> dict[str, Any]:
         "overload_fallback": args.overload_fallback,
         "window_size": args.window_size,
         "initial_thresholds": args.initial_thresholds,
+        "audit_rate": args.audit_rate,
     }
 
 

@@ -34,9 +34,16 @@ from apparate_trt.runtime.batching import (
     RequestTimeoutError,
     validate_settings,
 )
+from apparate_trt.runtime.compaction import check_exit_mode
 from apparate_trt.runtime.control_loop import ControlLoop
 from apparate_trt.runtime.controller import Controller
-from apparate_trt.runtime.defaults import DEFAULT_ACCURACY_CONSTRAINT, DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY_MS
+from apparate_trt.runtime.defaults import (
+    DEFAULT_ACCURACY_CONSTRAINT,
+    DEFAULT_AUDIT_RATE,
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_DELAY_MS,
+    default_exit_mode,
+)
 from apparate_trt.runtime.executor import BatchExecutor, BatchOutcome, Executor, check_confidence_kind
 from apparate_trt.runtime.vanilla import VanillaExecutor
 
@@ -72,7 +79,10 @@ class Result:
 
     ``output`` is the released score row (float32 [classes]): the ramp's logits for an early
     result, the original model's output for the final one. ``exit_site`` is the ramp site that
-    released this result, None for the final output. Times are ``time.monotonic()`` seconds.
+    released this result, None for the final output. ``skipped`` (skip mode): the request left the
+    batch at that ramp, so this early result is its last; ``is_final`` stays False (it is the
+    ramp's answer, not the model's) and the handle's ``final`` resolves with it too. Times are
+    ``time.monotonic()`` seconds.
     """
 
     request_id: int
@@ -82,6 +92,12 @@ class Result:
     is_final: bool
     t_arrival: float
     t_release: float
+    skipped: bool = False
+
+    @property
+    def is_last(self) -> bool:
+        """True for the request's last result: the final one, or a skipped request's early one."""
+        return self.is_final or self.skipped
 
     @property
     def latency_ms(self) -> float:
@@ -111,6 +127,7 @@ class _Request:
     inputs: dict[str, np.ndarray]
     on_result: Callable[[Result], None] | None
     tag: Any = None
+    wait_final: bool = False
 
     @property
     def shape_key(self) -> tuple[tuple[int, ...], ...]:
@@ -223,9 +240,12 @@ class Engine:
         queue_size: int,
         timeout_ms: float | None,
         overload_fallback: bool = True,
+        exit_mode: str = "release",
     ) -> None:
         self.manifest = manifest
         self.mode = mode
+        self.exit_mode = exit_mode
+        """``release`` or ``skip`` (see :func:`load`); ``release`` for vanilla and the fixed policies."""
         self.executor = executor
         self.controller = controller
         self.timeout_ms = timeout_ms
@@ -234,8 +254,10 @@ class Engine:
         self._ids = itertools.count()
         self._failed = 0
         self._unsplit_batches = 0
+        self._rows = {"released": 0, "audited": 0, "skipped": 0}
+        self._compute_saved_ms = 0.0
         self._control = None if controller is None else ControlLoop(
-            lambda outcomes, t: self.controller.observe_batches(outcomes, t),  # type: ignore[union-attr]
+            self._observe_batches,
             self._apply_config,
             name=f"apparate-{manifest.model.name}-controller",
         )
@@ -256,11 +278,15 @@ class Engine:
         *,
         timeout_ms: float | None = None,
         tag: Any = None,
+        wait_final: bool = False,
     ) -> RequestHandle:
         """Queue ONE sample (``{input name: array without the batch axis}``).
 
         ``on_result(Result)`` is called on the engine's worker thread with the early result (if a
-        ramp releases it) and then with the final one; it must be quick and must not block.
+        ramp releases it) and then with the final one; it must be quick and must not block. In
+        skip mode a request released by a ramp may leave the batch there: its early result is then
+        its last (``Result.skipped``); ``wait_final=True`` keeps it in the batch to the end so that
+        the final result always comes.
         ``timeout_ms`` (default: the engine's) bounds the time the request may wait in the queue;
         past it the request is not run and its futures get :class:`RequestTimeoutError`.
         ``tag`` (any object, e.g. the sample's index in a stream) reaches executors that accept
@@ -275,7 +301,7 @@ class Engine:
         sample = validate_sample(self.manifest.model.inputs, inputs)
         handle = RequestHandle(next(self._ids), t_arrival)
         timeout = self.timeout_ms if timeout_ms is None else timeout_ms
-        self._batcher.submit(_Request(handle, sample, on_result, tag), timeout_ms=timeout)
+        self._batcher.submit(_Request(handle, sample, on_result, tag, bool(wait_final)), timeout_ms=timeout)
         return handle
 
     def infer(self, inputs: Mapping[str, Any], timeout_s: float | None = None) -> Result:
@@ -307,15 +333,17 @@ class Engine:
         try:
             batch = {name: np.stack([req.inputs[name] for req in group]) for name in group[0].inputs}
 
-            def on_release(index: int, row: np.ndarray, pred: int, site: int | None, t_release: float) -> None:
-                self._deliver(group[index], row, pred, site, t_release)
+            def on_release(index: int, row: np.ndarray, pred: int, site: int | None, t_release: float, last: bool = False) -> None:
+                self._deliver(group[index], row, pred, site, t_release, last)
 
+            options: dict[str, Any] = {}
             if unsplit:
-                outcome = self.executor.run_batch(batch, on_release, unsplit=True)  # type: ignore[call-arg]
+                options["unsplit"] = True
             elif getattr(self.executor, "accepts_tags", False) and any(req.tag is not None for req in group):
-                outcome = self.executor.run_batch(batch, on_release, tags=[req.tag for req in group])  # type: ignore[call-arg]
-            else:
-                outcome = self.executor.run_batch(batch, on_release)
+                options["tags"] = [req.tag for req in group]
+            if self.exit_mode == "skip" and not unsplit and any(req.wait_final for req in group):
+                options["wait_final"] = [req.wait_final for req in group]
+            outcome = self.executor.run_batch(batch, on_release, **options)
         except Exception as exc:  # noqa: BLE001 - isolate the failing request(s)
             if len(group) > 1:
                 log.warning("a batch of %d failed (%s); running its requests one by one", len(group), exc)
@@ -327,13 +355,25 @@ class Engine:
         if unsplit:
             self._unsplit_batches += 1  # no ramp ran: nothing for the controller to learn
         else:
+            self._count_rows(outcome)
             self._observe(outcome)
 
-    def _deliver(self, req: _Request, row: np.ndarray, pred: int, site: int | None, t_release: float) -> None:
+    def _count_rows(self, outcome: BatchOutcome) -> None:
+        """Add the batch's early releases, audits, skips and compute saved to the engine's counters."""
+        exit_site = getattr(outcome, "exit_site", None)
+        if exit_site is not None:
+            self._rows["released"] += int(np.count_nonzero(np.asarray(exit_site) >= 0))
+        skipped = getattr(outcome, "skipped_count", 0)
+        self._rows["skipped"] += int(skipped)
+        self._rows["audited"] += int(getattr(outcome, "audited", 0))
+        self._compute_saved_ms += float(getattr(outcome, "compute_saved_ms", 0.0))
+
+    def _deliver(self, req: _Request, row: np.ndarray, pred: int, site: int | None, t_release: float, last: bool = False) -> None:
         handle = req.handle
-        result = Result(handle.request_id, np.array(row, dtype=np.float32), int(pred), site, site is None, handle.t_arrival, t_release)
+        skipped = bool(last) and site is not None
+        result = Result(handle.request_id, np.array(row, dtype=np.float32), int(pred), site, site is None, handle.t_arrival, t_release, skipped)
         delivered = _set_once(handle.early, result=result)
-        if result.is_final:
+        if result.is_last:
             delivered = _set_once(handle.final, result=result) or delivered
         if delivered and req.on_result is not None:
             try:
@@ -352,6 +392,15 @@ class Engine:
         for req in requests:
             waited_ms = (time.monotonic() - req.handle.t_arrival) * 1000.0
             self._fail(req, RequestTimeoutError(f"request {req.handle.request_id} waited {waited_ms:.0f} ms in the queue, past its timeout; retry, or raise the timeout"))
+
+    def _observe_batches(self, outcomes: Sequence[BatchOutcome], t: float | None) -> tuple[list[int], list[float]] | None:
+        """The control loop's step: the controller takes the feedback; skip mode's audit rate follows."""
+        controller = self.controller
+        assert controller is not None
+        config = controller.observe_batches(outcomes, t)
+        if self.exit_mode == "skip":
+            self.executor.set_audit_rate(controller.audit_rate)  # type: ignore[attr-defined]
+        return config
 
     def _observe(self, outcome: BatchOutcome) -> None:
         """Hand the batch's feedback to the controller's thread (``runtime.control_loop``)."""
@@ -384,6 +433,12 @@ class Engine:
             "failed": self._failed,
             "batch_sizes": b.batch_sizes,
             "unsplit_batches": self._unsplit_batches,
+            "exit_mode": self.exit_mode,
+            "released_rows": self._rows["released"],
+            "audited_rows": self._rows["audited"],
+            "skipped_rows": self._rows["skipped"],
+            "compute_saved_ms": self._compute_saved_ms,
+            "audit_rate": None if self.controller is None or self.exit_mode != "skip" else self.controller.audit_rate,
             "active_sites": active,
             "thresholds": {site: thresholds.get(site, 0.0) for site in active},
         }
@@ -422,6 +477,8 @@ def load(
     timeout_ms: float | None = None,
     policy: "ServingPolicy | None" = None,
     overload_fallback: bool = True,
+    exit_mode: str | None = None,
+    audit_rate: float = DEFAULT_AUDIT_RATE,
 ) -> Engine:
     """Load an engine directory and start serving it.
 
@@ -446,6 +503,14 @@ def load(
             with ramps drains the queue more slowly. Its results are all final (exact); the
             controller gets no feedback from it. ``stats()["unsplit_batches"]`` counts such
             batches. False: always run the active ramps.
+        exit_mode: (``apparate`` mode) ``release``: every row runs to the end of the model, so its
+            final output labels every ramp (the paper's design); ``skip``: a row a ramp releases
+            leaves the batch, except an audit sample (each released row with probability
+            ``audit_rate``, every one while the controller's window is thin) and requests
+            submitted with ``wait_final=True``; the later segments run on fewer rows. None
+            (default): the backend's default (``defaults.default_exit_mode``).
+        audit_rate: (skip mode) the steady probability that a released row still runs to the end
+            as feedback, in [0.05, 1]; the controller weighs each audited row by ``1 / audit_rate``.
     """
     if mode not in MODES:
         raise ApparateError(f"unknown mode '{mode}'; use one of: {', '.join(MODES)}")
@@ -456,20 +521,24 @@ def load(
     check_confidence_kind(confidence)
     validate_settings(max_batch, max_delay_ms, queue_size)
     manifest = read_manifest(engine_dir)
+    exit_mode = check_exit_mode(default_exit_mode(manifest.profiles.backend) if exit_mode is None else exit_mode)
     controller: Controller | None = None
     executor: BatchExecutor
     if policy is not None:
         executor = policy.build_executor(manifest, threads, confidence)
         mode = policy.name
+        exit_mode = getattr(policy, "exit_mode", "release")
     elif mode == "vanilla":
         executor = VanillaExecutor(manifest, threads)
+        exit_mode = "release"
     else:
-        executor = Executor(manifest, threads, confidence)
-        options = {"confidence": confidence, **dict(controller_options or {})}
+        executor = Executor(manifest, threads, confidence, exit_mode=exit_mode)
+        options = {"confidence": confidence, "exit_mode": exit_mode, "audit_rate": audit_rate, **dict(controller_options or {})}
         try:
             controller = Controller(manifest, accuracy_constraint=accuracy_constraint, **options)
             active, thresholds = controller.initial_config()
             executor.configure(active, thresholds, wait=True)
+            executor.set_audit_rate(controller.audit_rate)
         except BaseException:
             executor.close()
             raise
@@ -483,4 +552,5 @@ def load(
         queue_size=queue_size,
         timeout_ms=timeout_ms,
         overload_fallback=overload_fallback,
+        exit_mode=exit_mode,
     )

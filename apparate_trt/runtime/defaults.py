@@ -15,3 +15,10 @@ DEFAULT_AUDIT_RATE = 0.25
 """Skip mode: the probability that a row a ramp releases still runs to the end as feedback."""
 MIN_AUDIT_RATE = 0.05
 """Skip mode: the lowest audit rate a user may set (feedback never stops)."""
+DEFAULT_EXIT_MODES = {"onnxruntime": "release", "tensorrt": "release"}
+"""The exit mode ``load(exit_mode=None)`` and ``apparate-run`` use per backend (see ``default_exit_mode``)."""
+
+
+def default_exit_mode(backend: str) -> str:
+    """The default exit mode for an engine profiled on ``backend`` (``release`` when unknown)."""
+    return DEFAULT_EXIT_MODES.get(backend, "release")

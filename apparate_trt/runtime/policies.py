@@ -36,6 +36,7 @@ from apparate_trt import _core
 from apparate_trt.engine_dir import Manifest
 from apparate_trt.errors import ApparateError
 from apparate_trt.runtime.backends.onnxruntime import OrtRunner
+from apparate_trt.runtime.compaction import compact, dynamic_batch_inputs
 from apparate_trt.runtime.controller import SEARCH_MIN_STEP, LatencyModel
 from apparate_trt.runtime.executor import BatchOutcome, Executor, ReleaseFn, final_predictions, release_final
 from apparate_trt.runtime.vanilla import FixedExecutorBase, rampless_outcome
@@ -259,14 +260,18 @@ class PatiencePolicy:
 
 @dataclass
 class OraclePolicy:
-    """Serves ``oracle`` (from :func:`stream_oracle`) on the model split at every site, no ramps."""
+    """Serves ``oracle`` (from :func:`stream_oracle`) on the model split at every site, no ramps.
+
+    ``exit_mode="skip"``: the skip oracle, whose rows leave the batch at their oracle site (no
+    audits: the oracle needs no feedback), the limit of skip mode."""
 
     oracle: StreamOracle
     name: str = "oracle"
+    exit_mode: str = "release"
 
     def build_executor(self, manifest: Manifest, threads: int | None, confidence: str) -> "OracleExecutor":
         """An :class:`OracleExecutor` (``confidence`` is unused: no ramps run)."""
-        return OracleExecutor(manifest, self.oracle, threads)
+        return OracleExecutor(manifest, self.oracle, threads, skip=self.exit_mode == "skip")
 
 
 def _all_sites(manifest: Manifest) -> list[int]:
@@ -309,17 +314,23 @@ def patience_policy(manifest: Manifest, constraint: float = 0.01) -> PatiencePol
 class OracleExecutor(FixedExecutorBase):
     """The model split at every site (the engine's finest segments), no ramps; each tagged input is
     released right after the segment of its oracle site with its precomputed final argmax (a one-hot
-    row). Untagged inputs, and inputs no ramp agrees on, are released by the final output."""
+    row). Untagged inputs, and inputs no ramp agrees on, are released by the final output.
+    ``skip=True``: a released row leaves the batch at once (its early result is its last)."""
 
     accepts_tags = True
 
-    def __init__(self, manifest: Manifest, oracle: StreamOracle, threads: int | None = None) -> None:
+    def __init__(self, manifest: Manifest, oracle: StreamOracle, threads: int | None = None, skip: bool = False) -> None:
         self.manifest = manifest
         self.oracle = oracle
+        self.skip = bool(skip)
         self._stages = [
             (OrtRunner(manifest.path(s.file), threads, name=f"segment {s.file}"), list(s.outputs), s.ends_at_site) for s in manifest.segments
         ]
         self._rows = np.eye(manifest.model.num_classes, dtype=np.float32)
+        batch = {spec.name for spec in manifest.model.inputs}
+        for runner, _, _ in self._stages:
+            batch |= dynamic_batch_inputs(runner.session.get_inputs())[0]
+        self._batch_names = batch
 
     def _targets(self, n: int, tags: Sequence[object] | None) -> tuple[np.ndarray, np.ndarray]:
         site = np.full(n, -1, dtype=np.int32)
@@ -340,18 +351,41 @@ class OracleExecutor(FixedExecutorBase):
         target, pred = self._targets(n, tags)
         env: dict[str, np.ndarray] = dict(inputs)
         segments_ms = np.zeros(len(self._stages), dtype=np.float64)
+        alive = np.arange(n)  # original indices of the rows still in the batch
         for k, (runner, outputs, site) in enumerate(self._stages):
+            if alive.size == 0:
+                break
             t0 = time.perf_counter()
             env.update(runner.run(env, outputs))
             segments_ms[k] = (time.perf_counter() - t0) * 1000.0
             if site is None:
                 continue
-            exiting = np.flatnonzero(target == site)
+            leaving = target[alive] == site
+            exiting = alive[leaving]
             if exiting.size:
                 t_release = time.monotonic()
                 for i in exiting:
-                    on_release(int(i), self._rows[pred[i]], int(pred[i]), site, t_release)
-        logits = np.ascontiguousarray(env[self.manifest.model.output], dtype=np.float32)
-        final = final_predictions(logits)
-        t_end = release_final(logits, final, on_release)
-        return rampless_outcome(logits, final, target, segments_ms, t_start, t_end)
+                    if self.skip:
+                        on_release(int(i), self._rows[pred[i]], int(pred[i]), site, t_release, last=True)
+                    else:
+                        on_release(int(i), self._rows[pred[i]], int(pred[i]), site, t_release)
+                if self.skip:
+                    kept = np.flatnonzero(~leaving)
+                    env = compact(env, kept, self._batch_names, alive.size)
+                    alive = alive[kept]
+        if not self.skip:
+            logits = np.ascontiguousarray(env[self.manifest.model.output], dtype=np.float32)
+            final = final_predictions(logits)
+            t_end = release_final(logits, final, on_release)
+            return rampless_outcome(logits, final, target, segments_ms, t_start, t_end)
+        logits = np.zeros((n, self.manifest.model.num_classes), dtype=np.float32)
+        final = np.full(n, -1, dtype=np.int32)
+        t_end = time.monotonic()
+        if alive.size:
+            logits[alive] = np.ascontiguousarray(env[self.manifest.model.output], dtype=np.float32)
+            final[alive] = final_predictions(logits[alive])
+            for i in alive:
+                on_release(int(i), logits[i], int(final[i]), None, t_end)
+        outcome = rampless_outcome(logits, final, target, segments_ms, t_start, t_end)
+        outcome.skipped = np.isin(np.arange(n), alive, invert=True)
+        return outcome

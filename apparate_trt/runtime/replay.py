@@ -55,6 +55,10 @@ class ReplayResult:
     settings: dict[str, Any] = field(default_factory=dict)
     batches: int = 0  # batches the engine ran during the replay
     unsplit_batches: int = 0  # of them, run unsplit by the overload fallback
+    skipped: np.ndarray | None = None  # bool [n]: left the batch at their ramp (skip mode): no final result
+    reference_used: bool = False  # final_pred of skipped requests comes from ``reference_pred``
+    rows: dict[str, float] = field(default_factory=dict)  # released / audited / skipped rows, compute_saved_ms
+    exit_mode: str = "release"
 
     @property
     def requests(self) -> int:
@@ -63,8 +67,15 @@ class ReplayResult:
 
     @property
     def completed(self) -> np.ndarray:
-        """bool [n]: requests that got both their first and final result."""
+        """bool [n]: requests that got their first and last result (the final one, or for a
+        skipped request its early one)."""
         return np.isfinite(self.latency_ms) & np.isfinite(self.final_latency_ms)
+
+    @property
+    def judged(self) -> np.ndarray:
+        """bool [n]: completed requests whose original-model answer is known (``final_pred`` >= 0):
+        all of them but skipped ones replayed without ``reference_pred``."""
+        return self.completed & (self.final_pred >= 0)
 
 
 class _Collector:
@@ -76,6 +87,7 @@ class _Collector:
         self.released_pred = np.full(n, -1, dtype=np.int32)
         self.final_pred = np.full(n, -1, dtype=np.int32)
         self.exit_site = np.full(n, -1, dtype=np.int32)
+        self.skipped = np.zeros(n, dtype=bool)
         self.finished = 0
         self.lock = threading.Lock()
 
@@ -89,6 +101,10 @@ class _Collector:
                 self.t_final[index] = result.t_release
                 self.final_pred[index] = result.pred
                 self.finished += 1
+            elif getattr(result, "skipped", False):  # skip mode: its early result is its last
+                self.t_final[index] = result.t_release
+                self.skipped[index] = True
+                self.finished += 1
 
 
 def replay(
@@ -97,6 +113,7 @@ def replay(
     arrivals: np.ndarray,
     progress: bool | ProgressFn = True,
     wait_timeout_s: float = 600.0,
+    reference_pred: np.ndarray | None = None,
 ) -> ReplayResult:
     """Replay ``inputs`` (arrays with the samples on axis 0) against ``engine`` at ``arrivals``.
 
@@ -104,7 +121,10 @@ def replay(
     there must be at least as many samples as arrivals. ``progress``: True prints a progress line
     (requests done, current median latency, throughput) to stderr about once a second; a callable
     receives the line instead; False prints nothing. Waits up to ``wait_timeout_s`` seconds after
-    the last arrival for the outstanding results.
+    the last arrival for the outstanding results. ``reference_pred`` (int [n], optional): the
+    original model's argmax for each sample, computed offline; in skip mode it judges the requests
+    that left the batch early and so got no final result (without it they are left out of the
+    accuracy).
     """
     arrivals = np.asarray(arrivals, dtype=np.float64)
     n = int(arrivals.shape[0])
@@ -113,6 +133,7 @@ def replay(
     errors: dict[int, str] = {}
     reporter = _Progress(collector, n, progress)
     batches_before = _batch_counts(engine)
+    rows_before = _row_counts(engine)
     t_start = time.monotonic()
     reporter.start(t_start, arrivals)
     try:
@@ -127,8 +148,16 @@ def replay(
         t_final = collector.t_final.copy()
         released_pred, final_pred = collector.released_pred.copy(), collector.final_pred.copy()
         exit_site = collector.exit_site.copy()
+        skipped = collector.skipped.copy()
     for i in errors:
         t_release[i] = t_final[i] = np.nan
+    reference_used = False
+    if reference_pred is not None and skipped.any():
+        reference = np.asarray(reference_pred).reshape(-1)
+        if reference.shape[0] < n:
+            raise ApparateError(f"reference_pred has {reference.shape[0]} entries for {n} requests; give one per request")
+        final_pred[skipped] = reference[:n][skipped].astype(np.int32)
+        reference_used = True
     sync = getattr(engine, "sync_controller", None)
     if sync is not None:
         sync(wait_timeout_s)  # the controller has taken every batch's feedback: its events are complete
@@ -152,6 +181,10 @@ def replay(
         threshold_history=[] if controller is None else controller.threshold_history,
         batches=batches,
         unsplit_batches=unsplit,
+        skipped=skipped,
+        reference_used=reference_used,
+        rows={k: after - rows_before[k] for k, after in _row_counts(engine).items()},
+        exit_mode=str(getattr(engine, "exit_mode", "release")),
     )
 
 
@@ -159,6 +192,31 @@ def _batch_counts(engine: Any) -> tuple[int, int]:
     """(batches run, of them unsplit) so far, from ``engine.stats()`` (zeros without it)."""
     stats = engine.stats() if hasattr(engine, "stats") else {}
     return int(stats.get("batches", 0)), int(stats.get("unsplit_batches", 0))
+
+
+def offline_predictions(manifest: Any, inputs: Mapping[str, np.ndarray], threads: int | None = None,
+                        batch_size: int = 8) -> np.ndarray:
+    """The original model's argmax (int32 [n]) on ``inputs``, run unsplit in batches of
+    ``batch_size``: the reference that judges skip mode's requests that got no final result."""
+    from apparate_trt.runtime.backends.onnxruntime import OrtRunner
+
+    runner = OrtRunner(manifest.path(manifest.model.file), threads, name=f"model ({manifest.model.file})")
+    n = int(next(iter(inputs.values())).shape[0]) if inputs else 0
+    out = np.full(n, -1, dtype=np.int32)
+    for start in range(0, n, max(1, batch_size)):
+        feeds = {name: value[start:start + batch_size] for name, value in inputs.items()}
+        logits = runner.run(feeds, [manifest.model.output])[manifest.model.output]
+        out[start:start + logits.shape[0]] = np.argmax(logits, axis=1)
+    return out
+
+
+ROW_COUNTERS = ("released_rows", "audited_rows", "skipped_rows", "compute_saved_ms")
+
+
+def _row_counts(engine: Any) -> dict[str, float]:
+    """The engine's row counters so far (``stats()``: early releases, audits, skips, compute saved ms)."""
+    stats = engine.stats() if hasattr(engine, "stats") else {}
+    return {key: float(stats.get(key, 0) or 0) for key in ROW_COUNTERS}
 
 
 def _submit_all(

@@ -79,7 +79,8 @@ def build_report(
 ) -> dict[str, Any]:
     """The report of one replay as a JSON-ready dict (see docs/REPORT.md for every key)."""
     done = result.completed
-    correct = (result.released_pred == result.final_pred)[done]
+    judged = result.judged
+    correct = (result.released_pred == result.final_pred)[judged]
     windows = window_accuracies(correct, window_size)
     floor = 1.0 - accuracy_constraint
     lag = result.submit_lag_ms[np.isfinite(result.submit_lag_ms)]
@@ -100,7 +101,11 @@ def build_report(
             "window_size": int(window_size),
             "windows": [float(w) for w in windows],
             "constraint": float(accuracy_constraint),
+            "judged": int(judged.sum()),
+            "reference": "offline" if result.reference_used else "final outputs",
         },
+        "exit_mode": result.exit_mode,
+        "rows": _rows(result),
         "windows_violating": float(np.mean(windows < floor - 1e-12)) if windows.size else 0.0,
         "exit_share": exit_shares(result.exit_site[done]),
         "batches": {"run": result.batches, "unsplit": result.unsplit_batches},
@@ -108,6 +113,18 @@ def build_report(
         "threshold_history": [_relative(h, result.t_start) for h in result.threshold_history],
         "submit_lag_ms": {"p99": float(np.percentile(lag, 99)) if lag.size else None, "max": float(lag.max()) if lag.size else None},
         "settings": dict(settings or result.settings),
+    }
+
+
+def _rows(result: ReplayResult) -> dict[str, Any]:
+    """Early releases, audits and skips (skip mode) over the replay, and the profiled compute saved."""
+    rows = dict(result.rows)
+    skipped = 0 if result.skipped is None else int(np.count_nonzero(result.skipped))
+    return {
+        "released": int(rows.get("released_rows", 0)),
+        "audited": int(rows.get("audited_rows", 0)),
+        "skipped": skipped,
+        "compute_saved_ms": float(rows.get("compute_saved_ms", 0.0)),
     }
 
 
@@ -173,6 +190,13 @@ def format_report(report: Mapping[str, Any]) -> str:
         f"(windows of {acc['window_size']})   windows below {_pct(1 - acc['constraint'], 1)}: {_pct(report['windows_violating'], 1)}",
         f"  exit share      {shares}",
     ]
+    rows = report.get("rows") or {}
+    if report.get("exit_mode") == "skip":
+        lines.append(
+            f"  skip mode       {rows.get('released', 0)} released early: {rows.get('skipped', 0)} left the batch, "
+            f"{rows.get('audited', 0)} audited to the end; {rows.get('compute_saved_ms', 0.0):.0f} ms of segment time saved "
+            f"(profile); accuracy judged on {acc.get('judged', '-')} requests ({acc.get('reference', 'final outputs')})"
+        )
     batches = report.get("batches") or {}
     if batches.get("run"):
         lines.append(f"  batches         {batches['run']} run, {batches['unsplit']} unsplit (overload fallback: a full batch was waiting)")

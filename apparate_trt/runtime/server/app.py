@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from apparate_trt.errors import ApparateError
-from apparate_trt.runtime.defaults import DEFAULT_ACCURACY_CONSTRAINT, DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY_MS
+from apparate_trt.runtime.defaults import DEFAULT_ACCURACY_CONSTRAINT, DEFAULT_AUDIT_RATE, DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY_MS
 from apparate_trt.runtime.server.codec import ModelSpec
 from apparate_trt.runtime.server.grpc import GrpcFrontend
 from apparate_trt.runtime.server.http import HttpFrontend
@@ -87,6 +87,8 @@ class Server:
         threads: int | None = None,
         drain_timeout_s: float = DRAIN_TIMEOUT_S,
         overload_fallback: bool = True,
+        exit_mode: str | None = None,
+        audit_rate: float = DEFAULT_AUDIT_RATE,
     ) -> "Server":
         """Load ``engine_dir`` (see :func:`apparate_trt.runtime.api.load`) and wrap it (not started)."""
         from apparate_trt.runtime.api import load
@@ -100,6 +102,8 @@ class Server:
             threads=threads,
             queue_size=queue_size,
             overload_fallback=overload_fallback,
+            exit_mode=exit_mode,
+            audit_rate=audit_rate,
         )
         try:
             return cls(
@@ -242,6 +246,8 @@ def serve(
     threads: int | None = None,
     ready_callback: Callable[[Server], None] | None = None,
     overload_fallback: bool = True,
+    exit_mode: str | None = None,
+    audit_rate: float = DEFAULT_AUDIT_RATE,
 ) -> int:
     """Serve ``engine_dir`` over the Open Inference Protocol until SIGTERM / SIGINT; the exit status.
 
@@ -262,5 +268,7 @@ def serve(
         mode=mode,
         threads=threads,
         overload_fallback=overload_fallback,
+        exit_mode=exit_mode,
+        audit_rate=audit_rate,
     )
     return run_until_signal(server, ready_callback)

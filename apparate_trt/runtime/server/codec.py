@@ -55,6 +55,9 @@ WAIT_FINAL_PARAM = "apparate_wait_final"
 EXIT_SITE_PARAM = "apparate_exit_site"
 """Response parameter (string): the releasing site id per sample, or ``final``; comma-separated."""
 IS_FINAL_PARAM = "apparate_is_final"
+SKIPPED_PARAM = "apparate_skipped"
+"""Response parameter (skip mode): true when a sample left the batch at its ramp, so the answer is
+its last and no final one follows."""
 """Response parameter (bool): every sample's answer is the full model's output."""
 FINAL_RESPONSE_PARAM = "triton_final_response"
 """Response parameter (bool) of a decoupled stream: true on a request's last response."""
@@ -212,13 +215,22 @@ class InferAnswer:
     exit_sites: list[int | None]  # per sample: releasing site id, None for the final layer
     is_final: bool  # True when every sample's answer is the final output
     final_response: bool | None = None  # streams: value of triton_final_response (None: not sent)
+    skipped: bool = False  # skip mode: some sample left the batch at its ramp (no final follows for it)
+    is_last: bool | None = None  # every sample's answer is its last (None: as is_final)
+
+    @property
+    def last(self) -> bool:
+        """True when no further answer follows for any sample (final, or skipped at its ramp)."""
+        return self.is_final if self.is_last is None else bool(self.is_last)
 
     def parameters(self) -> dict[str, Any]:
-        """The response parameters: exit site(s), finality and (streams) the final-response flag."""
+        """The response parameters: exit site(s), finality, skips and (streams) the final-response flag."""
         params: dict[str, Any] = {
             EXIT_SITE_PARAM: ",".join("final" if s is None else str(s) for s in self.exit_sites),
             IS_FINAL_PARAM: bool(self.is_final),
         }
+        if self.skipped:
+            params[SKIPPED_PARAM] = True
         if self.final_response is not None:
             params[FINAL_RESPONSE_PARAM] = bool(self.final_response)
         return params

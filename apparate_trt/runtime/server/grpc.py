@@ -218,9 +218,9 @@ def make_servicer(service: InferenceService, pb: Any, pb_grpc: Any, config_pb: A
                     infer = parse_grpc_request(request)
                     pending = service.submit(infer)
                     first = await wait_answer(pending, final=infer.wait_final)
-                    first.final_response = first.is_final
+                    first.final_response = first.last  # a skipped sample's early answer is its last
                     out.put_nowait(pb.ModelStreamInferResponse(infer_response=encode_grpc_response(spec, infer.id, first, pb)))
-                    if not first.is_final:
+                    if not first.last:
                         final = await wait_answer(pending, final=True, final_response=True)
                         out.put_nowait(pb.ModelStreamInferResponse(infer_response=encode_grpc_response(spec, infer.id, final, pb)))
             except ApparateError as exc:

@@ -135,7 +135,7 @@ class Metrics:
             lines.extend(hist.lines("apparate_request_duration_seconds", {**model, "protocol": protocol}))
         _header(lines, "apparate_release_latency_seconds", "histogram", "Per sample: arrival to the first released result (early or final), seconds.")
         lines.extend(self._release.lines("apparate_release_latency_seconds", model))
-        _header(lines, "apparate_final_latency_seconds", "histogram", "Per sample: arrival to the final result, seconds.")
+        _header(lines, "apparate_final_latency_seconds", "histogram", "Per sample: arrival to the final result (a skipped sample's early one, its last), seconds.")
         lines.extend(self._final.lines("apparate_final_latency_seconds", model))
         _header(lines, "apparate_failed_samples_total", "counter", "Samples the engine failed or expired.")
         lines.append(f"apparate_failed_samples_total{_labels(model)} {self._failed}")
@@ -155,6 +155,11 @@ class Metrics:
             ("refused", "apparate_refused_total", "counter", "Samples refused because the queue was full."),
             ("expired", "apparate_expired_total", "counter", "Samples dropped after waiting past their timeout."),
             ("window_accuracy", "apparate_window_accuracy", "gauge", "The controller's accuracy over its feedback window (0..1)."),
+            ("released_rows", "apparate_released_rows_total", "counter", "Rows a ramp released early (batch feedback; overload-fallback batches excluded)."),
+            ("audited_rows", "apparate_audited_rows_total", "counter", "Skip mode: released rows that ran on to the end as the audit sample."),
+            ("skipped_rows", "apparate_skipped_rows_total", "counter", "Skip mode: released rows that left the batch at their ramp (no final result)."),
+            ("compute_saved_s", "apparate_compute_saved_seconds_total", "counter", "Skip mode: segment time the skipped rows did not cost, from the profile, seconds."),
+            ("audit_rate", "apparate_audit_rate", "gauge", "Skip mode: probability that a released row runs on to the end as feedback."),
         )
         for key, name, kind, text in scalars:
             value = gauges.get(key)
@@ -179,6 +184,8 @@ def _header(lines: list[str], name: str, kind: str, text: str) -> None:
 def engine_gauges(engine: Any) -> dict[str, Any]:
     """The engine's current gauges: ``Engine.stats()`` plus the controller's window accuracy."""
     stats: dict[str, Any] = dict(engine.stats()) if hasattr(engine, "stats") else {}
+    if isinstance(stats.get("compute_saved_ms"), (int, float)):
+        stats["compute_saved_s"] = float(stats["compute_saved_ms"]) / 1000.0
     if "window_accuracy" not in stats:
         history = getattr(getattr(engine, "controller", None), "threshold_history", None) or []
         value = history[-1].get("window_accuracy") if history else None

@@ -79,7 +79,9 @@ def combine(results: Sequence[Any], final_response: bool | None = None) -> Infer
     """Stack per-sample engine Results (in batch order) into one answer."""
     output = np.stack([np.asarray(r.output) for r in results])
     sites = [None if r.is_final else r.exit_site for r in results]
-    return InferAnswer(output, sites, all(r.is_final for r in results), final_response)
+    skipped = any(getattr(r, "skipped", False) for r in results)
+    is_last = all(r.is_final or getattr(r, "skipped", False) for r in results)
+    return InferAnswer(output, sites, all(r.is_final for r in results), final_response, skipped=skipped, is_last=is_last)
 
 
 def result_error(exc: BaseException) -> ApparateError:
@@ -214,7 +216,7 @@ class InferenceService:
         handles: list[Any] = []
         for sample in split_samples(request.inputs, batch):
             try:
-                handle = self.engine.submit(sample, timeout_ms=timeout_s * 1000.0)
+                handle = self.engine.submit(sample, timeout_ms=timeout_s * 1000.0, wait_final=request.wait_final)
             except OverloadError as exc:
                 raise OverloadedError(str(exc)) from None
             except BatcherClosedError as exc:

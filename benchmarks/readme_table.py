@@ -4,7 +4,8 @@
 
 One row per workload and system: p50 / p99 latency (ms) and p50 against vanilla, saturation
 throughput against vanilla, accuracy against the original model, share of 256-request windows
-breaking the 1% constraint, and the share of requests released early. Every number is read from
+breaking the 1% constraint, the share of requests released early, and the share that left the
+batch at their ramp (exit mode skip). Every number is read from
 the summaries that ``benchmarks/run_workloads.py`` wrote; nothing is computed anew. Where several
 summaries hold the same workload, the last one given wins (e.g. a full-stream rerun of one
 workload).
@@ -30,16 +31,17 @@ def merged_workloads(paths: list[str]) -> dict[str, dict[str, Any]]:
 def row(workload: str, system: str, s: dict[str, Any]) -> str:
     """One Markdown row."""
     early = 1.0 - float(s.get("exit_share", {}).get("final", 1.0))
+    skipped = float((s.get("rows") or {}).get("skipped") or 0.0)
     return (
         f"| {workload} | {system} | {s['latency_ms']['p50']:.2f} | {s['latency_ms']['p99']:.1f} | "
         f"{s['latency_vs_vanilla']['p50']:.2f}x | {s['throughput_vs_vanilla']:.2f}x | "
-        f"{100 * s['accuracy']['overall']:.2f}% | {100 * s['accuracy']['windows_violating']:.1f}% | {100 * early:.1f}% |"
+        f"{100 * s['accuracy']['overall']:.2f}% | {100 * s['accuracy']['windows_violating']:.1f}% | {100 * early:.1f}% | {100 * skipped:.1f}% |"
     )
 
 
 def main(paths: list[str]) -> int:
-    print("| workload | system | p50 ms | p99 ms | p50 vs vanilla | throughput vs vanilla | accuracy | windows > 1% | early exits |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| workload | system | p50 ms | p99 ms | p50 vs vanilla | throughput vs vanilla | accuracy | windows > 1% | early exits | left the batch |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for workload, systems in merged_workloads(paths or ["benchmarks/results/summary.json"]).items():
         for system, s in systems.items():
             print(row(workload, system, s))

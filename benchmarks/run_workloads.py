@@ -72,6 +72,10 @@ RESULTS = HERE / "results"
 README = HERE / "README.md"
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 GOALS = {"cv_p50_cut": 0.50, "nlp_p50_cut": 0.20, "accuracy": 0.99, "windows_ok": 0.95, "throughput": 0.97, "oracle_share": 0.80}
+SKIP_GOALS = {"cv-fixed": 0.50, "cv-poisson": 0.50, "nlp-poisson": 0.80, "drift": 0.70}
+"""Issue 13: skip mode's median as a multiple of vanilla's, per workload."""
+SKIP_THROUGHPUT = {"cv": 1.25, "nlp": 1.10}
+"""Issue 13: skip mode's saturation throughput as a multiple of vanilla's (same-round bursts), per model."""
 
 
 def log(line: str) -> None:
@@ -224,6 +228,10 @@ def summarize_system(runs: list[RunRecord], phases: list[dict[str, Any]]) -> dic
         "repeats": len(runs),
         "failed": int(sum(rep["failed"] for rep in reports)),
         "unsplit_batch_share": _median([_unsplit_share(rep) for rep in reports]),
+        "rows": {k: _median([float(rep.get("rows", {}).get(k, 0.0)) / max(1, rep["requests"]) for rep in reports])
+                 for k in ("released", "audited", "skipped")},
+        "compute_saved_ms_per_request": _median([float(rep.get("rows", {}).get("compute_saved_ms", 0.0)) / max(1, rep["requests"])
+                                                 for rep in reports]),
     }
     if phases:
         kept = []
@@ -306,6 +314,40 @@ def evaluate_goals(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                 if not (viol > 1 - GOALS["windows_ok"] or slower):
                     held = False
             add("drift: static baselines break 1% or lose savings", wname, held and bool(broken), "; ".join(broken))
+    goals += evaluate_skip_goals(summary)
+    return goals
+
+
+def evaluate_skip_goals(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 13's goals for skip mode (``apparate-skip``), per workload where it ran."""
+    goals: list[dict[str, Any]] = []
+    for wname, systems in summary.items():
+        if "apparate-skip" not in systems:
+            continue
+        skip, van = systems["apparate-skip"], systems["vanilla"]
+        ratio = skip["latency_vs_vanilla"]["p50"]
+        limit = SKIP_GOALS.get(wname)
+        if limit is not None:
+            goals.append({"goal": f"skip: median <= {limit:.2f}x vanilla's", "workload": wname,
+                          "met": ratio is not None and ratio <= limit, "detail": _x(ratio)})
+        acc = skip["accuracy"]
+        ok_windows = None if acc["windows_violating"] is None else 1 - acc["windows_violating"]
+        goals.append({"goal": "skip: accuracy >= 99% overall", "workload": wname,
+                      "met": acc["overall"] is not None and acc["overall"] >= GOALS["accuracy"], "detail": _pct(acc["overall"], 2)})
+        goals.append({"goal": "skip: >= 95% of windows within 1%", "workload": wname,
+                      "met": ok_windows is not None and ok_windows >= GOALS["windows_ok"], "detail": f"{_pct(ok_windows)} of windows"})
+        tv = skip["throughput_vs_vanilla"]
+        model = "nlp" if wname.startswith("nlp") else "cv"
+        if wname != "drift":
+            goals.append({"goal": f"skip: saturation throughput >= {SKIP_THROUGHPUT[model]:.2f}x vanilla's", "workload": wname,
+                          "met": tv is not None and tv >= SKIP_THROUGHPUT[model], "detail": _x(tv)})
+        if wname == "cv-fixed" and "oracle-skip" in systems:
+            o = systems["oracle-skip"]["latency_ms"]["p50"]
+            v, a = van["latency_ms"]["p50"], skip["latency_ms"]["p50"]
+            share = (v - a) / (v - o) if o is not None and v - o > 0 else None
+            goals.append({"goal": ">= 80% of the skip oracle's median saving", "workload": wname,
+                          "met": share is not None and share >= GOALS["oracle_share"],
+                          "detail": f"{_pct(share)} (vanilla {v:.2f}, apparate-skip {a:.2f}, oracle-skip {o:.2f} ms)"})
     return goals
 
 
@@ -340,7 +382,10 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], goals: list[dict[str
         "Accuracy: agreement with the original model.",
         "",
         "Apparate runs with its overload fallback (a batch dispatched while a full batch more waits runs unsplit, without ramps); "
-        "apparate-no-fallback, where run, is the same without it; the baselines never have it.",
+        "apparate-no-fallback, where run, is the same without it; the baselines never have it. "
+        "apparate-skip and oracle-skip run in exit mode skip: a released row leaves the batch (apparate-skip: but for an audit sample); "
+        "their accuracy judges every request, skipped ones included, against the original model's output from the offline pass "
+        "over the stream. 'left the batch': share of requests released early that did not run to the end.",
         "",
     ]
     for wname, systems in summary.items():
@@ -348,14 +393,14 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], goals: list[dict[str
         lines += [f"## {wname}", "", f"{info['description']}; {info['requests']} requests at {info['rate_rps']:.0f} rps, {info.get('repeats', '?')} repeat(s) "
                   f"(vanilla capacity {info['capacity_rps']:.0f} rps; saturation bursts of {info.get('burst', '?')} requests). "
                   f"Oracle exits early for {_pct(info['oracle_exit_share'])} of requests.", "",
-                  "| system | p50 ms | p95 ms | p99 ms | p50 / van | p95 / van | p99 / van | sat. rps | rps / van | accuracy | worst window | windows > 1% | early exits |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| system | p50 ms | p95 ms | p99 ms | p50 / van | p95 / van | p99 / van | sat. rps | rps / van | accuracy | worst window | windows > 1% | early exits | left the batch |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, e in systems.items():
             lat, r, acc = e["latency_ms"], e["latency_vs_vanilla"], e["accuracy"]
             early = 1 - e["exit_share"].get("final", 1.0)
             lines.append(f"| {name} | {_ms(lat['p50'])} | {_ms(lat['p95'])} | {_ms(lat['p99'])} | {_x(r['p50'])} | {_x(r['p95'])} | {_x(r['p99'])} | "
                          f"{e['throughput_rps']:.0f} | {_x(e['throughput_vs_vanilla'])} | {_pct(acc['overall'], 2)} | {_pct(acc['worst_window'])} | "
-                         f"{_pct(acc['windows_violating'])} | {_pct(early)} |")
+                         f"{_pct(acc['windows_violating'])} | {_pct(early)} | {_pct(e.get('rows', {}).get('skipped'))} |")
         unsplit = systems.get("apparate", {}).get("unsplit_batch_share")
         if unsplit is not None:
             lines += ["", f"Apparate ran {_pct(unsplit)} of its batches on this stream unsplit (overload fallback); the saturation bursts are not counted."]

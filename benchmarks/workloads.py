@@ -26,7 +26,7 @@ from apparate_trt.compiler.pipeline import file_sha256
 from apparate_trt.data import load_inputs, take
 from apparate_trt.engine_dir import Manifest, read_manifest
 from apparate_trt.errors import ApparateError
-from apparate_trt.runtime.defaults import DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY_MS
+from apparate_trt.runtime.defaults import DEFAULT_AUDIT_RATE, DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY_MS
 from apparate_trt.runtime import policies
 from apparate_trt.runtime.api import Engine, load
 from apparate_trt.runtime.arrivals import fixed_arrivals, poisson_arrivals
@@ -35,11 +35,13 @@ from apparate_trt.runtime.report import build_report
 
 Log = Callable[[str], None]
 
-SYSTEMS = ("vanilla", "apparate", "static-shared", "static-per-ramp", "patience", "oracle")
-APPARATE_SYSTEMS = ("apparate", "apparate-no-fallback")
-"""The systems served by the adaptive controller (no fixed policy)."""
-ABLATIONS = APPARATE_SYSTEMS[1:]
-"""Systems run only when named (``--systems``): apparate without its overload fallback."""
+SYSTEMS = ("vanilla", "apparate", "apparate-skip", "static-shared", "static-per-ramp", "patience", "oracle", "oracle-skip")
+APPARATE_SYSTEMS = ("apparate", "apparate-skip", "apparate-no-fallback", "apparate-skip-no-fallback")
+"""The systems served by the adaptive controller (no fixed policy); ``-skip``: exit mode skip."""
+ABLATIONS = ("apparate-no-fallback", "apparate-skip-no-fallback")
+"""Systems run only when named (``--systems``): apparate (release or skip) without its overload fallback."""
+SKIP_SYSTEMS = ("apparate-skip", "apparate-skip-no-fallback", "oracle-skip")
+"""Systems whose released rows leave the batch (``exit_mode="skip"``)."""
 CONSTRAINT = 0.01
 WINDOW = 256
 MAX_BATCH, MAX_DELAY_MS = DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY_MS  # the API's defaults: the same batching for every system
@@ -148,6 +150,7 @@ class StreamTagger:
     def __init__(self, engine: Engine, offset: int = 0) -> None:
         self.engine = engine
         self.mode = engine.mode
+        self.exit_mode = engine.exit_mode
         self.controller = engine.controller
         self._next = offset
 
@@ -182,10 +185,10 @@ class SystemFactory:
         """The fixed policy of ``system`` (None for vanilla and apparate)."""
         if system == "vanilla" or system in APPARATE_SYSTEMS:
             return None
-        if system == "oracle":
+        if system in ("oracle", "oracle-skip"):
             if self.oracle is None:
                 raise ApparateError("the oracle needs the stream's offline pass first (SystemFactory.oracle)")
-            return policies.OraclePolicy(self.oracle)
+            return policies.OraclePolicy(self.oracle, name=system, exit_mode="skip" if system in SKIP_SYSTEMS else "release")
         if system not in self._policies:
             build = {
                 "static-shared": lambda: policies.static_shared_policy(self.manifest, CONSTRAINT),
@@ -206,15 +209,20 @@ class SystemFactory:
             return {"sites": policy.sites, "patience": policy.patience, "bootstrap_accuracy": policy.bootstrap_accuracy}
         if system in APPARATE_SYSTEMS:
             return {"initial_sites": list(self.manifest.initial_config.active_sites), "budget": self.manifest.budget,
-                    "overload_fallback": system == "apparate"}
+                    "overload_fallback": not system.endswith("no-fallback"),
+                    "exit_mode": "skip" if system in SKIP_SYSTEMS else "release",
+                    **({"audit_rate": DEFAULT_AUDIT_RATE} if system in SKIP_SYSTEMS else {})}
         return {}
 
     def load(self, system: str) -> Engine:
         """A started engine serving ``system`` with the shared batching settings (the overload
-        fallback only for ``apparate``: the baselines never have it)."""
+        fallback only for ``apparate`` and ``apparate-skip``: the baselines never have it)."""
         mode = "vanilla" if system == "vanilla" else "apparate"
+        adaptive = system in APPARATE_SYSTEMS
         return load(self.engine_dir, max_batch=MAX_BATCH, max_delay_ms=self.max_delay_ms, accuracy_constraint=CONSTRAINT,
-                    mode=mode, threads=self.threads, policy=self.policy(system), overload_fallback=system == "apparate")
+                    mode=mode, threads=self.threads, policy=self.policy(system),
+                    overload_fallback=adaptive and not system.endswith("no-fallback"),
+                    exit_mode="skip" if system in SKIP_SYSTEMS else "release")
 
 
 # ------------------------------------------------------------------------------ measurements
@@ -306,6 +314,10 @@ def merge_results(parts: list[ReplayResult]) -> ReplayResult:
         t_release=cat("t_release"), t_final=cat("t_final"), errors=errors,
         events=list(last.events), threshold_history=list(last.threshold_history),
         batches=sum(p.batches for p in parts), unsplit_batches=sum(p.unsplit_batches for p in parts),
+        skipped=np.concatenate([p.skipped if p.skipped is not None else np.zeros(p.requests, bool) for p in parts]),
+        reference_used=any(p.reference_used for p in parts),
+        rows={k: float(sum(p.rows.get(k, 0.0) for p in parts)) for k in first.rows},
+        exit_mode=first.exit_mode,
     )
 
 
@@ -342,7 +354,8 @@ def serve_interleaved(factory: SystemFactory, systems: list[str], inputs: Mappin
             sub = {name: a[lo:hi] for name, a in inputs.items()}
             times = arrivals[lo:hi] - arrivals[lo]
             for system in rotated(systems, repeat + k):
-                part = replay(StreamTagger(engines[system], offset=lo), sub, times, progress=False)
+                reference = None if factory.oracle is None else factory.oracle.final_pred[lo:hi]  # judges skipped requests
+                part = replay(StreamTagger(engines[system], offset=lo), sub, times, progress=False, reference_pred=reference)
                 parts[system].append(part)
                 spans[system] += part.t_end - part.t_start
             p50 = "  ".join(f"{s} {np.nanmedian(parts[s][-1].latency_ms):.1f}" for s in systems)

@@ -398,8 +398,9 @@ class Engine:
         controller = self.controller
         assert controller is not None
         config = controller.observe_batches(outcomes, t)
-        if self.exit_mode == "skip":
-            self.executor.set_audit_rate(controller.audit_rate)  # type: ignore[attr-defined]
+        rate = getattr(controller, "audit_rate", None)
+        if self.exit_mode == "skip" and rate is not None:
+            self.executor.set_audit_rate(rate)  # type: ignore[attr-defined]
         return config
 
     def _observe(self, outcome: BatchOutcome) -> None:
@@ -438,7 +439,7 @@ class Engine:
             "audited_rows": self._rows["audited"],
             "skipped_rows": self._rows["skipped"],
             "compute_saved_ms": self._compute_saved_ms,
-            "audit_rate": None if self.controller is None or self.exit_mode != "skip" else self.controller.audit_rate,
+            "audit_rate": getattr(self.executor, "audit_rate", None) if self.exit_mode == "skip" else None,
             "active_sites": active,
             "thresholds": {site: thresholds.get(site, 0.0) for site in active},
         }

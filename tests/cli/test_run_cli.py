@@ -177,3 +177,24 @@ def test_burst_replay_reports_the_overload_fallback(tiny_resnet_engine, tmp_path
     assert (batches["unsplit"] > 0) is unsplit and batches["unsplit"] < batches["run"]
     assert report["completed"] == 48 and report["accuracy"]["overall"] is not None
     assert f"{batches['run']} run, {batches['unsplit']} unsplit" in out
+
+
+def test_skip_mode_replay_reports_skipped_rows_judged_offline(tiny_resnet_engine, tmp_path, capsys):
+    engine_dir, eval_npz = tiny_resnet_engine
+    report_path = tmp_path / "report.json"
+    status, out, err = _run_in_process(
+        ["--engine-dir", str(engine_dir), "--data", str(eval_npz), "--arrivals", "poisson:400", "--threads", "1", "--quiet",
+         "--accuracy-constraint", "0.05", "--exit-mode", "skip", "--audit-rate", "0.05", "--report", str(report_path)], capsys)
+    assert status == 0, err
+    report = json.loads(report_path.read_text())
+    assert report["exit_mode"] == "skip" and report["settings"]["exit_mode"] == "skip"
+    assert report["rows"]["skipped"] > 0 and report["rows"]["released"] >= report["rows"]["skipped"]
+    assert report["accuracy"]["judged"] == report["completed"] and report["accuracy"]["reference"] == "offline"
+    assert "skip mode" in out and "left the batch" in out
+
+
+@pytest.mark.parametrize("extra, fragment", [(["--audit-rate", "0.01"], "--audit-rate"), (["--exit-mode", "drop"], "invalid choice")])
+def test_bad_skip_flags(tiny_resnet_engine, extra, fragment, capsys):
+    engine_dir, eval_npz = tiny_resnet_engine
+    status, _, err = _run_in_process(["--engine-dir", str(engine_dir), "--data", str(eval_npz), "--quiet", *extra], capsys)
+    _assert_one_line_error(status, err, fragment)

@@ -21,6 +21,9 @@ WAIT_S = 60.0
 class FixedController:
     """Stands in for the adaptive controller: a fixed config, then one switch after the first batch."""
 
+    events: list = []
+    threshold_history: list = []
+
     def __init__(self, switch_to=None) -> None:
         self.switch_to = switch_to
         self.observed: list[list[int]] = []
@@ -331,3 +334,56 @@ def test_no_fallback_without_a_backlog(resnet):
         early = [engine.submit(resnet.sample(i)).early.result(WAIT_S) for i in range(4)]
         assert engine.stats()["unsplit_batches"] == 0
     assert all(r.exit_site == site for r in early)
+
+
+def test_skip_mode_results_say_which_answer_is_last_and_wait_final_gets_the_model(resnet):
+    first = resnet.manifest.sites[0].id
+    engine = _load(resnet, exit_mode="skip", audit_rate=0.05, accuracy_constraint=0.05, overload_fallback=False)
+    try:
+        assert engine.exit_mode == "skip"
+        _fixed(engine, [first], [1.0])  # every request exits at the first ramp
+        engine.executor.set_audit_rate(0.05)
+        n = 24
+        wait = [i % 2 == 0 for i in range(n)]
+        handles = [engine.submit(resnet.sample(i), wait_final=wait[i]) for i in range(n)]
+        finals = [h.final.result(WAIT_S) for h in handles]
+        earlies = [h.early.result(WAIT_S) for h in handles]
+        stats = engine.stats()
+    finally:
+        engine.close()
+    for i, (early, final) in enumerate(zip(earlies, finals)):
+        assert early.exit_site == first and not early.is_final
+        if wait[i]:
+            assert final.is_final and not final.skipped
+            assert_same_output(final.output[None, :], resnet.reference[i:i + 1])
+        elif final.skipped:
+            assert final is early and final.is_last and not final.is_final
+    skipped = sum(f.skipped for f in finals)
+    assert skipped > 0, "at a 5% audit rate most requests that do not wait for the final leave the batch"
+    assert stats["skipped_rows"] == skipped and stats["released_rows"] == n and stats["compute_saved_ms"] > 0
+    assert stats["exit_mode"] == "skip"
+
+
+def test_skip_mode_replay_judges_skipped_requests_against_a_reference(resnet):
+    from apparate_trt.runtime.replay import offline_predictions, replay
+    from apparate_trt.runtime.report import build_report
+
+    first = resnet.manifest.sites[0].id
+    engine = _load(resnet, exit_mode="skip", audit_rate=0.05, overload_fallback=False)
+    try:
+        _fixed(engine, [first], [1.0])
+        engine.executor.set_audit_rate(0.05)
+        inputs = resnet.batch(20)
+        reference = offline_predictions(resnet.manifest, inputs, threads=THREADS)
+        np.testing.assert_array_equal(reference, np.argmax(resnet.reference[:20], axis=1))
+        judged = replay(engine, inputs, np.zeros(20), progress=False, reference_pred=reference)
+        alone = replay(engine, inputs, np.zeros(20), progress=False)
+    finally:
+        engine.close()
+    assert judged.skipped.any() and judged.completed.all()
+    report = build_report(judged, 0.01)
+    assert report["accuracy"]["judged"] == 20 and report["accuracy"]["reference"] == "offline"
+    assert report["exit_mode"] == "skip" and report["rows"]["skipped"] == int(judged.skipped.sum())
+    ramp = reference_ramp_logits(resnet.manifest, inputs, first).argmax(axis=1)
+    assert report["accuracy"]["overall"] == pytest.approx(float(np.mean(ramp == reference)))
+    assert build_report(alone, 0.01)["accuracy"]["judged"] == int((~alone.skipped).sum())

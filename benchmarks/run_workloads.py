@@ -382,7 +382,8 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], goals: list[dict[str
         "Accuracy: agreement with the original model.",
         "",
         "Apparate runs with its overload fallback (a batch dispatched while a full batch more waits runs unsplit, without ramps); "
-        "apparate-no-fallback, where run, is the same without it; the baselines never have it. "
+        "apparate-no-fallback, where run, is the same without it; the baselines never have it, nor does apparate-skip (the API's default "
+        "in skip mode; apparate-skip-fallback, where run, has it). "
         "apparate-skip and oracle-skip run in exit mode skip: a released row leaves the batch (apparate-skip: but for an audit sample); "
         "their accuracy judges every request, skipped ones included, against the original model's output from the offline pass "
         "over the stream. 'left the batch': share of requests released early that did not run to the end.",

@@ -8,7 +8,7 @@ rounds each run one burst of ``--burst`` back-to-back requests per system (order
 round), so a change in the machine's load hits every system alike. Reports the median completion
 rate (rps) per system and its ratio to vanilla's: the median over rounds of the ratio to
 vanilla's burst in the same round. ``--systems`` may also name ``apparate-no-fallback`` (apparate
-without its overload fallback). Apparate's controller is warmed by one replay
+without its overload fallback) and ``apparate-skip-fallback`` (skip mode with it). Apparate's controller is warmed by one replay
 of the first 1000 stream samples at half of vanilla's burst rate first, so its ramps and thresholds
 are those it serves with.
 """

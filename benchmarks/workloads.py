@@ -36,11 +36,12 @@ from apparate_trt.runtime.report import build_report
 Log = Callable[[str], None]
 
 SYSTEMS = ("vanilla", "apparate", "apparate-skip", "static-shared", "static-per-ramp", "patience", "oracle", "oracle-skip")
-APPARATE_SYSTEMS = ("apparate", "apparate-skip", "apparate-no-fallback", "apparate-skip-no-fallback")
+APPARATE_SYSTEMS = ("apparate", "apparate-skip", "apparate-no-fallback", "apparate-skip-fallback")
 """The systems served by the adaptive controller (no fixed policy); ``-skip``: exit mode skip."""
-ABLATIONS = ("apparate-no-fallback", "apparate-skip-no-fallback")
-"""Systems run only when named (``--systems``): apparate (release or skip) without its overload fallback."""
-SKIP_SYSTEMS = ("apparate-skip", "apparate-skip-no-fallback", "oracle-skip")
+ABLATIONS = ("apparate-no-fallback", "apparate-skip-fallback")
+"""Systems run only when named (``--systems``): apparate (release) without its overload fallback,
+apparate-skip with it (the API's default is the fallback in release mode only)."""
+SKIP_SYSTEMS = ("apparate-skip", "apparate-skip-fallback", "oracle-skip")
 """Systems whose released rows leave the batch (``exit_mode="skip"``)."""
 CONSTRAINT = 0.01
 WINDOW = 256
@@ -209,7 +210,7 @@ class SystemFactory:
             return {"sites": policy.sites, "patience": policy.patience, "bootstrap_accuracy": policy.bootstrap_accuracy}
         if system in APPARATE_SYSTEMS:
             return {"initial_sites": list(self.manifest.initial_config.active_sites), "budget": self.manifest.budget,
-                    "overload_fallback": not system.endswith("no-fallback"),
+                    "overload_fallback": _fallback(system),
                     "exit_mode": "skip" if system in SKIP_SYSTEMS else "release",
                     **({"audit_rate": DEFAULT_AUDIT_RATE} if system in SKIP_SYSTEMS else {})}
         return {}
@@ -221,8 +222,14 @@ class SystemFactory:
         adaptive = system in APPARATE_SYSTEMS
         return load(self.engine_dir, max_batch=MAX_BATCH, max_delay_ms=self.max_delay_ms, accuracy_constraint=CONSTRAINT,
                     mode=mode, threads=self.threads, policy=self.policy(system),
-                    overload_fallback=adaptive and not system.endswith("no-fallback"),
+                    overload_fallback=adaptive and _fallback(system),
                     exit_mode="skip" if system in SKIP_SYSTEMS else "release")
+
+
+def _fallback(system: str) -> bool:
+    """Whether an adaptive system runs the overload fallback: apparate yes, apparate-skip no (the
+    API's defaults per exit mode), and the ablations the other way round."""
+    return system in ("apparate", "apparate-skip-fallback")
 
 
 # ------------------------------------------------------------------------------ measurements

@@ -94,9 +94,11 @@ def build_parser() -> Parser:
                    help="start with thresholds tuned on the engine's held-out bootstrap statistics, or at never-exit until the first feedback")
     p.add_argument("--queue-size", type=int, default=1024, metavar="N",
                    help="most requests waiting for a batch; past it new requests are refused (replay: counted as failed)")
-    p.add_argument("--no-overload-fallback", dest="overload_fallback", action="store_false",
-                   help="always run the active ramps; by default a batch dispatched while a full batch more waits runs on the unsplit "
-                        "model without ramps (under overload exits save less than the split and ramps cost the queue)")
+    p.add_argument("--no-overload-fallback", dest="overload_fallback", action="store_const", const=False, default=None,
+                   help="always run the active ramps; by default (release mode) a batch dispatched while a full batch more waits runs on "
+                        "the unsplit model without ramps (under overload exits save less than the split and ramps cost the queue)")
+    p.add_argument("--overload-fallback", dest="overload_fallback", action="store_const", const=True,
+                   help="use the overload fallback in skip mode too (off there by default: shedding released rows drains a backlog faster)")
     p.add_argument("--quiet", action="store_true", help="no progress line while the replay runs")
     serve = p.add_argument_group("serving (--serve)")
     serve.add_argument("--serve", action="store_true", help="serve over the Open Inference Protocol instead of replaying --data")
@@ -179,6 +181,7 @@ def replay_command(args: argparse.Namespace) -> int:
         exit_mode=args.exit_mode, audit_rate=args.audit_rate,
     )
     settings["exit_mode"] = engine.exit_mode
+    settings["overload_fallback"] = engine.overload_fallback
     try:
         result = replay(engine, inputs, arrivals, progress=not args.quiet)
     finally:

@@ -477,7 +477,7 @@ def load(
     controller_options: Mapping[str, Any] | None = None,
     timeout_ms: float | None = None,
     policy: "ServingPolicy | None" = None,
-    overload_fallback: bool = True,
+    overload_fallback: bool | None = None,
     exit_mode: str | None = None,
     audit_rate: float = DEFAULT_AUDIT_RATE,
 ) -> Engine:
@@ -503,7 +503,10 @@ def load(
             under overload every request queues for longer than an exit saves, and the split model
             with ramps drains the queue more slowly. Its results are all final (exact); the
             controller gets no feedback from it. ``stats()["unsplit_batches"]`` counts such
-            batches. False: always run the active ramps.
+            batches. False: always run the active ramps. None (default): on in release mode, off
+            in skip mode, where the split model sheds released rows and so drains a backlog
+            faster than the unsplit one (CV saturation, ``benchmarks/saturation.py``: 1.06x
+            vanilla's without the fallback, 0.93x with it).
         exit_mode: (``apparate`` mode) ``release``: every row runs to the end of the model, so its
             final output labels every ramp (the paper's design); ``skip``: a row a ramp releases
             leaves the batch, except an audit sample (each released row with probability
@@ -523,6 +526,8 @@ def load(
     validate_settings(max_batch, max_delay_ms, queue_size)
     manifest = read_manifest(engine_dir)
     exit_mode = check_exit_mode(default_exit_mode(manifest.profiles.backend) if exit_mode is None else exit_mode)
+    if overload_fallback is None:
+        overload_fallback = exit_mode == "release"
     controller: Controller | None = None
     executor: BatchExecutor
     if policy is not None:

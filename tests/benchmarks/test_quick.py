@@ -121,11 +121,15 @@ def test_only_apparate_has_the_overload_fallback_and_the_ablation_can_be_named(t
     from apparate_trt.engine_dir import read_manifest
 
     factory = run.SystemFactory(engine_dir, read_manifest(engine_dir), 1)
-    expected = {"apparate": True, "apparate-no-fallback": False, "static-shared": False}
+    expected = {"apparate": True, "apparate-no-fallback": False, "static-shared": False, "apparate-skip": False,
+                "apparate-skip-fallback": True}
     for system, fallback in expected.items():
         with factory.load(system) as engine:
             assert engine.overload_fallback is fallback, system
     assert factory.describe("apparate-no-fallback")["overload_fallback"] is False
+    assert factory.describe("apparate-skip")["exit_mode"] == "skip"
+    with factory.load("apparate-skip") as engine:
+        assert engine.exit_mode == "skip"
 
 
 def test_throughput_ratios_pair_bursts_of_the_same_round():

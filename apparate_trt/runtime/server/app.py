@@ -86,7 +86,7 @@ class Server:
         mode: str = "apparate",
         threads: int | None = None,
         drain_timeout_s: float = DRAIN_TIMEOUT_S,
-        overload_fallback: bool = True,
+        overload_fallback: bool | None = None,
         exit_mode: str | None = None,
         audit_rate: float = DEFAULT_AUDIT_RATE,
     ) -> "Server":
@@ -245,7 +245,7 @@ def serve(
     mode: str = "apparate",
     threads: int | None = None,
     ready_callback: Callable[[Server], None] | None = None,
-    overload_fallback: bool = True,
+    overload_fallback: bool | None = None,
     exit_mode: str | None = None,
     audit_rate: float = DEFAULT_AUDIT_RATE,
 ) -> int:

@@ -600,6 +600,12 @@ class Executor:
         ran = [self._builder.profiled_stage_ms(active, int(k))[i] for i, k in enumerate(rows_run)]
         return float(max(0.0, full.sum() - float(np.sum(ran))))
 
+    def _ramp_logits(self, site: int, env: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The ramp of ``site`` run on the environment: float32 logits [rows, classes]."""
+        entry = self.manifest.ramps[site]
+        raw = self._builder.ramp(site).run(env, [entry.output])[entry.output]
+        return _float32_logits(raw, f"ramp {site} output '{entry.output}'")
+
     def _run_ramp_skipping(
         self,
         site: int,
@@ -617,9 +623,7 @@ class Executor:
         runs on only if audited; the others are released as their last result and leave the
         batch. Returns the (compacted) environment."""
         alive = rows.alive
-        entry = self.manifest.ramps[site]
-        raw = self._builder.ramp(site).run(env, [entry.output])[entry.output]
-        logits = _float32_logits(raw, f"ramp {site} output '{entry.output}'")
+        logits = self._ramp_logits(site, env)
         sub_done = done[alive]
         c, pred, newly = self.exit_rule.decide(site, logits, threshold, sub_done, self.confidence)
         done[alive] = sub_done
@@ -658,9 +662,7 @@ class Executor:
         on_release: ReleaseFn,
     ) -> None:
         """Run one ramp, decide its exits (marking ``done``) and release each exiting input."""
-        entry = self.manifest.ramps[site]
-        raw = self._builder.ramp(site).run(env, [entry.output])[entry.output]
-        logits = _float32_logits(raw, f"ramp {site} output '{entry.output}'")
+        logits = self._ramp_logits(site, env)
         conf, pred, newly = self.exit_rule.decide(site, logits, threshold, done, self.confidence)
         conf_out[:] = conf
         pred_out[:] = pred

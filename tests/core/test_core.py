@@ -409,3 +409,52 @@ def test_window_matches_reference_on_random_operations():
 
 def test_api_version():
     assert C.api_version() >= 2
+
+
+# ---- weighted samples (skip mode's audited rows) --------------------------------------------------
+
+@pytest.mark.parametrize("impl", [C, R], ids=["c", "numpy"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_weighted_search_equals_the_search_on_copies(impl, seed):
+    """A sample of integer weight k counts as k copies of it, in the C core and in its numpy twin."""
+    rng = np.random.default_rng(seed)
+    conf, agree, saved = make_window(rng, 3, 300)
+    k = rng.integers(1, 5, size=300)
+    copies = np.repeat(np.arange(300), k)
+    got = impl.search_thresholds(conf, agree, saved, 0.02, min_step=1e-5, weights=k.astype(np.float64))
+    want = impl.search_thresholds(np.ascontiguousarray(conf[:, copies]), np.ascontiguousarray(agree[:, copies]), saved, 0.02, min_step=1e-5)
+    np.testing.assert_array_equal(got[0], want[0])
+    assert got[1] == pytest.approx(want[1], abs=1e-12) and got[2] == pytest.approx(want[2], rel=1e-12)
+    acc, sv, counts = impl.evaluate_thresholds(conf, agree, saved, got[0], weights=k.astype(np.float64))
+    _, _, copy_counts = impl.evaluate_thresholds(np.ascontiguousarray(conf[:, copies]), np.ascontiguousarray(agree[:, copies]), saved, got[0])
+    np.testing.assert_allclose(counts, copy_counts)
+
+
+def test_weighted_c_core_matches_the_numpy_twin_on_fractional_weights():
+    rng = np.random.default_rng(9)
+    conf, agree, saved = make_window(rng, 4, 500)
+    w = rng.choice([1.0, 4.0, 1 / 0.3], size=500)
+    c = C.search_thresholds(conf, agree, saved, 0.01, min_step=1e-5, weights=w)
+    r = R.search_thresholds(conf, agree, saved, 0.01, min_step=1e-5, weights=w)
+    np.testing.assert_allclose(c[0], r[0])
+    assert c[1] == pytest.approx(r[1], abs=1e-12) and c[2] == pytest.approx(r[2], rel=1e-9)
+    np.testing.assert_allclose(C.evaluate_thresholds(conf, agree, saved, c[0], weights=w)[2],
+                               R.evaluate_thresholds(conf, agree, saved, c[0], weights=w)[2])
+    for impl in (C, R):
+        window = impl.FeedbackWindow(600, 4)
+        window.push(np.arange(4, dtype=np.int32), conf, agree, w)
+        np.testing.assert_array_equal(window.gather_weights([0, 2]), w)
+        assert window.accuracy_with([0, 1, 2, 3], c[0]) == pytest.approx(c[1], abs=1e-12)
+    exits, passes = np.array([30.0, 12.5]), np.array([70.0, 57.5])
+    np.testing.assert_allclose(C.ramp_utility_weighted(exits, passes, 100.0, [5.0, 2.0], [0.1, 0.5]),
+                               R.ramp_utility_weighted(exits, passes, 100.0, [5.0, 2.0], [0.1, 0.5]))
+
+
+@pytest.mark.parametrize("impl", [C, R], ids=["c", "numpy"])
+def test_bad_weights_are_refused(impl):
+    conf, agree, saved = make_window(np.random.default_rng(0), 2, 10)
+    for bad, fragment in ((np.zeros(10), "> 0"), (np.full(10, np.nan), "> 0"), (np.ones(9), "one weight per sample")):
+        with pytest.raises(ValueError, match=fragment):
+            impl.search_thresholds(conf, agree, saved, 0.01, weights=bad)
+    with pytest.raises(ValueError, match="total"):
+        impl.ramp_utility_weighted([1.0], [1.0], 0.0, [1.0], [1.0])

@@ -10,7 +10,7 @@ from apparate_trt import _core
 from apparate_trt.errors import ApparateError
 from apparate_trt.runtime.controller import Controller, LatencyModel
 
-from test_controller import NUM_SITES, Stream, make_manifest
+from test_controller import NUM_SITES, Stream, make_manifest, run_batch
 
 
 @dataclass
@@ -26,20 +26,10 @@ class WeightedOutcome:
 
 def run_skip_batch(config, conf, agree, rate, rng):
     """Apply the configuration like the executor in skip mode: exits are audited with ``rate``."""
-    sites, thresholds = config
-    n = conf.shape[1]
-    exit_site = np.full(n, -1, np.int32)
-    correct = np.ones(n, bool)
-    done = np.zeros(n, bool)
-    for site, thr in zip(sites, thresholds):
-        newly = ~done & ((1.0 - conf[site].astype(np.float64)) < thr)
-        exit_site[newly] = site
-        correct[newly] = agree[site][newly] == 1
-        done |= newly
-    audited = rng.random(n) < rate
-    weights = np.where(done, np.where(audited, 1.0 / rate, 0.0), 1.0)
-    ids = np.asarray(sites, np.int32)
-    return WeightedOutcome(ids, conf[ids].copy(), agree[ids].copy(), exit_site, weights), correct
+    outcome, correct = run_batch(config, conf, agree)
+    done = outcome.exit_site >= 0
+    weights = np.where(done, np.where(rng.random(done.size) < rate, 1.0 / rate, 0.0), 1.0)
+    return WeightedOutcome(outcome.site_ids, outcome.confidence, outcome.agree, outcome.exit_site, weights), correct
 
 
 def test_window_accuracy_from_audited_rows_matches_full_feedback():

@@ -7,6 +7,7 @@ shares and fractions in 0..1.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -148,6 +149,9 @@ class Manifest:
     tools: dict[str, str | None]
     created: str
     format_version: int = FORMAT_VERSION
+    file_sha256: dict[str, str] = field(default_factory=dict)
+    """Hex SHA-256 of every file the manifest names, by relative path (written by
+    :func:`write_manifest`; checked by :func:`read_manifest`). Empty in directories from before."""
     root: Path | None = field(default=None, compare=False, repr=False)
 
     # ----- files -------------------------------------------------------------------------------
@@ -159,11 +163,15 @@ class Manifest:
 
     def referenced_files(self) -> list[str]:
         """Every file the manifest names, relative to the directory."""
+        return [rel for _, rel in self.named_files()]
+
+    def named_files(self) -> list[tuple[str, str]]:
+        """``(manifest entry, relative path)`` of every file the manifest names."""
         return [
-            self.model.file,
-            *(s.file for s in self.segments),
-            *(r.file for r in self.ramps),
-            self.bootstrap.file,
+            ("model.file", self.model.file),
+            *((f"segments[{i}].file", s.file) for i, s in enumerate(self.segments)),
+            *((f"ramps[{i}].file", r.file) for i, r in enumerate(self.ramps)),
+            ("bootstrap.file", self.bootstrap.file),
         ]
 
     def load_bootstrap_stats(self) -> BootstrapStats:
@@ -231,10 +239,21 @@ def interpolate_ms(batch_sizes: list[int], values_ms: list[float], batch_size: i
 
 
 # ----- writing -----------------------------------------------------------------------------------
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def write_manifest(directory: str | Path, manifest: Manifest) -> Path:
-    """Write ``manifest.json`` into ``directory`` (atomically) and return its path."""
+    """Write ``manifest.json`` into ``directory`` (atomically) and return its path. The hash of
+    every named file present in ``directory`` is recorded in ``file_sha256``."""
     directory = Path(directory)
     target = directory / MANIFEST_NAME
+    manifest.file_sha256 = {rel: file_sha256(directory / rel) for rel in manifest.referenced_files() if (directory / rel).is_file()}
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".manifest-", suffix=".json")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         json.dump(manifest.to_json(), fh, indent=2)
@@ -260,8 +279,14 @@ def is_engine_dir(directory: str | Path) -> bool:
     return (Path(directory) / MANIFEST_NAME).is_file()
 
 
-def read_manifest(directory: str | Path) -> Manifest:
-    """Read and validate the engine directory's manifest; ApparateError says what is wrong."""
+def read_manifest(directory: str | Path, verify: bool = True) -> Manifest:
+    """Read and validate the engine directory's manifest; ApparateError says what is wrong.
+
+    Every path the manifest names must lie inside the directory (no absolute paths, no ``..``,
+    no symbolic link out of it). With ``verify`` (the default) every file is checked at once, so a
+    damaged directory fails here and not when a site is first activated: each file against its
+    hash in ``file_sha256`` (the model's copy too; ``model.sha256`` is the source file's hash), and
+    in a directory written before those hashes each ONNX file is parsed."""
     directory = Path(directory)
     if not directory.exists():
         raise ApparateError(f"engine directory '{directory}' does not exist; create it with: apparate-compile MODEL.onnx --data BOOTSTRAP.npz --out {directory}")
@@ -275,7 +300,10 @@ def read_manifest(directory: str | Path) -> Manifest:
     manifest = _parse(data, manifest_path)
     manifest.root = directory.resolve()
     _check_consistency(manifest, manifest_path)
+    _check_paths_inside(manifest, manifest.root, manifest_path)
     _check_files(manifest, directory)
+    if verify:
+        _check_hashes(manifest, manifest.root)
     return manifest
 
 
@@ -410,6 +438,7 @@ def _parse(data: dict[str, Any], path: Path) -> Manifest:
             ),
             tools=dict(_get(data, "tools", "", dict)),
             created=_get(data, "created", "", str),
+            file_sha256={str(k): str(v) for k, v in _get(data, "file_sha256", "", dict).items()} if "file_sha256" in data else {},
         )
     except _Missing as exc:
         raise ApparateError(f"{path} is missing or has a bad '{exc.key}'; the engine directory is corrupt or from another tool, {_RECOMPILE}") from None
@@ -446,6 +475,38 @@ def _check_consistency(m: Manifest, path: Path) -> None:
         problems.append(f"model.output '{m.model.output}' is not one of model.outputs")
     if problems:
         raise ApparateError(f"{path} is inconsistent: {'; '.join(problems)}; {_RECOMPILE}")
+
+
+def _check_paths_inside(m: Manifest, root: Path, path: Path) -> None:
+    """ApparateError naming the first manifest entry whose path leaves the directory."""
+    for entry, rel in m.named_files():
+        target = (root / rel).resolve()
+        if Path(rel).is_absolute() or not rel or (target != root and root not in target.parents):
+            raise ApparateError(f"{path}: {entry} '{rel}' is outside the engine directory; every file it names must be "
+                                f"a relative path inside it. The directory is corrupt or not to be trusted, {_RECOMPILE}")
+
+
+def _check_hashes(m: Manifest, root: Path) -> None:
+    """ApparateError naming the first file whose content is not what the manifest recorded."""
+    expected = m.file_sha256
+    for entry, rel in m.named_files():
+        want = expected.get(rel)
+        if want is not None:
+            if file_sha256(root / rel) != want:
+                raise ApparateError(f"engine directory '{root}': {rel} ({entry}) does not match its SHA-256 in {MANIFEST_NAME}; "
+                                    f"the file was changed or damaged, {_RECOMPILE}")
+        elif rel.endswith(".onnx"):
+            _check_onnx_parses(root / rel, entry)
+
+
+def _check_onnx_parses(path: Path, entry: str) -> None:
+    import onnx
+
+    try:
+        onnx.load_model(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several kinds on damaged bytes
+        raise ApparateError(f"engine directory file {path} ({entry}) is not a valid ONNX model ({type(exc).__name__}); "
+                            f"the file was changed or damaged, {_RECOMPILE}") from None
 
 
 def _check_files(m: Manifest, directory: Path) -> None:

@@ -22,9 +22,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from apparate_trt.compiler.pipeline import file_sha256
 from apparate_trt.data import load_inputs, take
-from apparate_trt.engine_dir import Manifest, read_manifest
+from apparate_trt.engine_dir import Manifest, file_sha256, read_manifest
 from apparate_trt.errors import ApparateError
 from apparate_trt.runtime.defaults import DEFAULT_AUDIT_RATE, DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY_MS
 from apparate_trt.runtime import policies

@@ -1,7 +1,9 @@
 """The engine directory's manifest: round trip, latency helpers, and every corruption error."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +67,8 @@ def engine(tmp_path: Path) -> Path:
 
 def test_round_trip(engine: Path) -> None:
     read = read_manifest(engine)
-    assert read == make_manifest()
+    assert dataclasses.replace(read, file_sha256={}) == make_manifest()
+    assert sorted(read.file_sha256) == sorted(read.referenced_files())  # every file's hash is recorded
     assert read.root == engine.resolve()
     assert read.path("ramps/ramp_001.onnx") == engine.resolve() / "ramps" / "ramp_001.onnx"
     stats = read.load_bootstrap_stats()
@@ -140,3 +143,62 @@ def test_inconsistent_counts(engine: Path) -> None:
     data["profiles"]["ramps_ms"] = data["profiles"]["ramps_ms"][:1]
     (engine / "manifest.json").write_text(json.dumps(data))
     assert "ramps_ms" in _error(engine)
+
+
+# ---- integrity: paths stay inside, files are what the manifest recorded -----------------------------
+
+def _set_file(engine: Path, key: str, index: int | None, value: str) -> None:
+    data = json.loads((engine / "manifest.json").read_text())
+    entry = data[key] if index is None else data[key][index]
+    entry["file"] = value
+    (engine / "manifest.json").write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("key,index,value,entry", [
+    ("ramps", 1, "../../../../etc/passwd", "ramps[1].file"),
+    ("ramps", 0, "/etc/passwd", "ramps[0].file"),
+    ("segments", 2, "segments/../../outside.onnx", "segments[2].file"),
+    ("bootstrap", None, "/tmp/anything.npz", "bootstrap.file"),
+    ("model", None, "", "model.file"),
+])
+def test_a_path_outside_the_directory_is_refused_naming_the_entry(engine: Path, key, index, value, entry) -> None:
+    _set_file(engine, key, index, value)
+    message = _error(engine)
+    assert entry in message and "outside the engine directory" in message
+
+
+def test_a_symbolic_link_out_of_the_directory_is_refused(engine: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere.onnx"
+    outside.write_bytes(b"")
+    target = engine / "ramps" / "ramp_000.onnx"
+    target.unlink()
+    os.symlink(outside, target)
+    assert "ramps[0].file" in _error(engine)
+
+
+@pytest.mark.parametrize("rel", ["model.onnx", "segments/seg_001.onnx", "ramps/ramp_001.onnx", "bootstrap_stats.npz"])
+def test_a_changed_file_fails_at_start_up(engine: Path, rel: str) -> None:
+    (engine / rel).write_bytes(os.urandom(64))
+    message = _error(engine)
+    assert rel in message and "SHA-256" in message and "\n" not in message
+    assert read_manifest(engine, verify=False).root == engine.resolve()  # verify=False skips the content check
+
+
+def test_without_recorded_hashes_every_onnx_file_is_parsed(tmp_path: Path) -> None:
+    """A directory from before file_sha256: real ONNX files pass, random bytes in a ramp do not."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    engine = write_engine_dir(tmp_path, make_manifest())
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    for rel in make_manifest().referenced_files():
+        if rel.endswith(".onnx"):
+            onnx.save(helper.make_model(graph), str(engine / rel))
+    data = json.loads((engine / "manifest.json").read_text())
+    del data["file_sha256"]
+    (engine / "manifest.json").write_text(json.dumps(data))
+    assert read_manifest(engine).file_sha256 == {}
+    (engine / "ramps" / "ramp_001.onnx").write_bytes(b"\xff\x00 not a protobuf" * 7)
+    message = _error(engine)
+    assert "ramps/ramp_001.onnx" in message and "not a valid ONNX model" in message

@@ -17,7 +17,6 @@ The stages of DESIGN.md "Offline", each with progress lines through ``log``:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import platform
 import shutil
@@ -59,6 +58,7 @@ from apparate_trt.engine_dir import (
     is_engine_dir,
     read_manifest,
     write_bootstrap_stats,
+    file_sha256,
     write_manifest,
 )
 from apparate_trt.errors import ApparateError
@@ -125,15 +125,6 @@ def prepare_out_dir(out_dir: Path, force: bool) -> None:
 
 
 # ----- helpers ---------------------------------------------------------------------------------------
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def tool_versions() -> dict[str, str | None]:
     """Versions recorded in the manifest (None for tools that are not installed)."""
     import onnxruntime

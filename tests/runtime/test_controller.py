@@ -183,6 +183,9 @@ def test_emergency_limit_is_a_rare_count_for_a_ramp_within_the_constraint():
 def test_search_constraint_discounts_one_error_per_ramp():
     assert search_constraint(0.005, ramps=2, samples=1000) == pytest.approx(0.003)
     assert search_constraint(0.005, ramps=4, samples=512) == 0.0
+    # skip mode: an audited exit of weight 1 / audit rate hides that many real wrong exits
+    assert search_constraint(0.005, ramps=2, samples=4000, exit_weight=4.0) == pytest.approx(0.003)
+    assert search_constraint(0.005, ramps=2, samples=1000, exit_weight=0.5) == pytest.approx(0.003)
 
 
 def test_probe_sites_go_halfway_and_skip_taken_ones():

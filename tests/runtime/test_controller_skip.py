@@ -81,8 +81,14 @@ def test_skip_mode_holds_the_constraint_on_every_row():
         new = controller.observe(outcome, t=float(b))
         config = new or config
     correct, exits = np.concatenate(correct), np.concatenate(exits)
-    assert (exits >= 0).mean() > 0.15
+    assert (exits >= 0).mean() > 0.1  # it does exit (the test is not vacuous)
     assert correct.mean() >= 0.99
+    # windows of 512 served rows, after the first tune: the winner's-curse discount scaled by the
+    # audited exits' weight keeps them within the constraint as in release mode
+    first_tune = next(e["batch"] for e in controller.events if e["kind"] == "tune")
+    after = correct[first_tune * 8:]
+    windows = after[: len(after) // 512 * 512].reshape(-1, 512).mean(axis=1)
+    assert windows.size >= 40 and np.mean(windows < 0.99) < 0.05
     assert controller.window_size == 1024 * 5, "skip mode keeps window_size / audit_rate samples"
     assert controller.audit_rate == pytest.approx(0.2)
 

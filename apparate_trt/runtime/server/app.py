@@ -18,8 +18,9 @@ from apparate_trt.errors import ApparateError
 from apparate_trt.runtime.defaults import DEFAULT_ACCURACY_CONSTRAINT, DEFAULT_AUDIT_RATE, DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY_MS
 from apparate_trt.runtime.server.codec import ModelSpec
 from apparate_trt.runtime.server.grpc import GrpcFrontend
-from apparate_trt.runtime.server.http import HttpFrontend
+from apparate_trt.runtime.server.http import MAX_CONNECTIONS, HttpFrontend
 from apparate_trt.runtime.server.metrics import Metrics, engine_gauges
+from apparate_trt.runtime.server.security import Security
 from apparate_trt.runtime.server.service import InferenceService
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,12 @@ class Server:
         engine: a loaded :class:`~apparate_trt.runtime.api.Engine`.
         model_name: the served model's name (default: the manifest's model name).
         request_timeout_s: the longest one request may take, seconds.
-        max_batch: the engine's max batch size (shown in the model config).
+        max_batch: the engine's max batch size (shown in the model config; a request's batch may
+            not exceed it).
         drain_timeout_s: the longest :meth:`stop` waits for accepted requests, seconds.
+        security: TLS and bearer token (:func:`~apparate_trt.runtime.server.security.load_security`);
+            None: plain text, no token.
+        max_connections: REST connections served at once (one more gets 503).
     """
 
     def __init__(
@@ -53,6 +58,8 @@ class Server:
         request_timeout_s: float = 30.0,
         max_batch: int = DEFAULT_MAX_BATCH,
         drain_timeout_s: float = DRAIN_TIMEOUT_S,
+        security: Security | None = None,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         if http_port is None and grpc_port is None:
             raise ApparateError("the server needs at least one of the HTTP and gRPC ports")
@@ -61,6 +68,8 @@ class Server:
         self.metrics = Metrics(self.spec.name, lambda: engine_gauges(engine))
         self.service = InferenceService(engine, self.spec, self.metrics, request_timeout_s, max_batch)
         self.host = host
+        self.security = security or Security()
+        self.max_connections = int(max_connections)
         self.drain_timeout_s = float(drain_timeout_s)
         self._http_port, self._grpc_port = http_port, grpc_port
         self._http: HttpFrontend | None = None
@@ -89,6 +98,8 @@ class Server:
         overload_fallback: bool | None = None,
         exit_mode: str | None = None,
         audit_rate: float = DEFAULT_AUDIT_RATE,
+        security: Security | None = None,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> "Server":
         """Load ``engine_dir`` (see :func:`apparate_trt.runtime.api.load`) and wrap it (not started)."""
         from apparate_trt.runtime.api import load
@@ -115,6 +126,8 @@ class Server:
                 request_timeout_s=request_timeout_s,
                 max_batch=max_batch,
                 drain_timeout_s=drain_timeout_s,
+                security=security,
+                max_connections=max_connections,
             )
         except BaseException:
             engine.close()
@@ -139,9 +152,9 @@ class Server:
             self._started = True
         try:
             if self._http_port is not None:
-                self._http = HttpFrontend(self.service, self.host, self._http_port)
+                self._http = HttpFrontend(self.service, self.host, self._http_port, self.max_connections, security=self.security)
             if self._grpc_port is not None:
-                self._grpc = GrpcFrontend(self.service, self.host, self._grpc_port)
+                self._grpc = GrpcFrontend(self.service, self.host, self._grpc_port, self.security)
                 self._grpc.start()
             if self._http is not None:
                 self._http.start()
@@ -193,7 +206,9 @@ class Server:
         if self.grpc_port is not None:
             parts.append(f"gRPC at {self.host}:{self.grpc_port}")
         mode = getattr(self.engine, "mode", "apparate")
-        return f"serving model '{self.spec.name}' ({mode}) over {' and '.join(parts)}; stop with SIGTERM or Ctrl-C"
+        extras = [x for x, on in (("TLS", self.security.tls), ("bearer token", self.security.token is not None)) if on]
+        with_ = f" with {' and '.join(extras)}" if extras else ""
+        return f"serving model '{self.spec.name}' ({mode}) over {' and '.join(parts)}{with_}; stop with SIGTERM or Ctrl-C"
 
 
 def run_until_signal(server: Server, ready_callback: Callable[[Server], None] | None = None) -> int:
@@ -248,6 +263,8 @@ def serve(
     overload_fallback: bool | None = None,
     exit_mode: str | None = None,
     audit_rate: float = DEFAULT_AUDIT_RATE,
+    security: Security | None = None,
+    max_connections: int = MAX_CONNECTIONS,
 ) -> int:
     """Serve ``engine_dir`` over the Open Inference Protocol until SIGTERM / SIGINT; the exit status.
 
@@ -270,5 +287,7 @@ def serve(
         overload_fallback=overload_fallback,
         exit_mode=exit_mode,
         audit_rate=audit_rate,
+        security=security,
+        max_connections=max_connections,
     )
     return run_until_signal(server, ready_callback)

@@ -11,6 +11,7 @@ one-line message that names the offending tensor or field.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -55,14 +56,23 @@ WAIT_FINAL_PARAM = "apparate_wait_final"
 EXIT_SITE_PARAM = "apparate_exit_site"
 """Response parameter (string): the releasing site id per sample, or ``final``; comma-separated."""
 IS_FINAL_PARAM = "apparate_is_final"
+"""Response parameter (bool): every sample's answer is the full model's output."""
 SKIPPED_PARAM = "apparate_skipped"
 """Response parameter (skip mode): true when a sample left the batch at its ramp, so the answer is
 its last and no final one follows."""
-"""Response parameter (bool): every sample's answer is the full model's output."""
 FINAL_RESPONSE_PARAM = "triton_final_response"
 """Response parameter (bool) of a decoupled stream: true on a request's last response."""
 TIMEOUT_PARAM = "timeout"
 """Request parameter (int, microseconds), as tritonclient sends it: a tighter per-request timeout."""
+
+
+MAX_DIM = 2**31 - 1
+"""The largest size of one tensor dimension a request may declare."""
+MAX_TENSOR_BYTES = 256 * 1024 * 1024
+"""The most bytes one decoded input tensor may take (its declared shape times its itemsize)."""
+MAX_JSON_BYTES = 64 * 1024 * 1024
+"""The largest JSON part of a REST request (bytes): parsed JSON takes about 7 times its size in
+memory, so larger tensors must travel as binary data (``binary_data_size``)."""
 
 
 class RequestError(ApparateError):
@@ -291,16 +301,50 @@ def _shape_of(raw: Any, where: str) -> tuple[int, ...]:
         raise RequestError(f"{where}: 'shape' must be a list of integers, got {raw!r}")
     if any(d < 0 for d in raw):
         raise RequestError(f"{where}: 'shape' {list(raw)} has a negative dimension")
+    if any(d > MAX_DIM for d in raw):
+        raise RequestError(f"{where}: 'shape' {list(raw)} has a dimension over {MAX_DIM}")
     return tuple(raw)
+
+
+def tensor_nbytes(shape: Sequence[int], dtype: np.dtype, where: str) -> int:
+    """Bytes a tensor of ``shape`` and ``dtype`` takes, in exact integer arithmetic (no overflow);
+    RequestError past :data:`MAX_TENSOR_BYTES`, before anything is allocated."""
+    nbytes = math.prod(int(d) for d in shape) * dtype.itemsize
+    if nbytes > MAX_TENSOR_BYTES:
+        raise RequestError(f"{where}: shape {list(shape)} of {protocol_datatype(dtype)} needs {nbytes} bytes, "
+                           f"over the limit of {MAX_TENSOR_BYTES} per tensor; send smaller batches")
+    return nbytes
+
+
+def check_declared(spec: ModelSpec, max_batch: int | None, name: str, dtype: np.dtype, shape: tuple[int, ...], where: str) -> None:
+    """Check one input's declared name, datatype and shape against the model (and its batch
+    against ``max_batch``) before its data is decoded; RequestError otherwise."""
+    expected = {t.name: t for t in spec.inputs}
+    t = expected.get(name)
+    if t is None:
+        raise RequestError(f"unknown input '{name}' for model '{spec.name}' (its inputs: {', '.join(expected)})")
+    if dtype != t.dtype:
+        raise RequestError(f"{where} has datatype {protocol_datatype(dtype)}, expected {t.datatype}")
+    if not _shape_matches(shape, t.shape):
+        raise RequestError(f"{where} has shape {list(shape)}, expected {list(t.shape)} (-1: any size, batch first)")
+    if max_batch is not None and shape and shape[0] > max_batch:
+        raise RequestError(f"{where} has a batch of {shape[0]}, over the model's maximum batch of {max_batch}; split the request")
+
+
+def _claim_name(seen: set[str], name: str, where: str) -> None:
+    """RequestError when ``name`` was already given (the protocol names each input once)."""
+    if name in seen:
+        raise RequestError(f"{where}: input '{name}' is given twice; send each input once")
+    seen.add(name)
 
 
 def tensor_from_values(values: Any, dtype: np.dtype, shape: tuple[int, ...], where: str) -> np.ndarray:
     """Array of ``shape`` from JSON data (flat or nested list); RequestError on a size mismatch."""
+    count = tensor_nbytes(shape, dtype, where) // dtype.itemsize
     try:
         arr = np.asarray(values, dtype=dtype)
     except (TypeError, ValueError, OverflowError) as exc:
         raise RequestError(f"{where}: 'data' cannot be read as {protocol_datatype(dtype)} ({exc})") from None
-    count = int(np.prod(shape, dtype=np.int64))
     if arr.size != count:
         raise RequestError(f"{where}: 'data' holds {arr.size} values but shape {list(shape)} needs {count}")
     return arr.reshape(shape)
@@ -308,26 +352,35 @@ def tensor_from_values(values: Any, dtype: np.dtype, shape: tuple[int, ...], whe
 
 def tensor_from_bytes(raw: bytes, dtype: np.dtype, shape: tuple[int, ...], where: str) -> np.ndarray:
     """Array of ``shape`` from little-endian raw bytes; RequestError on a size mismatch."""
-    count = int(np.prod(shape, dtype=np.int64))
-    need = count * dtype.itemsize
+    need = tensor_nbytes(shape, dtype, where)
+    count = need // dtype.itemsize
     if len(raw) != need:
         raise RequestError(f"{where}: binary data has {len(raw)} bytes but shape {list(shape)} of {protocol_datatype(dtype)} needs {need}")
     return np.frombuffer(raw, dtype=dtype.newbyteorder("<"), count=count).astype(dtype, copy=True).reshape(shape)
 
 
 # --------------------------------------------------------------------------------------- REST
-def parse_http_request(body: bytes, header_length: int | None = None) -> InferRequest:
+def parse_http_request(
+    body: bytes, header_length: int | None = None, spec: ModelSpec | None = None, max_batch: int | None = None
+) -> InferRequest:
     """Parse a REST infer body: JSON, or with the binary tensor extension a JSON header of
-    ``header_length`` bytes followed by the inputs' raw bytes (``binary_data_size`` each)."""
+    ``header_length`` bytes followed by the inputs' raw bytes (``binary_data_size`` each).
+
+    With ``spec`` (and ``max_batch``), each input's name, datatype and shape are checked against
+    the model before its data is decoded; every input is named once, and no tensor may need more
+    than :data:`MAX_TENSOR_BYTES`."""
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
             raise RequestError(f"Inference-Header-Content-Length {header_length} exceeds the body's {len(body)} bytes")
         header_bytes, binary = body[:header_length], body[header_length:]
     else:
         header_bytes, binary = body, b""
+    if len(header_bytes) > MAX_JSON_BYTES:
+        raise RequestError(f"the request's JSON is {len(header_bytes)} bytes, over the limit of {MAX_JSON_BYTES}; "
+                           "send the tensors as binary data (binary_data_size) or in smaller requests")
     try:
         doc = json.loads(header_bytes)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise RequestError(f"request body is not valid JSON ({exc})") from None
     if not isinstance(doc, dict):
         raise RequestError("request body must be a JSON object with an 'inputs' list")
@@ -340,9 +393,11 @@ def parse_http_request(body: bytes, header_length: int | None = None) -> InferRe
     inputs: dict[str, np.ndarray] = {}
     offset = 0
     for i, entry in enumerate(raw_inputs):
-        array, used = _http_input(entry, i, binary, offset)
+        name = _name_of(entry, f"inputs[{i}]")
+        _claim_name(set(inputs), name, f"inputs[{i}]")
+        array, used = _http_input(entry, i, binary, offset, spec, max_batch)
         offset += used
-        inputs[_name_of(entry, f"inputs[{i}]")] = array
+        inputs[name] = array
     if offset != len(binary):
         raise RequestError(f"the body carries {len(binary) - offset} binary bytes that no input claims")
     outputs, binary_outputs = _http_outputs(doc.get("outputs"), _truthy(params.get("binary_data_output", False)))
@@ -356,12 +411,16 @@ def _name_of(entry: Any, where: str) -> str:
     return entry["name"]
 
 
-def _http_input(entry: Any, index: int, binary: bytes, offset: int) -> tuple[np.ndarray, int]:
+def _http_input(
+    entry: Any, index: int, binary: bytes, offset: int, spec: ModelSpec | None, max_batch: int | None
+) -> tuple[np.ndarray, int]:
     """One input tensor of a REST request, and the binary bytes it consumed."""
     name = _name_of(entry, f"inputs[{index}]")
     where = f"input '{name}'"
     dtype = numpy_dtype(entry.get("datatype", ""), where)
     shape = _shape_of(entry.get("shape"), where)
+    if spec is not None:
+        check_declared(spec, max_batch, name, dtype, shape, where)
     params = entry.get("parameters") or {}
     size = params.get("binary_data_size") if isinstance(params, dict) else None
     if size is not None:
@@ -445,8 +504,9 @@ def set_grpc_parameters(target: Any, values: Mapping[str, Any]) -> None:
             target[key].string_param = str(value)
 
 
-def parse_grpc_request(request: Any) -> InferRequest:
-    """Parse a ``ModelInferRequest`` (raw_input_contents or typed contents)."""
+def parse_grpc_request(request: Any, spec: ModelSpec | None = None, max_batch: int | None = None) -> InferRequest:
+    """Parse a ``ModelInferRequest`` (raw_input_contents or typed contents); ``spec`` and
+    ``max_batch`` as in :func:`parse_http_request`."""
     if not request.inputs:
         raise RequestError("the request has no inputs")
     raw = list(request.raw_input_contents)
@@ -455,8 +515,11 @@ def parse_grpc_request(request: Any) -> InferRequest:
     inputs: dict[str, np.ndarray] = {}
     for i, tensor in enumerate(request.inputs):
         where = f"input '{tensor.name}'"
+        _claim_name(set(inputs), tensor.name, f"inputs[{i}]")
         dtype = numpy_dtype(tensor.datatype, where)
         shape = _shape_of(list(tensor.shape), where)
+        if spec is not None:
+            check_declared(spec, max_batch, tensor.name, dtype, shape, where)
         if raw:
             inputs[tensor.name] = tensor_from_bytes(raw[i], dtype, shape, where)
         else:

@@ -7,7 +7,10 @@ ModelReady, ServerMetadata, ModelMetadata, ModelConfig, ModelInfer (the early re
 one with ``apparate_wait_final``) and ModelStreamInfer (per request the early response with
 ``triton_final_response=false`` and then the final one with ``true``; a single final response when
 no ramp releases the request early). Status codes: INVALID_ARGUMENT (bad request, unknown model),
-RESOURCE_EXHAUSTED (queue full), UNAVAILABLE (shutting down), DEADLINE_EXCEEDED, INTERNAL.
+RESOURCE_EXHAUSTED (queue full), UNAVAILABLE (shutting down), DEADLINE_EXCEEDED, INTERNAL, and
+UNAUTHENTICATED (missing or wrong bearer token, when one is set). Infer messages are decoded by
+the handlers (an undecodable one is INVALID_ARGUMENT, or an error response on a stream that keeps
+serving). Optional TLS and bearer token: :mod:`apparate_trt.runtime.server.security`.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from apparate_trt.runtime.server.codec import (
     parse_grpc_request,
 )
 from apparate_trt.runtime.server.http import EXTENSIONS, error_status
+from apparate_trt.runtime.server.security import OPEN_GRPC_METHODS, Security
 from apparate_trt.runtime.server.service import (
     DeadlineError,
     InferenceService,
@@ -95,6 +99,71 @@ async def wait_answer(pending: Pending, final: bool, final_response: bool | None
     return collect(futures, final_response)
 
 
+def decode_message(cls: Any, raw: bytes, what: str) -> Any:
+    """``cls`` parsed from ``raw`` (the message's bytes); RequestError when they are not one."""
+    from google.protobuf.message import DecodeError
+
+    try:
+        return cls.FromString(raw)
+    except (DecodeError, ValueError, TypeError) as exc:
+        raise RequestError(f"the {what} message cannot be decoded as {cls.DESCRIPTOR.name} ({exc}); "
+                           "send a ModelInferRequest of the Open Inference Protocol") from None
+
+
+def service_handler(servicer: Any, pb: Any) -> Any:
+    """The method table of ``inference.GRPCInferenceService`` over ``servicer``.
+
+    The infer methods receive their messages as bytes and decode them themselves, so that an
+    undecodable message is answered with INVALID_ARGUMENT (unary) or an error response on a stream
+    that keeps serving, not refused by the framework. Methods not listed (model repository, shared
+    memory, statistics, trace) are UNIMPLEMENTED."""
+    unary = {
+        "ServerLive": (pb.ServerLiveRequest, pb.ServerLiveResponse),
+        "ServerReady": (pb.ServerReadyRequest, pb.ServerReadyResponse),
+        "ModelReady": (pb.ModelReadyRequest, pb.ModelReadyResponse),
+        "ServerMetadata": (pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+        "ModelMetadata": (pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+        "ModelConfig": (pb.ModelConfigRequest, pb.ModelConfigResponse),
+    }
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name), request_deserializer=req.FromString, response_serializer=resp.SerializeToString
+        )
+        for name, (req, resp) in unary.items()
+    }
+    handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(
+        servicer.ModelInfer, request_deserializer=None, response_serializer=pb.ModelInferResponse.SerializeToString
+    )
+    handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
+        servicer.ModelStreamInfer, request_deserializer=None, response_serializer=pb.ModelStreamInferResponse.SerializeToString
+    )
+    return grpc.method_handlers_generic_handler("inference.GRPCInferenceService", handlers)
+
+
+class TokenInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses, with UNAUTHENTICATED, every call but the open probes that lacks the bearer token
+    (metadata ``authorization: Bearer TOKEN``); each refusal is counted in the metrics."""
+
+    def __init__(self, security: Security, service: InferenceService) -> None:
+        self.security = security
+        self.service = service
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        method = details.method.rsplit("/", 1)[-1]
+        metadata = {str(k).lower(): v for k, v in (details.invocation_metadata or ())}
+        if method in OPEN_GRPC_METHODS or self.security.authorized(metadata.get("authorization")):
+            return await continuation(details)
+        self.service.metrics.request_done("grpc", "unauthenticated", 0.0)
+        message = "missing or wrong bearer token; send the metadata 'authorization: Bearer TOKEN'"
+
+        async def deny(request: Any, context: Any) -> None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+        if method == "ModelStreamInfer":
+            return grpc.stream_stream_rpc_method_handler(deny)
+        return grpc.unary_unary_rpc_method_handler(deny)
+
+
 def _client_timeout(context: Any) -> float | None:
     remaining = context.time_remaining()
     return remaining if remaining is not None and remaining > 0 else None
@@ -156,13 +225,14 @@ def make_servicer(service: InferenceService, pb: Any, pb_grpc: Any, config_pb: A
             )
             return pb.ModelConfigResponse(config=config)
 
-        async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
+        async def ModelInfer(self, raw: bytes, context: Any) -> Any:  # noqa: N802
             t0 = time.monotonic()
             code, failure, status = "ok", None, grpc.StatusCode.INTERNAL
             try:
                 with service.tracked():
+                    request = decode_message(pb.ModelInferRequest, raw, "ModelInfer")
                     service.check_model(request.model_name, request.model_version)
-                    infer = parse_grpc_request(request)
+                    infer = parse_grpc_request(request, spec, service.max_batch)
                     pending = service.submit(infer, _client_timeout(context))
                     answer = await wait_answer(pending, final=infer.wait_final)
                     return encode_grpc_response(spec, infer.id, answer, pb)
@@ -208,14 +278,17 @@ def make_servicer(service: InferenceService, pb: Any, pb_grpc: Any, config_pb: A
                 for task in list(tasks):
                     task.cancel()
 
-        async def _stream_one(self, request: Any, out: asyncio.Queue) -> None:
-            """Answer one stream request: early then final response, or one final response."""
+        async def _stream_one(self, raw: bytes, out: asyncio.Queue) -> None:
+            """Answer one stream request: early then final response, or one final response; an
+            undecodable message gets an error response and the stream goes on."""
             t0 = time.monotonic()
             code = "ok"
+            request: Any = None
             try:
                 with service.tracked():
+                    request = decode_message(pb.ModelInferRequest, raw, "ModelStreamInfer")
                     service.check_model(request.model_name, request.model_version)
-                    infer = parse_grpc_request(request)
+                    infer = parse_grpc_request(request, spec, service.max_batch)
                     pending = service.submit(infer)
                     first = await wait_answer(pending, final=infer.wait_final)
                     first.final_response = first.last  # a skipped sample's early answer is its last
@@ -225,7 +298,8 @@ def make_servicer(service: InferenceService, pb: Any, pb_grpc: Any, config_pb: A
                         out.put_nowait(pb.ModelStreamInferResponse(infer_response=encode_grpc_response(spec, infer.id, final, pb)))
             except ApparateError as exc:
                 code = status_code(exc)[1]
-                out.put_nowait(pb.ModelStreamInferResponse(error_message=f"{request.id or 'request'}: {exc}"))
+                label = (request.id if request is not None else "") or "request"
+                out.put_nowait(pb.ModelStreamInferResponse(error_message=f"{label}: {exc}"))
             except asyncio.CancelledError:
                 code = "disconnected"
                 raise
@@ -242,8 +316,9 @@ def make_servicer(service: InferenceService, pb: Any, pb_grpc: Any, config_pb: A
 class GrpcFrontend:
     """The gRPC listener on its own event-loop thread; binds in :meth:`start`."""
 
-    def __init__(self, service: InferenceService, host: str, port: int) -> None:
+    def __init__(self, service: InferenceService, host: str, port: int, security: Security | None = None) -> None:
         self.service = service
+        self.security = security or Security()
         self.host = host
         self.port = int(port)
         self._modules = _protocol_modules()
@@ -268,11 +343,15 @@ class GrpcFrontend:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),  # a taken port must fail, not be shared
         ]
-        server = grpc.aio.server(options=options)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(make_servicer(self.service, pb, pb_grpc, config_pb), server)
+        interceptors = [TokenInterceptor(self.security, self.service)] if self.security.token is not None else []
+        server = grpc.aio.server(options=options, interceptors=interceptors)
+        server.add_generic_rpc_handlers((service_handler(make_servicer(self.service, pb, pb_grpc, config_pb), pb),))
         address = f"{self.host}:{self.port}"
         try:
-            port = server.add_insecure_port(address)
+            if self.security.tls:
+                port = server.add_secure_port(address, grpc.ssl_server_credentials([self.security.pem_pair()]))
+            else:
+                port = server.add_insecure_port(address)
         except RuntimeError as exc:
             raise ApparateError(f"cannot listen for gRPC on {address} ({exc}); choose another --grpc-port") from None
         if not port:

@@ -4,13 +4,19 @@ Endpoints: ``GET /v2/health/live``, ``/v2/health/ready``, ``/v2`` (server metada
 ``/v2/models/{name}[/versions/{v}]`` (model metadata), ``.../ready``, ``.../config``,
 ``POST .../infer`` (JSON tensors, or the binary tensor extension that tritonclient uses), and
 ``GET /metrics`` (Prometheus text). One thread per connection (``ThreadingHTTPServer``), keep-alive,
-Nagle off. Errors are ``{"error": "..."}`` with 400 (bad request or unknown model), 404 (no such
-endpoint), 503 (+ Retry-After) when overloaded or shutting down, 504 past the request timeout, 500
-if the engine fails.
+Nagle off. Errors are ``{"error": "..."}`` with 400 (bad request or unknown model), 401 (missing
+or wrong bearer token, when one is set), 404 (no such endpoint), 413 (body over the limit), 503
+(+ Retry-After) when overloaded, over the connection limit or shutting down, 504 past the request
+timeout, 500 if the engine fails; the standard library's own errors (bad request line, 414, 431,
+501) are JSON too.
+
+Bounds: at most ``MAX_CONNECTIONS`` connections served at once; from a request's first byte its
+line, headers and body must arrive within ``READ_TIMEOUT_S``; bodies of at most ``MAX_BODY_BYTES``
+as sent and ``MAX_DECODED_BYTES`` after gzip / deflate (streamed, stopped at the cap). Optional
+TLS and bearer token: :mod:`apparate_trt.runtime.server.security`.
 """
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import re
@@ -29,6 +35,7 @@ from apparate_trt.runtime.server.codec import (
     http_error_body,
     parse_http_request,
 )
+from apparate_trt.runtime.server.security import OPEN_HTTP_PATHS, Security
 from apparate_trt.runtime.server.service import (
     DeadlineError,
     InferenceService,
@@ -40,9 +47,16 @@ from apparate_trt.runtime.server.service import (
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 256 * 1024 * 1024
-"""The largest request body accepted (bytes); larger ones get 413."""
+"""The largest request body accepted (bytes, as sent); larger ones get 413."""
+MAX_DECODED_BYTES = MAX_BODY_BYTES
+"""The largest request body after its Content-Encoding is undone (bytes); past it, 400."""
 IDLE_TIMEOUT_S = 120.0
 """A keep-alive connection idle this long (seconds) is closed."""
+READ_TIMEOUT_S = 30.0
+"""From a request's first byte, its line, headers and body must arrive within this (seconds), or
+the connection is closed (a slow client cannot hold a thread)."""
+MAX_CONNECTIONS = 256
+"""Open connections served at once; one more is answered 503 and closed."""
 RETRY_AFTER_S = 1
 """Retry-After (seconds) sent with 503 when the queue is full."""
 EXTENSIONS = ["binary_tensor_data", "parameters", "model_configuration"]
@@ -68,18 +82,46 @@ def error_status(exc: BaseException) -> tuple[int, str]:
     return 500, "error"
 
 
-def decode_body(body: bytes, encoding: str | None) -> bytes:
-    """The request body after its Content-Encoding (gzip or deflate); RequestError otherwise."""
-    if not encoding or encoding == "identity":
+def decode_body(body: bytes, encoding: str | None, limit: int = MAX_DECODED_BYTES) -> bytes:
+    """The request body after its Content-Encoding (gzip or deflate); RequestError otherwise.
+
+    Decompression is streamed and stops as soon as the output passes ``limit`` bytes, so a small
+    compressed body cannot expand into a large allocation (a decompression bomb)."""
+    encoding = (encoding or "").strip().lower()
+    if encoding in ("", "identity"):
         return body
+    if encoding not in ("gzip", "deflate"):
+        raise RequestError(f"unsupported Content-Encoding '{encoding}' (use gzip, deflate or none)")
     try:
-        if encoding == "gzip":
-            return gzip.decompress(body)
-        if encoding == "deflate":
-            return zlib.decompress(body)
-    except (OSError, zlib.error, EOFError) as exc:
+        return _inflate(body, 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS, limit, encoding)
+    except zlib.error as exc:
         raise RequestError(f"request body is not valid {encoding} data ({exc})") from None
-    raise RequestError(f"unsupported Content-Encoding '{encoding}' (use gzip, deflate or none)")
+
+
+def _inflate(data: bytes, wbits: int, limit: int, encoding: str) -> bytes:
+    """Decompress ``data`` (gzip members one after another, or one zlib stream) into at most
+    ``limit`` bytes; RequestError past it or on a truncated stream."""
+    out = bytearray()
+    rest = data
+    while rest:
+        stream = zlib.decompressobj(wbits)
+        pending = rest
+        while pending:
+            out += stream.decompress(pending, limit + 1 - len(out))
+            if len(out) > limit:
+                raise RequestError(f"request body decompresses to over {limit} bytes, the limit; send less data per request")
+            pending = stream.unconsumed_tail
+            if stream.eof:
+                break
+        out += stream.flush()
+        if len(out) > limit:
+            raise RequestError(f"request body decompresses to over {limit} bytes, the limit; send less data per request")
+        if not stream.eof:
+            raise RequestError(f"request body is not valid {encoding} data (the stream is truncated)")
+        rest = stream.unused_data
+        if rest and encoding != "gzip":
+            raise RequestError(f"request body has {len(rest)} bytes after the end of its {encoding} stream")
+    return bytes(out)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -91,9 +133,15 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server: "_Server"
 
+    reading_since: float | None = None  # monotonic s: a request is being read since (None: idle or answering)
+
     def setup(self) -> None:
+        ctx = self.server.app.ssl_context
+        if ctx is not None:  # the TLS handshake runs here, on this connection's thread, under the read deadline
+            self.request.settimeout(self.server.app.read_timeout_s)
+            self.request = ctx.wrap_socket(self.request, server_side=True)
         super().setup()
-        self.server.app.connection_opened(self.connection)
+        self.server.app.connection_opened(self.connection, self)
 
     def finish(self) -> None:
         try:
@@ -101,6 +149,47 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
         self.server.app.connection_closed(self.connection)
+
+    def handle_one_request(self) -> None:
+        """Wait (up to the idle timeout) for a request's first byte, then read it under the
+        read deadline that the front end's reaper enforces."""
+        try:
+            if not self.rfile.peek(1):
+                self.close_connection = True
+                return
+        except (OSError, ValueError):
+            self.close_connection = True
+            return
+        self.reading_since = time.monotonic()
+        try:
+            super().handle_one_request()
+        finally:
+            self.reading_since = None
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        if ok and self.command != "POST":
+            self.reading_since = None  # nothing more to read: answering is not bounded by the deadline
+        return ok
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Every error the standard library raises (400, 414, 431, 501, ...) as a JSON body with a
+        status line, then close the connection."""
+        if self.request_version == "HTTP/0.9" or not getattr(self, "request_version", None):
+            self.request_version = "HTTP/1.0"  # always write a status line
+        short = self.responses.get(code, ("error",))[0]
+        self.close_connection = True
+        try:
+            self.send_response(code, message)
+            body = http_error_body(f"{code} {message or short}" + (f": {explain}" if explain else ""))
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+        except OSError:
+            pass
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         log.debug("%s - %s", self.address_string(), format % args)
@@ -130,9 +219,23 @@ class _Handler(BaseHTTPRequestHandler):
         return status
 
     # ------------------------------------------------------------------------------ routing
+    def _authorized(self, path: str) -> bool:
+        """True if the request may go on; otherwise 401 was sent (the token is missing or wrong)."""
+        security = self.server.app.security
+        if security.token is None or path.rstrip("/") in OPEN_HTTP_PATHS or security.authorized(self.headers.get("Authorization")):
+            return True
+        self._drain_body()
+        self.close_connection = True
+        self._send(401, http_error_body("missing or wrong bearer token; send the header 'Authorization: Bearer TOKEN'"),
+                   headers={"WWW-Authenticate": 'Bearer realm="apparate_trt"'})
+        self.server.app.service.metrics.request_done("http", "unauthenticated", 0.0)
+        return False
+
     def do_GET(self) -> None:  # noqa: N802 - the base class's naming
         app = self.server.app
         path = self.path.split("?", 1)[0]
+        if not self._authorized(path):
+            return
         if path in ("/v2/health/live", "/v2/health/live/"):
             self._send(200, b"")
         elif path in ("/v2/health/ready", "/v2/health/ready/"):
@@ -173,6 +276,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         path = self.path.split("?", 1)[0]
+        if not self._authorized(path):
+            return
         match = _MODEL_PATH.match(path)
         if match is None or match.group("action") != "/infer":
             self._not_found(path)
@@ -187,12 +292,15 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             size = int(length)
         except ValueError:
-            raise _HttpError(400, f"bad Content-Length '{length}'") from None
-        if size < 0 or size > MAX_BODY_BYTES:
-            raise _HttpError(413, f"request body of {size} bytes is over the limit of {MAX_BODY_BYTES}")
+            raise _HttpError(400, f"bad Content-Length '{length}'; it must be a number of bytes") from None
+        if size < 0:
+            raise _HttpError(400, f"bad Content-Length {size}; it must be a number of bytes, 0 or more")
+        if size > MAX_BODY_BYTES:
+            raise _HttpError(413, f"request body of {size} bytes is over the limit of {MAX_BODY_BYTES}; send less data per request")
         body = self.rfile.read(size)
         if len(body) != size:
             raise ConnectionError("client closed the connection mid-body")
+        self.reading_since = None
         return body
 
     def _drain_body(self) -> None:
@@ -216,7 +324,8 @@ class _Handler(BaseHTTPRequestHandler):
             with service.tracked():
                 try:
                     service.check_model(name, version)
-                    request = parse_http_request(decode_body(body, self.headers.get("Content-Encoding")), _header_length(self.headers))
+                    request = parse_http_request(decode_body(body, self.headers.get("Content-Encoding")), _header_length(self.headers),
+                                                 service.spec, service.max_batch)
                     pending = service.submit(request)
                     answer = service.wait(pending, final=request.wait_final)
                     payload, header_length = encode_http_response(service.spec, request, answer)
@@ -265,43 +374,114 @@ def _header_length(headers: Any) -> int | None:
         raise RequestError(f"bad Inference-Header-Content-Length '{value}'") from None
 
 
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+         b"Connection: close\r\nContent-Length: %d\r\n\r\n%s")
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 1024  # listen backlog: a burst of new connections must not be dropped
 
-    def __init__(self, address: tuple[str, int], app: "HttpFrontend") -> None:
+    def __init__(self, address: tuple[str, int], app: "HttpFrontend", max_connections: int) -> None:
         self.app = app
+        self.max_connections = int(max_connections)
+        self._open = 0
+        self._open_lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A thread per connection, up to ``max_connections``; past it, 503 and close at once."""
+        with self._open_lock:
+            busy = self._open >= self.max_connections
+            if not busy:
+                self._open += 1
+        if busy:
+            self.app.service.metrics.request_done("http", "overloaded", 0.0)
+            body = http_error_body(f"the server has {self.max_connections} connections open, its limit; retry shortly or reuse a connection")
+            try:
+                request.settimeout(1.0)
+                request.sendall(_BUSY % (len(body), body))
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._open_lock:
+                self._open -= 1
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away is not an error worth a traceback; anything else is logged."""
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (OSError, ValueError)):
+            log.debug("connection from %s ended: %s", client_address, exc)
+        else:
+            log.exception("HTTP connection from %s failed", client_address)
 
 
 class HttpFrontend:
     """The REST listener: binds at construction, serves on a background thread after :meth:`start`."""
 
-    def __init__(self, service: InferenceService, host: str, port: int) -> None:
+    def __init__(
+        self,
+        service: InferenceService,
+        host: str,
+        port: int,
+        max_connections: int = MAX_CONNECTIONS,
+        read_timeout_s: float = READ_TIMEOUT_S,
+        security: Security | None = None,
+    ) -> None:
         self.service = service
+        self.security = security or Security()
+        self.ssl_context = self.security.ssl_context() if self.security.tls else None
         try:
-            self._httpd = _Server((host, port), self)
+            self._httpd = _Server((host, port), self, max_connections)
         except OSError as exc:
             raise ApparateError(f"cannot listen for HTTP on {host}:{port} ({exc.strerror or exc}); choose another --http-port") from None
         self.host = host
         self.port = int(self._httpd.server_address[1])
+        self.read_timeout_s = float(read_timeout_s)
         self._thread: threading.Thread | None = None
-        self._connections: set[socket.socket] = set()
+        self._reaper: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._connections: dict[socket.socket, _Handler] = {}
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        """Serve on a background thread."""
+        """Serve on a background thread, with a reaper thread enforcing the read deadline."""
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1}, name="apparate-http", daemon=True)
         self._thread.start()
+        self._reaper = threading.Thread(target=self._reap_slow_readers, name="apparate-http-reaper", daemon=True)
+        self._reaper.start()
 
-    def connection_opened(self, conn: socket.socket) -> None:
+    def connection_opened(self, conn: socket.socket, handler: _Handler) -> None:
         with self._lock:
-            self._connections.add(conn)
+            self._connections[conn] = handler
 
     def connection_closed(self, conn: socket.socket) -> None:
         with self._lock:
-            self._connections.discard(conn)
+            self._connections.pop(conn, None)
+
+    def _reap_slow_readers(self) -> None:
+        """Close every connection whose request has been arriving for over ``read_timeout_s``."""
+        tick = min(1.0, self.read_timeout_s / 4)
+        while not self._stop.wait(tick):
+            now = time.monotonic()
+            with self._lock:
+                slow = [c for c, h in self._connections.items() if h.reading_since is not None and now - h.reading_since > self.read_timeout_s]
+            for conn in slow:
+                log.debug("closing a connection whose request took over %.0f s to arrive", self.read_timeout_s)
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def stop_accepting(self) -> None:
         """Stop the accept loop and close the listening socket (open connections keep going)."""
@@ -309,6 +489,7 @@ class HttpFrontend:
             self._httpd.shutdown()
             self._thread.join()
             self._thread = None
+        self._stop.set()
         self._httpd.server_close()
 
     def close_connections(self) -> None:

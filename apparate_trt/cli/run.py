@@ -35,7 +35,8 @@ overall and per window, exit share per ramp, the controller's decisions); --repo
 JSON (keys in docs/REPORT.md), --plot writes a latency CDF and a controller timeline as PNG.
 
 Serving (--serve): an Open Inference Protocol (KServe v2) server, REST on --http-port and gRPC on
---grpc-port, until SIGTERM or Ctrl-C (docs/SERVING.md).
+--grpc-port, until SIGTERM or Ctrl-C (docs/SERVING.md). It binds 127.0.0.1 unless --host says
+otherwise; --tls-cert/--tls-key add TLS and --auth-token-file (or $APPARATE_AUTH_TOKEN) a bearer token.
 """
 
 EPILOG = """\
@@ -108,6 +109,15 @@ def build_parser() -> Parser:
     serve.add_argument("--grpc-port", type=int, default=8001, metavar="PORT", help="gRPC port (0: pick a free one)")
     serve.add_argument("--request-timeout-s", type=float, default=30.0, metavar="S",
                        help="longest time (s) a served request may wait before it fails with a timeout")
+    serve.add_argument("--max-connections", type=int, default=256, metavar="N",
+                       help="REST connections served at once; one more is answered 503 and closed (default 256)")
+    serve.add_argument("--max-inflight", type=int, default=1024, metavar="N",
+                       help="requests in flight at once over REST and gRPC; one more gets 503 / RESOURCE_EXHAUSTED (default 1024)")
+    serve.add_argument("--tls-cert", default=None, metavar="PEM", help="serve REST and gRPC over TLS with this certificate (chain), PEM; needs --tls-key")
+    serve.add_argument("--tls-key", default=None, metavar="PEM", help="the private key of --tls-cert, PEM")
+    serve.add_argument("--auth-token-file", default=None, metavar="FILE",
+                       help="require 'Authorization: Bearer TOKEN' (gRPC metadata 'authorization') on every call but the health "
+                            "probes, TOKEN read from FILE (default: $APPARATE_AUTH_TOKEN if set, else no token)")
     return p
 
 
@@ -126,6 +136,9 @@ def validate_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         (0 <= args.http_port <= 65535, f"--http-port must be in 0..65535, got {args.http_port}"),
         (0 <= args.grpc_port <= 65535, f"--grpc-port must be in 0..65535, got {args.grpc_port}"),
         (math.isfinite(args.request_timeout_s) and args.request_timeout_s > 0, f"--request-timeout-s must be > 0, got {args.request_timeout_s}"),
+        (args.max_connections >= 1, f"--max-connections must be at least 1, got {args.max_connections}"),
+        (args.max_inflight >= 1, f"--max-inflight must be at least 1, got {args.max_inflight}"),
+        ((args.tls_cert is None) == (args.tls_key is None), "TLS needs both --tls-cert and --tls-key (PEM files), or neither"),
         (args.serve or args.data is not None, "--data EVAL.npz is required to replay (or pass --serve to serve)"),
     ]
     for ok, message in checks:
@@ -137,16 +150,19 @@ def serve_command(args: argparse.Namespace) -> int:
     """``--serve``: hand over to the server (imported lazily: it needs the 'serve' extra)."""
     try:
         from apparate_trt.runtime.server import serve
+        from apparate_trt.runtime.server.security import load_security
     except ModuleNotFoundError as exc:
         raise ApparateError(
             f"--serve needs the server module and its dependencies, which are missing ({exc}); "
             "install them with: pip install 'apparate_trt[serve]'"
         ) from None
+    security = load_security(args.tls_cert, args.tls_key, args.auth_token_file)
     return int(serve(
         args.engine_dir, model_name=args.model_name, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
         max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, accuracy_constraint=args.accuracy_constraint,
         queue_size=args.queue_size, request_timeout_s=args.request_timeout_s, mode=args.mode, threads=args.threads,
         overload_fallback=args.overload_fallback, exit_mode=args.exit_mode, audit_rate=args.audit_rate,
+        security=security, max_connections=args.max_connections, max_inflight=args.max_inflight,
     ) or 0)
 
 

@@ -99,11 +99,19 @@ def _bad_engine(kind: str, engine: Path) -> None:
         manifest.write_text(json.dumps(data), encoding="utf-8")
     elif kind == "no_manifest":
         manifest.unlink()
+    elif kind == "ramp_replaced":  # random bytes in the last ramp, which no initial config activates
+        data = json.loads(manifest.read_text())
+        (engine / data["ramps"][-1]["file"]).write_bytes(bytes(range(256)) * 4)
+    elif kind == "path_outside":
+        data = json.loads(manifest.read_text())
+        data["ramps"][0]["file"] = "../../../../etc/passwd"
+        manifest.write_text(json.dumps(data), encoding="utf-8")
 
 
 @pytest.mark.parametrize(
     "kind, fragment",
-    [("corrupt", "not valid JSON"), ("version", "format_version 99"), ("no_manifest", "not an engine directory")],
+    [("corrupt", "not valid JSON"), ("version", "format_version 99"), ("no_manifest", "not an engine directory"),
+     ("ramp_replaced", "does not match its SHA-256"), ("path_outside", "ramps[0].file '../../../../etc/passwd' is outside")],
 )
 def test_bad_engine_directories(engine_copy, kind, fragment, capsys):
     engine, eval_npz = engine_copy

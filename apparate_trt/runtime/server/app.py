@@ -10,7 +10,6 @@ import logging
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,12 +20,15 @@ from apparate_trt.runtime.server.grpc import GrpcFrontend
 from apparate_trt.runtime.server.http import MAX_CONNECTIONS, HttpFrontend
 from apparate_trt.runtime.server.metrics import Metrics, engine_gauges
 from apparate_trt.runtime.server.security import Security
-from apparate_trt.runtime.server.service import InferenceService
+from apparate_trt.runtime.server.service import MAX_INFLIGHT, InferenceService
 
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT_S = 60.0
 """The longest a stop waits (seconds) for accepted requests to be answered."""
+GRPC_STOP_GRACE_S = 1.0
+"""Once every accepted request is answered, the gRPC server's grace (seconds) for the calls it is
+still refusing with UNAVAILABLE."""
 
 
 class Server:
@@ -45,6 +47,8 @@ class Server:
         security: TLS and bearer token (:func:`~apparate_trt.runtime.server.security.load_security`);
             None: plain text, no token.
         max_connections: REST connections served at once (one more gets 503).
+        max_inflight: requests in flight at once over REST and gRPC (one more gets 503 /
+            RESOURCE_EXHAUSTED, counted as overloaded).
     """
 
     def __init__(
@@ -60,13 +64,14 @@ class Server:
         drain_timeout_s: float = DRAIN_TIMEOUT_S,
         security: Security | None = None,
         max_connections: int = MAX_CONNECTIONS,
+        max_inflight: int = MAX_INFLIGHT,
     ) -> None:
         if http_port is None and grpc_port is None:
             raise ApparateError("the server needs at least one of the HTTP and gRPC ports")
         self.engine = engine
         self.spec = ModelSpec.from_manifest(engine.manifest, model_name)
         self.metrics = Metrics(self.spec.name, lambda: engine_gauges(engine))
-        self.service = InferenceService(engine, self.spec, self.metrics, request_timeout_s, max_batch)
+        self.service = InferenceService(engine, self.spec, self.metrics, request_timeout_s, max_batch, max_inflight)
         self.host = host
         self.security = security or Security()
         self.max_connections = int(max_connections)
@@ -100,6 +105,7 @@ class Server:
         audit_rate: float = DEFAULT_AUDIT_RATE,
         security: Security | None = None,
         max_connections: int = MAX_CONNECTIONS,
+        max_inflight: int = MAX_INFLIGHT,
     ) -> "Server":
         """Load ``engine_dir`` (see :func:`apparate_trt.runtime.api.load`) and wrap it (not started)."""
         from apparate_trt.runtime.api import load
@@ -128,6 +134,7 @@ class Server:
                 drain_timeout_s=drain_timeout_s,
                 security=security,
                 max_connections=max_connections,
+                max_inflight=max_inflight,
             )
         except BaseException:
             engine.close()
@@ -173,19 +180,19 @@ class Server:
             if self._stopped:
                 return True
             self._stopped = True
-        t0 = time.monotonic()
-        self.service.start_draining()
+        self.service.start_draining()  # from now on a new request is answered 503 / UNAVAILABLE
         if self._http is not None:
             self._http.stop_accepting()
-        if self._grpc is not None:
-            self._grpc.stop_accepting(self.drain_timeout_s)
         try:
             self.engine.close()  # dispatches the queue at once and answers every accepted sample
         except Exception:  # noqa: BLE001 - the front ends must still close
             log.exception("closing the engine failed")
         idle = self.service.wait_idle(self.drain_timeout_s)
         if self._grpc is not None:
-            self._grpc.close(max(1.0, self.drain_timeout_s - (time.monotonic() - t0)))
+            # gRPC keeps taking calls while draining, so that each one not accepted gets UNAVAILABLE
+            # from the service instead of a bare CANCELLED from the transport; it stops once idle.
+            self._grpc.stop_accepting(GRPC_STOP_GRACE_S)
+            self._grpc.close(GRPC_STOP_GRACE_S + 5.0)
         if self._http is not None:
             self._http.close_connections()
         if not idle:
@@ -265,6 +272,7 @@ def serve(
     audit_rate: float = DEFAULT_AUDIT_RATE,
     security: Security | None = None,
     max_connections: int = MAX_CONNECTIONS,
+    max_inflight: int = MAX_INFLIGHT,
 ) -> int:
     """Serve ``engine_dir`` over the Open Inference Protocol until SIGTERM / SIGINT; the exit status.
 
@@ -289,5 +297,6 @@ def serve(
         audit_rate=audit_rate,
         security=security,
         max_connections=max_connections,
+        max_inflight=max_inflight,
     )
     return run_until_signal(server, ready_callback)

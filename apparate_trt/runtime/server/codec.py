@@ -208,6 +208,8 @@ class InferRequest:
             micros = float(value)
         except (TypeError, ValueError):
             raise RequestError(f"request parameter 'timeout' must be a number of microseconds, got {value!r}") from None
+        if not math.isfinite(micros):
+            raise RequestError(f"request parameter 'timeout' must be a finite number of microseconds, got {value!r}")
         return micros / 1e6 if micros > 0 else None
 
 

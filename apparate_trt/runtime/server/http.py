@@ -340,8 +340,8 @@ class _Handler(BaseHTTPRequestHandler):
             code = "bad_request"
             self.close_connection = True
             self._send(exc.status, http_error_body(exc.message))
-        except UnavailableError as exc:
-            code = "unavailable"
+        except (UnavailableError, OverloadedError) as exc:  # refused before it was accepted
+            code = error_status(exc)[1]
             self._send_error(exc)
         except (ConnectionError, TimeoutError, socket.timeout, OSError):
             code = "disconnected"
@@ -400,8 +400,9 @@ class _Server(ThreadingHTTPServer):
             self.app.service.metrics.request_done("http", "overloaded", 0.0)
             body = http_error_body(f"the server has {self.max_connections} connections open, its limit; retry shortly or reuse a connection")
             try:
-                request.settimeout(1.0)
-                request.sendall(_BUSY % (len(body), body))
+                if self.app.ssl_context is None:  # over TLS the refusal is the closed connection
+                    request.settimeout(1.0)
+                    request.sendall(_BUSY % (len(body), body))
             except OSError:
                 pass
             self.shutdown_request(request)

@@ -84,7 +84,7 @@ class Metrics:
     # ----------------------------------------------------------------------------- recording
     def request_done(self, protocol: str, code: str, duration_s: float | None) -> None:
         """Count one protocol request by outcome ``code`` (``ok``, ``bad_request``, ``overloaded``,
-        ``timeout``, ``unavailable``, ``error``, ``disconnected``) and its duration in seconds."""
+        ``timeout``, ``unavailable``, ``error``, ``disconnected``, ``unauthenticated``) and its duration in seconds."""
         with self._lock:
             self._requests[(protocol, code)] += 1
             if duration_s is not None and code == "ok":

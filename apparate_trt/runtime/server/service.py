@@ -35,6 +35,10 @@ from apparate_trt.runtime.server.metrics import Metrics
 log = logging.getLogger(__name__)
 
 
+MAX_INFLIGHT = 1024
+"""Default limit of requests in flight at once, over every front end."""
+
+
 class OverloadedError(ApparateError):
     """The engine's queue is full: HTTP 503 with Retry-After, gRPC RESOURCE_EXHAUSTED."""
 
@@ -131,11 +135,18 @@ class InferenceService:
         metrics: where requests and releases are counted.
         request_timeout_s: the longest a request may take, seconds (a client may ask for less).
         max_batch: the engine's max batch size (reported in the model config).
+        max_inflight: requests (over REST and gRPC together) accepted at once; one more is
+            refused as overloaded (HTTP 503, gRPC RESOURCE_EXHAUSTED) before it is decoded.
     """
 
-    def __init__(self, engine: Any, spec: ModelSpec, metrics: Metrics, request_timeout_s: float, max_batch: int) -> None:
+    def __init__(
+        self, engine: Any, spec: ModelSpec, metrics: Metrics, request_timeout_s: float, max_batch: int, max_inflight: int = MAX_INFLIGHT
+    ) -> None:
         if not request_timeout_s > 0:
             raise ApparateError(f"request timeout must be > 0 s, got {request_timeout_s}")
+        if max_inflight < 1:
+            raise ApparateError(f"the in-flight request limit must be at least 1, got {max_inflight}")
+        self.max_inflight = int(max_inflight)
         self.engine = engine
         self.spec = spec
         self.metrics = metrics
@@ -175,10 +186,13 @@ class InferenceService:
 
     @contextmanager
     def tracked(self) -> Iterator[None]:
-        """Count one request in flight for the duration of the block; refuse it while draining."""
+        """Count one request in flight for the duration of the block; refuse it while draining
+        (UnavailableError) or when ``max_inflight`` requests are in flight (OverloadedError)."""
         with self._cond:
             if self._draining:
-                raise UnavailableError("the server is shutting down and accepts no new requests")
+                raise UnavailableError("the server is shutting down and accepts no new requests; retry on another replica")
+            if self._inflight >= self.max_inflight:
+                raise OverloadedError(f"the server has {self._inflight} requests in flight, its limit; retry shortly")
             self._inflight += 1
             self.metrics.set_inflight(self._inflight)
         try:

@@ -60,7 +60,8 @@ def make_workload(engine: tuple[Path, Path]) -> Workload:
 
 def start_server(engine_dir: Path, **kwargs: Any) -> Server:
     """A started server on free ports around a freshly loaded engine (one ORT thread)."""
-    server_kw = {k: kwargs.pop(k) for k in ("request_timeout_s", "model_name", "drain_timeout_s") if k in kwargs}
+    server_keys = ("request_timeout_s", "model_name", "drain_timeout_s", "security", "max_connections", "max_inflight")
+    server_kw = {k: kwargs.pop(k) for k in server_keys if k in kwargs}
     load_kw = {"threads": THREADS, "max_batch": 8, "max_delay_ms": 2.0, "queue_size": 256, **kwargs}
     engine = load(engine_dir, **load_kw)
     return Server(engine, http_port=0, grpc_port=0, max_batch=load_kw["max_batch"], **server_kw).start()

@@ -504,9 +504,9 @@ def load(
             with ramps drains the queue more slowly. Its results are all final (exact); the
             controller gets no feedback from it. ``stats()["unsplit_batches"]`` counts such
             batches. False: always run the active ramps. None (default): on in release mode, off
-            in skip mode, where the split model sheds released rows and so drains a backlog
-            faster than the unsplit one (CV saturation, ``benchmarks/saturation.py``: 1.06x
-            vanilla's without the fallback, 0.93x with it).
+            in skip mode, where the split model sheds released rows and drains a backlog at
+            least as fast as the unsplit one (``benchmarks/saturation.py``, two runs: NLP 1.06x
+            and 1.08x vanilla's without the fallback, 0.84x and 1.02x with it; CV a tie).
         exit_mode: (``apparate`` mode) ``release``: every row runs to the end of the model, so its
             final output labels every ramp (the paper's design); ``skip``: a row a ramp releases
             leaves the batch, except an audit sample (each released row with probability

@@ -57,6 +57,9 @@ READ_TIMEOUT_S = 30.0
 the connection is closed (a slow client cannot hold a thread)."""
 MAX_CONNECTIONS = 256
 """Open connections served at once; one more is answered 503 and closed."""
+MAX_REFUSING = 32
+"""Connections past the limit answered 503 at once (each on a short-lived thread that drains what
+the client still sends, for up to 1 s); past this many as well, a connection is just closed."""
 RETRY_AFTER_S = 1
 """Retry-After (seconds) sent with 503 when the queue is full."""
 EXTENSIONS = ["binary_tensor_data", "parameters", "model_configuration"]
@@ -387,6 +390,7 @@ class _Server(ThreadingHTTPServer):
         self.app = app
         self.max_connections = int(max_connections)
         self._open = 0
+        self._refusing = 0
         self._open_lock = threading.Lock()
         super().__init__(address, _Handler)
 
@@ -398,16 +402,33 @@ class _Server(ThreadingHTTPServer):
                 self._open += 1
         if busy:
             self.app.service.metrics.request_done("http", "overloaded", 0.0)
-            body = http_error_body(f"the server has {self.max_connections} connections open, its limit; retry shortly or reuse a connection")
-            try:
-                if self.app.ssl_context is None:  # over TLS the refusal is the closed connection
-                    request.settimeout(1.0)
-                    request.sendall(_BUSY % (len(body), body))
-            except OSError:
-                pass
-            self.shutdown_request(request)
+            with self._open_lock:
+                spare = self._refusing < MAX_REFUSING
+                self._refusing += spare
+            if spare and self.app.ssl_context is None:  # over TLS the refusal is the closed connection
+                threading.Thread(target=self._refuse, args=(request,), name="apparate-http-refuse", daemon=True).start()
+            else:
+                self.shutdown_request(request)
             return
         super().process_request(request, client_address)
+
+    def _refuse(self, request: Any) -> None:
+        """Answer 503 on a connection past the limit, then read (and drop) what the client still
+        sends for up to a second, so that it reads the answer instead of a reset."""
+        body = http_error_body(f"the server has {self.max_connections} connections open, its limit; retry shortly or reuse a connection")
+        try:
+            request.settimeout(1.0)
+            request.sendall(_BUSY % (len(body), body))
+            request.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline and request.recv(65536):
+                pass
+        except OSError:
+            pass
+        finally:
+            with self._open_lock:
+                self._refusing -= 1
+            self.shutdown_request(request)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:

@@ -136,7 +136,8 @@ def test_overflowing_and_oversized_shapes_are_400(server, workload: Workload) ->
     rest = list(value.shape[1:])
     cases = [
         ([10**30, *rest], "has a dimension over"),
-        ([2**62, *rest], "has a batch of"),
+        ([2**62, *rest], "has a dimension over"),
+        ([2**31 - 1, *rest], "has a batch of"),
         ([9, *rest], "over the model's maximum batch of 8"),
     ]
     for shape, message in cases:
@@ -151,8 +152,19 @@ def test_overflowing_and_oversized_shapes_are_400(server, workload: Workload) ->
     with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
         with pytest.raises(grpc.RpcError) as err:
             channel.unary_unary(INFER)(request.SerializeToString(), timeout=30)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "has a batch of" in err.value.details()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "has a dimension over" in err.value.details()
     still_serves(server, workload)
+
+
+def test_tensor_bytes_are_computed_exactly_and_capped() -> None:
+    """Without a model to check against, a shape whose product overflows int64 is still refused
+    (exact integer arithmetic) before anything is allocated."""
+    from apparate_trt.runtime.server.codec import parse_http_request
+
+    for shape in ([2**31 - 1] * 3, [2**20, 2**20], [2**31 - 1, 2**31 - 1, 4]):
+        body = json.dumps({"inputs": [{"name": "x", "shape": shape, "datatype": "FP32", "data": [1.0]}]}).encode()
+        with pytest.raises(ApparateError, match="over the limit of"):
+            parse_http_request(body)
 
 
 def test_duplicate_inputs_are_refused(server, workload: Workload) -> None:
@@ -241,8 +253,29 @@ def test_connection_limit_and_slow_clients(bounded_server, workload: Workload, c
     assert "Traceback" not in capfd.readouterr().err
 
 
-def test_inflight_limit_refuses_with_a_status_and_counts_it(bounded_server, workload: Workload) -> None:
+@pytest.fixture()
+def inflight_server(workload: Workload):
+    srv = start_server(workload.engine_dir, max_inflight=2, queue_size=16)
+    yield srv
+    assert srv.stop()
+
+
+def test_a_refused_connection_still_reads_its_503(bounded_server, workload: Workload) -> None:
+    """Past the connection limit, a client that sends a whole request gets the 503, not a reset."""
     srv = bounded_server
+    held = [socket.create_connection(("127.0.0.1", srv.http_port), timeout=10) for _ in range(2)]
+    for sock in held:
+        sock.sendall(b"GET /v2 HTTP/1.1\r\nHost: x\r\n\r\n")  # answered; the keep-alive connections stay open
+        sock.recv(4096)
+    body = json.dumps(infer_request(workload, 0)).encode() * 20  # a body that is still arriving when the 503 is sent
+    status, doc = post(srv.http_port, infer_path(srv), body)
+    assert status == 503 and "connections open" in doc["error"]
+    for sock in held:
+        sock.close()
+
+
+def test_inflight_limit_refuses_with_a_status_and_counts_it(inflight_server, workload: Workload) -> None:
+    srv = inflight_server
     gate = Gate(srv.engine)
     done: queue.Queue = queue.Queue()
     try:

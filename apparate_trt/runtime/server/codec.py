@@ -157,6 +157,17 @@ class ModelSpec:
         output = TensorSpec(out_name, out_dtype, (-1, num_classes))
         return cls(name or str(_attr(model, "name")), tuple(specs), output, num_classes)
 
+    def max_request_bytes(self, max_batch: int) -> int | None:
+        """Bytes of the largest valid request's tensors (``max_batch`` samples of every input), or
+        None when a non-batch dimension is dynamic (no bound follows from the model)."""
+        total = 0
+        for t in self.inputs:
+            dims = t.shape[1:]
+            if any(d < 0 for d in dims):
+                return None
+            total += int(max_batch) * math.prod(dims) * t.dtype.itemsize
+        return total
+
     def metadata(self) -> dict[str, Any]:
         """The model metadata object of the protocol (``GET /v2/models/{name}``)."""
         return {

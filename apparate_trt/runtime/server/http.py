@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import selectors
 import socket
 import threading
 import time
@@ -49,7 +50,18 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 256 * 1024 * 1024
 """The largest request body accepted (bytes, as sent); larger ones get 413."""
 MAX_DECODED_BYTES = MAX_BODY_BYTES
-"""The largest request body after its Content-Encoding is undone (bytes); past it, 400."""
+"""The largest request body after its Content-Encoding is undone (bytes); past it, 400. A model
+whose inputs have fixed sizes gets a tighter cap (:func:`decoded_limit`)."""
+JSON_EXPANSION = 8
+"""A tensor as JSON text takes up to about this many times its binary size (decoded-size cap)."""
+
+
+def decoded_limit(max_request_bytes: int | None) -> int:
+    """The decoded-body cap for a model whose largest valid request holds ``max_request_bytes``
+    of tensors (None: unbounded by the model): room for it as JSON, at most ``MAX_DECODED_BYTES``."""
+    if max_request_bytes is None:
+        return MAX_DECODED_BYTES
+    return min(MAX_DECODED_BYTES, JSON_EXPANSION * max_request_bytes + (1 << 20))
 IDLE_TIMEOUT_S = 120.0
 """A keep-alive connection idle this long (seconds) is closed."""
 READ_TIMEOUT_S = 30.0
@@ -57,9 +69,11 @@ READ_TIMEOUT_S = 30.0
 the connection is closed (a slow client cannot hold a thread)."""
 MAX_CONNECTIONS = 256
 """Open connections served at once; one more is answered 503 and closed."""
-MAX_REFUSING = 32
-"""Connections past the limit answered 503 at once (each on a short-lived thread that drains what
-the client still sends, for up to 1 s); past this many as well, a connection is just closed."""
+MAX_REFUSING = 1024
+"""Connections past the limit being answered 503 at once (one thread, non-blocking sockets); past
+this many as well, a connection is just closed."""
+REFUSE_DRAIN_S = 1.0
+"""How long (seconds) a refused connection's remaining request is read and dropped."""
 RETRY_AFTER_S = 1
 """Retry-After (seconds) sent with 503 when the queue is full."""
 EXTENSIONS = ["binary_tensor_data", "parameters", "model_configuration"]
@@ -124,7 +138,7 @@ def _inflate(data: bytes, wbits: int, limit: int, encoding: str) -> bytes:
         rest = stream.unused_data
         if rest and encoding != "gzip":
             raise RequestError(f"request body has {len(rest)} bytes after the end of its {encoding} stream")
-    return bytes(out)
+    return out  # bytearray: every reader takes it as bytes, without a second copy
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -327,7 +341,8 @@ class _Handler(BaseHTTPRequestHandler):
             with service.tracked():
                 try:
                     service.check_model(name, version)
-                    request = parse_http_request(decode_body(body, self.headers.get("Content-Encoding")), _header_length(self.headers),
+                    body = decode_body(body, self.headers.get("Content-Encoding"), app.decoded_limit)
+                    request = parse_http_request(body, _header_length(self.headers),
                                                  service.spec, service.max_batch)
                     pending = service.submit(request)
                     answer = service.wait(pending, final=request.wait_final)
@@ -377,8 +392,60 @@ def _header_length(headers: Any) -> int | None:
         raise RequestError(f"bad Inference-Header-Content-Length '{value}'") from None
 
 
-_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
-         b"Connection: close\r\nContent-Length: %d\r\n\r\n%s")
+class _Refuser:
+    """One thread that answers connections past the limit: it writes the 503, then reads and drops
+    what the client still sends (up to ``REFUSE_DRAIN_S``), so that the client reads the answer
+    instead of a reset, and closes. At most ``MAX_REFUSING`` at once."""
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def refuse(self, sock: socket.socket, answer: bytes) -> bool:
+        """Take ``sock`` over; False (nothing done) when ``MAX_REFUSING`` are already in hand."""
+        with self._lock:
+            if len(self._selector.get_map()) >= MAX_REFUSING:
+                return False
+            try:
+                sock.setblocking(False)
+                sock.send(answer)  # a few hundred bytes: the socket's send buffer takes them at once
+                sock.shutdown(socket.SHUT_WR)
+                self._selector.register(sock, selectors.EVENT_READ, time.monotonic() + REFUSE_DRAIN_S)
+            except (OSError, ValueError):
+                return False
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="apparate-http-refuser", daemon=True)
+                self._thread.start()
+        return True
+
+    def _run(self) -> None:
+        while True:
+            events = self._selector.select(0.05)
+            with self._lock:
+                now = time.monotonic()
+                ready = {key.fileobj for key, _ in events}
+                for key in list(self._selector.get_map().values()):
+                    sock = key.fileobj
+                    done = now > key.data
+                    if sock in ready and not done:
+                        try:
+                            done = not sock.recv(65536)  # type: ignore[union-attr]
+                        except BlockingIOError:
+                            pass
+                        except OSError:
+                            done = True
+                    if done:
+                        self._selector.unregister(sock)
+                        sock.close()  # type: ignore[union-attr]
+
+
+def plain_503(message: str) -> bytes:
+    """A whole 503 response (JSON error body, Retry-After, Connection: close) as bytes."""
+    body = http_error_body(message)
+    head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+            f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
 
 
 class _Server(ThreadingHTTPServer):
@@ -390,8 +457,8 @@ class _Server(ThreadingHTTPServer):
         self.app = app
         self.max_connections = int(max_connections)
         self._open = 0
-        self._refusing = 0
         self._open_lock = threading.Lock()
+        self.refuser = _Refuser()
         super().__init__(address, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -402,33 +469,11 @@ class _Server(ThreadingHTTPServer):
                 self._open += 1
         if busy:
             self.app.service.metrics.request_done("http", "overloaded", 0.0)
-            with self._open_lock:
-                spare = self._refusing < MAX_REFUSING
-                self._refusing += spare
-            if spare and self.app.ssl_context is None:  # over TLS the refusal is the closed connection
-                threading.Thread(target=self._refuse, args=(request,), name="apparate-http-refuse", daemon=True).start()
-            else:
-                self.shutdown_request(request)
+            message = f"the server has {self.max_connections} connections open, its limit; retry shortly or reuse a connection"
+            if self.app.ssl_context is not None or not self.refuser.refuse(request, plain_503(message)):
+                self.shutdown_request(request)  # over TLS, or past MAX_REFUSING: the refusal is the closed connection
             return
         super().process_request(request, client_address)
-
-    def _refuse(self, request: Any) -> None:
-        """Answer 503 on a connection past the limit, then read (and drop) what the client still
-        sends for up to a second, so that it reads the answer instead of a reset."""
-        body = http_error_body(f"the server has {self.max_connections} connections open, its limit; retry shortly or reuse a connection")
-        try:
-            request.settimeout(1.0)
-            request.sendall(_BUSY % (len(body), body))
-            request.shutdown(socket.SHUT_WR)
-            deadline = time.monotonic() + 1.0
-            while time.monotonic() < deadline and request.recv(65536):
-                pass
-        except OSError:
-            pass
-        finally:
-            with self._open_lock:
-                self._refusing -= 1
-            self.shutdown_request(request)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
@@ -463,6 +508,7 @@ class HttpFrontend:
         self.service = service
         self.security = security or Security()
         self.ssl_context = self.security.ssl_context() if self.security.tls else None
+        self.decoded_limit = decoded_limit(service.spec.max_request_bytes(service.max_batch))
         try:
             self._httpd = _Server((host, port), self, max_connections)
         except OSError as exc:
@@ -512,7 +558,26 @@ class HttpFrontend:
             self._thread.join()
             self._thread = None
         self._stop.set()
+        self._refuse_backlog()
         self._httpd.server_close()
+
+    def _refuse_backlog(self) -> None:
+        """Answer 503 to the connections the kernel accepted that the server has not taken yet,
+        so that closing the listening socket does not reset them."""
+        listener = self._httpd.socket
+        try:
+            listener.setblocking(False)
+        except OSError:
+            return
+        answer = plain_503("the server is shutting down and accepts no new requests; retry on another replica")
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # BlockingIOError: the backlog is empty
+                return
+            self.service.metrics.request_done("http", "unavailable", 0.0)
+            if self.ssl_context is not None or not self._httpd.refuser.refuse(conn, answer):
+                conn.close()
 
     def close_connections(self) -> None:
         """Shut down the remaining (idle keep-alive) connections, so their threads end."""

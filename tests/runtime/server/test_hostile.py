@@ -121,6 +121,19 @@ def test_decompression_stops_at_the_limit() -> None:
         decode_body(b"x", "br")
 
 
+def test_the_decoded_body_cap_follows_the_model(workload: Workload) -> None:
+    """A model with fixed input sizes caps a decoded body at room for its largest request as
+    JSON; a dynamic dimension leaves the global cap."""
+    from apparate_trt.runtime.server.codec import ModelSpec
+    from apparate_trt.runtime.server.http import JSON_EXPANSION, MAX_DECODED_BYTES, decoded_limit
+
+    spec = ModelSpec.from_manifest(workload.manifest)
+    one = sum(int(np.prod(v.shape[1:])) * v.dtype.itemsize for v in workload.batch(0).values())
+    assert spec.max_request_bytes(8) == 8 * one
+    assert decoded_limit(spec.max_request_bytes(8)) == JSON_EXPANSION * 8 * one + (1 << 20)
+    assert decoded_limit(None) == MAX_DECODED_BYTES and decoded_limit(10**12) == MAX_DECODED_BYTES
+
+
 def test_decompression_bomb_is_refused(server, workload: Workload) -> None:
     bomb = zlib.compress(b"0" * (1 << 30), 9)  # 1 GiB of zeros, about 1 MB on the wire
     status, doc = post(server.http_port, infer_path(server), bomb, {"Content-Encoding": "deflate"})

@@ -117,20 +117,24 @@ class Client:
             return f"lost: {type(exc).__name__}"
 
 
+async def tally_call(call: Any, raw: bytes, tally: Tally, timeout_s: float) -> None:
+    """One unary call; its outcome in ``tally`` (a failure to connect is a clear refusal)."""
+    try:
+        await call(raw, timeout=timeout_s)
+        tally.add("ok")
+    except grpc.aio.AioRpcError as err:
+        name = err.code().name
+        if name == "UNAVAILABLE" and "connect" in (err.details() or "").lower():
+            tally.add("connection refused")
+        else:
+            tally.add(f"grpc {name}" if name in OK_REFUSALS_GRPC else f"lost: grpc {name}")
+
+
 async def grpc_burst(port: int, requests: list[bytes], tally: Tally, method: str = "ModelInfer") -> None:
     """Send every request at once on one channel; tally each call's status."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 1 << 30)]) as channel:
         call = channel.unary_unary(f"/inference.GRPCInferenceService/{method}")
-
-        async def one(raw: bytes) -> None:
-            try:
-                await call(raw, timeout=120)
-                tally.add("ok")
-            except grpc.aio.AioRpcError as err:
-                name = err.code().name
-                tally.add(f"grpc {name}" if name in OK_REFUSALS_GRPC else f"lost: grpc {name}")
-
-        await asyncio.gather(*(one(r) for r in requests))
+        await asyncio.gather(*(tally_call(call, r, tally, 120.0) for r in requests))
 
 
 def _datatype(dtype: np.dtype) -> str:
@@ -247,18 +251,8 @@ def case_sigterm(server: ServerProcess, client: Client, duration_s: float) -> tu
         call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
         pending: set = set()
         i = 0
-        async def one(raw: bytes) -> None:
-            try:
-                await call(raw, timeout=90)
-                tally.add("ok")
-            except grpc.aio.AioRpcError as err:
-                name = err.code().name
-                if name == "UNAVAILABLE" and "connect" in (err.details() or "").lower():
-                    tally.add("connection refused")
-                else:
-                    tally.add(f"grpc {name}" if name in OK_REFUSALS_GRPC else f"lost: grpc {name}")
         while not stop.is_set():
-            task = asyncio.ensure_future(one(client.grpc_request(i).SerializeToString()))
+            task = asyncio.ensure_future(tally_call(call, client.grpc_request(i).SerializeToString(), tally, 90.0))
             pending.add(task)
             task.add_done_callback(pending.discard)
             i += 1

@@ -76,7 +76,8 @@ def test_help_documents_every_flag(capsys):
     text = capsys.readouterr().out
     for flag in ("--engine-dir", "--data", "--arrivals", "--max-batch", "--max-delay-ms", "--accuracy-constraint", "--mode",
                  "--report", "--plot", "--threads", "--limit", "--seed", "--confidence", "--serve", "--model-name",
-                 "--http-port", "--grpc-port", "--queue-size", "--request-timeout-s"):
+                 "--http-port", "--grpc-port", "--queue-size", "--request-timeout-s", "--max-connections", "--max-inflight",
+                 "--tls-cert", "--tls-key", "--auth-token-file"):
         assert flag in text
     assert "default: poisson:100" in text and "default: 0.01" in text
 
@@ -157,6 +158,10 @@ def test_data_not_matching_the_model(tiny_resnet_engine, tmp_path, kind, fragmen
         (["--threads", "0"], "--threads"),
         (["--mode", "fast"], "invalid choice"),
         (["--max-delay-ms", "-1"], "--max-delay-ms"),
+        (["--serve", "--max-connections", "0"], "--max-connections"),
+        (["--serve", "--max-inflight", "0"], "--max-inflight"),
+        (["--serve", "--tls-cert", "cert.pem"], "both --tls-cert and --tls-key"),
+        (["--serve", "--http-port", "0", "--grpc-port", "0", "--auth-token-file", "/nonexistent/token"], "cannot read --auth-token-file"),
     ],
 )
 def test_bad_flags(tiny_resnet_engine, extra, fragment, capsys):

@@ -62,6 +62,19 @@ def tiny_resnet_engine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
 
 
 @pytest.fixture(scope="session")
+def tiny_view_resnet_engine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(engine dir, eval .npz) of the tiny ResNet whose head does ``x.view(n, -1)`` with ``n`` read
+    from the input's shape before the stem (PyTorch's ``n = x.size(0)``): a scalar live across
+    every site, which each segment recomputes from the input."""
+    return compile_tiny(
+        tmp_path_factory.mktemp("tiny_view_resnet"),
+        tiny_models.resnet_like(view_early=True).model,
+        tiny_models.separable_images("resnet", TINY_BOOTSTRAP_SAMPLES, seed=1),
+        tiny_models.separable_images("resnet", TINY_EVAL_SAMPLES, seed=2),
+    )
+
+
+@pytest.fixture(scope="session")
 def tiny_bert_engine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(engine dir, eval .npz) of a compiled tiny BERT-like model (2 classes, 3 sites, mask side tensor)."""
     return compile_tiny(

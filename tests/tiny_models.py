@@ -200,9 +200,20 @@ def _head(g: _Graph, x: str) -> str:
     return g.op("Flatten", [g.op("GlobalAveragePool", [x])], "features")
 
 
-def resnet_like(blocks: int = 4, classes: int = 10, seed: int = 0, width: int = 16) -> TinyModel:
-    """A ResNet-style classifier (see the module docstring); sites after blocks 1..blocks-1."""
+def _head_view(g: _Graph, x: str, batch: str) -> str:
+    """``x.view(n, -1)`` after global pooling, ``n`` taken from the input's shape at the start
+    (``n = x.size(0)`` in PyTorch, exported as Shape -> Gather -> Unsqueeze -> Concat -> Reshape)."""
+    size = g.op("Unsqueeze", [batch, g.const(np.array([0], np.int64), "axes")])
+    shape = g.op("Concat", [size, g.const(np.array([-1], np.int64), "rest")], axis=0)
+    return g.op("Reshape", [g.op("GlobalAveragePool", [x]), shape], "features")
+
+
+def resnet_like(blocks: int = 4, classes: int = 10, seed: int = 0, width: int = 16, view_early: bool = False) -> TinyModel:
+    """A ResNet-style classifier (see the module docstring); sites after blocks 1..blocks-1. With
+    ``view_early`` the head flattens with the batch size read from the input's shape before the
+    stem, a scalar live across every site (the PyTorch ``n = x.size(0); ...; x.view(n, -1)``)."""
     g = _Graph(seed)
+    batch = g.op("Gather", [g.op("Shape", ["input"]), g.const(np.array(0, np.int64), "zero")], axis=0) if view_early else ""
     x = g.op("Relu", [g.bn(g.conv("input", 3, width, 3), width)], "stem_out")
     c = width
     outs = []
@@ -214,7 +225,7 @@ def resnet_like(blocks: int = 4, classes: int = 10, seed: int = 0, width: int = 
         x = g.op("Relu", [g.op("Add", [h, skip])], f"block{i + 1}_out")
         outs.append(x)
         c = cout
-    model = _fit_cv(g, _head(g, x), c, classes, "resnet_like")
+    model = _fit_cv(g, _head_view(g, x, batch) if view_early else _head(g, x), c, classes, "resnet_like")
     return TinyModel(model, outs[:-1], ["stem_out", *outs, "features"], kind="resnet", num_classes=classes)
 
 

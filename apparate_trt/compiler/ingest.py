@@ -98,6 +98,27 @@ def constant_tensors(graph: onnx.GraphProto) -> set[str]:
     return const
 
 
+SHAPE_OPS = frozenset({"Shape", "Size", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Slice", "Reshape",
+                       "Add", "Sub", "Mul", "Div", "Identity", "Expand", "ConstantOfShape", "Range", "Equal", "Where"})
+"""Ops that shape arithmetic (``x.view(x.size(0), -1)``) is made of."""
+
+
+def input_shape_tensors(graph: onnx.GraphProto, const: set[str]) -> set[str]:
+    """Tensors computed from the graph inputs' *shapes* alone (``Shape``/``Size`` of a graph input,
+    then shape arithmetic with constants), such as the batch size a model reshapes with. A segment
+    recomputes them from its own inputs instead of receiving them: in skip mode a compacted batch
+    must see its own size, and a scalar is no batch-first tensor to carry (nodes must be sorted)."""
+    inputs = {vi.name for vi in graph.input}
+    derived: set[str] = set()
+    for node in graph.node:
+        reads = node_inputs(node)
+        if node.op_type in ("Shape", "Size") and reads and reads[0] in inputs:
+            derived.update(o for o in node.output if o)
+        elif node.op_type in SHAPE_OPS and reads and all(r in derived or r in const for r in reads) and any(r in derived for r in reads):
+            derived.update(o for o in node.output if o)
+    return derived
+
+
 def tensor_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
     """Type (element type and shape, where known) of every tensor the graph declares: graph inputs,
     outputs, value_info and initializers."""

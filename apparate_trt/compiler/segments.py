@@ -10,7 +10,9 @@ cut ``k`` and:
   site tensor first (the last segment: the graph outputs it produces, in graph order);
 - constants (initializers, Constant outputs, tensors computed only from constants) are never passed
   between segments: each segment carries the initializers it reads and a copy of the constant
-  nodes it needs;
+  nodes it needs; so are tensors computed from the graph inputs' shapes alone (the batch size of
+  ``x.view(x.size(0), -1)``, ``ingest.input_shape_tensors``): a segment that reads one gets a copy
+  of the shape nodes and the graph input they read, so a compacted batch sees its own size;
 - it keeps the opset imports, IR version, local functions and value_info (symbolic batch kept), and
   passes ``onnx.checker``.
 
@@ -27,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from apparate_trt.compiler.ingest import constant_tensors, node_inputs, tensor_types
+from apparate_trt.compiler.ingest import constant_tensors, input_shape_tensors, node_inputs, tensor_types
 from apparate_trt.compiler.sites import Liveness, liveness
 from apparate_trt.errors import ApparateError
 from apparate_trt.runtime.backends.onnxruntime import OrtRunner
@@ -85,6 +87,7 @@ class _GraphIndex:
     reads: list[list[str]]
     producer: dict[str, int]
     const: set[str]
+    derived: set[str]  # computed from graph input shapes alone: recomputed in each segment that reads them
     initializers: dict[str, onnx.TensorProto]
     types: dict[str, onnx.TypeProto]
     lv: Liveness
@@ -95,10 +98,12 @@ class _GraphIndex:
 def _index(model: onnx.ModelProto) -> _GraphIndex:
     graph = model.graph
     producer = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
+    const = constant_tensors(graph)
     return _GraphIndex(
         reads=[node_inputs(node) for node in graph.node],
         producer=producer,
-        const=constant_tensors(graph),
+        const=const,
+        derived=input_shape_tensors(graph, const),
         initializers={t.name: t for t in graph.initializer},
         types=tensor_types(model),
         lv=liveness(model),
@@ -108,7 +113,8 @@ def _index(model: onnx.ModelProto) -> _GraphIndex:
 
 
 def _constant_closure(names: set[str], idx: _GraphIndex) -> set[int]:
-    """Indices of the (constant) nodes that compute the constant tensors ``names``."""
+    """Indices of the nodes that compute the constant or input-shape tensors ``names``."""
+    copied = idx.const | idx.derived
     found: set[int] = set()
     stack = [n for n in names if n in idx.producer]
     while stack:
@@ -116,7 +122,7 @@ def _constant_closure(names: set[str], idx: _GraphIndex) -> set[int]:
         if node in found:
             continue
         found.add(node)
-        stack.extend(n for n in idx.reads[node] if n in idx.producer and n in idx.const)
+        stack.extend(n for n in idx.reads[node] if n in idx.producer and n in copied)
     return found
 
 
@@ -146,12 +152,13 @@ def _segment(model: onnx.ModelProto, idx: _GraphIndex, lo: int, hi: int, number:
              site: Any | None, prev_site: Any | None, last: bool) -> Segment:
     """The segment of nodes ``lo..hi`` (inclusive) of the sorted graph."""
     graph = model.graph
+    copied = idx.const | idx.derived
     active = [i for i in range(lo, hi + 1)
-              if not all(o in idx.const for o in graph.node[i].output if o)]
+              if not all(o in copied for o in graph.node[i].output if o)]
     reads = {name for i in active for name in idx.reads[i]}
-    wanted_consts = {n for n in reads if n in idx.const}
+    wanted_consts = {n for n in reads if n in copied}
     if last:
-        wanted_consts |= {n for n in idx.graph_outputs if n in idx.const}
+        wanted_consts |= {n for n in idx.graph_outputs if n in copied}
     nodes = sorted(set(active) | _constant_closure(wanted_consts, idx))
     reads |= {name for i in nodes for name in idx.reads[i]}
     produced = {o for i in nodes for o in graph.node[i].output if o}
@@ -159,7 +166,7 @@ def _segment(model: onnx.ModelProto, idx: _GraphIndex, lo: int, hi: int, number:
     inputs = _ordered({n for n in reads if n not in produced and n not in idx.const},
                       idx, prev_site.tensor if prev_site is not None else None)
     crossing = {o for i in active for o in graph.node[i].output
-                if o and o not in idx.const and idx.lv.last_use.get(o, -1) > hi}
+                if o and o not in copied and idx.lv.last_use.get(o, -1) > hi}
     if last:
         outputs = [n for n in idx.graph_outputs if n in produced]
     else:

@@ -218,3 +218,25 @@ def test_tiny_data_gives_spread_predictions_learnable_at_the_first_site(kind):
     agreement = float(np.mean((feats[test] @ coef).argmax(axis=1) == pred[test]))
     chance = counts.max() / len(pred)
     assert agreement > max(0.7, chance + 0.2), agreement
+
+
+def test_a_batch_size_read_from_the_input_shape_is_recomputed_not_carried():
+    """``n = x.size(0); ...; x.view(n, -1)``: the scalar ``n`` is live across every site. No segment
+    receives it; the one that reshapes recomputes it from the input, so a smaller (compacted) batch
+    sees its own size, and the chain matches the model at every batch size."""
+    model = tiny_models.resnet_like(view_early=True).model
+    sites = find_sites(model, min_depth=0.0, max_depth=1.0)
+    segments = split_model(model, sites, [s.id for s in sites])
+    scalar = next(n.output[0] for n in model.graph.node if n.op_type == "Gather")
+    assert all(scalar not in seg.inputs and scalar not in seg.outputs for seg in segments)
+    assert "input" in segments[-1].inputs  # the last segment reads the input's shape itself
+    for batch in (1, 3, 8):
+        feeds = {"input": np.random.default_rng(batch).standard_normal((batch, 3, 16, 16)).astype(np.float32)}
+        check = verify_chain(model, segments, feeds, "logits")
+        assert check.argmax_equal and check.max_abs_diff < 1e-4
+    # a compacted batch: the last segment on 2 rows of the site tensor and of the input
+    env = run_chain(segments[:-1], feeds)
+    rows = np.array([1, 6])
+    last = segments[-1]
+    out = run_chain([last], {name: env[name][rows] for name in last.inputs})
+    assert out["logits"].shape == (2, 10)

@@ -35,3 +35,13 @@ def bert(tiny_bert_engine) -> Compiled:
     compiled = _compiled(tiny_bert_engine, 16)
     assert len(compiled.manifest.sites) >= 2, "the tiny BERT should have at least two ramp sites"
     return compiled
+
+
+
+@pytest.fixture(scope="session")
+def view_resnet(tiny_view_resnet_engine) -> Compiled:
+    """The tiny ResNet whose head reshapes with the batch size read from the input's shape at the
+    start (a scalar live across every site), with 24 eval samples."""
+    compiled = _compiled(tiny_view_resnet_engine, 24)
+    assert len(compiled.manifest.sites) >= 2, "the view-flattening ResNet should have ramp sites"
+    return compiled

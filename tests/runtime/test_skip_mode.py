@@ -46,7 +46,7 @@ def _traced_batch_sizes(monkeypatch) -> list[tuple[str, int]]:
     return seen
 
 
-@pytest.mark.parametrize("engine", ["resnet", "bert"])
+@pytest.mark.parametrize("engine", ["resnet", "bert", "view_resnet"])
 def test_skipped_rows_really_skip_the_later_segments(engine, request, monkeypatch):
     compiled = request.getfixturevalue(engine)
     sites = [s.id for s in compiled.manifest.sites]

@@ -85,7 +85,7 @@ class OrtRunner:
                 value = feeds[name]
             except KeyError:
                 raise ApparateError(f"{self.name} needs input '{name}', which was not given") from None
-            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+            binding.bind_cpu_input(name, np.asarray(value, order="C"))  # keeps a 0-d tensor 0-d (ascontiguousarray would not)
         wanted = outputs or self.output_names
         binding.clear_binding_outputs()  # outputs are ORT-allocated per run: shapes follow the batch
         for name in wanted:

@@ -134,7 +134,7 @@ class TrtRunner:
         for name in self.input_names:
             if name not in feeds:
                 raise ApparateError(f"{self.name} needs input '{name}', which was not given")
-            host = np.ascontiguousarray(feeds[name], dtype=self.trt.nptype(self.engine.get_tensor_dtype(name)))
+            host = np.asarray(feeds[name], dtype=self.trt.nptype(self.engine.get_tensor_dtype(name)), order="C")
             ptr = self._device_buffer(name, host.nbytes)
             self.context.set_input_shape(name, host.shape)
             cuda_call(self.cudart, self.cudart.cudaMemcpyAsync(ptr, host.ctypes.data, host.nbytes, h2d, self.stream))

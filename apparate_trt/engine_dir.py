@@ -480,8 +480,11 @@ def _check_consistency(m: Manifest, path: Path) -> None:
 def _check_paths_inside(m: Manifest, root: Path, path: Path) -> None:
     """ApparateError naming the first manifest entry whose path leaves the directory."""
     for entry, rel in m.named_files():
-        target = (root / rel).resolve()
-        if Path(rel).is_absolute() or not rel or (target != root and root not in target.parents):
+        if not rel or "\0" in rel or Path(rel).is_absolute():
+            target = None
+        else:
+            target = (root / rel).resolve()
+        if target is None or (target != root and root not in target.parents):
             raise ApparateError(f"{path}: {entry} '{rel}' is outside the engine directory; every file it names must be "
                                 f"a relative path inside it. The directory is corrupt or not to be trusted, {_RECOMPILE}")
 
@@ -491,6 +494,9 @@ def _check_hashes(m: Manifest, root: Path) -> None:
     expected = m.file_sha256
     for entry, rel in m.named_files():
         want = expected.get(rel)
+        if expected and want is None:
+            raise ApparateError(f"engine directory '{root}': {rel} ({entry}) has no SHA-256 in {MANIFEST_NAME}'s file_sha256; "
+                                f"the manifest was edited, {_RECOMPILE}")
         if want is not None:
             if file_sha256(root / rel) != want:
                 raise ApparateError(f"engine directory '{root}': {rel} ({entry}) does not match its SHA-256 in {MANIFEST_NAME}; "

@@ -160,6 +160,7 @@ def _set_file(engine: Path, key: str, index: int | None, value: str) -> None:
     ("segments", 2, "segments/../../outside.onnx", "segments[2].file"),
     ("bootstrap", None, "/tmp/anything.npz", "bootstrap.file"),
     ("model", None, "", "model.file"),
+    ("ramps", 1, "ramps/ramp\u0000.onnx", "ramps[1].file"),
 ])
 def test_a_path_outside_the_directory_is_refused_naming_the_entry(engine: Path, key, index, value, entry) -> None:
     _set_file(engine, key, index, value)
@@ -202,3 +203,11 @@ def test_without_recorded_hashes_every_onnx_file_is_parsed(tmp_path: Path) -> No
     (engine / "ramps" / "ramp_001.onnx").write_bytes(b"\xff\x00 not a protobuf" * 7)
     message = _error(engine)
     assert "ramps/ramp_001.onnx" in message and "not a valid ONNX model" in message
+
+
+def test_a_file_without_its_hash_is_refused(engine: Path) -> None:
+    data = json.loads((engine / "manifest.json").read_text())
+    del data["file_sha256"]["ramps/ramp_001.onnx"]
+    (engine / "manifest.json").write_text(json.dumps(data))
+    message = _error(engine)
+    assert "ramps/ramp_001.onnx" in message and "no SHA-256" in message

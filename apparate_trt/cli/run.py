@@ -175,7 +175,7 @@ def replay_command(args: argparse.Namespace) -> int:
     from apparate_trt.runtime.replay import offline_predictions, replay
     from apparate_trt.runtime.report import build_report, format_report, write_report
 
-    manifest = read_manifest(args.engine_dir)
+    manifest = read_manifest(args.engine_dir, verify=False)  # api.load below checks every file
     inputs = load_inputs(args.data, manifest.model.inputs, min_samples=1, what="evaluation data")
     count = num_samples(inputs) if args.limit is None else min(args.limit, num_samples(inputs))
     arrivals = parse_arrivals(args.arrivals, count, seed=args.seed)

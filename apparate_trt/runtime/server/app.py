@@ -31,6 +31,20 @@ GRPC_STOP_GRACE_S = 1.0
 still refusing with UNAVAILABLE."""
 
 
+def raise_open_file_limit(want: int = 65536) -> None:
+    """Raise this process's soft limit of open files toward ``want`` (at most the hard limit):
+    the connection limit, the refuser and the engine's files must fit under it."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ImportError, ValueError, OSError):  # not POSIX, or not allowed: keep the limit
+        pass
+
+
 class Server:
     """Serves ``engine`` over REST and gRPC on ``host``; port 0 picks a free port, None disables.
 
@@ -153,6 +167,7 @@ class Server:
 
     def start(self) -> "Server":
         """Bind both ports and start serving; ApparateError if a port is taken (nothing left running)."""
+        raise_open_file_limit()
         with self._lock:
             if self._started:
                 raise ApparateError("the server was already started; create a new Server")

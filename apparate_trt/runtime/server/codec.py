@@ -217,7 +217,7 @@ class InferRequest:
             return None
         try:
             micros = float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise RequestError(f"request parameter 'timeout' must be a number of microseconds, got {value!r}") from None
         if not math.isfinite(micros):
             raise RequestError(f"request parameter 'timeout' must be a finite number of microseconds, got {value!r}")

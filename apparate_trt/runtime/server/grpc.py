@@ -46,8 +46,13 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 """The largest gRPC message sent or received (bytes)."""
+MAX_PENDING_HEADROOM = 1024
+"""Calls gRPC may handle beyond the service's in-flight limit (those get the service's counted
+RESOURCE_EXHAUSTED; past the headroom gRPC refuses with RESOURCE_EXHAUSTED itself)."""
 MAX_PENDING_CALLS = 65536
 """Calls gRPC core holds for the event loop to take (its default, 1000, cancels the rest silently)."""
+STREAM_INFLIGHT = 256
+"""Requests of one stream in flight at once; the stream is not read further until one ends."""
 STREAM_POLL_S = 0.1
 """How often (seconds) an idle stream checks whether the server is draining."""
 
@@ -252,16 +257,24 @@ def make_servicer(service: InferenceService, pb: Any, pb_grpc: Any, config_pb: A
             await context.abort(status, str(failure))
 
         async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:  # noqa: N802
-            out: asyncio.Queue = asyncio.Queue()
+            # Backpressure: at most STREAM_INFLIGHT requests of one stream in flight, and answers
+            # wait in a bounded queue; a client that sends without reading stops being read.
+            out: asyncio.Queue = asyncio.Queue(maxsize=2 * STREAM_INFLIGHT)
+            slots = asyncio.Semaphore(STREAM_INFLIGHT)
             tasks: set[asyncio.Task] = set()
             reader_done = asyncio.Event()
+
+            def finished(task: asyncio.Task) -> None:
+                tasks.discard(task)
+                slots.release()
 
             async def read() -> None:
                 try:
                     async for request in request_iterator:
+                        await slots.acquire()
                         task = asyncio.ensure_future(self._stream_one(request, out))
                         tasks.add(task)
-                        task.add_done_callback(tasks.discard)
+                        task.add_done_callback(finished)
                 finally:
                     reader_done.set()
 
@@ -287,28 +300,28 @@ def make_servicer(service: InferenceService, pb: Any, pb_grpc: Any, config_pb: A
             code = "ok"
             request: Any = None
             try:
+                request = decode_message(pb.ModelInferRequest, raw, "ModelStreamInfer")  # first: every error names its id
                 with service.tracked():
-                    request = decode_message(pb.ModelInferRequest, raw, "ModelStreamInfer")
                     service.check_model(request.model_name, request.model_version)
                     infer = parse_grpc_request(request, spec, service.max_batch)
                     pending = service.submit(infer)
                     first = await wait_answer(pending, final=infer.wait_final)
                     first.final_response = first.last  # a skipped sample's early answer is its last
-                    out.put_nowait(pb.ModelStreamInferResponse(infer_response=encode_grpc_response(spec, infer.id, first, pb)))
+                    await out.put(pb.ModelStreamInferResponse(infer_response=encode_grpc_response(spec, infer.id, first, pb)))
                     if not first.last:
                         final = await wait_answer(pending, final=True, final_response=True)
-                        out.put_nowait(pb.ModelStreamInferResponse(infer_response=encode_grpc_response(spec, infer.id, final, pb)))
+                        await out.put(pb.ModelStreamInferResponse(infer_response=encode_grpc_response(spec, infer.id, final, pb)))
             except ApparateError as exc:
                 code = status_code(exc)[1]
                 label = (request.id if request is not None else "") or "request"
-                out.put_nowait(pb.ModelStreamInferResponse(error_message=f"{label}: {exc}"))
+                await out.put(pb.ModelStreamInferResponse(error_message=f"{label}: {exc}"))
             except asyncio.CancelledError:
                 code = "disconnected"
                 raise
             except Exception as exc:  # noqa: BLE001
                 log.exception("gRPC stream request failed")
                 code = "error"
-                out.put_nowait(pb.ModelStreamInferResponse(error_message=f"internal server error: {exc}"))
+                await out.put(pb.ModelStreamInferResponse(error_message=f"internal server error: {exc}"))
             finally:
                 service.metrics.request_done("grpc_stream", code, time.monotonic() - t0)
 
@@ -340,8 +353,10 @@ class GrpcFrontend:
 
     async def _start(self) -> int:
         pb, pb_grpc, config_pb = self._modules
+        model_cap = self.service.spec.max_request_bytes(self.service.max_batch)
+        receive = MAX_MESSAGE_BYTES if model_cap is None else min(MAX_MESSAGE_BYTES, 2 * model_cap + (1 << 20))
         options = [
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", receive),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),  # a taken port must fail, not be shared
             # Calls that arrived and wait for the event loop to take them. gRPC core's default
@@ -352,7 +367,10 @@ class GrpcFrontend:
             ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
         ]
         interceptors = [TokenInterceptor(self.security, self.service)] if self.security.token is not None else []
-        server = grpc.aio.server(options=options, interceptors=interceptors)
+        # gRPC's own bound on calls being handled, above the service's in-flight limit (which
+        # refuses first, counted): it caps the memory of messages received before a handler runs.
+        server = grpc.aio.server(options=options, interceptors=interceptors,
+                                 maximum_concurrent_rpcs=self.service.max_inflight + MAX_PENDING_HEADROOM)
         server.add_generic_rpc_handlers((service_handler(make_servicer(self.service, pb, pb_grpc, config_pb), pb),))
         address = f"{self.host}:{self.port}"
         try:

@@ -52,8 +52,15 @@ MAX_BODY_BYTES = 256 * 1024 * 1024
 MAX_DECODED_BYTES = MAX_BODY_BYTES
 """The largest request body after its Content-Encoding is undone (bytes); past it, 400. A model
 whose inputs have fixed sizes gets a tighter cap (:func:`decoded_limit`)."""
-JSON_EXPANSION = 8
-"""A tensor as JSON text takes up to about this many times its binary size (decoded-size cap)."""
+JSON_EXPANSION = 16
+"""A tensor as JSON text takes up to about this many times its binary size (an FP16 value such as
+``-6.103515625e-05, `` is 18 characters for 2 bytes): the body-size cap leaves that much room."""
+DRAIN_LIMIT_BYTES = 1 << 20
+"""An unneeded request body (404, 401) up to this size is read and dropped; a larger one closes
+the connection."""
+MAX_GZIP_MEMBERS = 16
+"""Gzip members one body may hold (clients send one; thousands of empty ones would make the
+decompression quadratic)."""
 
 
 def decoded_limit(max_request_bytes: int | None) -> int:
@@ -120,7 +127,11 @@ def _inflate(data: bytes, wbits: int, limit: int, encoding: str) -> bytes:
     ``limit`` bytes; RequestError past it or on a truncated stream."""
     out = bytearray()
     rest = data
+    members = 0
     while rest:
+        members += 1
+        if members > MAX_GZIP_MEMBERS:
+            raise RequestError(f"request body has over {MAX_GZIP_MEMBERS} gzip members; send one gzip stream")
         stream = zlib.decompressobj(wbits)
         pending = rest
         while pending:
@@ -155,8 +166,15 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         ctx = self.server.app.ssl_context
         if ctx is not None:  # the TLS handshake runs here, on this connection's thread, under the read deadline
-            self.request.settimeout(self.server.app.read_timeout_s)
-            self.request = ctx.wrap_socket(self.request, server_side=True)
+            raw = self.request
+            self.reading_since = time.monotonic()
+            self.server.app.connection_opened(raw, self)
+            try:
+                raw.settimeout(self.server.app.read_timeout_s)
+                self.request = ctx.wrap_socket(raw, server_side=True)
+            finally:
+                self.server.app.connection_closed(raw)
+                self.reading_since = None
         super().setup()
         self.server.app.connection_opened(self.connection, self)
 
@@ -166,6 +184,11 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
         self.server.app.connection_closed(self.connection)
+        if self.server.app.ssl_context is not None:  # the wrapped socket is not the one the server closes
+            try:
+                self.connection.close()
+            except OSError:
+                pass
 
     def handle_one_request(self) -> None:
         """Wait (up to the idle timeout) for a request's first byte, then read it under the
@@ -185,7 +208,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def parse_request(self) -> bool:
         ok = super().parse_request()
-        if ok and self.command != "POST":
+        if not ok:
+            return ok
+        if self.headers.get("Transfer-Encoding"):
+            self.send_error(501, "Transfer-Encoding is not supported", "send the body with a Content-Length")
+            return False
+        if self.command != "POST":
+            if self.headers.get("Content-Length", "0").strip() not in ("", "0"):
+                self.close_connection = True  # its body is never read: the connection cannot be reused
             self.reading_since = None  # nothing more to read: answering is not bounded by the deadline
         return ok
 
@@ -312,8 +342,9 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HttpError(400, f"bad Content-Length '{length}'; it must be a number of bytes") from None
         if size < 0:
             raise _HttpError(400, f"bad Content-Length {size}; it must be a number of bytes, 0 or more")
-        if size > MAX_BODY_BYTES:
-            raise _HttpError(413, f"request body of {size} bytes is over the limit of {MAX_BODY_BYTES}; send less data per request")
+        limit = self.server.app.decoded_limit
+        if size > limit:
+            raise _HttpError(413, f"request body of {size} bytes is over the limit of {limit} for this model; send less data per request")
         body = self.rfile.read(size)
         if len(body) != size:
             raise ConnectionError("client closed the connection mid-body")
@@ -321,12 +352,13 @@ class _Handler(BaseHTTPRequestHandler):
         return body
 
     def _drain_body(self) -> None:
-        """Read and drop an unneeded request body, so that the connection stays usable."""
+        """Read and drop a small unneeded POST body (under the read deadline), so that the
+        connection stays usable; a GET's body, or a large one, closes the connection instead."""
         try:
             size = int(self.headers.get("Content-Length") or 0)
         except ValueError:
-            size = 0
-        if 0 < size <= MAX_BODY_BYTES:
+            size = -1
+        if self.command == "POST" and 0 < size <= DRAIN_LIMIT_BYTES:
             self.rfile.read(size)
         elif size:
             self.close_connection = True
@@ -421,23 +453,39 @@ class _Refuser:
 
     def _run(self) -> None:
         while True:
-            events = self._selector.select(0.05)
-            with self._lock:
-                now = time.monotonic()
-                ready = {key.fileobj for key, _ in events}
-                for key in list(self._selector.get_map().values()):
-                    sock = key.fileobj
-                    done = now > key.data
-                    if sock in ready and not done:
-                        try:
-                            done = not sock.recv(65536)  # type: ignore[union-attr]
-                        except BlockingIOError:
-                            pass
-                        except OSError:
-                            done = True
-                    if done:
-                        self._selector.unregister(sock)
-                        sock.close()  # type: ignore[union-attr]
+            try:
+                self._serve_once()
+            except Exception:  # noqa: BLE001 - the refuser must outlive any one socket's failure
+                log.debug("refuser: a socket failed", exc_info=True)
+
+    def _serve_once(self) -> None:
+        """One select round: drain readable refused sockets, close finished or expired ones."""
+        events = self._selector.select(0.05)
+        with self._lock:
+            now = time.monotonic()
+            ready = {key.fileobj for key, _ in events}
+            for key in list(self._selector.get_map().values()):
+                sock = key.fileobj
+                done = now > key.data
+                if sock in ready and not done:
+                    try:
+                        done = not sock.recv(65536)  # type: ignore[union-attr]
+                    except BlockingIOError:
+                        pass
+                    except OSError:
+                        done = True
+                if done:
+                    self._selector.unregister(sock)
+                    sock.close()  # type: ignore[union-attr]
+
+
+def _shutdown_raw(conn: socket.socket) -> None:
+    """Shut a connection down from another thread: on the plain socket (an SSLSocket's own
+    shutdown would tear its TLS state from under the thread using it)."""
+    try:
+        socket.socket.shutdown(conn, socket.SHUT_RDWR)
+    except (OSError, ValueError, TypeError):
+        pass
 
 
 def plain_503(message: str) -> bytes:
@@ -473,7 +521,13 @@ class _Server(ThreadingHTTPServer):
             if self.app.ssl_context is not None or not self.refuser.refuse(request, plain_503(message)):
                 self.shutdown_request(request)  # over TLS, or past MAX_REFUSING: the refusal is the closed connection
             return
-        super().process_request(request, client_address)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # e.g. no thread could be started: free the slot, close the socket
+            with self._open_lock:
+                self._open -= 1
+            self.shutdown_request(request)
+            raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
@@ -546,10 +600,7 @@ class HttpFrontend:
                 slow = [c for c, h in self._connections.items() if h.reading_since is not None and now - h.reading_since > self.read_timeout_s]
             for conn in slow:
                 log.debug("closing a connection whose request took over %.0f s to arrive", self.read_timeout_s)
-                try:
-                    conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                _shutdown_raw(conn)
 
     def stop_accepting(self) -> None:
         """Stop the accept loop and close the listening socket (open connections keep going)."""
@@ -570,7 +621,7 @@ class HttpFrontend:
         except OSError:
             return
         answer = plain_503("the server is shutting down and accepts no new requests; retry on another replica")
-        while True:
+        for _ in range(MAX_REFUSING):  # bounded: a connection flood cannot hold the shutdown
             try:
                 conn, _ = listener.accept()
             except OSError:  # BlockingIOError: the backlog is empty
@@ -584,7 +635,4 @@ class HttpFrontend:
         with self._lock:
             conns = list(self._connections)
         for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            _shutdown_raw(conn)

@@ -119,6 +119,21 @@ def test_decompression_stops_at_the_limit() -> None:
             decode_body(bad, "deflate")
     with pytest.raises(ApparateError, match="unsupported Content-Encoding 'br'"):
         decode_body(b"x", "br")
+    with pytest.raises(ApparateError, match="over 16 gzip members"):  # thousands of empty members: quadratic otherwise
+        decode_body(gzip.compress(b"") * 40_000, "gzip")
+
+
+def test_review_cases_are_400_or_closed(server, workload: Workload) -> None:
+    """A timeout parameter too large for a float, a Transfer-Encoding, and a GET with a body."""
+    doc = infer_request(workload)
+    doc["parameters"] = {"timeout": 10**400}
+    status, body = post(server.http_port, infer_path(server), json.dumps(doc).encode())
+    assert status == 400 and "timeout" in body["error"]
+    got, body = status_and_json(raw_http(server.http_port, b"POST /v2 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"))
+    assert got == 501 and "Transfer-Encoding" in body["error"]
+    # a GET's body is never read, so the server closes the connection after answering it
+    raw = raw_http(server.http_port, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nGET /")
+    assert raw.startswith(b"HTTP/1.1 200") and raw.count(b"HTTP/1.") == 1
 
 
 def test_the_decoded_body_cap_follows_the_model(workload: Workload) -> None:

@@ -162,6 +162,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: "_Server"
 
     reading_since: float | None = None  # monotonic s: a request is being read since (None: idle or answering)
+    busy = False  # a request has arrived on this connection and is not answered yet
 
     def setup(self) -> None:
         ctx = self.server.app.ssl_context
@@ -201,10 +202,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         self.reading_since = time.monotonic()
+        self.busy = True
         try:
             super().handle_one_request()
         finally:
             self.reading_since = None
+            self.busy = False
 
     def parse_request(self) -> bool:
         ok = super().parse_request()
@@ -630,8 +633,15 @@ class HttpFrontend:
             if self.ssl_context is not None or not self._httpd.refuser.refuse(conn, answer):
                 conn.close()
 
-    def close_connections(self) -> None:
-        """Shut down the remaining (idle keep-alive) connections, so their threads end."""
+    def close_connections(self, grace_s: float = 5.0) -> None:
+        """Shut down the remaining connections, so their threads end: first let those with a
+        request under way answer it (up to ``grace_s``; at shutdown it is a 503), then the idle ones."""
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not any(h.busy for h in self._connections.values()):
+                    break
+            time.sleep(0.01)
         with self._lock:
             conns = list(self._connections)
         for conn in conns:

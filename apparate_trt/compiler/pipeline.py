@@ -38,6 +38,7 @@ from apparate_trt.compiler.ingest import TensorInfo, load_model, model_io, score
 from apparate_trt.compiler.initial_config import choose_initial
 from apparate_trt.compiler.profiling import ProfileResult, ProfileSettings, batch_sizes_up_to, profile_all
 from apparate_trt.compiler.ramps import MASKED_KINDS, RAMP_OUTPUT, build_ramp_onnx, candidate_kinds, check_ramp, find_mask_input
+from apparate_trt.compiler.batch_axes import PROBE_BATCHES, restore_batch_axes
 from apparate_trt.compiler.segments import Segment, split_model, verify_chain
 from apparate_trt.compiler.sites import Site, find_sites
 from apparate_trt.compiler.training import Features, TrainConfig, TrainResult, bootstrap_split, collect_features, train_ramps
@@ -200,7 +201,8 @@ def _write_engine_dir(out_dir: Path, manifest: Manifest, model: onnx.ModelProto,
         raise
 
 
-def _usable_sites(model: onnx.ModelProto, mask: TensorInfo | None, log: Log) -> tuple[list[Site], list[list[str]]]:
+def _usable_sites(model: onnx.ModelProto, mask: TensorInfo | None, log: Log, probed: frozenset[str] = frozenset()
+                  ) -> tuple[list[Site], list[list[str]]]:
     """The sites some ramp fits (ids renumbered 0..n-1) and each one's candidate ramp kinds."""
     found = find_sites(model)
     options = [candidate_kinds(s.shape, mask.name if mask else None) for s in found]
@@ -213,7 +215,8 @@ def _usable_sites(model: onnx.ModelProto, mask: TensorInfo | None, log: Log) -> 
             "the engine directory will have zero ramps and run the model unsplit")
     for s, kinds in zip(sites, candidates):
         side = f" (+ side tensors {', '.join(s.side_tensors)})" if s.side_tensors else ""
-        log(f"  site {s.id}: {s.tensor} {list(s.shape)} -> {' or '.join(kinds)}{side}")
+        how = "probed" if s.tensor in probed else "shape inference"
+        log(f"  site {s.id}: {s.tensor} {list(s.shape)} -> {' or '.join(kinds)}{side} (batch axis: {how})")
     return sites, candidates
 
 
@@ -290,7 +293,11 @@ def compile_model(
 
     log("[3/8] find ramp sites")
     mask = find_mask_input(inputs_info)
-    sites, candidates = _usable_sites(model, mask, log)
+    probed = restore_batch_axes(model, take(data, slice(0, max(PROBE_BATCHES))), threads)
+    if probed:
+        log(f"  batch axis of {len(probed)} tensors established by running the model at batch sizes "
+            f"{' and '.join(map(str, PROBE_BATCHES))} (ONNX shape inference had lost it)")
+    sites, candidates = _usable_sites(model, mask, log, frozenset(probed))
 
     log(f"[4/8] split into {len(sites) + 1} segments and check the chain")
     segments = _split_and_check(model, sites, data, score_name, log)

@@ -1,0 +1,120 @@
+"""Models as PyTorch exports them (``torch.onnx.export``, TorchScript exporter, opset 17, dynamic
+batch and sequence axes), built and exported in the test, compiled with the real pipeline and
+chained through the runtime.
+
+- a transformer encoder of ``torch.nn.MultiheadAttention`` layers with ``key_padding_mask``, a
+  learned positional embedding and a first-token classifier: ONNX shape inference loses the batch
+  symbol at the positional Add and every attention Reshape, so the batch axis is probed;
+- a CNN whose head is ``n = x.size(0); ...; x.view(n, -1)``: the batch-size scalar is live
+  across every site and is recomputed in the segment that reshapes.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+from apparate_trt.engine_dir import read_manifest  # noqa: E402
+from apparate_trt.runtime.executor import Executor  # noqa: E402
+
+
+class MhaEncoder(nn.Module):
+    def __init__(self, vocab: int = 50, d: int = 16, layers: int = 3, seq: int = 12) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.pos = nn.Parameter(torch.randn(1, seq, d) * 0.02)
+        self.attn = nn.ModuleList([nn.MultiheadAttention(d, 2, batch_first=True) for _ in range(layers)])
+        self.ff = nn.ModuleList([nn.Sequential(nn.Linear(d, 32), nn.ReLU(), nn.Linear(32, d)) for _ in range(layers)])
+        self.norms = nn.ModuleList([nn.LayerNorm(d) for _ in range(2 * layers)])
+        self.cls = nn.Linear(d, 2)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.emb(input_ids) + self.pos[:, : input_ids.shape[1]]
+        pad = attention_mask == 0
+        for i, (attn, ff) in enumerate(zip(self.attn, self.ff)):
+            h = self.norms[2 * i](h + attn(h, h, h, key_padding_mask=pad, need_weights=False)[0])
+            h = self.norms[2 * i + 1](h + ff(h))
+        return self.cls(h[:, 0])
+
+
+class ViewCnn(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.Sequential(nn.Conv2d(3 if i == 0 else 8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+                                     for i in range(5)])
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.size(0)
+        for block in self.blocks:
+            x = block(x)
+        return self.fc(self.pool(x).view(n, -1))
+
+
+def _export(module: nn.Module, example: tuple, names: list[str], path: Path, dynamic: dict) -> None:
+    torch.manual_seed(0)
+    module.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, example, str(path), opset_version=17, dynamo=False, input_names=names,
+                          output_names=["logits"], dynamic_axes={**dynamic, "logits": {0: "batch"}})
+
+
+def _compile(tmp_path: Path, module: nn.Module, example: tuple, names: list[str], dynamic: dict, data: dict) -> Path:
+    """Export, then compile as the tiny engines are (max batch 4, one thread, budget 0.5)."""
+    from apparate_trt.compiler.pipeline import compile_model
+    from apparate_trt.compiler.profiling import ProfileSettings
+
+    _export(module, example, names, tmp_path / "exported.onnx", dynamic)
+    np.savez(tmp_path / "bootstrap.npz", **data)
+    compile_model(tmp_path / "exported.onnx", tmp_path / "bootstrap.npz", tmp_path / "engine", max_batch=4, threads=1, seed=0,
+                  log=lambda line: None, budget=0.5, profile_settings=ProfileSettings(budget_ms=10.0, min_repeats=3, max_repeats=50))
+    return tmp_path / "engine"
+
+
+def _run_every_row_exiting(engine: Path, batch: dict[str, np.ndarray]) -> None:
+    """Every site active, every row exiting at the first ramp, in skip mode: the chain runs on
+    the compacted batch (audited rows) without error and each row gets its answer."""
+    manifest = read_manifest(engine)
+    sites = [s.id for s in manifest.sites]
+    executor = Executor(manifest, threads=1, exit_mode="skip", audit_seed=1)
+    try:
+        executor.configure(sites, [1.0] + [0.0] * (len(sites) - 1), wait=True)
+        executor.set_audit_rate(0.5)
+        answered: set[int] = set()
+        outcome = executor.run_batch(batch, lambda i, *rest, **kw: answered.add(i))
+    finally:
+        executor.close()
+    n = len(next(iter(batch.values())))
+    assert answered == set(range(n)) and 0 < outcome.skipped_count < n
+
+
+def test_multihead_attention_encoder_gets_sites_through_probed_batch_axes(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 50, (300, 12)).astype(np.int64)
+    mask = np.ones((300, 12), np.int64)
+    mask[::3, 9:] = 0  # some padding, so key_padding_mask matters
+    engine = _compile(tmp_path, MhaEncoder(), (torch.from_numpy(ids[:2]), torch.from_numpy(mask[:2])),
+                      ["input_ids", "attention_mask"],
+                      {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}},
+                      {"input_ids": ids, "attention_mask": mask})
+    manifest = read_manifest(engine)
+    assert len(manifest.sites) >= 2, "one site after each of the first attention layers"
+    assert all(site.shape[0] == "batch" for site in manifest.sites)
+    _run_every_row_exiting(engine, {"input_ids": ids[:8], "attention_mask": mask[:8]})
+
+
+def test_cnn_with_view_of_an_early_batch_size_compiles_and_compacts(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).standard_normal((300, 3, 16, 16)).astype(np.float32)
+    engine = _compile(tmp_path, ViewCnn(), (torch.from_numpy(x[:2]),), ["input"], {"input": {0: "batch"}}, {"input": x})
+    manifest = read_manifest(engine)
+    assert len(manifest.sites) >= 2
+    _run_every_row_exiting(engine, {"input": x[:8]})

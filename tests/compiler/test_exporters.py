@@ -2,9 +2,10 @@
 batch and sequence axes), built and exported in the test, compiled with the real pipeline and
 chained through the runtime.
 
-- a transformer encoder of ``torch.nn.MultiheadAttention`` layers with ``key_padding_mask``, a
-  learned positional embedding and a first-token classifier: ONNX shape inference loses the batch
-  symbol at the positional Add and every attention Reshape, so the batch axis is probed;
+- transformer encoders: hand-built ``torch.nn.MultiheadAttention`` layers with ``key_padding_mask``,
+  ``nn.TransformerEncoder``, each with a learned positional embedding and a first-token classifier
+  (ONNX shape inference loses the batch symbol at the positional Add and every attention Reshape,
+  so the batch axis is probed), and a Hugging Face BERT from a tiny config;
 - a CNN whose head is ``n = x.size(0); ...; x.view(n, -1)``: the batch-size scalar is live
   across every site and is recomputed in the segment that reshapes.
 """
@@ -40,6 +41,39 @@ class MhaEncoder(nn.Module):
             h = self.norms[2 * i](h + attn(h, h, h, key_padding_mask=pad, need_weights=False)[0])
             h = self.norms[2 * i + 1](h + ff(h))
         return self.cls(h[:, 0])
+
+
+class TorchEncoder(nn.Module):
+    """``nn.TransformerEncoder`` of ``nn.TransformerEncoderLayer`` (the same attention inside)."""
+
+    def __init__(self, vocab: int = 50, d: int = 16, layers: int = 3, seq: int = 12) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.pos = nn.Parameter(torch.randn(1, seq, d) * 0.02)
+        layer = nn.TransformerEncoderLayer(d, 2, 32, dropout=0.0, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.cls = nn.Linear(d, 2)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.emb(input_ids) + self.pos[:, : input_ids.shape[1]]
+        return self.cls(self.enc(h, src_key_padding_mask=attention_mask == 0)[:, 0])
+
+
+class HfBert(nn.Module):
+    """A Hugging Face ``BertForSequenceClassification`` from a tiny config (random weights)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        transformers = pytest.importorskip("transformers")
+        config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                                         intermediate_size=32, max_position_embeddings=32)
+        self.bert = transformers.BertForSequenceClassification(config)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.bert(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+SEQUENCE_MODELS = {"multihead_attention": MhaEncoder, "transformer_encoder": TorchEncoder, "hf_bert": HfBert}
 
 
 class ViewCnn(nn.Module):
@@ -95,18 +129,21 @@ def _run_every_row_exiting(engine: Path, batch: dict[str, np.ndarray]) -> None:
     assert answered == set(range(n)) and 0 < outcome.skipped_count < n
 
 
-def test_multihead_attention_encoder_gets_sites_through_probed_batch_axes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("family", sorted(SEQUENCE_MODELS))
+def test_sequence_encoders_get_a_site_per_inner_layer(family: str, tmp_path: Path) -> None:
+    """Three encoder layers: a site after each of the first two, batch-first (probed where ONNX
+    shape inference lost the batch symbol), and the chain runs with compaction."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 50, (300, 12)).astype(np.int64)
     mask = np.ones((300, 12), np.int64)
-    mask[::3, 9:] = 0  # some padding, so key_padding_mask matters
-    engine = _compile(tmp_path, MhaEncoder(), (torch.from_numpy(ids[:2]), torch.from_numpy(mask[:2])),
+    mask[::3, 9:] = 0  # some padding, so the padding mask matters
+    engine = _compile(tmp_path, SEQUENCE_MODELS[family](), (torch.from_numpy(ids[:2]), torch.from_numpy(mask[:2])),
                       ["input_ids", "attention_mask"],
                       {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}},
                       {"input_ids": ids, "attention_mask": mask})
     manifest = read_manifest(engine)
-    assert len(manifest.sites) >= 2, "one site after each of the first attention layers"
+    assert len(manifest.sites) >= 2, "one site after each of the first encoder layers"
     assert all(site.shape[0] == "batch" for site in manifest.sites)
     _run_every_row_exiting(engine, {"input_ids": ids[:8], "attention_mask": mask[:8]})
 

@@ -92,12 +92,14 @@ class ViewCnn(nn.Module):
 
 
 def _export(module: nn.Module, example: tuple, names: list[str], path: Path, dynamic: dict) -> None:
+    """``torch.onnx.export`` (TorchScript exporter, opset 17); ``dynamic`` empty: every axis fixed."""
     torch.manual_seed(0)
     module.eval()
+    axes = {**dynamic, "logits": {0: "batch"}} if dynamic else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, example, str(path), opset_version=17, dynamo=False, input_names=names,
-                          output_names=["logits"], dynamic_axes={**dynamic, "logits": {0: "batch"}})
+                          output_names=["logits"], dynamic_axes=axes)
 
 
 def _compile(tmp_path: Path, module: nn.Module, example: tuple, names: list[str], dynamic: dict, data: dict) -> Path:
@@ -155,3 +157,18 @@ def test_cnn_with_view_of_an_early_batch_size_compiles_and_compacts(tmp_path: Pa
     manifest = read_manifest(engine)
     assert len(manifest.sites) >= 2
     _run_every_row_exiting(engine, {"input": x[:8]})
+
+
+def test_a_batch_fixed_at_one_is_a_clear_error(tmp_path: Path) -> None:
+    """Exported without dynamic axes, the CNN's batch is 1 and its reshape depends on it: the
+    compiler says how to re-export it, in one line."""
+    from apparate_trt.errors import ApparateError
+
+    _export(ViewCnn(), (torch.randn(1, 3, 16, 16),), ["input"], tmp_path / "fixed.onnx", {})
+    np.savez(tmp_path / "bootstrap.npz", input=np.zeros((300, 3, 16, 16), np.float32))
+    from apparate_trt.compiler.pipeline import compile_model
+
+    with pytest.raises(ApparateError) as err:
+        compile_model(tmp_path / "fixed.onnx", tmp_path / "bootstrap.npz", tmp_path / "engine", threads=1, log=lambda line: None)
+    message = str(err.value)
+    assert "fixes the batch size to 1" in message and "dynamic_axes" in message and "\n" not in message

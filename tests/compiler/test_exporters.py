@@ -172,3 +172,33 @@ def test_a_batch_fixed_at_one_is_a_clear_error(tmp_path: Path) -> None:
         compile_model(tmp_path / "fixed.onnx", tmp_path / "bootstrap.npz", tmp_path / "engine", threads=1, log=lambda line: None)
     message = str(err.value)
     assert "fixes the batch size to 1" in message and "dynamic_axes" in message and "\n" not in message
+
+
+class TwoOutputCnn(ViewCnn):
+    """The view CNN returning its pooled features beside the logits (a common export)."""
+
+    def forward(self, x: torch.Tensor):  # type: ignore[override]
+        n = x.size(0)
+        for block in self.blocks:
+            x = block(x)
+        features = self.pool(x).view(n, -1)
+        return features, self.fc(features)
+
+
+def test_the_score_output_of_a_model_with_several_outputs_is_chosen_by_name(tmp_path: Path) -> None:
+    from apparate_trt.compiler.pipeline import compile_model
+    from apparate_trt.compiler.profiling import ProfileSettings
+
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).standard_normal((300, 3, 16, 16)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(TwoOutputCnn().eval(), (torch.from_numpy(x[:2]),), str(tmp_path / "two.onnx"), opset_version=17,
+                          dynamo=False, input_names=["input"], output_names=["features", "scores"],
+                          dynamic_axes={"input": {0: "batch"}, "features": {0: "batch"}, "scores": {0: "batch"}})
+    np.savez(tmp_path / "bootstrap.npz", input=x)
+    compile_model(tmp_path / "two.onnx", tmp_path / "bootstrap.npz", tmp_path / "engine", output="scores", max_batch=4, threads=1,
+                  log=lambda line: None, budget=0.5, profile_settings=ProfileSettings(budget_ms=10.0, min_repeats=3, max_repeats=50))
+    manifest = read_manifest(tmp_path / "engine")
+    assert manifest.model.output == "scores" and manifest.model.num_classes == 10 and len(manifest.sites) >= 2
+    _run_every_row_exiting(tmp_path / "engine", {"input": x[:8]})

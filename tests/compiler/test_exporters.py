@@ -202,3 +202,34 @@ def test_the_score_output_of_a_model_with_several_outputs_is_chosen_by_name(tmp_
     manifest = read_manifest(tmp_path / "engine")
     assert manifest.model.output == "scores" and manifest.model.num_classes == 10 and len(manifest.sites) >= 2
     _run_every_row_exiting(tmp_path / "engine", {"input": x[:8]})
+
+
+def test_a_qdq_quantized_model_keeps_its_sites(tmp_path: Path) -> None:
+    """ONNX Runtime's static quantizer (QDQ format, int8 activations and weights) on the tiny
+    ResNet: the same block-boundary sites as the float model, chained and run with compaction."""
+    import onnx
+    import tiny_models
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from apparate_trt.compiler.pipeline import compile_model
+    from apparate_trt.compiler.profiling import ProfileSettings
+
+    tiny = tiny_models.resnet_like()
+    data = tiny_models.separable_images("resnet", 300, seed=1)
+    onnx.save(tiny.model, str(tmp_path / "float.onnx"))
+
+    class Calibration(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"input": data["input"][i:i + 8]} for i in range(0, 64, 8)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(str(tmp_path / "float.onnx"), str(tmp_path / "qdq.onnx"), Calibration(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    np.savez(tmp_path / "bootstrap.npz", **data)
+    compile_model(tmp_path / "qdq.onnx", tmp_path / "bootstrap.npz", tmp_path / "engine", max_batch=4, threads=1,
+                  log=lambda line: None, budget=0.5, profile_settings=ProfileSettings(budget_ms=10.0, min_repeats=3, max_repeats=50))
+    manifest = read_manifest(tmp_path / "engine")
+    assert len(manifest.sites) == len(tiny.site_tensors)
+    _run_every_row_exiting(tmp_path / "engine", {"input": data["input"][:8]})

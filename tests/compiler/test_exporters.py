@@ -233,3 +233,30 @@ def test_a_qdq_quantized_model_keeps_its_sites(tmp_path: Path) -> None:
     manifest = read_manifest(tmp_path / "engine")
     assert len(manifest.sites) == len(tiny.site_tensors)
     _run_every_row_exiting(tmp_path / "engine", {"input": data["input"][:8]})
+
+
+def test_a_model_with_external_data_compiles_into_a_self_contained_directory(tmp_path: Path) -> None:
+    """Weights in a separate file (``save_as_external_data``): the compiler reads them, and the
+    engine directory it writes runs after the source files are gone."""
+    import shutil
+
+    import onnx
+    import tiny_models
+
+    from apparate_trt.compiler.pipeline import compile_model
+    from apparate_trt.compiler.profiling import ProfileSettings
+
+    tiny = tiny_models.resnet_like()
+    data = tiny_models.separable_images("resnet", 300, seed=1)
+    source = tmp_path / "source"
+    source.mkdir()
+    onnx.save_model(tiny.model, str(source / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="weights.data", size_threshold=0)
+    assert (source / "weights.data").stat().st_size > (source / "model.onnx").stat().st_size
+    np.savez(tmp_path / "bootstrap.npz", **data)
+    compile_model(source / "model.onnx", tmp_path / "bootstrap.npz", tmp_path / "engine", max_batch=4, threads=1,
+                  log=lambda line: None, budget=0.5, profile_settings=ProfileSettings(budget_ms=10.0, min_repeats=3, max_repeats=50))
+    shutil.rmtree(source)
+    manifest = read_manifest(tmp_path / "engine")
+    assert len(manifest.sites) == len(tiny.site_tensors)
+    _run_every_row_exiting(tmp_path / "engine", {"input": data["input"][:8]})

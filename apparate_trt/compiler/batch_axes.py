@@ -17,20 +17,11 @@ import onnx
 
 from apparate_trt.compiler.ingest import constant_tensors, dims_of
 from apparate_trt.compiler.segments import with_extra_outputs
+from apparate_trt.compiler.sites import batch_symbol
 from apparate_trt.runtime.backends.onnxruntime import OrtRunner
 
 PROBE_BATCHES = (2, 3)
 """The two batch sizes the model is run at: a first axis equal to both is the batch axis."""
-
-
-def batch_symbol(model: onnx.ModelProto) -> str | None:
-    """The symbol of the graph inputs' first (batch) dimension, or None if none is symbolic."""
-    const = {t.name for t in model.graph.initializer}
-    for vi in model.graph.input:
-        dims = dims_of(vi.type)
-        if vi.name not in const and dims and isinstance(dims[0], str) and dims[0] != "?":
-            return dims[0]
-    return None
 
 
 def lost_batch_axes(model: onnx.ModelProto, batch: str) -> list[str]:

@@ -247,7 +247,8 @@ def estimated_depths(model: onnx.ModelProto, batch: str, symbolic_dim: int = 128
 # The sweep
 # ----------------------------------------------------------------------------------------------
 
-def _batch_symbol(model: onnx.ModelProto) -> str | None:
+def batch_symbol(model: onnx.ModelProto) -> str | None:
+    """The symbol of the graph inputs' first (batch) dimension, or None if none is symbolic."""
     const = {t.name for t in model.graph.initializer}
     for vi in model.graph.input:
         if vi.name in const:
@@ -276,7 +277,7 @@ class _Candidate:
 
 def _candidates(model: onnx.ModelProto, lv: Liveness, sides: set[str]) -> list[_Candidate]:
     """Rules 2-3: positions whose live set minus side tensors is one batch-first float tensor."""
-    batch = _batch_symbol(model)
+    batch = batch_symbol(model)
     if batch is None:
         return []
     types = tensor_types(model)
@@ -384,7 +385,7 @@ def find_sites(model: onnx.ModelProto, min_depth: float = 0.05, max_depth: float
     cands = _merge_elementwise_chains(model, raw)
     cands = _merge_transformer_sublayers(model, cands, raw, auxiliary_tensors(model, sides))
     cands = _drop_bulges(cands)
-    depths = estimated_depths(model, _batch_symbol(model) or "", symbolic_dim)
+    depths = estimated_depths(model, batch_symbol(model) or "", symbolic_dim)
     sites: list[Site] = []
     for cand in cands:
         depth = float(depths[cand.position])

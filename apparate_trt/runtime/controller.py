@@ -28,8 +28,8 @@ Threshold tuning (fast loop, accuracy first)
       excess, ``ramps / samples``, is taken off the target (:func:`search_constraint`), and a tune
       waits for ``ramps / target`` samples (capped at the window, :meth:`Controller.samples_to_tune`).
       In skip mode the window sees only audited exits, so the excess is ``1 / audit rate`` times
-      larger (on the synthetic stream at a 25% audit rate, the realised disagreement was 0.40%
-      without that factor and 0.27% with it, against a 0.3% target).
+      larger (``benchmarks/skip_discount.py``: on the synthetic stream at a 25% audit rate, the
+      realised disagreement is 0.40% without that factor and 0.27% with it, against 0.3%).
 
     Measured on a synthetic stationary stream (tests/runtime/test_controller.py), the realised
     disagreement then matches the target; without the correction it was 1.6 to 3.5 times it.

@@ -275,12 +275,9 @@ def check_inputs(spec: ModelSpec, inputs: Mapping[str, np.ndarray]) -> int:
     if missing:
         raise RequestError(f"input '{missing[0]}' is missing (model '{spec.name}' needs {', '.join(expected)})")
     batch: int | None = None
-    for name, t in expected.items():
+    for name in expected:
         value = inputs[name]
-        if value.dtype != t.dtype:
-            raise RequestError(f"input '{name}' has datatype {protocol_datatype(value.dtype)}, expected {t.datatype}")
-        if not _shape_matches(value.shape, t.shape):
-            raise RequestError(f"input '{name}' has shape {list(value.shape)}, expected {list(t.shape)} (-1: any size, batch first)")
+        check_declared(spec, None, name, value.dtype, value.shape, f"input '{name}'")
         if value.shape[0] < 1:
             raise RequestError(f"input '{name}' has an empty batch (shape {list(value.shape)})")
         if batch is not None and value.shape[0] != batch:
@@ -344,11 +341,10 @@ def check_declared(spec: ModelSpec, max_batch: int | None, name: str, dtype: np.
         raise RequestError(f"{where} has a batch of {shape[0]}, over the model's maximum batch of {max_batch}; split the request")
 
 
-def _claim_name(seen: set[str], name: str, where: str) -> None:
-    """RequestError when ``name`` was already given (the protocol names each input once)."""
+def _claim_name(seen: Iterable[str], name: str, where: str) -> None:
+    """RequestError when ``name`` is among the inputs already given (the protocol names each once)."""
     if name in seen:
         raise RequestError(f"{where}: input '{name}' is given twice; send each input once")
-    seen.add(name)
 
 
 def tensor_from_values(values: Any, dtype: np.dtype, shape: tuple[int, ...], where: str) -> np.ndarray:
@@ -407,8 +403,8 @@ def parse_http_request(
     offset = 0
     for i, entry in enumerate(raw_inputs):
         name = _name_of(entry, f"inputs[{i}]")
-        _claim_name(set(inputs), name, f"inputs[{i}]")
-        array, used = _http_input(entry, i, binary, offset, spec, max_batch)
+        _claim_name(inputs, name, f"inputs[{i}]")
+        array, used = _http_input(entry, name, binary, offset, spec, max_batch)
         offset += used
         inputs[name] = array
     if offset != len(binary):
@@ -425,10 +421,10 @@ def _name_of(entry: Any, where: str) -> str:
 
 
 def _http_input(
-    entry: Any, index: int, binary: bytes, offset: int, spec: ModelSpec | None, max_batch: int | None
+    entry: dict[str, Any], name: str, binary: bytes, offset: int, spec: ModelSpec | None, max_batch: int | None
 ) -> tuple[np.ndarray, int]:
-    """One input tensor of a REST request, and the binary bytes it consumed."""
-    name = _name_of(entry, f"inputs[{index}]")
+    """One input tensor (``name``, already read from ``entry``) of a REST request, and the binary
+    bytes it consumed."""
     where = f"input '{name}'"
     dtype = numpy_dtype(entry.get("datatype", ""), where)
     shape = _shape_of(entry.get("shape"), where)
@@ -528,7 +524,7 @@ def parse_grpc_request(request: Any, spec: ModelSpec | None = None, max_batch: i
     inputs: dict[str, np.ndarray] = {}
     for i, tensor in enumerate(request.inputs):
         where = f"input '{tensor.name}'"
-        _claim_name(set(inputs), tensor.name, f"inputs[{i}]")
+        _claim_name(inputs, tensor.name, f"inputs[{i}]")
         dtype = numpy_dtype(tensor.datatype, where)
         shape = _shape_of(list(tensor.shape), where)
         if spec is not None:

@@ -22,6 +22,7 @@ import logging
 import re
 import selectors
 import socket
+import sys
 import threading
 import time
 import zlib
@@ -61,14 +62,6 @@ the connection."""
 MAX_GZIP_MEMBERS = 16
 """Gzip members one body may hold (clients send one; thousands of empty ones would make the
 decompression quadratic)."""
-
-
-def decoded_limit(max_request_bytes: int | None) -> int:
-    """The decoded-body cap for a model whose largest valid request holds ``max_request_bytes``
-    of tensors (None: unbounded by the model): room for it as JSON, at most ``MAX_DECODED_BYTES``."""
-    if max_request_bytes is None:
-        return MAX_DECODED_BYTES
-    return min(MAX_DECODED_BYTES, JSON_EXPANSION * max_request_bytes + (1 << 20))
 IDLE_TIMEOUT_S = 120.0
 """A keep-alive connection idle this long (seconds) is closed."""
 READ_TIMEOUT_S = 30.0
@@ -86,6 +79,14 @@ RETRY_AFTER_S = 1
 EXTENSIONS = ["binary_tensor_data", "parameters", "model_configuration"]
 
 _MODEL_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<action>/ready|/config|/infer)?/?$")
+
+
+def decoded_limit(max_request_bytes: int | None) -> int:
+    """The decoded-body cap for a model whose largest valid request holds ``max_request_bytes``
+    of tensors (None: unbounded by the model): room for it as JSON, at most ``MAX_DECODED_BYTES``."""
+    if max_request_bytes is None:
+        return MAX_DECODED_BYTES
+    return min(MAX_DECODED_BYTES, JSON_EXPANSION * max_request_bytes + (1 << 20))
 
 
 def server_metadata() -> dict[str, Any]:
@@ -136,20 +137,23 @@ def _inflate(data: bytes, wbits: int, limit: int, encoding: str) -> bytes:
         pending = rest
         while pending:
             out += stream.decompress(pending, limit + 1 - len(out))
-            if len(out) > limit:
-                raise RequestError(f"request body decompresses to over {limit} bytes, the limit; send less data per request")
+            _check_decoded_size(out, limit)
             pending = stream.unconsumed_tail
             if stream.eof:
                 break
         out += stream.flush()
-        if len(out) > limit:
-            raise RequestError(f"request body decompresses to over {limit} bytes, the limit; send less data per request")
+        _check_decoded_size(out, limit)
         if not stream.eof:
             raise RequestError(f"request body is not valid {encoding} data (the stream is truncated)")
         rest = stream.unused_data
         if rest and encoding != "gzip":
             raise RequestError(f"request body has {len(rest)} bytes after the end of its {encoding} stream")
     return out  # bytearray: every reader takes it as bytes, without a second copy
+
+
+def _check_decoded_size(out: bytearray, limit: int) -> None:
+    if len(out) > limit:
+        raise RequestError(f"request body decompresses to over {limit} bytes, the limit; send less data per request")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -541,8 +545,6 @@ class _Server(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that went away is not an error worth a traceback; anything else is logged."""
-        import sys
-
         exc = sys.exc_info()[1]
         if isinstance(exc, (OSError, ValueError)):
             log.debug("connection from %s ended: %s", client_address, exc)

@@ -348,9 +348,9 @@ def test_skip_mode_results_say_which_answer_is_last_and_wait_final_gets_the_mode
         handles = [engine.submit(resnet.sample(i), wait_final=wait[i]) for i in range(n)]
         finals = [h.final.result(WAIT_S) for h in handles]
         earlies = [h.early.result(WAIT_S) for h in handles]
-        stats = engine.stats()
     finally:
-        engine.close()
+        engine.close()  # joins the batch loop: a batch's row counters land after its results resolve
+    stats = engine.stats()
     for i, (early, final) in enumerate(zip(earlies, finals)):
         assert early.exit_site == first and not early.is_final
         if wait[i]:

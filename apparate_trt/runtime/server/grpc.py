@@ -114,16 +114,30 @@ def decode_message(cls: Any, raw: bytes, what: str) -> Any:
         return cls.FromString(raw)
     except (DecodeError, ValueError, TypeError) as exc:
         raise RequestError(f"the {what} message cannot be decoded as {cls.DESCRIPTOR.name} ({exc}); "
-                           "send a ModelInferRequest of the Open Inference Protocol") from None
+                           f"send a {cls.DESCRIPTOR.name} of the Open Inference Protocol") from None
+
+
+def _decoding(method: Any, cls: Any, what: str) -> Any:
+    """``method`` behind a decoder: a message that is not a ``cls`` gets INVALID_ARGUMENT."""
+
+    async def handler(raw: bytes, context: Any) -> Any:
+        try:
+            request = decode_message(cls, raw, what)
+        except RequestError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return await method(request, context)
+
+    return handler
 
 
 def service_handler(servicer: Any, pb: Any) -> Any:
     """The method table of ``inference.GRPCInferenceService`` over ``servicer``.
 
-    The infer methods receive their messages as bytes and decode them themselves, so that an
-    undecodable message is answered with INVALID_ARGUMENT (unary) or an error response on a stream
-    that keeps serving, not refused by the framework. Methods not listed (model repository, shared
-    memory, statistics, trace) are UNIMPLEMENTED."""
+    Every method receives its message as bytes and decodes it itself, so that an undecodable
+    message is answered with INVALID_ARGUMENT (unary) or an error response on a stream that keeps
+    serving, not with the framework's UNKNOWN; the infer methods decode inside their own handling
+    (counted in the metrics). Methods not listed (model repository, shared memory, statistics,
+    trace) are UNIMPLEMENTED."""
     unary = {
         "ServerLive": (pb.ServerLiveRequest, pb.ServerLiveResponse),
         "ServerReady": (pb.ServerReadyRequest, pb.ServerReadyResponse),
@@ -134,7 +148,7 @@ def service_handler(servicer: Any, pb: Any) -> Any:
     }
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, name), request_deserializer=req.FromString, response_serializer=resp.SerializeToString
+            _decoding(getattr(servicer, name), req, name), request_deserializer=None, response_serializer=resp.SerializeToString
         )
         for name, (req, resp) in unary.items()
     }

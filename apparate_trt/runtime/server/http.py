@@ -214,6 +214,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.busy = False
 
     def parse_request(self) -> bool:
+        line = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        if len(line.split()) == 2:  # "GET /path": HTTP/0.9, no status line, no headers
+            self.command, self.request_version, self.requestline = None, "HTTP/1.0", line
+            self.send_error(400, "HTTP/0.9 requests are not supported", "send HTTP/1.0 or HTTP/1.1")
+            return False
         ok = super().parse_request()
         if not ok:
             return ok
@@ -229,7 +234,7 @@ class _Handler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Every error the standard library raises (400, 414, 431, 501, ...) as a JSON body with a
         status line, then close the connection."""
-        if self.request_version == "HTTP/0.9" or not getattr(self, "request_version", None):
+        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
             self.request_version = "HTTP/1.0"  # always write a status line
         short = self.responses.get(code, ("error",))[0]
         self.close_connection = True

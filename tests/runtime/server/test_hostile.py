@@ -215,11 +215,13 @@ def test_deeply_nested_json_is_400(server) -> None:
 
 
 # ---------------------------------------------------------------------------------- gRPC bytes
-def test_garbage_to_unary_infer_is_invalid_argument(server, workload: Workload) -> None:
+@pytest.mark.parametrize("method", ["ModelInfer", "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig"])
+def test_garbage_to_a_unary_method_is_invalid_argument(server, workload: Workload, method: str) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
         with pytest.raises(grpc.RpcError) as err:
-            channel.unary_unary(INFER)(b"\xff\xff\xff\xff garbage", timeout=30)
+            channel.unary_unary(f"/inference.GRPCInferenceService/{method}")(b"\xff\xff\xff\xff garbage", timeout=30)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "cannot be decoded" in err.value.details()
+    assert "\n" not in err.value.details()
 
 
 def test_stream_answers_an_undecodable_message_and_keeps_serving(server, workload: Workload) -> None:
@@ -240,6 +242,8 @@ def test_stream_answers_an_undecodable_message_and_keeps_serving(server, workloa
 # ------------------------------------------------------------------------------- raw HTTP abuse
 @pytest.mark.parametrize("data,status", [
     (b"GARBAGE\r\n\r\n", 400),
+    (b"GET /v2/health/ready\r\n", 400),  # HTTP/0.9: answered at once, with a status line
+    (b"GET /\r\n\r\n", 400),
     (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414),
     (b"GET /v2 HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(120)) + b"\r\n", 431),
     (b"PUT /v2 HTTP/1.1\r\nHost: x\r\n\r\n", 501),

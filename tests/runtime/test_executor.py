@@ -285,3 +285,23 @@ def test_unsplit_batch_runs_the_original_model_without_ramps(resnet):
     assert len(outcome.segments_ms) == 1, "one piece: the unsplit model"
     assert_same_output(outcome.final_logits, resnet.reference[:6])
     assert split.active_sites == sites[:2] and (split.exit_site == sites[0]).all()
+
+
+def test_a_model_onnx_runtime_cannot_run_fails_in_one_line_naming_the_node() -> None:
+    """A graph that loads but fails at run time (here a Reshape to an impossible shape) raises
+    ApparateError naming the node and its op, without ONNX Runtime's C++ signature."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"], name="bad_reshape")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+                              [numpy_helper.from_array(np.array([-1, 4], np.int64), "shape")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    runner = OrtRunner(model, threads=1, name="the toy model")
+    with pytest.raises(ApparateError) as err:
+        runner.run({"x": np.zeros((3, 6), np.float32)})
+    message = str(err.value)
+    assert message.startswith("ONNX Runtime fails to run the toy model: node 'bad_reshape' (Reshape): ")
+    assert "\n" not in message and "onnxruntime::" not in message and "re-export" in message

@@ -8,6 +8,7 @@ outputs are allocated once by ORT and handed over without a further copy.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Mapping
 
@@ -51,6 +52,18 @@ def _model_bytes(model: onnx.ModelProto | bytes | str | Path) -> bytes | str:
     return model
 
 
+def describe_run_failure(exc: BaseException) -> str:
+    """One line from an ONNX Runtime run error: the failing node and op, and the check that failed
+    (ORT's message carries a C++ signature and source path that tell a user nothing), then what to do."""
+    text = " ".join(str(exc).split())
+    node = re.search(r"running (\w+) node\. Name:'([^']*)'", text)
+    detail = text.rsplit(" was false. ", 1)[-1] if " was false. " in text else text.split("Status Message: ")[-1]
+    detail = detail if len(detail) <= 240 else detail[:237] + "..."
+    where = f"node '{node.group(2)}' ({node.group(1)}): " if node else ""
+    return (f"{where}{detail}; the model does not run as exported in this ONNX Runtime: check that it runs with "
+            "onnxruntime.InferenceSession on your data, and re-export it (another opset, or without the construct at fault)")
+
+
 class OrtRunner:
     """A CPU ONNX Runtime session that maps ``{input name: array}`` to ``{output name: array}``.
 
@@ -69,10 +82,14 @@ class OrtRunner:
             raise
         except Exception as exc:  # ORT raises several exception types for bad models
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ApparateError(f"ONNX Runtime cannot load {name}: {first_line}; check that the file is a valid ONNX model") from exc
+            raise ApparateError(
+                f"ONNX Runtime cannot load {name}: {first_line}; check that the file is a valid ONNX model"
+            ) from exc
         self.input_names: list[str] = [i.name for i in self.session.get_inputs()]
         self.output_names: list[str] = [o.name for o in self.session.get_outputs()]
         self._binding = self.session.io_binding()
+        self._run_options = ort.RunOptions()
+        self._run_options.log_severity_level = 3  # a failing run raises one clear error; ORT's own log line repeats it
 
     def run(self, feeds: Mapping[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         """Run once; ``feeds`` must hold every input (extra entries are ignored).
@@ -90,5 +107,8 @@ class OrtRunner:
         binding.clear_binding_outputs()  # outputs are ORT-allocated per run: shapes follow the batch
         for name in wanted:
             binding.bind_output(name, "cpu")
-        self.session.run_with_iobinding(binding)
+        try:
+            self.session.run_with_iobinding(binding, self._run_options)
+        except Exception as exc:  # ORT's Fail / RuntimeError / InvalidArgument: one line naming the node
+            raise ApparateError(f"ONNX Runtime fails to run {self.name}: {describe_run_failure(exc)}") from exc
         return dict(zip(wanted, binding.copy_outputs_to_cpu()))

@@ -18,7 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import onnx
@@ -26,6 +26,9 @@ from onnx import helper, numpy_helper
 
 from apparate_trt._optional import require
 from apparate_trt.errors import ApparateError
+
+if TYPE_CHECKING:
+    from apparate_trt.engine_dir import Manifest
 
 Log = Callable[[str], None]
 
@@ -257,15 +260,15 @@ def build_onnx(e: Entry, workdir: Path) -> tuple[Path, dict[str, np.ndarray], di
 
 
 # ------------------------------------------------------------------------------------ measure
-def chain_check(engine_dir: Path, model_path: Path, output: str, inputs: dict[str, np.ndarray],
+def chain_check(manifest: "Manifest", model_path: Path, inputs: dict[str, np.ndarray],
                 batch: int = 4) -> tuple[int, int, float]:
-    """Run the engine directory with every site active and no ramp exiting, batch by batch, against
-    the exported model itself: ``(argmax equal, samples, max abs difference of the scores)``."""
-    from apparate_trt.engine_dir import read_manifest
+    """Run the engine directory of ``manifest`` with every site active and no ramp exiting, batch by
+    batch, against the exported model at ``model_path``: ``(argmax equal, samples, max abs
+    difference of the scores)``."""
     from apparate_trt.runtime.backends.onnxruntime import OrtRunner
     from apparate_trt.runtime.executor import Executor
 
-    manifest = read_manifest(engine_dir)
+    output = manifest.model.output
     reference = OrtRunner(model_path, threads=1, name="the exported model")
     executor = Executor(manifest, threads=1)
     n = int(next(iter(inputs.values())).shape[0])
@@ -289,14 +292,12 @@ def chain_check(engine_dir: Path, model_path: Path, output: str, inputs: dict[st
     return equal, n, float(np.abs(chained - expected).max())
 
 
-def compaction_check(engine_dir: Path, inputs: dict[str, np.ndarray]) -> tuple[int, int, int]:
+def compaction_check(manifest: "Manifest", inputs: dict[str, np.ndarray]) -> tuple[int, int, int]:
     """Skip mode with every site active and every row exiting at the first ramp, half of them
     audited: the later segments run on the compacted batch, side tensors (masks, shapes) included.
     ``(rows answered, rows, rows skipped)``; a correct chain answers every row and skips some."""
-    from apparate_trt.engine_dir import read_manifest
     from apparate_trt.runtime.executor import Executor
 
-    manifest = read_manifest(engine_dir)
     sites = [s.id for s in manifest.sites]
     executor = Executor(manifest, threads=1, exit_mode="skip", audit_seed=1)
     answered: set[int] = set()
@@ -309,24 +310,24 @@ def compaction_check(engine_dir: Path, inputs: dict[str, np.ndarray]) -> tuple[i
     return len(answered), int(next(iter(inputs.values())).shape[0]), int(outcome.skipped_count)
 
 
-def replay_with_exits(engine_dir: Path, inputs: dict[str, np.ndarray], policy: str) -> tuple[int, int, int, float]:
-    """Replay ``inputs`` at Poisson arrivals (release mode): ``(requests, early exits, failed requests,
-    agreement of the released answers with the final ones)``.
+def replay_with_exits(manifest: "Manifest", inputs: dict[str, np.ndarray], policy: str) -> tuple[int, int, int, float]:
+    """Replay ``inputs`` at Poisson arrivals (release mode) through the engine directory of
+    ``manifest``: ``(requests, early exits, failed requests, agreement of the released answers with
+    the final ones)``.
 
     ``policy``: ``static`` serves every site with per-ramp thresholds searched once on the
     bootstrap statistics at a 1% constraint (the static baseline: proves the chain releases
     early); ``adaptive`` is Apparate itself, which on a model this small may rightly keep every
     ramp off (a ramp can cost as much as the model it would shorten).
     """
-    from apparate_trt.engine_dir import read_manifest
     from apparate_trt.runtime.api import load
     from apparate_trt.runtime.arrivals import poisson_arrivals
     from apparate_trt.runtime.policies import static_per_ramp_policy
     from apparate_trt.runtime.replay import replay
 
     n = int(next(iter(inputs.values())).shape[0])
-    fixed = static_per_ramp_policy(read_manifest(engine_dir)) if policy == "static" else None
-    engine = load(engine_dir, max_batch=4, max_delay_ms=2.0, threads=1, policy=fixed)
+    fixed = static_per_ramp_policy(manifest) if policy == "static" else None
+    engine = load(manifest.root, max_batch=4, max_delay_ms=2.0, threads=1, policy=fixed)
     try:
         result = replay(engine, inputs, poisson_arrivals(REPLAY_RATE, n, seed=0), progress=False)
     finally:
@@ -341,9 +342,7 @@ def run_entry(e: Entry, workdir: Path, log: Log = lambda line: None) -> Row:
     from apparate_trt.compiler.pipeline import compile_model
     from apparate_trt.compiler.profiling import ProfileSettings
     from apparate_trt.compiler.training import TrainConfig
-    from apparate_trt.engine_dir import read_manifest
 
-    MATRIX_TRAINING = TrainConfig(max_steps=200, augment_copies=0, blend_copies=0)  # see render()
     require("torch", extra="train", purpose="the model matrix")
     workdir.mkdir(parents=True, exist_ok=True)
     row = Row(e)
@@ -357,9 +356,11 @@ def run_entry(e: Entry, workdir: Path, log: Log = lambda line: None) -> Row:
 
     t0 = time.perf_counter()
     try:
-        compile_model(model_path, workdir / "bootstrap.npz", engine_dir, max_batch=4, threads=1, seed=0, budget=0.5,
-                      output=e.output, force=True, log=keep, train_config=MATRIX_TRAINING,
-                      profile_settings=ProfileSettings(budget_ms=10.0, min_repeats=3, max_repeats=50))
+        manifest = compile_model(model_path, workdir / "bootstrap.npz", engine_dir, max_batch=4, threads=1, seed=0,
+                                 budget=0.5, output=e.output, force=True, log=keep,
+                                 # fast ramps (see render()): no near-copies or blends, at most 200 steps
+                                 train_config=TrainConfig(max_steps=200, augment_copies=0, blend_copies=0),
+                                 profile_settings=ProfileSettings(budget_ms=10.0, min_repeats=3, max_repeats=50))
     except ApparateError as exc:
         row.compile_s = time.perf_counter() - t0
         message = str(exc).replace(str(workdir), "<workdir>")  # the table reads the same from any directory
@@ -369,18 +370,15 @@ def run_entry(e: Entry, workdir: Path, log: Log = lambda line: None) -> Row:
     if e.expect_error:
         row.status = "error: compiled, but the compiler should have refused it"
         return row
-    if e.variant == "external-data":
-        shutil.rmtree(model_path.parent)  # the engine directory must stand alone
-        model_path = engine_dir / read_manifest(engine_dir).model.file
-    manifest = read_manifest(engine_dir)
     row.sites, row.ramps = len(manifest.sites), len(manifest.ramps)
     row.probed_sites = sum("(batch axis: probed)" in line for line in row.log)
     chain_inputs = {name: value[:CHAIN_SAMPLES] for name, value in evaluation.items()}
-    row.chain_equal, row.chain_samples, row.chain_max_abs_diff = chain_check(engine_dir, model_path, manifest.model.output,
-                                                                            chain_inputs)
-    row.compaction = compaction_check(engine_dir, {name: value[:8] for name, value in evaluation.items()})
-    row.requests, row.exits, row.failed_requests, row.agreement = replay_with_exits(engine_dir, evaluation, "static")
-    _, row.adaptive_exits, adaptive_failed, row.adaptive_agreement = replay_with_exits(engine_dir, evaluation, "adaptive")
+    row.chain_equal, row.chain_samples, row.chain_max_abs_diff = chain_check(manifest, model_path, chain_inputs)
+    if e.variant == "external-data":
+        shutil.rmtree(model_path.parent)  # checked against the source; the rest runs on the engine directory alone
+    row.compaction = compaction_check(manifest, {name: value[:8] for name, value in evaluation.items()})
+    row.requests, row.exits, row.failed_requests, row.agreement = replay_with_exits(manifest, evaluation, "static")
+    _, row.adaptive_exits, adaptive_failed, row.adaptive_agreement = replay_with_exits(manifest, evaluation, "adaptive")
     row.failed_requests += adaptive_failed
     return row
 

@@ -480,7 +480,19 @@ def render(rows: Sequence[Row], command: str, seconds: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _writable(path: Path) -> bool:
+    """Whether ``path`` can be written: its folder exists or is created here, and takes a new file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".apparate-matrix-"):
+            return not path.is_dir()
+    except OSError:
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line (``python -m apparate_trt.eval.model_matrix --help``); exit 0 when every
+    entry passes, 1 when one fails, 2 for bad arguments."""
     parser = argparse.ArgumentParser(
         prog="python -m apparate_trt.eval.model_matrix",
         description="Build, export, compile, chain-check and replay every model of the matrix; write the table.")
@@ -491,12 +503,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "directory, removed at the end)")
     parser.add_argument("--list", action="store_true", help="list the entry names and exit")
     args = parser.parse_args(argv)
-    chosen = [e for e in ENTRIES if args.only is None or re.search(args.only, e.name)]
+    try:
+        pattern = re.compile(args.only or "")
+    except re.error as exc:
+        parser.error(f"--only '{args.only}' is not a regular expression ({exc}); e.g. --only '^cnn-view/'")
+    chosen = [e for e in ENTRIES if pattern.search(e.name)]
     if args.list:
         print("\n".join(e.name for e in chosen))
         return 0
     if not chosen:
         print(f"error: no entry matches --only '{args.only}'; see --list", file=sys.stderr)
+        return 2
+    if args.out and not _writable(args.out):
+        print(f"error: cannot write --out {args.out}: its folder cannot be created or written; choose another path",
+              file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     rows = []
@@ -515,7 +535,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "python -m apparate_trt.eval.model_matrix" + (f" --out {args.out}" if args.out else "")
     page = render(rows, command, time.perf_counter() - t0)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(page)
         print(f"wrote {args.out}: {sum(not shortfalls(r) for r in rows)} of {len(rows)} entries pass", file=sys.stderr)
     else:

@@ -78,3 +78,23 @@ def test_models_md_lists_every_entry_and_agrees_with_the_readme() -> None:
     assert passed is not None
     readme = (ROOT / "README.md").read_text()
     assert f"{passed.group(1)} of {passed.group(2)} entries of [docs/MODELS.md](docs/MODELS.md) pass" in readme
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--only", "("], "is not a regular expression"),
+    (["--only", "no-such-entry"], "no entry matches --only 'no-such-entry'"),
+])
+def test_bad_arguments_are_one_line_errors_before_any_work(argv: list[str], message: str, capsys) -> None:
+    try:
+        code = model_matrix.main(argv)
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_an_unwritable_out_path_is_refused_before_any_entry_runs(tmp_path: Path, capsys) -> None:
+    (tmp_path / "a_file").write_text("")
+    assert model_matrix.main(["--only", "^cnn-view/fixed-batch$", "--out", str(tmp_path / "a_file" / "MODELS.md")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write --out" in err and "[1/1]" not in err

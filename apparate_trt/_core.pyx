@@ -1,7 +1,7 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """Python face of the C core in csrc/ (exit decisions, feedback window, threshold search, utility).
 
-Every function mirrors one in csrc/apparate_core.h and one in apparate_trt.policy_reference (the
+Every function mirrors one in csrc/apparate_core.h and one in tests/core/policy_reference.py (the
 pure-numpy reference with the same semantics). Units: latencies in milliseconds (ms); confidences,
 thresholds, accuracies and the accuracy constraint are fractions in [0, 1]. Ramps are indexed in
 execution order; an input exits at the first ramp ``i`` with ``1 - conf < thresholds[i]``, so a
@@ -20,7 +20,7 @@ from libc.stdint cimport int32_t, int64_t, uint8_t
 
 import numpy as np
 
-from apparate_trt import policy_reference as _ref
+from apparate_trt import core_checks as _ref
 
 cdef extern from "apparate_core.h" nogil:
     int AP_API_VERSION
@@ -103,7 +103,7 @@ cdef inline int _kind(object kind) except -1:
 
 # ---- raw buffer access for the per-batch hot paths ------------------------------------------------
 # Typed memoryviews cost ~0.3-0.6 us each to acquire; these helpers take a numpy array's buffer
-# directly (~0.1 us) and fall back to the shared checks of policy_reference for anything else.
+# directly (~0.1 us) and fall back to the shared checks of core_checks for anything else.
 
 @cython.final
 cdef class _Buf:

@@ -20,7 +20,7 @@ import numpy as np
 
 from apparate_trt.data import load_inputs, take
 from apparate_trt.engine_dir import read_manifest
-from apparate_trt.runtime.backends.onnxruntime import OrtRunner
+from apparate_trt.backends import Runner, open_runner
 from apparate_trt.runtime.compaction import compact, dynamic_batch_inputs
 
 
@@ -37,10 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--batch must be at least 2 and --rounds at least 1")
     manifest = read_manifest(args.engine_dir)
     inputs = take(load_inputs(args.data, manifest.model.inputs), slice(0, args.batch))
-    runners = [OrtRunner(manifest.path(s.file), args.threads, name=s.file) for s in manifest.segments]
+    runners = [open_runner(manifest.path(s.file), threads=args.threads, name=s.file) for s in manifest.segments]
     batch_names = {spec.name for spec in manifest.model.inputs}
     for runner in runners:
-        batch_names |= dynamic_batch_inputs(runner.session.get_inputs())[0]
+        batch_names |= dynamic_batch_inputs(runner.inputs)[0]
     keep = np.arange(0, args.batch, 2)
     rows = []
     env = dict(inputs)
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _rest_ms(runners: list[OrtRunner], manifest, start: int, env: dict[str, np.ndarray]) -> float:
+def _rest_ms(runners: list[Runner], manifest, start: int, env: dict[str, np.ndarray]) -> float:
     """Wall time (ms) of the finest segments from ``start`` to the end on ``env``."""
     local = dict(env)
     t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""C core (apparate_trt._core) against the numpy reference (apparate_trt.policy_reference).
+"""C core (apparate_trt._core) against the numpy reference (tests/core/policy_reference.py).
 
 Cases, both implementations measured in the same run on the same inputs:
   (a) exit decisions for one batch of 8 inputs with 2 and 4 active ramps of 10 classes: per ramp,
@@ -28,7 +28,8 @@ import time
 import numpy as np
 
 from apparate_trt import _core as C
-from apparate_trt import policy_reference as R
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "core"))
+import policy_reference as R  # noqa: E402  (the numpy twin lives beside the core's tests)
 
 BATCH = 8
 CLASSES = 10

@@ -32,8 +32,8 @@ import numpy as np
 from apparate_trt.data import load_inputs, take
 from apparate_trt.engine_dir import read_manifest
 from apparate_trt.runtime.api import load
-from apparate_trt.runtime.arrivals import poisson_arrivals
-from apparate_trt.runtime.replay import replay
+from apparate_trt.eval.arrivals import poisson_arrivals
+from apparate_trt.eval.replay import replay
 
 VARIANTS = ("no builds", "builds, no gate", "builds, gate")
 

@@ -7,7 +7,7 @@ Poisson arrivals at each request rate, one gRPC unary infer per arrival sent wit
 ``async_infer`` (a slow server never slows the arrivals down). A request's latency is the time its
 (early) response arrived minus its scheduled arrival time, so generator lag counts against the
 server, as for a real client. The same arrivals are then replayed in-process
-(:func:`apparate_trt.runtime.replay.replay` on an engine loaded in this process, same settings):
+(:func:`apparate_trt.eval.replay.replay` on an engine loaded in this process, same settings):
 the difference of the medians is the server's overhead (protocol, serialization, loopback,
 threads). Accuracy is agreement of the released answer with the original model (``model.onnx``
 run directly with ONNX Runtime).
@@ -41,9 +41,9 @@ import numpy as np
 from apparate_trt.data import load_inputs
 from apparate_trt.engine_dir import Manifest, read_manifest
 from apparate_trt.errors import ApparateError
-from apparate_trt.runtime.arrivals import poisson_arrivals
-from apparate_trt.runtime.backends.onnxruntime import OrtRunner
-from apparate_trt.runtime.report import latency_summary
+from apparate_trt.eval.arrivals import poisson_arrivals
+from apparate_trt.backends import open_runner
+from apparate_trt.eval.report import latency_summary
 
 READY = re.compile(r"REST at [^ ]+:(\d+) and gRPC at [^ ]+:(\d+)")
 QUICK = {"rates": [50.0, 150.0], "requests": 300}
@@ -84,7 +84,7 @@ HEADER = ("| mode | path | rate (rps) | answered | p50 ms | p95 ms | p99 ms | th
 # ----------------------------------------------------------------------------------------- data
 def reference_pred(manifest: Manifest, inputs: dict[str, np.ndarray], threads: int | None) -> np.ndarray:
     """The original model's argmax per sample (``model.onnx`` directly, batches of 64)."""
-    runner = OrtRunner(manifest.path(manifest.model.file), threads=threads)
+    runner = open_runner(manifest.path(manifest.model.file), threads=threads)
     n = next(iter(inputs.values())).shape[0]
     preds = []
     for start in range(0, n, 64):
@@ -208,8 +208,8 @@ def server_run(mode: str, rate: float, responses: _Responses, t0: float, arrival
 
 
 def replay_run(mode: str, rate: float, engine: Any, inputs: dict[str, np.ndarray], arrivals: np.ndarray) -> Run:
-    from apparate_trt.runtime.replay import replay
-    from apparate_trt.runtime.report import throughput_rps
+    from apparate_trt.eval.replay import replay
+    from apparate_trt.eval.report import throughput_rps
 
     result = replay(engine, inputs, arrivals, progress=False)
     done = result.completed

@@ -21,10 +21,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from apparate_trt.compiler.segments import split_model
+from apparate_trt.graph.split import split_model
 from apparate_trt.data import load_inputs, take
 from apparate_trt.engine_dir import Manifest, read_manifest
-from apparate_trt.runtime.backends.onnxruntime import OrtRunner
+from apparate_trt.backends import open_runner
 
 Path_ = Callable[[dict[str, np.ndarray]], None]
 
@@ -34,11 +34,11 @@ def chain(manifest: Manifest, sites: Sequence[int], ramps: bool, threads: int | 
     import onnx
 
     if list(sites) == [s.id for s in manifest.sites]:
-        stages = [(OrtRunner(manifest.path(s.file), threads), list(s.outputs), s.ends_at_site) for s in manifest.segments]
+        stages = [(open_runner(manifest.path(s.file), threads=threads), list(s.outputs), s.ends_at_site) for s in manifest.segments]
     else:
         model = onnx.load(str(manifest.path(manifest.model.file)))
-        stages = [(OrtRunner(s.model, threads), list(s.outputs), s.ends_at_site) for s in split_model(model, manifest.sites, list(sites))]
-    ramp_runners = {r.site: (OrtRunner(manifest.path(r.file), 1), r.output) for r in manifest.ramps if ramps and r.site in sites}
+        stages = [(open_runner(s.model, threads=threads), list(s.outputs), s.ends_at_site) for s in split_model(model, manifest.sites, list(sites))]
+    ramp_runners = {r.site: (open_runner(manifest.path(r.file), threads=1), r.output) for r in manifest.ramps if ramps and r.site in sites}
 
     def run(inputs: dict[str, np.ndarray]) -> None:
         env = dict(inputs)
@@ -53,7 +53,7 @@ def chain(manifest: Manifest, sites: Sequence[int], ramps: bool, threads: int | 
 
 def unsplit(manifest: Manifest, threads: int | None) -> Path_:
     """A callable running one batch through model.onnx."""
-    runner = OrtRunner(manifest.path(manifest.model.file), threads)
+    runner = open_runner(manifest.path(manifest.model.file), threads=threads)
     return lambda inputs: runner.run(inputs, [manifest.model.output]) and None
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from apparate_trt.data import load_inputs, num_samples, take
 from apparate_trt.engine_dir import read_manifest
 from apparate_trt.errors import ApparateError
-from apparate_trt.runtime.policies import stream_ramps
+from apparate_trt.eval.policies import stream_ramps
 
 
 def confident_share(confidence: np.ndarray, agree: np.ndarray, max_disagreement: float) -> float:

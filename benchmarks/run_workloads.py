@@ -65,8 +65,8 @@ from workloads import (  # noqa: E402
 
 from apparate_trt.data import load_inputs, take  # noqa: E402
 from apparate_trt.errors import ApparateError  # noqa: E402
-from apparate_trt.runtime import policies  # noqa: E402
-from apparate_trt.runtime.report import write_report  # noqa: E402
+from apparate_trt.eval import policies  # noqa: E402
+from apparate_trt.eval.report import write_report  # noqa: E402
 
 RESULTS = HERE / "results"
 README = HERE / "README.md"
@@ -434,7 +434,7 @@ def _short(value: Any) -> str:
 # ------------------------------------------------------------------------------ plots
 def write_plots(out: Path, raw: dict[str, dict[str, Any]]) -> list[Path]:
     """Latency CDFs per workload, the drift timeline and apparate's controller timelines."""
-    from apparate_trt.runtime.plots import plot_latency_cdf, plot_timeline
+    from apparate_trt.eval.plots import plot_latency_cdf, plot_timeline
 
     paths = []
     for wname, res in raw.items():
@@ -454,7 +454,7 @@ def write_plots(out: Path, raw: dict[str, dict[str, Any]]) -> list[Path]:
 def plot_drift(path: Path, res: dict[str, Any]) -> Path:
     """Accuracy per window for every system, and apparate's thresholds and active ramps, over the
     drift stream (x: request index; phase changes marked)."""
-    from apparate_trt.runtime.plots import _pyplot
+    from apparate_trt.eval.plots import _pyplot
 
     plt = _pyplot()
     fig, (ax_acc, ax_thr, ax_sites) = plt.subplots(3, 1, figsize=(10, 8), sharex=True)

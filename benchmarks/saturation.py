@@ -39,8 +39,8 @@ from workloads import (  # noqa: E402
 )
 
 from apparate_trt.data import load_inputs, take  # noqa: E402
-from apparate_trt.runtime import policies  # noqa: E402
-from apparate_trt.runtime.replay import replay  # noqa: E402
+from apparate_trt.eval import policies  # noqa: E402
+from apparate_trt.eval.replay import replay  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:

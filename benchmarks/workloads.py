@@ -4,8 +4,8 @@ A *workload* is a stream of samples (an ``.npz`` of one real model's inputs), an
 and the engine directory it is served from (compiled from the model's ``bootstrap.npz``, the
 stream's first 10%). A *system* is one way of serving it through the same API and batching:
 ``vanilla``, ``apparate`` (adaptive controller, default settings) and the fixed baselines of
-:mod:`apparate_trt.runtime.policies`. Every number comes from real, timed serving on this machine:
-latency is first release minus scheduled arrival (``apparate_trt.runtime.replay``), throughput at
+:mod:`apparate_trt.eval.policies`. Every number comes from real, timed serving on this machine:
+latency is first release minus scheduled arrival (``apparate_trt.eval.replay``), throughput at
 saturation is the completion rate of a burst of back-to-back full batches.
 
 Latencies in ms, rates and throughput in requests per second (rps).
@@ -25,12 +25,12 @@ import numpy as np
 from apparate_trt.data import load_inputs, take
 from apparate_trt.engine_dir import Manifest, file_sha256, read_manifest
 from apparate_trt.errors import ApparateError
-from apparate_trt.runtime.defaults import DEFAULT_AUDIT_RATE, DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY_MS
-from apparate_trt.runtime import policies
+from apparate_trt.defaults import DEFAULT_AUDIT_RATE, DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY_MS
+from apparate_trt.eval import policies
 from apparate_trt.runtime.api import Engine, load
-from apparate_trt.runtime.arrivals import fixed_arrivals, poisson_arrivals
-from apparate_trt.runtime.replay import ReplayResult, replay
-from apparate_trt.runtime.report import build_report
+from apparate_trt.eval.arrivals import fixed_arrivals, poisson_arrivals
+from apparate_trt.eval.replay import ReplayResult, replay
+from apparate_trt.eval.report import build_report
 
 Log = Callable[[str], None]
 

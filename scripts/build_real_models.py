@@ -7,7 +7,7 @@ NLP: all-MiniLM-L6-v2 (frozen) + a linear sentiment head (rotten=0 / fresh=1) tr
      Tomatoes critic snippets, split by movie. Inputs ``input_ids`` / ``attention_mask`` int64
      [N,L] (L fixed, padded); output ``logits`` float32 [N,2].
 
-Everything comes from installed packages (see ../shared/docs/MODELS_AND_DATA.md and
+Everything comes from installed packages (see docs/MODELS_AND_DATA.md and
 scripts/install_system.sh); nothing is downloaded. Outputs under ``--out DIR`` (default ``data/``):
 
   DIR/cv/model.onnx  bootstrap.npz  eval.npz  labels.npz  meta.json  drift.npz  drift_meta.json

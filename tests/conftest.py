@@ -15,9 +15,13 @@ import numpy as np
 import onnx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny_models.py, whatever the import mode
+from apparate_trt.data import load_inputs, take
+from apparate_trt.engine_dir import read_manifest
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny_models.py and runtime_helpers.py, whatever the import mode
 
 import tiny_models  # noqa: E402
+from runtime_helpers import Compiled, reference_logits  # noqa: E402
 
 try:  # tests share 2 cores with other work: one torch thread
     import torch
@@ -83,3 +87,37 @@ def tiny_bert_engine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
         tiny_models.separable_tokens(TINY_BOOTSTRAP_SAMPLES, seed=1),
         tiny_models.separable_tokens(TINY_EVAL_SAMPLES, seed=2),
     )
+
+
+# ---------------------------------------------------------------- the tiny engines with eval inputs and reference outputs
+
+def _compiled(engine: tuple[Path, Path], count: int) -> Compiled:
+    engine_dir, eval_npz = engine
+    manifest = read_manifest(engine_dir)
+    inputs = take(load_inputs(eval_npz, manifest.model.inputs), slice(0, count))
+    return Compiled(Path(engine_dir), manifest, inputs, reference_logits(manifest, inputs))
+
+
+@pytest.fixture(scope="session")
+def resnet(tiny_resnet_engine) -> Compiled:
+    """The tiny ResNet engine with 24 eval samples."""
+    compiled = _compiled(tiny_resnet_engine, 24)
+    assert len(compiled.manifest.sites) >= 2, "the tiny ResNet should have at least two ramp sites"
+    return compiled
+
+
+@pytest.fixture(scope="session")
+def bert(tiny_bert_engine) -> Compiled:
+    """The tiny BERT engine (attention mask as a side tensor) with 16 eval samples."""
+    compiled = _compiled(tiny_bert_engine, 16)
+    assert len(compiled.manifest.sites) >= 2, "the tiny BERT should have at least two ramp sites"
+    return compiled
+
+
+@pytest.fixture(scope="session")
+def view_resnet(tiny_view_resnet_engine) -> Compiled:
+    """The tiny ResNet whose head reshapes with the batch size read from the input's shape at the
+    start (a scalar live across every site), with 24 eval samples."""
+    compiled = _compiled(tiny_view_resnet_engine, 24)
+    assert len(compiled.manifest.sites) >= 2, "the view-flattening ResNet should have ramp sites"
+    return compiled

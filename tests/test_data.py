@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from apparate_trt.compiler.ingest import TensorInfo
+from apparate_trt.graph.ingest import TensorInfo
 from apparate_trt.data import DataWarning, load_inputs
 from apparate_trt.errors import ApparateError
 

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 from apparate_trt.cli._common import HelpFormatter, Parser, flush_print, run_main
 from apparate_trt.errors import ApparateError
-from apparate_trt.runtime.defaults import (
+from apparate_trt.defaults import (
     DEFAULT_ACCURACY_CONSTRAINT,
     DEFAULT_AUDIT_RATE,
     DEFAULT_EXIT_MODES,
@@ -171,9 +171,9 @@ def replay_command(args: argparse.Namespace) -> int:
     from apparate_trt.data import load_inputs, num_samples, take
     from apparate_trt.engine_dir import read_manifest
     from apparate_trt.runtime import api
-    from apparate_trt.runtime.arrivals import parse_arrivals
-    from apparate_trt.runtime.replay import offline_predictions, replay
-    from apparate_trt.runtime.report import build_report, format_report, write_report
+    from apparate_trt.eval.arrivals import parse_arrivals
+    from apparate_trt.eval.replay import offline_predictions, replay
+    from apparate_trt.eval.report import build_report, format_report, write_report
 
     manifest = read_manifest(args.engine_dir, verify=False)  # api.load below checks every file
     inputs = load_inputs(args.data, manifest.model.inputs, min_samples=1, what="evaluation data")
@@ -181,7 +181,7 @@ def replay_command(args: argparse.Namespace) -> int:
     arrivals = parse_arrivals(args.arrivals, count, seed=args.seed)
     inputs = take(inputs, slice(0, arrivals.shape[0]))
     if args.plot:
-        from apparate_trt.runtime.plots import ensure_matplotlib
+        from apparate_trt.eval.plots import ensure_matplotlib
 
         ensure_matplotlib()  # fail before the replay, not after it, when matplotlib is missing
     settings = _settings(args, arrivals.shape[0])
@@ -212,7 +212,7 @@ def replay_command(args: argparse.Namespace) -> int:
     if args.report:
         flush_print(f"report written to {write_report(report, args.report)}")
     if args.plot:
-        from apparate_trt.runtime.plots import write_plots
+        from apparate_trt.eval.plots import write_plots
 
         done = result.completed
         paths = write_plots(args.plot, report, result.latency_ms[done], result.arrivals_s[done])

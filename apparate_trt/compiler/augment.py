@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from apparate_trt.compiler.ingest import TensorInfo
+from apparate_trt.graph.ingest import TensorInfo
 
 Transform = Callable[[np.ndarray], np.ndarray]
 

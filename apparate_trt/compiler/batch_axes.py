@@ -15,10 +15,10 @@ from typing import Mapping
 import numpy as np
 import onnx
 
-from apparate_trt.compiler.ingest import constant_tensors, dims_of
-from apparate_trt.compiler.segments import with_extra_outputs
+from apparate_trt.graph.ingest import constant_tensors, dims_of
+from apparate_trt.graph.split import with_extra_outputs
 from apparate_trt.compiler.sites import batch_symbol
-from apparate_trt.runtime.backends.onnxruntime import OrtRunner
+from apparate_trt.backends import open_runner
 
 PROBE_BATCHES = (2, 3)
 """The two batch sizes the model is run at: a first axis equal to both is the batch axis."""
@@ -46,7 +46,7 @@ def restore_batch_axes(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], 
     names = lost_batch_axes(model, batch)
     if not names:
         return []
-    probe = OrtRunner(with_extra_outputs(model, names), threads=threads, name="the model (batch-axis probe)")
+    probe = open_runner(with_extra_outputs(model, names), threads=threads, name="the model (batch-axis probe)")
     runs = [probe.run({k: np.ascontiguousarray(v[:b]) for k, v in feeds.items()}, names) for b in PROBE_BATCHES]
     by_name = {vi.name: vi for vi in model.graph.value_info}
     restored = []

@@ -28,7 +28,8 @@ from typing import Sequence
 import numpy as np
 
 from apparate_trt import _core
-from apparate_trt.runtime.controller import SEARCH_MIN_STEP, sum_after
+from apparate_trt.defaults import SEARCH_MIN_STEP
+from apparate_trt.latency import sum_after
 
 
 @dataclass

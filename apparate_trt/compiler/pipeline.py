@@ -34,17 +34,17 @@ import apparate_trt
 from apparate_trt._optional import is_available
 from apparate_trt.compiler.augment import (MAX_BLENDS, MAX_COPIES, augmented_inputs, blended_inputs, default_blends, default_copies, image_input,
                                           token_copies, token_inputs)
-from apparate_trt.compiler.ingest import TensorInfo, load_model, model_io, score_output
+from apparate_trt.graph.ingest import TensorInfo, load_model, model_io, score_output
 from apparate_trt.compiler.initial_config import choose_initial
 from apparate_trt.compiler.profiling import ProfileResult, ProfileSettings, batch_sizes_up_to, profile_all
 from apparate_trt.compiler.ramps import MASKED_KINDS, RAMP_OUTPUT, build_ramp_onnx, candidate_kinds, check_ramp, find_mask_input
 from apparate_trt.compiler.batch_axes import PROBE_BATCHES, restore_batch_axes
-from apparate_trt.compiler.segments import Segment, split_model, verify_chain
+from apparate_trt.compiler.chain import verify_chain
+from apparate_trt.graph.split import Segment, split_model
 from apparate_trt.compiler.sites import Site, find_sites
 from apparate_trt.compiler.training import Features, TrainConfig, TrainResult, bootstrap_split, collect_features, train_ramps
 from apparate_trt.data import load_inputs, num_samples, take
-from apparate_trt.runtime.controller import DEFAULT_TARGET_FRACTION
-from apparate_trt.runtime.defaults import DEFAULT_ACCURACY_CONSTRAINT
+from apparate_trt.defaults import DEFAULT_ACCURACY_CONSTRAINT, DEFAULT_TARGET_FRACTION
 from apparate_trt.engine_dir import (
     BootstrapInfo,
     BootstrapStats,
@@ -93,7 +93,7 @@ def resolve_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ApparateError(f"--backend must be one of {', '.join(BACKENDS)}; got '{backend}'")
     if backend == "tensorrt":
-        from apparate_trt.runtime.backends.tensorrt import unavailable_reason  # lazy: no CUDA at import
+        from apparate_trt.backends.tensorrt import unavailable_reason  # lazy: no CUDA at import
 
         problem = unavailable_reason()
         if problem:

@@ -17,7 +17,8 @@ import numpy as np
 import onnx
 
 from apparate_trt.data import num_samples
-from apparate_trt.runtime.backends.onnxruntime import OrtRunner, default_threads
+from apparate_trt.backends import open_runner
+from apparate_trt.backends.onnxruntime import default_threads
 
 Log = Callable[[str], None]
 
@@ -109,9 +110,9 @@ def profile_all(
     ramps run with ``RAMP_THREADS``. The result records the numbers used.
     """
     threads = threads or default_threads()
-    whole = OrtRunner(model, threads=threads, name="the model")
-    segments = [OrtRunner(m, threads=threads, name=f"segment {i}") for i, m in enumerate(segment_models)]
-    ramps = [OrtRunner(m, threads=RAMP_THREADS, name=f"ramp {i}") for i, m in enumerate(ramp_models)]
+    whole = open_runner(model, threads=threads, name="the model")
+    segments = [open_runner(m, threads=threads, name=f"segment {i}") for i, m in enumerate(segment_models)]
+    ramps = [open_runner(m, threads=RAMP_THREADS, name=f"ramp {i}") for i, m in enumerate(ramp_models)]
     model_ms: list[float] = []
     segments_ms: list[list[float]] = [[] for _ in segments]
     ramps_ms: list[list[float]] = [[] for _ in ramps]

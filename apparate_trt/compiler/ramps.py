@@ -46,7 +46,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from apparate_trt.errors import ApparateError
-from apparate_trt.runtime.backends.onnxruntime import OrtRunner
+from apparate_trt.backends import open_runner
 
 CONV_GAP_LINEAR = "conv_gap_linear"
 CONV_GRID2_LINEAR = "conv_grid2_linear"
@@ -344,7 +344,7 @@ def check_ramp(model: onnx.ModelProto, kind: str, weights: RampWeights, activati
     feeds = {names[0]: activation.astype(np.float32)}
     if kind in MASKED_KINDS:
         feeds[names[1]] = mask
-    got = OrtRunner(model, threads=threads, name=f"ramp {model.graph.name}").run(feeds)[RAMP_OUTPUT]
+    got = open_runner(model, threads=threads, name=f"ramp {model.graph.name}").run(feeds)[RAMP_OUTPUT]
     want = ramp_forward(weights, pool_features(kind, activation, mask))
     diff = float(np.max(np.abs(got - want))) if want.size else 0.0
     if not diff <= rtol * max(1.0, float(np.max(np.abs(want))) if want.size else 1.0):

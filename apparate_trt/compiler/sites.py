@@ -53,8 +53,8 @@ from typing import Sequence
 import numpy as np
 import onnx
 
-from apparate_trt.compiler.ingest import (FLOAT_DTYPES, constant_tensors, dims_of, dtype_name,
-                                          node_inputs, tensor_types)
+from apparate_trt.graph.ingest import FLOAT_DTYPES, batch_symbol, dims_of, dtype_name, node_inputs, tensor_types
+from apparate_trt.graph.liveness import Liveness, is_side_at, live_sets, liveness, side_tensors
 
 #: Operators that end an elementwise chain (rule 4): the "layers" of a network.
 LAYER_OPS = frozenset({
@@ -99,75 +99,6 @@ class Site:
                    shape=[d if isinstance(d, str) else int(d) for d in obj["shape"]],
                    node_index=int(obj["node_index"]),
                    depth=None if depth is None else float(depth))
-
-
-# ----------------------------------------------------------------------------------------------
-# Liveness
-# ----------------------------------------------------------------------------------------------
-
-@dataclass
-class Liveness:
-    """Per non-constant tensor: position of its producer (-1: graph input), of its last node
-    reader (-1: none) and of its last use (``num_nodes`` for a graph output, read at the end)."""
-
-    num_nodes: int
-    produced: dict[str, int]
-    last_read: dict[str, int]
-    last_use: dict[str, int]
-    outputs: set[str]
-
-    def read_span(self, name: str) -> int:
-        """Number of positions from ``name``'s producer to its last node reader."""
-        return self.last_read[name] - max(self.produced[name], 0)
-
-
-def liveness(model: onnx.ModelProto) -> Liveness:
-    """Producer and last-reader positions of every non-constant tensor of the sorted graph."""
-    graph = model.graph
-    const = constant_tensors(graph)
-    produced: dict[str, int] = {vi.name: -1 for vi in graph.input if vi.name not in const}
-    readers: dict[str, list[int]] = {}
-    for index, node in enumerate(graph.node):
-        for name in node_inputs(node):
-            if name not in const:
-                readers.setdefault(name, []).append(index)
-        for out in node.output:
-            if out and out not in const:
-                produced[out] = index
-    n = len(graph.node)
-    last_read = {name: max(readers.get(name, [-1])) for name in produced}
-    outputs = {vi.name for vi in graph.output if vi.name in produced}
-    last_use = {name: n if name in outputs else last_read[name] for name in produced}
-    return Liveness(n, produced, last_read, last_use, outputs)
-
-
-def live_sets(lv: Liveness) -> list[list[str]]:
-    """Live tensors after each node position, each list in production order."""
-    starts: dict[int, list[str]] = {}
-    for name, pos in lv.produced.items():
-        if lv.last_use[name] > pos:
-            starts.setdefault(pos, []).append(name)
-    live: dict[str, None] = {name: None for name in starts.get(-1, [])}
-    result: list[list[str]] = []
-    for p in range(lv.num_nodes):
-        for name in starts.get(p, []):
-            live[name] = None
-        for name in [t for t in live if lv.last_use[t] <= p]:
-            del live[name]
-        result.append(list(live))
-    return result
-
-
-def side_tensors(lv: Liveness, side_span: float = 0.5) -> set[str]:
-    """Tensors read by nodes across more than ``side_span`` of the graph's positions (rule 1)."""
-    limit = side_span * lv.num_nodes
-    return {name for name in lv.produced if lv.last_read[name] >= 0 and lv.read_span(name) > limit}
-
-
-def is_side_at(lv: Liveness, sides: set[str], name: str, position: int) -> bool:
-    """Whether live tensor ``name`` is a side tensor at ``position``: a long-lived one, or a graph
-    output that no later node reads (it is only passed on to the end)."""
-    return name in sides or (name in lv.outputs and lv.last_read[name] <= position)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -246,18 +177,6 @@ def estimated_depths(model: onnx.ModelProto, batch: str, symbolic_dim: int = 128
 # ----------------------------------------------------------------------------------------------
 # The sweep
 # ----------------------------------------------------------------------------------------------
-
-def batch_symbol(model: onnx.ModelProto) -> str | None:
-    """The symbol of the graph inputs' first (batch) dimension, or None if none is symbolic."""
-    const = {t.name for t in model.graph.initializer}
-    for vi in model.graph.input:
-        if vi.name in const:
-            continue
-        dims = dims_of(vi.type)
-        if dims and isinstance(dims[0], str) and dims[0] != "?":
-            return dims[0]
-    return None
-
 
 def channels(shape: Sequence[int | str]) -> int | None:
     """Channel count of an activation: dim 1 of a rank-4 (NCHW) map, the last dim otherwise."""

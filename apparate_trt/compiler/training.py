@@ -34,10 +34,10 @@ import onnx
 
 from apparate_trt._optional import require
 from apparate_trt.compiler.ramps import MASKED_KINDS, RampWeights, SiteLike, kind_spec, pool_features, ramp_forward, softmax
-from apparate_trt.compiler.segments import with_extra_outputs
+from apparate_trt.graph.split import with_extra_outputs
 from apparate_trt.data import num_samples, take
 from apparate_trt.engine_dir import BootstrapStats
-from apparate_trt.runtime.backends.onnxruntime import OrtRunner
+from apparate_trt.backends import open_runner
 
 Log = Callable[[str], None]
 
@@ -138,7 +138,7 @@ def collect_features(
     each of its ``candidates`` kinds (``mask`` names the attention mask input that masked kinds
     read; a masked kind is dropped at a site whose sequence length differs from the mask's)."""
     tensors = [site.tensor for site in sites]
-    runner = OrtRunner(with_extra_outputs(model, tensors) if tensors else model, threads=threads, name="the model with site outputs")
+    runner = open_runner(with_extra_outputs(model, tensors) if tensors else model, threads=threads, name="the model with site outputs")
     wanted = [score_name, *dict.fromkeys(tensors)]
     n = num_samples(inputs)
     pooled: list[dict[str, list[np.ndarray]]] = [{} for _ in sites]

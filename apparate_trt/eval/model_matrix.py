@@ -265,11 +265,11 @@ def chain_check(manifest: "Manifest", model_path: Path, inputs: dict[str, np.nda
     """Run the engine directory of ``manifest`` with every site active and no ramp exiting, batch by
     batch, against the exported model at ``model_path``: ``(argmax equal, samples, max abs
     difference of the scores)``."""
-    from apparate_trt.runtime.backends.onnxruntime import OrtRunner
+    from apparate_trt.backends import open_runner
     from apparate_trt.runtime.executor import Executor
 
     output = manifest.model.output
-    reference = OrtRunner(model_path, threads=1, name="the exported model")
+    reference = open_runner(model_path, threads=1, name="the exported model")
     executor = Executor(manifest, threads=1)
     n = int(next(iter(inputs.values())).shape[0])
     chained = np.zeros((n, manifest.model.num_classes), np.float32)
@@ -321,9 +321,9 @@ def replay_with_exits(manifest: "Manifest", inputs: dict[str, np.ndarray], polic
     ramp off (a ramp can cost as much as the model it would shorten).
     """
     from apparate_trt.runtime.api import load
-    from apparate_trt.runtime.arrivals import poisson_arrivals
-    from apparate_trt.runtime.policies import static_per_ramp_policy
-    from apparate_trt.runtime.replay import replay
+    from apparate_trt.eval.arrivals import poisson_arrivals
+    from apparate_trt.eval.policies import static_per_ramp_policy
+    from apparate_trt.eval.replay import replay
 
     n = int(next(iter(inputs.values())).shape[0])
     fixed = static_per_ramp_policy(manifest) if policy == "static" else None

@@ -37,7 +37,7 @@ from apparate_trt.runtime.batching import (
 from apparate_trt.runtime.compaction import check_exit_mode
 from apparate_trt.runtime.control_loop import ControlLoop
 from apparate_trt.runtime.controller import Controller
-from apparate_trt.runtime.defaults import (
+from apparate_trt.defaults import (
     DEFAULT_ACCURACY_CONSTRAINT,
     DEFAULT_AUDIT_RATE,
     DEFAULT_MAX_BATCH,
@@ -290,7 +290,7 @@ class Engine:
         ``timeout_ms`` (default: the engine's) bounds the time the request may wait in the queue;
         past it the request is not run and its futures get :class:`RequestTimeoutError`.
         ``tag`` (any object, e.g. the sample's index in a stream) reaches executors that accept
-        tags (``accepts_tags``), such as the oracle baseline of ``apparate_trt.runtime.policies``.
+        tags (``accepts_tags``), such as the oracle baseline of ``apparate_trt.eval.policies``.
 
         Raises:
             ApparateError: the sample is invalid (nothing is queued; other requests are unaffected).
@@ -495,7 +495,7 @@ def load(
         controller_options: extra keyword arguments for the controller.
         timeout_ms: default per-request queueing timeout (ms), None for none.
         policy: a fixed (non-adaptive) exit policy that builds its own executor, e.g. the
-            baselines of ``apparate_trt.runtime.policies`` (static thresholds, patience, oracle);
+            baselines of ``apparate_trt.eval.policies`` (static thresholds, patience, oracle);
             None (default): ``mode`` decides (the adaptive controller or vanilla). With a policy
             there is no controller and the engine's ``mode`` is the policy's ``name``.
         overload_fallback: (``apparate`` mode) when a batch is dispatched while at least

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Generic, TypeVar
 
 from apparate_trt.errors import ApparateError
-from apparate_trt.runtime.defaults import DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY_MS
+from apparate_trt.defaults import DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY_MS
 
 log = logging.getLogger(__name__)
 

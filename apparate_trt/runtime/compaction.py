@@ -19,6 +19,8 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from apparate_trt.backends.base import IOSpec
+
 EXIT_MODES = ("release", "skip")
 """``release``: every row runs to the end (the paper's design); ``skip``: released rows leave the
 batch but for an audit sample."""
@@ -33,20 +35,15 @@ def check_exit_mode(mode: str) -> str:
     return mode
 
 
-def dynamic_batch_inputs(session_inputs: Iterable[object]) -> tuple[set[str], set[str]]:
-    """Split ONNX Runtime ``NodeArg`` inputs into (names whose first axis is dynamic, the others).
+def dynamic_batch_inputs(inputs: Iterable[IOSpec]) -> tuple[set[str], set[str]]:
+    """Split a runner's input specs into (names whose first axis is dynamic, the others).
 
     A dynamic first axis (a symbol, or None) is the batch axis of a segment split from a model
     with a symbolic batch; a tensor without one (a scalar, a fixed first axis) cannot be compacted.
     """
     batch, other = set(), set()
-    for arg in session_inputs:
-        shape = getattr(arg, "shape", None)
-        name = getattr(arg, "name")
-        if shape and not isinstance(shape[0], int):
-            batch.add(name)
-        else:
-            other.add(name)
+    for spec in inputs:
+        (batch if spec.batch_first else other).add(spec.name)
     return batch, other
 
 

@@ -104,14 +104,14 @@ from apparate_trt import _core
 from apparate_trt.engine_dir import BootstrapStats, Manifest
 from apparate_trt.errors import ApparateError
 from apparate_trt.runtime.compaction import check_exit_mode
-from apparate_trt.runtime.defaults import DEFAULT_ACCURACY_CONSTRAINT, DEFAULT_AUDIT_RATE, MIN_AUDIT_RATE
+from apparate_trt.defaults import (DEFAULT_ACCURACY_CONSTRAINT, DEFAULT_AUDIT_RATE, DEFAULT_TARGET_FRACTION, MIN_AUDIT_RATE,
+                                   SEARCH_MIN_STEP)
+from apparate_trt.latency import LatencyModel, saved_next_ms, sum_after
 
 Config = tuple[list[int], list[float]]
 """``(active site ids in execution order, threshold per active site)``."""
 
 INITIAL_THRESHOLD_MODES = ("bootstrap", "never")
-DEFAULT_TARGET_FRACTION = 0.3
-"""The default share of the constraint the threshold search aims at (see "Threshold tuning")."""
 EMERGENCY_MIN_ERRORS = 3
 """Wrong exits at one ramp in the emergency window below which no emergency is declared."""
 EMERGENCY_P_VALUE = 1e-3
@@ -122,10 +122,6 @@ BATCH_SIZE_SMOOTHING = 0.1
 """Weight of the newest batch in the running batch size used to read the profile."""
 
 
-SEARCH_MIN_STEP = 1e-6
-"""Smallest threshold step of the search. Over-confident ramps (NLP ramps often give
-1 - p_max around 1e-4) need thresholds far below the C core's default step of 1e-3."""
-
 
 class Feedback(Protocol):
     """What the controller reads from a batch (``apparate_trt.runtime.executor.BatchOutcome``)."""
@@ -135,99 +131,6 @@ class Feedback(Protocol):
     agree: np.ndarray  # uint8 [r, n]: ramp argmax == final argmax
     exit_site: np.ndarray  # int32 [n]: site that released the input early, -1 none
     # optional (skip mode): weights float64 [n], 1 / P(row reached the end), 0 for a skipped row
-
-
-# ------------------------------------------------------------------------------ latency model
-@dataclass(frozen=True)
-class _ProfileAt:
-    """The profile at one batch size: ms after each site, each ramp's cost, a boundary's cost, the model's latency."""
-
-    remaining_ms: np.ndarray  # float64 [sites]: segments after the site, up to the model's end
-    ramp_ms: np.ndarray  # float64 [sites]: each site's ramp cost
-    model_ms: float
-    boundary_ms: float = 0.0  # one segment boundary (Manifest.boundary_ms)
-
-
-class LatencyModel:
-    """The engine's latency profile (ms) as the controller reads it, cached per batch size.
-
-    Batch sizes are rounded to integers; between profiled sizes latencies are interpolated
-    (``Manifest.segment_ms`` / ``ramp_cost_ms`` / ``model_ms``).
-    """
-
-    def __init__(self, manifest: Manifest) -> None:
-        self.manifest = manifest
-        self._cache: dict[int, _ProfileAt] = {}
-
-    def at(self, batch_size: float) -> _ProfileAt:
-        """The profile at ``batch_size`` (rounded, at least 1)."""
-        b = max(1, int(round(batch_size)))
-        found = self._cache.get(b)
-        if found is None:
-            m = self.manifest
-            remaining = m.segment_ms(b).sum() - m.site_reached_ms(b) if m.sites else np.zeros(0)
-            found = _ProfileAt(np.asarray(remaining, np.float64), np.asarray(m.ramp_cost_ms(b), np.float64), m.model_ms(b),
-                               m.boundary_ms(b))
-            self._cache[b] = found
-        return found
-
-    def ramp_costs_ms(self, sites: Sequence[int], batch_size: float) -> np.ndarray:
-        """Latency (ms) each ramp in ``sites`` adds to a batch of ``batch_size``: float64 [r]."""
-        return self.at(batch_size).ramp_ms[list(sites)]
-
-    def boundary_ms(self, batch_size: float) -> float:
-        """Latency (ms) the segment boundary at an active site adds to a batch of ``batch_size``."""
-        return self.at(batch_size).boundary_ms
-
-    def exit_saved_ms(self, sites: Sequence[int], batch_size: float) -> np.ndarray:
-        """Latency (ms) saved by releasing an input at each active ramp instead of at the end.
-
-        That is the segments after the site plus the active ramps after it: float64 [r], ``sites``
-        in execution order.
-        """
-        if not sites:
-            return np.zeros(0, dtype=np.float64)
-        profile = self.at(batch_size)
-        after = profile.remaining_ms[list(sites)]
-        costs = profile.ramp_ms[list(sites)]
-        return np.maximum(after + sum_after(costs), 0.0)
-
-    def row_saved_ms(self, sites: Sequence[int], batch_size: float) -> np.ndarray:
-        """Skip mode: latency (ms) one row leaving the batch at each active ramp gives the others.
-
-        The later segments and active ramps run on one row fewer: ``b * (after(b) - after(b - 1))``
-        at batch size ``b`` (``after(0) = 0``), the time every other row of the batch, or at batch
-        1 the request queued behind it, gets its result sooner. float64 [r], ``sites`` in
-        execution order.
-        """
-        if not sites:
-            return np.zeros(0, dtype=np.float64)
-        b = max(1, int(round(batch_size)))
-        full = self.exit_saved_ms(sites, b)
-        fewer = self.exit_saved_ms(sites, b - 1) if b > 1 else np.zeros(len(sites))
-        return np.maximum(b * (full - fewer), 0.0)
-
-    def budget_ms(self, batch_size: float) -> float:
-        """The ramp budget in ms: ``manifest.budget`` times the model's latency at ``batch_size``."""
-        return float(self.manifest.budget * self.at(batch_size).model_ms)
-
-    def latest_useful_site(self, batch_size: float) -> int:
-        """The deepest site whose exit saves more latency than its ramp and boundary cost (-1 when none does)."""
-        profile = self.at(batch_size)
-        found = np.flatnonzero(profile.remaining_ms > profile.ramp_ms + profile.boundary_ms)
-        return int(found[-1]) if found.size else -1
-
-
-def sum_after(values: np.ndarray) -> np.ndarray:
-    """For each entry of ``values`` (float64 [r]), the sum of the entries after it (0 for the last):
-    e.g. the cost of the ramps after each active ramp."""
-    values = np.asarray(values, dtype=np.float64)
-    return np.concatenate([np.cumsum(values[::-1])[::-1][1:], [0.0]]) if values.size else values.copy()
-
-
-def saved_next_ms(saved_ms: np.ndarray) -> np.ndarray:
-    """Latency (ms) an exit at each ramp saves relative to the next exit point (next ramp or end)."""
-    return saved_ms - np.concatenate([saved_ms[1:], [0.0]])
 
 
 def emergency_limit(constraint: float, samples: float, p_value: float = EMERGENCY_P_VALUE) -> int:

@@ -41,7 +41,7 @@ import onnx
 from apparate_trt import _core
 from apparate_trt.engine_dir import Manifest
 from apparate_trt.errors import ApparateError
-from apparate_trt.runtime.backends.onnxruntime import OrtRunner
+from apparate_trt.backends import Runner, open_runner
 from apparate_trt.runtime.compaction import check_exit_mode, compact, draw_audits, dynamic_batch_inputs
 from apparate_trt.runtime.split_worker import IdleGate, should_split_out_of_process, split_out_of_process
 
@@ -209,7 +209,7 @@ def _normalise_config(
 class _Stage:
     """One segment of a plan, and the site it ends at (None: the model's end)."""
 
-    runner: OrtRunner
+    runner: Runner
     outputs: list[str]
     site: int | None
 
@@ -230,7 +230,7 @@ class _Plan:
 
 def _split_segments(model: onnx.ModelProto, manifest: Manifest, active: tuple[int, ...]) -> list:
     """Segments of ``model`` split at the ``active`` sites only (the compiler's ``split_model``)."""
-    from apparate_trt.compiler.segments import split_model
+    from apparate_trt.graph.split import split_model
 
     return split_model(model, manifest.sites, list(active))
 
@@ -246,7 +246,7 @@ class _PlanBuilder:
         self.threads = threads
         self._model: onnx.ModelProto | None = None
         self._plans: dict[tuple[int, ...], _Plan] = {}
-        self._ramps: dict[int, OrtRunner] = {}
+        self._ramps: dict[int, Runner] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apparate-plan")
         self._scratch_dir: Path | None = None
@@ -257,12 +257,12 @@ class _PlanBuilder:
         with self._lock:
             return self._plans.get(active)
 
-    def ramp(self, site: int) -> OrtRunner:
+    def ramp(self, site: int) -> Runner:
         with self._lock:
             runner = self._ramps.get(site)
         if runner is None:
             entry = self.manifest.ramps[site]
-            runner = OrtRunner(self.manifest.path(entry.file), self.threads, name=f"ramp {site} ({entry.file})")
+            runner = open_runner(self.manifest.path(entry.file), threads=self.threads, name=f"ramp {site} ({entry.file})")
             with self._lock:
                 runner = self._ramps.setdefault(site, runner)
         return runner
@@ -288,12 +288,12 @@ class _PlanBuilder:
         with self._lock:
             return self._plans.setdefault(active, plan)
 
-    def _batch_layout(self, stages: list[_Stage], ramps: list[OrtRunner]) -> tuple[frozenset[str], bool]:
+    def _batch_layout(self, stages: list[_Stage], ramps: list[Runner]) -> tuple[frozenset[str], bool]:
         """The plan's batch-first tensors, and whether rows can leave its batch (see :class:`_Plan`)."""
         batch = {spec.name for spec in self.manifest.model.inputs}
         fixed: set[str] = set()
         for runner in [stage.runner for stage in stages[1:]] + ramps:
-            dynamic, other = dynamic_batch_inputs(runner.session.get_inputs())
+            dynamic, other = dynamic_batch_inputs(runner.inputs)
             batch |= dynamic
             fixed |= other
         fixed -= batch
@@ -322,18 +322,18 @@ class _PlanBuilder:
     def _stages(self, active: tuple[int, ...]) -> list[_Stage]:
         m = self.manifest
         if not active:
-            runner = OrtRunner(m.path(m.model.file), self.threads, name=f"model ({m.model.file})")
+            runner = open_runner(m.path(m.model.file), threads=self.threads, name=f"model ({m.model.file})")
             return [_Stage(runner, [m.model.output], None)]
         if list(active) == [s.id for s in m.sites]:  # the finest split is on disk already
             return [
-                _Stage(OrtRunner(m.path(seg.file), self.threads, name=f"segment {seg.file}"), list(seg.outputs), seg.ends_at_site)
+                _Stage(open_runner(m.path(seg.file), threads=self.threads, name=f"segment {seg.file}"), list(seg.outputs), seg.ends_at_site)
                 for seg in m.segments
             ]
         if should_split_out_of_process(m):
             try:
                 files = split_out_of_process(m, active, self._scratch() / ("sites_" + "_".join(map(str, active))), gate=self.gate)
                 return [
-                    _Stage(OrtRunner(f.file, self.threads, name=f"segment {i} of sites {list(active)}"), f.outputs, f.ends_at_site)
+                    _Stage(open_runner(f.file, threads=self.threads, name=f"segment {i} of sites {list(active)}"), f.outputs, f.ends_at_site)
                     for i, f in enumerate(files)
                 ]
             except ApparateError as exc:
@@ -342,7 +342,7 @@ class _PlanBuilder:
             self._model = onnx.load(str(m.path(m.model.file)))
         segments = _split_segments(self._model, m, active)
         return [
-            _Stage(OrtRunner(seg.model, self.threads, name=f"segment {i} of sites {list(active)}"), list(seg.outputs), seg.ends_at_site)
+            _Stage(open_runner(seg.model, threads=self.threads, name=f"segment {i} of sites {list(active)}"), list(seg.outputs), seg.ends_at_site)
             for i, seg in enumerate(segments)
         ]
 
@@ -368,7 +368,7 @@ class Executor:
         threads: ONNX Runtime intra-op threads per session (None: every core).
         confidence: ``maxprob`` (max softmax probability) or ``entropy``.
         exit_rule: decides the exits after each ramp (default :class:`ThresholdRule`; e.g. the
-            patience rule of ``apparate_trt.runtime.policies``).
+            patience rule of ``apparate_trt.eval.policies``).
         exit_mode: ``release`` (every row runs to the end) or ``skip`` (released rows leave the
             batch but for an audit sample drawn at :attr:`audit_rate`; needs the default exit rule).
         audit_seed: seed of the audit draws (None: fresh entropy).

@@ -170,7 +170,7 @@ def write_segments(engine_dir: Path, active: Sequence[int], out_dir: Path) -> li
     """Split the engine's model at ``active`` and write ``seg_NNN.onnx`` files into ``out_dir``."""
     import onnx
 
-    from apparate_trt.compiler.segments import split_model  # the compiler only in the worker process
+    from apparate_trt.graph.split import split_model  # ONNX splitting only in the worker process
 
     manifest = read_manifest(engine_dir, verify=False)  # the serving process checked every file at load
     model = onnx.load(str(manifest.path(manifest.model.file)))

@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from apparate_trt.engine_dir import Manifest
-from apparate_trt.runtime.backends.onnxruntime import OrtRunner
+from apparate_trt.backends import open_runner
 from apparate_trt.runtime.executor import BatchOutcome, ReleaseFn, final_predictions, release_final
 
 
@@ -73,7 +73,7 @@ class VanillaExecutor(FixedExecutorBase):
 
     def __init__(self, manifest: Manifest, threads: int | None = None) -> None:
         self.manifest = manifest
-        self._runner = OrtRunner(manifest.path(manifest.model.file), threads, name=f"model ({manifest.model.file})")
+        self._runner = open_runner(manifest.path(manifest.model.file), threads=threads, name=f"model ({manifest.model.file})")
 
     def run_batch(self, inputs: Mapping[str, np.ndarray], on_release: ReleaseFn) -> BatchOutcome:
         """Run the batch through the original model and release every final result."""

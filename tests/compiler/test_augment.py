@@ -6,7 +6,7 @@ import pytest
 
 from apparate_trt.compiler.augment import (BLEND_WEIGHT, DEFAULT_BLENDS, MAX_BLENDS, MAX_COPIES, augmented_inputs, blended_inputs, default_blends,
                                           default_copies, image_input, token_copies, token_inputs)
-from apparate_trt.compiler.ingest import TensorInfo
+from apparate_trt.graph.ingest import TensorInfo
 
 IMAGE = TensorInfo("image", "float32", ["N", 1, 4, 5])
 

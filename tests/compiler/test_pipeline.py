@@ -14,7 +14,7 @@ from apparate_trt.compiler.pipeline import compile_model
 from apparate_trt.compiler.profiling import ProfileSettings
 from apparate_trt.data import load_inputs
 from apparate_trt.engine_dir import read_manifest, write_manifest
-from apparate_trt.runtime.backends.onnxruntime import OrtRunner
+from apparate_trt.backends import open_runner
 
 FAST = ProfileSettings(budget_ms=5.0, min_repeats=2, max_repeats=20)
 
@@ -36,14 +36,14 @@ def test_engine_dir_is_complete_and_consistent(request: pytest.FixtureRequest, f
 
     # the segment files chained through an environment reproduce model.onnx; ramps run on the sites
     feeds = {k: v[:8] for k, v in load_inputs(eval_npz, m.model.inputs).items()}
-    want = OrtRunner(m.path(m.model.file), threads=1).run(feeds)[m.model.output]
+    want = open_runner(m.path(m.model.file), threads=1).run(feeds)[m.model.output]
     env = dict(feeds)
     for seg in m.segments:
-        env.update(OrtRunner(m.path(seg.file), threads=1).run(env, seg.outputs))
+        env.update(open_runner(m.path(seg.file), threads=1).run(env, seg.outputs))
     np.testing.assert_allclose(env[m.model.output], want, rtol=1e-4, atol=1e-4)
     for ramp in m.ramps:
         assert ramp.inputs[0] == m.sites[ramp.site].tensor
-        logits = OrtRunner(m.path(ramp.file), threads=1).run({name: env[name] for name in ramp.inputs})[ramp.output]
+        logits = open_runner(m.path(ramp.file), threads=1).run({name: env[name] for name in ramp.inputs})[ramp.output]
         assert logits.shape == (8, m.model.num_classes) and np.all(np.isfinite(logits))
     assert all(s.side_tensors for s in m.sites) == (fixture == "tiny_bert_engine")
 

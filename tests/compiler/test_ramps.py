@@ -28,8 +28,8 @@ from apparate_trt.compiler.ramps import (
     ramp_forward,
     ramp_kind,
 )
-from apparate_trt.compiler.ingest import TensorInfo
-from apparate_trt.runtime.backends.onnxruntime import OrtRunner
+from apparate_trt.graph.ingest import TensorInfo
+from apparate_trt.backends import open_runner
 
 RNG = np.random.default_rng(0)
 CASES = {
@@ -99,7 +99,7 @@ def test_masked_mean_ramp_onnx_equals_numpy() -> None:
     assert [i.name for i in model.graph.input] == ["hidden", "attention_mask"]
     x = RNG.normal(size=(4, 9, 12)).astype(np.float32)
     mask = (np.arange(9)[None, :] < np.array([[9], [5], [1], [0]])).astype(np.int64)
-    got = OrtRunner(model, threads=1).run({"hidden": x, "attention_mask": mask})[RAMP_OUTPUT]
+    got = open_runner(model, threads=1).run({"hidden": x, "attention_mask": mask})[RAMP_OUTPUT]
     np.testing.assert_allclose(got, ramp_forward(weights, pool_features(SEQ_MEAN_DENSE_TANH_LINEAR, x, mask)), rtol=1e-4, atol=1e-4)
     assert check_ramp(model, SEQ_MEAN_DENSE_TANH_LINEAR, weights, x, mask) < 1e-3
     with pytest.raises(ValueError, match="mask"):
@@ -116,7 +116,7 @@ def test_onnx_ramp_equals_numpy(kind: str) -> None:
     assert [i.name for i in model.graph.input] == ["/layer/out_0"]
     assert [o.name for o in model.graph.output] == [RAMP_OUTPUT]
     x = RNG.normal(size=concrete).astype(np.float32)
-    got = OrtRunner(model, threads=1).run({"/layer/out_0": x})[RAMP_OUTPUT]
+    got = open_runner(model, threads=1).run({"/layer/out_0": x})[RAMP_OUTPUT]
     want = ramp_forward(weights, pool_features(kind, x))
     assert got.shape == (3, 4)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -8,7 +8,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from apparate_trt.compiler.ingest import load_model
+from apparate_trt.graph.ingest import load_model
 from apparate_trt.compiler.sites import Site, find_sites, live_sets, liveness, side_tensors
 
 import tiny_models  # tests/tiny_models.py (tests/conftest.py puts tests/ on sys.path)

@@ -6,8 +6,8 @@ import onnx
 import pytest
 
 import tiny_models
-from apparate_trt.compiler.ingest import load_model
-from apparate_trt.compiler.ingest import model_io
+from apparate_trt.graph.ingest import load_model
+from apparate_trt.graph.ingest import model_io
 from apparate_trt.compiler.ramps import (
     MASKED_KINDS,
     RampWeights,
@@ -27,7 +27,7 @@ from apparate_trt.compiler.training import (
     split_indices,
     train_ramps,
 )
-from apparate_trt.runtime.backends.onnxruntime import OrtRunner
+from apparate_trt.backends import open_runner
 
 QUIET = {"log": lambda line: None}
 
@@ -58,7 +58,7 @@ def test_ramps_agree_with_the_model_far_above_chance(tmp_path, builder, data, cl
     feeds = data(300)
     model, sites, mask, feats = _features(tmp_path, builder(), feeds)
     # the features are the site tensors' pooled values and the scores the model's own output
-    reference = OrtRunner(model, threads=1).run(feeds)["logits"]
+    reference = open_runner(model, threads=1).run(feeds)["logits"]
     np.testing.assert_allclose(feats.final_scores, reference, rtol=1e-5, atol=1e-5)
     assert len(feats.pooled) == len(sites) >= 3
     assert all(p.shape[0] == 300 for options in feats.pooled for p in options.values())

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from apparate_trt import _core as C
-from apparate_trt import policy_reference as R
+import policy_reference as R
 
 
 make_window = R.synthetic_window

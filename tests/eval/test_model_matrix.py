@@ -46,7 +46,7 @@ def test_weight_only_int8_dequantizes_matmul_weights_with_cast_and_mul() -> None
     the graph computes nearly what the float one did."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from apparate_trt.runtime.backends.onnxruntime import OrtRunner
+    from apparate_trt.backends import open_runner
 
     w = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
@@ -59,8 +59,8 @@ def test_weight_only_int8_dequantizes_matmul_weights_with_cast_and_mul() -> None
     assert [n.op_type for n in quantized.graph.node] == ["Cast", "Mul", "MatMul"]
     assert {i.name: i.data_type for i in quantized.graph.initializer}["w_int8"] == TensorProto.INT8
     x = np.random.default_rng(1).standard_normal((3, 8)).astype(np.float32)
-    exact = OrtRunner(model, threads=1).run({"x": x})["y"]
-    approx = OrtRunner(quantized, threads=1).run({"x": x})["y"]
+    exact = open_runner(model, threads=1).run({"x": x})["y"]
+    approx = open_runner(quantized, threads=1).run({"x": x})["y"]
     assert np.abs(exact - approx).max() < 0.05 * np.abs(exact).max()
     with pytest.raises(ValueError, match="no MatMul"):
         model_matrix.weight_only_int8(quantized)

@@ -257,7 +257,7 @@ def test_import_works_without_tensorrt_and_the_backend_says_how_to_fix_it():
     code = (
         "import sys, apparate_trt, apparate_trt.runtime.api\n"
         "assert 'tensorrt' not in sys.modules\n"
-        "from apparate_trt.runtime.backends import tensorrt as t\n"
+        "from apparate_trt.backends import tensorrt as t\n"
         "from apparate_trt.errors import ApparateError\n"
         "try:\n"
         "    import tensorrt\n"
@@ -365,8 +365,8 @@ def test_skip_mode_results_say_which_answer_is_last_and_wait_final_gets_the_mode
 
 
 def test_skip_mode_replay_judges_skipped_requests_against_a_reference(resnet):
-    from apparate_trt.runtime.replay import offline_predictions, replay
-    from apparate_trt.runtime.report import build_report
+    from apparate_trt.eval.replay import offline_predictions, replay
+    from apparate_trt.eval.report import build_report
 
     first = resnet.manifest.sites[0].id
     engine = _load(resnet, exit_mode="skip", audit_rate=0.05, overload_fallback=False)

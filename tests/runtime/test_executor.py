@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from apparate_trt.errors import ApparateError
-from apparate_trt.runtime.backends.onnxruntime import OrtRunner
+from apparate_trt.backends import open_runner
 from apparate_trt.runtime import executor as executor_module
 from apparate_trt.runtime.executor import Executor
 from apparate_trt.runtime.vanilla import VanillaExecutor
 
-from runtime_helpers import THREADS, assert_same_output, reference_ramp_logits
+from runtime_helpers import THREADS, assert_same_output, reference_ramp_logits, trace_runs
 
 
 @dataclass
@@ -89,15 +89,9 @@ def test_rebuild_plan_builds_anew_and_leaves_the_running_plan(resnet, monkeypatc
 def test_early_results_are_the_ramps_argmax_and_come_before_the_next_segment(resnet, monkeypatch):
     sites = [s.id for s in resnet.manifest.sites]
     first, last = sites[0], sites[-1]
-    executor = _executor(resnet, [first, last], [1.0, 1.0])  # threshold 1: every input exits at once
     events: list[str] = []
-    original_run = OrtRunner.run
-
-    def traced_run(self, feeds, outputs=None):
-        events.append(f"run {self.name}")
-        return original_run(self, feeds, outputs)
-
-    monkeypatch.setattr(OrtRunner, "run", traced_run)
+    trace_runs(monkeypatch, executor_module, lambda runner, feeds: events.append(f"run {runner.name}"))
+    executor = _executor(resnet, [first, last], [1.0, 1.0])  # threshold 1: every input exits at once
     releases = Releases()
 
     def on_release(index, row, pred, site, t_release):
@@ -299,7 +293,7 @@ def test_a_model_onnx_runtime_cannot_run_fails_in_one_line_naming_the_node() -> 
                               [numpy_helper.from_array(np.array([-1, 4], np.int64), "shape")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model)
-    runner = OrtRunner(model, threads=1, name="the toy model")
+    runner = open_runner(model, threads=1, name="the toy model")
     with pytest.raises(ApparateError) as err:
         runner.run({"x": np.zeros((3, 6), np.float32)})
     message = str(err.value)

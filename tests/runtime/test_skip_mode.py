@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 from apparate_trt.errors import ApparateError
-from apparate_trt.runtime.backends.onnxruntime import OrtRunner
 from apparate_trt.runtime.compaction import compact, draw_audits
+from apparate_trt.runtime import executor as executor_module
 from apparate_trt.runtime.executor import Executor
 
-from runtime_helpers import THREADS, assert_same_output, reference_ramp_logits
+from runtime_helpers import THREADS, assert_same_output, reference_ramp_logits, trace_runs
 
 
 class Calls:
@@ -35,14 +35,12 @@ def _skip_executor(compiled, active, thresholds, rate, seed=0) -> Executor:
 def _traced_batch_sizes(monkeypatch) -> list[tuple[str, int]]:
     """Record (runner name, batch rows) for every ONNX Runtime run."""
     seen: list[tuple[str, int]] = []
-    original = OrtRunner.run
 
-    def traced(self, feeds, outputs=None):
-        rows = {int(np.shape(feeds[name])[0]) for name in self.input_names if np.ndim(feeds[name])}
-        seen.append((self.name, max(rows)))
-        return original(self, feeds, outputs)
+    def traced(runner, feeds):
+        rows = {int(np.shape(feeds[name])[0]) for name in runner.input_names if np.ndim(feeds[name])}
+        seen.append((runner.name, max(rows)))
 
-    monkeypatch.setattr(OrtRunner, "run", traced)
+    trace_runs(monkeypatch, executor_module, traced)
     return seen
 
 
@@ -51,8 +49,8 @@ def test_skipped_rows_really_skip_the_later_segments(engine, request, monkeypatc
     compiled = request.getfixturevalue(engine)
     sites = [s.id for s in compiled.manifest.sites]
     first, last = sites[0], sites[-1]
-    executor = _skip_executor(compiled, [first, last], [1.0, 0.0], rate=0.25, seed=3)  # every row exits at `first`
     seen = _traced_batch_sizes(monkeypatch)
+    executor = _skip_executor(compiled, [first, last], [1.0, 0.0], rate=0.25, seed=3)  # every row exits at `first`
     calls = Calls()
     n = 8
     batch = compiled.batch(n)
@@ -101,6 +99,7 @@ def test_wait_final_rows_are_never_skipped(resnet):
 
 def test_rows_that_do_not_exit_reach_the_end_and_everyone_exiting_ends_the_batch(resnet, monkeypatch):
     sites = [s.id for s in resnet.manifest.sites]
+    seen = _traced_batch_sizes(monkeypatch)
     executor = _skip_executor(resnet, [sites[0]], [0.0], rate=0.1)
     try:
         outcome = executor.run_batch(resnet.batch(4), Calls())  # threshold 0: nobody exits
@@ -108,7 +107,7 @@ def test_rows_that_do_not_exit_reach_the_end_and_everyone_exiting_ends_the_batch
         assert_same_output(outcome.final_logits, resnet.reference[:4])
         executor.configure([sites[0]], [1.0])
         executor.set_audit_rate(1e-9)  # practically no audits: every row leaves at the ramp
-        seen = _traced_batch_sizes(monkeypatch)
+        seen.clear()
         outcome = executor.run_batch(resnet.batch(4), Calls())
     finally:
         executor.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from apparate_trt.errors import ApparateError
-from apparate_trt.runtime.defaults import DEFAULT_ACCURACY_CONSTRAINT, DEFAULT_AUDIT_RATE, DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY_MS
+from apparate_trt.defaults import DEFAULT_ACCURACY_CONSTRAINT, DEFAULT_AUDIT_RATE, DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY_MS
 from apparate_trt.runtime.server.codec import ModelSpec
 from apparate_trt.runtime.server.grpc import GrpcFrontend
 from apparate_trt.runtime.server.http import MAX_CONNECTIONS, HttpFrontend

@@ -20,7 +20,7 @@ import tritonclient.http as httpclient
 from apparate_trt.data import load_inputs
 from apparate_trt.engine_dir import Manifest, read_manifest
 from apparate_trt.runtime.api import load
-from apparate_trt.runtime.backends.onnxruntime import OrtRunner
+from apparate_trt.backends import open_runner
 from apparate_trt.runtime.server import Server
 
 THREADS = 1
@@ -53,7 +53,7 @@ def make_workload(engine: tuple[Path, Path]) -> Workload:
     engine_dir, eval_npz = engine
     manifest = read_manifest(engine_dir)
     inputs = load_inputs(eval_npz, manifest.model.inputs)
-    runner = OrtRunner(manifest.path(manifest.model.file), threads=THREADS)
+    runner = open_runner(manifest.path(manifest.model.file), threads=THREADS)
     reference = runner.run(inputs, [manifest.model.output])[manifest.model.output]
     return Workload(Path(engine_dir), manifest, inputs, np.asarray(reference))
 

@@ -13,9 +13,9 @@ import pytest
 from apparate_trt.data import load_inputs
 from apparate_trt.engine_dir import read_manifest
 from apparate_trt.runtime import api
-from apparate_trt.runtime.arrivals import parse_arrivals
-from apparate_trt.runtime.replay import replay
-from apparate_trt.runtime.report import build_report, comparison_table, exit_shares, format_report, window_accuracies, write_report
+from apparate_trt.eval.arrivals import parse_arrivals
+from apparate_trt.eval.replay import replay
+from apparate_trt.eval.report import build_report, comparison_table, exit_shares, format_report, window_accuracies, write_report
 
 THREADS = 1
 CONSTRAINT = 0.01

@@ -9,11 +9,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from apparate_trt.compiler.ingest import node_inputs
-from apparate_trt.compiler.segments import Segment, run_chain, split_model, verify_chain, with_extra_outputs
+from apparate_trt.graph.ingest import node_inputs
+from apparate_trt.compiler.chain import run_chain, verify_chain
+from apparate_trt.graph.split import Segment, split_model, with_extra_outputs
 from apparate_trt.compiler.sites import find_sites
 from apparate_trt.errors import ApparateError
-from apparate_trt.runtime.backends.onnxruntime import OrtRunner
+from apparate_trt.backends import open_runner
 
 import tiny_models  # tests/tiny_models.py (tests/conftest.py puts tests/ on sys.path)
 
@@ -65,7 +66,7 @@ def test_split_at_every_site_reproduces_the_model(case):
 def test_split_at_subsets_reproduces_the_model(case):
     tiny, sites = case
     feeds = _feeds(tiny, n=8)
-    reference = OrtRunner(tiny.model, threads=1).run(feeds)["logits"]
+    reference = open_runner(tiny.model, threads=1).run(feeds)["logits"]
     ids = [s.id for s in sites]
     subsets = [[], ids[:1], ids[-1:], ids[::2], ids[1::2]] + [list(p) for p in itertools.combinations(ids, 2)][:6]
     for subset in subsets:
@@ -138,7 +139,7 @@ def test_constants_are_copied_not_passed():
         assert "c" not in seg.inputs and "c" not in seg.outputs
         assert [n.op_type for n in seg.model.graph.node][:2] == ["Constant", "Mul"]
     feeds = {"x": rng.randn(3, 8).astype(np.float32)}
-    np.testing.assert_allclose(run_chain(segments, feeds)[x], OrtRunner(model, threads=1).run(feeds)[x], rtol=1e-5)
+    np.testing.assert_allclose(run_chain(segments, feeds)[x], open_runner(model, threads=1).run(feeds)[x], rtol=1e-5)
 
 
 def test_with_extra_outputs_exposes_intermediate_tensors():
@@ -149,7 +150,7 @@ def test_with_extra_outputs_exposes_intermediate_tensors():
     assert [o.name for o in model.graph.output] == ["logits", "block1_out", "block2_out"]
     assert [o.name for o in tiny.model.graph.output] == ["logits"], "the original must not change"
     feeds = _feeds(tiny, n=4)
-    out = OrtRunner(model, threads=1).run(feeds)
+    out = open_runner(model, threads=1).run(feeds)
     assert out["block1_out"].shape == (4, 16, 16, 16) and out["block2_out"].shape == (4, 16, 16, 16)
     segments = split_model(tiny.model, find_sites(tiny.model), [0])
     np.testing.assert_allclose(run_chain(segments[:1], feeds)["block1_out"], out["block1_out"], atol=1e-5)
@@ -189,7 +190,7 @@ def test_graph_output_produced_early_is_passed_to_the_end():
     assert segments[0].outputs == ["block1_out", "stem_out"]
     assert segments[-1].outputs == ["logits"]
     env = run_chain(segments, _feeds(tiny, n=4))
-    ref = OrtRunner(model, threads=1).run(_feeds(tiny, n=4))
+    ref = open_runner(model, threads=1).run(_feeds(tiny, n=4))
     np.testing.assert_allclose(env["stem_out"], ref["stem_out"])
 
 
@@ -205,7 +206,7 @@ def test_tiny_data_gives_spread_predictions_learnable_at_the_first_site(kind):
     tiny = BUILDERS[kind]()
     first = find_sites(tiny.model)[0].tensor
     feeds = _feeds(tiny, n=400, seed=5)
-    out = OrtRunner(with_extra_outputs(tiny.model, [first]), threads=1).run(feeds)
+    out = open_runner(with_extra_outputs(tiny.model, [first]), threads=1).run(feeds)
     pred = out["logits"].argmax(axis=1)
     counts = np.bincount(pred, minlength=tiny.num_classes)
     assert counts.max() < (0.5 if tiny.num_classes > 2 else 0.7) * len(pred)

@@ -468,6 +468,18 @@ def load_model(path: str | Path) -> onnx.ModelProto:
 # Inputs, outputs and the score output
 # ----------------------------------------------------------------------------------------------
 
+def batch_symbol(model: onnx.ModelProto) -> str | None:
+    """The symbol of the graph inputs' first (batch) dimension, or None if none is symbolic."""
+    const = {t.name for t in model.graph.initializer}
+    for vi in model.graph.input:
+        if vi.name in const:
+            continue
+        dims = dims_of(vi.type)
+        if dims and isinstance(dims[0], str) and dims[0] != "?":
+            return dims[0]
+    return None
+
+
 def _tensor_info(vi: onnx.ValueInfoProto) -> TensorInfo:
     tensor_type = vi.type.tensor_type
     return TensorInfo(vi.name, dtype_name(tensor_type.elem_type), dims_of(vi.type) or [])

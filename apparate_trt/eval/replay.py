@@ -198,9 +198,9 @@ def offline_predictions(manifest: Any, inputs: Mapping[str, np.ndarray], threads
                         batch_size: int = 8) -> np.ndarray:
     """The original model's argmax (int32 [n]) on ``inputs``, run unsplit in batches of
     ``batch_size``: the reference that judges skip mode's requests that got no final result."""
-    from apparate_trt.runtime.backends.onnxruntime import OrtRunner
+    from apparate_trt.backends import open_runner
 
-    runner = OrtRunner(manifest.path(manifest.model.file), threads, name=f"model ({manifest.model.file})")
+    runner = open_runner(manifest.path(manifest.model.file), threads=threads, name=f"model ({manifest.model.file})")
     n = int(next(iter(inputs.values())).shape[0]) if inputs else 0
     out = np.full(n, -1, dtype=np.int32)
     for start in range(0, n, max(1, batch_size)):

@@ -8,9 +8,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from apparate_trt.compiler.ingest import TensorInfo, load_model, model_io, score_output
+from apparate_trt.graph.ingest import TensorInfo, load_model, model_io, score_output
 from apparate_trt.errors import ApparateError
-from apparate_trt.runtime.backends.onnxruntime import OrtRunner
+from apparate_trt.backends import open_runner
 
 import tiny_models  # tests/tiny_models.py (tests/conftest.py puts tests/ on sys.path)
 
@@ -94,7 +94,7 @@ def test_batch_fixed_to_one_becomes_symbolic(tmp_path):
     inputs, outputs = model_io(model)
     assert inputs[0].shape == ["N", 4] and outputs[0].shape == ["N", 3]
     x = np.random.RandomState(0).randn(5, 4).astype(np.float32)
-    assert OrtRunner(model, threads=1).run({"x": x})["y"].shape == (5, 3)
+    assert open_runner(model, threads=1).run({"x": x})["y"].shape == (5, 3)
 
 
 def test_batch_one_hard_coded_in_graph_is_an_error(tmp_path):

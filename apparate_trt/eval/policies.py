@@ -35,9 +35,10 @@ import numpy as np
 from apparate_trt import _core
 from apparate_trt.engine_dir import Manifest
 from apparate_trt.errors import ApparateError
-from apparate_trt.runtime.backends.onnxruntime import OrtRunner
+from apparate_trt.backends import open_runner
 from apparate_trt.runtime.compaction import compact, dynamic_batch_inputs
-from apparate_trt.runtime.controller import SEARCH_MIN_STEP, LatencyModel
+from apparate_trt.defaults import SEARCH_MIN_STEP
+from apparate_trt.latency import LatencyModel
 from apparate_trt.runtime.executor import BatchOutcome, Executor, ReleaseFn, final_predictions, release_final
 from apparate_trt.runtime.vanilla import FixedExecutorBase, rampless_outcome
 
@@ -167,8 +168,8 @@ def stream_ramps(
 
     Confidences are computed in float64 from the ramps' logits: a float32 softmax saturates at 1
     for over-confident ramps, which would tie inputs that a threshold can tell apart."""
-    segments = [(OrtRunner(manifest.path(s.file), threads, name=f"segment {s.file}"), list(s.outputs), s.ends_at_site) for s in manifest.segments]
-    ramps = {r.site: (OrtRunner(manifest.path(r.file), threads, name=f"ramp {r.file}"), r.output) for r in manifest.ramps}
+    segments = [(open_runner(manifest.path(s.file), threads=threads, name=f"segment {s.file}"), list(s.outputs), s.ends_at_site) for s in manifest.segments]
+    ramps = {r.site: (open_runner(manifest.path(r.file), threads=threads, name=f"ramp {r.file}"), r.output) for r in manifest.ramps}
     n = int(next(iter(inputs.values())).shape[0])
     ramp_pred = np.zeros((len(manifest.sites), n), dtype=np.int32)
     confidence = np.zeros((len(manifest.sites), n), dtype=np.float64)
@@ -324,12 +325,12 @@ class OracleExecutor(FixedExecutorBase):
         self.oracle = oracle
         self.skip = bool(skip)
         self._stages = [
-            (OrtRunner(manifest.path(s.file), threads, name=f"segment {s.file}"), list(s.outputs), s.ends_at_site) for s in manifest.segments
+            (open_runner(manifest.path(s.file), threads=threads, name=f"segment {s.file}"), list(s.outputs), s.ends_at_site) for s in manifest.segments
         ]
         self._rows = np.eye(manifest.model.num_classes, dtype=np.float32)
         batch = {spec.name for spec in manifest.model.inputs}
         for runner, _, _ in self._stages:
-            batch |= dynamic_batch_inputs(runner.session.get_inputs())[0]
+            batch |= dynamic_batch_inputs(runner.inputs)[0]
         self._batch_names = batch
 
     def _targets(self, n: int, tags: Sequence[object] | None) -> tuple[np.ndarray, np.ndarray]:

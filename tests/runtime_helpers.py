@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from apparate_trt.data import take
 from apparate_trt.engine_dir import Manifest
-from apparate_trt.runtime.backends.onnxruntime import OrtRunner
+from apparate_trt.backends import Runner, RunnerBase, open_runner
 
 THREADS = 1  # shared CI cores: one ORT thread per session
 
@@ -40,7 +42,7 @@ class Compiled:
 
 def reference_logits(manifest: Manifest, inputs: dict[str, np.ndarray]) -> np.ndarray:
     """The original model's score output on ``inputs``, run directly with ONNX Runtime."""
-    runner = OrtRunner(manifest.path(manifest.model.file), threads=THREADS)
+    runner = open_runner(manifest.path(manifest.model.file), threads=THREADS)
     return runner.run(inputs, [manifest.model.output])[manifest.model.output]
 
 
@@ -48,11 +50,11 @@ def reference_ramp_logits(manifest: Manifest, inputs: dict[str, np.ndarray], sit
     """A ramp's logits, by chaining the finest segments on disk up to ``site`` and running its ONNX file."""
     env = dict(inputs)
     for seg in manifest.segments:
-        env.update(OrtRunner(manifest.path(seg.file), threads=THREADS).run(env, list(seg.outputs)))
+        env.update(open_runner(manifest.path(seg.file), threads=THREADS).run(env, list(seg.outputs)))
         if seg.ends_at_site == site:
             break
     ramp = manifest.ramps[site]
-    return OrtRunner(manifest.path(ramp.file), threads=THREADS).run(env, [ramp.output])[ramp.output]
+    return open_runner(manifest.path(ramp.file), threads=THREADS).run(env, [ramp.output])[ramp.output]
 
 
 
@@ -60,3 +62,25 @@ def assert_same_output(actual: np.ndarray, expected: np.ndarray) -> None:
     """Equal to the original model up to float reassociation (segmenting changes no maths)."""
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(np.argmax(actual, axis=-1), np.argmax(expected, axis=-1))
+
+
+class TracingRunner(RunnerBase):
+    """A runner that wraps a real one (the backend seam's interface) and calls ``hook(runner, feeds)``
+    before every run: how tests see which model ran on which rows without patching a backend class."""
+
+    def __init__(self, inner: Runner, hook: Callable[[Runner, Mapping[str, np.ndarray]], None]) -> None:
+        self.inner, self.hook = inner, hook
+        self.name, self.inputs, self.outputs = inner.name, inner.inputs, inner.outputs
+
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        self.hook(self, feeds)
+        return self.inner.run(feeds, outputs)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def trace_runs(monkeypatch, module: ModuleType, hook: Callable[[Runner, Mapping[str, np.ndarray]], None]) -> None:
+    """Make every runner ``module`` opens from now on a :class:`TracingRunner` calling ``hook``."""
+    real = module.open_runner
+    monkeypatch.setattr(module, "open_runner", lambda *args, **kwargs: TracingRunner(real(*args, **kwargs), hook))

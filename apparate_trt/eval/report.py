@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from apparate_trt.errors import ApparateError
-from apparate_trt.runtime.replay import ReplayResult
+from apparate_trt.eval.replay import ReplayResult
 
 DEFAULT_WINDOW = 256
 """Requests per accuracy window (issue 4's benchmarks use windows of 256 requests)."""

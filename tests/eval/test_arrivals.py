@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from apparate_trt.errors import ApparateError
-from apparate_trt.runtime.arrivals import parse_arrivals
+from apparate_trt.eval.arrivals import parse_arrivals
 
 
 def test_fixed_rate_is_evenly_spaced():

@@ -4,7 +4,7 @@
 machine can use the backend (the ``tensorrt`` package, ``cuda.bindings.runtime`` and a visible
 NVIDIA GPU); :func:`require_tensorrt` raises a clear :class:`ApparateError` when it cannot.
 
-:class:`TrtRunner` mirrors :class:`~apparate_trt.runtime.backends.onnxruntime.OrtRunner` for one
+:class:`TrtRunner` mirrors :class:`~apparate_trt.backends.onnxruntime.OrtRunner` for one
 serialized engine (TensorRT 10 name-based I/O, ``execute_async_v3``), modelled on NVIDIA's
 ``samples/python/common_runtime.py``: every CUDA call is checked, host buffers are pinned, work is
 queued on a stream. UNTESTED: it was written on a machine without a GPU or TensorRT; no test in
@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import ctypes
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from apparate_trt.backends.base import IOSpec, RunnerBase
 from apparate_trt.errors import ApparateError
 
 NEEDS_TENSORRT = (
@@ -78,7 +79,7 @@ def cuda_call(cudart: Any, result: Any) -> Any:
     return values[0] if len(values) == 1 else tuple(values)
 
 
-class TrtRunner:
+class TrtRunner(RunnerBase):
     """One TensorRT engine: ``run({name: array}) -> {name: array}`` (UNTESTED, see module doc).
 
     Inputs are copied host-to-device, the engine runs on this runner's stream, outputs come back
@@ -100,11 +101,17 @@ class TrtRunner:
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         is_input = {n: self.engine.get_tensor_mode(n) == self.trt.TensorIOMode.INPUT for n in names}
-        self.input_names = [n for n in names if is_input[n]]
-        self.output_names = [n for n in names if not is_input[n]]
+        self.inputs = [self._spec(n) for n in names if is_input[n]]
+        self.outputs = [self._spec(n) for n in names if not is_input[n]]
         self.stream = cuda_call(self.cudart, self.cudart.cudaStreamCreate())
         self._device: dict[str, tuple[int, int]] = {}  # name -> (pointer, bytes)
         self._pinned: dict[str, tuple[int, np.ndarray]] = {}  # name -> (host pointer, view)
+
+    def _spec(self, name: str) -> IOSpec:
+        """A tensor of the engine as an IOSpec (TensorRT's -1 for a dynamic dimension is None)."""
+        dtype = np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(name))).name
+        shape = tuple(None if d < 0 else int(d) for d in self.engine.get_tensor_shape(name))
+        return IOSpec(name, dtype, shape)
 
     def _device_buffer(self, name: str, nbytes: int) -> int:
         ptr, size = self._device.get(name, (0, 0))
@@ -127,7 +134,7 @@ class TrtRunner:
             self._pinned[name] = (ptr, view)
         return view[:nbytes].view(dtype).reshape(shape)
 
-    def run(self, feeds: Mapping[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Run once on this runner's stream and wait for it; returns copies of the outputs."""
         h2d = self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         d2h = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost

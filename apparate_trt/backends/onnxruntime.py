@@ -10,14 +10,14 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
+from apparate_trt.backends.base import IOSpec, RunnerBase
 from apparate_trt.errors import ApparateError
-
 
 
 def default_threads() -> int:
@@ -64,7 +64,16 @@ def describe_run_failure(exc: BaseException) -> str:
             "onnxruntime.InferenceSession on your data, and re-export it (another opset, or without the construct at fault)")
 
 
-class OrtRunner:
+_ORT_DTYPES = {"float": "float32", "double": "float64"}
+
+
+def _spec(arg: ort.NodeArg) -> IOSpec:
+    """An ORT input or output as an IOSpec (``tensor(float)`` is ``float32``)."""
+    kind = arg.type[len("tensor("):-1] if arg.type.startswith("tensor(") else arg.type
+    return IOSpec(arg.name, _ORT_DTYPES.get(kind, kind), tuple(arg.shape or ()))
+
+
+class OrtRunner(RunnerBase):
     """A CPU ONNX Runtime session that maps ``{input name: array}`` to ``{output name: array}``.
 
     One runner must be used by one thread at a time: it keeps one IOBinding and rebinds it on
@@ -85,25 +94,26 @@ class OrtRunner:
             raise ApparateError(
                 f"ONNX Runtime cannot load {name}: {first_line}; check that the file is a valid ONNX model"
             ) from exc
-        self.input_names: list[str] = [i.name for i in self.session.get_inputs()]
-        self.output_names: list[str] = [o.name for o in self.session.get_outputs()]
+        self.inputs = [_spec(arg) for arg in self.session.get_inputs()]
+        self.outputs = [_spec(arg) for arg in self.session.get_outputs()]
+        self._input_names = self.input_names  # read on every run: the property would rebuild it
         self._binding = self.session.io_binding()
         self._run_options = ort.RunOptions()
         self._run_options.log_severity_level = 3  # a failing run raises one clear error; ORT's own log line repeats it
 
-    def run(self, feeds: Mapping[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Run once; ``feeds`` must hold every input (extra entries are ignored).
 
         Returns the requested ``outputs`` (default: all) as numpy arrays owned by the caller.
         """
         binding = self._binding
-        for name in self.input_names:
+        for name in self._input_names:
             try:
                 value = feeds[name]
             except KeyError:
                 raise ApparateError(f"{self.name} needs input '{name}', which was not given") from None
             binding.bind_cpu_input(name, np.asarray(value, order="C"))  # keeps a 0-d tensor 0-d (ascontiguousarray would not)
-        wanted = outputs or self.output_names
+        wanted = list(outputs or self.output_names)
         binding.clear_binding_outputs()  # outputs are ORT-allocated per run: shapes follow the batch
         for name in wanted:
             binding.bind_output(name, "cpu")
@@ -112,3 +122,8 @@ class OrtRunner:
         except Exception as exc:  # ORT's Fail / RuntimeError / InvalidArgument: one line naming the node
             raise ApparateError(f"ONNX Runtime fails to run {self.name}: {describe_run_failure(exc)}") from exc
         return dict(zip(wanted, binding.copy_outputs_to_cpu()))
+
+    def close(self) -> None:
+        """Drop the session and its binding (ORT frees the memory when the last reference goes)."""
+        self.__dict__.pop("_binding", None)
+        self.__dict__.pop("session", None)

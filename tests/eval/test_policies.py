@@ -11,7 +11,7 @@ import pytest
 
 from apparate_trt import _core
 from apparate_trt.errors import ApparateError
-from apparate_trt.runtime import policies
+from apparate_trt.eval import policies
 from apparate_trt.runtime.api import load
 from apparate_trt.runtime.controller import LatencyModel
 

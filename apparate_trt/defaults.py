@@ -1,4 +1,4 @@
-"""Serving defaults shared by the Python API, the server and ``apparate-run`` (one place to change them).
+"""Defaults shared by the compiler, the Python API, the server and ``apparate-run`` (one place to change them).
 
 A light module (no numpy, no ONNX Runtime) so that command-line help can show the defaults
 without loading the runtime.
@@ -17,6 +17,12 @@ MIN_AUDIT_RATE = 0.05
 """Skip mode: the lowest audit rate a user may set (feedback never stops)."""
 DEFAULT_EXIT_MODES = {"onnxruntime": "release", "tensorrt": "release"}
 """The exit mode ``load(exit_mode=None)`` and ``apparate-run`` use per backend (see ``default_exit_mode``)."""
+DEFAULT_TARGET_FRACTION = 0.3
+"""The share (fraction) of the accuracy constraint the threshold search aims at, leaving the rest as a
+margin against drift (the controller's "Threshold tuning"; the compiler's initial thresholds too)."""
+SEARCH_MIN_STEP = 1e-6
+"""Smallest threshold step of the search. Over-confident ramps (NLP ramps often give
+1 - p_max around 1e-4) need thresholds far below the C core's default step of 1e-3."""
 
 
 def default_exit_mode(backend: str) -> str:

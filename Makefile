@@ -4,7 +4,7 @@ CC ?= gcc
 DATA ?= data
 OUT ?= out
 
-.PHONY: install demo test test-c test-py models lib clean
+.PHONY: install demo test test-c test-py lint models lib clean
 
 install:
 	bash scripts/install_system.sh
@@ -20,6 +20,11 @@ models: install
 	$(PY) scripts/build_real_models.py --out $(DATA)
 
 test: install test-c test-py
+
+# ruff lint and format check (config in pyproject.toml); CI runs it before the tests. `ruff format .` fixes the format.
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 test-c:
 	mkdir -p build

@@ -2,6 +2,7 @@
 
 Every ``csrc/*.c`` file except the C tests (``csrc/test_*.c``) is compiled into the extension.
 """
+
 from pathlib import Path
 
 from Cython.Build import cythonize

@@ -4,6 +4,7 @@
 ramps; ``apparate-run`` serves it, releasing each input's result at its first confident ramp while
 the batch runs on, and adapts thresholds and ramps from that free feedback.
 """
+
 __version__ = "0.1.0"
 
 try:

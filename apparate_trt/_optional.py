@@ -3,6 +3,7 @@
 ``require("torch", extra="train", purpose="ramp training")`` returns the module or raises a
 :class:`~apparate_trt.errors.MissingExtraError` that names the pip command to fix it.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -5,6 +5,7 @@ Shared by the Cython wrapper and the numpy reference the tests cross-check it ag
 bad argument. Units: latencies in milliseconds (ms); confidences, thresholds, accuracies and the
 accuracy constraint are fractions in [0, 1].
 """
+
 from __future__ import annotations
 
 import math
@@ -30,8 +31,10 @@ def check_array(x, name: str, ndim: int, dtype, kinds: str, what: str) -> np.nda
     except Exception as exc:  # e.g. ragged nested lists
         raise ValueError(f"{name} must be a numpy array of {what}; could not convert it ({exc})") from None
     if a.dtype.kind not in kinds and not (a.size == 0 and a.dtype.kind in "fiub"):
-        raise ValueError(f"{name} must be a numpy array of {what}, got dtype {a.dtype}; convert it with "
-                         f".astype(np.{np.dtype(dtype).name})")
+        raise ValueError(
+            f"{name} must be a numpy array of {what}, got dtype {a.dtype}; convert it with "
+            f".astype(np.{np.dtype(dtype).name})"
+        )
     if a.ndim != ndim:
         raise ValueError(f"{name} must be a {_shape_text(ndim)} array of {what}, got shape {a.shape}")
     if a.dtype.kind in "iu" and np.dtype(dtype).kind in "iu" and a.size:
@@ -117,8 +120,7 @@ def check_done(done, n: int) -> np.ndarray:
     if done.shape[0] != n:
         raise ValueError(f"done has {done.shape[0]} entries but logits has {n} rows; pass one flag per input")
     if not done.flags.c_contiguous or not done.flags.writeable:
-        raise ValueError("done must be C-contiguous and writable (it is updated in place); "
-                         "pass np.zeros(n, np.uint8)")
+        raise ValueError("done must be C-contiguous and writable (it is updated in place); pass np.zeros(n, np.uint8)")
     return done.view(np.uint8)
 
 
@@ -155,8 +157,10 @@ def check_weighted_utility_args(exit_weights, pass_weights, total, saved_next_ms
     co = check_floats(cost_ms, "cost_ms", 1, np.float64)
     r = e.shape[0]
     if not (p.shape[0] == sv.shape[0] == co.shape[0] == r):
-        raise ValueError(f"exit_weights, pass_weights, saved_next_ms and cost_ms must have the same length "
-                         f"(one per ramp), got {r}, {p.shape[0]}, {sv.shape[0]}, {co.shape[0]}")
+        raise ValueError(
+            f"exit_weights, pass_weights, saved_next_ms and cost_ms must have the same length "
+            f"(one per ramp), got {r}, {p.shape[0]}, {sv.shape[0]}, {co.shape[0]}"
+        )
     try:
         tot = float(total)
     except (TypeError, ValueError):
@@ -165,7 +169,9 @@ def check_weighted_utility_args(exit_weights, pass_weights, total, saved_next_ms
         raise ValueError(f"total must be a positive number (weight observed), got {total!r}")
     slack = tot * 1e-9
     if r and not ((e >= 0).all() and (p >= 0).all() and (e <= tot + slack).all() and (p <= tot + slack).all()):
-        raise ValueError(f"exit_weights and pass_weights must be in [0, total={tot}], got {e.tolist()} and {p.tolist()}")
+        raise ValueError(
+            f"exit_weights and pass_weights must be in [0, total={tot}], got {e.tolist()} and {p.tolist()}"
+        )
     return e, p, sv, co, tot
 
 
@@ -176,8 +182,10 @@ def check_utility_args(exit_counts, pass_counts, n, saved_next_ms, cost_ms):
     co = check_floats(cost_ms, "cost_ms", 1, np.float64)
     r = e.shape[0]
     if not (p.shape[0] == sv.shape[0] == co.shape[0] == r):
-        raise ValueError(f"exit_counts, pass_counts, saved_next_ms and cost_ms must have the same length "
-                         f"(one per ramp), got {r}, {p.shape[0]}, {sv.shape[0]}, {co.shape[0]}")
+        raise ValueError(
+            f"exit_counts, pass_counts, saved_next_ms and cost_ms must have the same length "
+            f"(one per ramp), got {r}, {p.shape[0]}, {sv.shape[0]}, {co.shape[0]}"
+        )
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be a positive integer (inputs observed), got {n!r}")
     n = int(n)

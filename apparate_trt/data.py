@@ -15,12 +15,14 @@ The file holds one array per model input, named as in the model, first axis = sa
 - float arrays must be finite (no NaN or inf, checked after conversion);
 - all arrays have the same number of samples, at least ``min_samples``.
 """
+
 from __future__ import annotations
 
 import warnings
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -39,7 +41,9 @@ class InputSpec(Protocol):
     shape: Sequence[int | str | None]
 
 
-def load_inputs(path: str | Path, model_inputs: Sequence[InputSpec], min_samples: int = 1, what: str = "data") -> dict[str, np.ndarray]:
+def load_inputs(
+    path: str | Path, model_inputs: Sequence[InputSpec], min_samples: int = 1, what: str = "data"
+) -> dict[str, np.ndarray]:
     """Read ``path`` (an ``.npz``) and return ``{input name: C-contiguous array}`` in the model's dtypes.
 
     ``what`` names the data in messages ("bootstrap data", "evaluation data").
@@ -79,7 +83,9 @@ def _read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
     if not path.exists():
         raise ApparateError(f"{what} file '{path}' does not exist; check the path")
     if path.is_dir():
-        raise ApparateError(f"{what} file '{path}' is a directory; pass an .npz file (np.savez) with one array per model input")
+        raise ApparateError(
+            f"{what} file '{path}' is a directory; pass an .npz file (np.savez) with one array per model input"
+        )
     try:
         loaded = np.load(path, allow_pickle=False)
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
@@ -98,7 +104,9 @@ def _read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
             return {name: loaded[name] for name in loaded.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ApparateError(f"{what} file '{path}' holds an array that cannot be read ({reason}); save it again with numpy.savez") from None
+        raise ApparateError(
+            f"{what} file '{path}' holds an array that cannot be read ({reason}); save it again with numpy.savez"
+        ) from None
 
 
 def _warn_extra(path: Path, arrays: dict[str, np.ndarray], model_inputs: Sequence[InputSpec], what: str) -> None:
@@ -176,7 +184,11 @@ def _check_counts(path: Path, arrays: dict[str, np.ndarray], min_samples: int, w
     counts = {name: int(a.shape[0]) for name, a in arrays.items()}
     if len(set(counts.values())) > 1:
         listing = ", ".join(f"{n} {c}" for n, c in counts.items())
-        raise ApparateError(f"arrays in '{path}' have different numbers of samples ({listing}); every input needs one entry per sample")
+        raise ApparateError(
+            f"arrays in '{path}' have different numbers of samples ({listing}); every input needs one entry per sample"
+        )
     count = next(iter(counts.values()), 0)
     if count < min_samples:
-        raise ApparateError(f"{what} file '{path}' has {count} samples but at least {min_samples} are needed; provide more samples")
+        raise ApparateError(
+            f"{what} file '{path}' has {count} samples but at least {min_samples} are needed; provide more samples"
+        )

@@ -3,12 +3,15 @@
 A light module (no numpy, no ONNX Runtime) so that command-line help can show the defaults
 without loading the runtime.
 """
+
 from __future__ import annotations
 
 DEFAULT_MAX_BATCH = 8
 """Largest batch the dynamic batcher forms."""
 DEFAULT_MAX_DELAY_MS = 5.0
 """Longest the oldest queued request waits for a batch to fill (ms)."""
+DEFAULT_QUEUE_SIZE = 1024
+"""Most samples waiting for a batch; past it a new request is refused at once (overload)."""
 DEFAULT_ACCURACY_CONSTRAINT = 0.01
 """Allowed share (fraction) of released results that disagree with the original model over a window."""
 DEFAULT_AUDIT_RATE = 0.25

@@ -5,6 +5,7 @@ one (the runtime, the API, tests) goes through :func:`read_manifest`, which vali
 and returns a :class:`Manifest` whose attributes mirror ``manifest.json``. Latencies are in ms,
 shares and fractions in 0..1.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,8 +22,17 @@ from apparate_trt.errors import ApparateError
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-RAMP_KINDS = ("conv_gap_mlp", "conv_grid2_mlp", "conv_grid4_mlp", "conv_gap_linear", "conv_grid2_linear", "conv_grid4_linear",
-              "seq_cls_dense_tanh_linear", "seq_mean_dense_tanh_linear", "dense_linear")
+RAMP_KINDS = (
+    "conv_gap_mlp",
+    "conv_grid2_mlp",
+    "conv_grid4_mlp",
+    "conv_gap_linear",
+    "conv_grid2_linear",
+    "conv_grid4_linear",
+    "seq_cls_dense_tanh_linear",
+    "seq_mean_dense_tanh_linear",
+    "dense_linear",
+)
 BOOTSTRAP_ARRAYS = ("confidence", "ramp_pred", "final_pred", "agree")
 
 _RECOMPILE = "recompile it with: apparate-compile MODEL.onnx --data BOOTSTRAP.npz --out DIR --force"
@@ -253,7 +263,9 @@ def write_manifest(directory: str | Path, manifest: Manifest) -> Path:
     every named file present in ``directory`` is recorded in ``file_sha256``."""
     directory = Path(directory)
     target = directory / MANIFEST_NAME
-    manifest.file_sha256 = {rel: file_sha256(directory / rel) for rel in manifest.referenced_files() if (directory / rel).is_file()}
+    manifest.file_sha256 = {
+        rel: file_sha256(directory / rel) for rel in manifest.referenced_files() if (directory / rel).is_file()
+    }
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".manifest-", suffix=".json")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         json.dump(manifest.to_json(), fh, indent=2)
@@ -289,12 +301,18 @@ def read_manifest(directory: str | Path, verify: bool = True) -> Manifest:
     in a directory written before those hashes each ONNX file is parsed."""
     directory = Path(directory)
     if not directory.exists():
-        raise ApparateError(f"engine directory '{directory}' does not exist; create it with: apparate-compile MODEL.onnx --data BOOTSTRAP.npz --out {directory}")
+        raise ApparateError(
+            f"engine directory '{directory}' does not exist; create it with: apparate-compile MODEL.onnx --data BOOTSTRAP.npz --out {directory}"
+        )
     if not directory.is_dir():
-        raise ApparateError(f"'{directory}' is a file, not an engine directory; pass the directory written by apparate-compile --out")
+        raise ApparateError(
+            f"'{directory}' is a file, not an engine directory; pass the directory written by apparate-compile --out"
+        )
     manifest_path = directory / MANIFEST_NAME
     if not manifest_path.is_file():
-        raise ApparateError(f"'{directory}' is not an engine directory (it has no {MANIFEST_NAME}); pass the directory written by apparate-compile --out, or {_RECOMPILE}")
+        raise ApparateError(
+            f"'{directory}' is not an engine directory (it has no {MANIFEST_NAME}); pass the directory written by apparate-compile --out, or {_RECOMPILE}"
+        )
     data = _load_json(manifest_path)
     _check_version(data, manifest_path)
     manifest = _parse(data, manifest_path)
@@ -311,11 +329,15 @@ def _load_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ApparateError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}); the engine directory is corrupt, {_RECOMPILE}") from None
+        raise ApparateError(
+            f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}); the engine directory is corrupt, {_RECOMPILE}"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ApparateError(f"cannot read {path} ({exc}); check its permissions, or {_RECOMPILE}") from None
     if not isinstance(data, dict):
-        raise ApparateError(f"{path} holds a JSON {type(data).__name__}, not an object; the engine directory is corrupt, {_RECOMPILE}")
+        raise ApparateError(
+            f"{path} holds a JSON {type(data).__name__}, not an object; the engine directory is corrupt, {_RECOMPILE}"
+        )
     return data
 
 
@@ -356,7 +378,9 @@ _OPT_INT = (int, type(None))
 
 
 def _tensor(obj: Any, where: str) -> TensorSpec:
-    return TensorSpec(_get(obj, "name", where, str), _get(obj, "dtype", where, str), list(_get(obj, "shape", where, list)))
+    return TensorSpec(
+        _get(obj, "name", where, str), _get(obj, "dtype", where, str), list(_get(obj, "shape", where, list))
+    )
 
 
 def _items(obj: Any, key: str, where: str = "") -> list[tuple[Any, str]]:
@@ -438,12 +462,18 @@ def _parse(data: dict[str, Any], path: Path) -> Manifest:
             ),
             tools=dict(_get(data, "tools", "", dict)),
             created=_get(data, "created", "", str),
-            file_sha256={str(k): str(v) for k, v in _get(data, "file_sha256", "", dict).items()} if "file_sha256" in data else {},
+            file_sha256={str(k): str(v) for k, v in _get(data, "file_sha256", "", dict).items()}
+            if "file_sha256" in data
+            else {},
         )
     except _Missing as exc:
-        raise ApparateError(f"{path} is missing or has a bad '{exc.key}'; the engine directory is corrupt or from another tool, {_RECOMPILE}") from None
+        raise ApparateError(
+            f"{path} is missing or has a bad '{exc.key}'; the engine directory is corrupt or from another tool, {_RECOMPILE}"
+        ) from None
     except (TypeError, ValueError) as exc:
-        raise ApparateError(f"{path} holds a malformed value ({exc}); the engine directory is corrupt, {_RECOMPILE}") from None
+        raise ApparateError(
+            f"{path} holds a malformed value ({exc}); the engine directory is corrupt, {_RECOMPILE}"
+        ) from None
 
 
 def _check_consistency(m: Manifest, path: Path) -> None:
@@ -464,7 +494,10 @@ def _check_consistency(m: Manifest, path: Path) -> None:
         problems.append("profiles.batch_sizes is empty or not increasing")
     if len(m.profiles.model_ms) != n_batches:
         problems.append("profiles.model_ms does not have one entry per batch size")
-    for key, rows, count in (("segments_ms", m.profiles.segments_ms, len(m.segments)), ("ramps_ms", m.profiles.ramps_ms, len(m.ramps))):
+    for key, rows, count in (
+        ("segments_ms", m.profiles.segments_ms, len(m.segments)),
+        ("ramps_ms", m.profiles.ramps_ms, len(m.ramps)),
+    ):
         if len(rows) != count or any(len(row) != n_batches for row in rows):
             problems.append(f"profiles.{key} is not one list per {key[:-4]} with one entry per batch size")
     if any(not 0 <= s < n_sites for s in m.initial_config.active_sites):
@@ -485,8 +518,10 @@ def _check_paths_inside(m: Manifest, root: Path, path: Path) -> None:
         else:
             target = (root / rel).resolve()
         if target is None or (target != root and root not in target.parents):
-            raise ApparateError(f"{path}: {entry} '{rel}' is outside the engine directory; every file it names must be "
-                                f"a relative path inside it. The directory is corrupt or not to be trusted, {_RECOMPILE}")
+            raise ApparateError(
+                f"{path}: {entry} '{rel}' is outside the engine directory; every file it names must be "
+                f"a relative path inside it. The directory is corrupt or not to be trusted, {_RECOMPILE}"
+            )
 
 
 def _check_hashes(m: Manifest, root: Path) -> None:
@@ -495,12 +530,16 @@ def _check_hashes(m: Manifest, root: Path) -> None:
     for entry, rel in m.named_files():
         want = expected.get(rel)
         if expected and want is None:
-            raise ApparateError(f"engine directory '{root}': {rel} ({entry}) has no SHA-256 in {MANIFEST_NAME}'s file_sha256; "
-                                f"the manifest was edited, {_RECOMPILE}")
+            raise ApparateError(
+                f"engine directory '{root}': {rel} ({entry}) has no SHA-256 in {MANIFEST_NAME}'s file_sha256; "
+                f"the manifest was edited, {_RECOMPILE}"
+            )
         if want is not None:
             if file_sha256(root / rel) != want:
-                raise ApparateError(f"engine directory '{root}': {rel} ({entry}) does not match its SHA-256 in {MANIFEST_NAME}; "
-                                    f"the file was changed or damaged, {_RECOMPILE}")
+                raise ApparateError(
+                    f"engine directory '{root}': {rel} ({entry}) does not match its SHA-256 in {MANIFEST_NAME}; "
+                    f"the file was changed or damaged, {_RECOMPILE}"
+                )
         elif rel.endswith(".onnx"):
             _check_onnx_parses(root / rel, entry)
 
@@ -511,12 +550,16 @@ def _check_onnx_parses(path: Path, entry: str) -> None:
     try:
         onnx.load_model(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf raises several kinds on damaged bytes
-        raise ApparateError(f"engine directory file {path} ({entry}) is not a valid ONNX model ({type(exc).__name__}); "
-                            f"the file was changed or damaged, {_RECOMPILE}") from None
+        raise ApparateError(
+            f"engine directory file {path} ({entry}) is not a valid ONNX model ({type(exc).__name__}); "
+            f"the file was changed or damaged, {_RECOMPILE}"
+        ) from None
 
 
 def _check_files(m: Manifest, directory: Path) -> None:
     missing = [rel for rel in m.referenced_files() if not (directory / rel).is_file()]
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        raise ApparateError(f"engine directory '{directory}' is missing {missing[0]}{more} (named in {MANIFEST_NAME}); {_RECOMPILE}")
+        raise ApparateError(
+            f"engine directory '{directory}' is missing {missing[0]}{more} (named in {MANIFEST_NAME}); {_RECOMPILE}"
+        )

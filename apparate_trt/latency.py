@@ -4,10 +4,11 @@ One model for the compiler's initial choice of ramps and the runtime controller:
 what an exit at a site saves, what a segment boundary adds, the ramp budget. Figures come from the
 manifest's profiles (``engine_dir.Manifest``), interpolated between profiled batch sizes.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -42,8 +43,12 @@ class LatencyModel:
         if found is None:
             m = self.manifest
             remaining = m.segment_ms(b).sum() - m.site_reached_ms(b) if m.sites else np.zeros(0)
-            found = _ProfileAt(np.asarray(remaining, np.float64), np.asarray(m.ramp_cost_ms(b), np.float64), m.model_ms(b),
-                               m.boundary_ms(b))
+            found = _ProfileAt(
+                np.asarray(remaining, np.float64),
+                np.asarray(m.ramp_cost_ms(b), np.float64),
+                m.model_ms(b),
+                m.boundary_ms(b),
+            )
             self._cache[b] = found
         return found
 

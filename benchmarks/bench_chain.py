@@ -11,14 +11,15 @@ the model's sites. Goal (issue 3): at most 3% slower than the
 unsplit model with 2 active ramps. The path ``unsplit in the executor (overload fallback)`` is the
 first chain's executor running the batch unsplit, as the engine does under a backlog.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -101,9 +102,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     two = [r for r in rows if r["path"].startswith("2 ramps")]
     for r in two:
         verdict = "met" if r["vs_unsplit"] <= GOAL_OVERHEAD_2_RAMPS else "missed"
-        print(f"goal (2 ramps at most {GOAL_OVERHEAD_2_RAMPS:.0%} slower), batch {r['batch']}: {r['vs_unsplit']:+.1%} -> {verdict}")
+        print(
+            f"goal (2 ramps at most {GOAL_OVERHEAD_2_RAMPS:.0%} slower), batch {r['batch']}: {r['vs_unsplit']:+.1%} -> {verdict}"
+        )
     if args.out:
-        Path(args.out).write_text(json.dumps({"engine_dir": args.engine_dir, "rounds": args.rounds, "rows": rows}, indent=1))
+        Path(args.out).write_text(
+            json.dumps({"engine_dir": args.engine_dir, "rounds": args.rounds, "rows": rows}, indent=1)
+        )
     for ex in chains.values():
         ex.close()
     return 0

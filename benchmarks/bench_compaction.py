@@ -8,6 +8,7 @@ the rows (the rows that did not exit) and, beside it, the rest of the model on t
 on the half batch. Prints one line per site and writes the medians (us for the compaction, ms for
 the segments) as JSON. Interleaved rounds, medians.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from apparate_trt.backends import Runner, open_runner
 from apparate_trt.data import load_inputs, take
 from apparate_trt.engine_dir import read_manifest
-from apparate_trt.backends import Runner, open_runner
 from apparate_trt.runtime.compaction import compact, dynamic_batch_inputs
 
 
@@ -53,16 +54,29 @@ def main(argv: list[str] | None = None) -> int:
             compact_us.append((time.perf_counter() - t0) * 1e6)
             full_ms.append(_rest_ms(runners, manifest, k + 1, env))
             half_ms.append(_rest_ms(runners, manifest, k + 1, small))
-        row = {"site": seg.ends_at_site, "compact_us": float(np.median(compact_us)), "rest_full_ms": float(np.median(full_ms)),
-               "rest_half_ms": float(np.median(half_ms))}
+        row = {
+            "site": seg.ends_at_site,
+            "compact_us": float(np.median(compact_us)),
+            "rest_full_ms": float(np.median(full_ms)),
+            "rest_half_ms": float(np.median(half_ms)),
+        }
         row["saved_ms"] = row["rest_full_ms"] - row["rest_half_ms"]
         rows.append(row)
-        print(f"site {row['site']:>2}: compact {row['compact_us']:7.1f} us; rest of the model {row['rest_full_ms']:6.2f} ms at "
-              f"batch {args.batch}, {row['rest_half_ms']:6.2f} ms at {keep.size} rows (saves {row['saved_ms']:.2f} ms)", flush=True)
-    summary = {"engine_dir": str(args.engine_dir), "batch": args.batch, "kept_rows": int(keep.size), "rounds": args.rounds,
-               "threads": args.threads, "sites": rows,
-               "compact_us_median_over_sites": float(np.median([r["compact_us"] for r in rows])) if rows else None,
-               "command": " ".join(["python", *sys.argv])}
+        print(
+            f"site {row['site']:>2}: compact {row['compact_us']:7.1f} us; rest of the model {row['rest_full_ms']:6.2f} ms at "
+            f"batch {args.batch}, {row['rest_half_ms']:6.2f} ms at {keep.size} rows (saves {row['saved_ms']:.2f} ms)",
+            flush=True,
+        )
+    summary = {
+        "engine_dir": str(args.engine_dir),
+        "batch": args.batch,
+        "kept_rows": int(keep.size),
+        "rounds": args.rounds,
+        "threads": args.threads,
+        "sites": rows,
+        "compact_us_median_over_sites": float(np.median([r["compact_us"] for r in rows])) if rows else None,
+        "command": " ".join(["python", *sys.argv]),
+    }
     print(f"median compaction over sites: {summary['compact_us_median_over_sites']:.1f} us")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ processes; on a shared machine the median can be several times higher). Prints a
 
     python benchmarks/bench_core.py [--quick] [--out results/core.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,6 +29,7 @@ import time
 import numpy as np
 
 from apparate_trt import _core as C
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "core"))
 import policy_reference as R  # noqa: E402  (the numpy twin lives beside the core's tests)
 
@@ -57,8 +59,16 @@ def measure(case: str, c_fn, numpy_fn, repeats: int, c_loops: int, numpy_loops: 
     """One table row: both implementations timed back to back (us)."""
     c_med, c_best = time_us(c_fn, repeats, c_loops)
     n_med, n_best = time_us(numpy_fn, repeats, numpy_loops)
-    return {"case": case, "c_us": c_med, "c_best_us": c_best, "numpy_us": n_med, "numpy_best_us": n_best,
-            "speedup": n_med / c_med, "goal_us": goal_us, "meets_goal": c_med < goal_us}
+    return {
+        "case": case,
+        "c_us": c_med,
+        "c_best_us": c_best,
+        "numpy_us": n_med,
+        "numpy_best_us": n_best,
+        "speedup": n_med / c_med,
+        "goal_us": goal_us,
+        "meets_goal": c_med < goal_us,
+    }
 
 
 def decisions_case(impl, logits: list[np.ndarray], thresholds: list[float]):
@@ -87,41 +97,74 @@ def main(argv=None) -> int:
         logits = [(rng.normal(size=(BATCH, CLASSES)) * (2 + 2 * i)).astype(np.float32) for i in range(r)]
         thresholds = [0.1] * r
         # both implementations decide the same exits
-        np.testing.assert_array_equal(decisions_case(C, logits, thresholds)(),
-                                      decisions_case(R, logits, thresholds)())
-        rows.append(measure(f"exit decisions, batch {BATCH}, {r} ramps: {r} x ramp_exits",
-                            decisions_case(C, logits, thresholds), decisions_case(R, logits, thresholds),
-                            rep_fast, 200, 20, goal_us=5.0))
+        np.testing.assert_array_equal(decisions_case(C, logits, thresholds)(), decisions_case(R, logits, thresholds)())
+        rows.append(
+            measure(
+                f"exit decisions, batch {BATCH}, {r} ramps: {r} x ramp_exits",
+                decisions_case(C, logits, thresholds),
+                decisions_case(R, logits, thresholds),
+                rep_fast,
+                200,
+                20,
+                goal_us=5.0,
+            )
+        )
         stacked = np.stack(logits)
         thr = np.array(thresholds)
         np.testing.assert_array_equal(C.batch_exits(stacked, thr)[2], R.batch_exits(stacked, thr)[2])
-        rows.append(measure(f"exit decisions, batch {BATCH}, {r} ramps: 1 x batch_exits",
-                            lambda: C.batch_exits(stacked, thr), lambda: R.batch_exits(stacked, thr),
-                            rep_fast, 200, 20, goal_us=5.0))
+        rows.append(
+            measure(
+                f"exit decisions, batch {BATCH}, {r} ramps: 1 x batch_exits",
+                lambda: C.batch_exits(stacked, thr),
+                lambda: R.batch_exits(stacked, thr),
+                rep_fast,
+                200,
+                20,
+                goal_us=5.0,
+            )
+        )
 
     conf, agree, saved = R.synthetic_window(rng, 4, 512)
-    c_res, r_res = C.search_thresholds(conf, agree, saved, CONSTRAINT), R.search_thresholds(conf, agree, saved, CONSTRAINT)
+    c_res, r_res = (
+        C.search_thresholds(conf, agree, saved, CONSTRAINT),
+        R.search_thresholds(conf, agree, saved, CONSTRAINT),
+    )
     np.testing.assert_array_equal(c_res[0], r_res[0])  # same thresholds from both
-    rows.append(measure("threshold search, 512 samples x 4 ramps",
-                        lambda: C.search_thresholds(conf, agree, saved, CONSTRAINT),
-                        lambda: R.search_thresholds(conf, agree, saved, CONSTRAINT),
-                        rep_slow, 5, 1, goal_us=1000.0))
+    rows.append(
+        measure(
+            "threshold search, 512 samples x 4 ramps",
+            lambda: C.search_thresholds(conf, agree, saved, CONSTRAINT),
+            lambda: R.search_thresholds(conf, agree, saved, CONSTRAINT),
+            rep_slow,
+            5,
+            1,
+            goal_us=1000.0,
+        )
+    )
 
     print("| case | C core (us), median (best) | numpy reference (us), median (best) | speed-up | goal (C median) |")
     print("| --- | ---: | ---: | ---: | --- |")
     for row in rows:
         verdict = "met" if row["meets_goal"] else "MISSED"
-        print(f"| {row['case']} | {row['c_us']:.2f} ({row['c_best_us']:.2f}) | {row['numpy_us']:.1f} "
-              f"({row['numpy_best_us']:.1f}) | {row['speedup']:.0f}x | < {row['goal_us']:g} us: {verdict} |")
-    print(f"\nsearch result: thresholds {np.round(c_res[0], 4).tolist()}, accuracy {c_res[1]:.4f}, "
-          f"saved {c_res[2]:.3f} ms/sample (constraint {CONSTRAINT})")
+        print(
+            f"| {row['case']} | {row['c_us']:.2f} ({row['c_best_us']:.2f}) | {row['numpy_us']:.1f} "
+            f"({row['numpy_best_us']:.1f}) | {row['speedup']:.0f}x | < {row['goal_us']:g} us: {verdict} |"
+        )
+    print(
+        f"\nsearch result: thresholds {np.round(c_res[0], 4).tolist()}, accuracy {c_res[1]:.4f}, "
+        f"saved {c_res[2]:.3f} ms/sample (constraint {CONSTRAINT})"
+    )
 
     if args.out:
         result = {
             "benchmark": "bench_core",
             "quick": args.quick,
-            "machine": {"python": sys.version.split()[0], "numpy": np.__version__,
-                        "platform": platform.platform(), "cpus": os.cpu_count()},
+            "machine": {
+                "python": sys.version.split()[0],
+                "numpy": np.__version__,
+                "platform": platform.platform(),
+                "cpus": os.cpu_count(),
+            },
             "units": "microseconds, median over repeats",
             "cases": rows,
         }

@@ -18,22 +18,23 @@ Each cell is the median over rounds of the stream's median / p99 latency (ms, fi
 scheduled arrival), with the plans built per stream. The rate should be about half of the model's
 capacity (the issue-4 workloads' load).
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from apparate_trt.data import load_inputs, take
 from apparate_trt.engine_dir import read_manifest
-from apparate_trt.runtime.api import load
 from apparate_trt.eval.arrivals import poisson_arrivals
 from apparate_trt.eval.replay import replay
+from apparate_trt.runtime.api import load
 
 VARIANTS = ("no builds", "builds, no gate", "builds, gate")
 
@@ -41,7 +42,7 @@ VARIANTS = ("no builds", "builds, no gate", "builds, gate")
 def other_site_sets(site_ids: Sequence[int], served: Sequence[int]) -> list[tuple[int, ...]]:
     """Pairs of sites other than the ``served`` set: the plans the background thread builds."""
     ids = list(site_ids)
-    pairs = [(a, b) for i, a in enumerate(ids) for b in ids[i + 1:]]
+    pairs = [(a, b) for i, a in enumerate(ids) for b in ids[i + 1 :]]
     return [p for p in pairs if list(p) != list(served)] or [tuple(ids[:1])]
 
 
@@ -74,34 +75,57 @@ def serve_once(engine_dir: str, inputs: dict[str, np.ndarray], arrivals: np.ndar
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--engine-dir", required=True, help="engine directory of a large model (apparate-compile --out)")
+    parser.add_argument(
+        "--engine-dir", required=True, help="engine directory of a large model (apparate-compile --out)"
+    )
     parser.add_argument("--data", required=True, help="npz of model inputs (first axis = samples)")
-    parser.add_argument("--rate", type=float, default=53.0, help="Poisson arrival rate, requests per second (default 53)")
+    parser.add_argument(
+        "--rate", type=float, default=53.0, help="Poisson arrival rate, requests per second (default 53)"
+    )
     parser.add_argument("--requests", type=int, default=1200, help="requests per stream (default 1200)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the three variants (default 2)")
     parser.add_argument("--out", help="also write the results as JSON to this file")
     args = parser.parse_args(argv)
     if args.rate <= 0 or args.requests < 1 or args.rounds < 1:
-        parser.error(f"--rate must be > 0 and --requests and --rounds >= 1; got --rate {args.rate}, "
-                     f"--requests {args.requests}, --rounds {args.rounds}")
+        parser.error(
+            f"--rate must be > 0 and --requests and --rounds >= 1; got --rate {args.rate}, "
+            f"--requests {args.requests}, --rounds {args.rounds}"
+        )
     manifest = read_manifest(args.engine_dir)
     inputs = take(load_inputs(args.data, manifest.model.inputs), slice(0, args.requests))
     arrivals = poisson_arrivals(args.rate, args.requests, 0)
     runs: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
     for r in range(args.rounds):
-        for variant in VARIANTS[r % len(VARIANTS):] + VARIANTS[: r % len(VARIANTS)]:
+        for variant in VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]:
             runs[variant].append(serve_once(args.engine_dir, inputs, arrivals, variant))
             last = runs[variant][-1]
-            print(f"round {r + 1}/{args.rounds} {variant}: p50 {last['p50']:.2f} ms, p99 {last['p99']:.1f} ms, "
-                  f"{last['plans_built']} plans built", file=sys.stderr, flush=True)
-    rows = [{"variant": v, "p50_ms": float(np.median([x["p50"] for x in runs[v]])), "p99_ms": float(np.median([x["p99"] for x in runs[v]])),
-             "plans_built": float(np.median([x["plans_built"] for x in runs[v]]))} for v in VARIANTS]
+            print(
+                f"round {r + 1}/{args.rounds} {variant}: p50 {last['p50']:.2f} ms, p99 {last['p99']:.1f} ms, "
+                f"{last['plans_built']} plans built",
+                file=sys.stderr,
+                flush=True,
+            )
+    rows = [
+        {
+            "variant": v,
+            "p50_ms": float(np.median([x["p50"] for x in runs[v]])),
+            "p99_ms": float(np.median([x["p99"] for x in runs[v]])),
+            "plans_built": float(np.median([x["plans_built"] for x in runs[v]])),
+        }
+        for v in VARIANTS
+    ]
     print("| variant | p50 ms | p99 ms | plans built per stream |\n|---|---:|---:|---:|")
     for row in rows:
         print(f"| {row['variant']} | {row['p50_ms']:.2f} | {row['p99_ms']:.1f} | {row['plans_built']:.0f} |")
     if args.out:
-        result = {"engine_dir": args.engine_dir, "rate_rps": args.rate, "requests": args.requests, "rounds": args.rounds,
-                  "rows": rows, "runs": runs}
+        result = {
+            "engine_dir": args.engine_dir,
+            "rate_rps": args.rate,
+            "requests": args.requests,
+            "rounds": args.rounds,
+            "rows": rows,
+            "runs": runs,
+        }
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
         print(f"wrote {args.out}")
     return 0

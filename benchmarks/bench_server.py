@@ -19,6 +19,7 @@ Prints a Markdown table; ``--out FILE`` writes the numbers as JSON.
 
 Latencies in ms, rates and throughput in requests per second.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,11 +39,11 @@ from typing import Any
 
 import numpy as np
 
+from apparate_trt.backends import open_runner
 from apparate_trt.data import load_inputs
 from apparate_trt.engine_dir import Manifest, read_manifest
 from apparate_trt.errors import ApparateError
 from apparate_trt.eval.arrivals import poisson_arrivals
-from apparate_trt.backends import open_runner
 from apparate_trt.eval.report import latency_summary
 
 READY = re.compile(r"REST at [^ ]+:(\d+) and gRPC at [^ ]+:(\d+)")
@@ -69,16 +70,20 @@ class Run:
         lat = self.latency_ms
         acc = "-" if self.accuracy is None else f"{100 * self.accuracy:.2f}%"
         errs = sum(self.errors.values())
-        return (f"| {self.mode} | {self.path} | {self.rate:g} | {self.completed}/{self.requests} | {_ms(lat['p50'])} | "
-                f"{_ms(lat['p95'])} | {_ms(lat['p99'])} | {self.throughput_rps:.1f} | {acc} | {100 * self.early_share:.1f}% | {errs} |")
+        return (
+            f"| {self.mode} | {self.path} | {self.rate:g} | {self.completed}/{self.requests} | {_ms(lat['p50'])} | "
+            f"{_ms(lat['p95'])} | {_ms(lat['p99'])} | {self.throughput_rps:.1f} | {acc} | {100 * self.early_share:.1f}% | {errs} |"
+        )
 
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-HEADER = ("| mode | path | rate (rps) | answered | p50 ms | p95 ms | p99 ms | throughput (rps) | accuracy | early exits | errors |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|")
+HEADER = (
+    "| mode | path | rate (rps) | answered | p50 ms | p95 ms | p99 ms | throughput (rps) | accuracy | early exits | errors |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|"
+)
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -88,7 +93,9 @@ def reference_pred(manifest: Manifest, inputs: dict[str, np.ndarray], threads: i
     n = next(iter(inputs.values())).shape[0]
     preds = []
     for start in range(0, n, 64):
-        out = runner.run({k: v[start:start + 64] for k, v in inputs.items()}, [manifest.model.output])[manifest.model.output]
+        out = runner.run({k: v[start : start + 64] for k, v in inputs.items()}, [manifest.model.output])[
+            manifest.model.output
+        ]
         preds.append(np.argmax(out, axis=1))
     return np.concatenate(preds).astype(np.int32)
 
@@ -102,14 +109,37 @@ class ServerProcess:
     """``apparate-run --serve`` in a subprocess on free ports; SIGTERM on :meth:`stop`."""
 
     def __init__(self, engine_dir: Path, mode: str, args: argparse.Namespace) -> None:
-        cmd = [sys.executable, "-c", "from apparate_trt.cli.run import main; raise SystemExit(main())",
-               "--engine-dir", str(engine_dir), "--serve", "--mode", mode, "--http-port", "0", "--grpc-port", "0",
-               "--max-batch", str(args.max_batch), "--max-delay-ms", str(args.max_delay_ms),
-               "--accuracy-constraint", str(args.accuracy_constraint), "--queue-size", str(args.queue_size)]
+        cmd = [
+            sys.executable,
+            "-c",
+            "from apparate_trt.cli.run import main; raise SystemExit(main())",
+            "--engine-dir",
+            str(engine_dir),
+            "--serve",
+            "--mode",
+            mode,
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--max-batch",
+            str(args.max_batch),
+            "--max-delay-ms",
+            str(args.max_delay_ms),
+            "--accuracy-constraint",
+            str(args.accuracy_constraint),
+            "--queue-size",
+            str(args.queue_size),
+        ]
         if args.threads is not None:
             cmd += ["--threads", str(args.threads)]
-        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.proc = subprocess.Popen(
+            cmd,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         self.log: list[str] = []
         self._ports: list[tuple[int, int]] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -167,8 +197,14 @@ class _Responses:
                 self.all_done.set()
 
 
-def drive(grpc_port: int, manifest: Manifest, model_name: str, inputs: dict[str, np.ndarray], arrivals: np.ndarray,
-          timeout_s: float) -> tuple[_Responses, float]:
+def drive(
+    grpc_port: int,
+    manifest: Manifest,
+    model_name: str,
+    inputs: dict[str, np.ndarray],
+    arrivals: np.ndarray,
+    timeout_s: float,
+) -> tuple[_Responses, float]:
     """Send sample ``i`` at ``arrivals[i]`` (open loop); wait for every response. Returns the
     responses and the start time (monotonic seconds)."""
     import tritonclient.grpc as grpcclient
@@ -181,7 +217,7 @@ def drive(grpc_port: int, manifest: Manifest, model_name: str, inputs: dict[str,
     for i in range(n):
         tensors = []
         for name, value in inputs.items():
-            sample = value[i:i + 1]
+            sample = value[i : i + 1]
             t = grpcclient.InferInput(name, list(sample.shape), _datatype(sample.dtype))
             t.set_data_from_numpy(sample)
             tensors.append(t)
@@ -200,10 +236,16 @@ def server_run(mode: str, rate: float, responses: _Responses, t0: float, arrival
     latency = (responses.t_done - (t0 + arrivals)) * 1000.0
     span = (np.nanmax(responses.t_done) - t0) if ok.any() else float("nan")
     return Run(
-        mode, "server (gRPC)", rate, int(arrivals.shape[0]), int(ok.sum()), latency_summary(latency[ok]),
+        mode,
+        "server (gRPC)",
+        rate,
+        int(arrivals.shape[0]),
+        int(ok.sum()),
+        latency_summary(latency[ok]),
         float(ok.sum() / span) if ok.any() else 0.0,
         float(np.mean(responses.pred[ok] == ref[ok])) if ok.any() else None,
-        float(responses.early[ok].mean()) if ok.any() else 0.0, dict(responses.errors),
+        float(responses.early[ok].mean()) if ok.any() else 0.0,
+        dict(responses.errors),
     )
 
 
@@ -217,18 +259,28 @@ def replay_run(mode: str, rate: float, engine: Any, inputs: dict[str, np.ndarray
     for message in result.errors.values():
         errors[message.split(";")[0][:40]] = errors.get(message.split(";")[0][:40], 0) + 1
     return Run(
-        mode, "in-process replay", rate, result.requests, int(done.sum()), latency_summary(result.latency_ms[done]),
+        mode,
+        "in-process replay",
+        rate,
+        result.requests,
+        int(done.sum()),
+        latency_summary(result.latency_ms[done]),
         float(throughput_rps(result)),
         float(np.mean(result.released_pred[done] == result.final_pred[done])) if done.any() else None,
-        float(np.mean(result.exit_site[done] >= 0)) if done.any() else 0.0, errors,
+        float(np.mean(result.exit_site[done] >= 0)) if done.any() else 0.0,
+        errors,
     )
 
 
 # ------------------------------------------------------------------------------------------ main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--engine-dir", type=Path, default=Path("out/cv"), help="compiled engine directory")
-    p.add_argument("--data", type=Path, default=Path("data/cv/eval.npz"), help="samples to send (.npz, one array per input)")
+    p.add_argument(
+        "--data", type=Path, default=Path("data/cv/eval.npz"), help="samples to send (.npz, one array per input)"
+    )
     p.add_argument("--quick", action="store_true", help=f"rates {QUICK['rates']}, {QUICK['requests']} requests each")
     p.add_argument("--rates", type=str, default=None, help="comma-separated request rates (rps)")
     p.add_argument("--requests", type=int, default=None, help="requests per rate")
@@ -238,7 +290,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-delay-ms", type=float, default=5.0)
     p.add_argument("--accuracy-constraint", type=float, default=0.01)
     p.add_argument("--queue-size", type=int, default=1024)
-    p.add_argument("--threads", type=int, default=None, help="ORT intra-op threads (server and replay; default all cores)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="ORT intra-op threads (server and replay; default all cores)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     return p.parse_args(argv)
@@ -257,7 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     inputs_all = {k: np.ascontiguousarray(v[order]) for k, v in data.items()}
     ref_all = reference_pred(manifest, inputs_all, args.threads)
     runs: list[Run] = []
-    print(f"bench_server: {manifest.model.name}, rates {rates} rps, {n} requests each, modes {args.modes}", file=sys.stderr)
+    print(
+        f"bench_server: {manifest.model.name}, rates {rates} rps, {n} requests each, modes {args.modes}",
+        file=sys.stderr,
+    )
     for mode in args.modes.split(","):
         server = ServerProcess(args.engine_dir, mode, args)
         try:
@@ -275,12 +332,27 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_replay:
             from apparate_trt.runtime.api import load
 
-            engine = load(args.engine_dir, max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, mode=mode,
-                          accuracy_constraint=args.accuracy_constraint, threads=args.threads, queue_size=args.queue_size)
+            engine = load(
+                args.engine_dir,
+                max_batch=args.max_batch,
+                max_delay_ms=args.max_delay_ms,
+                mode=mode,
+                accuracy_constraint=args.accuracy_constraint,
+                threads=args.threads,
+                queue_size=args.queue_size,
+            )
             try:
                 for k, rate in enumerate(rates):
                     sl = slice(k * n, (k + 1) * n)
-                    runs.append(replay_run(mode, rate, engine, {name: v[sl] for name, v in inputs_all.items()}, poisson_arrivals(rate, n, args.seed + k)))
+                    runs.append(
+                        replay_run(
+                            mode,
+                            rate,
+                            engine,
+                            {name: v[sl] for name, v in inputs_all.items()},
+                            poisson_arrivals(rate, n, args.seed + k),
+                        )
+                    )
                     print(runs[-1].row(), file=sys.stderr)
             finally:
                 engine.close()
@@ -294,8 +366,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         doc = {
-            "engine_dir": str(args.engine_dir), "model": manifest.model.name, "rates": rates, "requests_per_rate": n,
-            "settings": {k: getattr(args, k) for k in ("max_batch", "max_delay_ms", "accuracy_constraint", "queue_size", "threads")},
+            "engine_dir": str(args.engine_dir),
+            "model": manifest.model.name,
+            "rates": rates,
+            "requests_per_rate": n,
+            "settings": {
+                k: getattr(args, k)
+                for k in ("max_batch", "max_delay_ms", "accuracy_constraint", "queue_size", "threads")
+            },
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
             "runs": [run.__dict__ for run in runs],
         }
@@ -310,9 +388,16 @@ def overhead_table(runs: list[Run]) -> str:
     index = {(r.mode, r.path, r.rate): r for r in runs}
     for (mode, path, rate), run in sorted(index.items(), key=lambda kv: (kv[0][2], kv[0][0])):
         other = index.get((mode, "in-process replay", rate))
-        if path.startswith("server") and other and run.latency_ms["p50"] is not None and other.latency_ms["p50"] is not None:
-            rows.append(f"| {mode} | {rate:g} | {run.latency_ms['p50'] - other.latency_ms['p50']:+.2f} | "
-                        f"{run.latency_ms['p99'] - other.latency_ms['p99']:+.2f} |")
+        if (
+            path.startswith("server")
+            and other
+            and run.latency_ms["p50"] is not None
+            and other.latency_ms["p50"] is not None
+        ):
+            rows.append(
+                f"| {mode} | {rate:g} | {run.latency_ms['p50'] - other.latency_ms['p50']:+.2f} | "
+                f"{run.latency_ms['p99'] - other.latency_ms['p99']:+.2f} |"
+            )
     if not rows:
         return ""
     return "| mode | rate (rps) | p50 overhead ms | p99 overhead ms |\n|---|---|---|---|\n" + "\n".join(rows)

@@ -10,21 +10,22 @@ does with thresholds that never exit), ``finest`` (split at every site, no ramps
 and ``finest+ramps`` (every ramp: the static and patience baselines' path). It also prints what an
 exit at each of ``--sites`` saves per the profile, so the chain's cost can be set against it.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
-from apparate_trt.graph.split import split_model
+from apparate_trt.backends import open_runner
 from apparate_trt.data import load_inputs, take
 from apparate_trt.engine_dir import Manifest, read_manifest
-from apparate_trt.backends import open_runner
+from apparate_trt.graph.split import split_model
 
 Path_ = Callable[[dict[str, np.ndarray]], None]
 
@@ -34,11 +35,21 @@ def chain(manifest: Manifest, sites: Sequence[int], ramps: bool, threads: int | 
     import onnx
 
     if list(sites) == [s.id for s in manifest.sites]:
-        stages = [(open_runner(manifest.path(s.file), threads=threads), list(s.outputs), s.ends_at_site) for s in manifest.segments]
+        stages = [
+            (open_runner(manifest.path(s.file), threads=threads), list(s.outputs), s.ends_at_site)
+            for s in manifest.segments
+        ]
     else:
         model = onnx.load(str(manifest.path(manifest.model.file)))
-        stages = [(open_runner(s.model, threads=threads), list(s.outputs), s.ends_at_site) for s in split_model(model, manifest.sites, list(sites))]
-    ramp_runners = {r.site: (open_runner(manifest.path(r.file), threads=1), r.output) for r in manifest.ramps if ramps and r.site in sites}
+        stages = [
+            (open_runner(s.model, threads=threads), list(s.outputs), s.ends_at_site)
+            for s in split_model(model, manifest.sites, list(sites))
+        ]
+    ramp_runners = {
+        r.site: (open_runner(manifest.path(r.file), threads=1), r.output)
+        for r in manifest.ramps
+        if ramps and r.site in sites
+    }
 
     def run(inputs: dict[str, np.ndarray]) -> None:
         env = dict(inputs)
@@ -70,9 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     m = read_manifest(args.engine_dir)
     sites = [int(s) for s in args.sites.split(",")] if args.sites else list(m.initial_config.active_sites)
     every = [s.id for s in m.sites]
-    paths = {"unsplit": unsplit(m, args.threads), f"split@{sites}": chain(m, sites, False, args.threads),
-             f"split@{sites}+ramps": chain(m, sites, True, args.threads), "finest": chain(m, every, False, args.threads),
-             "finest+ramps": chain(m, every, True, args.threads)}
+    paths = {
+        "unsplit": unsplit(m, args.threads),
+        f"split@{sites}": chain(m, sites, False, args.threads),
+        f"split@{sites}+ramps": chain(m, sites, True, args.threads),
+        "finest": chain(m, every, False, args.threads),
+        "finest+ramps": chain(m, every, True, args.threads),
+    }
     data = load_inputs(args.data, m.model.inputs)
     result: dict[str, dict[str, float]] = {}
     for b in [int(x) for x in args.batch_sizes.split(",")]:
@@ -89,11 +104,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         result[str(b)] = {k: float(np.median(v)) for k, v in times.items()}
         base = result[str(b)]["unsplit"]
         print(f"batch {b}: " + ", ".join(f"{k} {v:.3f} ms ({v / base - 1:+.1%})" for k, v in result[str(b)].items()))
-        print(f"  profile: an exit at sites {sites} saves {[round(float(x), 3) for x in m.site_saved_ms(b)[sites]]} ms at batch {b}")
+        print(
+            f"  profile: an exit at sites {sites} saves {[round(float(x), 3) for x in m.site_saved_ms(b)[sites]]} ms at batch {b}"
+        )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"engine_dir": str(args.engine_dir), "sites": sites, "median_ms": result,
-                                        "saved_ms_per_exit": {str(b): [float(x) for x in m.site_saved_ms(int(b))[sites]] for b in result}}, indent=1))
+        args.out.write_text(
+            json.dumps(
+                {
+                    "engine_dir": str(args.engine_dir),
+                    "sites": sites,
+                    "median_ms": result,
+                    "saved_ms_per_exit": {str(b): [float(x) for x in m.site_saved_ms(int(b))[sites]] for b in result},
+                },
+                indent=1,
+            )
+        )
     return 0
 
 

@@ -12,6 +12,7 @@ refusal, not a loss. Peak RSS is the server process's high-water mark (``VmHWM``
 
 Prints a Markdown table; the exit status is 1 when any request was lost.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,11 +32,11 @@ from typing import Any
 
 import grpc
 import numpy as np
+from bench_server import ServerProcess
 from tritonclient.grpc import service_pb2 as pb
 
 from apparate_trt.data import load_inputs
 from apparate_trt.engine_dir import read_manifest
-from bench_server import ServerProcess
 
 OK_REFUSALS_HTTP = {400, 401, 404, 413, 503, 504}
 OK_REFUSALS_GRPC = {"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "UNAVAILABLE", "DEADLINE_EXCEEDED", "UNAUTHENTICATED"}
@@ -71,9 +72,15 @@ class Tally:
 
     def row(self, rss_mb: float) -> dict[str, Any]:
         refused = {k: n for k, n in self.outcomes.items() if k not in ("ok",) and not k.startswith("lost")}
-        return {"case": self.name, "sent": self.sent, "ok": self.outcomes.get("ok", 0), "refused": refused,
-                "lost": self.lost, "lost_detail": {k: n for k, n in self.outcomes.items() if k.startswith("lost")},
-                "peak_rss_mb": round(rss_mb, 1)}
+        return {
+            "case": self.name,
+            "sent": self.sent,
+            "ok": self.outcomes.get("ok", 0),
+            "refused": refused,
+            "lost": self.lost,
+            "lost_detail": {k: n for k, n in self.outcomes.items() if k.startswith("lost")},
+            "peak_rss_mb": round(rss_mb, 1),
+        }
 
 
 # ------------------------------------------------------------------------------------- clients
@@ -85,8 +92,15 @@ class Client:
         self.n = len(next(iter(inputs.values())))
 
     def json_body(self, i: int) -> bytes:
-        entries = [{"name": k, "shape": [1, *v.shape[1:]], "datatype": _datatype(v.dtype), "data": v[i % self.n].ravel().tolist()}
-                   for k, v in self.inputs.items()]
+        entries = [
+            {
+                "name": k,
+                "shape": [1, *v.shape[1:]],
+                "datatype": _datatype(v.dtype),
+                "data": v[i % self.n].ravel().tolist(),
+            }
+            for k, v in self.inputs.items()
+        ]
         return json.dumps({"inputs": entries}).encode()
 
     def grpc_request(self, i: int) -> pb.ModelInferRequest:
@@ -113,7 +127,7 @@ class Client:
             if isinstance(err.reason, ConnectionRefusedError):
                 return "connection refused"
             return f"lost: {type(err.reason).__name__}"
-        except (ConnectionError, socket.timeout, OSError) as exc:
+        except (TimeoutError, ConnectionError, OSError) as exc:
             return f"lost: {type(exc).__name__}"
 
 
@@ -132,7 +146,9 @@ async def tally_call(call: Any, raw: bytes, tally: Tally, timeout_s: float) -> N
 
 async def grpc_burst(port: int, requests: list[bytes], tally: Tally, method: str = "ModelInfer") -> None:
     """Send every request at once on one channel; tally each call's status."""
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 1 << 30)]) as channel:
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 1 << 30)]
+    ) as channel:
         call = channel.unary_unary(f"/inference.GRPCInferenceService/{method}")
         await asyncio.gather(*(tally_call(call, r, tally, 120.0) for r in requests))
 
@@ -153,7 +169,9 @@ def case_rest_burst(client: Client, count: int) -> Tally:
 
 def case_grpc_burst(client: Client, count: int) -> Tally:
     tally = Tally(f"gRPC burst: {count} concurrent unary calls on one channel")
-    asyncio.run(grpc_burst(client.server.grpc_port, [client.grpc_request(i).SerializeToString() for i in range(count)], tally))
+    asyncio.run(
+        grpc_burst(client.server.grpc_port, [client.grpc_request(i).SerializeToString() for i in range(count)], tally)
+    )
     return tally
 
 
@@ -167,13 +185,29 @@ def case_hostile(client: Client) -> list[Tally]:
         t.add(outcome)
         tallies.append(t)
 
-    one("deflate bomb: 1 GiB of zeros in ~1 MB", client.post(zlib.compress(b"0" * (1 << 30), 9), {"Content-Encoding": "deflate"}))
+    one(
+        "deflate bomb: 1 GiB of zeros in ~1 MB",
+        client.post(zlib.compress(b"0" * (1 << 30), 9), {"Content-Encoding": "deflate"}),
+    )
     huge = json.loads(client.json_body(0))
     huge["inputs"][0]["shape"] = [10**30, *rest]
     one("JSON shape [10**30, ...]", client.post(json.dumps(huge).encode()))
-    header = json.dumps({"inputs": [{"name": name, "shape": [2**62, *rest], "datatype": _datatype(value.dtype),
-                                     "parameters": {"binary_data_size": 16}}]}).encode()
-    one("binary shape [2**62, ...]", client.post(header + b"\0" * 16, {"Inference-Header-Content-Length": str(len(header))}))
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": name,
+                    "shape": [2**62, *rest],
+                    "datatype": _datatype(value.dtype),
+                    "parameters": {"binary_data_size": 16},
+                }
+            ]
+        }
+    ).encode()
+    one(
+        "binary shape [2**62, ...]",
+        client.post(header + b"\0" * 16, {"Inference-Header-Content-Length": str(len(header))}),
+    )
     dup = json.loads(client.json_body(0))
     dup["inputs"].append(dup["inputs"][0])
     one("duplicate input names (REST)", client.post(json.dumps(dup).encode()))
@@ -200,7 +234,9 @@ def case_stream_garbage(client: Client) -> Tally:
         r.parameters["apparate_wait_final"].bool_param = True
         good.append(r.SerializeToString())
     with grpc.insecure_channel(f"127.0.0.1:{client.server.grpc_port}") as channel:
-        call = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")(iter([b"\xff garbage", *good]), timeout=120)
+        call = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")(
+            iter([b"\xff garbage", *good]), timeout=120
+        )
         answers = [pb.ModelStreamInferResponse.FromString(raw) for raw in call]
         for a in answers:
             tally.add("stream error response" if a.error_message else "ok")
@@ -226,8 +262,12 @@ def case_slow_clients(client: Client, count: int) -> Tally:
     for s in socks:
         try:
             data = s.recv(4096)
-            tally.add("http 503" if data.startswith(b"HTTP/1.1 503") else ("closed by the read deadline" if not data else "lost: other answer"))
-        except (ConnectionResetError, socket.timeout) as exc:
+            tally.add(
+                "http 503"
+                if data.startswith(b"HTTP/1.1 503")
+                else ("closed by the read deadline" if not data else "lost: other answer")
+            )
+        except (TimeoutError, ConnectionResetError) as exc:
             tally.add(f"lost: {type(exc).__name__}")
         finally:
             s.close()
@@ -297,7 +337,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         client = Client(server, manifest.model.name, inputs)
         rows.append(Tally("idle server after start").row(peak_rss_mb(server.proc.pid)))
-        for tally in (case_rest_burst(client, 200 if args.quick else 600), case_grpc_burst(client, 600 if args.quick else 3000)):
+        for tally in (
+            case_rest_burst(client, 200 if args.quick else 600),
+            case_grpc_burst(client, 600 if args.quick else 3000),
+        ):
             rows.append(tally.row(peak_rss_mb(server.proc.pid)))
             print(f"  {tally.name}: {dict(tally.outcomes)}", file=sys.stderr, flush=True)
         for tally in case_hostile(client):
@@ -330,15 +373,26 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nlost: {lost} of {sum(r['sent'] for r in rows)} requests; run took {time.monotonic() - t0:.0f} s")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"command": "python benchmarks/fault_run.py" + (" --quick" if args.quick else ""), "rows": rows}, indent=2) + "\n")
+        args.out.write_text(
+            json.dumps(
+                {"command": "python benchmarks/fault_run.py" + (" --quick" if args.quick else ""), "rows": rows},
+                indent=2,
+            )
+            + "\n"
+        )
     return 1 if lost else 0
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| case | sent | answered OK | refused (status: count) | lost | peak RSS MB |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| case | sent | answered OK | refused (status: count) | lost | peak RSS MB |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         refused = ", ".join(f"{k}: {n}" for k, n in sorted(r["refused"].items())) or "-"
-        lost = str(r["lost"]) + (f" ({', '.join(f'{k}: {n}' for k, n in r['lost_detail'].items())})" if r["lost"] else "")
+        lost = str(r["lost"]) + (
+            f" ({', '.join(f'{k}: {n}' for k, n in r['lost_detail'].items())})" if r["lost"] else ""
+        )
         lines.append(f"| {r['case']} | {r['sent']} | {r['ok']} | {refused} | {lost} | {r['peak_rss_mb']:.0f} |")
     return "\n".join(lines)
 

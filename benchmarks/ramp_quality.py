@@ -12,13 +12,14 @@ that share of all inputs (as the accuracy constraint counts them). It bounds wha
 can release at one ramp for a given target (it aims at 0.3% disagreement for a 1% constraint), so
 it is the number to raise when early exits are too few. Maxprob confidence, as the controller uses.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -44,7 +45,9 @@ def confident_share(confidence: np.ndarray, agree: np.ndarray, max_disagreement:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--engine-dir", type=Path, required=True, help="engine directory (apparate-compile --out)")
     p.add_argument("--data", type=Path, required=True, help="npz of model inputs the ramps did not train on")
     p.add_argument("--samples", type=int, default=4000, help="inputs to use (the first ones)")
@@ -76,8 +79,14 @@ def report(args: argparse.Namespace, levels: list[float]) -> int:
     for entry in manifest.ramps:
         agree = (outputs.ramp_pred[entry.site] == outputs.final_pred).astype(np.uint8)
         conf = outputs.confidence[entry.site]
-        rows.append({"site": entry.site, "kind": entry.kind, "agreement": float(agree.mean()),
-                     "confident_share": {f"{e:g}": confident_share(conf, agree, e) for e in levels}})
+        rows.append(
+            {
+                "site": entry.site,
+                "kind": entry.kind,
+                "agreement": float(agree.mean()),
+                "confident_share": {f"{e:g}": confident_share(conf, agree, e) for e in levels},
+            }
+        )
     header = " | ".join(f"releasable, <= {100 * e:g}% wrong" for e in levels)
     print(f"{manifest.model.name}: {n} inputs of {args.data}")
     print(f"| site | ramp kind | agreement | {header} |")
@@ -87,7 +96,11 @@ def report(args: argparse.Namespace, levels: list[float]) -> int:
         print(f"| {r['site']} | {r['kind']} | {r['agreement']:.3f} | {shares} |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"engine_dir": str(args.engine_dir), "data": str(args.data), "samples": n, "rows": rows}, indent=1))
+        args.out.write_text(
+            json.dumps(
+                {"engine_dir": str(args.engine_dir), "data": str(args.data), "samples": n, "rows": rows}, indent=1
+            )
+        )
         print(f"wrote {args.out}")
     return 0
 

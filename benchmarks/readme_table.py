@@ -10,6 +10,7 @@ the summaries that ``benchmarks/run_workloads.py`` wrote; nothing is computed an
 summaries hold the same workload, the last one given wins (e.g. a full-stream rerun of one
 workload).
 """
+
 from __future__ import annotations
 
 import json
@@ -40,7 +41,9 @@ def row(workload: str, system: str, s: dict[str, Any]) -> str:
 
 
 def main(paths: list[str]) -> int:
-    print("| workload | system | p50 ms | p99 ms | p50 vs vanilla | throughput vs vanilla | accuracy | windows > 1% | early exits | left the batch |")
+    print(
+        "| workload | system | p50 ms | p99 ms | p50 vs vanilla | throughput vs vanilla | accuracy | windows > 1% | early exits | left the batch |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for workload, systems in merged_workloads(paths or ["benchmarks/results/summary.json"]).items():
         for system, s in systems.items():

@@ -22,6 +22,7 @@ Prints progress lines and, at the end, which goals are met.
 
 Latencies in ms, rates in requests per second.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,9 @@ import platform
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -71,7 +73,14 @@ from apparate_trt.eval.report import write_report  # noqa: E402
 RESULTS = HERE / "results"
 README = HERE / "README.md"
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
-GOALS = {"cv_p50_cut": 0.50, "nlp_p50_cut": 0.20, "accuracy": 0.99, "windows_ok": 0.95, "throughput": 0.97, "oracle_share": 0.80}
+GOALS = {
+    "cv_p50_cut": 0.50,
+    "nlp_p50_cut": 0.20,
+    "accuracy": 0.99,
+    "windows_ok": 0.95,
+    "throughput": 0.97,
+    "oracle_share": 0.80,
+}
 SKIP_GOALS = {"cv-fixed": 0.50, "cv-poisson": 0.50, "nlp-poisson": 0.80, "drift": 0.70}
 """Issue 13: skip mode's median as a multiple of vanilla's, per workload."""
 SKIP_THROUGHPUT = {"cv": 1.25, "nlp": 1.10}
@@ -86,26 +95,62 @@ def log(line: str) -> None:
 # ------------------------------------------------------------------------------ arguments
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="a few hundred requests per workload and system, one repeat (needs --out)")
-    p.add_argument("--out", type=Path, help="output directory (default benchmarks/results; --quick must name another one)")
-    p.add_argument("--data", type=Path, default=Path("data"), help="data root with cv/ and nlp/ (scripts/build_real_models.py)")
-    p.add_argument("--engines", type=Path, default=Path("out/bench"), help="engine directory cache (compiled when missing or stale)")
+    p.add_argument(
+        "--quick", action="store_true", help="a few hundred requests per workload and system, one repeat (needs --out)"
+    )
+    p.add_argument(
+        "--out", type=Path, help="output directory (default benchmarks/results; --quick must name another one)"
+    )
+    p.add_argument(
+        "--data", type=Path, default=Path("data"), help="data root with cv/ and nlp/ (scripts/build_real_models.py)"
+    )
+    p.add_argument(
+        "--engines",
+        type=Path,
+        default=Path("out/bench"),
+        help="engine directory cache (compiled when missing or stale)",
+    )
     p.add_argument("--workloads", default=",".join(w.name for w in WORKLOADS), help="comma-separated workloads to run")
-    p.add_argument("--systems", default=",".join(SYSTEMS),
-                   help=f"comma-separated systems (vanilla is always run); also {', '.join(ABLATIONS)}: apparate without its overload fallback")
+    p.add_argument(
+        "--systems",
+        default=",".join(SYSTEMS),
+        help=f"comma-separated systems (vanilla is always run); also {', '.join(ABLATIONS)}: apparate without its overload fallback",
+    )
     p.add_argument("--requests", type=int, help="requests per run (default: the whole stream; --quick: 300)")
-    p.add_argument("--repeats", type=int, help="repeats of every system (default: each workload's own, 2, and 1 for drift; --quick: 1)")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads per session (default: all cores)")
-    p.add_argument("--burst", type=int, help="requests per saturation burst (default: about 1.75 s at vanilla's capacity, "
-                                             "800 on the CV model and 180 on the NLP one; --quick: 200)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        help="repeats of every system (default: each workload's own, 2, and 1 for drift; --quick: 1)",
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="ONNX Runtime intra-op threads per session (default: all cores)"
+    )
+    p.add_argument(
+        "--burst",
+        type=int,
+        help="requests per saturation burst (default: about 1.75 s at vanilla's capacity, "
+        "800 on the CV model and 180 on the NLP one; --quick: 200)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals")
-    p.add_argument("--max-stream-s", type=float, default=None,
-                   help="serve at most this many seconds of each stream's arrivals (bounds the full run on a slow model; 0: no bound; "
-                        "default: each workload's own, 30 s, and the whole drift stream so that every phase is seen)")
-    p.add_argument("--max-delay-ms", type=float, default=MAX_DELAY_MS,
-                   help=f"the dynamic batcher's max queueing delay (ms), the same for every system (default {MAX_DELAY_MS:g}, the API's default; "
-                        "0: a batch leaves as soon as the worker is free, as Triton's default)")
-    p.add_argument("--chunk", type=int, help="requests per interleaving chunk: systems alternate chunk by chunk (default 1000; --quick: 100)")
+    p.add_argument(
+        "--max-stream-s",
+        type=float,
+        default=None,
+        help="serve at most this many seconds of each stream's arrivals (bounds the full run on a slow model; 0: no bound; "
+        "default: each workload's own, 30 s, and the whole drift stream so that every phase is seen)",
+    )
+    p.add_argument(
+        "--max-delay-ms",
+        type=float,
+        default=MAX_DELAY_MS,
+        help=f"the dynamic batcher's max queueing delay (ms), the same for every system (default {MAX_DELAY_MS:g}, the API's default; "
+        "0: a batch leaves as soon as the worker is free, as Triton's default)",
+    )
+    p.add_argument(
+        "--chunk",
+        type=int,
+        help="requests per interleaving chunk: systems alternate chunk by chunk (default 1000; --quick: 100)",
+    )
     args = p.parse_args(argv)
     if not args.max_delay_ms >= 0:
         p.error(f"--max-delay-ms must be >= 0, got {args.max_delay_ms}")
@@ -144,12 +189,20 @@ def machine() -> dict[str, Any]:
         pass
     import onnxruntime
 
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "platform": platform.platform(),
-            "python": platform.python_version(), "onnxruntime": onnxruntime.__version__, "load_avg_start": os.getloadavg()}
+    return {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "load_avg_start": os.getloadavg(),
+    }
 
 
 # ------------------------------------------------------------------------------ one workload
-def run_workload(w: Workload, args: argparse.Namespace, factories: dict[str, SystemFactory], capacity: dict[str, float]) -> dict[str, Any]:
+def run_workload(
+    w: Workload, args: argparse.Namespace, factories: dict[str, SystemFactory], capacity: dict[str, float]
+) -> dict[str, Any]:
     """Serve ``w`` through every system ``args.repeats`` times (None: the workload's own); return its raw results."""
     repeats = args.repeats or w.repeats
     max_stream_s = w.max_stream_s if args.max_stream_s is None else args.max_stream_s
@@ -166,29 +219,48 @@ def run_workload(w: Workload, args: argparse.Namespace, factories: dict[str, Sys
     if max_stream_s and arrivals[-1] > max_stream_s:  # bound the run time: the stream's first max_stream_s seconds
         n = int(np.searchsorted(arrivals, max_stream_s, side="right"))
         arrivals, inputs = arrivals[:n], take(inputs, slice(0, n))
-    log(f"[{w.name}] {n} requests, {w.arrivals} arrivals at {rate:.0f} rps ({w.rate_fraction:.0%} of vanilla's {capacity[w.model]:.0f} rps), "
-        f"stream duration {arrivals[-1]:.1f} s; saturation bursts of {burst} requests")
+    log(
+        f"[{w.name}] {n} requests, {w.arrivals} arrivals at {rate:.0f} rps ({w.rate_fraction:.0%} of vanilla's {capacity[w.model]:.0f} rps), "
+        f"stream duration {arrivals[-1]:.1f} s; saturation bursts of {burst} requests"
+    )
     t0 = time.perf_counter()
     factory.oracle = policies.stream_oracle(factory.manifest, inputs, threads=args.threads)
-    log(f"[{w.name}] oracle offline pass: {time.perf_counter() - t0:.1f} s; oracle exits before the end for "
-        f"{np.mean(factory.oracle.site >= 0):.1%} of requests")
+    log(
+        f"[{w.name}] oracle offline pass: {time.perf_counter() - t0:.1f} s; oracle exits before the end for "
+        f"{np.mean(factory.oracle.site >= 0):.1%} of requests"
+    )
     runs: list[RunRecord] = []
     for repeat in range(repeats):
-        log(f"[{w.name}] repeat {repeat + 1}/{repeats}: {len(args.systems)} systems interleaved in chunks of {args.chunk} requests")
+        log(
+            f"[{w.name}] repeat {repeat + 1}/{repeats}: {len(args.systems)} systems interleaved in chunks of {args.chunk} requests"
+        )
         records = serve_interleaved(factory, args.systems, inputs, arrivals, warm, burst, repeat, args.chunk, log)
         runs += records
         for record in records:
             lat = record.report["latency_ms"]
-            log(f"[{w.name} {repeat + 1}/{repeats}] {record.system:<16} p50 {lat['p50']:7.2f} ms  p99 {lat['p99']:7.2f} ms  "
+            log(
+                f"[{w.name} {repeat + 1}/{repeats}] {record.system:<16} p50 {lat['p50']:7.2f} ms  p99 {lat['p99']:7.2f} ms  "
                 f"accuracy {record.report['accuracy']['overall']:.4f}  early exits {1 - record.report['exit_share'].get('final', 1.0):.1%}  "
-                f"saturation {record.throughput_rps:6.0f} rps")
+                f"saturation {record.throughput_rps:6.0f} rps"
+            )
     phases = drift_phases(data_dir / "drift_meta.json", n) if w.stream == "drift.npz" else []
-    return {"workload": w, "n": n, "repeats": repeats, "rate": rate, "capacity": capacity[w.model], "burst": burst, "runs": runs, "phases": phases,
-            "configs": {s: factory.describe(s) for s in args.systems if s != "oracle"},
-            "oracle_exit_share": float(np.mean(factory.oracle.site >= 0))}
+    return {
+        "workload": w,
+        "n": n,
+        "repeats": repeats,
+        "rate": rate,
+        "capacity": capacity[w.model],
+        "burst": burst,
+        "runs": runs,
+        "phases": phases,
+        "configs": {s: factory.describe(s) for s in args.systems if s != "oracle"},
+        "oracle_exit_share": float(np.mean(factory.oracle.site >= 0)),
+    }
 
 
-def measure_capacity(factory: SystemFactory, inputs: dict[str, np.ndarray], warm: dict[str, np.ndarray], burst: int | None) -> float:
+def measure_capacity(
+    factory: SystemFactory, inputs: dict[str, np.ndarray], warm: dict[str, np.ndarray], burst: int | None
+) -> float:
     """Vanilla's capacity (rps): the median of three bursts of back-to-back full batches of
     ``burst`` requests (None: sized by :func:`burst_size` from a first probe burst)."""
     engine = factory.load("vanilla")
@@ -228,10 +300,13 @@ def summarize_system(runs: list[RunRecord], phases: list[dict[str, Any]]) -> dic
         "repeats": len(runs),
         "failed": int(sum(rep["failed"] for rep in reports)),
         "unsplit_batch_share": _median([_unsplit_share(rep) for rep in reports]),
-        "rows": {k: _median([float(rep.get("rows", {}).get(k, 0.0)) / max(1, rep["requests"]) for rep in reports])
-                 for k in ("released", "audited", "skipped")},
-        "compute_saved_ms_per_request": _median([float(rep.get("rows", {}).get("compute_saved_ms", 0.0)) / max(1, rep["requests"])
-                                                 for rep in reports]),
+        "rows": {
+            k: _median([float(rep.get("rows", {}).get(k, 0.0)) / max(1, rep["requests"]) for rep in reports])
+            for k in ("released", "audited", "skipped")
+        },
+        "compute_saved_ms_per_request": _median(
+            [float(rep.get("rows", {}).get("compute_saved_ms", 0.0)) / max(1, rep["requests"]) for rep in reports]
+        ),
     }
     if phases:
         kept = []
@@ -241,7 +316,7 @@ def summarize_system(runs: list[RunRecord], phases: list[dict[str, Any]]) -> dic
             keep = windows_after_changes(windows.size, phases)
             kept.append(float(np.mean(windows[keep] < 1 - CONSTRAINT - 1e-12)) if keep.any() else 0.0)
             for p in phases:
-                sel = windows[p["start"] // WINDOW: max(p["start"] // WINDOW + 1, p["end"] // WINDOW)]
+                sel = windows[p["start"] // WINDOW : max(p["start"] // WINDOW + 1, p["end"] // WINDOW)]
                 per_phase[p["name"]].append(float(sel.min()) if sel.size else float("nan"))
         out["accuracy"]["windows_violating_after_changes"] = _median(kept)
         out["accuracy"]["worst_window_per_phase"] = {k: _median(v) for k, v in per_phase.items()}
@@ -264,9 +339,15 @@ def add_ratios(systems: dict[str, dict[str, Any]]) -> None:
     median of the ratios of bursts in the same round, None without bursts)."""
     base = systems["vanilla"]
     for entry in systems.values():
-        entry["latency_vs_vanilla"] = {k: (entry["latency_ms"][k] / base["latency_ms"][k]) if base["latency_ms"][k] and entry["latency_ms"][k] else None
-                                       for k in ("p50", "p95", "p99")}
-        entry["throughput_vs_vanilla"] = paired_ratio(entry["burst_rps"], base["burst_rps"])  # median of same-round ratios
+        entry["latency_vs_vanilla"] = {
+            k: (entry["latency_ms"][k] / base["latency_ms"][k])
+            if base["latency_ms"][k] and entry["latency_ms"][k]
+            else None
+            for k in ("p50", "p95", "p99")
+        }
+        entry["throughput_vs_vanilla"] = paired_ratio(
+            entry["burst_rps"], base["burst_rps"]
+        )  # median of same-round ratios
 
 
 def evaluate_goals(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -283,26 +364,59 @@ def evaluate_goals(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         ratio = app["latency_vs_vanilla"]["p50"]
         cut = None if ratio is None else 1 - ratio
         if wname.startswith("cv"):
-            add("CV median >= 50% below vanilla", wname, cut is not None and cut >= GOALS["cv_p50_cut"], f"{_pct(cut)} below")
+            add(
+                "CV median >= 50% below vanilla",
+                wname,
+                cut is not None and cut >= GOALS["cv_p50_cut"],
+                f"{_pct(cut)} below",
+            )
         if wname.startswith("nlp"):
-            add("NLP median >= 20% below vanilla", wname, cut is not None and cut >= GOALS["nlp_p50_cut"], f"{_pct(cut)} below")
+            add(
+                "NLP median >= 20% below vanilla",
+                wname,
+                cut is not None and cut >= GOALS["nlp_p50_cut"],
+                f"{_pct(cut)} below",
+            )
         acc = app["accuracy"]
         ok_windows = None if acc["windows_violating"] is None else 1 - acc["windows_violating"]
-        add("accuracy >= 99% overall", wname, acc["overall"] is not None and acc["overall"] >= GOALS["accuracy"], f"{_pct(acc['overall'], 2)}")
-        add(">= 95% of windows within 1%", wname, ok_windows is not None and ok_windows >= GOALS["windows_ok"], f"{_pct(ok_windows)} of windows")
+        add(
+            "accuracy >= 99% overall",
+            wname,
+            acc["overall"] is not None and acc["overall"] >= GOALS["accuracy"],
+            f"{_pct(acc['overall'], 2)}",
+        )
+        add(
+            ">= 95% of windows within 1%",
+            wname,
+            ok_windows is not None and ok_windows >= GOALS["windows_ok"],
+            f"{_pct(ok_windows)} of windows",
+        )
         tv = app["throughput_vs_vanilla"]
-        add("throughput >= 97% of vanilla", wname, tv is not None and tv >= GOALS["throughput"], f"{_pct(tv)} of vanilla")
+        add(
+            "throughput >= 97% of vanilla",
+            wname,
+            tv is not None and tv >= GOALS["throughput"],
+            f"{_pct(tv)} of vanilla",
+        )
         if "oracle" in systems:
             o = systems["oracle"]["latency_ms"]["p50"]
             v, a = van["latency_ms"]["p50"], app["latency_ms"]["p50"]
             share = (v - a) / (v - o) if o is not None and v - o > 0 else None
-            add(">= 80% of the oracle's median saving", wname, share is not None and share >= GOALS["oracle_share"],
-                f"{_pct(share)} (vanilla {v:.2f}, apparate {a:.2f}, oracle {o:.2f} ms)")
+            add(
+                ">= 80% of the oracle's median saving",
+                wname,
+                share is not None and share >= GOALS["oracle_share"],
+                f"{_pct(share)} (vanilla {v:.2f}, apparate {a:.2f}, oracle {o:.2f} ms)",
+            )
         if wname == "drift":
             after = acc.get("windows_violating_after_changes")
             held = after is not None and after <= 1 - GOALS["windows_ok"]
-            add("drift: apparate within 1% after the window that sees each change", wname, held,
-                f"{_pct(after)} of windows violating after changes")
+            add(
+                "drift: apparate within 1% after the window that sees each change",
+                wname,
+                held,
+                f"{_pct(after)} of windows violating after changes",
+            )
             broken = []
             for s in ("static-shared", "static-per-ramp", "patience"):
                 if s not in systems:
@@ -328,26 +442,55 @@ def evaluate_skip_goals(summary: dict[str, dict[str, Any]]) -> list[dict[str, An
         ratio = skip["latency_vs_vanilla"]["p50"]
         limit = SKIP_GOALS.get(wname)
         if limit is not None:
-            goals.append({"goal": f"skip: median <= {limit:.2f}x vanilla's", "workload": wname,
-                          "met": ratio is not None and ratio <= limit, "detail": _x(ratio)})
+            goals.append(
+                {
+                    "goal": f"skip: median <= {limit:.2f}x vanilla's",
+                    "workload": wname,
+                    "met": ratio is not None and ratio <= limit,
+                    "detail": _x(ratio),
+                }
+            )
         acc = skip["accuracy"]
         ok_windows = None if acc["windows_violating"] is None else 1 - acc["windows_violating"]
-        goals.append({"goal": "skip: accuracy >= 99% overall", "workload": wname,
-                      "met": acc["overall"] is not None and acc["overall"] >= GOALS["accuracy"], "detail": _pct(acc["overall"], 2)})
-        goals.append({"goal": "skip: >= 95% of windows within 1%", "workload": wname,
-                      "met": ok_windows is not None and ok_windows >= GOALS["windows_ok"], "detail": f"{_pct(ok_windows)} of windows"})
+        goals.append(
+            {
+                "goal": "skip: accuracy >= 99% overall",
+                "workload": wname,
+                "met": acc["overall"] is not None and acc["overall"] >= GOALS["accuracy"],
+                "detail": _pct(acc["overall"], 2),
+            }
+        )
+        goals.append(
+            {
+                "goal": "skip: >= 95% of windows within 1%",
+                "workload": wname,
+                "met": ok_windows is not None and ok_windows >= GOALS["windows_ok"],
+                "detail": f"{_pct(ok_windows)} of windows",
+            }
+        )
         tv = skip["throughput_vs_vanilla"]
         model = "nlp" if wname.startswith("nlp") else "cv"
         if wname != "drift":
-            goals.append({"goal": f"skip: saturation throughput >= {SKIP_THROUGHPUT[model]:.2f}x vanilla's", "workload": wname,
-                          "met": tv is not None and tv >= SKIP_THROUGHPUT[model], "detail": _x(tv)})
+            goals.append(
+                {
+                    "goal": f"skip: saturation throughput >= {SKIP_THROUGHPUT[model]:.2f}x vanilla's",
+                    "workload": wname,
+                    "met": tv is not None and tv >= SKIP_THROUGHPUT[model],
+                    "detail": _x(tv),
+                }
+            )
         if wname == "cv-fixed" and "oracle-skip" in systems:
             o = systems["oracle-skip"]["latency_ms"]["p50"]
             v, a = van["latency_ms"]["p50"], skip["latency_ms"]["p50"]
             share = (v - a) / (v - o) if o is not None and v - o > 0 else None
-            goals.append({"goal": ">= 80% of the skip oracle's median saving", "workload": wname,
-                          "met": share is not None and share >= GOALS["oracle_share"],
-                          "detail": f"{_pct(share)} (vanilla {v:.2f}, apparate-skip {a:.2f}, oracle-skip {o:.2f} ms)"})
+            goals.append(
+                {
+                    "goal": ">= 80% of the skip oracle's median saving",
+                    "workload": wname,
+                    "met": share is not None and share >= GOALS["oracle_share"],
+                    "detail": f"{_pct(share)} (vanilla {v:.2f}, apparate-skip {a:.2f}, oracle-skip {o:.2f} ms)",
+                }
+            )
     return goals
 
 
@@ -391,32 +534,60 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], goals: list[dict[str
     ]
     for wname, systems in summary.items():
         info = meta["workloads"][wname]
-        lines += [f"## {wname}", "", f"{info['description']}; {info['requests']} requests at {info['rate_rps']:.0f} rps, {info.get('repeats', '?')} repeat(s) "
-                  f"(vanilla capacity {info['capacity_rps']:.0f} rps; saturation bursts of {info.get('burst', '?')} requests). "
-                  f"Oracle exits early for {_pct(info['oracle_exit_share'])} of requests.", "",
-                  "| system | p50 ms | p95 ms | p99 ms | p50 / van | p95 / van | p99 / van | sat. rps | rps / van | accuracy | worst window | windows > 1% | early exits | left the batch |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {wname}",
+            "",
+            f"{info['description']}; {info['requests']} requests at {info['rate_rps']:.0f} rps, {info.get('repeats', '?')} repeat(s) "
+            f"(vanilla capacity {info['capacity_rps']:.0f} rps; saturation bursts of {info.get('burst', '?')} requests). "
+            f"Oracle exits early for {_pct(info['oracle_exit_share'])} of requests.",
+            "",
+            "| system | p50 ms | p95 ms | p99 ms | p50 / van | p95 / van | p99 / van | sat. rps | rps / van | accuracy | worst window | windows > 1% | early exits | left the batch |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for name, e in systems.items():
             lat, r, acc = e["latency_ms"], e["latency_vs_vanilla"], e["accuracy"]
             early = 1 - e["exit_share"].get("final", 1.0)
-            lines.append(f"| {name} | {_ms(lat['p50'])} | {_ms(lat['p95'])} | {_ms(lat['p99'])} | {_x(r['p50'])} | {_x(r['p95'])} | {_x(r['p99'])} | "
-                         f"{e['throughput_rps']:.0f} | {_x(e['throughput_vs_vanilla'])} | {_pct(acc['overall'], 2)} | {_pct(acc['worst_window'])} | "
-                         f"{_pct(acc['windows_violating'])} | {_pct(early)} | {_pct(e.get('rows', {}).get('skipped'))} |")
+            lines.append(
+                f"| {name} | {_ms(lat['p50'])} | {_ms(lat['p95'])} | {_ms(lat['p99'])} | {_x(r['p50'])} | {_x(r['p95'])} | {_x(r['p99'])} | "
+                f"{e['throughput_rps']:.0f} | {_x(e['throughput_vs_vanilla'])} | {_pct(acc['overall'], 2)} | {_pct(acc['worst_window'])} | "
+                f"{_pct(acc['windows_violating'])} | {_pct(early)} | {_pct(e.get('rows', {}).get('skipped'))} |"
+            )
         unsplit = systems.get("apparate", {}).get("unsplit_batch_share")
         if unsplit is not None:
-            lines += ["", f"Apparate ran {_pct(unsplit)} of its batches on this stream unsplit (overload fallback); the saturation bursts are not counted."]
+            lines += [
+                "",
+                f"Apparate ran {_pct(unsplit)} of its batches on this stream unsplit (overload fallback); the saturation bursts are not counted.",
+            ]
         if any("worst_window_per_phase" in e["accuracy"] for e in systems.values()):
-            phase_names = list(next(e for e in systems.values() if "worst_window_per_phase" in e["accuracy"])["accuracy"]["worst_window_per_phase"])
-            lines += ["", "Worst window per drift phase, and windows violating 1% outside the two windows at each change:", "",
-                      "| system | " + " | ".join(phase_names) + " | violating after changes |", "|---" * (len(phase_names) + 2) + "|"]
+            phase_names = list(
+                next(e for e in systems.values() if "worst_window_per_phase" in e["accuracy"])["accuracy"][
+                    "worst_window_per_phase"
+                ]
+            )
+            lines += [
+                "",
+                "Worst window per drift phase, and windows violating 1% outside the two windows at each change:",
+                "",
+                "| system | " + " | ".join(phase_names) + " | violating after changes |",
+                "|---" * (len(phase_names) + 2) + "|",
+            ]
             for name, e in systems.items():
                 per = e["accuracy"].get("worst_window_per_phase")
                 if per:
-                    lines.append(f"| {name} | " + " | ".join(_pct(per[p]) for p in phase_names) + f" | {_pct(e['accuracy']['windows_violating_after_changes'])} |")
+                    lines.append(
+                        f"| {name} | "
+                        + " | ".join(_pct(per[p]) for p in phase_names)
+                        + f" | {_pct(e['accuracy']['windows_violating_after_changes'])} |"
+                    )
         configs = info.get("configs", {})
         if configs:
-            lines += ["", "Fixed configurations tuned on the bootstrap statistics: " + "; ".join(
-                f"{s}: " + ", ".join(f"{k}={_short(v)}" for k, v in c.items()) for s, c in configs.items() if c)]
+            lines += [
+                "",
+                "Fixed configurations tuned on the bootstrap statistics: "
+                + "; ".join(
+                    f"{s}: " + ", ".join(f"{k}={_short(v)}" for k, v in c.items()) for s, c in configs.items() if c
+                ),
+            ]
         lines.append("")
     lines += ["## Goals", "", "| goal | workload | met | measured |", "|---|---|---|---|"]
     for g in goals:
@@ -441,8 +612,13 @@ def write_plots(out: Path, raw: dict[str, dict[str, Any]]) -> list[Path]:
         pooled: dict[str, list[np.ndarray]] = {}
         for run in res["runs"]:
             pooled.setdefault(run.system, []).append(run.latency_ms)
-        paths.append(plot_latency_cdf({s: np.concatenate(v) for s, v in pooled.items()}, out / f"latency_cdf_{wname}.png",
-                                      title=f"{wname}: latency CDF (all repeats)"))
+        paths.append(
+            plot_latency_cdf(
+                {s: np.concatenate(v) for s, v in pooled.items()},
+                out / f"latency_cdf_{wname}.png",
+                title=f"{wname}: latency CDF (all repeats)",
+            )
+        )
         app = next((r for r in res["runs"] if r.system == "apparate"), None)
         if app is not None:
             paths.append(plot_timeline(app.report, out / f"apparate_timeline_{wname}.png", app.arrivals_s))
@@ -512,12 +688,22 @@ def update_readme(md: str, plots: list[Path]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
-    command = "python benchmarks/run_workloads.py" + ("" if argv is None and len(sys.argv) < 2 else " " + shlex.join(sys.argv[1:] if argv is None else list(argv)))
-    meta: dict[str, Any] = {"command": command, "machine": machine(), "threads": args.threads, "chunk": args.chunk,
-                            "max_delay_ms": args.max_delay_ms, "workloads": {}}
+    command = "python benchmarks/run_workloads.py" + (
+        "" if argv is None and len(sys.argv) < 2 else " " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    )
+    meta: dict[str, Any] = {
+        "command": command,
+        "machine": machine(),
+        "threads": args.threads,
+        "chunk": args.chunk,
+        "max_delay_ms": args.max_delay_ms,
+        "workloads": {},
+    }
     repeats = args.repeats or "each workload's"
-    log(f"benchmark: {len(args.workloads)} workload(s) x {len(args.systems)} systems x {repeats} repeat(s); "
-        f"load average {meta['machine']['load_avg_start'][0]:.1f} on {meta['machine']['cores']} cores")
+    log(
+        f"benchmark: {len(args.workloads)} workload(s) x {len(args.systems)} systems x {repeats} repeat(s); "
+        f"load average {meta['machine']['load_avg_start'][0]:.1f} on {meta['machine']['cores']} cores"
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     factories: dict[str, SystemFactory] = {}
     capacity: dict[str, float] = {}
@@ -526,7 +712,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for w in args.workloads:
         data_dir = args.data / w.model
         if not w.stream_path(args.data).is_file() or not (data_dir / "model.onnx").is_file():
-            log(f"[{w.name}] skipped: {w.stream_path(args.data)} or its model.onnx is missing (python scripts/build_real_models.py)")
+            log(
+                f"[{w.name}] skipped: {w.stream_path(args.data)} or its model.onnx is missing (python scripts/build_real_models.py)"
+            )
             continue
         if w.model not in factories:
             log(f"[{w.model}] engine directory")
@@ -538,18 +726,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         systems = {s: summarize_system([r for r in res["runs"] if r.system == s], res["phases"]) for s in args.systems}
         add_ratios(systems)
         summary[w.name] = systems
-        meta["workloads"][w.name] = {"description": w.description,
-                                     "requests": res["n"], "repeats": res["repeats"], "rate_rps": res["rate"], "capacity_rps": res["capacity"], "burst": res["burst"],
-                                     "arrivals": w.arrivals, "phases": res["phases"], "configs": res["configs"],
-                                     "oracle_exit_share": res["oracle_exit_share"]}
+        meta["workloads"][w.name] = {
+            "description": w.description,
+            "requests": res["n"],
+            "repeats": res["repeats"],
+            "rate_rps": res["rate"],
+            "capacity_rps": res["capacity"],
+            "burst": res["burst"],
+            "arrivals": w.arrivals,
+            "phases": res["phases"],
+            "configs": res["configs"],
+            "oracle_exit_share": res["oracle_exit_share"],
+        }
         runs_dir = args.out / "runs"
-        write_report({"workload": w.name, "runs": [{"system": r.system, "repeat": r.repeat, "throughput_rps": r.throughput_rps,
-                                                    "report": r.report if (r.system == "apparate" and r.repeat == 0) else
-                                                    {k: v for k, v in r.report.items() if k not in ("threshold_history",)}}
-                                                   for r in res["runs"]]}, runs_dir / f"{w.name}.json")
+        write_report(
+            {
+                "workload": w.name,
+                "runs": [
+                    {
+                        "system": r.system,
+                        "repeat": r.repeat,
+                        "throughput_rps": r.throughput_rps,
+                        "report": r.report
+                        if (r.system == "apparate" and r.repeat == 0)
+                        else {k: v for k, v in r.report.items() if k not in ("threshold_history",)},
+                    }
+                    for r in res["runs"]
+                ],
+            },
+            runs_dir / f"{w.name}.json",
+        )
         log(f"[{w.name}] done; {(time.perf_counter() - t0) / 60:.1f} min elapsed")
     if not summary:
-        raise ApparateError(f"no workload ran: build the data under {args.data} with `python scripts/build_real_models.py`")
+        raise ApparateError(
+            f"no workload ran: build the data under {args.data} with `python scripts/build_real_models.py`"
+        )
     goals = evaluate_goals(summary)
     meta["wall_s"] = time.perf_counter() - t0
     meta["load_avg_end"] = os.getloadavg()

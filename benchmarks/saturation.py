@@ -12,13 +12,14 @@ without its overload fallback) and ``apparate-skip-fallback`` (skip mode with it
 of the first 1000 stream samples at half of vanilla's burst rate first, so its ramps and thresholds
 are those it serves with.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -46,13 +47,20 @@ from apparate_trt.eval.replay import replay  # noqa: E402
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="cv,nlp", help="comma-separated: cv, nlp (default both)")
-    p.add_argument("--systems", default=",".join(SYSTEMS),
-                   help=f"comma-separated systems (vanilla is always run; also {', '.join(ABLATIONS)})")
+    p.add_argument(
+        "--systems",
+        default=",".join(SYSTEMS),
+        help=f"comma-separated systems (vanilla is always run; also {', '.join(ABLATIONS)})",
+    )
     p.add_argument("--data", type=Path, default=Path("data"), help="data root with cv/ and nlp/")
-    p.add_argument("--engines", type=Path, default=Path("out/bench"), help="engine directory cache (as run_workloads.py)")
+    p.add_argument(
+        "--engines", type=Path, default=Path("out/bench"), help="engine directory cache (as run_workloads.py)"
+    )
     p.add_argument("--rounds", type=int, default=9, help="rounds of one burst per system")
     p.add_argument("--burst", type=int, default=400, help="requests per burst")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads per session (default: all cores)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="ONNX Runtime intra-op threads per session (default: all cores)"
+    )
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     args = p.parse_args(argv)
     systems = ["vanilla"] + [s for s in args.systems.split(",") if s and s != "vanilla"]
@@ -77,14 +85,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             rate = 0.5 * burst_throughput(engines["vanilla"], inputs, args.burst)
             for s in systems:
                 if s in APPARATE_SYSTEMS:
-                    replay(StreamTagger(engines[s]), inputs, np.arange(len(next(iter(inputs.values())))) / rate, progress=False)
+                    replay(
+                        StreamTagger(engines[s]),
+                        inputs,
+                        np.arange(len(next(iter(inputs.values())))) / rate,
+                        progress=False,
+                    )
             rates = interleaved_bursts(engines, systems, inputs, args.burst, args.rounds)
         finally:
             for engine in engines.values():
                 engine.close()
-        results[model] = {s: {"throughput_rps": float(np.median(v)), "vs_vanilla": paired_ratio(v, rates["vanilla"]), "bursts_rps": v}
-                          for s, v in rates.items()}
-        print(f"[{model}] " + "  ".join(f"{s} {r['throughput_rps']:.0f} rps ({r['vs_vanilla']:.2f}x)" for s, r in results[model].items()))
+        results[model] = {
+            s: {"throughput_rps": float(np.median(v)), "vs_vanilla": paired_ratio(v, rates["vanilla"]), "bursts_rps": v}
+            for s, v in rates.items()
+        }
+        print(
+            f"[{model}] "
+            + "  ".join(
+                f"{s} {r['throughput_rps']:.0f} rps ({r['vs_vanilla']:.2f}x)" for s, r in results[model].items()
+            )
+        )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"rounds": args.rounds, "burst": args.burst, "results": results}, indent=1))

@@ -10,6 +10,7 @@ disagreement of every served row after the first 1,000 batches, the share of 256
 the 1% constraint and the share of rows that exited early, averaged over the seeds, beside the
 target disagreement (0.3 of the constraint).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,10 +21,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "runtime"))
 
-import apparate_trt.runtime.controller as controller_module  # noqa: E402
-from apparate_trt.runtime.controller import DEFAULT_TARGET_FRACTION, Controller  # noqa: E402
 from test_controller import Stream, make_manifest  # noqa: E402
 from test_controller_skip import run_skip_batch  # noqa: E402
+
+import apparate_trt.runtime.controller as controller_module  # noqa: E402
+from apparate_trt.runtime.controller import DEFAULT_TARGET_FRACTION, Controller  # noqa: E402
 
 CONSTRAINT = 0.01
 WARMUP_BATCHES = 1000
@@ -33,8 +35,14 @@ WINDOW = 256
 def serve(seed: int, batches: int, rate: float) -> tuple[float, float, float]:
     """(disagreement, share of windows over the constraint, early-exit share) of one stream."""
     stream, rng = Stream(seed=seed), np.random.default_rng(seed + 10)
-    ctl = Controller(make_manifest([2, 5], budget=0.02), accuracy_constraint=CONSTRAINT, initial_thresholds="never",
-                     adjust_every_batches=10**6, exit_mode="skip", audit_rate=rate)
+    ctl = Controller(
+        make_manifest([2, 5], budget=0.02),
+        accuracy_constraint=CONSTRAINT,
+        initial_thresholds="never",
+        adjust_every_batches=10**6,
+        exit_mode="skip",
+        audit_rate=rate,
+    )
     config = ctl.initial_config()
     correct, exits = [], []
     for b in range(batches):
@@ -43,8 +51,8 @@ def serve(seed: int, batches: int, rate: float) -> tuple[float, float, float]:
         correct.append(ok)
         exits.append(outcome.exit_site)
         config = ctl.observe(outcome, t=float(b)) or config
-    c = np.concatenate(correct)[WARMUP_BATCHES * 8:]
-    e = np.concatenate(exits)[WARMUP_BATCHES * 8:]
+    c = np.concatenate(correct)[WARMUP_BATCHES * 8 :]
+    e = np.concatenate(exits)[WARMUP_BATCHES * 8 :]
     windows = c[: len(c) // WINDOW * WINDOW].reshape(-1, WINDOW).mean(axis=1)
     return float(1.0 - c.mean()), float(np.mean(windows < 1.0 - CONSTRAINT)), float(np.mean(e >= 0))
 
@@ -60,8 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     def unweighted(target: float, ramps: int, samples: float, exit_weight: float = 1.0) -> float:
         return shipped(target, ramps, samples)
 
-    print(f"target disagreement {100 * DEFAULT_TARGET_FRACTION * CONSTRAINT:.2f}%; audit rate {args.audit_rate}; "
-          f"{args.seeds} streams of {args.batches} batches")
+    print(
+        f"target disagreement {100 * DEFAULT_TARGET_FRACTION * CONSTRAINT:.2f}%; audit rate {args.audit_rate}; "
+        f"{args.seeds} streams of {args.batches} batches"
+    )
     print("| discount | disagreement | windows over 1% | early exits |\n|---|---|---|---|")
     for name, fn in (("scaled by the audited exits' weight (shipped)", shipped), ("unweighted (before)", unweighted)):
         controller_module.search_constraint = fn

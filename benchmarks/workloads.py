@@ -10,31 +10,42 @@ saturation is the completion rate of a burst of back-to-back full batches.
 
 Latencies in ms, rates and throughput in requests per second (rps).
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from apparate_trt.data import load_inputs, take
+from apparate_trt.defaults import DEFAULT_AUDIT_RATE, DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY_MS
 from apparate_trt.engine_dir import Manifest, file_sha256, read_manifest
 from apparate_trt.errors import ApparateError
-from apparate_trt.defaults import DEFAULT_AUDIT_RATE, DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY_MS
 from apparate_trt.eval import policies
-from apparate_trt.runtime.api import Engine, load
 from apparate_trt.eval.arrivals import fixed_arrivals, poisson_arrivals
 from apparate_trt.eval.replay import ReplayResult, replay
 from apparate_trt.eval.report import build_report
+from apparate_trt.runtime.api import Engine, load
 
 Log = Callable[[str], None]
 
-SYSTEMS = ("vanilla", "apparate", "apparate-skip", "static-shared", "static-per-ramp", "patience", "oracle", "oracle-skip")
+SYSTEMS = (
+    "vanilla",
+    "apparate",
+    "apparate-skip",
+    "static-shared",
+    "static-per-ramp",
+    "patience",
+    "oracle",
+    "oracle-skip",
+)
 APPARATE_SYSTEMS = ("apparate", "apparate-skip", "apparate-no-fallback", "apparate-skip-fallback")
 """The systems served by the adaptive controller (no fixed policy); ``-skip``: exit mode skip."""
 ABLATIONS = ("apparate-no-fallback", "apparate-skip-fallback")
@@ -44,7 +55,10 @@ SKIP_SYSTEMS = ("apparate-skip", "apparate-skip-fallback", "oracle-skip")
 """Systems whose released rows leave the batch (``exit_mode="skip"``)."""
 CONSTRAINT = 0.01
 WINDOW = 256
-MAX_BATCH, MAX_DELAY_MS = DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY_MS  # the API's defaults: the same batching for every system
+MAX_BATCH, MAX_DELAY_MS = (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_DELAY_MS,
+)  # the API's defaults: the same batching for every system
 BURST_MAX = 1000  # below the API's default queue size (1024): a burst is never refused
 BURST_S = 1.75
 """About how long (s) one saturation burst lasts at vanilla's capacity: a burst holds
@@ -80,15 +94,40 @@ class Workload:
 
 
 WORKLOADS = (
-    Workload("cv-fixed", "cv", "eval.npz", "fixed", 0.5,
-             "EfficientNet-Lite0 / Fashion-MNIST test images, fixed-rate arrivals (a camera feed) at half of vanilla's capacity"),
-    Workload("cv-poisson", "cv", "eval.npz", "poisson", 0.5,
-             "EfficientNet-Lite0 / Fashion-MNIST test images, Poisson arrivals at half of vanilla's capacity"),
-    Workload("nlp-poisson", "nlp", "eval.npz", "poisson", 0.5,
-             "MiniLM / Rotten Tomatoes held-out snippets, Poisson arrivals at half of vanilla's capacity"),
-    Workload("drift", "cv", "drift.npz", "poisson", 0.5,
-             "CV drift stream (normal, class mix change, degraded images, normal again), Poisson at half of vanilla's capacity",
-             max_stream_s=0.0, repeats=1),  # served whole, so that every phase is seen; once, to bound the run time
+    Workload(
+        "cv-fixed",
+        "cv",
+        "eval.npz",
+        "fixed",
+        0.5,
+        "EfficientNet-Lite0 / Fashion-MNIST test images, fixed-rate arrivals (a camera feed) at half of vanilla's capacity",
+    ),
+    Workload(
+        "cv-poisson",
+        "cv",
+        "eval.npz",
+        "poisson",
+        0.5,
+        "EfficientNet-Lite0 / Fashion-MNIST test images, Poisson arrivals at half of vanilla's capacity",
+    ),
+    Workload(
+        "nlp-poisson",
+        "nlp",
+        "eval.npz",
+        "poisson",
+        0.5,
+        "MiniLM / Rotten Tomatoes held-out snippets, Poisson arrivals at half of vanilla's capacity",
+    ),
+    Workload(
+        "drift",
+        "cv",
+        "drift.npz",
+        "poisson",
+        0.5,
+        "CV drift stream (normal, class mix change, degraded images, normal again), Poisson at half of vanilla's capacity",
+        max_stream_s=0.0,
+        repeats=1,
+    ),  # served whole, so that every phase is seen; once, to bound the run time
 )
 
 
@@ -116,8 +155,11 @@ def cached_engine_ok(engine_dir: Path, model: Path, bootstrap_samples: int) -> b
         fingerprint = _fingerprint_file(engine_dir).read_text().strip()
     except (ApparateError, OSError):
         return False
-    return (manifest.model.sha256 == file_sha256(model) and manifest.bootstrap.num_samples == bootstrap_samples
-            and fingerprint == compiler_fingerprint())
+    return (
+        manifest.model.sha256 == file_sha256(model)
+        and manifest.bootstrap.num_samples == bootstrap_samples
+        and fingerprint == compiler_fingerprint()
+    )
 
 
 def ensure_engine(data_dir: Path, engine_dir: Path, threads: int | None, log: Log) -> Manifest:
@@ -188,7 +230,9 @@ class SystemFactory:
         if system in ("oracle", "oracle-skip"):
             if self.oracle is None:
                 raise ApparateError("the oracle needs the stream's offline pass first (SystemFactory.oracle)")
-            return policies.OraclePolicy(self.oracle, name=system, exit_mode="skip" if system in SKIP_SYSTEMS else "release")
+            return policies.OraclePolicy(
+                self.oracle, name=system, exit_mode="skip" if system in SKIP_SYSTEMS else "release"
+            )
         if system not in self._policies:
             build = {
                 "static-shared": lambda: policies.static_shared_policy(self.manifest, CONSTRAINT),
@@ -204,14 +248,21 @@ class SystemFactory:
         """The fixed configuration of ``system`` (tuned values) for the report."""
         policy = self.policy(system)
         if isinstance(policy, policies.FixedThresholdPolicy):
-            return {"sites": policy.sites, "thresholds": policy.thresholds, "bootstrap_accuracy": policy.bootstrap_accuracy}
+            return {
+                "sites": policy.sites,
+                "thresholds": policy.thresholds,
+                "bootstrap_accuracy": policy.bootstrap_accuracy,
+            }
         if isinstance(policy, policies.PatiencePolicy):
             return {"sites": policy.sites, "patience": policy.patience, "bootstrap_accuracy": policy.bootstrap_accuracy}
         if system in APPARATE_SYSTEMS:
-            return {"initial_sites": list(self.manifest.initial_config.active_sites), "budget": self.manifest.budget,
-                    "overload_fallback": _fallback(system),
-                    "exit_mode": "skip" if system in SKIP_SYSTEMS else "release",
-                    **({"audit_rate": DEFAULT_AUDIT_RATE} if system in SKIP_SYSTEMS else {})}
+            return {
+                "initial_sites": list(self.manifest.initial_config.active_sites),
+                "budget": self.manifest.budget,
+                "overload_fallback": _fallback(system),
+                "exit_mode": "skip" if system in SKIP_SYSTEMS else "release",
+                **({"audit_rate": DEFAULT_AUDIT_RATE} if system in SKIP_SYSTEMS else {}),
+            }
         return {}
 
     def load(self, system: str) -> Engine:
@@ -219,10 +270,17 @@ class SystemFactory:
         fallback only for ``apparate`` and ``apparate-skip``: the baselines never have it)."""
         mode = "vanilla" if system == "vanilla" else "apparate"
         adaptive = system in APPARATE_SYSTEMS
-        return load(self.engine_dir, max_batch=MAX_BATCH, max_delay_ms=self.max_delay_ms, accuracy_constraint=CONSTRAINT,
-                    mode=mode, threads=self.threads, policy=self.policy(system),
-                    overload_fallback=adaptive and _fallback(system),
-                    exit_mode="skip" if system in SKIP_SYSTEMS else "release")
+        return load(
+            self.engine_dir,
+            max_batch=MAX_BATCH,
+            max_delay_ms=self.max_delay_ms,
+            accuracy_constraint=CONSTRAINT,
+            mode=mode,
+            threads=self.threads,
+            policy=self.policy(system),
+            overload_fallback=adaptive and _fallback(system),
+            exit_mode="skip" if system in SKIP_SYSTEMS else "release",
+        )
 
 
 def _fallback(system: str) -> bool:
@@ -257,8 +315,14 @@ def burst_throughput(engine: Engine, inputs: Mapping[str, np.ndarray], count: in
     return float(done.sum() / (np.nanmax(result.t_final[done]) - result.t_start))
 
 
-def interleaved_bursts(engines: Mapping[str, Engine], systems: list[str], inputs: Mapping[str, np.ndarray], burst: int,
-                       rounds: int, first: int = 0) -> dict[str, list[float]]:
+def interleaved_bursts(
+    engines: Mapping[str, Engine],
+    systems: list[str],
+    inputs: Mapping[str, np.ndarray],
+    burst: int,
+    rounds: int,
+    first: int = 0,
+) -> dict[str, list[float]]:
     """``rounds`` rounds of one :func:`burst_throughput` of ``burst`` requests per system, the
     order rotated per round (round ``k`` starts at ``rotated(systems, first + k)``); each system's
     rates (rps) in round order."""
@@ -313,13 +377,23 @@ def merge_results(parts: list[ReplayResult]) -> ReplayResult:
         errors.update({offset + i: e for i, e in part.errors.items()})
         offset += part.requests
     return ReplayResult(
-        mode=first.mode, t_start=first.t_start, t_end=last.t_end,
+        mode=first.mode,
+        t_start=first.t_start,
+        t_end=last.t_end,
         arrivals_s=np.concatenate([p.t_start + p.arrivals_s for p in parts]) - first.t_start,
-        submit_lag_ms=cat("submit_lag_ms"), latency_ms=cat("latency_ms"), final_latency_ms=cat("final_latency_ms"),
-        released_pred=cat("released_pred"), final_pred=cat("final_pred"), exit_site=cat("exit_site"),
-        t_release=cat("t_release"), t_final=cat("t_final"), errors=errors,
-        events=list(last.events), threshold_history=list(last.threshold_history),
-        batches=sum(p.batches for p in parts), unsplit_batches=sum(p.unsplit_batches for p in parts),
+        submit_lag_ms=cat("submit_lag_ms"),
+        latency_ms=cat("latency_ms"),
+        final_latency_ms=cat("final_latency_ms"),
+        released_pred=cat("released_pred"),
+        final_pred=cat("final_pred"),
+        exit_site=cat("exit_site"),
+        t_release=cat("t_release"),
+        t_final=cat("t_final"),
+        errors=errors,
+        events=list(last.events),
+        threshold_history=list(last.threshold_history),
+        batches=sum(p.batches for p in parts),
+        unsplit_batches=sum(p.unsplit_batches for p in parts),
         skipped=np.concatenate([p.skipped if p.skipped is not None else np.zeros(p.requests, bool) for p in parts]),
         reference_used=any(p.reference_used for p in parts),
         rows={k: float(sum(p.rows.get(k, 0.0) for p in parts)) for k in first.rows},
@@ -333,8 +407,17 @@ def rotated(systems: list[str], k: int) -> list[str]:
     return systems[k:] + systems[:k]
 
 
-def serve_interleaved(factory: SystemFactory, systems: list[str], inputs: Mapping[str, np.ndarray], arrivals: np.ndarray,
-                      warm_inputs: Mapping[str, np.ndarray], burst: int, repeat: int, chunk: int, log: Log) -> list[RunRecord]:
+def serve_interleaved(
+    factory: SystemFactory,
+    systems: list[str],
+    inputs: Mapping[str, np.ndarray],
+    arrivals: np.ndarray,
+    warm_inputs: Mapping[str, np.ndarray],
+    burst: int,
+    repeat: int,
+    chunk: int,
+    log: Log,
+) -> list[RunRecord]:
     """Serve the stream through every system, interleaved chunk by chunk.
 
     All systems are loaded and warmed up; then for each chunk of ``chunk`` consecutive requests,
@@ -360,16 +443,25 @@ def serve_interleaved(factory: SystemFactory, systems: list[str], inputs: Mappin
             sub = {name: a[lo:hi] for name, a in inputs.items()}
             times = arrivals[lo:hi] - arrivals[lo]
             for system in rotated(systems, repeat + k):
-                reference = None if factory.oracle is None else factory.oracle.final_pred[lo:hi]  # judges skipped requests
-                part = replay(StreamTagger(engines[system], offset=lo), sub, times, progress=False, reference_pred=reference)
+                reference = (
+                    None if factory.oracle is None else factory.oracle.final_pred[lo:hi]
+                )  # judges skipped requests
+                part = replay(
+                    StreamTagger(engines[system], offset=lo), sub, times, progress=False, reference_pred=reference
+                )
                 parts[system].append(part)
                 spans[system] += part.t_end - part.t_start
             p50 = "  ".join(f"{s} {np.nanmedian(parts[s][-1].latency_ms):.1f}" for s in systems)
-            log(f"    chunk {k + 1}/{len(starts)} ({time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.1f}) p50 ms: {p50}")
+            log(
+                f"    chunk {k + 1}/{len(starts)} ({time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.1f}) p50 ms: {p50}"
+            )
         bursts = interleaved_bursts(engines, systems, inputs, burst, BURST_ROUNDS if burst > 0 else 0, first=repeat)
         throughput = {s: float(np.median(r)) if r else float("nan") for s, r in bursts.items()}
         if burst > 0:
-            log("    saturation rps per burst: " + "  ".join(f"{s} {'/'.join(f'{r:.0f}' for r in bursts[s])}" for s in systems))
+            log(
+                "    saturation rps per burst: "
+                + "  ".join(f"{s} {'/'.join(f'{r:.0f}' for r in bursts[s])}" for s in systems)
+            )
     finally:
         for engine in engines.values():
             engine.close()
@@ -380,8 +472,18 @@ def serve_interleaved(factory: SystemFactory, systems: list[str], inputs: Mappin
         report["mode"] = system
         report["throughput_rps"] = float(merged.completed.sum() / spans[system]) if spans[system] > 0 else None
         done = merged.completed
-        records.append(RunRecord(system, repeat, report, merged.latency_ms[done], merged.arrivals_s[done], throughput[system], spans[system],
-                                 bursts[system]))
+        records.append(
+            RunRecord(
+                system,
+                repeat,
+                report,
+                merged.latency_ms[done],
+                merged.arrivals_s[done],
+                throughput[system],
+                spans[system],
+                bursts[system],
+            )
+        )
     return records
 
 
@@ -396,8 +498,11 @@ def drift_phases(meta_path: Path, served: int) -> list[dict[str, Any]]:
     if not meta_path.is_file():
         return []
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    return [{"name": p["name"], "start": int(p["start"]), "end": min(int(p["end"]), served)}
-            for p in meta.get("phases", []) if int(p["start"]) < served]
+    return [
+        {"name": p["name"], "start": int(p["start"]), "end": min(int(p["end"]), served)}
+        for p in meta.get("phases", [])
+        if int(p["start"]) < served
+    ]
 
 
 def windows_after_changes(n_windows: int, phases: list[dict[str, Any]], window: int = WINDOW) -> np.ndarray:
@@ -406,5 +511,5 @@ def windows_after_changes(n_windows: int, phases: list[dict[str, Any]], window: 
     keep = np.ones(n_windows, dtype=bool)
     for phase in phases[1:]:
         k = phase["start"] // window
-        keep[k:k + 2] = False
+        keep[k : k + 2] = False
     return keep

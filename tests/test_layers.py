@@ -3,6 +3,7 @@
 Every ``import`` and ``from ... import`` of ``apparate_trt`` modules is read from the source (at any
 depth, lazy imports in functions included) and checked against the layer order below.
 """
+
 from __future__ import annotations
 
 import ast
@@ -14,10 +15,18 @@ PACKAGE = Path(__file__).resolve().parents[1] / "apparate_trt"
 
 #: The layer of each top-level part of the package; a module may import its own layer and those below.
 LAYERS = {
-    "errors": 0, "_optional": 0, "_core": 0, "data": 0, "engine_dir": 0, "defaults": 0, "latency": 0,
+    "errors": 0,
+    "_optional": 0,
+    "_core": 0,
+    "data": 0,
+    "engine_dir": 0,
+    "defaults": 0,
+    "latency": 0,
     "core_checks": 0,
-    "graph": 1, "backends": 1,
-    "compiler": 2, "runtime": 2,
+    "graph": 1,
+    "backends": 1,
+    "compiler": 2,
+    "runtime": 2,
     "eval": 3,
     "cli": 4,
 }

@@ -36,6 +36,7 @@ Data: ``separable_images(kind, n, seed)`` ({"input": float32 [n, 3, 16, 16]}) an
 ``separable_inputs(tiny, n, seed)`` picks the one for a TinyModel. ``BUILDERS`` maps kinds to
 builders.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -90,8 +91,14 @@ class _Graph:
     def conv(self, x: str, cin: int, cout: int, k: int, stride: int = 1, group: int = 1) -> str:
         w = (self.rng.randn(cout, cin // group, k, k) * np.sqrt(2.0 / (cin // group * k * k))).astype(np.float32)
         b = np.zeros(cout, np.float32)
-        return self.op("Conv", [x, self.const(w), self.const(b)], kernel_shape=[k, k], strides=[stride, stride],
-                       pads=[k // 2] * 4, group=group)
+        return self.op(
+            "Conv",
+            [x, self.const(w), self.const(b)],
+            kernel_shape=[k, k],
+            strides=[stride, stride],
+            pads=[k // 2] * 4,
+            group=group,
+        )
 
     def bn(self, x: str, c: int) -> str:
         scale = (1.0 + 0.1 * self.rng.randn(c)).astype(np.float32)
@@ -107,7 +114,9 @@ class _Graph:
             return self.op("Gemm", [x, self.const(w, "fc_w"), self.const(b, "fc_b")], out)
         return self.op("Add", [self.op("MatMul", [x, self.const(w)]), self.const(b)], out)
 
-    def model(self, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto], name: str) -> onnx.ModelProto:
+    def model(
+        self, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto], name: str
+    ) -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, name, inputs, outputs, self.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="tiny_models")
         model.ir_version = 8
@@ -128,6 +137,7 @@ def _logits(classes: int) -> onnx.ValueInfoProto:
 # Fitting the classifier so that the argmax follows the data's class pattern
 # ----------------------------------------------------------------------------------------------
 
+
 def _features(model: onnx.ModelProto, tensor: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -139,8 +149,9 @@ def _features(model: onnx.ModelProto, tensor: str, feeds: dict[str, np.ndarray])
     return session.run([tensor], feeds)[0].reshape(len(next(iter(feeds.values()))), -1)
 
 
-def _fit_classifier(model: onnx.ModelProto, tensor: str, feeds: dict[str, np.ndarray], labels: np.ndarray,
-                    classes: int) -> onnx.ModelProto:
+def _fit_classifier(
+    model: onnx.ModelProto, tensor: str, feeds: dict[str, np.ndarray], labels: np.ndarray, classes: int
+) -> onnx.ModelProto:
     """Set the final Gemm (``fc_w``/``fc_b`` initializers of the last node) by ridge regression of
     one-hot labels on the features ``tensor``; scaled so that logits are confident."""
     feats = _features(model, tensor, feeds).astype(np.float64)
@@ -163,6 +174,7 @@ def _fit_classifier(model: onnx.ModelProto, tensor: str, feeds: dict[str, np.nda
 # ----------------------------------------------------------------------------------------------
 # CV models
 # ----------------------------------------------------------------------------------------------
+
 
 def _image_patterns(classes: int) -> np.ndarray:
     """One fixed smooth [3, 16, 16] pattern per class (unit RMS)."""
@@ -208,12 +220,16 @@ def _head_view(g: _Graph, x: str, batch: str) -> str:
     return g.op("Reshape", [g.op("GlobalAveragePool", [x]), shape], "features")
 
 
-def resnet_like(blocks: int = 4, classes: int = 10, seed: int = 0, width: int = 16, view_early: bool = False) -> TinyModel:
+def resnet_like(
+    blocks: int = 4, classes: int = 10, seed: int = 0, width: int = 16, view_early: bool = False
+) -> TinyModel:
     """A ResNet-style classifier (see the module docstring); sites after blocks 1..blocks-1. With
     ``view_early`` the head flattens with the batch size read from the input's shape before the
     stem, a scalar live across every site (the PyTorch ``n = x.size(0); ...; x.view(n, -1)``)."""
     g = _Graph(seed)
-    batch = g.op("Gather", [g.op("Shape", ["input"]), g.const(np.array(0, np.int64), "zero")], axis=0) if view_early else ""
+    batch = (
+        g.op("Gather", [g.op("Shape", ["input"]), g.const(np.array(0, np.int64), "zero")], axis=0) if view_early else ""
+    )
     x = g.op("Relu", [g.bn(g.conv("input", 3, width, 3), width)], "stem_out")
     c = width
     outs = []
@@ -278,6 +294,7 @@ def vgg_like(layers: int = 4, classes: int = 10, seed: int = 0, width: int = 8) 
 # BERT-like transformer
 # ----------------------------------------------------------------------------------------------
 
+
 def _layer_norm(g: _Graph, x: str, hidden: int, out: str | None = None) -> str:
     scale = (1.0 + 0.05 * g.rng.randn(hidden)).astype(np.float32)
     bias = (0.05 * g.rng.randn(hidden)).astype(np.float32)
@@ -320,8 +337,9 @@ def _keywords(classes: int) -> list[np.ndarray]:
     return np.array_split(np.arange(2, 2 + 8 * classes), classes)
 
 
-def bert_like(layers: int = 4, hidden: int = 32, seq: int = 16, vocab: int = 100, classes: int = 2,
-              seed: int = 0, heads: int = 2) -> TinyModel:
+def bert_like(
+    layers: int = 4, hidden: int = 32, seq: int = 16, vocab: int = 100, classes: int = 2, seed: int = 0, heads: int = 2
+) -> TinyModel:
     """A post-LN BERT encoder classifier (module docstring); sites after layers 1..layers-1."""
     g = _Graph(seed)
     m = g.op("Unsqueeze", ["attention_mask", g.const(np.array([1, 2], np.int64), "axes")])

@@ -4,6 +4,7 @@
 TensorRT engines on an NVIDIA GPU and is imported only when asked for, so ``import apparate_trt``
 works without TensorRT or CUDA. Both implement :class:`~apparate_trt.backends.base.Runner`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,8 +32,9 @@ def check_backend(backend: str | None) -> str:
     return backend
 
 
-def open_runner(model: ModelSource, *, backend: str | None = None, threads: int | None = None,
-                name: str = "model") -> Runner:
+def open_runner(
+    model: ModelSource, *, backend: str | None = None, threads: int | None = None, name: str = "model"
+) -> Runner:
     """Load ``model`` on ``backend`` (None: onnxruntime) and return its runner.
 
     ``threads`` are ONNX Runtime intra-op threads (None: every core this process may use; ignored by
@@ -42,7 +44,9 @@ def open_runner(model: ModelSource, *, backend: str | None = None, threads: int 
     backend = check_backend(backend)
     if backend == "tensorrt":
         if isinstance(model, (onnx.ModelProto, bytes)):
-            raise ApparateError(f"{name}: the TensorRT backend runs engine files; build one with apparate-compile on a GPU")
+            raise ApparateError(
+                f"{name}: the TensorRT backend runs engine files; build one with apparate-compile on a GPU"
+            )
         from apparate_trt.backends.tensorrt import TrtRunner  # lazy: no CUDA at import
 
         return TrtRunner(model, name=name)
@@ -51,4 +55,13 @@ def open_runner(model: ModelSource, *, backend: str | None = None, threads: int 
     return OrtRunner(model, threads=threads, name=name)
 
 
-__all__ = ["BACKENDS", "DEFAULT_BACKEND", "IOSpec", "ModelSource", "Runner", "RunnerBase", "check_backend", "open_runner"]
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_BACKEND",
+    "IOSpec",
+    "ModelSource",
+    "Runner",
+    "RunnerBase",
+    "check_backend",
+    "open_runner",
+]

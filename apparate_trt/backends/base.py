@@ -6,10 +6,12 @@ they call :func:`apparate_trt.backends.open_runner` with the backend the engine 
 names, and use the runner through this interface only. Tests use a real runner or a small fake that
 implements :class:`Runner`.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 

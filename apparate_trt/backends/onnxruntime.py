@@ -5,12 +5,13 @@ The portable default backend. Sessions use a fixed number of intra-op threads wi
 and full graph optimisation. ``OrtRunner.run`` binds inputs and outputs through IOBinding so that
 outputs are allocated once by ORT and handed over without a further copy.
 """
+
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -47,7 +48,9 @@ def _model_bytes(model: onnx.ModelProto | bytes | str | Path) -> bytes | str:
     if isinstance(model, (str, Path)):
         path = Path(model)
         if not path.is_file():
-            raise ApparateError(f"ONNX file '{path}' does not exist; check the path (or recompile the engine directory)")
+            raise ApparateError(
+                f"ONNX file '{path}' does not exist; check the path (or recompile the engine directory)"
+            )
         return str(path)
     return model
 
@@ -60,8 +63,10 @@ def describe_run_failure(exc: BaseException) -> str:
     detail = text.rsplit(" was false. ", 1)[-1] if " was false. " in text else text.split("Status Message: ")[-1]
     detail = detail if len(detail) <= 240 else detail[:237] + "..."
     where = f"node '{node.group(2)}' ({node.group(1)}): " if node else ""
-    return (f"{where}{detail}; the model does not run as exported in this ONNX Runtime: check that it runs with "
-            "onnxruntime.InferenceSession on your data, and re-export it (another opset, or without the construct at fault)")
+    return (
+        f"{where}{detail}; the model does not run as exported in this ONNX Runtime: check that it runs with "
+        "onnxruntime.InferenceSession on your data, and re-export it (another opset, or without the construct at fault)"
+    )
 
 
 _ORT_DTYPES = {"float": "float32", "double": "float64"}
@@ -69,7 +74,7 @@ _ORT_DTYPES = {"float": "float32", "double": "float64"}
 
 def _spec(arg: ort.NodeArg) -> IOSpec:
     """An ORT input or output as an IOSpec (``tensor(float)`` is ``float32``)."""
-    kind = arg.type[len("tensor("):-1] if arg.type.startswith("tensor(") else arg.type
+    kind = arg.type[len("tensor(") : -1] if arg.type.startswith("tensor(") else arg.type
     return IOSpec(arg.name, _ORT_DTYPES.get(kind, kind), tuple(arg.shape or ()))
 
 
@@ -112,7 +117,9 @@ class OrtRunner(RunnerBase):
                 value = feeds[name]
             except KeyError:
                 raise ApparateError(f"{self.name} needs input '{name}', which was not given") from None
-            binding.bind_cpu_input(name, np.asarray(value, order="C"))  # keeps a 0-d tensor 0-d (ascontiguousarray would not)
+            binding.bind_cpu_input(
+                name, np.asarray(value, order="C")
+            )  # keeps a 0-d tensor 0-d (ascontiguousarray would not)
         wanted = list(outputs or self.output_names)
         binding.clear_binding_outputs()  # outputs are ORT-allocated per run: shapes follow the batch
         for name in wanted:

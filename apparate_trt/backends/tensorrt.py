@@ -11,21 +11,20 @@ queued on a stream. UNTESTED: it was written on a machine without a GPU or Tenso
 this repository runs it. The side-stream ramp scheme of DESIGN.md (ramps on a second stream after an
 event, logits copied to pinned memory) is not implemented yet: the executor runs on ONNX Runtime.
 """
+
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from apparate_trt.backends.base import IOSpec, RunnerBase
 from apparate_trt.errors import ApparateError
 
-NEEDS_TENSORRT = (
-    "needs an NVIDIA GPU with TensorRT: pip install 'apparate_trt[tensorrt]'; "
-    "use --backend onnxruntime"
-)
+NEEDS_TENSORRT = "needs an NVIDIA GPU with TensorRT: pip install 'apparate_trt[tensorrt]'; use --backend onnxruntime"
 
 
 def _import_modules() -> tuple[Any, Any]:
@@ -97,7 +96,9 @@ class TrtRunner(RunnerBase):
         self._runtime = self.trt.Runtime(logger)
         self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
-            raise ApparateError(f"TensorRT cannot load {path} (built by another TensorRT version or GPU?); recompile it here")
+            raise ApparateError(
+                f"TensorRT cannot load {path} (built by another TensorRT version or GPU?); recompile it here"
+            )
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         is_input = {n: self.engine.get_tensor_mode(n) == self.trt.TensorIOMode.INPUT for n in names}

@@ -6,12 +6,14 @@
 - bad command-line arguments -> ``error: <message> (see <prog> --help)``, exit status 2;
 - Python warnings -> ``warning: <message>`` on stderr.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 import warnings
-from typing import Callable, NoReturn
+from collections.abc import Callable
+from typing import NoReturn
 
 from apparate_trt.errors import ApparateError
 

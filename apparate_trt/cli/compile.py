@@ -1,8 +1,9 @@
 """``apparate-compile``: an ONNX classifier plus bootstrap data in, an engine directory out."""
+
 from __future__ import annotations
 
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from apparate_trt.cli._common import HelpFormatter, Parser, flush_print, run_main
 
@@ -32,28 +33,74 @@ example:
 def build_parser() -> Parser:
     """The argument parser (every flag documented, defaults shown)."""
     p = Parser(prog="apparate-compile", description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
-    p.add_argument("model", metavar="MODEL.onnx", help="the ONNX classifier to compile (one [batch, classes] score output)")
-    p.add_argument("--data", required=True, metavar="BOOTSTRAP.npz",
-                   help="bootstrap samples: one array per model input, named as in the model, first axis = samples (required)")
-    p.add_argument("--out", required=True, metavar="DIR",
-                   help="engine directory to write; must not exist, be empty, or (with --force) be an engine directory (required)")
-    p.add_argument("--budget", type=float, default=0.02, metavar="FRACTION",
-                   help="ramp budget: latency all active ramps may add to an input that never exits, as a fraction of the model's latency, in (0, 1)")
-    p.add_argument("--max-batch", type=int, default=16, metavar="N", help="largest batch size to profile (profiles 1, 2, 4, ... up to it)")
-    p.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"], default="auto",
-                   help="backend to profile on: onnxruntime works everywhere; tensorrt needs an NVIDIA GPU and the 'tensorrt' extra; auto picks what this machine can use")
-    p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed for the train/held-out split and ramp training")
-    p.add_argument("--output", metavar="NAME", default=None,
-                   help="name of the [batch, classes] score output, needed when the model has several outputs (default: the only such output)")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="ONNX Runtime intra-op threads for feature collection and profiling (default: all cores this process may use)")
-    p.add_argument("--augment", type=int, default=None, metavar="N",
-                   help="near-copies of each train sample the ramps also learn the model's outputs on, 0-7: mirror and 1-pixel "
-                        "shifts of an image, a few tokens deleted from a token sequence (default: 7 for a model whose only input "
-                        "is a float [N, C, H, W] image or whose inputs are integer [N, S] token tensors with an attention mask, 0 otherwise)")
-    p.add_argument("--blends", type=int, default=None, metavar="N",
-                   help="blends of each train image with another one (its own weight 0.5-0.9) the ramps also learn the model's "
-                        "outputs on, 0-16 (default: 8 for a model whose only input is a float [N, C, H, W] image, 0 otherwise)")
+    p.add_argument(
+        "model", metavar="MODEL.onnx", help="the ONNX classifier to compile (one [batch, classes] score output)"
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="BOOTSTRAP.npz",
+        help="bootstrap samples: one array per model input, named as in the model, first axis = samples (required)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="engine directory to write; must not exist, be empty, or (with --force) be an engine directory (required)",
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=0.02,
+        metavar="FRACTION",
+        help="ramp budget: latency all active ramps may add to an input that never exits, as a fraction of the model's latency, in (0, 1)",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=16,
+        metavar="N",
+        help="largest batch size to profile (profiles 1, 2, 4, ... up to it)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["auto", "onnxruntime", "tensorrt"],
+        default="auto",
+        help="backend to profile on: onnxruntime works everywhere; tensorrt needs an NVIDIA GPU and the 'tensorrt' extra; auto picks what this machine can use",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="random seed for the train/held-out split and ramp training"
+    )
+    p.add_argument(
+        "--output",
+        metavar="NAME",
+        default=None,
+        help="name of the [batch, classes] score output, needed when the model has several outputs (default: the only such output)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="ONNX Runtime intra-op threads for feature collection and profiling (default: all cores this process may use)",
+    )
+    p.add_argument(
+        "--augment",
+        type=int,
+        default=None,
+        metavar="N",
+        help="near-copies of each train sample the ramps also learn the model's outputs on, 0-7: mirror and 1-pixel "
+        "shifts of an image, a few tokens deleted from a token sequence (default: 7 for a model whose only input "
+        "is a float [N, C, H, W] image or whose inputs are integer [N, S] token tensors with an attention mask, 0 otherwise)",
+    )
+    p.add_argument(
+        "--blends",
+        type=int,
+        default=None,
+        metavar="N",
+        help="blends of each train image with another one (its own weight 0.5-0.9) the ramps also learn the model's "
+        "outputs on, 0-16 (default: 8 for a model whose only input is a float [N, C, H, W] image, 0 otherwise)",
+    )
     p.add_argument("--force", action="store_true", help="replace --out if it already holds an engine directory")
     return p
 
@@ -66,10 +113,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         from apparate_trt.compiler.pipeline import compile_model  # heavy imports after argument parsing
 
         compile_model(
-            args.model, args.data, args.out,
-            budget=args.budget, max_batch=args.max_batch, backend=args.backend, seed=args.seed,
-            output=args.output, force=args.force, threads=args.threads, augment=args.augment,
-            blends=args.blends, log=flush_print,
+            args.model,
+            args.data,
+            args.out,
+            budget=args.budget,
+            max_batch=args.max_batch,
+            backend=args.backend,
+            seed=args.seed,
+            output=args.output,
+            force=args.force,
+            threads=args.threads,
+            augment=args.augment,
+            blends=args.blends,
+            log=flush_print,
         )
 
     return run_main(body)

@@ -1,22 +1,25 @@
 """``apparate-run``: replay a workload against an engine directory, or serve it (``--serve``)."""
+
 from __future__ import annotations
 
 import argparse
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from apparate_trt.cli._common import HelpFormatter, Parser, flush_print, run_main
-from apparate_trt.errors import ApparateError
 from apparate_trt.defaults import (
     DEFAULT_ACCURACY_CONSTRAINT,
     DEFAULT_AUDIT_RATE,
     DEFAULT_EXIT_MODES,
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_DELAY_MS,
+    DEFAULT_QUEUE_SIZE,
     MIN_AUDIT_RATE,
 )
+from apparate_trt.errors import ApparateError
 
 DESCRIPTION = """\
 Serve an engine directory written by apparate-compile.
@@ -61,63 +64,185 @@ examples:
 def build_parser() -> Parser:
     """The argument parser (every flag documented, defaults shown)."""
     p = Parser(prog="apparate-run", description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
-    p.add_argument("--engine-dir", required=True, metavar="DIR", help="engine directory written by apparate-compile --out (required)")
-    p.add_argument("--data", metavar="EVAL.npz", default=None,
-                   help="samples to replay: one array per model input, named as in the model, first axis = samples (required unless --serve)")
-    p.add_argument("--arrivals", default="poisson:100", metavar="SPEC",
-                   help="arrival process: fixed:RATE, poisson:RATE (requests per second) or trace:FILE (seconds, one per line)")
-    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, metavar="B", help="largest batch the dynamic batcher forms")
-    p.add_argument("--max-delay-ms", type=float, default=DEFAULT_MAX_DELAY_MS, metavar="D",
-                   help="longest time (ms) the oldest queued request waits for its batch to fill")
-    p.add_argument("--accuracy-constraint", type=float, default=DEFAULT_ACCURACY_CONSTRAINT, metavar="C",
-                   help="allowed share of results that disagree with the original model over a window, in [0, 1) (0.01 = 1%%)")
-    p.add_argument("--mode", choices=["apparate", "vanilla"], default="apparate",
-                   help="apparate: ramps with adaptive thresholds; vanilla: the unsplit original model (baseline)")
-    p.add_argument("--exit-mode", choices=["release", "skip"], default=None,
-                   help="release: every row runs to the end of its batch; skip: a released row leaves the batch but for an audit "
-                        "sample (default: the backend's, " + ", ".join(f"{k} {v}" for k, v in DEFAULT_EXIT_MODES.items()) + ")")
-    p.add_argument("--audit-rate", type=float, default=DEFAULT_AUDIT_RATE, metavar="P",
-                   help=f"skip mode: probability that a released row still runs to the end as feedback, in [{MIN_AUDIT_RATE}, 1] "
-                        "(every row while the controller's window is thin)")
-    p.add_argument("--confidence", choices=["maxprob", "entropy"], default="maxprob",
-                   help="ramp confidence: max softmax probability, or 1 - normalised entropy")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="ONNX Runtime intra-op threads per session (default: all cores this process may use)")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="replay only the first N samples (default: all)")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed of the poisson arrival process (default: 0)")
-    p.add_argument("--report", metavar="report.json", default=None, help="also write the report as JSON to this file (keys: docs/REPORT.md)")
-    p.add_argument("--plot", metavar="DIR", default=None, help="write latency_cdf.png and timeline.png into DIR (needs matplotlib, the 'plot' extra)")
-    p.add_argument("--accuracy-window", type=int, default=256, metavar="W",
-                   help="requests per accuracy window in the report (consecutive requests in arrival order)")
-    p.add_argument("--window-size", type=int, default=1024, metavar="N",
-                   help="controller feedback window, in samples (the thresholds are tuned on it)")
-    p.add_argument("--initial-thresholds", choices=["bootstrap", "never"], default="bootstrap",
-                   help="start with thresholds tuned on the engine's held-out bootstrap statistics, or at never-exit until the first feedback")
-    p.add_argument("--queue-size", type=int, default=1024, metavar="N",
-                   help="most requests waiting for a batch; past it new requests are refused (replay: counted as failed)")
-    p.add_argument("--no-overload-fallback", dest="overload_fallback", action="store_const", const=False, default=None,
-                   help="always run the active ramps; by default (release mode) a batch dispatched while a full batch more waits runs on "
-                        "the unsplit model without ramps (under overload exits save less than the split and ramps cost the queue)")
-    p.add_argument("--overload-fallback", dest="overload_fallback", action="store_const", const=True,
-                   help="use the overload fallback in skip mode too (off there by default: shedding released rows drains a backlog faster)")
+    p.add_argument(
+        "--engine-dir",
+        required=True,
+        metavar="DIR",
+        help="engine directory written by apparate-compile --out (required)",
+    )
+    p.add_argument(
+        "--data",
+        metavar="EVAL.npz",
+        default=None,
+        help="samples to replay: one array per model input, named as in the model, first axis = samples (required unless --serve)",
+    )
+    p.add_argument(
+        "--arrivals",
+        default="poisson:100",
+        metavar="SPEC",
+        help="arrival process: fixed:RATE, poisson:RATE (requests per second) or trace:FILE (seconds, one per line)",
+    )
+    p.add_argument(
+        "--max-batch", type=int, default=DEFAULT_MAX_BATCH, metavar="B", help="largest batch the dynamic batcher forms"
+    )
+    p.add_argument(
+        "--max-delay-ms",
+        type=float,
+        default=DEFAULT_MAX_DELAY_MS,
+        metavar="D",
+        help="longest time (ms) the oldest queued request waits for its batch to fill",
+    )
+    p.add_argument(
+        "--accuracy-constraint",
+        type=float,
+        default=DEFAULT_ACCURACY_CONSTRAINT,
+        metavar="C",
+        help="allowed share of results that disagree with the original model over a window, in [0, 1) (0.01 = 1%%)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=["apparate", "vanilla"],
+        default="apparate",
+        help="apparate: ramps with adaptive thresholds; vanilla: the unsplit original model (baseline)",
+    )
+    p.add_argument(
+        "--exit-mode",
+        choices=["release", "skip"],
+        default=None,
+        help="release: every row runs to the end of its batch; skip: a released row leaves the batch but for an audit "
+        "sample (default: the backend's, " + ", ".join(f"{k} {v}" for k, v in DEFAULT_EXIT_MODES.items()) + ")",
+    )
+    p.add_argument(
+        "--audit-rate",
+        type=float,
+        default=DEFAULT_AUDIT_RATE,
+        metavar="P",
+        help=f"skip mode: probability that a released row still runs to the end as feedback, in [{MIN_AUDIT_RATE}, 1] "
+        "(every row while the controller's window is thin)",
+    )
+    p.add_argument(
+        "--confidence",
+        choices=["maxprob", "entropy"],
+        default="maxprob",
+        help="ramp confidence: max softmax probability, or 1 - normalised entropy",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="ONNX Runtime intra-op threads per session (default: all cores this process may use)",
+    )
+    p.add_argument(
+        "--limit", type=int, default=None, metavar="N", help="replay only the first N samples (default: all)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, metavar="S", help="random seed of the poisson arrival process (default: 0)"
+    )
+    p.add_argument(
+        "--report",
+        metavar="report.json",
+        default=None,
+        help="also write the report as JSON to this file (keys: docs/REPORT.md)",
+    )
+    p.add_argument(
+        "--plot",
+        metavar="DIR",
+        default=None,
+        help="write latency_cdf.png and timeline.png into DIR (needs matplotlib, the 'plot' extra)",
+    )
+    p.add_argument(
+        "--accuracy-window",
+        type=int,
+        default=256,
+        metavar="W",
+        help="requests per accuracy window in the report (consecutive requests in arrival order)",
+    )
+    p.add_argument(
+        "--window-size",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="controller feedback window, in samples (the thresholds are tuned on it)",
+    )
+    p.add_argument(
+        "--initial-thresholds",
+        choices=["bootstrap", "never"],
+        default="bootstrap",
+        help="start with thresholds tuned on the engine's held-out bootstrap statistics, or at never-exit until the first feedback",
+    )
+    p.add_argument(
+        "--queue-size",
+        type=int,
+        default=DEFAULT_QUEUE_SIZE,
+        metavar="N",
+        help="most requests waiting for a batch; past it new requests are refused (replay: counted as failed)",
+    )
+    p.add_argument(
+        "--no-overload-fallback",
+        dest="overload_fallback",
+        action="store_const",
+        const=False,
+        default=None,
+        help="always run the active ramps; by default (release mode) a batch dispatched while a full batch more waits runs on "
+        "the unsplit model without ramps (under overload exits save less than the split and ramps cost the queue)",
+    )
+    p.add_argument(
+        "--overload-fallback",
+        dest="overload_fallback",
+        action="store_const",
+        const=True,
+        help="use the overload fallback in skip mode too (off there by default: shedding released rows drains a backlog faster)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress line while the replay runs")
     serve = p.add_argument_group("serving (--serve)")
-    serve.add_argument("--serve", action="store_true", help="serve over the Open Inference Protocol instead of replaying --data")
-    serve.add_argument("--model-name", default=None, metavar="NAME", help="model name in the protocol's URLs (default: the engine's model name)")
+    serve.add_argument(
+        "--serve", action="store_true", help="serve over the Open Inference Protocol instead of replaying --data"
+    )
+    serve.add_argument(
+        "--model-name",
+        default=None,
+        metavar="NAME",
+        help="model name in the protocol's URLs (default: the engine's model name)",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
     serve.add_argument("--http-port", type=int, default=8000, metavar="PORT", help="REST port (0: pick a free one)")
     serve.add_argument("--grpc-port", type=int, default=8001, metavar="PORT", help="gRPC port (0: pick a free one)")
-    serve.add_argument("--request-timeout-s", type=float, default=30.0, metavar="S",
-                       help="longest time (s) a served request may wait before it fails with a timeout")
-    serve.add_argument("--max-connections", type=int, default=256, metavar="N",
-                       help="REST connections served at once; one more is answered 503 and closed (default 256)")
-    serve.add_argument("--max-inflight", type=int, default=1024, metavar="N",
-                       help="requests in flight at once over REST and gRPC; one more gets 503 / RESOURCE_EXHAUSTED (default 1024)")
-    serve.add_argument("--tls-cert", default=None, metavar="PEM", help="serve REST and gRPC over TLS with this certificate (chain), PEM; needs --tls-key")
+    serve.add_argument(
+        "--request-timeout-s",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="longest time (s) a served request may wait before it fails with a timeout",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=256,
+        metavar="N",
+        help="REST connections served at once; one more is answered 503 and closed (default 256)",
+    )
+    serve.add_argument(
+        "--max-inflight",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="requests in flight at once over REST and gRPC; one more gets 503 / RESOURCE_EXHAUSTED (default 1024)",
+    )
+    serve.add_argument(
+        "--tls-cert",
+        default=None,
+        metavar="PEM",
+        help="serve REST and gRPC over TLS with this certificate (chain), PEM; needs --tls-key",
+    )
     serve.add_argument("--tls-key", default=None, metavar="PEM", help="the private key of --tls-cert, PEM")
-    serve.add_argument("--auth-token-file", default=None, metavar="FILE",
-                       help="require 'Authorization: Bearer TOKEN' (gRPC metadata 'authorization') on every call but the health "
-                            "probes, TOKEN read from FILE (default: $APPARATE_AUTH_TOKEN if set, else no token)")
+    serve.add_argument(
+        "--auth-token-file",
+        default=None,
+        metavar="FILE",
+        help="require 'Authorization: Bearer TOKEN' (gRPC metadata 'authorization') on every call but the health "
+        "probes, TOKEN read from FILE (default: $APPARATE_AUTH_TOKEN if set, else no token)",
+    )
     return p
 
 
@@ -125,20 +250,35 @@ def validate_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse out-of-range flag values with one line naming the flag (exits 2 via ``p.error``)."""
     checks = [
         (args.max_batch >= 1, f"--max-batch must be at least 1, got {args.max_batch}"),
-        (math.isfinite(args.max_delay_ms) and args.max_delay_ms >= 0, f"--max-delay-ms must be a number >= 0, got {args.max_delay_ms}"),
-        (0.0 <= args.accuracy_constraint < 1.0, f"--accuracy-constraint must be in [0, 1) (e.g. 0.01 for 1%), got {args.accuracy_constraint}"),
+        (
+            math.isfinite(args.max_delay_ms) and args.max_delay_ms >= 0,
+            f"--max-delay-ms must be a number >= 0, got {args.max_delay_ms}",
+        ),
+        (
+            0.0 <= args.accuracy_constraint < 1.0,
+            f"--accuracy-constraint must be in [0, 1) (e.g. 0.01 for 1%), got {args.accuracy_constraint}",
+        ),
         (args.threads is None or args.threads >= 1, f"--threads must be at least 1, got {args.threads}"),
         (args.limit is None or args.limit >= 1, f"--limit must be at least 1, got {args.limit}"),
         (args.accuracy_window >= 1, f"--accuracy-window must be at least 1, got {args.accuracy_window}"),
         (args.window_size >= 1, f"--window-size must be at least 1, got {args.window_size}"),
-        (MIN_AUDIT_RATE <= args.audit_rate <= 1.0, f"--audit-rate must be in [{MIN_AUDIT_RATE}, 1] so that feedback never stops, got {args.audit_rate}"),
+        (
+            MIN_AUDIT_RATE <= args.audit_rate <= 1.0,
+            f"--audit-rate must be in [{MIN_AUDIT_RATE}, 1] so that feedback never stops, got {args.audit_rate}",
+        ),
         (args.queue_size >= 1, f"--queue-size must be at least 1, got {args.queue_size}"),
         (0 <= args.http_port <= 65535, f"--http-port must be in 0..65535, got {args.http_port}"),
         (0 <= args.grpc_port <= 65535, f"--grpc-port must be in 0..65535, got {args.grpc_port}"),
-        (math.isfinite(args.request_timeout_s) and args.request_timeout_s > 0, f"--request-timeout-s must be > 0, got {args.request_timeout_s}"),
+        (
+            math.isfinite(args.request_timeout_s) and args.request_timeout_s > 0,
+            f"--request-timeout-s must be > 0, got {args.request_timeout_s}",
+        ),
         (args.max_connections >= 1, f"--max-connections must be at least 1, got {args.max_connections}"),
         (args.max_inflight >= 1, f"--max-inflight must be at least 1, got {args.max_inflight}"),
-        ((args.tls_cert is None) == (args.tls_key is None), "TLS needs both --tls-cert and --tls-key (PEM files), or neither"),
+        (
+            (args.tls_cert is None) == (args.tls_key is None),
+            "TLS needs both --tls-cert and --tls-key (PEM files), or neither",
+        ),
         (args.serve or args.data is not None, "--data EVAL.npz is required to replay (or pass --serve to serve)"),
     ]
     for ok, message in checks:
@@ -157,23 +297,39 @@ def serve_command(args: argparse.Namespace) -> int:
             "install them with: pip install 'apparate_trt[serve]'"
         ) from None
     security = load_security(args.tls_cert, args.tls_key, args.auth_token_file)
-    return int(serve(
-        args.engine_dir, model_name=args.model_name, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
-        max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, accuracy_constraint=args.accuracy_constraint,
-        queue_size=args.queue_size, request_timeout_s=args.request_timeout_s, mode=args.mode, threads=args.threads,
-        overload_fallback=args.overload_fallback, exit_mode=args.exit_mode, audit_rate=args.audit_rate,
-        security=security, max_connections=args.max_connections, max_inflight=args.max_inflight,
-    ) or 0)
+    return int(
+        serve(
+            args.engine_dir,
+            model_name=args.model_name,
+            host=args.host,
+            http_port=args.http_port,
+            grpc_port=args.grpc_port,
+            max_batch=args.max_batch,
+            max_delay_ms=args.max_delay_ms,
+            accuracy_constraint=args.accuracy_constraint,
+            queue_size=args.queue_size,
+            request_timeout_s=args.request_timeout_s,
+            mode=args.mode,
+            threads=args.threads,
+            overload_fallback=args.overload_fallback,
+            exit_mode=args.exit_mode,
+            audit_rate=args.audit_rate,
+            security=security,
+            max_connections=args.max_connections,
+            max_inflight=args.max_inflight,
+        )
+        or 0
+    )
 
 
 def replay_command(args: argparse.Namespace) -> int:
     """Replay --data at --arrivals; print the report; write --report and --plot."""
     from apparate_trt.data import load_inputs, num_samples, take
     from apparate_trt.engine_dir import read_manifest
-    from apparate_trt.runtime import api
     from apparate_trt.eval.arrivals import parse_arrivals
     from apparate_trt.eval.replay import offline_predictions, replay
     from apparate_trt.eval.report import build_report, format_report, write_report
+    from apparate_trt.runtime import api
 
     manifest = read_manifest(args.engine_dir, verify=False)  # api.load below checks every file
     inputs = load_inputs(args.data, manifest.model.inputs, min_samples=1, what="evaluation data")
@@ -190,11 +346,18 @@ def replay_command(args: argparse.Namespace) -> int:
         f"{arrivals.shape[0]} requests, arrivals {args.arrivals}, max batch {args.max_batch}, max delay {args.max_delay_ms} ms"
     )
     engine = api.load(
-        args.engine_dir, max_batch=args.max_batch, max_delay_ms=args.max_delay_ms,
-        accuracy_constraint=args.accuracy_constraint, mode=args.mode, threads=args.threads,
-        queue_size=args.queue_size, confidence=args.confidence, overload_fallback=args.overload_fallback,
+        args.engine_dir,
+        max_batch=args.max_batch,
+        max_delay_ms=args.max_delay_ms,
+        accuracy_constraint=args.accuracy_constraint,
+        mode=args.mode,
+        threads=args.threads,
+        queue_size=args.queue_size,
+        confidence=args.confidence,
+        overload_fallback=args.overload_fallback,
         controller_options={"window_size": args.window_size, "initial_thresholds": args.initial_thresholds},
-        exit_mode=args.exit_mode, audit_rate=args.audit_rate,
+        exit_mode=args.exit_mode,
+        audit_rate=args.audit_rate,
     )
     settings["exit_mode"] = engine.exit_mode
     settings["overload_fallback"] = engine.overload_fallback
@@ -203,9 +366,13 @@ def replay_command(args: argparse.Namespace) -> int:
     finally:
         engine.close()
     if result.skipped is not None and result.skipped.any():
-        flush_print(f"judging the {int(result.skipped.sum())} requests that left the batch early against the original model (offline)")
+        flush_print(
+            f"judging the {int(result.skipped.sum())} requests that left the batch early against the original model (offline)"
+        )
         skipped = result.skipped.nonzero()[0]
-        result.final_pred[skipped] = offline_predictions(manifest, take(inputs, skipped), threads=args.threads, batch_size=args.max_batch)
+        result.final_pred[skipped] = offline_predictions(
+            manifest, take(inputs, skipped), threads=args.threads, batch_size=args.max_batch
+        )
         result.reference_used = True
     report = build_report(result, args.accuracy_constraint, window_size=args.accuracy_window, settings=settings)
     flush_print(format_report(report))

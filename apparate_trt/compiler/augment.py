@@ -24,9 +24,10 @@ copied; ``apparate-compile`` logs the held-out agreement either way).
 
 Tabular rows and other multi-input models are not copied (no edit is known to keep their meaning).
 """
+
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -90,7 +91,9 @@ def default_copies(inputs: Sequence[TensorInfo], mask: TensorInfo | None = None)
     return 0
 
 
-def augmented_inputs(inputs: dict[str, np.ndarray], spec: TensorInfo, copies: int) -> tuple[dict[str, np.ndarray], list[str]]:
+def augmented_inputs(
+    inputs: dict[str, np.ndarray], spec: TensorInfo, copies: int
+) -> tuple[dict[str, np.ndarray], list[str]]:
     """``copies`` transformed copies of every sample of ``inputs[spec.name]`` ([N, C, H, W]), stacked
     transform by transform: row ``k * N + i`` is transform ``k`` of sample ``i``. Returns (the copies
     as model inputs, the transforms' names)."""
@@ -117,7 +120,9 @@ def default_blends(inputs: Sequence[TensorInfo]) -> int:
     return DEFAULT_BLENDS if image_input(inputs) is not None else 0
 
 
-def blended_inputs(inputs: dict[str, np.ndarray], spec: TensorInfo, copies: int, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def blended_inputs(
+    inputs: dict[str, np.ndarray], spec: TensorInfo, copies: int, seed: int = 0
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """``copies`` blends of every sample of ``inputs[spec.name]`` ([N, C, H, W]) with a partner
     drawn at random from the same inputs, stacked like :func:`augmented_inputs`: row ``k * N + i``
     is ``w * x[i] + (1 - w) * x[partner]`` with ``w`` uniform in :data:`BLEND_WEIGHT`. Seeded.
@@ -174,7 +179,9 @@ def _right_padded_lengths(mask: np.ndarray) -> np.ndarray:
     return np.where(padded_right, lengths, -1)
 
 
-def _edit_rows(arrays: dict[str, np.ndarray], lengths: np.ndarray, edit: tuple[str, float], rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _edit_rows(
+    arrays: dict[str, np.ndarray], lengths: np.ndarray, edit: tuple[str, float], rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     """Apply ``edit`` to every row: delete positions, shift the rest left, pad with the row's pad value."""
     out = {name: a.copy() for name, a in arrays.items()}
     width = next(iter(arrays.values())).shape[1]
@@ -195,8 +202,9 @@ def _edit_rows(arrays: dict[str, np.ndarray], lengths: np.ndarray, edit: tuple[s
     return out
 
 
-def token_copies(inputs: dict[str, np.ndarray], edited: Sequence[TensorInfo], mask: TensorInfo, copies: int,
-                 seed: int = 0) -> tuple[dict[str, np.ndarray], list[str]]:
+def token_copies(
+    inputs: dict[str, np.ndarray], edited: Sequence[TensorInfo], mask: TensorInfo, copies: int, seed: int = 0
+) -> tuple[dict[str, np.ndarray], list[str]]:
     """``copies`` edited copies of every sample (``TOKEN_EDITS``), stacked edit by edit like
     :func:`augmented_inputs`: row ``k * N + i`` is edit ``k`` of sample ``i``. Rows whose mask is
     not right-padded (ones, then zeros) are copied unedited. Seeded: the same inputs give the same

@@ -8,17 +8,18 @@ qualifies. :func:`restore_batch_axes` runs the model on bootstrap samples at two
 every such tensor as an extra output, and where a tensor's first axis followed the batch size in
 both runs, it writes the batch symbol into the tensor's declared type.
 """
+
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import onnx
 
+from apparate_trt.backends import open_runner
+from apparate_trt.compiler.sites import batch_symbol
 from apparate_trt.graph.ingest import constant_tensors, dims_of
 from apparate_trt.graph.split import with_extra_outputs
-from apparate_trt.compiler.sites import batch_symbol
-from apparate_trt.backends import open_runner
 
 PROBE_BATCHES = (2, 3)
 """The two batch sizes the model is run at: a first axis equal to both is the batch axis."""

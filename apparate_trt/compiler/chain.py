@@ -3,10 +3,11 @@
 The compiler's proof that :func:`apparate_trt.graph.split.split_model` kept the model's function:
 every tensor passed between segments and the score output are compared with the model's own.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -46,8 +47,9 @@ def _diverges(value: np.ndarray, ref: np.ndarray) -> bool:
     return _max_abs_diff(value, ref) > 1e-4 + 1e-3 * scale
 
 
-def run_chain(segments: Sequence[Segment], feeds: Mapping[str, np.ndarray], threads: int | None = 1
-              ) -> dict[str, np.ndarray]:
+def run_chain(
+    segments: Sequence[Segment], feeds: Mapping[str, np.ndarray], threads: int | None = 1
+) -> dict[str, np.ndarray]:
     """Run the segments in order on ``feeds`` through ONNX Runtime; returns every tensor the chain
     produced (the environment), keyed by name. Raises ApparateError naming a segment that fails."""
     env: dict[str, np.ndarray] = dict(feeds)
@@ -59,13 +61,20 @@ def run_chain(segments: Sequence[Segment], feeds: Mapping[str, np.ndarray], thre
             raise
         except Exception as exc:
             line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ApparateError(f"segment {number} (of {len(segments)}) fails to run: {line}; "
-                                "the split does not fit this model, please report it with the model") from exc
+            raise ApparateError(
+                f"segment {number} (of {len(segments)}) fails to run: {line}; "
+                "the split does not fit this model, please report it with the model"
+            ) from exc
     return env
 
 
-def verify_chain(model: onnx.ModelProto, segments: Sequence[Segment], feeds: Mapping[str, np.ndarray],
-                 score_output: str, threads: int | None = 1) -> ChainCheck:
+def verify_chain(
+    model: onnx.ModelProto,
+    segments: Sequence[Segment],
+    feeds: Mapping[str, np.ndarray],
+    score_output: str,
+    threads: int | None = 1,
+) -> ChainCheck:
     """Check that the chained segments reproduce ``model`` on ``feeds``.
 
     Runs the model (exposing every tensor passed between segments) and the chain, compares the
@@ -87,13 +96,19 @@ def verify_chain(model: onnx.ModelProto, segments: Sequence[Segment], feeds: Map
     noise = 1e-4 * (1.0 + float(np.max(np.abs(ref_rows)))) if ref_rows.size else 0.0
     ties = int(np.sum(margin <= noise))
     if len(differ) > ties:
-        bad = next((k for k, seg in enumerate(segments)
-                    if any(_diverges(env[o], reference[o]) for o in seg.outputs if o in reference)),
-                   len(segments) - 1)
+        bad = next(
+            (
+                k
+                for k, seg in enumerate(segments)
+                if any(_diverges(env[o], reference[o]) for o in seg.outputs if o in reference)
+            ),
+            len(segments) - 1,
+        )
         seg = segments[bad]
         where = f"ending at site {seg.ends_at_site}" if seg.ends_at_site is not None else "the last one"
         raise ApparateError(
             f"the chained segments disagree with the model on {len(differ) - ties} of {len(ref_pred)} inputs "
             f"(max abs difference {diff:.3g}); first diverging: segment {bad} ({where}, outputs "
-            f"{', '.join(seg.outputs)}); the model may be non-deterministic, please report it with the model")
+            f"{', '.join(seg.outputs)}); the model may be non-deterministic, please report it with the model"
+        )
     return ChainCheck(diff, True, ties)

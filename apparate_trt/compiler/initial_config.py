@@ -20,10 +20,11 @@
 
 Latencies are in ms at batch size 1; budget and accuracy target are fractions.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -62,8 +63,14 @@ def net_saving_ms(exit_share: float, saved_ms: float, cost_ms: float) -> float:
     return exit_share * saved_ms - (1.0 - exit_share) * cost_ms
 
 
-def expected_saving_ms(confidence: np.ndarray, agree: np.ndarray, sites: Sequence[int], saved_ms: np.ndarray,
-                       cost_ms: np.ndarray, constraint: float) -> float:
+def expected_saving_ms(
+    confidence: np.ndarray,
+    agree: np.ndarray,
+    sites: Sequence[int],
+    saved_ms: np.ndarray,
+    cost_ms: np.ndarray,
+    constraint: float,
+) -> float:
     """Expected ms saved per input by ramps at ``sites`` (ascending) on the statistics ``confidence`` /
     ``agree`` ([samples, all sites]), with per-ramp thresholds from the C core's search at
     ``constraint``: an input exiting at a site saves ``saved_ms`` there, and every input pays
@@ -83,7 +90,9 @@ def expected_saving_ms(confidence: np.ndarray, agree: np.ndarray, sites: Sequenc
     return float((exits * saved).sum() - (reach * costs).sum()) / n
 
 
-def latest_useful_site(confidence: np.ndarray, agree: np.ndarray, saved_ms: np.ndarray, cost_ms: np.ndarray, constraint: float) -> int | None:
+def latest_useful_site(
+    confidence: np.ndarray, agree: np.ndarray, saved_ms: np.ndarray, cost_ms: np.ndarray, constraint: float
+) -> int | None:
     """Deepest site whose ramp is expected to save latency (see module docstring), or None."""
     num_sites = saved_ms.shape[0]
     useful = [
@@ -96,8 +105,16 @@ def latest_useful_site(confidence: np.ndarray, agree: np.ndarray, saved_ms: np.n
     return max(useful) if useful else None
 
 
-def forward_selection(confidence: np.ndarray, agree: np.ndarray, saved_ms: np.ndarray, ramp_ms: np.ndarray, paid_ms: np.ndarray,
-                      budget_ms: float, constraint: float, last: int) -> tuple[list[int], float]:
+def forward_selection(
+    confidence: np.ndarray,
+    agree: np.ndarray,
+    saved_ms: np.ndarray,
+    ramp_ms: np.ndarray,
+    paid_ms: np.ndarray,
+    budget_ms: float,
+    constraint: float,
+    last: int,
+) -> tuple[list[int], float]:
     """Sites among 0..``last`` chosen one at a time by expected saving (module docstring, step 2):
     (the ascending sites, their expected saving in ms per input; -inf when none fits).
     ``ramp_ms`` is what the budget counts; ``paid_ms`` what an input pays at a ramp it reaches."""
@@ -144,6 +161,9 @@ def choose_initial(
     ramp_ms = np.asarray(cost_ms, np.float64)
     paid_ms = ramp_ms + boundary_ms
     latest = latest_useful_site(confidence, agree, saved, paid_ms, constraint)
-    chosen, best = ([], -np.inf) if latest is None else forward_selection(
-        confidence, agree, saved, ramp_ms, paid_ms, budget_ms, constraint, latest)
+    chosen, best = (
+        ([], -np.inf)
+        if latest is None
+        else forward_selection(confidence, agree, saved, ramp_ms, paid_ms, budget_ms, constraint, latest)
+    )
     return InitialChoice(chosen, [0.0] * len(chosen), latest, budget_ms, None if not chosen else best)

@@ -14,6 +14,7 @@ The stages of DESIGN.md "Offline", each with progress lines through ``log``:
 9. write the engine directory (into a temporary sibling, renamed into place at the end, so a
    failed compile never leaves a half-written directory) and print the summary table.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,26 +24,47 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import onnx
 
 import apparate_trt
 from apparate_trt._optional import is_available
-from apparate_trt.compiler.augment import (MAX_BLENDS, MAX_COPIES, augmented_inputs, blended_inputs, default_blends, default_copies, image_input,
-                                          token_copies, token_inputs)
-from apparate_trt.graph.ingest import TensorInfo, load_model, model_io, score_output
-from apparate_trt.compiler.initial_config import choose_initial
-from apparate_trt.compiler.profiling import ProfileResult, ProfileSettings, batch_sizes_up_to, profile_all
-from apparate_trt.compiler.ramps import MASKED_KINDS, RAMP_OUTPUT, build_ramp_onnx, candidate_kinds, check_ramp, find_mask_input
+from apparate_trt.compiler.augment import (
+    MAX_BLENDS,
+    MAX_COPIES,
+    augmented_inputs,
+    blended_inputs,
+    default_blends,
+    default_copies,
+    image_input,
+    token_copies,
+    token_inputs,
+)
 from apparate_trt.compiler.batch_axes import PROBE_BATCHES, restore_batch_axes
 from apparate_trt.compiler.chain import verify_chain
-from apparate_trt.graph.split import Segment, split_model
+from apparate_trt.compiler.initial_config import choose_initial
+from apparate_trt.compiler.profiling import ProfileResult, ProfileSettings, batch_sizes_up_to, profile_all
+from apparate_trt.compiler.ramps import (
+    MASKED_KINDS,
+    RAMP_OUTPUT,
+    build_ramp_onnx,
+    candidate_kinds,
+    check_ramp,
+    find_mask_input,
+)
 from apparate_trt.compiler.sites import Site, find_sites
-from apparate_trt.compiler.training import Features, TrainConfig, TrainResult, bootstrap_split, collect_features, train_ramps
+from apparate_trt.compiler.training import (
+    Features,
+    TrainConfig,
+    TrainResult,
+    bootstrap_split,
+    collect_features,
+    train_ramps,
+)
 from apparate_trt.data import load_inputs, num_samples, take
 from apparate_trt.defaults import DEFAULT_ACCURACY_CONSTRAINT, DEFAULT_TARGET_FRACTION
 from apparate_trt.engine_dir import (
@@ -56,13 +78,15 @@ from apparate_trt.engine_dir import (
     SegmentEntry,
     SiteEntry,
     TensorSpec,
+    file_sha256,
     is_engine_dir,
     read_manifest,
     write_bootstrap_stats,
-    file_sha256,
     write_manifest,
 )
 from apparate_trt.errors import ApparateError
+from apparate_trt.graph.ingest import TensorInfo, load_model, model_io, score_output
+from apparate_trt.graph.split import Segment, split_model
 
 Log = Callable[[str], None]
 
@@ -74,14 +98,18 @@ BOOTSTRAP_FILE = "bootstrap_stats.npz"
 
 
 # ----- arguments -----------------------------------------------------------------------------------
-def check_options(budget: float, max_batch: int, threads: int | None, augment: int | None = None, blends: int | None = None) -> None:
+def check_options(
+    budget: float, max_batch: int, threads: int | None, augment: int | None = None, blends: int | None = None
+) -> None:
     """Validate the numeric options (ApparateError naming the flag)."""
     if augment is not None and not (isinstance(augment, int) and 0 <= augment <= MAX_COPIES):
         raise ApparateError(f"--augment must be an integer from 0 (no near-copies) to {MAX_COPIES}; got {augment}")
     if blends is not None and not (isinstance(blends, int) and 0 <= blends <= MAX_BLENDS):
         raise ApparateError(f"--blends must be an integer from 0 (no blends) to {MAX_BLENDS}; got {blends}")
     if not (isinstance(budget, (int, float)) and 0.0 < budget < 1.0):
-        raise ApparateError(f"--budget must be a fraction of the model's latency in (0, 1), e.g. 0.02 for 2%; got {budget}")
+        raise ApparateError(
+            f"--budget must be a fraction of the model's latency in (0, 1), e.g. 0.02 for 2%; got {budget}"
+        )
     if not (isinstance(max_batch, int) and max_batch >= 1):
         raise ApparateError(f"--max-batch must be an integer >= 1; got {max_batch}")
     if threads is not None and not (isinstance(threads, int) and threads >= 1):
@@ -101,7 +129,9 @@ def resolve_backend(backend: str) -> str:
                 f"--backend tensorrt needs an NVIDIA GPU and the 'tensorrt' extra (pip install 'apparate_trt[tensorrt]'), "
                 f"which this machine lacks ({problem}); use --backend onnxruntime, which works everywhere"
             )
-        raise ApparateError("building TensorRT engines is not supported by this version of apparate-compile yet; use --backend onnxruntime")
+        raise ApparateError(
+            "building TensorRT engines is not supported by this version of apparate-compile yet; use --backend onnxruntime"
+        )
     return "onnxruntime"  # auto: TensorRT engine building arrives in a later version
 
 
@@ -116,13 +146,17 @@ def prepare_out_dir(out_dir: Path, force: bool) -> None:
                 f"(apparate-compile replaces only engine directories, and only with --force)"
             )
         if not force:
-            raise ApparateError(f"output directory '{out_dir}' already holds an engine directory; pass --force to replace it")
+            raise ApparateError(
+                f"output directory '{out_dir}' already holds an engine directory; pass --force to replace it"
+            )
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         probe = tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.probe-")
         os.rmdir(probe)
     except OSError as exc:
-        raise ApparateError(f"output directory '{out_dir}' cannot be written ({exc.strerror or exc}); choose a writable --out") from None
+        raise ApparateError(
+            f"output directory '{out_dir}' cannot be written ({exc.strerror or exc}); choose a writable --out"
+        ) from None
 
 
 # ----- helpers ---------------------------------------------------------------------------------------
@@ -146,7 +180,9 @@ def tool_versions() -> dict[str, str | None]:
 
 
 def _spec(info: TensorInfo) -> TensorSpec:
-    return TensorSpec(info.name, np.dtype(info.dtype).name if info.dtype != "bfloat16" else info.dtype, list(info.shape))
+    return TensorSpec(
+        info.name, np.dtype(info.dtype).name if info.dtype != "bfloat16" else info.dtype, list(info.shape)
+    )
 
 
 def _renumber(sites: Sequence[Site]) -> list[Site]:
@@ -179,8 +215,14 @@ def ramp_file(index: int) -> str:
     return f"ramps/ramp_{index:03d}.onnx"
 
 
-def _write_engine_dir(out_dir: Path, manifest: Manifest, model: onnx.ModelProto, segment_models: Sequence[onnx.ModelProto],
-                      ramp_models: Sequence[onnx.ModelProto], stats: BootstrapStats) -> None:
+def _write_engine_dir(
+    out_dir: Path,
+    manifest: Manifest,
+    model: onnx.ModelProto,
+    segment_models: Sequence[onnx.ModelProto],
+    ramp_models: Sequence[onnx.ModelProto],
+    stats: BootstrapStats,
+) -> None:
     """Write everything into a temporary sibling of ``out_dir``, check it reads back, then move it
     into place (replacing an old engine directory), so that a failure never leaves half a directory."""
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
@@ -201,8 +243,9 @@ def _write_engine_dir(out_dir: Path, manifest: Manifest, model: onnx.ModelProto,
         raise
 
 
-def _usable_sites(model: onnx.ModelProto, mask: TensorInfo | None, log: Log, probed: frozenset[str] = frozenset()
-                  ) -> tuple[list[Site], list[list[str]]]:
+def _usable_sites(
+    model: onnx.ModelProto, mask: TensorInfo | None, log: Log, probed: frozenset[str] = frozenset()
+) -> tuple[list[Site], list[list[str]]]:
     """The sites some ramp fits (ids renumbered 0..n-1) and each one's candidate ramp kinds."""
     found = find_sites(model)
     options = [candidate_kinds(s.shape, mask.name if mask else None) for s in found]
@@ -211,8 +254,10 @@ def _usable_sites(model: onnx.ModelProto, mask: TensorInfo | None, log: Log, pro
     if len(sites) < len(found):
         log(f"  dropped {len(found) - len(sites)} sites whose tensor has rank < 2 (no ramp fits)")
     if not sites:
-        log("warning: no usable ramp site found (no cut where a single activation, plus side tensors, is live); "
-            "the engine directory will have zero ramps and run the model unsplit")
+        log(
+            "warning: no usable ramp site found (no cut where a single activation, plus side tensors, is live); "
+            "the engine directory will have zero ramps and run the model unsplit"
+        )
     for s, kinds in zip(sites, candidates):
         side = f" (+ side tensors {', '.join(s.side_tensors)})" if s.side_tensors else ""
         how = "probed" if s.tensor in probed else "shape inference"
@@ -220,8 +265,9 @@ def _usable_sites(model: onnx.ModelProto, mask: TensorInfo | None, log: Log, pro
     return sites, candidates
 
 
-def _split_and_check(model: onnx.ModelProto, sites: Sequence[Site], data: dict[str, np.ndarray], score_name: str,
-                     log: Log) -> list[Segment]:
+def _split_and_check(
+    model: onnx.ModelProto, sites: Sequence[Site], data: dict[str, np.ndarray], score_name: str, log: Log
+) -> list[Segment]:
     """The finest split, checked on the first bootstrap samples to reproduce the model."""
     segments = split_model(model, sites, [s.id for s in sites])
     check = verify_chain(model, segments, take(data, slice(0, CHAIN_CHECK_SAMPLES)), score_name)
@@ -279,8 +325,10 @@ def compile_model(
     model = load_model(model_path)
     inputs_info, outputs_info = model_io(model)
     score_name, num_classes = score_output(model, output)
-    log(f"  {len(model.graph.node)} nodes; inputs: {', '.join(f'{i.name} {list(i.shape)}' for i in inputs_info)}; "
-        f"score output '{score_name}' with {num_classes} classes")
+    log(
+        f"  {len(model.graph.node)} nodes; inputs: {', '.join(f'{i.name} {list(i.shape)}' for i in inputs_info)}; "
+        f"score output '{score_name}' with {num_classes} classes"
+    )
 
     log(f"[2/8] load bootstrap data {data_path}")
     with warnings.catch_warnings(record=True) as caught:
@@ -295,16 +343,29 @@ def compile_model(
     mask = find_mask_input(inputs_info)
     probed = restore_batch_axes(model, take(data, slice(0, max(PROBE_BATCHES))), threads)
     if probed:
-        log(f"  batch axis of {len(probed)} tensors established by running the model at batch sizes "
-            f"{' and '.join(map(str, PROBE_BATCHES))} (ONNX shape inference had lost it)")
+        log(
+            f"  batch axis of {len(probed)} tensors established by running the model at batch sizes "
+            f"{' and '.join(map(str, PROBE_BATCHES))} (ONNX shape inference had lost it)"
+        )
     sites, candidates = _usable_sites(model, mask, log, frozenset(probed))
 
     log(f"[4/8] split into {len(sites) + 1} segments and check the chain")
     segments = _split_and_check(model, sites, data, score_name, log)
 
     log(f"[5/8] train {len(sites)} ramps")
-    trained, ramp_models = _train_ramps(model, inputs_info, sites, candidates, mask, data, score_name,
-                                        _fixed_batch(inputs_info) or 64, train_config, threads, log)
+    trained, ramp_models = _train_ramps(
+        model,
+        inputs_info,
+        sites,
+        candidates,
+        mask,
+        data,
+        score_name,
+        _fixed_batch(inputs_info) or 64,
+        train_config,
+        threads,
+        log,
+    )
 
     fixed = _fixed_batch(inputs_info)
     batch_sizes = [fixed] if fixed else batch_sizes_up_to(max_batch)
@@ -312,20 +373,53 @@ def compile_model(
         log(f"warning: the model's batch dimension is fixed at {fixed}; profiling only that batch size")
     log(f"[6/8] profile on {backend} at batch sizes {batch_sizes}")
     ramp_inputs = [[i.name for i in m.graph.input] for m in ramp_models]
-    prof = profile_all(model, [s.model for s in segments], ramp_models, ramp_inputs, data, batch_sizes,
-                       threads=threads, settings=profile_settings, log=log)
+    prof = profile_all(
+        model,
+        [s.model for s in segments],
+        ramp_models,
+        ramp_inputs,
+        data,
+        batch_sizes,
+        threads=threads,
+        settings=profile_settings,
+        log=log,
+    )
 
     log("[7/8] choose the initial configuration")
-    manifest = _assemble_manifest(model_path, inputs_info, outputs_info, score_name, num_classes, sites, ramp_inputs,
-                                  segments, trained, prof, budget, backend, n)
+    manifest = _assemble_manifest(
+        model_path,
+        inputs_info,
+        outputs_info,
+        score_name,
+        num_classes,
+        sites,
+        ramp_inputs,
+        segments,
+        trained,
+        prof,
+        budget,
+        backend,
+        n,
+    )
     b1 = batch_sizes[0]
-    choice = choose_initial(trained.stats.confidence, trained.stats.agree, manifest.site_saved_ms(b1), manifest.ramp_cost_ms(b1),
-                            manifest.model_ms(b1), budget, constraint=DEFAULT_TARGET_FRACTION * DEFAULT_ACCURACY_CONSTRAINT,
-                            boundary_ms=manifest.boundary_ms(b1))
+    choice = choose_initial(
+        trained.stats.confidence,
+        trained.stats.agree,
+        manifest.site_saved_ms(b1),
+        manifest.ramp_cost_ms(b1),
+        manifest.model_ms(b1),
+        budget,
+        constraint=DEFAULT_TARGET_FRACTION * DEFAULT_ACCURACY_CONSTRAINT,
+        boundary_ms=manifest.boundary_ms(b1),
+    )
     manifest.initial_config = InitialConfig(choice.active_sites, choice.thresholds)
-    expected = "" if choice.expected_saving_ms is None else f"; expected saving {choice.expected_saving_ms:.3f} ms per input"
-    log(f"  latest useful site: {choice.latest_useful}; budget {choice.budget_ms:.3f} ms; a segment boundary costs "
-        f"{manifest.boundary_ms(b1):.3f} ms; active sites: {choice.active_sites or 'none'}{expected}")
+    expected = (
+        "" if choice.expected_saving_ms is None else f"; expected saving {choice.expected_saving_ms:.3f} ms per input"
+    )
+    log(
+        f"  latest useful site: {choice.latest_useful}; budget {choice.budget_ms:.3f} ms; a segment boundary costs "
+        f"{manifest.boundary_ms(b1):.3f} ms; active sites: {choice.active_sites or 'none'}{expected}"
+    )
 
     log(f"[8/8] write {out_dir}")
     _write_engine_dir(out_dir, manifest, model, [s.model for s in segments], ramp_models, trained.stats)
@@ -334,13 +428,34 @@ def compile_model(
     return result
 
 
-def _train_ramps(model: onnx.ModelProto, inputs_info: Sequence[TensorInfo], sites: Sequence[Site], candidates: Sequence[list[str]], mask: TensorInfo | None,
-                 data: dict[str, np.ndarray], score_name: str, batch_size: int, config: TrainConfig, threads: int | None,
-                 log: Log) -> tuple[TrainResult, list[onnx.ModelProto]]:
+def _train_ramps(
+    model: onnx.ModelProto,
+    inputs_info: Sequence[TensorInfo],
+    sites: Sequence[Site],
+    candidates: Sequence[list[str]],
+    mask: TensorInfo | None,
+    data: dict[str, np.ndarray],
+    score_name: str,
+    batch_size: int,
+    config: TrainConfig,
+    threads: int | None,
+    log: Log,
+) -> tuple[TrainResult, list[onnx.ModelProto]]:
     """Collect features, train every ramp, export each as ONNX and check it against numpy."""
-    features = collect_features(model, sites, candidates, data, score_name, mask=mask.name if mask else None,
-                                batch_size=batch_size, threads=threads, log=log)
-    extra = _copies_features(model, inputs_info, sites, candidates, mask, data, score_name, batch_size, config, threads, log)
+    features = collect_features(
+        model,
+        sites,
+        candidates,
+        data,
+        score_name,
+        mask=mask.name if mask else None,
+        batch_size=batch_size,
+        threads=threads,
+        log=log,
+    )
+    extra = _copies_features(
+        model, inputs_info, sites, candidates, mask, data, score_name, batch_size, config, threads, log
+    )
     # one torch thread: the heads are tiny, and extra (spin-waiting) threads only slow them down
     trained = train_ramps(features, config, extra=extra, threads=1, log=log)
     ramp_models = []
@@ -352,9 +467,19 @@ def _train_ramps(model: onnx.ModelProto, inputs_info: Sequence[TensorInfo], site
     return trained, ramp_models
 
 
-def _copies_features(model: onnx.ModelProto, inputs_info: Sequence[TensorInfo], sites: Sequence[Site], candidates: Sequence[list[str]],
-                     mask: TensorInfo | None, data: dict[str, np.ndarray], score_name: str, batch_size: int, config: TrainConfig, threads: int | None,
-                     log: Log) -> Features | None:
+def _copies_features(
+    model: onnx.ModelProto,
+    inputs_info: Sequence[TensorInfo],
+    sites: Sequence[Site],
+    candidates: Sequence[list[str]],
+    mask: TensorInfo | None,
+    data: dict[str, np.ndarray],
+    score_name: str,
+    batch_size: int,
+    config: TrainConfig,
+    threads: int | None,
+    log: Log,
+) -> Features | None:
     """Features of near-copies and blends of the train samples (``compiler.augment``), or None when there are none."""
     spec = image_input(inputs_info)
     edited = token_inputs(inputs_info, mask)
@@ -362,12 +487,16 @@ def _copies_features(model: onnx.ModelProto, inputs_info: Sequence[TensorInfo], 
     blends = default_blends(inputs_info) if config.blend_copies is None else config.blend_copies
     if spec is None:
         if config.blend_copies:
-            log(f"  --blends {config.blend_copies} ignored: only a model whose one input is a float image [N, C, H, W] gets blends")
+            log(
+                f"  --blends {config.blend_copies} ignored: only a model whose one input is a float image [N, C, H, W] gets blends"
+            )
         blends = 0
     if copies == 0 and blends == 0:
         return None
     if spec is None and edited is None:
-        log("  no near-copies: the model's input is neither a single float image [N, C, H, W] nor token sequences with an attention mask")
+        log(
+            "  no near-copies: the model's input is neither a single float image [N, C, H, W] nor token sequences with an attention mask"
+        )
         return None
     train_idx, _ = bootstrap_split(num_samples(data), config)
     train = take(data, train_idx)
@@ -384,16 +513,38 @@ def _copies_features(model: onnx.ModelProto, inputs_info: Sequence[TensorInfo], 
         partner = np.concatenate([partner, train_idx[partner_pos]])
         names.append(f"{blends} blends with another sample")
     log(f"  near-copies of {train_idx.size} samples to train on too: {', '.join(names)}")
-    extra = collect_features(model, sites, candidates, inputs, score_name, mask=mask.name if mask else None,
-                             batch_size=batch_size, threads=threads, example_rows=0, log=log)
+    extra = collect_features(
+        model,
+        sites,
+        candidates,
+        inputs,
+        score_name,
+        mask=mask.name if mask else None,
+        batch_size=batch_size,
+        threads=threads,
+        example_rows=0,
+        log=log,
+    )
     extra.source = source
     extra.partner = partner if blends else None
     return extra
 
 
-def _assemble_manifest(model_path: Path, inputs_info: Sequence[TensorInfo], outputs_info: Sequence[TensorInfo],
-                       score_name: str, num_classes: int, sites: Sequence[Site], ramp_inputs: Sequence[list[str]], segments: Sequence[Segment],
-                       trained: TrainResult, prof: ProfileResult, budget: float, backend: str, num_samples: int) -> Manifest:
+def _assemble_manifest(
+    model_path: Path,
+    inputs_info: Sequence[TensorInfo],
+    outputs_info: Sequence[TensorInfo],
+    score_name: str,
+    num_classes: int,
+    sites: Sequence[Site],
+    ramp_inputs: Sequence[list[str]],
+    segments: Sequence[Segment],
+    trained: TrainResult,
+    prof: ProfileResult,
+    budget: float,
+    backend: str,
+    num_samples: int,
+) -> Manifest:
     """The manifest of everything computed (the initial configuration is filled in later)."""
     model_b1 = prof.model_ms[0]
     depths = _depths([row[0] for row in prof.segments_ms], len(sites))
@@ -408,22 +559,46 @@ def _assemble_manifest(model_path: Path, inputs_info: Sequence[TensorInfo], outp
             num_classes=num_classes,
         ),
         sites=[
-            SiteEntry(s.id, s.tensor, list(s.side_tensors), [d if isinstance(d, (int, str)) else None for d in s.shape], int(s.node_index), depth)
+            SiteEntry(
+                s.id,
+                s.tensor,
+                list(s.side_tensors),
+                [d if isinstance(d, (int, str)) else None for d in s.shape],
+                int(s.node_index),
+                depth,
+            )
             for s, depth in zip(sites, depths)
         ],
-        segments=[SegmentEntry(segment_file(i), list(seg.inputs), list(seg.outputs), seg.ends_at_site) for i, seg in enumerate(segments)],
+        segments=[
+            SegmentEntry(segment_file(i), list(seg.inputs), list(seg.outputs), seg.ends_at_site)
+            for i, seg in enumerate(segments)
+        ],
         ramps=[
             RampEntry(
-                site=s.id, file=ramp_file(i), inputs=list(names), output=RAMP_OUTPUT, kind=r.kind, num_classes=num_classes,
-                agreement=r.agreement, cost_ms=prof.ramps_ms[i][0], cost_fraction=prof.ramps_ms[i][0] / model_b1,
+                site=s.id,
+                file=ramp_file(i),
+                inputs=list(names),
+                output=RAMP_OUTPUT,
+                kind=r.kind,
+                num_classes=num_classes,
+                agreement=r.agreement,
+                cost_ms=prof.ramps_ms[i][0],
+                cost_fraction=prof.ramps_ms[i][0] / model_b1,
             )
             for i, (s, names, r) in enumerate(zip(sites, ramp_inputs, trained.ramps))
         ],
-        profiles=Profiles(backend, prof.threads, prof.batch_sizes, prof.model_ms, prof.segments_ms, prof.ramps_ms, prof.ramp_threads),
+        profiles=Profiles(
+            backend, prof.threads, prof.batch_sizes, prof.model_ms, prof.segments_ms, prof.ramps_ms, prof.ramp_threads
+        ),
         budget=float(budget),
         initial_config=InitialConfig([], []),
-        bootstrap=BootstrapInfo(BOOTSTRAP_FILE, num_samples, int(trained.train_index.size), int(trained.heldout_index.size),
-                                folds=trained.folds),
+        bootstrap=BootstrapInfo(
+            BOOTSTRAP_FILE,
+            num_samples,
+            int(trained.train_index.size),
+            int(trained.heldout_index.size),
+            folds=trained.folds,
+        ),
         tools=tool_versions(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
@@ -446,15 +621,21 @@ def summary_table(m: Manifest, compile_s: float) -> str:
             f"{s.id:>4}  {s.tensor:<{width}}  {shape:<18}  {s.depth or 0:>5.2f}  {r.kind:<26}  "
             f"{r.agreement:>6.3f}  {r.cost_ms:>8.3f}  {100 * r.cost_fraction:>5.2f}%  {seg_ms[s.id]:>10.3f}  {'*' if s.id in active else ''}"
         )
-    lines.append(f"{'tail':>4}  {'(to the model outputs)':<{width}}  {'':<18}  {1.0:>5.2f}  {'':<26}  {'':>6}  {'':>8}  {'':>6}  {seg_ms[-1]:>10.3f}")
+    lines.append(
+        f"{'tail':>4}  {'(to the model outputs)':<{width}}  {'':<18}  {1.0:>5.2f}  {'':<26}  {'':>6}  {'':>8}  {'':>6}  {seg_ms[-1]:>10.3f}"
+    )
     lines.append(
         f"model {model_ms:.3f} ms (segments chained {seg_ms.sum():.3f} ms); budget {100 * m.budget:.1f}% = {m.budget * model_ms:.3f} ms; "
         f"{len(m.sites)} sites; initial active sites: {', '.join(map(str, sorted(active))) or 'none'}"
     )
     if m.bootstrap.folds >= 2:
-        lines.append(f"bootstrap: {m.bootstrap.num_samples} samples, {m.bootstrap.folds}-fold cross-fitted (every sample's "
-                     "statistics from a ramp trained without it; the exported ramps trained on all)")
+        lines.append(
+            f"bootstrap: {m.bootstrap.num_samples} samples, {m.bootstrap.folds}-fold cross-fitted (every sample's "
+            "statistics from a ramp trained without it; the exported ramps trained on all)"
+        )
     else:
-        lines.append(f"bootstrap: {m.bootstrap.num_samples} samples ({m.bootstrap.num_train} train, {m.bootstrap.num_heldout} held out)")
+        lines.append(
+            f"bootstrap: {m.bootstrap.num_samples} samples ({m.bootstrap.num_train} train, {m.bootstrap.num_heldout} held out)"
+        )
     lines.append(f"compile time: {compile_s:.1f} s")
     return "\n".join(lines)

@@ -7,18 +7,19 @@ load from other processes skews them alike. The number of rounds adapts to the r
 measurement takes about ``budget_ms`` (at least ``min_repeats`` rounds), which bounds the total
 profiling time. Segment inputs are the previous segments' real outputs.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import onnx
 
-from apparate_trt.data import num_samples
 from apparate_trt.backends import open_runner
 from apparate_trt.backends.onnxruntime import default_threads
+from apparate_trt.data import num_samples
 
 Log = Callable[[str], None]
 

@@ -36,17 +36,19 @@ Because the pooling is fixed, training works on pooled features (:func:`pool_fea
 exactly :func:`ramp_forward` after the pooling. Feature maps of rank > 4 ([N, C, D, H, W]) are
 pooled like rank 4 over all spatial axes.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from apparate_trt.errors import ApparateError
 from apparate_trt.backends import open_runner
+from apparate_trt.errors import ApparateError
 
 CONV_GAP_LINEAR = "conv_gap_linear"
 CONV_GRID2_LINEAR = "conv_grid2_linear"
@@ -60,7 +62,6 @@ DENSE_LINEAR = "dense_linear"
 RAMP_OUTPUT = "logits"
 RAMP_OPSET = 17
 RAMP_IR_VERSION = 8  # readable by every onnxruntime this package supports
-
 
 
 @dataclass(frozen=True)
@@ -232,7 +233,9 @@ def _dim(d: int | str | None, fallback: str) -> onnx.TensorShapeProto.Dimension:
     return dim
 
 
-def _value_info(name: str, shape: Sequence[int | str | None], batch: str, elem_type: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
+def _value_info(
+    name: str, shape: Sequence[int | str | None], batch: str, elem_type: int = TensorProto.FLOAT
+) -> onnx.ValueInfoProto:
     info = helper.make_tensor_value_info(name, elem_type, None)
     dims = info.type.tensor_type.shape
     for axis, d in enumerate(shape):
@@ -253,18 +256,24 @@ def _pooling_nodes(
     if spec.pooling == "grid":
         cells = spec.cells
         if not grid_fits(shape, cells):
-            raise ValueError(f"{kind} ramps need a feature map whose static height and width {cells} divides, got {list(shape)}")
+            raise ValueError(
+                f"{kind} ramps need a feature map whose static height and width {cells} divides, got {list(shape)}"
+            )
         tile = [int(shape[2]) // cells, int(shape[3]) // cells]
         return (
-            [node("AveragePool", [source], ["ramp_grid"], name="ramp_grid", kernel_shape=tile, strides=tile),
-             node("Flatten", ["ramp_grid"], ["ramp_pooled"], name="ramp_flatten", axis=1)],
+            [
+                node("AveragePool", [source], ["ramp_grid"], name="ramp_grid", kernel_shape=tile, strides=tile),
+                node("Flatten", ["ramp_grid"], ["ramp_pooled"], name="ramp_flatten", axis=1),
+            ],
             [],
             "ramp_pooled",
         )
     if spec.pooling == "gap":
         return (
-            [node("GlobalAveragePool", [source], ["ramp_gap"], name="ramp_gap"),
-             node("Flatten", ["ramp_gap"], ["ramp_pooled"], name="ramp_flatten", axis=1)],
+            [
+                node("GlobalAveragePool", [source], ["ramp_gap"], name="ramp_gap"),
+                node("Flatten", ["ramp_gap"], ["ramp_pooled"], name="ramp_flatten", axis=1),
+            ],
             [],
             "ramp_pooled",
         )
@@ -281,8 +290,11 @@ def _pooling_nodes(
             node("Max", ["ramp_count", "ramp_one"], ["ramp_count_1"], name="ramp_count_at_least_1"),
             node("Div", ["ramp_sum", "ramp_count_1"], ["ramp_pooled"], name="ramp_mean"),
         ]
-        inits = [_const("ramp_axis1", np.array([1], np.int64)), _const("ramp_axis2", np.array([2], np.int64)),
-                 _const("ramp_one", np.array(1.0, np.float32))]
+        inits = [
+            _const("ramp_axis1", np.array([1], np.int64)),
+            _const("ramp_axis2", np.array([2], np.int64)),
+            _const("ramp_one", np.array(1.0, np.float32)),
+        ]
         return nodes, inits, "ramp_pooled"
     return [], [], source
 
@@ -327,12 +339,21 @@ def build_ramp_onnx(site: SiteLike, kind: str, weights: RampWeights, mask: Input
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:  # a bug, not a user error; keep the detail
-        raise ApparateError(f"internal error: the ramp for site {site.id} is not a valid ONNX model ({exc}); please report it") from exc
+        raise ApparateError(
+            f"internal error: the ramp for site {site.id} is not a valid ONNX model ({exc}); please report it"
+        ) from exc
     return model
 
 
-def check_ramp(model: onnx.ModelProto, kind: str, weights: RampWeights, activation: np.ndarray,
-               mask: np.ndarray | None = None, threads: int | None = 1, rtol: float = 1e-2) -> float:
+def check_ramp(
+    model: onnx.ModelProto,
+    kind: str,
+    weights: RampWeights,
+    activation: np.ndarray,
+    mask: np.ndarray | None = None,
+    threads: int | None = 1,
+    rtol: float = 1e-2,
+) -> float:
     """Run the ramp's ONNX model on ``activation`` (a site tensor batch, and the mask rows for a
     masked-mean ramp) and compare it with numpy.
 
@@ -348,5 +369,7 @@ def check_ramp(model: onnx.ModelProto, kind: str, weights: RampWeights, activati
     want = ramp_forward(weights, pool_features(kind, activation, mask))
     diff = float(np.max(np.abs(got - want))) if want.size else 0.0
     if not diff <= rtol * max(1.0, float(np.max(np.abs(want))) if want.size else 1.0):
-        raise ApparateError(f"internal error: ramp {model.graph.name} in ONNX differs from its trained weights by {diff:.3g}; please report it")
+        raise ApparateError(
+            f"internal error: ramp {model.graph.name} in ONNX differs from its trained weights by {diff:.3g}; please report it"
+        )
     return diff

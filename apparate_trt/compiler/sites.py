@@ -45,10 +45,11 @@ Rules, applied in this order:
    estimate is stored in ``Site.est_depth``; ``Site.depth`` is left for profiling to fill (the
    measured latency share, docs/ENGINE_DIR.md).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import onnx
@@ -57,14 +58,38 @@ from apparate_trt.graph.ingest import FLOAT_DTYPES, batch_symbol, dims_of, dtype
 from apparate_trt.graph.liveness import Liveness, is_side_at, live_sets, liveness, side_tensors
 
 #: Operators that end an elementwise chain (rule 4): the "layers" of a network.
-LAYER_OPS = frozenset({
-    "Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "DeformConv",
-    "MatMul", "MatMulInteger", "QLinearMatMul", "Gemm", "Einsum",
-    "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
-    "MaxRoiPool", "RoiAlign", "Resize", "Upsample",
-    "RNN", "LSTM", "GRU", "Attention", "MultiHeadAttention",
-    "If", "Loop", "Scan",
-})
+LAYER_OPS = frozenset(
+    {
+        "Conv",
+        "ConvTranspose",
+        "ConvInteger",
+        "QLinearConv",
+        "DeformConv",
+        "MatMul",
+        "MatMulInteger",
+        "QLinearMatMul",
+        "Gemm",
+        "Einsum",
+        "MaxPool",
+        "AveragePool",
+        "LpPool",
+        "GlobalAveragePool",
+        "GlobalMaxPool",
+        "GlobalLpPool",
+        "MaxRoiPool",
+        "RoiAlign",
+        "Resize",
+        "Upsample",
+        "RNN",
+        "LSTM",
+        "GRU",
+        "Attention",
+        "MultiHeadAttention",
+        "If",
+        "Loop",
+        "Scan",
+    }
+)
 
 
 @dataclass
@@ -87,23 +112,33 @@ class Site:
 
     def to_json(self) -> dict:
         """The ``sites`` entry of docs/ENGINE_DIR.md."""
-        return {"id": self.id, "tensor": self.tensor, "side_tensors": list(self.side_tensors),
-                "shape": list(self.shape), "node_index": self.node_index, "depth": self.depth}
+        return {
+            "id": self.id,
+            "tensor": self.tensor,
+            "side_tensors": list(self.side_tensors),
+            "shape": list(self.shape),
+            "node_index": self.node_index,
+            "depth": self.depth,
+        }
 
     @classmethod
-    def from_json(cls, obj: dict) -> "Site":
+    def from_json(cls, obj: dict) -> Site:
         """Inverse of :meth:`to_json`."""
         depth = obj.get("depth")
-        return cls(id=int(obj["id"]), tensor=str(obj["tensor"]),
-                   side_tensors=[str(s) for s in obj.get("side_tensors", [])],
-                   shape=[d if isinstance(d, str) else int(d) for d in obj["shape"]],
-                   node_index=int(obj["node_index"]),
-                   depth=None if depth is None else float(depth))
+        return cls(
+            id=int(obj["id"]),
+            tensor=str(obj["tensor"]),
+            side_tensors=[str(s) for s in obj.get("side_tensors", [])],
+            shape=[d if isinstance(d, str) else int(d) for d in obj["shape"]],
+            node_index=int(obj["node_index"]),
+            depth=None if depth is None else float(depth),
+        )
 
 
 # ----------------------------------------------------------------------------------------------
 # Cost estimate
 # ----------------------------------------------------------------------------------------------
+
 
 def _numel(dims: Sequence[int | str] | None, batch: str, symbolic_dim: int) -> float:
     """Elements per sample: a symbolic leading dimension (or the batch symbol anywhere) counts 1,
@@ -178,6 +213,7 @@ def estimated_depths(model: onnx.ModelProto, batch: str, symbolic_dim: int = 128
 # The sweep
 # ----------------------------------------------------------------------------------------------
 
+
 def channels(shape: Sequence[int | str]) -> int | None:
     """Channel count of an activation: dim 1 of a rank-4 (NCHW) map, the last dim otherwise."""
     if len(shape) < 2:
@@ -207,8 +243,12 @@ def _candidates(model: onnx.ModelProto, lv: Liveness, sides: set[str]) -> list[_
             continue
         type_proto = types[main[0]]
         shape = dims_of(type_proto)
-        if (shape is None or len(shape) < 2 or shape[0] != batch
-                or dtype_name(type_proto.tensor_type.elem_type) not in FLOAT_DTYPES):
+        if (
+            shape is None
+            or len(shape) < 2
+            or shape[0] != batch
+            or dtype_name(type_proto.tensor_type.elem_type) not in FLOAT_DTYPES
+        ):
             continue
         cand = _Candidate(p, main[0], [t for t in live if t != main[0]], shape)
         if found and found[-1].tensor == cand.tensor and found[-1].position == p - 1:
@@ -241,8 +281,9 @@ def auxiliary_tensors(model: onnx.ModelProto, names: set[str]) -> set[str]:
     return {name for name in names if name not in layered}
 
 
-def _merge_transformer_sublayers(model: onnx.ModelProto, cands: list[_Candidate], raw: list[_Candidate],
-                                 aux: set[str]) -> list[_Candidate]:
+def _merge_transformer_sublayers(
+    model: onnx.ModelProto, cands: list[_Candidate], raw: list[_Candidate], aux: set[str]
+) -> list[_Candidate]:
     """Rule 5: drop a candidate preceded, but not followed, by reads of auxiliary side tensors.
 
     "Preceded": since the previous kept candidate. "Followed": up to the next candidate of ``raw``
@@ -260,10 +301,10 @@ def _merge_transformer_sublayers(model: onnx.ModelProto, cands: list[_Candidate]
     kept = []
     for i, cand in enumerate(cands):
         before = cands[i - 1].position if i > 0 else -1
-        nxt = next((r.position for r in raw if r.position > cand.position
-                    and has_layer(cand.position + 1, r.position)), None)
-        if (nxt is not None and reads_aux(before + 1, cand.position)
-                and not reads_aux(cand.position + 1, nxt)):
+        nxt = next(
+            (r.position for r in raw if r.position > cand.position and has_layer(cand.position + 1, r.position)), None
+        )
+        if nxt is not None and reads_aux(before + 1, cand.position) and not reads_aux(cand.position + 1, nxt):
             continue
         kept.append(cand)
     return kept
@@ -289,8 +330,13 @@ def _drop_bulges(cands: list[_Candidate]) -> list[_Candidate]:
     return [c for c, d in zip(cands, drop) if not d]
 
 
-def find_sites(model: onnx.ModelProto, min_depth: float = 0.05, max_depth: float = 0.9,
-               side_span: float = 0.5, symbolic_dim: int = 128) -> list[Site]:
+def find_sites(
+    model: onnx.ModelProto,
+    min_depth: float = 0.05,
+    max_depth: float = 0.9,
+    side_span: float = 0.5,
+    symbolic_dim: int = 128,
+) -> list[Site]:
     """Candidate ramp sites of a sorted, shape-inferred model, in execution order (ids 0..k-1).
 
     ``min_depth``/``max_depth`` bound the MAC-estimated depth (0..1) of a kept site;
@@ -309,6 +355,5 @@ def find_sites(model: onnx.ModelProto, min_depth: float = 0.05, max_depth: float
     for cand in cands:
         depth = float(depths[cand.position])
         if min_depth <= depth <= max_depth:
-            sites.append(Site(len(sites), cand.tensor, list(cand.sides), list(cand.shape),
-                              cand.position, None, depth))
+            sites.append(Site(len(sites), cand.tensor, list(cand.sides), list(cand.shape), cand.position, None, depth))
     return sites

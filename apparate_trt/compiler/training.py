@@ -23,21 +23,30 @@ ever trained on. The backbone is frozen: only the small heads are
 trained, with Adam, seeded. Features are standardised for training and the standardisation is
 folded into the first layer, so the exported ramp takes raw pooled features.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import onnx
 
 from apparate_trt._optional import require
-from apparate_trt.compiler.ramps import MASKED_KINDS, RampWeights, SiteLike, kind_spec, pool_features, ramp_forward, softmax
-from apparate_trt.graph.split import with_extra_outputs
+from apparate_trt.backends import open_runner
+from apparate_trt.compiler.ramps import (
+    MASKED_KINDS,
+    RampWeights,
+    SiteLike,
+    kind_spec,
+    pool_features,
+    ramp_forward,
+    softmax,
+)
 from apparate_trt.data import num_samples, take
 from apparate_trt.engine_dir import BootstrapStats
-from apparate_trt.backends import open_runner
+from apparate_trt.graph.split import with_extra_outputs
 
 Log = Callable[[str], None]
 
@@ -138,7 +147,9 @@ def collect_features(
     each of its ``candidates`` kinds (``mask`` names the attention mask input that masked kinds
     read; a masked kind is dropped at a site whose sequence length differs from the mask's)."""
     tensors = [site.tensor for site in sites]
-    runner = open_runner(with_extra_outputs(model, tensors) if tensors else model, threads=threads, name="the model with site outputs")
+    runner = open_runner(
+        with_extra_outputs(model, tensors) if tensors else model, threads=threads, name="the model with site outputs"
+    )
     wanted = [score_name, *dict.fromkeys(tensors)]
     n = num_samples(inputs)
     pooled: list[dict[str, list[np.ndarray]]] = [{} for _ in sites]
@@ -297,7 +308,9 @@ class _TrainingSet:
         self.probs = target_probabilities(features.final_scores) if distill else None
         if extra is not None:
             if extra.source is None:
-                raise ValueError("extra training rows must name the bootstrap sample each was made from (Features.source)")
+                raise ValueError(
+                    "extra training rows must name the bootstrap sample each was made from (Features.source)"
+                )
             self.extra_pred = extra.final_pred
             self.extra_probs = target_probabilities(extra.final_scores) if distill else None
 
@@ -383,18 +396,32 @@ def train_ramps(
                 ramp = _evaluate(kind, weights, pooled, final_pred, train_idx, held_idx)
             ramps.append(ramp)
             copies = f", {rows.y.shape[0] - train_idx.size} of them copies" if rows.y.shape[0] > train_idx.size else ""
-            chosen = f", chosen by inner validation: {', '.join(f'{k} {v:.3f}' for k, v in scores.items())}" if scores else ""
+            chosen = (
+                f", chosen by inner validation: {', '.join(f'{k} {v:.3f}' for k, v in scores.items())}"
+                if scores
+                else ""
+            )
             log(
                 f"  ramp {i + 1}/{len(features.pooled)} ({kind}, {pooled.shape[1]} features, {rows.y.shape[0]} train rows{copies}): {'held-out' if folds is None else 'out-of-fold'} agreement "
                 f"{ramp.agreement:.3f} (train {ramp.train_agreement:.3f}, {time.perf_counter() - start:.1f} s{chosen})"
             )
     finally:
         torch.set_num_threads(old_threads)
-    return TrainResult(ramps, heldout_stats(ramps, final_pred[held_idx]), train_idx, held_idx, 0 if folds is None else config.folds)
+    return TrainResult(
+        ramps, heldout_stats(ramps, final_pred[held_idx]), train_idx, held_idx, 0 if folds is None else config.folds
+    )
 
 
-def _cross_fit(data: _TrainingSet, site: int, kind: str, weights: RampWeights, folds: np.ndarray, num_classes: int,
-               config: TrainConfig, seed: int) -> TrainedRamp:
+def _cross_fit(
+    data: _TrainingSet,
+    site: int,
+    kind: str,
+    weights: RampWeights,
+    folds: np.ndarray,
+    num_classes: int,
+    config: TrainConfig,
+    seed: int,
+) -> TrainedRamp:
     """The exported ramp (``weights``, trained on every sample) with out-of-fold statistics: each
     sample's confidence and prediction come from a ramp trained on the other folds (``folds``:
     :func:`fold_ids`)."""
@@ -405,7 +432,11 @@ def _cross_fit(data: _TrainingSet, site: int, kind: str, weights: RampWeights, f
     for f in range(config.folds):
         out = folds == f
         rows = data.rows(site, kind, np.flatnonzero(~out))
-        probs = softmax(ramp_forward(train_head(rows.x, rows.y, rows.p, kind, num_classes, config, seed=seed + 100 * (f + 1)), pooled[out]))
+        probs = softmax(
+            ramp_forward(
+                train_head(rows.x, rows.y, rows.p, kind, num_classes, config, seed=seed + 100 * (f + 1)), pooled[out]
+            )
+        )
         confidence[out], pred[out] = probs.max(axis=1), probs.argmax(axis=1)
     final_pred = data.final_pred
     train_pred = ramp_forward(weights, pooled).argmax(axis=1)
@@ -419,7 +450,14 @@ def _cross_fit(data: _TrainingSet, site: int, kind: str, weights: RampWeights, f
     )
 
 
-def _evaluate(kind: str, weights: RampWeights, pooled: np.ndarray, final_pred: np.ndarray, train_idx: np.ndarray, held_idx: np.ndarray) -> TrainedRamp:
+def _evaluate(
+    kind: str,
+    weights: RampWeights,
+    pooled: np.ndarray,
+    final_pred: np.ndarray,
+    train_idx: np.ndarray,
+    held_idx: np.ndarray,
+) -> TrainedRamp:
     probs = softmax(ramp_forward(weights, pooled))
     pred = probs.argmax(axis=1).astype(np.int32)
     agree = pred == final_pred

@@ -10,6 +10,7 @@
 
 RATE is in requests per second and must be a positive, finite number.
 """
+
 from __future__ import annotations
 
 import math
@@ -71,11 +72,15 @@ def read_trace(path: str | Path) -> np.ndarray:
     """Arrival times from a trace file (one time in seconds per line), shifted to start at 0."""
     path = Path(path)
     if not path.is_file():
-        raise ApparateError(f"arrival trace '{path}' does not exist or is not a file; pass trace:FILE with one arrival time in seconds per line")
+        raise ApparateError(
+            f"arrival trace '{path}' does not exist or is not a file; pass trace:FILE with one arrival time in seconds per line"
+        )
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ApparateError(f"cannot read arrival trace '{path}' ({exc}); it must be a text file with one time in seconds per line") from None
+        raise ApparateError(
+            f"cannot read arrival trace '{path}' ({exc}); it must be a text file with one time in seconds per line"
+        ) from None
     times: list[float] = []
     for number, line in enumerate(lines, start=1):
         text = line.split("#", 1)[0].strip()
@@ -84,9 +89,13 @@ def read_trace(path: str | Path) -> np.ndarray:
         try:
             value = float(text)
         except ValueError:
-            raise ApparateError(f"arrival trace '{path}' line {number}: '{text}' is not a time in seconds; each line must hold one number") from None
+            raise ApparateError(
+                f"arrival trace '{path}' line {number}: '{text}' is not a time in seconds; each line must hold one number"
+            ) from None
         if not math.isfinite(value):
-            raise ApparateError(f"arrival trace '{path}' line {number}: time '{text}' is not finite; use a number of seconds")
+            raise ApparateError(
+                f"arrival trace '{path}' line {number}: time '{text}' is not finite; use a number of seconds"
+            )
         if times and value < times[-1]:
             raise ApparateError(
                 f"arrival trace '{path}' line {number}: time {value} is earlier than the previous one ({times[-1]}); "

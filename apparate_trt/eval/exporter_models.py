@@ -11,14 +11,15 @@ torch (the ``train`` extra); the Hugging Face families also need ``transformers`
   ``x.view(x.size(0), -1)`` (the batch-size scalar is live across every site), an MBConv network
   with squeeze-and-excitation, and the view CNN returning its features beside its scores.
 """
+
 from __future__ import annotations
 
 import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -112,12 +113,26 @@ class HfClassifier(nn.Module):
         import transformers
 
         if arch == "bert":
-            config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
-                                             intermediate_size=32, max_position_embeddings=32, num_labels=TEXT_CLASSES)
+            config = transformers.BertConfig(
+                vocab_size=VOCAB,
+                hidden_size=16,
+                num_hidden_layers=3,
+                num_attention_heads=2,
+                intermediate_size=32,
+                max_position_embeddings=32,
+                num_labels=TEXT_CLASSES,
+            )
             self.model = transformers.BertForSequenceClassification(config)
         elif arch == "distilbert":
-            config = transformers.DistilBertConfig(vocab_size=VOCAB, dim=16, n_layers=3, n_heads=2, hidden_dim=32,
-                                                   max_position_embeddings=32, num_labels=TEXT_CLASSES)
+            config = transformers.DistilBertConfig(
+                vocab_size=VOCAB,
+                dim=16,
+                n_layers=3,
+                n_heads=2,
+                hidden_dim=32,
+                max_position_embeddings=32,
+                num_labels=TEXT_CLASSES,
+            )
             self.model = transformers.DistilBertForSequenceClassification(config)
         else:
             raise ValueError(f"unknown Hugging Face architecture '{arch}'; use bert or distilbert")
@@ -135,8 +150,11 @@ def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 class BasicBlock(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(_conv_bn_relu(channels, channels), nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
-                                  nn.BatchNorm2d(channels))
+        self.body = nn.Sequential(
+            _conv_bn_relu(channels, channels),
+            nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(channels),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(x + self.body(x))
@@ -201,10 +219,15 @@ class MBConv(nn.Module):
         super().__init__()
         hidden = channels * expand
         self.body = nn.Sequential(
-            nn.Conv2d(channels, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.SiLU(),
-            nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden), nn.SiLU(),
+            nn.Conv2d(channels, hidden, 1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.SiLU(),
+            nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.SiLU(),
             SqueezeExcite(hidden, max(1, channels // 2)),
-            nn.Conv2d(hidden, channels, 1, bias=False), nn.BatchNorm2d(channels),
+            nn.Conv2d(hidden, channels, 1, bias=False),
+            nn.BatchNorm2d(channels),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -225,8 +248,9 @@ class MbConvSe(nn.Module):
 
 
 # ------------------------------------------------------------------------------ train and export
-def train_briefly(module: nn.Module, inputs: dict[str, np.ndarray], labels: np.ndarray, steps: int = 80,
-                  seed: int = 0) -> nn.Module:
+def train_briefly(
+    module: nn.Module, inputs: dict[str, np.ndarray], labels: np.ndarray, steps: int = 80, seed: int = 0
+) -> nn.Module:
     """A few Adam steps (batch 64) on ``inputs``, so the outputs depend on the input; returns it in eval mode.
     A module with several outputs is trained on its last one (the scores)."""
     torch.manual_seed(seed)
@@ -254,7 +278,11 @@ def _quiet_exporter():
     try:
         for logger in loggers:
             logger.setLevel(logging.ERROR)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -262,8 +290,16 @@ def _quiet_exporter():
             logger.setLevel(level)
 
 
-def export(module: nn.Module, example: dict[str, np.ndarray], path: Path, *, exporter: str, opset: int,
-           output_names: Sequence[str] = ("logits",), dynamic: bool = True) -> Path:
+def export(
+    module: nn.Module,
+    example: dict[str, np.ndarray],
+    path: Path,
+    *,
+    exporter: str,
+    opset: int,
+    output_names: Sequence[str] = ("logits",),
+    dynamic: bool = True,
+) -> Path:
     """``torch.onnx.export`` of ``module`` at ``opset`` to ``path``.
 
     ``exporter``: ``torchscript`` (``dynamo=False``, ``dynamic_axes``) or ``dynamo``
@@ -279,17 +315,33 @@ def export(module: nn.Module, example: dict[str, np.ndarray], path: Path, *, exp
             if dynamic:
                 axes = {name: ({0: "batch", 1: "seq"} if sequence[name] else {0: "batch"}) for name in names}
                 axes.update({name: {0: "batch"} for name in output_names})
-            torch.onnx.export(module, args, str(path), opset_version=opset, dynamo=False, input_names=names,
-                              output_names=list(output_names), dynamic_axes=axes)
+            torch.onnx.export(
+                module,
+                args,
+                str(path),
+                opset_version=opset,
+                dynamo=False,
+                input_names=names,
+                output_names=list(output_names),
+                dynamic_axes=axes,
+            )
         elif exporter == "dynamo":
             shapes = None
             if dynamic:
                 batch = torch.export.Dim("batch", min=1, max=4096)
                 seq = torch.export.Dim("seq", min=2, max=SEQ_LEN)
                 shapes = tuple({0: batch, 1: seq} if sequence[name] else {0: batch} for name in names)
-            torch.onnx.export(module, args, str(path), opset_version=opset, dynamo=True, input_names=names,
-                              output_names=list(output_names), dynamic_shapes=shapes, verbose=False)
+            torch.onnx.export(
+                module,
+                args,
+                str(path),
+                opset_version=opset,
+                dynamo=True,
+                input_names=names,
+                output_names=list(output_names),
+                dynamic_shapes=shapes,
+                verbose=False,
+            )
         else:
             raise ValueError(f"unknown exporter '{exporter}'; use torchscript or dynamo")
     return path
-

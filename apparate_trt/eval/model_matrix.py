@@ -8,6 +8,7 @@ directory's chain against the exported model, and replays a workload with exits.
 Needs the ``train`` extra (torch) and, for the Hugging Face families, ``models`` (transformers);
 the dynamo exporter also needs ``onnxscript`` (in ``train``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,9 +17,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -116,16 +118,32 @@ def _entries() -> list[Entry]:
         Entry("mha-encoder/torchscript-14", mha + " (LayerNorm decomposed)", "mha-encoder", "torchscript", 14, 2),
         # At opset 23+ the dynamo exporter writes the ONNX Attention op; ONNX Runtime 1.32's CPU
         # kernel refuses its broadcast padding mask, so the model does not run as exported.
-        Entry("mha-encoder/dynamo-24", mha + " (ONNX Attention op: ONNX Runtime cannot run its mask)", "mha-encoder",
-              "dynamo", 24, 0, expect_error=("fails to run", "Attention")),
+        Entry(
+            "mha-encoder/dynamo-24",
+            mha + " (ONNX Attention op: ONNX Runtime cannot run its mask)",
+            "mha-encoder",
+            "dynamo",
+            24,
+            0,
+            expect_error=("fails to run", "Attention"),
+        ),
         # Past opset 24 torch 2.13's dynamo exporter converts with the onnx C API and writes an
         # Attention node under opset 18, an invalid model: the compiler must say so in one line.
-        Entry(f"mha-encoder/dynamo-{newest}", mha + " (the exporter writes an invalid model)", "mha-encoder", "dynamo",
-              newest, 0, expect_error=("fails the ONNX checker", "Attention")),
+        Entry(
+            f"mha-encoder/dynamo-{newest}",
+            mha + " (the exporter writes an invalid model)",
+            "mha-encoder",
+            "dynamo",
+            newest,
+            0,
+            expect_error=("fails the ONNX checker", "Attention"),
+        ),
         Entry("mha-encoder-nomask/torchscript-17", nomask, "mha-encoder-nomask", "torchscript", 17, 2),
         Entry("mha-encoder-nomask/dynamo-18", nomask, "mha-encoder-nomask", "dynamo", 18, 2),
         Entry("mha-encoder-nomask/dynamo-24", nomask + " (ONNX Attention op)", "mha-encoder-nomask", "dynamo", 24, 2),
-        Entry("transformer-encoder/torchscript-17", "nn.TransformerEncoder", "transformer-encoder", "torchscript", 17, 2),
+        Entry(
+            "transformer-encoder/torchscript-17", "nn.TransformerEncoder", "transformer-encoder", "torchscript", 17, 2
+        ),
         Entry("transformer-encoder/dynamo-18", "nn.TransformerEncoder", "transformer-encoder", "dynamo", 18, 2),
         Entry("hf-bert/torchscript-17", "Hugging Face BERT", "hf-bert", "torchscript", 17, 2),
         Entry("hf-bert/dynamo-18", "Hugging Face BERT", "hf-bert", "dynamo", 18, 2),
@@ -135,21 +153,61 @@ def _entries() -> list[Entry]:
         Entry("cnn-view/dynamo-18", "CNN, head view(x.size(0), -1)", "cnn-view", "dynamo", 18, 4),
         Entry("mbconv-se/torchscript-17", "MBConv with squeeze-excitation", "mbconv-se", "torchscript", 17, 3),
         Entry("mbconv-se/dynamo-18", "MBConv with squeeze-excitation", "mbconv-se", "dynamo", 18, 3),
-        Entry("cnn-two-outputs/torchscript-17", "CNN with (features, scores) outputs, --output scores", "cnn-two-outputs",
-              "torchscript", 17, 4, output="scores", output_names=("features", "scores")),
-        Entry("resnet-flatten/external-data", "ResNet, external-data weights", "resnet-flatten", "torchscript", 17, 3,
-              variant="external-data"),
-        Entry("mha-encoder/weight-only-int8", "nn.MultiheadAttention encoder, int8 weights (Cast+Mul)", "mha-encoder",
-              "torchscript", 17, 2, variant="weight-only-int8"),
-        Entry("resnet-flatten/qdq-int8", "ResNet, QDQ int8 (onnxruntime quantize_static)", "resnet-flatten", "torchscript",
-              17, 3, variant="qdq-int8"),
-        Entry("cnn-view/fixed-batch", "CNN exported without dynamic axes", "cnn-view", "torchscript", 17, 0,
-              variant="fixed-batch", expect_error=("fixes the batch size to 1", "dynamic_axes")),
+        Entry(
+            "cnn-two-outputs/torchscript-17",
+            "CNN with (features, scores) outputs, --output scores",
+            "cnn-two-outputs",
+            "torchscript",
+            17,
+            4,
+            output="scores",
+            output_names=("features", "scores"),
+        ),
+        Entry(
+            "resnet-flatten/external-data",
+            "ResNet, external-data weights",
+            "resnet-flatten",
+            "torchscript",
+            17,
+            3,
+            variant="external-data",
+        ),
+        Entry(
+            "mha-encoder/weight-only-int8",
+            "nn.MultiheadAttention encoder, int8 weights (Cast+Mul)",
+            "mha-encoder",
+            "torchscript",
+            17,
+            2,
+            variant="weight-only-int8",
+        ),
+        Entry(
+            "resnet-flatten/qdq-int8",
+            "ResNet, QDQ int8 (onnxruntime quantize_static)",
+            "resnet-flatten",
+            "torchscript",
+            17,
+            3,
+            variant="qdq-int8",
+        ),
+        Entry(
+            "cnn-view/fixed-batch",
+            "CNN exported without dynamic axes",
+            "cnn-view",
+            "torchscript",
+            17,
+            0,
+            variant="fixed-batch",
+            expect_error=("fixes the batch size to 1", "dynamic_axes"),
+        ),
     ]
     for opset in range(13, newest + 1):  # the opset sweep: one family at every opset
         exporter = "torchscript" if opset <= NEWEST_TORCHSCRIPT_OPSET else "dynamo"
-        rows.append(Entry(f"resnet-flatten/{exporter}-{opset}", "ResNet, head torch.flatten", "resnet-flatten", exporter,
-                          opset, 3))
+        rows.append(
+            Entry(
+                f"resnet-flatten/{exporter}-{opset}", "ResNet, head torch.flatten", "resnet-flatten", exporter, opset, 3
+            )
+        )
     return rows
 
 
@@ -194,17 +252,24 @@ def weight_only_int8(model: onnx.ModelProto) -> onnx.ModelProto:
     new_nodes, replaced = [], set()
     for node in graph.node:
         weight = node.input[1] if node.op_type == "MatMul" and len(node.input) > 1 else None
-        if weight in inits and weight not in replaced and inits[weight].data_type == onnx.TensorProto.FLOAT \
-                and len(inits[weight].dims) == 2:
+        if (
+            weight in inits
+            and weight not in replaced
+            and inits[weight].data_type == onnx.TensorProto.FLOAT
+            and len(inits[weight].dims) == 2
+        ):
             values = numpy_helper.to_array(inits[weight])
             scale = (np.abs(values).max(axis=0, keepdims=True) / 127.0).astype(np.float32)
             scale[scale == 0] = 1.0
             q = np.clip(np.round(values / scale), -127, 127).astype(np.int8)
             graph.initializer.remove(inits[weight])
-            graph.initializer.extend([numpy_helper.from_array(q, f"{weight}_int8"),
-                                      numpy_helper.from_array(scale, f"{weight}_scale")])
-            new_nodes += [helper.make_node("Cast", [f"{weight}_int8"], [f"{weight}_cast"], to=onnx.TensorProto.FLOAT),
-                          helper.make_node("Mul", [f"{weight}_cast", f"{weight}_scale"], [weight])]
+            graph.initializer.extend(
+                [numpy_helper.from_array(q, f"{weight}_int8"), numpy_helper.from_array(scale, f"{weight}_scale")]
+            )
+            new_nodes += [
+                helper.make_node("Cast", [f"{weight}_int8"], [f"{weight}_cast"], to=onnx.TensorProto.FLOAT),
+                helper.make_node("Mul", [f"{weight}_cast", f"{weight}_scale"], [weight]),
+            ]
             replaced.add(weight)
         new_nodes.append(node)
     if not replaced:
@@ -219,13 +284,19 @@ def _qdq_int8(source: Path, target: Path, calibration: dict[str, np.ndarray]) ->
 
     class Batches(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter([{k: v[i:i + 8] for k, v in calibration.items()} for i in range(0, 64, 8)])
+            self.batches = iter([{k: v[i : i + 8] for k, v in calibration.items()} for i in range(0, 64, 8)])
 
         def get_next(self):
             return next(self.batches, None)
 
-    quantize_static(str(source), str(target), Batches(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-                    weight_type=QuantType.QInt8)
+    quantize_static(
+        str(source),
+        str(target),
+        Batches(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+    )
 
 
 def build_onnx(e: Entry, workdir: Path) -> tuple[Path, dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -240,15 +311,28 @@ def build_onnx(e: Entry, workdir: Path) -> tuple[Path, dict[str, np.ndarray], di
     example = {name: value[:2] for name, value in bootstrap.items()}
     if e.variant == "fixed-batch":
         example = {name: value[:1] for name, value in bootstrap.items()}
-    zoo.export(module, example, exported, exporter=e.exporter, opset=e.opset, output_names=e.output_names,
-               dynamic=e.variant != "fixed-batch")
+    zoo.export(
+        module,
+        example,
+        exported,
+        exporter=e.exporter,
+        opset=e.opset,
+        output_names=e.output_names,
+        dynamic=e.variant != "fixed-batch",
+    )
     if e.variant in ("", "fixed-batch"):
         return exported, bootstrap, evaluation
     if e.variant == "external-data":
         source = workdir / "source"
         source.mkdir(exist_ok=True)
-        onnx.save_model(onnx.load(str(exported)), str(source / "model.onnx"), save_as_external_data=True,
-                        all_tensors_to_one_file=True, location="weights.data", size_threshold=0)
+        onnx.save_model(
+            onnx.load(str(exported)),
+            str(source / "model.onnx"),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location="weights.data",
+            size_threshold=0,
+        )
         return source / "model.onnx", bootstrap, evaluation
     if e.variant == "weight-only-int8":
         onnx.save(weight_only_int8(onnx.load(str(exported))), str(workdir / "int8.onnx"))
@@ -260,8 +344,9 @@ def build_onnx(e: Entry, workdir: Path) -> tuple[Path, dict[str, np.ndarray], di
 
 
 # ------------------------------------------------------------------------------------ measure
-def chain_check(manifest: "Manifest", model_path: Path, inputs: dict[str, np.ndarray],
-                batch: int = 4) -> tuple[int, int, float]:
+def chain_check(
+    manifest: Manifest, model_path: Path, inputs: dict[str, np.ndarray], batch: int = 4
+) -> tuple[int, int, float]:
     """Run the engine directory of ``manifest`` with every site active and no ramp exiting, batch by
     batch, against the exported model at ``model_path``: ``(argmax equal, samples, max abs
     difference of the scores)``."""
@@ -278,21 +363,21 @@ def chain_check(manifest: "Manifest", model_path: Path, inputs: dict[str, np.nda
         sites = [s.id for s in manifest.sites]
         executor.configure(sites, [0.0] * len(sites), wait=True)  # 0: the ramps run and never exit
         for start in range(0, n, batch):
-            feeds = {name: value[start:start + batch] for name, value in inputs.items()}
+            feeds = {name: value[start : start + batch] for name, value in inputs.items()}
 
             def keep(i: int, logits: np.ndarray, pred: int, site: int | None, t: float, **_: object) -> None:
                 if site is None:
                     chained[start + i] = logits
 
             executor.run_batch(feeds, keep)
-            expected[start:start + batch] = reference.run(feeds, [output])[output]
+            expected[start : start + batch] = reference.run(feeds, [output])[output]
     finally:
         executor.close()
     equal = int((chained.argmax(1) == expected.argmax(1)).sum())
     return equal, n, float(np.abs(chained - expected).max())
 
 
-def compaction_check(manifest: "Manifest", inputs: dict[str, np.ndarray]) -> tuple[int, int, int]:
+def compaction_check(manifest: Manifest, inputs: dict[str, np.ndarray]) -> tuple[int, int, int]:
     """Skip mode with every site active and every row exiting at the first ramp, half of them
     audited: the later segments run on the compacted batch, side tensors (masks, shapes) included.
     ``(rows answered, rows, rows skipped)``; a correct chain answers every row and skips some."""
@@ -310,7 +395,7 @@ def compaction_check(manifest: "Manifest", inputs: dict[str, np.ndarray]) -> tup
     return len(answered), int(next(iter(inputs.values())).shape[0]), int(outcome.skipped_count)
 
 
-def replay_with_exits(manifest: "Manifest", inputs: dict[str, np.ndarray], policy: str) -> tuple[int, int, int, float]:
+def replay_with_exits(manifest: Manifest, inputs: dict[str, np.ndarray], policy: str) -> tuple[int, int, int, float]:
     """Replay ``inputs`` at Poisson arrivals (release mode) through the engine directory of
     ``manifest``: ``(requests, early exits, failed requests, agreement of the released answers with
     the final ones)``.
@@ -320,10 +405,10 @@ def replay_with_exits(manifest: "Manifest", inputs: dict[str, np.ndarray], polic
     early); ``adaptive`` is Apparate itself, which on a model this small may rightly keep every
     ramp off (a ramp can cost as much as the model it would shorten).
     """
-    from apparate_trt.runtime.api import load
     from apparate_trt.eval.arrivals import poisson_arrivals
     from apparate_trt.eval.policies import static_per_ramp_policy
     from apparate_trt.eval.replay import replay
+    from apparate_trt.runtime.api import load
 
     n = int(next(iter(inputs.values())).shape[0])
     fixed = static_per_ramp_policy(manifest) if policy == "static" else None
@@ -333,7 +418,9 @@ def replay_with_exits(manifest: "Manifest", inputs: dict[str, np.ndarray], polic
     finally:
         engine.close()
     judged = result.judged
-    agreement = float((result.released_pred[judged] == result.final_pred[judged]).mean()) if judged.any() else float("nan")
+    agreement = (
+        float((result.released_pred[judged] == result.final_pred[judged]).mean()) if judged.any() else float("nan")
+    )
     return n, int((result.exit_site >= 0).sum()), len(result.errors), agreement
 
 
@@ -356,11 +443,21 @@ def run_entry(e: Entry, workdir: Path, log: Log = lambda line: None) -> Row:
 
     t0 = time.perf_counter()
     try:
-        manifest = compile_model(model_path, workdir / "bootstrap.npz", engine_dir, max_batch=4, threads=1, seed=0,
-                                 budget=0.5, output=e.output, force=True, log=keep,
-                                 # fast ramps (see render()): no near-copies or blends, at most 200 steps
-                                 train_config=TrainConfig(max_steps=200, augment_copies=0, blend_copies=0),
-                                 profile_settings=ProfileSettings(budget_ms=10.0, min_repeats=3, max_repeats=50))
+        manifest = compile_model(
+            model_path,
+            workdir / "bootstrap.npz",
+            engine_dir,
+            max_batch=4,
+            threads=1,
+            seed=0,
+            budget=0.5,
+            output=e.output,
+            force=True,
+            log=keep,
+            # fast ramps (see render()): no near-copies or blends, at most 200 steps
+            train_config=TrainConfig(max_steps=200, augment_copies=0, blend_copies=0),
+            profile_settings=ProfileSettings(budget_ms=10.0, min_repeats=3, max_repeats=50),
+        )
     except ApparateError as exc:
         row.compile_s = time.perf_counter() - t0
         message = str(exc).replace(str(workdir), "<workdir>")  # the table reads the same from any directory
@@ -387,7 +484,11 @@ def shortfalls(row: Row) -> list[str]:
     """What keeps ``row`` from passing (empty: it passes): the entry's expectations, one line each."""
     e = row.entry
     if e.expect_error:
-        ok = row.status.startswith("refused: ") and all(s in row.status for s in e.expect_error) and "\n" not in row.status
+        ok = (
+            row.status.startswith("refused: ")
+            and all(s in row.status for s in e.expect_error)
+            and "\n" not in row.status
+        )
         return [] if ok else [f"expected a one-line refusal naming {' and '.join(e.expect_error)}, got: {row.status}"]
     if row.status != "ok":
         return [row.status]
@@ -397,10 +498,14 @@ def shortfalls(row: Row) -> list[str]:
     if row.ramps != row.sites:
         problems.append(f"{row.ramps} ramps for {row.sites} sites")
     if row.chain_equal != row.chain_samples or not row.chain_max_abs_diff <= CHAIN_TOLERANCE:
-        problems.append(f"chain: {row.chain_equal}/{row.chain_samples} argmax equal, max abs diff {row.chain_max_abs_diff:.3g}")
+        problems.append(
+            f"chain: {row.chain_equal}/{row.chain_samples} argmax equal, max abs diff {row.chain_max_abs_diff:.3g}"
+        )
     answered, rows, skipped = row.compaction
     if answered != rows or not 0 < skipped < rows:
-        problems.append(f"skip mode: {answered} of {rows} rows answered, {skipped} skipped (want all answered, some skipped)")
+        problems.append(
+            f"skip mode: {answered} of {rows} rows answered, {skipped} skipped (want all answered, some skipped)"
+        )
     if row.failed_requests:
         problems.append(f"{row.failed_requests} of 2 x {row.requests} replayed requests failed")
     if row.exits == 0:
@@ -413,8 +518,11 @@ def _versions() -> str:
     import onnxruntime
     import torch
 
-    parts = [f"torch {torch.__version__}", f"onnx {onnx.__version__} (newest opset {onnx.defs.onnx_opset_version()})",
-             f"onnxruntime {onnxruntime.__version__}"]
+    parts = [
+        f"torch {torch.__version__}",
+        f"onnx {onnx.__version__} (newest opset {onnx.defs.onnx_opset_version()})",
+        f"onnxruntime {onnxruntime.__version__}",
+    ]
     for name in ("onnxscript", "transformers"):
         try:
             parts.append(f"{name} {__import__(name).__version__}")
@@ -427,24 +535,61 @@ def _cell(row: Row) -> list[str]:
     e = row.entry
     if row.status != "ok":
         text = row.status if len(row.status) <= 160 else row.status[:157] + "..."
-        return [e.name, e.family, e.exporter, str(e.opset), "-", "-", "-", "-", "-", "-", text.replace("|", "\\|"),
-                "pass" if not shortfalls(row) else "FAIL"]
+        return [
+            e.name,
+            e.family,
+            e.exporter,
+            str(e.opset),
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            text.replace("|", "\\|"),
+            "pass" if not shortfalls(row) else "FAIL",
+        ]
     chain = f"{row.chain_equal}/{row.chain_samples} equal, {row.chain_max_abs_diff:.1e}"
     sites = f"{row.sites}" + (f" ({row.probed_sites} probed)" if row.probed_sites else "")
     exits = f"{row.exits}/{row.requests} ({100 * row.exits / max(1, row.requests):.0f}%), {100 * row.agreement:.1f}%"
-    adaptive = f"{row.adaptive_exits}/{row.requests} ({100 * row.adaptive_exits / max(1, row.requests):.0f}%), " \
-               f"{100 * row.adaptive_agreement:.1f}%"
+    adaptive = (
+        f"{row.adaptive_exits}/{row.requests} ({100 * row.adaptive_exits / max(1, row.requests):.0f}%), "
+        f"{100 * row.adaptive_agreement:.1f}%"
+    )
     answered, rows, skipped = row.compaction
     skip = f"{answered}/{rows}, {skipped} skipped"
-    return [e.name, e.family, e.exporter, str(e.opset), sites, chain, skip, str(row.ramps), exits, adaptive,
-            f"compiled in {row.compile_s:.1f} s", "pass" if not shortfalls(row) else "FAIL"]
+    return [
+        e.name,
+        e.family,
+        e.exporter,
+        str(e.opset),
+        sites,
+        chain,
+        skip,
+        str(row.ramps),
+        exits,
+        adaptive,
+        f"compiled in {row.compile_s:.1f} s",
+        "pass" if not shortfalls(row) else "FAIL",
+    ]
 
 
 def render(rows: Sequence[Row], command: str, seconds: float) -> str:
     """The Markdown page of ``rows`` (docs/MODELS.md)."""
-    header = ["entry", "family", "exporter", "opset", "sites (batch axis probed)", "chain vs exported (argmax, max abs diff)",
-              "skip mode: rows answered, skipped", "ramps", "exits, agreement: every ramp on",
-              "exits, agreement: adaptive", "notes", "result"]
+    header = [
+        "entry",
+        "family",
+        "exporter",
+        "opset",
+        "sites (batch axis probed)",
+        "chain vs exported (argmax, max abs diff)",
+        "skip mode: rows answered, skipped",
+        "ramps",
+        "exits, agreement: every ramp on",
+        "exits, agreement: adaptive",
+        "notes",
+        "result",
+    ]
     lines = [
         "# What compiles: the model matrix",
         "",
@@ -462,7 +607,7 @@ def render(rows: Sequence[Row], command: str, seconds: float) -> str:
         "baseline; it shows the chain releases early), and through the adaptive engine (Apparate, 1%",
         "constraint), which on models this small may rightly keep ramps off: a ramp can cost about what",
         "the rest of the model does. Exits are requests released by a ramp; agreement is the share of",
-        "released answers equal to the model's final ones. \"probed\": sites whose batch axis ONNX shape",
+        'released answers equal to the model\'s final ones. "probed": sites whose batch axis ONNX shape',
         "inference lost, found by running the model at two batch sizes.",
         "",
         f"Versions: {_versions()}.",
@@ -495,12 +640,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     entry passes, 1 when one fails, 2 for bad arguments."""
     parser = argparse.ArgumentParser(
         prog="python -m apparate_trt.eval.model_matrix",
-        description="Build, export, compile, chain-check and replay every model of the matrix; write the table.")
-    parser.add_argument("--out", type=Path, default=None, help="write the Markdown table here (e.g. docs/MODELS.md); "
-                        "default: print it")
+        description="Build, export, compile, chain-check and replay every model of the matrix; write the table.",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="write the Markdown table here (e.g. docs/MODELS.md); default: print it"
+    )
     parser.add_argument("--only", default=None, help="run the entries whose name matches this regular expression")
-    parser.add_argument("--workdir", type=Path, default=None, help="keep each entry's files here (default: a temporary "
-                        "directory, removed at the end)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="keep each entry's files here (default: a temporary directory, removed at the end)",
+    )
     parser.add_argument("--list", action="store_true", help="list the entry names and exit")
     args = parser.parse_args(argv)
     try:
@@ -515,8 +666,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: no entry matches --only '{args.only}'; see --list", file=sys.stderr)
         return 2
     if args.out and not _writable(args.out):
-        print(f"error: cannot write --out {args.out}: its folder cannot be created or written; choose another path",
-              file=sys.stderr)
+        print(
+            f"error: cannot write --out {args.out}: its folder cannot be created or written; choose another path",
+            file=sys.stderr,
+        )
         return 2
     t0 = time.perf_counter()
     rows = []
@@ -529,8 +682,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001 - a broken entry is a row of the table, not the end of the run
                 row = Row(e, status=f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
             verdict = "pass" if not shortfalls(row) else "FAIL: " + "; ".join(shortfalls(row))
-            print(f"[{i}/{len(chosen)}] {e.name}: {row.sites} sites, {row.exits}/{row.requests} exits, "
-                  f"{time.perf_counter() - t_entry:.1f} s: {verdict}", file=sys.stderr, flush=True)
+            print(
+                f"[{i}/{len(chosen)}] {e.name}: {row.sites} sites, {row.exits}/{row.requests} exits, "
+                f"{time.perf_counter() - t_entry:.1f} s: {verdict}",
+                file=sys.stderr,
+                flush=True,
+            )
             rows.append(row)
     command = "python -m apparate_trt.eval.model_matrix" + (f" --out {args.out}" if args.out else "")
     page = render(rows, command, time.perf_counter() - t0)

@@ -3,10 +3,12 @@
 matplotlib is optional (the ``plot`` extra) and imported only here, lazily, with the Agg backend
 (no display needed).
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +34,9 @@ def _output_dir(directory: str | Path) -> Path:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ApparateError(f"cannot create the plot directory '{directory}' ({exc}); pass a writable --plot DIR") from None
+        raise ApparateError(
+            f"cannot create the plot directory '{directory}' ({exc}); pass a writable --plot DIR"
+        ) from None
     return directory
 
 
@@ -88,7 +92,9 @@ def plot_timeline(report: Mapping[str, Any], path: str | Path, arrivals_s: np.nd
     if arrivals_s is not None and windows:
         ends = np.asarray(arrivals_s)[np.minimum(np.arange(1, len(windows) + 1) * size, len(arrivals_s)) - 1]
         ax_acc.plot(ends, windows, "o-", markersize=3, label=f"served requests (windows of {size})")
-    ax_acc.axhline(1.0 - constraint, color="red", linestyle="--", linewidth=1, label=f"1 - constraint ({1 - constraint:.3f})")
+    ax_acc.axhline(
+        1.0 - constraint, color="red", linestyle="--", linewidth=1, label=f"1 - constraint ({1 - constraint:.3f})"
+    )
     ax_acc.set_ylabel("accuracy vs original")
     ax_acc.set_xlabel("time since start (s)")
     ax_acc.legend(loc="lower left", fontsize=8)
@@ -106,7 +112,9 @@ def plot_timeline(report: Mapping[str, Any], path: str | Path, arrivals_s: np.nd
     return Path(path)
 
 
-def write_plots(directory: str | Path, report: Mapping[str, Any], latency_ms: np.ndarray, arrivals_s: np.ndarray | None = None) -> list[Path]:
+def write_plots(
+    directory: str | Path, report: Mapping[str, Any], latency_ms: np.ndarray, arrivals_s: np.ndarray | None = None
+) -> list[Path]:
     """Write ``latency_cdf.png`` and ``timeline.png`` into ``directory``; return their paths."""
     out = _output_dir(directory)
     return [

@@ -24,21 +24,22 @@ oracle (optimal exiting)
 
 Latencies in ms; confidences are max softmax probabilities (the bootstrap statistics' kind).
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 
 from apparate_trt import _core
+from apparate_trt.backends import open_runner
+from apparate_trt.defaults import SEARCH_MIN_STEP
 from apparate_trt.engine_dir import Manifest
 from apparate_trt.errors import ApparateError
-from apparate_trt.backends import open_runner
-from apparate_trt.runtime.compaction import compact, dynamic_batch_inputs
-from apparate_trt.defaults import SEARCH_MIN_STEP
 from apparate_trt.latency import LatencyModel
+from apparate_trt.runtime.compaction import compact, dynamic_batch_inputs
 from apparate_trt.runtime.executor import BatchOutcome, Executor, ReleaseFn, final_predictions, release_final
 from apparate_trt.runtime.vanilla import FixedExecutorBase, rampless_outcome
 
@@ -168,23 +169,29 @@ def stream_ramps(
 
     Confidences are computed in float64 from the ramps' logits: a float32 softmax saturates at 1
     for over-confident ramps, which would tie inputs that a threshold can tell apart."""
-    segments = [(open_runner(manifest.path(s.file), threads=threads, name=f"segment {s.file}"), list(s.outputs), s.ends_at_site) for s in manifest.segments]
-    ramps = {r.site: (open_runner(manifest.path(r.file), threads=threads, name=f"ramp {r.file}"), r.output) for r in manifest.ramps}
+    segments = [
+        (open_runner(manifest.path(s.file), threads=threads, name=f"segment {s.file}"), list(s.outputs), s.ends_at_site)
+        for s in manifest.segments
+    ]
+    ramps = {
+        r.site: (open_runner(manifest.path(r.file), threads=threads, name=f"ramp {r.file}"), r.output)
+        for r in manifest.ramps
+    }
     n = int(next(iter(inputs.values())).shape[0])
     ramp_pred = np.zeros((len(manifest.sites), n), dtype=np.int32)
     confidence = np.zeros((len(manifest.sites), n), dtype=np.float64)
     final_pred = np.zeros(n, dtype=np.int32)
     for lo in range(0, n, batch_size):
-        env: dict[str, np.ndarray] = {name: np.ascontiguousarray(a[lo:lo + batch_size]) for name, a in inputs.items()}
+        env: dict[str, np.ndarray] = {name: np.ascontiguousarray(a[lo : lo + batch_size]) for name, a in inputs.items()}
         for runner, outputs, site in segments:
             env.update(runner.run(env, outputs))
             if site is not None:
                 ramp, out = ramps[site]
                 z = np.asarray(ramp.run(env, [out])[out], dtype=np.float64)
                 z -= z.max(axis=1, keepdims=True)
-                ramp_pred[site, lo:lo + batch_size] = np.argmax(z, axis=1)
-                confidence[site, lo:lo + batch_size] = 1.0 / np.exp(z).sum(axis=1)
-        final_pred[lo:lo + batch_size] = final_predictions(np.asarray(env[manifest.model.output]))
+                ramp_pred[site, lo : lo + batch_size] = np.argmax(z, axis=1)
+                confidence[site, lo : lo + batch_size] = 1.0 / np.exp(z).sum(axis=1)
+        final_pred[lo : lo + batch_size] = final_predictions(np.asarray(env[manifest.model.output]))
     return StreamRamps(ramp_pred, confidence, final_pred)
 
 
@@ -270,14 +277,16 @@ class OraclePolicy:
     name: str = "oracle"
     exit_mode: str = "release"
 
-    def build_executor(self, manifest: Manifest, threads: int | None, confidence: str) -> "OracleExecutor":
+    def build_executor(self, manifest: Manifest, threads: int | None, confidence: str) -> OracleExecutor:
         """An :class:`OracleExecutor` (``confidence`` is unused: no ramps run)."""
         return OracleExecutor(manifest, self.oracle, threads, skip=self.exit_mode == "skip")
 
 
 def _all_sites(manifest: Manifest) -> list[int]:
     if not manifest.sites:
-        raise ApparateError("this engine has no ramp sites, so early-exit baselines cannot run; compile a model with usable cuts")
+        raise ApparateError(
+            "this engine has no ramp sites, so early-exit baselines cannot run; compile a model with usable cuts"
+        )
     return [s.id for s in manifest.sites]
 
 
@@ -285,7 +294,9 @@ def _tuning_batch(manifest: Manifest, batch_size: int | None) -> int:
     return int(batch_size or manifest.profiles.batch_sizes[0])
 
 
-def static_shared_policy(manifest: Manifest, constraint: float = 0.01, batch_size: int | None = None) -> FixedThresholdPolicy:
+def static_shared_policy(
+    manifest: Manifest, constraint: float = 0.01, batch_size: int | None = None
+) -> FixedThresholdPolicy:
     """Static EE with one shared threshold, grid-searched on the bootstrap statistics."""
     sites = _all_sites(manifest)
     view = bootstrap_view(manifest)
@@ -294,7 +305,9 @@ def static_shared_policy(manifest: Manifest, constraint: float = 0.01, batch_siz
     return FixedThresholdPolicy("static-shared", sites, [t] * len(sites), acc)
 
 
-def static_per_ramp_policy(manifest: Manifest, constraint: float = 0.01, batch_size: int | None = None) -> FixedThresholdPolicy:
+def static_per_ramp_policy(
+    manifest: Manifest, constraint: float = 0.01, batch_size: int | None = None
+) -> FixedThresholdPolicy:
     """Static EE with per-ramp thresholds, searched once on the bootstrap statistics."""
     sites = _all_sites(manifest)
     view = bootstrap_view(manifest)
@@ -320,12 +333,19 @@ class OracleExecutor(FixedExecutorBase):
 
     accepts_tags = True
 
-    def __init__(self, manifest: Manifest, oracle: StreamOracle, threads: int | None = None, skip: bool = False) -> None:
+    def __init__(
+        self, manifest: Manifest, oracle: StreamOracle, threads: int | None = None, skip: bool = False
+    ) -> None:
         self.manifest = manifest
         self.oracle = oracle
         self.skip = bool(skip)
         self._stages = [
-            (open_runner(manifest.path(s.file), threads=threads, name=f"segment {s.file}"), list(s.outputs), s.ends_at_site) for s in manifest.segments
+            (
+                open_runner(manifest.path(s.file), threads=threads, name=f"segment {s.file}"),
+                list(s.outputs),
+                s.ends_at_site,
+            )
+            for s in manifest.segments
         ]
         self._rows = np.eye(manifest.model.num_classes, dtype=np.float32)
         batch = {spec.name for spec in manifest.model.inputs}
@@ -341,11 +361,15 @@ class OracleExecutor(FixedExecutorBase):
                 if tag is not None:
                     k = int(tag)  # type: ignore[call-overload]
                     if not 0 <= k < self.oracle.site.shape[0]:
-                        raise ApparateError(f"oracle tag {k} is outside the stream (0..{self.oracle.site.shape[0] - 1}); tag requests with their stream index")
+                        raise ApparateError(
+                            f"oracle tag {k} is outside the stream (0..{self.oracle.site.shape[0] - 1}); tag requests with their stream index"
+                        )
                     site[i], pred[i] = self.oracle.site[k], self.oracle.final_pred[k]
         return site, pred
 
-    def run_batch(self, inputs: Mapping[str, np.ndarray], on_release: ReleaseFn, tags: Sequence[object] | None = None) -> BatchOutcome:
+    def run_batch(
+        self, inputs: Mapping[str, np.ndarray], on_release: ReleaseFn, tags: Sequence[object] | None = None
+    ) -> BatchOutcome:
         """Run the finest segments; release each input after its oracle site's segment."""
         t_start = time.monotonic()
         n = int(next(iter(inputs.values())).shape[0])

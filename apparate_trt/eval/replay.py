@@ -8,14 +8,16 @@ is its first release time minus its scheduled arrival time, both on the engine's
 (``time.monotonic``), so any lag of the load generator counts against the system, as it would for a
 real client. The engine is not closed: the caller owns it.
 """
+
 from __future__ import annotations
 
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -155,7 +157,9 @@ def replay(
     if reference_pred is not None and skipped.any():
         reference = np.asarray(reference_pred).reshape(-1)
         if reference.shape[0] < n:
-            raise ApparateError(f"reference_pred has {reference.shape[0]} entries for {n} requests; give one per request")
+            raise ApparateError(
+                f"reference_pred has {reference.shape[0]} entries for {n} requests; give one per request"
+            )
         final_pred[skipped] = reference[:n][skipped].astype(np.int32)
         reference_used = True
     sync = getattr(engine, "sync_controller", None)
@@ -194,8 +198,9 @@ def _batch_counts(engine: Any) -> tuple[int, int]:
     return int(stats.get("batches", 0)), int(stats.get("unsplit_batches", 0))
 
 
-def offline_predictions(manifest: Any, inputs: Mapping[str, np.ndarray], threads: int | None = None,
-                        batch_size: int = 8) -> np.ndarray:
+def offline_predictions(
+    manifest: Any, inputs: Mapping[str, np.ndarray], threads: int | None = None, batch_size: int = 8
+) -> np.ndarray:
     """The original model's argmax (int32 [n]) on ``inputs``, run unsplit in batches of
     ``batch_size``: the reference that judges skip mode's requests that got no final result."""
     from apparate_trt.backends import open_runner
@@ -204,9 +209,9 @@ def offline_predictions(manifest: Any, inputs: Mapping[str, np.ndarray], threads
     n = int(next(iter(inputs.values())).shape[0]) if inputs else 0
     out = np.full(n, -1, dtype=np.int32)
     for start in range(0, n, max(1, batch_size)):
-        feeds = {name: value[start:start + batch_size] for name, value in inputs.items()}
+        feeds = {name: value[start : start + batch_size] for name, value in inputs.items()}
         logits = runner.run(feeds, [manifest.model.output])[manifest.model.output]
-        out[start:start + logits.shape[0]] = np.argmax(logits, axis=1)
+        out[start : start + logits.shape[0]] = np.argmax(logits, axis=1)
     return out
 
 

@@ -7,13 +7,15 @@ violates the constraint when its accuracy is below ``1 - accuracy_constraint``. 
 the threshold history are seconds since the replay's start (negative: before the first arrival,
 e.g. the ``initial`` event at load time).
 """
+
 from __future__ import annotations
 
 import json
 import math
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +35,13 @@ def latency_summary(latency_ms: np.ndarray) -> dict[str, float | None]:
     if values.size == 0:
         return {"p50": None, "p95": None, "p99": None, "mean": None, "max": None}
     p50, p95, p99 = np.percentile(values, [50, 95, 99])
-    return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "mean": float(values.mean()), "max": float(values.max())}
+    return {
+        "p50": float(p50),
+        "p95": float(p95),
+        "p99": float(p99),
+        "mean": float(values.mean()),
+        "max": float(values.max()),
+    }
 
 
 def window_accuracies(correct: np.ndarray, window_size: int) -> np.ndarray:
@@ -111,7 +119,10 @@ def build_report(
         "batches": {"run": result.batches, "unsplit": result.unsplit_batches},
         "events": [_relative(e, result.t_start) for e in result.events],
         "threshold_history": [_relative(h, result.t_start) for h in result.threshold_history],
-        "submit_lag_ms": {"p99": float(np.percentile(lag, 99)) if lag.size else None, "max": float(lag.max()) if lag.size else None},
+        "submit_lag_ms": {
+            "p99": float(np.percentile(lag, 99)) if lag.size else None,
+            "max": float(lag.max()) if lag.size else None,
+        },
         "settings": dict(settings or result.settings),
     }
 
@@ -180,7 +191,9 @@ def _pct(value: float | None, digits: int = 2) -> str:
 def format_report(report: Mapping[str, Any]) -> str:
     """The report as a short text table for stdout."""
     lat, acc = report["latency_ms"], report["accuracy"]
-    shares = "  ".join(f"{'final' if k == 'final' else 'site ' + k}: {_pct(v, 1)}" for k, v in report["exit_share"].items())
+    shares = "  ".join(
+        f"{'final' if k == 'final' else 'site ' + k}: {_pct(v, 1)}" for k, v in report["exit_share"].items()
+    )
     kinds = Counter(e["kind"] for e in report["events"])
     lines = [
         f"mode {report['mode']}: {report['requests']} requests, {report['completed']} completed, {report['failed']} failed",
@@ -199,7 +212,9 @@ def format_report(report: Mapping[str, Any]) -> str:
         )
     batches = report.get("batches") or {}
     if batches.get("run"):
-        lines.append(f"  batches         {batches['run']} run, {batches['unsplit']} unsplit (overload fallback: a full batch was waiting)")
+        lines.append(
+            f"  batches         {batches['run']} run, {batches['unsplit']} unsplit (overload fallback: a full batch was waiting)"
+        )
     for message, count in report.get("errors", {}).items():
         lines.append(f"  failed          {count} x {message}")
     if report["events"]:

@@ -15,11 +15,12 @@ This module also holds the small graph facts the site finder and the splitter sh
 :func:`node_inputs` (with control-flow subgraphs' outer-scope references), :func:`constant_tensors`
 and :func:`tensor_types`.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import onnx
@@ -32,8 +33,9 @@ KNOWN_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
 #: Symbol given to a batch dimension that the file fixes to 1.
 BATCH_SYMBOL = "N"
 #: Operators whose output is random: never treated as constants even without activation inputs.
-RANDOM_OPS = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
-                        "Multinomial", "Bernoulli"})
+RANDOM_OPS = frozenset(
+    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+)
 _PROTO_LIMIT_BYTES = 2**31 - 1
 FLOAT_DTYPES = frozenset({"float16", "float32", "float64", "bfloat16"})
 
@@ -55,6 +57,7 @@ class TensorInfo:
 # ----------------------------------------------------------------------------------------------
 # Graph facts shared by sites.py and segments.py
 # ----------------------------------------------------------------------------------------------
+
 
 def _subgraph_outer_refs(graph: onnx.GraphProto) -> set[str]:
     """Names a subgraph reads from its enclosing scopes (not defined inside it)."""
@@ -98,8 +101,29 @@ def constant_tensors(graph: onnx.GraphProto) -> set[str]:
     return const
 
 
-SHAPE_OPS = frozenset({"Shape", "Size", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Slice", "Reshape",
-                       "Add", "Sub", "Mul", "Div", "Identity", "Expand", "ConstantOfShape", "Range", "Equal", "Where"})
+SHAPE_OPS = frozenset(
+    {
+        "Shape",
+        "Size",
+        "Gather",
+        "Unsqueeze",
+        "Squeeze",
+        "Concat",
+        "Cast",
+        "Slice",
+        "Reshape",
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Identity",
+        "Expand",
+        "ConstantOfShape",
+        "Range",
+        "Equal",
+        "Where",
+    }
+)
 """Ops that shape arithmetic (``x.view(x.size(0), -1)``) is made of."""
 
 
@@ -114,7 +138,12 @@ def input_shape_tensors(graph: onnx.GraphProto, const: set[str]) -> set[str]:
         reads = node_inputs(node)
         if node.op_type in ("Shape", "Size") and reads and reads[0] in inputs:
             derived.update(o for o in node.output if o)
-        elif node.op_type in SHAPE_OPS and reads and all(r in derived or r in const for r in reads) and any(r in derived for r in reads):
+        elif (
+            node.op_type in SHAPE_OPS
+            and reads
+            and all(r in derived or r in const for r in reads)
+            and any(r in derived for r in reads)
+        ):
             derived.update(o for o in node.output if o)
     return derived
 
@@ -160,6 +189,7 @@ def dtype_name(elem_type: int) -> str:
 # Loading and checking
 # ----------------------------------------------------------------------------------------------
 
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0].strip() if text else type(exc).__name__
@@ -172,11 +202,13 @@ def _parse(path: Path) -> onnx.ModelProto:
     except Exception as exc:  # DecodeError, UnicodeDecodeError, ... depending on the bytes
         raise ApparateError(
             f"'{path}' is not an ONNX model (it does not parse: {_first_line(exc)}); "
-            "pass the .onnx file exported from your framework (e.g. torch.onnx.export)") from None
+            "pass the .onnx file exported from your framework (e.g. torch.onnx.export)"
+        ) from None
     if model.ir_version <= 0 or not model.HasField("graph") or len(model.graph.node) == 0:
         raise ApparateError(
             f"'{path}' is not an ONNX model (no IR version or no graph nodes); "
-            "pass the .onnx file exported from your framework (e.g. torch.onnx.export)")
+            "pass the .onnx file exported from your framework (e.g. torch.onnx.export)"
+        )
     return model
 
 
@@ -203,17 +235,20 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
         if not (base / info.location).is_file():
             raise ApparateError(
                 f"model '{path}' keeps weight '{tensor.name}' in external data file "
-                f"'{info.location}', which is missing next to it; copy that file into '{base}'")
+                f"'{info.location}', which is missing next to it; copy that file into '{base}'"
+            )
     try:
         external_data_helper.load_external_data_for_model(model, str(base))
     except Exception as exc:
         raise ApparateError(
             f"cannot read the external weights of '{path}': {_first_line(exc)}; "
-            "re-export the model with its weights inside the .onnx file") from None
+            "re-export the model with its weights inside the .onnx file"
+        ) from None
     if model.ByteSize() > _PROTO_LIMIT_BYTES:
         raise ApparateError(
             f"model '{path}' is larger than 2 GB with its weights; apparate_trt handles models under "
-            "2 GB (protobuf's limit), use a smaller or quantized model")
+            "2 GB (protobuf's limit), use a smaller or quantized model"
+        )
 
 
 def _check(model: onnx.ModelProto, path: Path) -> None:
@@ -222,7 +257,8 @@ def _check(model: onnx.ModelProto, path: Path) -> None:
     except Exception as exc:
         raise ApparateError(
             f"model '{path}' fails the ONNX checker: {_first_line(exc)}; "
-            "fix or re-export the model (onnx.checker.check_model must pass)") from None
+            "fix or re-export the model (onnx.checker.check_model must pass)"
+        ) from None
 
 
 def _is_tensor(vi: onnx.ValueInfoProto) -> bool:
@@ -235,7 +271,8 @@ def _check_supported(model: onnx.ModelProto, path: Path) -> None:
     if len(graph.sparse_initializer):
         raise ApparateError(
             f"model '{path}' has sparse initializers, which apparate_trt does not support; "
-            "convert them to dense initializers (onnx.numpy_helper) and re-save")
+            "convert them to dense initializers (onnx.numpy_helper) and re-save"
+        )
     initializers = {t.name for t in graph.initializer}
     inputs = [vi for vi in graph.input if vi.name not in initializers]
     if not inputs:
@@ -247,20 +284,23 @@ def _check_supported(model: onnx.ModelProto, path: Path) -> None:
             if not _is_tensor(vi):
                 raise ApparateError(
                     f"model '{path}' {kind} '{vi.name}' is not a dense tensor "
-                    f"({vi.type.WhichOneof('value')}); apparate_trt needs tensor inputs and outputs")
+                    f"({vi.type.WhichOneof('value')}); apparate_trt needs tensor inputs and outputs"
+                )
     for vi in inputs:
         dims = dims_of(vi.type)
         if dims is not None and len(dims) == 0:
             raise ApparateError(
                 f"model '{path}' input '{vi.name}' is a scalar; every input needs a batch axis "
-                "first (re-export with a dynamic batch axis)")
+                "first (re-export with a dynamic batch axis)"
+            )
     local_functions = {(f.domain, f.name) for f in model.functions}
     for node in _all_nodes(graph):
         if node.domain not in KNOWN_DOMAINS and (node.domain, node.op_type) not in local_functions:
             raise ApparateError(
                 f"model '{path}' uses operator '{node.op_type}' of custom domain '{node.domain}', "
                 "which ONNX Runtime cannot run without its custom-op library; export with standard "
-                "ONNX operators")
+                "ONNX operators"
+            )
 
 
 def _all_nodes(graph: onnx.GraphProto) -> Iterable[onnx.NodeProto]:
@@ -274,6 +314,7 @@ def _all_nodes(graph: onnx.GraphProto) -> Iterable[onnx.NodeProto]:
 # ----------------------------------------------------------------------------------------------
 # Canonicalisation
 # ----------------------------------------------------------------------------------------------
+
 
 def _drop_initializer_inputs(graph: onnx.GraphProto) -> None:
     """Remove initializers from ``graph.input`` (old-IR models list weights as inputs)."""
@@ -320,8 +361,7 @@ def topological_sort(graph: onnx.GraphProto) -> None:
         for out in node.output:
             if out:
                 producer[out] = index
-    deps = [{producer[name] for name in node_inputs(node) if name in producer} - {i}
-            for i, node in enumerate(nodes)]
+    deps = [{producer[name] for name in node_inputs(node) if name in producer} - {i} for i, node in enumerate(nodes)]
     users: list[list[int]] = [[] for _ in nodes]
     for i, dep in enumerate(deps):
         for d in dep:
@@ -341,7 +381,8 @@ def topological_sort(graph: onnx.GraphProto) -> None:
         stuck = next(nodes[i] for i in range(len(nodes)) if waiting[i] > 0)
         raise ApparateError(
             f"the model's graph has a cycle (node '{stuck.name or stuck.op_type}'); "
-            "ONNX graphs must be acyclic, re-export the model")
+            "ONNX graphs must be acyclic, re-export the model"
+        )
     if order != list(range(len(nodes))):
         del graph.node[:]
         graph.node.extend(nodes[i] for i in order)
@@ -401,7 +442,8 @@ def _infer_shapes(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
     except Exception as exc:
         raise ApparateError(
             f"ONNX shape inference fails on '{path}': {_first_line(exc)}; "
-            "the model's shapes are inconsistent, re-export it") from None
+            "the model's shapes are inconsistent, re-export it"
+        ) from None
 
 
 def _batch_symbol(inputs: list[onnx.ValueInfoProto]) -> str:
@@ -435,7 +477,8 @@ def _make_batch_symbolic(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
             raise ApparateError(
                 f"model '{path}' fixes the batch size to 1 (input {names}) and its graph depends on "
                 f"it (output '{vi.name}' keeps batch 1); re-export with a dynamic batch axis, e.g. "
-                "torch.onnx.export(..., dynamic_axes={'input': {0: 'N'}})")
+                "torch.onnx.export(..., dynamic_axes={'input': {0: 'N'}})"
+            )
     return model
 
 
@@ -467,6 +510,7 @@ def load_model(path: str | Path) -> onnx.ModelProto:
 # ----------------------------------------------------------------------------------------------
 # Inputs, outputs and the score output
 # ----------------------------------------------------------------------------------------------
+
 
 def batch_symbol(model: onnx.ModelProto) -> str | None:
     """The symbol of the graph inputs' first (batch) dimension, or None if none is symbolic."""
@@ -507,7 +551,8 @@ def score_output(model: onnx.ModelProto, name: str | None = None) -> tuple[str, 
         if len(outputs) != 1:
             raise ApparateError(
                 f"the model has {len(outputs)} outputs ({names}); pick the [batch, classes] score "
-                "output with --output NAME")
+                "output with --output NAME"
+            )
         chosen = outputs[0]
     else:
         matches = [o for o in outputs if o.name == name]
@@ -517,10 +562,12 @@ def score_output(model: onnx.ModelProto, name: str | None = None) -> tuple[str, 
     if chosen.dtype not in FLOAT_DTYPES:
         raise ApparateError(
             f"output '{chosen.name}' is {chosen.dtype}, not float scores; apparate_trt needs a "
-            "[batch, classes] float score output (logits or probabilities), pick it with --output NAME")
+            "[batch, classes] float score output (logits or probabilities), pick it with --output NAME"
+        )
     shape = chosen.shape
     if len(shape) != 2 or not isinstance(shape[1], int) or shape[1] < 2:
         raise ApparateError(
             f"output '{chosen.name}' has shape {shape}, not [batch, classes] with a known class "
-            "count >= 2; export the classifier's score output (pick it with --output NAME)")
+            "count >= 2; export the classifier's score output (pick it with --output NAME)"
+        )
     return chosen.name, int(shape[1])

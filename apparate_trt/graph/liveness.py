@@ -7,6 +7,7 @@ tensors computed only from constants) are never live: every segment recomputes t
 nodes are atomic; what their subgraphs read from the outer scope counts as read by the node.
 Used by site finding (``compiler/sites.py``) and by splitting (``graph/split.py``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -20,12 +20,13 @@ The runtime chains segments through a ``{tensor name: array}`` environment: a te
 segment ``i`` stays available to every later segment (this is how side tensors such as an attention
 mask reach every layer), so a segment lists only what it reads itself.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-import numpy as np
 import onnx
 from onnx import helper
 
@@ -49,6 +50,7 @@ class Segment:
 # Splitting
 # ----------------------------------------------------------------------------------------------
 
+
 def _chosen_sites(sites: Sequence[Any], cut_ids: Sequence[int], num_nodes: int) -> list[Any]:
     """The sites with ids in ``cut_ids``, in graph order; ValueError on an unknown id or a site
     outside the graph."""
@@ -59,8 +61,10 @@ def _chosen_sites(sites: Sequence[Any], cut_ids: Sequence[int], num_nodes: int) 
     chosen = sorted({int(i): by_id[int(i)] for i in cut_ids}.values(), key=lambda s: s.node_index)
     for site in chosen:
         if not 0 <= site.node_index < num_nodes - 1:
-            raise ValueError(f"split_model: site {site.id} cuts after node {site.node_index}, outside the "
-                             f"model's {num_nodes} nodes; was it found on another model?")
+            raise ValueError(
+                f"split_model: site {site.id} cuts after node {site.node_index}, outside the "
+                f"model's {num_nodes} nodes; was it found on another model?"
+            )
     positions = [s.node_index for s in chosen]
     if len(set(positions)) != len(positions):
         raise ValueError("split_model: two chosen sites cut at the same node position")
@@ -117,7 +121,8 @@ def _value_info(name: str, idx: _GraphIndex, site_desc: str) -> onnx.ValueInfoPr
     if name not in idx.types:
         raise ApparateError(
             f"cannot split the model at {site_desc}: tensor '{name}' has no known type after shape "
-            "inference; re-export the model with full type information")
+            "inference; re-export the model with full type information"
+        )
     return helper.make_value_info(name, idx.types[name])
 
 
@@ -135,13 +140,20 @@ def _ordered(names: set[str], idx: _GraphIndex, first: str | None = None) -> lis
     return sorted(names, key=key)
 
 
-def _segment(model: onnx.ModelProto, idx: _GraphIndex, lo: int, hi: int, number: int,
-             site: Any | None, prev_site: Any | None, last: bool) -> Segment:
+def _segment(
+    model: onnx.ModelProto,
+    idx: _GraphIndex,
+    lo: int,
+    hi: int,
+    number: int,
+    site: Any | None,
+    prev_site: Any | None,
+    last: bool,
+) -> Segment:
     """The segment of nodes ``lo..hi`` (inclusive) of the sorted graph."""
     graph = model.graph
     copied = idx.const | idx.derived
-    active = [i for i in range(lo, hi + 1)
-              if not all(o in copied for o in graph.node[i].output if o)]
+    active = [i for i in range(lo, hi + 1) if not all(o in copied for o in graph.node[i].output if o)]
     reads = {name for i in active for name in idx.reads[i]}
     wanted_consts = {n for n in reads if n in copied}
     if last:
@@ -150,17 +162,23 @@ def _segment(model: onnx.ModelProto, idx: _GraphIndex, lo: int, hi: int, number:
     reads |= {name for i in nodes for name in idx.reads[i]}
     produced = {o for i in nodes for o in graph.node[i].output if o}
 
-    inputs = _ordered({n for n in reads if n not in produced and n not in idx.const},
-                      idx, prev_site.tensor if prev_site is not None else None)
-    crossing = {o for i in active for o in graph.node[i].output
-                if o and o not in copied and idx.lv.last_use.get(o, -1) > hi}
+    inputs = _ordered(
+        {n for n in reads if n not in produced and n not in idx.const},
+        idx,
+        prev_site.tensor if prev_site is not None else None,
+    )
+    crossing = {
+        o for i in active for o in graph.node[i].output if o and o not in copied and idx.lv.last_use.get(o, -1) > hi
+    }
     if last:
         outputs = [n for n in idx.graph_outputs if n in produced]
     else:
         outputs = _ordered(crossing, idx, site.tensor)
         if outputs[:1] != [site.tensor]:
-            raise ValueError(f"split_model: site {site.id}'s tensor '{site.tensor}' is not produced before "
-                             f"its cut (node {site.node_index}); the sites do not belong to this model")
+            raise ValueError(
+                f"split_model: site {site.id}'s tensor '{site.tensor}' is not produced before "
+                f"its cut (node {site.node_index}); the sites do not belong to this model"
+            )
     desc = f"site {site.id}" if site is not None else "the last segment"
     seg_graph = helper.make_graph(
         nodes=[graph.node[i] for i in nodes],
@@ -168,12 +186,17 @@ def _segment(model: onnx.ModelProto, idx: _GraphIndex, lo: int, hi: int, number:
         inputs=[_value_info(n, idx, desc) for n in inputs],
         outputs=[_value_info(n, idx, desc) for n in outputs],
         initializer=[idx.initializers[n] for n in sorted(reads) if n in idx.initializers],
-        value_info=[helper.make_value_info(n, idx.types[n]) for n in sorted(produced)
-                    if n in idx.types and n not in outputs],
+        value_info=[
+            helper.make_value_info(n, idx.types[n]) for n in sorted(produced) if n in idx.types and n not in outputs
+        ],
     )
-    seg_model = helper.make_model(seg_graph, opset_imports=list(model.opset_import),
-                                  functions=list(model.functions),
-                                  producer_name="apparate_trt", doc_string=f"segment {number} of {graph.name}")
+    seg_model = helper.make_model(
+        seg_graph,
+        opset_imports=list(model.opset_import),
+        functions=list(model.functions),
+        producer_name="apparate_trt",
+        doc_string=f"segment {number} of {graph.name}",
+    )
     seg_model.ir_version = model.ir_version
     return Segment(seg_model, inputs, outputs, None if site is None else int(site.id))
 
@@ -193,14 +216,14 @@ def split_model(model: onnx.ModelProto, sites: Sequence[Any], cut_ids: Sequence[
     for k in range(len(bounds) - 1):
         site = chosen[k] if k < len(chosen) else None
         prev_site = chosen[k - 1] if k > 0 else None
-        segments.append(_segment(model, idx, bounds[k] + 1, bounds[k + 1], k, site, prev_site,
-                                 last=site is None))
+        segments.append(_segment(model, idx, bounds[k] + 1, bounds[k + 1], k, site, prev_site, last=site is None))
     return segments
 
 
 # ----------------------------------------------------------------------------------------------
 # Extra outputs and the chain check
 # ----------------------------------------------------------------------------------------------
+
 
 def with_extra_outputs(model: onnx.ModelProto, tensor_names: Sequence[str]) -> onnx.ModelProto:
     """A copy of ``model`` that also outputs the given intermediate tensors (after its own

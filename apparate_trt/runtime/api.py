@@ -13,18 +13,28 @@ else), batched dynamically (:mod:`~apparate_trt.runtime.batching`) and run by th
 each batch the controller sees the batch's feedback and may change the active ramps and thresholds.
 Times are ``time.monotonic()`` seconds; latencies are ms.
 """
+
 from __future__ import annotations
 
 import itertools
 import logging
 import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
+from apparate_trt.defaults import (
+    DEFAULT_ACCURACY_CONSTRAINT,
+    DEFAULT_AUDIT_RATE,
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_DELAY_MS,
+    DEFAULT_QUEUE_SIZE,
+    default_exit_mode,
+)
 from apparate_trt.engine_dir import Manifest, TensorSpec, read_manifest
 from apparate_trt.errors import ApparateError
 from apparate_trt.runtime.batching import (
@@ -37,13 +47,6 @@ from apparate_trt.runtime.batching import (
 from apparate_trt.runtime.compaction import check_exit_mode
 from apparate_trt.runtime.control_loop import ControlLoop
 from apparate_trt.runtime.controller import Controller
-from apparate_trt.defaults import (
-    DEFAULT_ACCURACY_CONSTRAINT,
-    DEFAULT_AUDIT_RATE,
-    DEFAULT_MAX_BATCH,
-    DEFAULT_MAX_DELAY_MS,
-    default_exit_mode,
-)
 from apparate_trt.runtime.executor import BatchExecutor, BatchOutcome, Executor, check_confidence_kind
 from apparate_trt.runtime.vanilla import VanillaExecutor
 
@@ -149,7 +152,9 @@ def _cast(name: str, value: np.ndarray, target: np.dtype) -> np.ndarray:
         if value.size == 0 or (value.min() >= info.min and value.max() <= info.max):
             return value.astype(target)
         raise ApparateError(f"input '{name}' holds values outside the range of {target}, which the model takes")
-    raise ApparateError(f"input '{name}' has dtype {value.dtype}, but the model takes {target}; convert it with .astype(np.{target})")
+    raise ApparateError(
+        f"input '{name}' has dtype {value.dtype}, but the model takes {target}; convert it with .astype(np.{target})"
+    )
 
 
 def _check_shape(spec: TensorSpec, value: np.ndarray, symbols: dict[str, int]) -> None:
@@ -162,13 +167,17 @@ def _check_shape(spec: TensorSpec, value: np.ndarray, symbols: dict[str, int]) -
     for axis, (dim, size) in enumerate(zip(expected, value.shape)):
         if isinstance(dim, int) and dim > 0:
             if size != dim:
-                raise ApparateError(f"input '{spec.name}' has shape {list(value.shape)}, expected {shown} (axis {axis} must be {dim})")
+                raise ApparateError(
+                    f"input '{spec.name}' has shape {list(value.shape)}, expected {shown} (axis {axis} must be {dim})"
+                )
         elif size < 1:
             raise ApparateError(f"input '{spec.name}' has an empty axis {axis} (shape {list(value.shape)})")
         elif isinstance(dim, str) and dim:
             seen = symbols.setdefault(dim, size)
             if seen != size:
-                raise ApparateError(f"inputs disagree on dimension '{dim}' ({seen} and {size} in '{spec.name}'); give every input the same length")
+                raise ApparateError(
+                    f"inputs disagree on dimension '{dim}' ({seen} and {size} in '{spec.name}'); give every input the same length"
+                )
 
 
 def validate_sample(specs: Sequence[TensorSpec], inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -183,7 +192,9 @@ def validate_sample(specs: Sequence[TensorSpec], inputs: Mapping[str, Any]) -> d
     missing = [n for n in names if n not in inputs]
     unknown = [n for n in inputs if n not in names]
     if missing or unknown:
-        parts = ([f"missing input(s) {missing}"] if missing else []) + ([f"unknown input(s) {unknown}"] if unknown else [])
+        parts = ([f"missing input(s) {missing}"] if missing else []) + (
+            [f"unknown input(s) {unknown}"] if unknown else []
+        )
         raise ApparateError(f"{' and '.join(parts)}; this model takes {names}")
     out: dict[str, np.ndarray] = {}
     symbols: dict[str, int] = {}
@@ -249,17 +260,23 @@ class Engine:
         self.executor = executor
         self.controller = controller
         self.timeout_ms = timeout_ms
-        self.overload_fallback = bool(overload_fallback) and controller is not None and getattr(executor, "runs_unsplit", False)
+        self.overload_fallback = (
+            bool(overload_fallback) and controller is not None and getattr(executor, "runs_unsplit", False)
+        )
         """True when a batch dispatched with a full batch still waiting runs unsplit (see :func:`load`)."""
         self._ids = itertools.count()
         self._failed = 0
         self._unsplit_batches = 0
         self._rows = {"released": 0, "audited": 0, "skipped": 0}
         self._compute_saved_ms = 0.0
-        self._control = None if controller is None else ControlLoop(
-            self._observe_batches,
-            self._apply_config,
-            name=f"apparate-{manifest.model.name}-controller",
+        self._control = (
+            None
+            if controller is None
+            else ControlLoop(
+                self._observe_batches,
+                self._apply_config,
+                name=f"apparate-{manifest.model.name}-controller",
+            )
         )
         self._batcher: DynamicBatcher[_Request] = DynamicBatcher(
             self._process,
@@ -333,7 +350,9 @@ class Engine:
         try:
             batch = {name: np.stack([req.inputs[name] for req in group]) for name in group[0].inputs}
 
-            def on_release(index: int, row: np.ndarray, pred: int, site: int | None, t_release: float, last: bool = False) -> None:
+            def on_release(
+                index: int, row: np.ndarray, pred: int, site: int | None, t_release: float, last: bool = False
+            ) -> None:
                 self._deliver(group[index], row, pred, site, t_release, last)
 
             options: dict[str, Any] = {}
@@ -368,10 +387,21 @@ class Engine:
         self._rows["audited"] += int(getattr(outcome, "audited", 0))
         self._compute_saved_ms += float(getattr(outcome, "compute_saved_ms", 0.0))
 
-    def _deliver(self, req: _Request, row: np.ndarray, pred: int, site: int | None, t_release: float, last: bool = False) -> None:
+    def _deliver(
+        self, req: _Request, row: np.ndarray, pred: int, site: int | None, t_release: float, last: bool = False
+    ) -> None:
         handle = req.handle
         skipped = bool(last) and site is not None
-        result = Result(handle.request_id, np.array(row, dtype=np.float32), int(pred), site, site is None, handle.t_arrival, t_release, skipped)
+        result = Result(
+            handle.request_id,
+            np.array(row, dtype=np.float32),
+            int(pred),
+            site,
+            site is None,
+            handle.t_arrival,
+            t_release,
+            skipped,
+        )
         delivered = _set_once(handle.early, result=result)
         if result.is_last:
             delivered = _set_once(handle.final, result=result) or delivered
@@ -391,9 +421,16 @@ class Engine:
     def _expire(self, requests: list[_Request]) -> None:
         for req in requests:
             waited_ms = (time.monotonic() - req.handle.t_arrival) * 1000.0
-            self._fail(req, RequestTimeoutError(f"request {req.handle.request_id} waited {waited_ms:.0f} ms in the queue, past its timeout; retry, or raise the timeout"))
+            self._fail(
+                req,
+                RequestTimeoutError(
+                    f"request {req.handle.request_id} waited {waited_ms:.0f} ms in the queue, past its timeout; retry, or raise the timeout"
+                ),
+            )
 
-    def _observe_batches(self, outcomes: Sequence[BatchOutcome], t: float | None) -> tuple[list[int], list[float]] | None:
+    def _observe_batches(
+        self, outcomes: Sequence[BatchOutcome], t: float | None
+    ) -> tuple[list[int], list[float]] | None:
         """The control loop's step: the controller takes the feedback; skip mode's audit rate follows."""
         controller = self.controller
         assert controller is not None
@@ -457,7 +494,7 @@ class Engine:
             self._control.close(timeout_s)
         self.executor.close()
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -472,11 +509,11 @@ def load(
     accuracy_constraint: float = DEFAULT_ACCURACY_CONSTRAINT,
     mode: str = "apparate",
     threads: int | None = None,
-    queue_size: int = 1024,
+    queue_size: int = DEFAULT_QUEUE_SIZE,
     confidence: str = "maxprob",
     controller_options: Mapping[str, Any] | None = None,
     timeout_ms: float | None = None,
-    policy: "ServingPolicy | None" = None,
+    policy: ServingPolicy | None = None,
     overload_fallback: bool | None = None,
     exit_mode: str | None = None,
     audit_rate: float = DEFAULT_AUDIT_RATE,
@@ -539,7 +576,12 @@ def load(
         exit_mode = "release"
     else:
         executor = Executor(manifest, threads, confidence, exit_mode=exit_mode)
-        options = {"confidence": confidence, "exit_mode": exit_mode, "audit_rate": audit_rate, **dict(controller_options or {})}
+        options = {
+            "confidence": confidence,
+            "exit_mode": exit_mode,
+            "audit_rate": audit_rate,
+            **dict(controller_options or {}),
+        }
         try:
             controller = Controller(manifest, accuracy_constraint=accuracy_constraint, **options)
             active, thresholds = controller.initial_config()

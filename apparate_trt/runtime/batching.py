@@ -9,17 +9,19 @@ accepted item, then returns.
 
 The batcher knows nothing about models: it moves opaque items to a ``process(list)`` callable.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Generic, TypeVar
+from typing import Generic, TypeVar
 
-from apparate_trt.errors import ApparateError
 from apparate_trt.defaults import DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY_MS
+from apparate_trt.errors import ApparateError
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +124,7 @@ class DynamicBatcher(Generic[T]):
                 raise BatcherClosedError("the engine is closed and accepts no new requests; load it again")
             if len(self._queue) >= self.queue_size:
                 self._stats.refused += 1
-                raise OverloadError(
-                    f"request queue full ({self.queue_size} waiting); retry later or raise queue_size"
-                )
+                raise OverloadError(f"request queue full ({self.queue_size} waiting); retry later or raise queue_size")
             self._queue.append(_Queued(item, now, deadline))
             self._stats.accepted += 1
             self._stats.queue_depth = len(self._queue)

@@ -13,9 +13,10 @@ Compacting is one ``numpy.take`` per batch-first tensor in the running environme
 for the tensors of the bundled models (``benchmarks/bench_compaction.py`` measures it). ONNX
 Runtime sessions take any batch size, so the segment runners need no re-planning.
 """
+
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 

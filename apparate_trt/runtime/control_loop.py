@@ -11,12 +11,14 @@ it, and in exchange no batch ever waits for the controller: its per-batch bookke
 searches and ramp adjustments run while the batch thread runs the model (ONNX Runtime releases
 the GIL) or waits for requests.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
 from collections import deque
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 log = logging.getLogger(__name__)
 

@@ -90,23 +90,30 @@ appends to the threshold history
 ``{t, active_sites, thresholds, window_accuracy, window_samples}``. Times ``t`` are in seconds of
 ``clock`` (``time.monotonic`` by default, the executor's clock).
 """
+
 from __future__ import annotations
 
 import math
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
 from apparate_trt import _core
+from apparate_trt.defaults import (
+    DEFAULT_ACCURACY_CONSTRAINT,
+    DEFAULT_AUDIT_RATE,
+    DEFAULT_TARGET_FRACTION,
+    MIN_AUDIT_RATE,
+    SEARCH_MIN_STEP,
+)
 from apparate_trt.engine_dir import BootstrapStats, Manifest
 from apparate_trt.errors import ApparateError
-from apparate_trt.runtime.compaction import check_exit_mode
-from apparate_trt.defaults import (DEFAULT_ACCURACY_CONSTRAINT, DEFAULT_AUDIT_RATE, DEFAULT_TARGET_FRACTION, MIN_AUDIT_RATE,
-                                   SEARCH_MIN_STEP)
 from apparate_trt.latency import LatencyModel, saved_next_ms, sum_after
+from apparate_trt.runtime.compaction import check_exit_mode
 
 Config = tuple[list[int], list[float]]
 """``(active site ids in execution order, threshold per active site)``."""
@@ -120,7 +127,6 @@ MIN_TIMED_BATCHES = 8
 """Batches an active set must have run before its measured timings replace the profile."""
 BATCH_SIZE_SMOOTHING = 0.1
 """Weight of the newest batch in the running batch size used to read the profile."""
-
 
 
 class Feedback(Protocol):
@@ -273,15 +279,28 @@ class Controller:
     ) -> None:
         self.exit_mode = check_exit_mode(exit_mode)
         if not MIN_AUDIT_RATE <= float(audit_rate) <= 1.0:
-            raise ApparateError(f"audit rate must be in [{MIN_AUDIT_RATE}, 1] so that feedback never stops, got {audit_rate}")
+            raise ApparateError(
+                f"audit rate must be in [{MIN_AUDIT_RATE}, 1] so that feedback never stops, got {audit_rate}"
+            )
         self.steady_audit_rate = float(audit_rate)
-        _check_options(accuracy_constraint, window_size, tune_every_batches, adjust_every_batches,
-                       emergency_window, target_fraction, min_tune_samples, initial_thresholds, probe_cooldown)
+        _check_options(
+            accuracy_constraint,
+            window_size,
+            tune_every_batches,
+            adjust_every_batches,
+            emergency_window,
+            target_fraction,
+            min_tune_samples,
+            initial_thresholds,
+            probe_cooldown,
+        )
         self.manifest = manifest
         self.latency = LatencyModel(manifest)
         self.constraint = float(accuracy_constraint)
         self.target_constraint = float(target_fraction) * self.constraint
-        self.window_size = int(window_size) if exit_mode == "release" else skip_window_size(int(window_size), float(audit_rate))
+        self.window_size = (
+            int(window_size) if exit_mode == "release" else skip_window_size(int(window_size), float(audit_rate))
+        )
         self.tune_every = int(tune_every_batches)
         self.adjust_every = int(adjust_every_batches)
         self.emergency_window = int(emergency_window)
@@ -318,7 +337,9 @@ class Controller:
         """The audit rate the state calls for (see "Skip mode"), and why."""
         if self.exit_mode != "skip":
             return 1.0, "release mode"
-        if self._active and self.window.count(np.asarray(self._active, np.int32)) < self.samples_to_tune(len(self._active)):
+        if self._active and self.window.count(np.asarray(self._active, np.int32)) < self.samples_to_tune(
+            len(self._active)
+        ):
             why = f"sites {sorted(self._probation)} in probation" if self._probation else "the window is thin"
             return 1.0, f"{why}: too few samples with every active ramp to tune on"
         return self.steady_audit_rate, "steady: the window holds enough samples to tune on"
@@ -326,8 +347,13 @@ class Controller:
     def _update_audit_rate(self, t: float) -> None:
         rate, why = self._audit_choice()
         if rate != self._audit_rate:
-            self._event(t, "audit", f"audit rate {self._audit_rate:.3g} -> {rate:.3g}: {why}",
-                        old_rate=self._audit_rate, rate=rate)
+            self._event(
+                t,
+                "audit",
+                f"audit rate {self._audit_rate:.3g} -> {rate:.3g}: {why}",
+                old_rate=self._audit_rate,
+                rate=rate,
+            )
             self._audit_rate = rate
 
     # --------------------------------------------------------------------------- public API
@@ -392,20 +418,27 @@ class Controller:
         t = self.clock()
         stats, why_not = self._bootstrap_for_start(mode, bootstrap)
         if stats is None:
-            self._event(t, "initial", f"sites from the manifest; thresholds 0 (never exit) until the first tune: {why_not}")
+            self._event(
+                t, "initial", f"sites from the manifest; thresholds 0 (never exit) until the first tune: {why_not}"
+            )
             return active, thresholds
         self._seed_window(stats)
         tuned = self._search(active)
         if tuned is None:
             self._event(
-                t, "initial",
+                t,
+                "initial",
                 f"sites from the manifest; thresholds 0 (never exit) until the first tune: {len(self.window)} held-out "
                 f"bootstrap samples are too few to tune {len(active)} ramps on (needs {self.samples_to_tune(len(active))})",
             )
             return active, thresholds
         self._event(
-            t, "initial", f"sites from the manifest; thresholds tuned on {tuned.samples} held-out bootstrap samples",
-            thresholds=[float(x) for x in tuned.thresholds], window_accuracy=tuned.accuracy, saved_ms=tuned.saved_ms,
+            t,
+            "initial",
+            f"sites from the manifest; thresholds tuned on {tuned.samples} held-out bootstrap samples",
+            thresholds=[float(x) for x in tuned.thresholds],
+            window_accuracy=tuned.accuracy,
+            saved_ms=tuned.saved_ms,
         )
         return active, tuned.thresholds
 
@@ -454,8 +487,12 @@ class Controller:
         weights = np.asarray(weights, dtype=np.float64)
         kept = np.flatnonzero(weights > 0)  # a skipped row has no final output: no feedback
         if kept.size:
-            self.window.push(sites, np.ascontiguousarray(conf[:, kept]), np.ascontiguousarray(agree[:, kept]),
-                             np.ascontiguousarray(weights[kept]))
+            self.window.push(
+                sites,
+                np.ascontiguousarray(conf[:, kept]),
+                np.ascontiguousarray(agree[:, kept]),
+                np.ascontiguousarray(weights[kept]),
+            )
 
     def _measure(self, outcome: Feedback, sites: np.ndarray) -> None:
         """Running means of the chain's measured stage and ramp wall times (ms) per active set."""
@@ -469,7 +506,9 @@ class Controller:
             return
         key = tuple(sites.tolist())
         old = self._timings.get(key)
-        self._timings[key] = (sample, 1) if old is None else (old[0] + BATCH_SIZE_SMOOTHING * (sample - old[0]), old[1] + 1)
+        self._timings[key] = (
+            (sample, 1) if old is None else (old[0] + BATCH_SIZE_SMOOTHING * (sample - old[0]), old[1] + 1)
+        )
 
     def chain_ms(self, sites: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """``(saved_ms [r], cost_ms [r])`` of the active ramps ``sites`` (execution order).
@@ -485,16 +524,22 @@ class Controller:
         """
         r = len(sites)
         boundary = self.latency.boundary_ms(self.batch_size)
-        skip_gain = (1.0 - self.steady_audit_rate) * self.latency.row_saved_ms(sites, self.batch_size) if self.exit_mode == "skip" else 0.0
+        skip_gain = (
+            (1.0 - self.steady_audit_rate) * self.latency.row_saved_ms(sites, self.batch_size)
+            if self.exit_mode == "skip"
+            else 0.0
+        )
         timed = self._timings.get(tuple(sites))
         if timed is None or timed[1] < MIN_TIMED_BATCHES:
             saved = self.latency.exit_saved_ms(sites, self.batch_size)
             return saved + skip_gain, self.latency.ramp_costs_ms(sites, self.batch_size) + boundary
-        stages, ramps = timed[0][: r + 1], timed[0][r + 1:]
+        stages, ramps = timed[0][: r + 1], timed[0][r + 1 :]
         after_stage = sum_after(stages)[:r]  # stages after ramp i's stage
         return after_stage + sum_after(ramps) + skip_gain, ramps + boundary
 
-    def _window_arrays(self, sites: Sequence[int], last: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _window_arrays(
+        self, sites: Sequence[int], last: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(conf [r, m], agree [r, m], weights float64 [m])`` of the window's samples holding ``sites``."""
         ids = np.asarray(sites, dtype=np.int32)
         if last is None:
@@ -531,10 +576,15 @@ class Controller:
             return False
         for i, site, wrong, exited in cut:
             self._event(
-                t, "emergency",
+                t,
+                "emergency",
                 f"ramp {site}: {wrong} of its {exited} exits in the last {m} samples disagree with the "
                 f"final output (limit {limit}); threshold {self._thresholds[i]:.4f} -> 0, window cleared",
-                site=site, wrong_exits=wrong, exits=exited, samples=m, old_threshold=float(self._thresholds[i]),
+                site=site,
+                wrong_exits=wrong,
+                exits=exited,
+                samples=m,
+                old_threshold=float(self._thresholds[i]),
             )
             self._thresholds[i] = 0.0
         self.window.clear()
@@ -566,10 +616,15 @@ class Controller:
         self._tuned_live = True
         self._last_tune_batch = self.batches
         self._event(
-            t, "tune", reason,
-            active_sites=list(self._active), old_thresholds=[float(x) for x in old],
-            thresholds=[float(x) for x in tuned.thresholds], window_accuracy=tuned.accuracy,
-            samples=tuned.samples, saved_ms=tuned.saved_ms,
+            t,
+            "tune",
+            reason,
+            active_sites=list(self._active),
+            old_thresholds=[float(x) for x in old],
+            thresholds=[float(x) for x in tuned.thresholds],
+            window_accuracy=tuned.accuracy,
+            samples=tuned.samples,
+            saved_ms=tuned.saved_ms,
         )
 
     def _tune_established(self, t: float, reason: str) -> None:
@@ -592,10 +647,15 @@ class Controller:
         self._partial_for = tuple(self._active)
         self._last_tune_batch = self.batches
         self._event(
-            t, "tune", f"{reason}: sites {established} (sites {sorted(self._probation)} stay in probation until they have feedback)",
-            active_sites=list(self._active), old_thresholds=[float(x) for x in old],
-            thresholds=[float(x) for x in self._thresholds], window_accuracy=tuned.accuracy,
-            samples=tuned.samples, saved_ms=tuned.saved_ms,
+            t,
+            "tune",
+            f"{reason}: sites {established} (sites {sorted(self._probation)} stay in probation until they have feedback)",
+            active_sites=list(self._active),
+            old_thresholds=[float(x) for x in old],
+            thresholds=[float(x) for x in self._thresholds],
+            window_accuracy=tuned.accuracy,
+            samples=tuned.samples,
+            saved_ms=tuned.saved_ms,
         )
 
     def _reset_adjust_clock(self) -> None:
@@ -633,9 +693,14 @@ class Controller:
             return None
         saved, _ = self.chain_ms(sites)
         thresholds, accuracy, saved_mean = _core.search_thresholds(
-            conf, agree, saved,
-            search_constraint(self.target_constraint, len(sites), float(weights.sum()), float(weights.max(initial=1.0))),
-            min_step=SEARCH_MIN_STEP, weights=weights,
+            conf,
+            agree,
+            saved,
+            search_constraint(
+                self.target_constraint, len(sites), float(weights.sum()), float(weights.max(initial=1.0))
+            ),
+            min_step=SEARCH_MIN_STEP,
+            weights=weights,
         )
         return _Tuned(np.asarray(thresholds, dtype=np.float64).copy(), float(accuracy), float(saved_mean), int(m))
 
@@ -678,7 +743,10 @@ class Controller:
         return {s for s, until in self._blocked_until.items() if until > self._adjust_rounds}
 
     def _fits_budget(self, sites: Sequence[int]) -> bool:
-        return float(self.latency.ramp_costs_ms(sites, self.batch_size).sum()) <= self.latency.budget_ms(self.batch_size) + 1e-12
+        return (
+            float(self.latency.ramp_costs_ms(sites, self.batch_size).sum())
+            <= self.latency.budget_ms(self.batch_size) + 1e-12
+        )
 
     def _remove_and_probe_deeper(self, t: float, useless: list[tuple[int, float, int]], samples: int) -> None:
         removed = [s for s, _, _ in useless]
@@ -688,10 +756,14 @@ class Controller:
         for site, value, exited in useless:
             self._blocked_until[site] = self._adjust_rounds + self.probe_cooldown
             self._event(
-                t, "remove_ramp",
+                t,
+                "remove_ramp",
                 f"ramp {site}: utility {value:.4f} ms per input over {samples} samples "
                 f"({exited} exits){' is negative' if value < 0 else ', nothing exits'}",
-                site=site, utility_ms=value, exits=exited, samples=samples,
+                site=site,
+                utility_ms=value,
+                exits=exited,
+                samples=samples,
             )
         latest = self.latency.latest_useful_site(self.batch_size)
         for site in removed:
@@ -706,7 +778,9 @@ class Controller:
         if probe is None or not self._fits_budget([*self._active, probe]):
             return
         why = "every ramp pays off" if self._active else "no active ramp"
-        self._add_ramp(t, probe, f"{why} (utility ms {[round(float(v), 4) for v in values]}); spare budget probes an earlier site")
+        self._add_ramp(
+            t, probe, f"{why} (utility ms {[round(float(v), 4) for v in values]}); spare budget probes an earlier site"
+        )
         self._pending_tune = "after a ramp change"
 
     def _add_ramp(self, t: float, site: int, reason: str) -> None:
@@ -718,8 +792,13 @@ class Controller:
         self._probation.add(site)
         used = float(self.latency.ramp_costs_ms(sites, self.batch_size).sum())
         self._event(
-            t, "add_ramp", f"{reason}; in probation (threshold 0) until the next tune",
-            site=site, active_sites=list(sites), cost_ms=used, budget_ms=self.latency.budget_ms(self.batch_size),
+            t,
+            "add_ramp",
+            f"{reason}; in probation (threshold 0) until the next tune",
+            site=site,
+            active_sites=list(sites),
+            cost_ms=used,
+            budget_ms=self.latency.budget_ms(self.batch_size),
         )
 
     # --------------------------------------------------------------------------- records
@@ -753,14 +832,23 @@ def _plain(value: Any) -> Any:
 
 
 def _check_options(
-    constraint: float, window_size: int, tune_every: int, adjust_every: int, emergency_window: int,
-    target_fraction: float, min_tune_samples: int, initial_thresholds: str, probe_cooldown: int,
+    constraint: float,
+    window_size: int,
+    tune_every: int,
+    adjust_every: int,
+    emergency_window: int,
+    target_fraction: float,
+    min_tune_samples: int,
+    initial_thresholds: str,
+    probe_cooldown: int,
 ) -> None:
     if not 0.0 <= constraint < 1.0:
         raise ApparateError(f"accuracy constraint must be a fraction in [0, 1), e.g. 0.01 for 1%, got {constraint}")
     for name, value in (
-        ("window size", window_size), ("tune interval (batches)", tune_every),
-        ("adjust interval (batches)", adjust_every), ("emergency window", emergency_window),
+        ("window size", window_size),
+        ("tune interval (batches)", tune_every),
+        ("adjust interval (batches)", adjust_every),
+        ("emergency window", emergency_window),
         ("min tune samples", min_tune_samples),
     ):
         if int(value) < 1:
@@ -768,6 +856,8 @@ def _check_options(
     if not 0.0 < target_fraction <= 1.0:
         raise ApparateError(f"target_fraction must be in (0, 1], got {target_fraction}")
     if initial_thresholds not in INITIAL_THRESHOLD_MODES:
-        raise ApparateError(f"initial_thresholds must be one of {', '.join(INITIAL_THRESHOLD_MODES)}, got {initial_thresholds!r}")
+        raise ApparateError(
+            f"initial_thresholds must be one of {', '.join(INITIAL_THRESHOLD_MODES)}, got {initial_thresholds!r}"
+        )
     if int(probe_cooldown) < 0:
         raise ApparateError(f"probe_cooldown must be >= 0, got {probe_cooldown}")

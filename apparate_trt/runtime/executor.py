@@ -22,6 +22,7 @@ ramps run on the compacted batch (``runtime.compaction``), a skipped row's early
 last, and the outcome weighs each audited row by ``1 / audit_rate`` so that the controller's
 feedback stays unbiased.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,19 +30,20 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import onnx
 
 from apparate_trt import _core
+from apparate_trt.backends import Runner, open_runner
 from apparate_trt.engine_dir import Manifest
 from apparate_trt.errors import ApparateError
-from apparate_trt.backends import Runner, open_runner
 from apparate_trt.runtime.compaction import check_exit_mode, compact, draw_audits, dynamic_batch_inputs
 from apparate_trt.runtime.split_worker import IdleGate, should_split_out_of_process, split_out_of_process
 
@@ -180,7 +182,9 @@ def _ms_since(t0: float) -> float:
 
 def _float32_logits(value: np.ndarray, what: str) -> np.ndarray:
     if value.ndim != 2:
-        raise ApparateError(f"{what} has shape {list(value.shape)}, expected [batch, classes]; recompile the engine directory")
+        raise ApparateError(
+            f"{what} has shape {list(value.shape)}, expected [batch, classes]; recompile the engine directory"
+        )
     return np.ascontiguousarray(value, dtype=np.float32)
 
 
@@ -262,7 +266,9 @@ class _PlanBuilder:
             runner = self._ramps.get(site)
         if runner is None:
             entry = self.manifest.ramps[site]
-            runner = open_runner(self.manifest.path(entry.file), threads=self.threads, name=f"ramp {site} ({entry.file})")
+            runner = open_runner(
+                self.manifest.path(entry.file), threads=self.threads, name=f"ramp {site} ({entry.file})"
+            )
             with self._lock:
                 runner = self._ramps.setdefault(site, runner)
         return runner
@@ -308,14 +314,16 @@ class _PlanBuilder:
             return np.zeros(len(active) + 1)
         per_segment = np.asarray(self.manifest.segment_ms(batch_size), dtype=np.float64)
         bounds = [-1, *active, per_segment.shape[0] - 1]
-        return np.asarray([per_segment[a + 1: b + 1].sum() for a, b in zip(bounds[:-1], bounds[1:])])
+        return np.asarray([per_segment[a + 1 : b + 1].sum() for a, b in zip(bounds[:-1], bounds[1:])])
 
     def forget(self, active: tuple[int, ...]) -> None:
         """Drop the cached plan for ``active`` (if any); the next :meth:`build` makes it anew."""
         with self._lock:
             self._plans.pop(active, None)
 
-    def build_async(self, active: tuple[int, ...], warm_inputs: Mapping[str, np.ndarray] | None = None) -> Future[_Plan]:
+    def build_async(
+        self, active: tuple[int, ...], warm_inputs: Mapping[str, np.ndarray] | None = None
+    ) -> Future[_Plan]:
         """Build the plan for ``active`` on the background thread (see :meth:`build`)."""
         return self._pool.submit(self.build, active, warm_inputs)
 
@@ -326,14 +334,24 @@ class _PlanBuilder:
             return [_Stage(runner, [m.model.output], None)]
         if list(active) == [s.id for s in m.sites]:  # the finest split is on disk already
             return [
-                _Stage(open_runner(m.path(seg.file), threads=self.threads, name=f"segment {seg.file}"), list(seg.outputs), seg.ends_at_site)
+                _Stage(
+                    open_runner(m.path(seg.file), threads=self.threads, name=f"segment {seg.file}"),
+                    list(seg.outputs),
+                    seg.ends_at_site,
+                )
                 for seg in m.segments
             ]
         if should_split_out_of_process(m):
             try:
-                files = split_out_of_process(m, active, self._scratch() / ("sites_" + "_".join(map(str, active))), gate=self.gate)
+                files = split_out_of_process(
+                    m, active, self._scratch() / ("sites_" + "_".join(map(str, active))), gate=self.gate
+                )
                 return [
-                    _Stage(open_runner(f.file, threads=self.threads, name=f"segment {i} of sites {list(active)}"), f.outputs, f.ends_at_site)
+                    _Stage(
+                        open_runner(f.file, threads=self.threads, name=f"segment {i} of sites {list(active)}"),
+                        f.outputs,
+                        f.ends_at_site,
+                    )
                     for i, f in enumerate(files)
                 ]
             except ApparateError as exc:
@@ -342,7 +360,11 @@ class _PlanBuilder:
             self._model = onnx.load(str(m.path(m.model.file)))
         segments = _split_segments(self._model, m, active)
         return [
-            _Stage(open_runner(seg.model, threads=self.threads, name=f"segment {i} of sites {list(active)}"), list(seg.outputs), seg.ends_at_site)
+            _Stage(
+                open_runner(seg.model, threads=self.threads, name=f"segment {i} of sites {list(active)}"),
+                list(seg.outputs),
+                seg.ends_at_site,
+            )
             for i, seg in enumerate(segments)
         ]
 
@@ -383,14 +405,22 @@ class Executor:
     """``run_batch`` takes ``unsplit=True`` (the engine's overload fallback)."""
 
     def __init__(
-        self, manifest: Manifest, threads: int | None = None, confidence: str = "maxprob", exit_rule: ExitRule | None = None,
-        *, exit_mode: str = "release", audit_seed: int | None = None,
+        self,
+        manifest: Manifest,
+        threads: int | None = None,
+        confidence: str = "maxprob",
+        exit_rule: ExitRule | None = None,
+        *,
+        exit_mode: str = "release",
+        audit_seed: int | None = None,
     ) -> None:
         self.manifest = manifest
         self.confidence = check_confidence_kind(confidence)
         self.exit_mode = check_exit_mode(exit_mode)
         if exit_mode == "skip" and exit_rule is not None:
-            raise ApparateError("skip mode needs the default threshold exit rule (a custom rule keeps per-row state); use exit_mode='release'")
+            raise ApparateError(
+                "skip mode needs the default threshold exit rule (a custom rule keeps per-row state); use exit_mode='release'"
+            )
         self.exit_rule: ExitRule = exit_rule or ThresholdRule()
         self.audit_rate = 1.0
         """Probability (0, 1] that a row a ramp releases runs on to the end in skip mode (the
@@ -468,7 +498,12 @@ class Executor:
                 try:
                     plan = pending.result()
                 except Exception as exc:  # noqa: BLE001 - keep serving with the old plan
-                    log.error("building segments for active sites %s failed (%s); keeping sites %s", self._wanted, exc, self._plan.active)
+                    log.error(
+                        "building segments for active sites %s failed (%s); keeping sites %s",
+                        self._wanted,
+                        exc,
+                        self._plan.active,
+                    )
                     self._wanted = self._plan.active
                 else:
                     if plan.active == self._wanted:
@@ -492,8 +527,13 @@ class Executor:
 
     # ----------------------------------------------------------------------------------- execution
     def run_batch(
-        self, inputs: Mapping[str, np.ndarray], on_release: ReleaseFn, tags: Sequence[object] | None = None, *,
-        unsplit: bool = False, wait_final: Sequence[bool] | np.ndarray | None = None,
+        self,
+        inputs: Mapping[str, np.ndarray],
+        on_release: ReleaseFn,
+        tags: Sequence[object] | None = None,
+        *,
+        unsplit: bool = False,
+        wait_final: Sequence[bool] | np.ndarray | None = None,
     ) -> BatchOutcome:
         """Run one batch (arrays with the batch axis first) and release results as they are decided.
 
@@ -510,8 +550,14 @@ class Executor:
         finally:
             self._builder.gate.batch_finished()
 
-    def _run_plan(self, inputs: Mapping[str, np.ndarray], on_release: ReleaseFn, tags: Sequence[object] | None,
-                  unsplit: bool, wait_final: Sequence[bool] | np.ndarray | None = None) -> BatchOutcome:
+    def _run_plan(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        on_release: ReleaseFn,
+        tags: Sequence[object] | None,
+        unsplit: bool,
+        wait_final: Sequence[bool] | np.ndarray | None = None,
+    ) -> BatchOutcome:
         t_start = time.monotonic()
         plan = self._builder.build(()) if unsplit else self._swap_if_ready()
         thresholds = self._thresholds
@@ -544,21 +590,40 @@ class Executor:
             threshold = thresholds.get(stage.site, 0.0)
             applied[ramp_index] = threshold
             if rows is None:
-                self._run_ramp(stage.site, threshold, env, done, conf[ramp_index], ramp_pred[ramp_index], exit_site, on_release)
+                self._run_ramp(
+                    stage.site, threshold, env, done, conf[ramp_index], ramp_pred[ramp_index], exit_site, on_release
+                )
             else:
-                env = self._run_ramp_skipping(stage.site, threshold, env, done, conf[ramp_index], ramp_pred[ramp_index],
-                                              exit_site, on_release, rows, plan.batch_names)
+                env = self._run_ramp_skipping(
+                    stage.site,
+                    threshold,
+                    env,
+                    done,
+                    conf[ramp_index],
+                    ramp_pred[ramp_index],
+                    exit_site,
+                    on_release,
+                    rows,
+                    plan.batch_names,
+                )
             ramps_ms[ramp_index] = _ms_since(t0)
             ramp_index += 1
         if rows is None:
-            final_logits = _float32_logits(env[self.manifest.model.output], f"model output '{self.manifest.model.output}'")
+            final_logits = _float32_logits(
+                env[self.manifest.model.output], f"model output '{self.manifest.model.output}'"
+            )
             final_pred = final_predictions(final_logits)
             t_end = release_final(final_logits, final_pred, on_release)
             extra: dict = {}
         else:
             final_logits, final_pred, t_end = self._release_alive(env, rows, on_release, n)
-            extra = dict(weights=rows.weights, skipped=rows.skipped, audited=rows.audited, rows_run=rows.run,
-                         compute_saved_ms=self._compute_saved_ms(plan.active, n, rows.run))
+            extra = dict(
+                weights=rows.weights,
+                skipped=rows.skipped,
+                audited=rows.audited,
+                rows_run=rows.run,
+                compute_saved_ms=self._compute_saved_ms(plan.active, n, rows.run),
+            )
         return BatchOutcome(
             site_ids=np.asarray(plan.active, dtype=np.int32),
             thresholds=applied,
@@ -576,8 +641,9 @@ class Executor:
             **extra,
         )
 
-    def _release_alive(self, env: Mapping[str, np.ndarray], rows: "_Rows", on_release: ReleaseFn,
-                       n: int) -> tuple[np.ndarray, np.ndarray, float]:
+    def _release_alive(
+        self, env: Mapping[str, np.ndarray], rows: _Rows, on_release: ReleaseFn, n: int
+    ) -> tuple[np.ndarray, np.ndarray, float]:
         """Release the final output of the rows still in the batch; return the batch's final
         logits (zeros for skipped rows), predictions (-1 for them) and the release time."""
         classes = self.manifest.model.num_classes
@@ -616,7 +682,7 @@ class Executor:
         pred_out: np.ndarray,
         exit_site: np.ndarray,
         on_release: ReleaseFn,
-        rows: "_Rows",
+        rows: _Rows,
         batch_names: frozenset[str],
     ) -> dict[str, np.ndarray]:
         """:meth:`_run_ramp` on the rows still in the batch, then the skip: each newly exiting row
@@ -715,7 +781,9 @@ def _wait_final_mask(wait_final: Sequence[bool] | np.ndarray | None, n: int) -> 
 def _batch_size(inputs: Mapping[str, np.ndarray]) -> int:
     sizes = {int(np.shape(v)[0]) for v in inputs.values()}
     if len(sizes) != 1:
-        raise ApparateError(f"batch inputs disagree on the batch size ({sorted(sizes)}); stack the same samples in every input")
+        raise ApparateError(
+            f"batch inputs disagree on the batch size ({sorted(sizes)}); stack the same samples in every input"
+        )
     (n,) = sizes
     if n < 1:
         raise ApparateError("empty batch: give at least one sample")

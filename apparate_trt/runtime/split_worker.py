@@ -23,6 +23,7 @@ milliseconds, less than starting a process.
 
 prints one JSON line: ``[{"file", "outputs", "ends_at_site"}, ...]`` in execution order.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,10 +33,10 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from apparate_trt.engine_dir import Manifest, read_manifest
 from apparate_trt.errors import ApparateError
@@ -121,8 +122,9 @@ class SegmentFile:
     ends_at_site: int | None
 
 
-def split_out_of_process(manifest: Manifest, active: Sequence[int], out_dir: Path, timeout_s: float = TIMEOUT_S,
-                         gate: IdleGate | None = None) -> list[SegmentFile]:
+def split_out_of_process(
+    manifest: Manifest, active: Sequence[int], out_dir: Path, timeout_s: float = TIMEOUT_S, gate: IdleGate | None = None
+) -> list[SegmentFile]:
     """Run the worker on ``manifest``'s engine directory and return the segment files it wrote.
 
     ``gate``: the executor's :class:`IdleGate`, which stops the worker while batches run (None:
@@ -133,8 +135,16 @@ def split_out_of_process(manifest: Manifest, active: Sequence[int], out_dir: Pat
     if not sys.executable:  # e.g. Python embedded in a C++ service: no interpreter to start
         raise ApparateError("no Python interpreter to start the split worker with (sys.executable is empty)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "apparate_trt.runtime.split_worker", str(manifest.root),
-           "--sites", ",".join(str(int(s)) for s in active), "--out", str(out_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "apparate_trt.runtime.split_worker",
+        str(manifest.root),
+        "--sites",
+        ",".join(str(int(s)) for s in active),
+        "--out",
+        str(out_dir),
+    ]
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     except OSError as exc:
@@ -148,7 +158,9 @@ def split_out_of_process(manifest: Manifest, active: Sequence[int], out_dir: Pat
         raise ApparateError(f"the split worker for sites {list(active)} did not finish ({exc})") from exc
     if proc.returncode != 0:
         last = (stderr.strip().splitlines() or ["no error output"])[-1]
-        raise ApparateError(f"the split worker for sites {list(active)} failed with exit status {proc.returncode}: {last}")
+        raise ApparateError(
+            f"the split worker for sites {list(active)} failed with exit status {proc.returncode}: {last}"
+        )
     try:
         rows = json.loads(stdout.strip().splitlines()[-1])
         return [SegmentFile(Path(r["file"]), list(r["outputs"]), r["ends_at_site"]) for r in rows]
@@ -184,7 +196,9 @@ def write_segments(engine_dir: Path, active: Sequence[int], out_dir: Path) -> li
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the worker process."""
-    p = argparse.ArgumentParser(prog="python -m apparate_trt.runtime.split_worker", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m apparate_trt.runtime.split_worker", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("engine_dir", type=Path)
     p.add_argument("--sites", required=True, help="comma-separated active site ids")
     p.add_argument("--out", required=True, type=Path, help="directory for the segment files")

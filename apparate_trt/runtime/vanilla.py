@@ -3,15 +3,16 @@
 ``mode="vanilla"`` serves ``model.onnx`` of the engine directory through the same batching and
 API, so that latency and throughput are compared on equal terms. Every result is final.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from apparate_trt.engine_dir import Manifest
 from apparate_trt.backends import open_runner
+from apparate_trt.engine_dir import Manifest
 from apparate_trt.runtime.executor import BatchOutcome, ReleaseFn, final_predictions, release_final
 
 
@@ -73,7 +74,9 @@ class VanillaExecutor(FixedExecutorBase):
 
     def __init__(self, manifest: Manifest, threads: int | None = None) -> None:
         self.manifest = manifest
-        self._runner = open_runner(manifest.path(manifest.model.file), threads=threads, name=f"model ({manifest.model.file})")
+        self._runner = open_runner(
+            manifest.path(manifest.model.file), threads=threads, name=f"model ({manifest.model.file})"
+        )
 
     def run_batch(self, inputs: Mapping[str, np.ndarray], on_release: ReleaseFn) -> BatchOutcome:
         """Run the batch through the original model and release every final result."""

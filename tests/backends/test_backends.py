@@ -1,4 +1,5 @@
 """The backend seam: open_runner picks a runner, every runner offers the same small interface."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -3,6 +3,7 @@
 It checks that every workload is served by every system and that every output file is written,
 not the goals (tiny models say nothing about them).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -48,8 +49,28 @@ def test_quick_run_serves_every_system_and_writes_every_file(tmp_path, tiny_resn
     _data_dir(data, tiny_resnet_engine, engines, "cv", drift=True)
     _data_dir(data, tiny_bert_engine, engines, "nlp", drift=False)
     results_before = sorted(p.name for p in run.RESULTS.glob("*")) if run.RESULTS.exists() else []
-    assert run.main(["--quick", "--out", str(out), "--data", str(data), "--engines", str(engines),
-                     "--requests", "120", "--burst", "40", "--threads", "1", "--max-delay-ms", "2"]) == 0
+    assert (
+        run.main(
+            [
+                "--quick",
+                "--out",
+                str(out),
+                "--data",
+                str(data),
+                "--engines",
+                str(engines),
+                "--requests",
+                "120",
+                "--burst",
+                "40",
+                "--threads",
+                "1",
+                "--max-delay-ms",
+                "2",
+            ]
+        )
+        == 0
+    )
 
     summary = json.loads((out / "summary.json").read_text())
     workloads = [w.name for w in run.WORKLOADS]
@@ -103,7 +124,11 @@ def test_a_negative_batching_delay_is_refused():
 def test_one_command_runs_every_workload_with_its_own_stream_bound_and_repeats():
     run = _script()
     args = run.parse_args([])
-    assert [w.name for w in args.workloads] == [w.name for w in run.WORKLOADS] and args.repeats is None and args.max_stream_s is None
+    assert (
+        [w.name for w in args.workloads] == [w.name for w in run.WORKLOADS]
+        and args.repeats is None
+        and args.max_stream_s is None
+    )
     drift = next(w for w in run.WORKLOADS if w.name == "drift")
     assert drift.max_stream_s == 0 and drift.repeats == 1  # every phase of the drift stream, once
     assert all(w.max_stream_s == 30.0 and w.repeats == 2 for w in run.WORKLOADS if w is not drift)
@@ -116,13 +141,22 @@ def test_one_command_runs_every_workload_with_its_own_stream_bound_and_repeats()
 def test_only_apparate_has_the_overload_fallback_and_the_ablation_can_be_named(tiny_resnet_engine):
     run = _script()
     assert "apparate-no-fallback" not in run.parse_args([]).systems, "the ablation runs only when named"
-    assert run.parse_args(["--systems", "apparate,apparate-no-fallback"]).systems == ["vanilla", "apparate", "apparate-no-fallback"]
+    assert run.parse_args(["--systems", "apparate,apparate-no-fallback"]).systems == [
+        "vanilla",
+        "apparate",
+        "apparate-no-fallback",
+    ]
     engine_dir, _ = tiny_resnet_engine
     from apparate_trt.engine_dir import read_manifest
 
     factory = run.SystemFactory(engine_dir, read_manifest(engine_dir), 1)
-    expected = {"apparate": True, "apparate-no-fallback": False, "static-shared": False, "apparate-skip": False,
-                "apparate-skip-fallback": True}
+    expected = {
+        "apparate": True,
+        "apparate-no-fallback": False,
+        "static-shared": False,
+        "apparate-skip": False,
+        "apparate-skip-fallback": True,
+    }
     for system, fallback in expected.items():
         with factory.load(system) as engine:
             assert engine.overload_fallback is fallback, system
@@ -144,7 +178,12 @@ def test_bursts_last_about_the_same_time_on_every_model():
     _script()  # puts benchmarks/ on the path
     import workloads
 
-    burst_size, BURST_S, MAX_BATCH, BURST_MAX = workloads.burst_size, workloads.BURST_S, workloads.MAX_BATCH, workloads.BURST_MAX
+    burst_size, BURST_S, MAX_BATCH, BURST_MAX = (
+        workloads.burst_size,
+        workloads.BURST_S,
+        workloads.MAX_BATCH,
+        workloads.BURST_MAX,
+    )
     assert burst_size(455.0) == round(455.0 * BURST_S)  # the CV model: about 800 requests
     assert burst_size(103.0) == round(103.0 * BURST_S)  # the NLP model: about 180
     assert burst_size(5.0) == 4 * MAX_BATCH  # at least four full batches

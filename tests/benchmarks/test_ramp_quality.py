@@ -1,4 +1,5 @@
 """``benchmarks/ramp_quality.py``: the releasable share per ramp, on a real compiled tiny engine."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -33,7 +34,10 @@ def test_confident_share_counts_wrong_releases_against_all_inputs_and_never_spli
 def test_runs_on_a_compiled_engine_and_writes_json(tiny_resnet_engine, tmp_path, capsys) -> None:
     engine_dir, eval_npz = tiny_resnet_engine
     out = tmp_path / "quality.json"
-    assert _script().main(["--engine-dir", str(engine_dir), "--data", str(eval_npz), "--samples", "40", "--out", str(out)]) == 0
+    assert (
+        _script().main(["--engine-dir", str(engine_dir), "--data", str(eval_npz), "--samples", "40", "--out", str(out)])
+        == 0
+    )
     result = json.loads(out.read_text())
     manifest = json.loads((engine_dir / "manifest.json").read_text())
     assert result["samples"] == 40 and [r["site"] for r in result["rows"]] == [s["id"] for s in manifest["sites"]]

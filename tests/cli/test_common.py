@@ -1,4 +1,5 @@
 """The shared command wrapper: one-line errors, exit statuses, warnings."""
+
 from __future__ import annotations
 
 import warnings

@@ -1,4 +1,5 @@
 """apparate-compile end to end, and a one-line error with exit status 2 for every bad input."""
+
 from __future__ import annotations
 
 import json
@@ -9,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import tiny_models
 from onnx import TensorProto, helper
 
-import tiny_models
 from apparate_trt.cli.compile import main
 
 N_OK = 40
@@ -33,10 +34,15 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 16, 16])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 16, 16])
     relu = helper.make_graph([helper.make_node("Relu", ["input"], ["y"])], "relu", [x], [y])
-    onnx.save(helper.make_model(relu, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(root / "not_scores.onnx"))
+    onnx.save(
+        helper.make_model(relu, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+        str(root / "not_scores.onnx"),
+    )
 
     broken = helper.make_graph([helper.make_node("Relu", ["nowhere"], ["y"])], "broken", [x], [y])
-    onnx.save(helper.make_model(broken, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(root / "broken.onnx"))
+    onnx.save(
+        helper.make_model(broken, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(root / "broken.onnx")
+    )
 
     (root / "text.onnx").write_text("this is not a model\n")
     return {"root": root, "model": root / "model.onnx", "data": root / "data.npz"}
@@ -62,16 +68,42 @@ def _run_main(capsys: pytest.CaptureFixture[str], args: list[str]) -> str:
     return lines[0]
 
 
-def _bad(files: dict[str, Path], *, model: Path | None = None, data: Path | None = None, out: str = "out", extra: tuple = ()) -> list:
-    return [model or files["model"], "--data", data or files["data"], "--out", files["root"] / out, "--max-batch", "2", *extra]
+def _bad(
+    files: dict[str, Path], *, model: Path | None = None, data: Path | None = None, out: str = "out", extra: tuple = ()
+) -> list:
+    return [
+        model or files["model"],
+        "--data",
+        data or files["data"],
+        "--out",
+        files["root"] / out,
+        "--max-batch",
+        "2",
+        *extra,
+    ]
 
 
 def test_end_to_end_console_command(files: dict[str, Path]) -> None:
     """The installed console script compiles a two-output model with --output and exits 0."""
     out = files["root"] / "engine"
-    command = [sys.executable, "-c", "import sys; from apparate_trt.cli.compile import main; sys.exit(main())",
-               str(files["root"] / "two_outputs.onnx"), "--data", str(files["data"]), "--out", str(out),
-               "--output", "logits", "--max-batch", "2", "--threads", "1", "--seed", "1"]
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from apparate_trt.cli.compile import main; sys.exit(main())",
+        str(files["root"] / "two_outputs.onnx"),
+        "--data",
+        str(files["data"]),
+        "--out",
+        str(out),
+        "--output",
+        "logits",
+        "--max-batch",
+        "2",
+        "--threads",
+        "1",
+        "--seed",
+        "1",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "compile time:" in done.stdout and "[8/8]" in done.stdout
@@ -85,10 +117,23 @@ def test_end_to_end_console_command(files: dict[str, Path]) -> None:
 
 
 def test_console_script_reports_one_line_error(files: dict[str, Path]) -> None:
-    done = subprocess.run(["apparate-compile", str(files["root"] / "missing.onnx"), "--data", str(files["data"]),
-                           "--out", str(files["root"] / "o")], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            "apparate-compile",
+            str(files["root"] / "missing.onnx"),
+            "--data",
+            str(files["data"]),
+            "--out",
+            str(files["root"] / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
-    assert done.stderr.strip().count("\n") == 0 and done.stderr.startswith("error: ") and "does not exist" in done.stderr
+    assert (
+        done.stderr.strip().count("\n") == 0 and done.stderr.startswith("error: ") and "does not exist" in done.stderr
+    )
 
 
 def test_help_documents_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
@@ -96,7 +141,19 @@ def test_help_documents_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert info.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--data", "--out", "--budget", "--max-batch", "--backend", "--seed", "--output", "--threads", "--augment", "--blends", "--force"):
+    for flag in (
+        "--data",
+        "--out",
+        "--budget",
+        "--max-batch",
+        "--backend",
+        "--seed",
+        "--output",
+        "--threads",
+        "--augment",
+        "--blends",
+        "--force",
+    ):
         assert flag in text
     assert "default: 0.02" in text and "default: 16" in text
 

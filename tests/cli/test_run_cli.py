@@ -4,6 +4,7 @@ Most bad inputs are checked in-process through ``main(argv)`` (the same code pat
 script, without a second interpreter start); one is checked as a subprocess to cover the exit
 status and the absence of a traceback at the process level.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,15 +44,44 @@ def test_replay_end_to_end_writes_report_and_plots(tiny_resnet_engine, tmp_path)
     engine_dir, eval_npz = tiny_resnet_engine
     report_path, plot_dir = tmp_path / "report.json", tmp_path / "plots"
     proc = subprocess.run(
-        [*RUN, "--engine-dir", str(engine_dir), "--data", str(eval_npz), "--arrivals", "fixed:400", "--limit", "120",
-         "--max-batch", "4", "--threads", "1", "--report", str(report_path), "--plot", str(plot_dir)],
-        capture_output=True, text=True, timeout=120,
+        [
+            *RUN,
+            "--engine-dir",
+            str(engine_dir),
+            "--data",
+            str(eval_npz),
+            "--arrivals",
+            "fixed:400",
+            "--limit",
+            "120",
+            "--max-batch",
+            "4",
+            "--threads",
+            "1",
+            "--report",
+            str(report_path),
+            "--plot",
+            str(plot_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert "p50" in proc.stdout and "exit share" in proc.stdout
     assert "replay finished: 120/120" in proc.stderr  # the progress line
     report = json.loads(report_path.read_text())
-    for key in ("requests", "latency_ms", "throughput_rps", "accuracy", "exit_share", "events", "threshold_history", "mode", "windows_violating"):
+    for key in (
+        "requests",
+        "latency_ms",
+        "throughput_rps",
+        "accuracy",
+        "exit_share",
+        "events",
+        "threshold_history",
+        "mode",
+        "windows_violating",
+    ):
         assert key in report
     assert report["requests"] == 120 and report["mode"] == "apparate"
     assert set(report["latency_ms"]) >= {"p50", "p95", "p99"}
@@ -63,8 +93,12 @@ def test_replay_end_to_end_writes_report_and_plots(tiny_resnet_engine, tmp_path)
 
 
 def test_bad_input_in_a_subprocess_is_one_line_and_exit_2(tmp_path):
-    proc = subprocess.run([*RUN, "--engine-dir", str(tmp_path / "missing"), "--data", str(tmp_path / "x.npz")],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [*RUN, "--engine-dir", str(tmp_path / "missing"), "--data", str(tmp_path / "x.npz")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     _assert_one_line_error(proc.returncode, proc.stderr, "does not exist")
 
@@ -74,10 +108,32 @@ def test_help_documents_every_flag(capsys):
         main(["--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--engine-dir", "--data", "--arrivals", "--max-batch", "--max-delay-ms", "--accuracy-constraint", "--mode",
-                 "--report", "--plot", "--threads", "--limit", "--seed", "--confidence", "--serve", "--model-name",
-                 "--http-port", "--grpc-port", "--queue-size", "--request-timeout-s", "--max-connections", "--max-inflight",
-                 "--tls-cert", "--tls-key", "--auth-token-file"):
+    for flag in (
+        "--engine-dir",
+        "--data",
+        "--arrivals",
+        "--max-batch",
+        "--max-delay-ms",
+        "--accuracy-constraint",
+        "--mode",
+        "--report",
+        "--plot",
+        "--threads",
+        "--limit",
+        "--seed",
+        "--confidence",
+        "--serve",
+        "--model-name",
+        "--http-port",
+        "--grpc-port",
+        "--queue-size",
+        "--request-timeout-s",
+        "--max-connections",
+        "--max-inflight",
+        "--tls-cert",
+        "--tls-key",
+        "--auth-token-file",
+    ):
         assert flag in text
     assert "default: poisson:100" in text and "default: 0.01" in text
 
@@ -111,8 +167,13 @@ def _bad_engine(kind: str, engine: Path) -> None:
 
 @pytest.mark.parametrize(
     "kind, fragment",
-    [("corrupt", "not valid JSON"), ("version", "format_version 99"), ("no_manifest", "not an engine directory"),
-     ("ramp_replaced", "does not match its SHA-256"), ("path_outside", "ramps[0].file '../../../../etc/passwd' is outside")],
+    [
+        ("corrupt", "not valid JSON"),
+        ("version", "format_version 99"),
+        ("no_manifest", "not an engine directory"),
+        ("ramp_replaced", "does not match its SHA-256"),
+        ("path_outside", "ramps[0].file '../../../../etc/passwd' is outside"),
+    ],
 )
 def test_bad_engine_directories(engine_copy, kind, fragment, capsys):
     engine, eval_npz = engine_copy
@@ -161,12 +222,17 @@ def test_data_not_matching_the_model(tiny_resnet_engine, tmp_path, kind, fragmen
         (["--serve", "--max-connections", "0"], "--max-connections"),
         (["--serve", "--max-inflight", "0"], "--max-inflight"),
         (["--serve", "--tls-cert", "cert.pem"], "both --tls-cert and --tls-key"),
-        (["--serve", "--http-port", "0", "--grpc-port", "0", "--auth-token-file", "/nonexistent/token"], "cannot read --auth-token-file"),
+        (
+            ["--serve", "--http-port", "0", "--grpc-port", "0", "--auth-token-file", "/nonexistent/token"],
+            "cannot read --auth-token-file",
+        ),
     ],
 )
 def test_bad_flags(tiny_resnet_engine, extra, fragment, capsys):
     engine_dir, eval_npz = tiny_resnet_engine
-    status, _, err = _run_in_process(["--engine-dir", str(engine_dir), "--data", str(eval_npz), "--quiet", *extra], capsys)
+    status, _, err = _run_in_process(
+        ["--engine-dir", str(engine_dir), "--data", str(eval_npz), "--quiet", *extra], capsys
+    )
     _assert_one_line_error(status, err, fragment)
 
 
@@ -181,8 +247,24 @@ def test_burst_replay_reports_the_overload_fallback(tiny_resnet_engine, tmp_path
     trace, report_path = tmp_path / "burst.txt", tmp_path / "report.json"
     trace.write_text("\n".join(["0"] * 48) + "\n")  # 48 requests at once: a backlog of full batches
     status, out, err = _run_in_process(
-        ["--engine-dir", str(engine_dir), "--data", str(eval_npz), "--arrivals", f"trace:{trace}", "--max-batch", "4",
-         "--threads", "1", "--quiet", "--report", str(report_path), *flag], capsys)
+        [
+            "--engine-dir",
+            str(engine_dir),
+            "--data",
+            str(eval_npz),
+            "--arrivals",
+            f"trace:{trace}",
+            "--max-batch",
+            "4",
+            "--threads",
+            "1",
+            "--quiet",
+            "--report",
+            str(report_path),
+            *flag,
+        ],
+        capsys,
+    )
     assert status == 0, err
     report = json.loads(report_path.read_text())
     batches = report["batches"]
@@ -196,8 +278,27 @@ def test_skip_mode_replay_reports_skipped_rows_judged_offline(tiny_resnet_engine
     engine_dir, eval_npz = tiny_resnet_engine
     report_path = tmp_path / "report.json"
     status, out, err = _run_in_process(
-        ["--engine-dir", str(engine_dir), "--data", str(eval_npz), "--arrivals", "poisson:400", "--threads", "1", "--quiet",
-         "--accuracy-constraint", "0.05", "--exit-mode", "skip", "--audit-rate", "0.05", "--report", str(report_path)], capsys)
+        [
+            "--engine-dir",
+            str(engine_dir),
+            "--data",
+            str(eval_npz),
+            "--arrivals",
+            "poisson:400",
+            "--threads",
+            "1",
+            "--quiet",
+            "--accuracy-constraint",
+            "0.05",
+            "--exit-mode",
+            "skip",
+            "--audit-rate",
+            "0.05",
+            "--report",
+            str(report_path),
+        ],
+        capsys,
+    )
     assert status == 0, err
     report = json.loads(report_path.read_text())
     assert report["exit_mode"] == "skip" and report["settings"]["exit_mode"] == "skip"
@@ -206,8 +307,12 @@ def test_skip_mode_replay_reports_skipped_rows_judged_offline(tiny_resnet_engine
     assert "skip mode" in out and "left the batch" in out
 
 
-@pytest.mark.parametrize("extra, fragment", [(["--audit-rate", "0.01"], "--audit-rate"), (["--exit-mode", "drop"], "invalid choice")])
+@pytest.mark.parametrize(
+    "extra, fragment", [(["--audit-rate", "0.01"], "--audit-rate"), (["--exit-mode", "drop"], "invalid choice")]
+)
 def test_bad_skip_flags(tiny_resnet_engine, extra, fragment, capsys):
     engine_dir, eval_npz = tiny_resnet_engine
-    status, _, err = _run_in_process(["--engine-dir", str(engine_dir), "--data", str(eval_npz), "--quiet", *extra], capsys)
+    status, _, err = _run_in_process(
+        ["--engine-dir", str(engine_dir), "--data", str(eval_npz), "--quiet", *extra], capsys
+    )
     _assert_one_line_error(status, err, fragment)

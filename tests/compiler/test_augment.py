@@ -1,11 +1,23 @@
 """Near-copies of bootstrap samples (images, token sequences): which models get them, and what each edit does."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from apparate_trt.compiler.augment import (BLEND_WEIGHT, DEFAULT_BLENDS, MAX_BLENDS, MAX_COPIES, augmented_inputs, blended_inputs, default_blends,
-                                          default_copies, image_input, token_copies, token_inputs)
+from apparate_trt.compiler.augment import (
+    BLEND_WEIGHT,
+    DEFAULT_BLENDS,
+    MAX_BLENDS,
+    MAX_COPIES,
+    augmented_inputs,
+    blended_inputs,
+    default_blends,
+    default_copies,
+    image_input,
+    token_copies,
+    token_inputs,
+)
 from apparate_trt.graph.ingest import TensorInfo
 
 IMAGE = TensorInfo("image", "float32", ["N", 1, 4, 5])
@@ -39,7 +51,9 @@ def test_copies_are_stacked_transform_by_transform() -> None:
 
 def test_blends_mix_each_sample_mostly_with_itself() -> None:
     n = 6
-    x = np.repeat(np.arange(n, dtype=np.float32)[:, None, None, None] * 10.0, 20, axis=3).reshape(n, 1, 4, 5)  # sample i is 10*i everywhere
+    x = np.repeat(np.arange(n, dtype=np.float32)[:, None, None, None] * 10.0, 20, axis=3).reshape(
+        n, 1, 4, 5
+    )  # sample i is 10*i everywhere
     blends, partner = blended_inputs({"image": x}, IMAGE, 3, seed=4)
     out = blends["image"]
     assert out.shape == (3 * n, 1, 4, 5) and out.dtype == np.float32 and partner.shape == (3 * n,)
@@ -50,7 +64,7 @@ def test_blends_mix_each_sample_mostly_with_itself() -> None:
             w = (out[row, 0, 0, 0] - other) / (own - other)
             assert BLEND_WEIGHT[0] - 1e-5 <= w <= BLEND_WEIGHT[1] + 1e-5
     for k in range(3):
-        assert sorted(partner[k * n:(k + 1) * n]) == list(range(n))  # every sample is a partner once per copy
+        assert sorted(partner[k * n : (k + 1) * n]) == list(range(n))  # every sample is a partner once per copy
     again, partner_again = blended_inputs({"image": x}, IMAGE, 3, seed=4)
     np.testing.assert_array_equal(again["image"], out)
     np.testing.assert_array_equal(partner_again, partner)
@@ -88,13 +102,13 @@ def test_token_copies_delete_inner_tokens_and_keep_the_ends() -> None:
     x = _sentences()
     copies, names = token_copies(x, [IDS, MASK], MASK, MAX_COPIES, seed=3)
     assert len(names) == MAX_COPIES and copies["input_ids"].shape == (3 * MAX_COPIES, 10)
-    for k, (name, row) in enumerate(zip(names, range(0, 3 * MAX_COPIES, 3))):
+    for _k, (name, row) in enumerate(zip(names, range(0, 3 * MAX_COPIES, 3))):
         for i in range(3):
             ids, mask = copies["input_ids"][row + i], copies["attention_mask"][row + i]
             length = int(x["attention_mask"][i].sum())
             kept = ids[: int(mask.sum())]
             assert kept[0] == 1 and kept[-1] == 2, name  # first and last real token stay
-            assert np.all(ids[int(mask.sum()):] == 0) and np.all(mask[: int(mask.sum())] == 1)  # right-padded still
+            assert np.all(ids[int(mask.sum()) :] == 0) and np.all(mask[: int(mask.sum())] == 1)  # right-padded still
             original = list(x["input_ids"][i, :length])
             assert set(kept.tolist()) <= set(original)  # only deletions ...
             assert [t for t in original if t in kept] == kept.tolist()  # ... order kept

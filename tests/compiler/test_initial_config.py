@@ -1,4 +1,5 @@
 """Initial configuration: latest useful ramp, sites chosen one at a time by expected saving within the budget."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -52,7 +53,9 @@ def test_expected_saving_counts_exits_and_the_ramps_each_input_reaches() -> None
     agree = np.ones((4, 2), np.uint8)
     saved, cost = np.array([6.0, 2.0]), np.array([0.5, 0.25])
     # one exit at each site; all 4 reach ramp 0, 3 reach ramp 1
-    assert expected_saving_ms(conf, agree, [0, 1], saved, cost, 0.0) == pytest.approx((6.0 + 2.0 - 4 * 0.5 - 3 * 0.25) / 4)
+    assert expected_saving_ms(conf, agree, [0, 1], saved, cost, 0.0) == pytest.approx(
+        (6.0 + 2.0 - 4 * 0.5 - 3 * 0.25) / 4
+    )
     assert expected_saving_ms(conf, agree, [1], saved, cost, 0.0) == pytest.approx((2.0 - 4 * 0.25) / 4)
     assert expected_saving_ms(conf, agree, [], saved, cost, 0.0) == 0.0
 
@@ -81,5 +84,7 @@ def test_choose_initial_nothing_fits() -> None:
     agree = np.ones((10, 2), np.uint8)
     choice = choose_initial(conf, agree, np.array([5.0, 2.0]), np.array([1.0, 1.0]), model_ms=10.0, budget=0.02)
     assert choice.active_sites == [] and choice.thresholds == []
-    empty = choose_initial(np.zeros((10, 0), np.float32), np.zeros((10, 0), np.uint8), np.zeros(0), np.zeros(0), 10.0, 0.02)
+    empty = choose_initial(
+        np.zeros((10, 0), np.float32), np.zeros((10, 0), np.uint8), np.zeros(0), np.zeros(0), 10.0, 0.02
+    )
     assert empty.active_sites == [] and empty.latest_useful is None

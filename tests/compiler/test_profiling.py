@@ -1,4 +1,5 @@
 """Profiling helpers: batch sizes, interleaved medians, tiling."""
+
 from __future__ import annotations
 
 import time
@@ -21,6 +22,7 @@ def test_median_ms_orders_and_bounds() -> None:
         def run() -> None:
             calls.append(tag)
             time.sleep(ms / 1e3)
+
         return run
 
     settings = ProfileSettings(budget_ms=10.0, warmup=1, min_repeats=3, max_repeats=5)

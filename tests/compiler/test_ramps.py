@@ -1,4 +1,5 @@
 """Ramps: kind by rank, fixed pooling, ONNX export numerically equal to the numpy forward."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -7,13 +8,14 @@ import numpy as np
 import onnx
 import pytest
 
+from apparate_trt.backends import open_runner
 from apparate_trt.compiler.ramps import (
     CONV_GAP_LINEAR,
     CONV_GAP_MLP,
-    CONV_GRID2_MLP,
-    CONV_GRID4_MLP,
     CONV_GRID2_LINEAR,
+    CONV_GRID2_MLP,
     CONV_GRID4_LINEAR,
+    CONV_GRID4_MLP,
     DENSE_LINEAR,
     KINDS,
     RAMP_OUTPUT,
@@ -29,7 +31,6 @@ from apparate_trt.compiler.ramps import (
     ramp_kind,
 )
 from apparate_trt.graph.ingest import TensorInfo
-from apparate_trt.backends import open_runner
 
 RNG = np.random.default_rng(0)
 CASES = {
@@ -46,8 +47,13 @@ CASES = {
 
 def _weights(sizes: list[int], classes: int = 4, activation: str = "tanh") -> RampWeights:
     dims = [*sizes, classes]
-    return RampWeights([(RNG.normal(size=(a, b)).astype(np.float32), RNG.normal(size=b).astype(np.float32)) for a, b in zip(dims, dims[1:])],
-                       activation)
+    return RampWeights(
+        [
+            (RNG.normal(size=(a, b)).astype(np.float32), RNG.normal(size=b).astype(np.float32))
+            for a, b in zip(dims, dims[1:])
+        ],
+        activation,
+    )
 
 
 def test_kind_by_rank() -> None:
@@ -100,7 +106,9 @@ def test_masked_mean_ramp_onnx_equals_numpy() -> None:
     x = RNG.normal(size=(4, 9, 12)).astype(np.float32)
     mask = (np.arange(9)[None, :] < np.array([[9], [5], [1], [0]])).astype(np.int64)
     got = open_runner(model, threads=1).run({"hidden": x, "attention_mask": mask})[RAMP_OUTPUT]
-    np.testing.assert_allclose(got, ramp_forward(weights, pool_features(SEQ_MEAN_DENSE_TANH_LINEAR, x, mask)), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        got, ramp_forward(weights, pool_features(SEQ_MEAN_DENSE_TANH_LINEAR, x, mask)), rtol=1e-4, atol=1e-4
+    )
     assert check_ramp(model, SEQ_MEAN_DENSE_TANH_LINEAR, weights, x, mask) < 1e-3
     with pytest.raises(ValueError, match="mask"):
         build_ramp_onnx(site, SEQ_MEAN_DENSE_TANH_LINEAR, weights)
@@ -139,8 +147,13 @@ def test_activation_must_match_the_kind() -> None:
 
 def test_relu_head_zeroes_negative_hidden_units() -> None:
     """The numpy reference of a ReLU head, checked by hand on a 1-feature, 2-unit example."""
-    weights = RampWeights([(np.array([[1.0, -1.0]], np.float32), np.zeros(2, np.float32)),
-                           (np.array([[1.0], [10.0]], np.float32), np.zeros(1, np.float32))], "relu")
+    weights = RampWeights(
+        [
+            (np.array([[1.0, -1.0]], np.float32), np.zeros(2, np.float32)),
+            (np.array([[1.0], [10.0]], np.float32), np.zeros(1, np.float32)),
+        ],
+        "relu",
+    )
     np.testing.assert_allclose(ramp_forward(weights, np.array([[2.0], [-3.0]], np.float32)), [[2.0], [30.0]])
 
 

@@ -1,4 +1,5 @@
 """Sites: the live-tensor sweep finds exactly the known layer/block boundaries of tiny models."""
+
 from __future__ import annotations
 
 import json
@@ -6,12 +7,11 @@ import json
 import numpy as np
 import onnx
 import pytest
+import tiny_models  # tests/tiny_models.py (tests/conftest.py puts tests/ on sys.path)
 from onnx import TensorProto, helper, numpy_helper
 
-from apparate_trt.graph.ingest import load_model
 from apparate_trt.compiler.sites import Site, find_sites, live_sets, liveness, side_tensors
-
-import tiny_models  # tests/tiny_models.py (tests/conftest.py puts tests/ on sys.path)
+from apparate_trt.graph.ingest import load_model
 
 BUILDERS = tiny_models.BUILDERS
 
@@ -74,15 +74,22 @@ def test_live_sets_exclude_constants_and_count_graph_outputs():
 def test_site_json_round_trip():
     site = Site(3, "t", ["mask"], ["N", 16, 8, 8], 42, depth=0.25, est_depth=0.3)
     obj = json.loads(json.dumps(site.to_json()))
-    assert obj == {"id": 3, "tensor": "t", "side_tensors": ["mask"], "shape": ["N", 16, 8, 8],
-                   "node_index": 42, "depth": 0.25}
+    assert obj == {
+        "id": 3,
+        "tensor": "t",
+        "side_tensors": ["mask"],
+        "shape": ["N", 16, 8, 8],
+        "node_index": 42,
+        "depth": 0.25,
+    }
     assert Site.from_json(obj) == site
     assert Site.from_json({**obj, "depth": None}).depth is None
 
 
 def _graph_model(nodes, inputs, outputs, inits) -> onnx.ModelProto:
-    model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, inits),
-                              opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", inputs, outputs, inits), opset_imports=[helper.make_opsetid("", 17)]
+    )
     model.ir_version = 8
     return onnx.shape_inference.infer_shapes(model)
 
@@ -100,17 +107,29 @@ def _dense_chain(n_layers: int, width: int = 16):
 def test_model_without_a_cut_has_no_sites():
     """Two branches from the input to the output: no single live tensor anywhere."""
     w = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"]), helper.make_node("Relu", ["x"], ["b"]),
-             helper.make_node("MatMul", ["a", "w"], ["a2"]), helper.make_node("Add", ["a2", "b"], ["y"])]
-    model = _graph_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-                         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], [w])
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["a"]),
+        helper.make_node("Relu", ["x"], ["b"]),
+        helper.make_node("MatMul", ["a", "w"], ["a2"]),
+        helper.make_node("Add", ["a2", "b"], ["y"]),
+    ]
+    model = _graph_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [w],
+    )
     assert find_sites(model, min_depth=0.0, max_depth=1.0) == []
 
 
 def test_dense_chain_gives_one_site_per_layer():
     nodes, inits, x = _dense_chain(4)
-    model = _graph_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
-                         [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", 16])], inits)
+    model = _graph_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", 16])],
+        inits,
+    )
     assert [s.tensor for s in find_sites(model, 0.0, 1.0)] == ["h0", "h1", "h2"]
 
 
@@ -123,8 +142,12 @@ def test_control_flow_node_is_atomic_and_its_outer_reads_count():
     else_graph = helper.make_graph([helper.make_node("Sub", [x, "h0"], ["e_out"])], "else", [], [else_out])
     inits.append(numpy_helper.from_array(np.array(True), "cond"))
     nodes.append(helper.make_node("If", ["cond"], ["y"], then_branch=then_graph, else_branch=else_graph))
-    model = _graph_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
-                         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])], inits)
+    model = _graph_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+        inits,
+    )
     lv = liveness(model)
     assert lv.last_use["h0"] == len(model.graph.node) - 1
     # h0 stays live across h1..h3 until the If: only h0 itself is a cut (side tensors off) ...

@@ -1,13 +1,13 @@
 """Ramp training: features from one pass, heads that agree with the original model, folded weights."""
+
 from __future__ import annotations
 
 import numpy as np
 import onnx
 import pytest
-
 import tiny_models
-from apparate_trt.graph.ingest import load_model
-from apparate_trt.graph.ingest import model_io
+
+from apparate_trt.backends import open_runner
 from apparate_trt.compiler.ramps import (
     MASKED_KINDS,
     RampWeights,
@@ -27,7 +27,7 @@ from apparate_trt.compiler.training import (
     split_indices,
     train_ramps,
 )
-from apparate_trt.backends import open_runner
+from apparate_trt.graph.ingest import load_model, model_io
 
 QUIET = {"log": lambda line: None}
 
@@ -42,8 +42,17 @@ def _features(tmp_path, tiny, data):
     model = load_model(path)
     sites = find_sites(model)
     mask = find_mask_input(model_io(model)[0])
-    feats = collect_features(model, sites, candidates_of(sites, mask), data, "logits", mask=mask.name if mask else None,
-                             batch_size=64, threads=1, **QUIET)
+    feats = collect_features(
+        model,
+        sites,
+        candidates_of(sites, mask),
+        data,
+        "logits",
+        mask=mask.name if mask else None,
+        batch_size=64,
+        threads=1,
+        **QUIET,
+    )
     return model, sites, mask, feats
 
 
@@ -98,9 +107,12 @@ def test_cross_fitted_statistics_never_come_from_a_ramp_that_trained_on_the_samp
     feats = _random_labels()
     # exact copies of every sample as extra rows: a leak of a sample's copy into the fold that
     # scores it would show as out-of-fold agreement far above chance
-    extra = Features([{"dense_linear": feats.pooled[0]["dense_linear"].copy()}], feats.final_scores.copy(), [],
-                     source=np.arange(300))
-    result = train_ramps(feats, TrainConfig(seed=0, folds=5, weight_decay=0.0, epochs=200, max_steps=2000), extra=extra, **QUIET)
+    extra = Features(
+        [{"dense_linear": feats.pooled[0]["dense_linear"].copy()}], feats.final_scores.copy(), [], source=np.arange(300)
+    )
+    result = train_ramps(
+        feats, TrainConfig(seed=0, folds=5, weight_decay=0.0, epochs=200, max_steps=2000), extra=extra, **QUIET
+    )
     ramp = result.ramps[0]
     assert ramp.train_agreement > 0.9  # the exported ramp memorised its training samples ...
     assert ramp.agreement < 0.45  # ... but each sample was scored by a ramp that never saw it (chance: 0.25)
@@ -113,8 +125,9 @@ def test_a_blend_trains_only_in_folds_that_hold_both_of_its_samples() -> None:
     # source checked, a fold would train on copies of the very samples it scores
     j = np.arange(300)
     i = np.roll(j, 7)
-    extra = Features([{"dense_linear": feats.pooled[0]["dense_linear"].copy()}], feats.final_scores.copy(), [],
-                     source=i, partner=j)
+    extra = Features(
+        [{"dense_linear": feats.pooled[0]["dense_linear"].copy()}], feats.final_scores.copy(), [], source=i, partner=j
+    )
     config = TrainConfig(seed=0, folds=5, weight_decay=0.0, epochs=200, max_steps=2000)
     result = train_ramps(feats, config, extra=extra, **QUIET)
     assert result.ramps[0].agreement < 0.45  # chance: 0.25
@@ -151,7 +164,9 @@ def test_distillation_on_probabilities() -> None:
     x = rng.normal(size=(400, 5)).astype(np.float32)
     logits = x @ rng.normal(size=(5, 4))
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    result = train_ramps(Features([{"dense_linear": x}], probs.astype(np.float32), []), TrainConfig(distill=True), **QUIET)
+    result = train_ramps(
+        Features([{"dense_linear": x}], probs.astype(np.float32), []), TrainConfig(distill=True), **QUIET
+    )
     assert result.ramps[0].agreement > 0.8
 
 
@@ -159,8 +174,12 @@ def test_fold_standardisation_is_exact() -> None:
     rng = np.random.default_rng(2)
     x = rng.normal(3.0, 5.0, size=(10, 4)).astype(np.float32)
     mean, std = x.mean(axis=0).astype(np.float64), x.std(axis=0).astype(np.float64)
-    weights = RampWeights([(rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)),
-                           (rng.normal(size=(3, 2)).astype(np.float32), rng.normal(size=2).astype(np.float32))])
+    weights = RampWeights(
+        [
+            (rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)),
+            (rng.normal(size=(3, 2)).astype(np.float32), rng.normal(size=2).astype(np.float32)),
+        ]
+    )
     folded = fold_standardisation(weights, mean, std)
     want = ramp_forward(weights, ((x - mean) / std).astype(np.float32))
     np.testing.assert_allclose(ramp_forward(folded, x), want, rtol=1e-4, atol=1e-4)

@@ -8,14 +8,32 @@ first ramp ``i`` with ``1 - conf < thresholds[i]`` (in float64), so threshold 0 
 The argument checks come from ``apparate_trt.core_checks``, shared with the Cython wrapper, so both
 raise the same one-line ``ValueError`` for the same bad argument.
 """
+
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
-from apparate_trt.core_checks import *  # noqa: F403  (the shared checks; tests call R.check_*)
-from apparate_trt.core_checks import KINDS, _check_conf_values
+from apparate_trt.core_checks import *  # noqa: F403  (re-exported: tests call every R.check_*)
+from apparate_trt.core_checks import (
+    _check_conf_values,
+    check_done,
+    check_floats,
+    check_fraction,
+    check_kind,
+    check_last,
+    check_push,
+    check_search_args,
+    check_site,
+    check_sites,
+    check_thresholds,
+    check_utility_args,
+    check_weighted_utility_args,
+    check_weights,
+    check_window_arrays,
+    check_window_size,
+)
 
 EPS = 1e-12
 """Tolerance of the accuracy constraint and of "saved increased" in the threshold search."""
@@ -141,8 +159,9 @@ def evaluate_thresholds(conf, agree, saved_ms, thresholds, weights=None):
     return _accuracy(_wrong_of(a, exits, w), total), _mean_saved(counts, s, total), counts
 
 
-def search_thresholds(conf, agree, saved_ms, constraint: float, init_step: float = 0.05,
-                      min_step: float = 0.001, weights=None):
+def search_thresholds(
+    conf, agree, saved_ms, constraint: float, init_step: float = 0.05, min_step: float = 0.001, weights=None
+):
     """Greedy coordinate hill climb of per-ramp thresholds (DESIGN.md, "Threshold tuning").
 
     Maximises the mean latency saved (ms per sample) subject to accuracy >= 1 - constraint.
@@ -300,9 +319,8 @@ class FeedbackWindow:
         lim = check_last(last)
         slots = self._slots(s)
         if lim >= 0:
-            slots = slots[max(0, slots.shape[0] - lim):]
-        return (np.ascontiguousarray(self._conf[s][:, slots]),
-                np.ascontiguousarray(self._agree[s][:, slots]))
+            slots = slots[max(0, slots.shape[0] - lim) :]
+        return (np.ascontiguousarray(self._conf[s][:, slots]), np.ascontiguousarray(self._agree[s][:, slots]))
 
     def gather_weights(self, site_ids, last: int | None = None) -> np.ndarray:
         """The weights (float64[m]) of the samples :meth:`gather` returns, in the same order."""
@@ -310,7 +328,7 @@ class FeedbackWindow:
         lim = check_last(last)
         slots = self._slots(s)
         if lim >= 0:
-            slots = slots[max(0, slots.shape[0] - lim):]
+            slots = slots[max(0, slots.shape[0] - lim) :]
         return self._weight[slots].copy()
 
     def accuracy_with(self, site_ids, thresholds) -> float:

@@ -1,19 +1,20 @@
 """The C core (apparate_trt._core) against the numpy reference, exhaustive search and known values."""
+
 import itertools
 import math
 import threading
 
 import numpy as np
+import policy_reference as R
 import pytest
 
 from apparate_trt import _core as C
-import policy_reference as R
-
 
 make_window = R.synthetic_window
 
 
 # ---- confidence and exit decisions ----------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", ["maxprob", "entropy"])
 @pytest.mark.parametrize("k", [1, 2, 10, 1000])
@@ -134,14 +135,16 @@ def test_ramp_exits_updates_done_in_place():
 
 # ---- evaluation and search ------------------------------------------------------------------------
 
+
 def test_evaluate_known_values():
     conf = np.array([[0.99, 0.98, 0.5, 0.5, 0.1], [0.99, 0.99, 0.99, 0.5, 0.1]], np.float32)
     agree = np.array([[1, 0, 1, 1, 1], [1, 1, 0, 1, 1]], np.uint8)
     acc, saved, counts = C.evaluate_thresholds(conf, agree, [10.0, 4.0], [0.05, 0.05])
     assert counts.tolist() == [2, 1, 2] and counts.dtype == np.int64
     assert acc == pytest.approx(0.6) and saved == pytest.approx((2 * 10 + 4) / 5)
-    acc, saved, counts = C.evaluate_thresholds(np.zeros((2, 0), np.float32), np.zeros((2, 0), np.uint8),
-                                               [1.0, 1.0], [0.5, 0.5])
+    acc, saved, counts = C.evaluate_thresholds(
+        np.zeros((2, 0), np.float32), np.zeros((2, 0), np.uint8), [1.0, 1.0], [0.5, 0.5]
+    )
     assert (acc, saved, counts.tolist()) == (1.0, 0.0, [0, 0, 0])
 
 
@@ -183,7 +186,7 @@ def exhaustive(conf, agree, saved, constraint):
     grid = np.array(list(itertools.product(*cands)))  # [P, r]
     exit_at = np.full((grid.shape[0], m), r)
     for i in range(r - 1, -1, -1):  # the earliest exiting ramp wins
-        exit_at = np.where(d[i][None, :] < grid[:, i:i + 1], i, exit_at)
+        exit_at = np.where(d[i][None, :] < grid[:, i : i + 1], i, exit_at)
     bad = np.vstack([agree == 0, np.zeros((1, m), bool)])
     wrong = bad[exit_at, np.arange(m)[None, :]].sum(axis=1)
     gain = np.append(saved, 0.0)[exit_at].mean(axis=1)
@@ -264,6 +267,7 @@ def test_search_releases_gil_and_is_thread_safe():
 
 # ---- ramp utility ---------------------------------------------------------------------------------
 
+
 def test_ramp_utility():
     u = C.ramp_utility(np.array([30, 10]), np.array([70, 60]), 100, [5.0, 2.0], [0.1, 0.5])
     np.testing.assert_allclose(u, [0.3 * 5 - 0.7 * 0.1, 0.1 * 2 - 0.6 * 0.5])
@@ -293,10 +297,16 @@ BAD_CALLS = [
     (lambda m: m.exit_decisions(GOOD_C, [0.1, 1.5]), r"thresholds must each be in \[0, 1\]"),
     (lambda m: m.exit_decisions(GOOD_C, [0.1, np.nan]), r"thresholds must each be in \[0, 1\]"),
     (lambda m: m.ramp_exits(np.zeros((4, 3), np.float32), 0.1, np.zeros(3, np.uint8)), "done has 3 entries"),
-    (lambda m: m.ramp_exits(np.zeros((4, 3), np.float32), 0.1, np.zeros(4, np.int64)), "done must be a 1-D numpy uint8"),
+    (
+        lambda m: m.ramp_exits(np.zeros((4, 3), np.float32), 0.1, np.zeros(4, np.int64)),
+        "done must be a 1-D numpy uint8",
+    ),
     (lambda m: m.ramp_exits(np.zeros((4, 3), np.float32), 0.1, [0, 0, 0, 0]), "done must be a 1-D numpy uint8"),
     (lambda m: m.ramp_exits(np.zeros((4, 3), np.float32), 0.1, READONLY_DONE), "writable"),
-    (lambda m: m.ramp_exits(np.zeros((4, 3), np.float32), -0.1, np.zeros(4, np.uint8)), r"threshold must be in \[0, 1\]"),
+    (
+        lambda m: m.ramp_exits(np.zeros((4, 3), np.float32), -0.1, np.zeros(4, np.uint8)),
+        r"threshold must be in \[0, 1\]",
+    ),
     (lambda m: m.ramp_exits(np.zeros((4, 3), np.float32), "x", np.zeros(4, np.uint8)), "threshold must be a number"),
     (lambda m: m.search_thresholds(GOOD_C, GOOD_A, [1.0, 1.0], 1.5), r"constraint must be in \[0, 1\]"),
     (lambda m: m.search_thresholds(GOOD_C, GOOD_A, [1.0, 1.0], -0.01), r"constraint must be in \[0, 1\]"),
@@ -339,12 +349,16 @@ def test_bad_push_leaves_window_unchanged():
 
 # ---- feedback window ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("impl", [C, R], ids=["c", "reference"])
 def test_window_ring_buffer_semantics(impl):
     w = impl.FeedbackWindow(capacity=4, max_sites=3)
     assert len(w) == 0 and w.capacity == 4 and w.max_sites == 3
-    w.push(np.array([0, 2], np.int32), np.array([[0.1, 0.2, 0.3], [0.6, 0.7, 0.8]], np.float32),
-           np.array([[1, 0, 1], [1, 1, 0]], np.uint8))
+    w.push(
+        np.array([0, 2], np.int32),
+        np.array([[0.1, 0.2, 0.3], [0.6, 0.7, 0.8]], np.float32),
+        np.array([[1, 0, 1], [1, 1, 0]], np.uint8),
+    )
     w.push([1], [[0.4, 0.5]], [[1, 1]])
     assert len(w) == 4, "capacity caps the size; the oldest sample is evicted"
     c, a = w.gather([0, 2])
@@ -382,7 +396,7 @@ def test_window_push_larger_than_capacity_keeps_newest():
 def test_window_matches_reference_on_random_operations():
     rng = np.random.default_rng(7)
     cw, rw = C.FeedbackWindow(50, 6), R.FeedbackWindow(50, 6)
-    for step in range(300):
+    for _step in range(300):
         op = rng.random()
         if op < 0.7:
             sites = rng.choice(6, size=rng.integers(0, 5), replace=False).astype(np.int32)
@@ -413,6 +427,7 @@ def test_api_version():
 
 # ---- weighted samples (skip mode's audited rows) --------------------------------------------------
 
+
 @pytest.mark.parametrize("impl", [C, R], ids=["c", "numpy"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_weighted_search_equals_the_search_on_copies(impl, seed):
@@ -422,11 +437,15 @@ def test_weighted_search_equals_the_search_on_copies(impl, seed):
     k = rng.integers(1, 5, size=300)
     copies = np.repeat(np.arange(300), k)
     got = impl.search_thresholds(conf, agree, saved, 0.02, min_step=1e-5, weights=k.astype(np.float64))
-    want = impl.search_thresholds(np.ascontiguousarray(conf[:, copies]), np.ascontiguousarray(agree[:, copies]), saved, 0.02, min_step=1e-5)
+    want = impl.search_thresholds(
+        np.ascontiguousarray(conf[:, copies]), np.ascontiguousarray(agree[:, copies]), saved, 0.02, min_step=1e-5
+    )
     np.testing.assert_array_equal(got[0], want[0])
     assert got[1] == pytest.approx(want[1], abs=1e-12) and got[2] == pytest.approx(want[2], rel=1e-12)
     acc, sv, counts = impl.evaluate_thresholds(conf, agree, saved, got[0], weights=k.astype(np.float64))
-    _, _, copy_counts = impl.evaluate_thresholds(np.ascontiguousarray(conf[:, copies]), np.ascontiguousarray(agree[:, copies]), saved, got[0])
+    _, _, copy_counts = impl.evaluate_thresholds(
+        np.ascontiguousarray(conf[:, copies]), np.ascontiguousarray(agree[:, copies]), saved, got[0]
+    )
     np.testing.assert_allclose(counts, copy_counts)
 
 
@@ -438,16 +457,20 @@ def test_weighted_c_core_matches_the_numpy_twin_on_fractional_weights():
     r = R.search_thresholds(conf, agree, saved, 0.01, min_step=1e-5, weights=w)
     np.testing.assert_allclose(c[0], r[0])
     assert c[1] == pytest.approx(r[1], abs=1e-12) and c[2] == pytest.approx(r[2], rel=1e-9)
-    np.testing.assert_allclose(C.evaluate_thresholds(conf, agree, saved, c[0], weights=w)[2],
-                               R.evaluate_thresholds(conf, agree, saved, c[0], weights=w)[2])
+    np.testing.assert_allclose(
+        C.evaluate_thresholds(conf, agree, saved, c[0], weights=w)[2],
+        R.evaluate_thresholds(conf, agree, saved, c[0], weights=w)[2],
+    )
     for impl in (C, R):
         window = impl.FeedbackWindow(600, 4)
         window.push(np.arange(4, dtype=np.int32), conf, agree, w)
         np.testing.assert_array_equal(window.gather_weights([0, 2]), w)
         assert window.accuracy_with([0, 1, 2, 3], c[0]) == pytest.approx(c[1], abs=1e-12)
     exits, passes = np.array([30.0, 12.5]), np.array([70.0, 57.5])
-    np.testing.assert_allclose(C.ramp_utility_weighted(exits, passes, 100.0, [5.0, 2.0], [0.1, 0.5]),
-                               R.ramp_utility_weighted(exits, passes, 100.0, [5.0, 2.0], [0.1, 0.5]))
+    np.testing.assert_allclose(
+        C.ramp_utility_weighted(exits, passes, 100.0, [5.0, 2.0], [0.1, 0.5]),
+        R.ramp_utility_weighted(exits, passes, 100.0, [5.0, 2.0], [0.1, 0.5]),
+    )
 
 
 @pytest.mark.parametrize("impl", [C, R], ids=["c", "numpy"])

@@ -1,4 +1,5 @@
 """Arrival processes: fixed, poisson and trace specs, and clear errors for malformed ones."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -50,7 +51,12 @@ def test_malformed_specs_say_what_to_write(spec, message):
 
 @pytest.mark.parametrize(
     "content, message",
-    [("1.0\nsoon\n", "line 2: 'soon' is not a time"), ("2.0\n1.0\n", "must not decrease"), ("# nothing\n\n", "no arrival times"), ("1\ninf\n", "not finite")],
+    [
+        ("1.0\nsoon\n", "line 2: 'soon' is not a time"),
+        ("2.0\n1.0\n", "must not decrease"),
+        ("# nothing\n\n", "no arrival times"),
+        ("1\ninf\n", "not finite"),
+    ],
 )
 def test_malformed_trace_files_name_the_line(tmp_path, content, message):
     trace = tmp_path / "t.txt"

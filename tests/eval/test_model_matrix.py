@@ -1,6 +1,7 @@
 """The model matrix in CI: every entry of ``apparate_trt.eval.model_matrix`` is built, exported,
 compiled, chain-checked, run in skip mode and replayed here, and must meet its expectations;
 docs/MODELS.md, which the same module writes, must list every entry and agree with the README."""
+
 from __future__ import annotations
 
 import re
@@ -29,12 +30,29 @@ def test_shortfalls_catch_a_broken_row() -> None:
     """The expectations are not vacuous: a chain that differs, a replay without exits, too few
     sites and an unexpected compile error each fail the row."""
     e = model_matrix.entry("cnn-view/torchscript-17")
-    good = model_matrix.Row(e, sites=4, ramps=4, chain_equal=64, chain_samples=64, chain_max_abs_diff=0.0,
-                            compaction=(8, 8, 3), requests=400, exits=100, agreement=0.99)
+    good = model_matrix.Row(
+        e,
+        sites=4,
+        ramps=4,
+        chain_equal=64,
+        chain_samples=64,
+        chain_max_abs_diff=0.0,
+        compaction=(8, 8, 3),
+        requests=400,
+        exits=100,
+        agreement=0.99,
+    )
     assert model_matrix.shortfalls(good) == []
-    for change in ({"chain_equal": 63}, {"chain_max_abs_diff": 1e-2}, {"exits": 0}, {"sites": 1, "ramps": 1},
-                   {"compaction": (7, 8, 3)}, {"compaction": (8, 8, 0)}, {"failed_requests": 1},
-                   {"status": "error: boom"}):
+    for change in (
+        {"chain_equal": 63},
+        {"chain_max_abs_diff": 1e-2},
+        {"exits": 0},
+        {"sites": 1, "ramps": 1},
+        {"compaction": (7, 8, 3)},
+        {"compaction": (8, 8, 0)},
+        {"failed_requests": 1},
+        {"status": "error: boom"},
+    ):
         assert model_matrix.shortfalls(model_matrix.Row(**{**good.__dict__, **change})), change
     refusal = model_matrix.entry("cnn-view/fixed-batch")
     assert model_matrix.shortfalls(model_matrix.Row(refusal, status="ok"))
@@ -49,10 +67,13 @@ def test_weight_only_int8_dequantizes_matmul_weights_with_cast_and_mul() -> None
     from apparate_trt.backends import open_runner
 
     w = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
-                              [numpy_helper.from_array(w, "w")])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+        [numpy_helper.from_array(w, "w")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     quantized = model_matrix.weight_only_int8(model)
     onnx.checker.check_model(quantized)
@@ -80,10 +101,13 @@ def test_models_md_lists_every_entry_and_agrees_with_the_readme() -> None:
     assert f"{passed.group(1)} of {passed.group(2)} entries of [docs/MODELS.md](docs/MODELS.md) pass" in readme
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--only", "("], "is not a regular expression"),
-    (["--only", "no-such-entry"], "no entry matches --only 'no-such-entry'"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--only", "("], "is not a regular expression"),
+        (["--only", "no-such-entry"], "no entry matches --only 'no-such-entry'"),
+    ],
+)
 def test_bad_arguments_are_one_line_errors_before_any_work(argv: list[str], message: str, capsys) -> None:
     try:
         code = model_matrix.main(argv)

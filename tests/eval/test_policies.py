@@ -4,18 +4,18 @@ References are computed independently: ramp logits by chaining the segment files
 running each ramp's ONNX file (``reference_ramp_logits``), the final output by running
 ``model.onnx`` directly.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from runtime_helpers import THREADS, reference_ramp_logits
 
 from apparate_trt import _core
 from apparate_trt.errors import ApparateError
 from apparate_trt.eval import policies
 from apparate_trt.runtime.api import load
 from apparate_trt.runtime.controller import LatencyModel
-
-from runtime_helpers import THREADS, reference_ramp_logits
 
 WAIT_S = 60.0
 
@@ -38,7 +38,9 @@ def _serve(compiled, policy, tags=None):
 
 def _reference_ramps(compiled) -> tuple[np.ndarray, np.ndarray]:
     """(confidence [S, n], argmax [S, n]) of every ramp, from the files on disk."""
-    pairs = [_softmax_max(reference_ramp_logits(compiled.manifest, compiled.inputs, s.id)) for s in compiled.manifest.sites]
+    pairs = [
+        _softmax_max(reference_ramp_logits(compiled.manifest, compiled.inputs, s.id)) for s in compiled.manifest.sites
+    ]
     return np.stack([c for c, _ in pairs]), np.stack([p for _, p in pairs]).astype(np.int32)
 
 
@@ -100,7 +102,12 @@ def test_static_shared_policy_exits_where_the_threshold_says(resnet):
 def test_static_per_ramp_policy_is_tuned_within_the_constraint_on_bootstrap(bert):
     policy = policies.static_per_ramp_policy(bert.manifest, 0.01)
     view = policies.bootstrap_view(bert.manifest)
-    acc, _, _ = _core.evaluate_thresholds(view.confidence, view.agree, LatencyModel(bert.manifest).exit_saved_ms(policy.sites, 1), np.asarray(policy.thresholds))
+    acc, _, _ = _core.evaluate_thresholds(
+        view.confidence,
+        view.agree,
+        LatencyModel(bert.manifest).exit_saved_ms(policy.sites, 1),
+        np.asarray(policy.thresholds),
+    )
     assert acc >= 0.99 and acc == pytest.approx(policy.bootstrap_accuracy)
     early, final = _serve(bert, policy)
     assert all(r.is_final for r in final)

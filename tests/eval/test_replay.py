@@ -3,6 +3,7 @@
 Timing is never asserted (shared CI cores); only orderings that hold by construction are
 (p50 <= p95 <= p99, every latency positive).
 """
+
 from __future__ import annotations
 
 import json
@@ -12,10 +13,17 @@ import pytest
 
 from apparate_trt.data import load_inputs
 from apparate_trt.engine_dir import read_manifest
-from apparate_trt.runtime import api
 from apparate_trt.eval.arrivals import parse_arrivals
 from apparate_trt.eval.replay import replay
-from apparate_trt.eval.report import build_report, comparison_table, exit_shares, format_report, window_accuracies, write_report
+from apparate_trt.eval.report import (
+    build_report,
+    comparison_table,
+    exit_shares,
+    format_report,
+    window_accuracies,
+    write_report,
+)
+from apparate_trt.runtime import api
 
 THREADS = 1
 CONSTRAINT = 0.01
@@ -74,8 +82,14 @@ def test_vanilla_and_apparate_on_the_same_arrivals(tiny_resnet_engine):
     arrivals = parse_arrivals("poisson:500", 200, seed=1)
     vanilla = _replay(tiny_resnet_engine, inputs, arrivals, mode="vanilla", max_batch=4)
     # the tiny engine holds only 60 held-out bootstrap samples: a short window tunes within 200 requests
-    apparate = _replay(tiny_resnet_engine, inputs, arrivals, mode="apparate", max_batch=4,
-                       controller_options={"window_size": 128, "min_tune_samples": 100})
+    apparate = _replay(
+        tiny_resnet_engine,
+        inputs,
+        arrivals,
+        mode="apparate",
+        max_batch=4,
+        controller_options={"window_size": 128, "min_tune_samples": 100},
+    )
     reports = {"vanilla": build_report(vanilla, CONSTRAINT), "apparate": build_report(apparate, CONSTRAINT)}
     v, a = reports["vanilla"], reports["apparate"]
     assert v["exit_share"] == {"final": 1.0} and v["accuracy"]["overall"] == 1.0 and v["events"] == []

@@ -1,4 +1,5 @@
 """Ingest: loading, checking, canonicalising an ONNX model, and picking its score output."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,21 +7,23 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import tiny_models  # tests/tiny_models.py (tests/conftest.py puts tests/ on sys.path)
 from onnx import TensorProto, helper, numpy_helper
 
-from apparate_trt.graph.ingest import TensorInfo, load_model, model_io, score_output
-from apparate_trt.errors import ApparateError
 from apparate_trt.backends import open_runner
+from apparate_trt.errors import ApparateError
+from apparate_trt.graph.ingest import TensorInfo, load_model, model_io, score_output
 
-import tiny_models  # tests/tiny_models.py (tests/conftest.py puts tests/ on sys.path)
 
-
-def _mlp(out_shape=("N", 3), out_type=TensorProto.FLOAT, batch="N", extra_outputs=(), nodes_first=(),
-         dead=False) -> onnx.ModelProto:
+def _mlp(
+    out_shape=("N", 3), out_type=TensorProto.FLOAT, batch="N", extra_outputs=(), nodes_first=(), dead=False
+) -> onnx.ModelProto:
     """x [batch, 4] -> Gemm -> Relu -> Gemm -> y [batch, 3]; options add outputs or dead nodes."""
     rng = np.random.RandomState(0)
-    inits = [numpy_helper.from_array(rng.randn(4, 8).astype(np.float32), "w1"),
-             numpy_helper.from_array(rng.randn(8, 3).astype(np.float32), "w2")]
+    inits = [
+        numpy_helper.from_array(rng.randn(4, 8).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.randn(8, 3).astype(np.float32), "w2"),
+    ]
     nodes = list(nodes_first) + [
         helper.make_node("Gemm", ["x", "w1"], ["h"]),
         helper.make_node("Relu", ["h"], ["r"]),
@@ -31,8 +34,9 @@ def _mlp(out_shape=("N", 3), out_type=TensorProto.FLOAT, batch="N", extra_output
         nodes.append(helper.make_node("Mul", ["r", "unused_w"], ["dead"]))
         inits.append(numpy_helper.from_array(np.ones((3,), np.float32), "never_read"))
     outputs = [helper.make_tensor_value_info("y", out_type, list(out_shape))] + list(extra_outputs)
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 4])],
-                              outputs, inits)
+    graph = helper.make_graph(
+        nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 4])], outputs, inits
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
@@ -55,6 +59,7 @@ def _error(path) -> str:
 # ----------------------------------------------------------------------------------------------
 # Good models
 # ----------------------------------------------------------------------------------------------
+
 
 def test_loads_tiny_model_with_symbolic_batch(tmp_path):
     tiny = tiny_models.bert_like(layers=2)
@@ -110,8 +115,14 @@ def test_batch_one_hard_coded_in_graph_is_an_error(tmp_path):
 def test_external_data_is_loaded(tmp_path):
     model = _mlp()
     path = tmp_path / "ext.onnx"
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="ext.data", size_threshold=0)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="ext.data",
+        size_threshold=0,
+    )
     loaded = load_model(path)
     w1 = next(t for t in loaded.graph.initializer if t.name == "w1")
     assert numpy_helper.to_array(w1).shape == (4, 8)
@@ -120,6 +131,7 @@ def test_external_data_is_loaded(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # Bad files and models
 # ----------------------------------------------------------------------------------------------
+
 
 def test_missing_file(tmp_path):
     message = _error(tmp_path / "nope.onnx")
@@ -147,8 +159,14 @@ def test_checker_failure_names_the_problem(tmp_path):
 
 def test_missing_external_data(tmp_path):
     path = tmp_path / "ext.onnx"
-    onnx.save_model(_mlp(), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="weights.bin", size_threshold=0)
+    onnx.save_model(
+        _mlp(),
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
     (tmp_path / "weights.bin").unlink()
     message = _error(path)
     assert "weights.bin" in message and "missing" in message
@@ -173,6 +191,7 @@ def test_cycle_is_an_error(tmp_path):
 # Score output
 # ----------------------------------------------------------------------------------------------
 
+
 def test_score_output_single():
     assert score_output(_mlp()) == ("y", 3)
     assert score_output(tiny_models.resnet_like(blocks=2).model) == ("logits", 10)
@@ -189,13 +208,16 @@ def test_score_output_ambiguous_lists_names_and_flag():
         score_output(model, "logits")
 
 
-@pytest.mark.parametrize("shape, elem, match", [
-    (("N", 3, 2), TensorProto.FLOAT, r"not \[batch, classes\]"),
-    (("N",), TensorProto.FLOAT, r"not \[batch, classes\]"),
-    (("N", "C"), TensorProto.FLOAT, "known class count"),
-    (("N", 1), TensorProto.FLOAT, ">= 2"),
-    (("N", 3), TensorProto.INT64, "not float scores"),
-])
+@pytest.mark.parametrize(
+    "shape, elem, match",
+    [
+        (("N", 3, 2), TensorProto.FLOAT, r"not \[batch, classes\]"),
+        (("N",), TensorProto.FLOAT, r"not \[batch, classes\]"),
+        (("N", "C"), TensorProto.FLOAT, "known class count"),
+        (("N", 1), TensorProto.FLOAT, ">= 2"),
+        (("N", 3), TensorProto.INT64, "not float scores"),
+    ],
+)
 def test_score_output_must_be_float_batch_by_classes(shape, elem, match):
     model = _mlp(out_shape=shape, out_type=elem)
     with pytest.raises(ApparateError, match=match):

@@ -1,4 +1,5 @@
 """Segments: split models are valid standalone ONNX models whose chain reproduces the model."""
+
 from __future__ import annotations
 
 import itertools
@@ -7,16 +8,15 @@ import time
 import numpy as np
 import onnx
 import pytest
+import tiny_models  # tests/tiny_models.py (tests/conftest.py puts tests/ on sys.path)
 from onnx import TensorProto, helper, numpy_helper
 
-from apparate_trt.graph.ingest import node_inputs
+from apparate_trt.backends import open_runner
 from apparate_trt.compiler.chain import run_chain, verify_chain
-from apparate_trt.graph.split import Segment, split_model, with_extra_outputs
 from apparate_trt.compiler.sites import find_sites
 from apparate_trt.errors import ApparateError
-from apparate_trt.backends import open_runner
-
-import tiny_models  # tests/tiny_models.py (tests/conftest.py puts tests/ on sys.path)
+from apparate_trt.graph.ingest import node_inputs
+from apparate_trt.graph.split import Segment, split_model, with_extra_outputs
 
 BUILDERS = tiny_models.BUILDERS
 
@@ -119,18 +119,27 @@ def test_constants_are_copied_not_passed():
     """A Constant node (and what is computed from it) read in every layer is copied into each
     segment that needs it, never passed between segments."""
     rng = np.random.RandomState(0)
-    nodes = [helper.make_node("Constant", [], ["c0"], value=numpy_helper.from_array(np.full(8, 0.1, np.float32))),
-             helper.make_node("Mul", ["c0", "two"], ["c"])]
+    nodes = [
+        helper.make_node("Constant", [], ["c0"], value=numpy_helper.from_array(np.full(8, 0.1, np.float32))),
+        helper.make_node("Mul", ["c0", "two"], ["c"]),
+    ]
     inits = [numpy_helper.from_array(np.float32(2.0), "two")]
     x = "x"
     for i in range(4):
         inits.append(numpy_helper.from_array(rng.randn(8, 8).astype(np.float32), f"w{i}"))
-        nodes += [helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"]),
-                  helper.make_node("Add", [f"m{i}", "c"], [f"a{i}"]),
-                  helper.make_node("Relu", [f"a{i}"], [f"h{i}"])]
+        nodes += [
+            helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"]),
+            helper.make_node("Add", [f"m{i}", "c"], [f"a{i}"]),
+            helper.make_node("Relu", [f"a{i}"], [f"h{i}"]),
+        ]
         x = f"h{i}"
-    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
-                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", 8])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", 8])],
+        inits,
+    )
     model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     sites = find_sites(model, 0.0, 1.0)
     assert [s.tensor for s in sites] == ["h0", "h1", "h2"]

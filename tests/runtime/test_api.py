@@ -1,4 +1,5 @@
 """The embedding API: submit one sample, receive the early then the final result; bad requests fail alone."""
+
 from __future__ import annotations
 
 import subprocess
@@ -7,13 +8,12 @@ import threading
 
 import numpy as np
 import pytest
+from runtime_helpers import THREADS, assert_same_output, reference_ramp_logits
 
 from apparate_trt.engine_dir import TensorSpec
 from apparate_trt.errors import ApparateError
 from apparate_trt.runtime import api
 from apparate_trt.runtime.api import OverloadError, RequestTimeoutError, Result, load, validate_sample
-
-from runtime_helpers import THREADS, assert_same_output, reference_ramp_logits
 
 WAIT_S = 60.0
 
@@ -242,7 +242,9 @@ def test_bert_requests_with_side_tensors(bert):
     assert_same_output(np.stack([r.output for r in finals]), bert.reference)
 
 
-@pytest.mark.parametrize("kwargs, message", [({"mode": "fast"}, "mode"), ({"max_batch": 0}, "batch"), ({"confidence": "x"}, "confidence")])
+@pytest.mark.parametrize(
+    "kwargs, message", [({"mode": "fast"}, "mode"), ({"max_batch": 0}, "batch"), ({"confidence": "x"}, "confidence")]
+)
 def test_bad_load_options_are_refused(resnet, kwargs, message):
     with pytest.raises(ApparateError, match=message):
         load(resnet.engine_dir, **kwargs)
@@ -275,20 +277,30 @@ def test_import_works_without_tensorrt_and_the_backend_says_how_to_fix_it():
     assert "needs an NVIDIA GPU with TensorRT" in out and "--backend onnxruntime" in out
 
 
-SPECS = [TensorSpec("ids", "int32", ["batch", "seq"]), TensorSpec("mask", "float32", ["batch", "seq"]), TensorSpec("x", "float32", ["batch", 3])]
+SPECS = [
+    TensorSpec("ids", "int32", ["batch", "seq"]),
+    TensorSpec("mask", "float32", ["batch", "seq"]),
+    TensorSpec("x", "float32", ["batch", 3]),
+]
 
 
 def test_validation_casts_safely_and_checks_symbolic_dims():
-    sample = validate_sample(SPECS, {"ids": np.arange(5, dtype=np.int64), "mask": np.ones(5, np.float64), "x": [1, 2, 3]})
+    sample = validate_sample(
+        SPECS, {"ids": np.arange(5, dtype=np.int64), "mask": np.ones(5, np.float64), "x": [1, 2, 3]}
+    )
     assert {k: v.dtype for k, v in sample.items()} == {"ids": np.int32, "mask": np.float32, "x": np.float32}
     with pytest.raises(ApparateError, match="dimension 'seq'"):
         validate_sample(SPECS, {"ids": np.arange(5), "mask": np.ones(4, np.float32), "x": np.zeros(3, np.float32)})
     with pytest.raises(ApparateError, match="outside the range"):
         validate_sample(SPECS, {"ids": np.array([2**40]), "mask": np.ones(1, np.float32), "x": np.zeros(3, np.float32)})
     with pytest.raises(ApparateError, match="the model takes int32"):
-        validate_sample(SPECS, {"ids": np.ones(2, np.float32), "mask": np.ones(2, np.float32), "x": np.zeros(3, np.float32)})
+        validate_sample(
+            SPECS, {"ids": np.ones(2, np.float32), "mask": np.ones(2, np.float32), "x": np.zeros(3, np.float32)}
+        )
     with pytest.raises(ApparateError, match="axis 0 must be 3"):
-        validate_sample(SPECS, {"ids": np.ones(2, np.int32), "mask": np.ones(2, np.float32), "x": np.zeros(4, np.float32)})
+        validate_sample(
+            SPECS, {"ids": np.ones(2, np.int32), "mask": np.ones(2, np.float32), "x": np.zeros(4, np.float32)}
+        )
 
 
 def _burst(engine: api.Engine, compiled, count: int) -> list[tuple[Result, Result]]:
@@ -355,7 +367,7 @@ def test_skip_mode_results_say_which_answer_is_last_and_wait_final_gets_the_mode
         assert early.exit_site == first and not early.is_final
         if wait[i]:
             assert final.is_final and not final.skipped
-            assert_same_output(final.output[None, :], resnet.reference[i:i + 1])
+            assert_same_output(final.output[None, :], resnet.reference[i : i + 1])
         elif final.skipped:
             assert final is early and final.is_last and not final.is_final
     skipped = sum(f.skipped for f in finals)

@@ -1,4 +1,5 @@
 """The dynamic batcher: dispatch on size and on delay, a bounded queue, timeouts, a draining close."""
+
 from __future__ import annotations
 
 import threading

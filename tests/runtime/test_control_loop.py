@@ -1,4 +1,5 @@
 """The controller's thread: every batch's feedback observed once, in order, batched when behind."""
+
 from __future__ import annotations
 
 import threading

@@ -5,6 +5,7 @@ easy inputs (more so at deeper sites) and, the more confident, the likelier it a
 output. A fake executor applies the controller's configuration exactly as the real one does (first
 active ramp with 1 - conf < threshold releases the input) and reports the feedback.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -51,14 +52,19 @@ def make_manifest(
     the unsplit model is ``boundary_ms`` per site faster than its chained segments."""
     ramp_ms = ramp_ms if ramp_ms is not None else [0.5] * num_sites
     seg_rows = [[SEGMENT_MS, 4 * SEGMENT_MS] for _ in range(num_sites + 1)]
-    model_ms = [SEGMENT_MS * (num_sites + 1) - boundary_ms * num_sites, 4 * (SEGMENT_MS * (num_sites + 1) - boundary_ms * num_sites)]
+    model_ms = [
+        SEGMENT_MS * (num_sites + 1) - boundary_ms * num_sites,
+        4 * (SEGMENT_MS * (num_sites + 1) - boundary_ms * num_sites),
+    ]
     spec = TensorSpec("x", "float32", ["N", 4])
     return Manifest(
         model=ModelInfo("model.onnx", "synthetic", "0" * 64, [spec], [TensorSpec("y", "float32", ["N", 3])], "y", 3),
         sites=[SiteEntry(i, f"t{i}", [], ["N", 4], i, (i + 1) / (num_sites + 1)) for i in range(num_sites)],
         segments=[SegmentEntry(f"seg_{i}.onnx", [], [], i if i < num_sites else None) for i in range(num_sites + 1)],
         ramps=[
-            RampEntry(i, f"ramp_{i}.onnx", [f"t{i}"], f"r{i}", "dense_linear", 3, 0.9, ramp_ms[i], ramp_ms[i] / model_ms[0])
+            RampEntry(
+                i, f"ramp_{i}.onnx", [f"t{i}"], f"r{i}", "dense_linear", 3, 0.9, ramp_ms[i], ramp_ms[i] / model_ms[0]
+            )
             for i in range(num_sites)
         ],
         profiles=Profiles("onnxruntime", 1, [1, 8], model_ms, seg_rows, [[c, 4 * c] for c in ramp_ms]),
@@ -242,12 +248,12 @@ def test_stationary_stream_keeps_windows_within_the_constraint():
         ctl = Controller(m, accuracy_constraint=0.01, initial_thresholds="never", adjust_every_batches=10**6)
         correct, exit_site, _ = drive(ctl, Stream(seed), batches=2000)
         first_tune = next(e["batch"] for e in ctl.events if e["kind"] == "tune")
-        after = correct[first_tune * 8:]
+        after = correct[first_tune * 8 :]
         w = 512  # windows of served requests, half the feedback window
         accuracy = after[: len(after) // w * w].reshape(-1, w).mean(axis=1)
         violating += int(np.sum(accuracy < 1 - 0.01))
         windows += accuracy.size
-        exits.append(exit_site[first_tune * 8:] >= 0)
+        exits.append(exit_site[first_tune * 8 :] >= 0)
         assert "emergency" not in kinds(ctl)
     assert windows >= 80
     assert violating / windows < 0.05, f"{violating} of {windows} windows broke the constraint"
@@ -371,10 +377,18 @@ def test_measured_chain_timings_replace_the_profile_after_a_few_batches():
     conf, agree = Stream(10).sample(4)
     for _ in range(8):
         outcome, _ = run_batch(([2, 5], [0.0, 0.0]), conf, agree)
-        timed = TimedOutcome(outcome.site_ids, outcome.confidence, outcome.agree, outcome.exit_site,
-                             segments_ms=np.array([1.0, 2.0, 3.0]), ramps_ms=np.array([0.5, 0.25]))
+        timed = TimedOutcome(
+            outcome.site_ids,
+            outcome.confidence,
+            outcome.agree,
+            outcome.exit_site,
+            segments_ms=np.array([1.0, 2.0, 3.0]),
+            ramps_ms=np.array([0.5, 0.25]),
+        )
         ctl.observe(timed, t=0.0)
     saved, cost = ctl.chain_ms([2, 5])
     np.testing.assert_allclose(saved, [2.0 + 0.25 + 3.0, 3.0])  # stages and ramps after each ramp
     np.testing.assert_allclose(cost, [0.5, 0.25])  # measured ramps (this manifest's boundaries cost nothing)
-    np.testing.assert_allclose(ctl.chain_ms([2])[0], LatencyModel(m).exit_saved_ms([2], ctl.batch_size))  # other sets: profile
+    np.testing.assert_allclose(
+        ctl.chain_ms([2])[0], LatencyModel(m).exit_saved_ms([2], ctl.batch_size)
+    )  # other sets: profile

@@ -1,16 +1,16 @@
 """The controller in skip mode: audited feedback weighted by 1 / p stays unbiased; the audit rate follows the state."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from test_controller import NUM_SITES, Stream, make_manifest, run_batch
 
 from apparate_trt import _core
 from apparate_trt.errors import ApparateError
 from apparate_trt.runtime.controller import Controller, LatencyModel
-
-from test_controller import NUM_SITES, Stream, make_manifest, run_batch
 
 
 @dataclass
@@ -55,10 +55,14 @@ def test_window_accuracy_from_audited_rows_matches_full_feedback():
     stderr = np.sqrt(wrong * (1 - rate) / rate) / n
     assert abs(estimate - truth) < 4 * stderr, (estimate, truth, stderr)
     # an estimate from the kept rows without the weights is biased: exits are under-represented
-    naive = _core.evaluate_thresholds(conf[sites][:, kept].copy(), agree[sites][:, kept].copy(), np.ones(2), thresholds)[0]
+    naive = _core.evaluate_thresholds(
+        conf[sites][:, kept].copy(), agree[sites][:, kept].copy(), np.ones(2), thresholds
+    )[0]
     assert abs(naive - truth) > 4 * stderr
     # the controller's window receives exactly the kept rows with their weights
-    controller = Controller(make_manifest([2, 5]), window_size=n, initial_thresholds="never", exit_mode="skip", audit_rate=rate)
+    controller = Controller(
+        make_manifest([2, 5]), window_size=n, initial_thresholds="never", exit_mode="skip", audit_rate=rate
+    )
     controller.observe(outcome, t=0.0)
     assert len(controller.window) == int(kept.sum())
     np.testing.assert_allclose(controller.window.gather_weights(sites), outcome.weights[kept])
@@ -86,7 +90,7 @@ def test_skip_mode_holds_the_constraint_on_every_row():
     # windows of 512 served rows, after the first tune: the winner's-curse discount scaled by the
     # audited exits' weight keeps them within the constraint as in release mode
     first_tune = next(e["batch"] for e in controller.events if e["kind"] == "tune")
-    after = correct[first_tune * 8:]
+    after = correct[first_tune * 8 :]
     windows = after[: len(after) // 512 * 512].reshape(-1, 512).mean(axis=1)
     assert windows.size >= 40 and np.mean(windows < 0.99) < 0.05
     assert controller.window_size == 1024 * 5, "skip mode keeps window_size / audit_rate samples"
@@ -96,8 +100,14 @@ def test_skip_mode_holds_the_constraint_on_every_row():
 def test_audit_rate_is_full_while_the_window_is_thin_or_a_ramp_is_in_probation():
     stream = Stream(seed=1)
     rng = np.random.default_rng(2)
-    controller = Controller(make_manifest([5]), initial_thresholds="never", exit_mode="skip", audit_rate=0.1,
-                            window_size=256, adjust_every_batches=4)
+    controller = Controller(
+        make_manifest([5]),
+        initial_thresholds="never",
+        exit_mode="skip",
+        audit_rate=0.1,
+        window_size=256,
+        adjust_every_batches=4,
+    )
     assert controller.audit_rate == 1.0, "an empty window: every exit is audited"
     config = controller.initial_config()
     rates = []

@@ -1,18 +1,18 @@
 """The executor: segments only at active sites, early release between segments, exact final outputs."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+from runtime_helpers import THREADS, assert_same_output, reference_ramp_logits, trace_runs
 
-from apparate_trt.errors import ApparateError
 from apparate_trt.backends import open_runner
+from apparate_trt.errors import ApparateError
 from apparate_trt.runtime import executor as executor_module
 from apparate_trt.runtime.executor import Executor
 from apparate_trt.runtime.vanilla import VanillaExecutor
-
-from runtime_helpers import THREADS, assert_same_output, reference_ramp_logits, trace_runs
 
 
 @dataclass
@@ -71,7 +71,9 @@ def test_rebuild_plan_builds_anew_and_leaves_the_running_plan(resnet, monkeypatc
     executor = _executor(resnet, [sites[-1]], [0.0])
     built: list[tuple[int, ...]] = []
     original = executor_module._PlanBuilder._stages
-    monkeypatch.setattr(executor_module._PlanBuilder, "_stages", lambda self, active: built.append(active) or original(self, active))
+    monkeypatch.setattr(
+        executor_module._PlanBuilder, "_stages", lambda self, active: built.append(active) or original(self, active)
+    )
     try:
         executor.rebuild_plan([sites[0]])
         executor.rebuild_plan([sites[0]])
@@ -248,7 +250,12 @@ def test_vanilla_executor_equals_the_original_model(resnet):
 
 @pytest.mark.parametrize(
     "active, thresholds, message",
-    [([0], [0.1, 0.2], "one threshold per site"), ([0, 0], [0.1, 0.1], "twice"), ([999], [0.1], "unknown ramp site"), ([0], [1.5], "[0, 1]")],
+    [
+        ([0], [0.1, 0.2], "one threshold per site"),
+        ([0, 0], [0.1, 0.1], "twice"),
+        ([999], [0.1], "unknown ramp site"),
+        ([0], [1.5], "[0, 1]"),
+    ],
 )
 def test_bad_configurations_are_refused(resnet, active, thresholds, message):
     executor = Executor(resnet.manifest, threads=THREADS)
@@ -287,10 +294,13 @@ def test_a_model_onnx_runtime_cannot_run_fails_in_one_line_naming_the_node() -> 
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"], name="bad_reshape")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
-                              [numpy_helper.from_array(np.array([-1, 4], np.int64), "shape")])
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"], name="bad_reshape")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+        [numpy_helper.from_array(np.array([-1, 4], np.int64), "shape")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model)
     runner = open_runner(model, threads=1, name="the toy model")

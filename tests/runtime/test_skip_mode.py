@@ -1,15 +1,15 @@
 """Skip mode in the executor: released rows leave the batch, audited rows reach the end."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from runtime_helpers import THREADS, assert_same_output, reference_ramp_logits, trace_runs
 
 from apparate_trt.errors import ApparateError
-from apparate_trt.runtime.compaction import compact, draw_audits
 from apparate_trt.runtime import executor as executor_module
+from apparate_trt.runtime.compaction import compact, draw_audits
 from apparate_trt.runtime.executor import Executor
-
-from runtime_helpers import THREADS, assert_same_output, reference_ramp_logits, trace_runs
 
 
 class Calls:

@@ -1,4 +1,5 @@
 """The split worker: a large model's segments are cut in a child process, exactly as in-process."""
+
 from __future__ import annotations
 
 import logging
@@ -9,13 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
+from runtime_helpers import THREADS, assert_same_output
 
+from apparate_trt.engine_dir import Manifest
 from apparate_trt.errors import ApparateError
 from apparate_trt.runtime import split_worker
 from apparate_trt.runtime.executor import Executor
-from apparate_trt.engine_dir import Manifest
-
-from runtime_helpers import THREADS, assert_same_output
 
 
 def _noop(*_args) -> None:
@@ -71,7 +71,10 @@ def test_worker_errors_say_what_failed(bert, tmp_path, monkeypatch):
     not_an_engine.mkdir()
     manifest = Manifest.__new__(Manifest)
     manifest.root = not_an_engine
-    with pytest.raises(ApparateError, match=r"split worker for sites \[0\] failed with exit status 2: error: .* is not an engine directory"):
+    with pytest.raises(
+        ApparateError,
+        match=r"split worker for sites \[0\] failed with exit status 2: error: .* is not an engine directory",
+    ):
         split_worker.split_out_of_process(manifest, [0], tmp_path / "out")
     assert not split_worker.should_split_out_of_process(bert.manifest)  # a tiny model is split in-process
     monkeypatch.setattr(split_worker.sys, "executable", "")  # Python embedded in a service: no interpreter to start

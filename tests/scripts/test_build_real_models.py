@@ -3,6 +3,7 @@
 The script itself is run by hand (`make models`); these tests cover its stream splits, drift
 construction, tokenisation, graph reordering and error paths on tiny inputs.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -49,14 +50,18 @@ def test_split_movies_is_seeded_and_sized(brm):
 def test_nlp_split_has_no_movie_in_two_parts(brm):
     pd = pytest.importorskip("pandas")
     rng = np.random.default_rng(0)
-    df = pd.DataFrame({"text": [f"t{i}" for i in range(2000)],
-                       "movie_name": [f"m{i}" for i in rng.integers(0, 200, 2000)],
-                       "label": rng.integers(0, 2, 2000)})
+    df = pd.DataFrame(
+        {
+            "text": [f"t{i}" for i in range(2000)],
+            "movie_name": [f"m{i}" for i in rng.integers(0, 200, 2000)],
+            "label": rng.integers(0, 2, 2000),
+        }
+    )
     train, val, stream = brm.nlp_split(df)
     sets = [set(p["movie_name"]) for p in (train, val, stream)]
     assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
     assert len(val) + len(stream) + len(train) <= len(df)
-    assert len(stream) == df["movie_name"].isin(sets[2]).sum()      # every snippet of a movie
+    assert len(stream) == df["movie_name"].isin(sets[2]).sum()  # every snippet of a movie
     assert len(train) <= brm.NLP_TRAIN_MAX
 
 
@@ -96,7 +101,7 @@ def test_drift_indices_phases(brm):
     n = brm.DRIFT_PHASE_LEN
     assert [len(p) for p in picks] == [n] * 4
     assert [(p["start"], p["end"]) for p in phases] == [(i * n, (i + 1) * n) for i in range(4)]
-    assert all(len(np.unique(p)) == n for p in picks)          # no repeats within a phase
+    assert all(len(np.unique(p)) == n for p in picks)  # no repeats within a phase
     focus = np.isin(labels[picks[1]], brm.DRIFT_FOCUS_CLASSES).mean()
     assert focus == pytest.approx(brm.DRIFT_FOCUS_SHARE, abs=1e-3)
     assert np.isin(labels[picks[0]], brm.DRIFT_FOCUS_CLASSES).mean() < 0.45
@@ -106,10 +111,12 @@ def _side_chain_graph():
     """x -> Relu -> Relu -> Add(., side) -> y, with side = Neg(x) listed first in the file."""
     onnx = pytest.importorskip("onnx")
     h = onnx.helper
-    nodes = [h.make_node("Neg", ["x"], ["side"], name="side"),
-             h.make_node("Relu", ["x"], ["a"], name="r1"),
-             h.make_node("Relu", ["a"], ["b"], name="r2"),
-             h.make_node("Add", ["b", "side"], ["y"], name="add")]
+    nodes = [
+        h.make_node("Neg", ["x"], ["side"], name="side"),
+        h.make_node("Relu", ["x"], ["a"], name="r1"),
+        h.make_node("Relu", ["a"], ["b"], name="r2"),
+        h.make_node("Add", ["b", "side"], ["y"], name="add"),
+    ]
     vi = lambda n: h.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["batch", 4])  # noqa: E731
     graph = h.make_graph(nodes, "g", [vi("x")], [vi("y")])
     return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])

@@ -3,6 +3,7 @@
 ``serve(engine_dir, ...)`` blocks until SIGTERM / SIGINT (``apparate-run --serve``); ``Server``
 starts and stops in-process. See docs/SERVING.md.
 """
+
 from apparate_trt.runtime.server.app import Server, run_until_signal, serve
 
 __all__ = ["Server", "run_until_signal", "serve"]

@@ -4,17 +4,25 @@
 directory, serves it and blocks until SIGTERM or SIGINT, then stops accepting, answers every
 accepted request and returns 0 (``apparate-run --serve`` calls it).
 """
+
 from __future__ import annotations
 
 import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from apparate_trt.defaults import (
+    DEFAULT_ACCURACY_CONSTRAINT,
+    DEFAULT_AUDIT_RATE,
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_DELAY_MS,
+    DEFAULT_QUEUE_SIZE,
+)
 from apparate_trt.errors import ApparateError
-from apparate_trt.defaults import DEFAULT_ACCURACY_CONSTRAINT, DEFAULT_AUDIT_RATE, DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY_MS
 from apparate_trt.runtime.server.codec import ModelSpec
 from apparate_trt.runtime.server.grpc import GrpcFrontend
 from apparate_trt.runtime.server.http import MAX_CONNECTIONS, HttpFrontend
@@ -109,7 +117,7 @@ class Server:
         max_batch: int = DEFAULT_MAX_BATCH,
         max_delay_ms: float = DEFAULT_MAX_DELAY_MS,
         accuracy_constraint: float = DEFAULT_ACCURACY_CONSTRAINT,
-        queue_size: int = 256,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
         request_timeout_s: float = 30.0,
         mode: str = "apparate",
         threads: int | None = None,
@@ -120,7 +128,7 @@ class Server:
         security: Security | None = None,
         max_connections: int = MAX_CONNECTIONS,
         max_inflight: int = MAX_INFLIGHT,
-    ) -> "Server":
+    ) -> Server:
         """Load ``engine_dir`` (see :func:`apparate_trt.runtime.api.load`) and wrap it (not started)."""
         from apparate_trt.runtime.api import load
 
@@ -165,7 +173,7 @@ class Server:
         """The bound gRPC port (after :meth:`start`), or None if gRPC is off."""
         return self._grpc.port if self._grpc is not None else self._grpc_port
 
-    def start(self) -> "Server":
+    def start(self) -> Server:
         """Bind both ports and start serving; ApparateError if a port is taken (nothing left running)."""
         raise_open_file_limit()
         with self._lock:
@@ -174,7 +182,9 @@ class Server:
             self._started = True
         try:
             if self._http_port is not None:
-                self._http = HttpFrontend(self.service, self.host, self._http_port, self.max_connections, security=self.security)
+                self._http = HttpFrontend(
+                    self.service, self.host, self._http_port, self.max_connections, security=self.security
+                )
             if self._grpc_port is not None:
                 self._grpc = GrpcFrontend(self.service, self.host, self._grpc_port, self.security)
                 self._grpc.start()
@@ -183,7 +193,9 @@ class Server:
         except BaseException:
             self.stop()
             raise
-        log.info("serving %s: REST %s:%s, gRPC %s:%s", self.spec.name, self.host, self.http_port, self.host, self.grpc_port)
+        log.info(
+            "serving %s: REST %s:%s, gRPC %s:%s", self.spec.name, self.host, self.http_port, self.host, self.grpc_port
+        )
         return self
 
     def stop(self) -> bool:
@@ -214,7 +226,7 @@ class Server:
             log.warning("%d request(s) still unanswered after %.0f s", self.service.inflight, self.drain_timeout_s)
         return idle
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         return self.start() if not self._started else self
 
     def __exit__(self, *exc: object) -> None:
@@ -230,7 +242,9 @@ class Server:
         mode = getattr(self.engine, "mode", "apparate")
         extras = [x for x, on in (("TLS", self.security.tls), ("bearer token", self.security.token is not None)) if on]
         with_ = f" with {' and '.join(extras)}" if extras else ""
-        return f"serving model '{self.spec.name}' ({mode}) over {' and '.join(parts)}{with_}; stop with SIGTERM or Ctrl-C"
+        return (
+            f"serving model '{self.spec.name}' ({mode}) over {' and '.join(parts)}{with_}; stop with SIGTERM or Ctrl-C"
+        )
 
 
 def run_until_signal(server: Server, ready_callback: Callable[[Server], None] | None = None) -> int:
@@ -277,7 +291,7 @@ def serve(
     max_batch: int = DEFAULT_MAX_BATCH,
     max_delay_ms: float = DEFAULT_MAX_DELAY_MS,
     accuracy_constraint: float = DEFAULT_ACCURACY_CONSTRAINT,
-    queue_size: int = 256,
+    queue_size: int = DEFAULT_QUEUE_SIZE,
     request_timeout_s: float = 30.0,
     mode: str = "apparate",
     threads: int | None = None,

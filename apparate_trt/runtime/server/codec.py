@@ -8,12 +8,14 @@ model's :class:`ModelSpec`, and the answer goes back through :func:`encode_http_
 Every problem with a request raises :class:`RequestError` (HTTP 400, gRPC INVALID_ARGUMENT) with a
 one-line message that names the offending tensor or field.
 """
+
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -142,12 +144,16 @@ class ModelSpec:
     platform: str = "apparate_trt"
 
     @classmethod
-    def from_manifest(cls, manifest: Any, name: str | None = None) -> "ModelSpec":
+    def from_manifest(cls, manifest: Any, name: str | None = None) -> ModelSpec:
         """Build from an engine directory's manifest (``read_manifest``'s object or the JSON dict)."""
         model = _attr(manifest, "model")
         specs = []
         for tensor in _attr(model, "inputs"):
-            specs.append(TensorSpec(_attr(tensor, "name"), np.dtype(_attr(tensor, "dtype")), _protocol_shape(_attr(tensor, "shape"))))
+            specs.append(
+                TensorSpec(
+                    _attr(tensor, "name"), np.dtype(_attr(tensor, "dtype")), _protocol_shape(_attr(tensor, "shape"))
+                )
+            )
         out_name = _attr(model, "output")
         num_classes = int(_attr(model, "num_classes"))
         out_dtype = np.dtype(np.float32)
@@ -321,12 +327,16 @@ def tensor_nbytes(shape: Sequence[int], dtype: np.dtype, where: str) -> int:
     RequestError past :data:`MAX_TENSOR_BYTES`, before anything is allocated."""
     nbytes = math.prod(int(d) for d in shape) * dtype.itemsize
     if nbytes > MAX_TENSOR_BYTES:
-        raise RequestError(f"{where}: shape {list(shape)} of {protocol_datatype(dtype)} needs {nbytes} bytes, "
-                           f"over the limit of {MAX_TENSOR_BYTES} per tensor; send smaller batches")
+        raise RequestError(
+            f"{where}: shape {list(shape)} of {protocol_datatype(dtype)} needs {nbytes} bytes, "
+            f"over the limit of {MAX_TENSOR_BYTES} per tensor; send smaller batches"
+        )
     return nbytes
 
 
-def check_declared(spec: ModelSpec, max_batch: int | None, name: str, dtype: np.dtype, shape: tuple[int, ...], where: str) -> None:
+def check_declared(
+    spec: ModelSpec, max_batch: int | None, name: str, dtype: np.dtype, shape: tuple[int, ...], where: str
+) -> None:
     """Check one input's declared name, datatype and shape against the model (and its batch
     against ``max_batch``) before its data is decoded; RequestError otherwise."""
     expected = {t.name: t for t in spec.inputs}
@@ -338,7 +348,9 @@ def check_declared(spec: ModelSpec, max_batch: int | None, name: str, dtype: np.
     if not _shape_matches(shape, t.shape):
         raise RequestError(f"{where} has shape {list(shape)}, expected {list(t.shape)} (-1: any size, batch first)")
     if max_batch is not None and shape and shape[0] > max_batch:
-        raise RequestError(f"{where} has a batch of {shape[0]}, over the model's maximum batch of {max_batch}; split the request")
+        raise RequestError(
+            f"{where} has a batch of {shape[0]}, over the model's maximum batch of {max_batch}; split the request"
+        )
 
 
 def _claim_name(seen: Iterable[str], name: str, where: str) -> None:
@@ -364,7 +376,9 @@ def tensor_from_bytes(raw: bytes, dtype: np.dtype, shape: tuple[int, ...], where
     need = tensor_nbytes(shape, dtype, where)
     count = need // dtype.itemsize
     if len(raw) != need:
-        raise RequestError(f"{where}: binary data has {len(raw)} bytes but shape {list(shape)} of {protocol_datatype(dtype)} needs {need}")
+        raise RequestError(
+            f"{where}: binary data has {len(raw)} bytes but shape {list(shape)} of {protocol_datatype(dtype)} needs {need}"
+        )
     return np.frombuffer(raw, dtype=dtype.newbyteorder("<"), count=count).astype(dtype, copy=True).reshape(shape)
 
 
@@ -385,8 +399,10 @@ def parse_http_request(
     else:
         header_bytes, binary = body, b""
     if len(header_bytes) > MAX_JSON_BYTES:
-        raise RequestError(f"the request's JSON is {len(header_bytes)} bytes, over the limit of {MAX_JSON_BYTES}; "
-                           "send the tensors as binary data (binary_data_size) or in smaller requests")
+        raise RequestError(
+            f"the request's JSON is {len(header_bytes)} bytes, over the limit of {MAX_JSON_BYTES}; "
+            "send the tensors as binary data (binary_data_size) or in smaller requests"
+        )
     try:
         doc = json.loads(header_bytes)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -434,7 +450,9 @@ def _http_input(
     size = params.get("binary_data_size") if isinstance(params, dict) else None
     if size is not None:
         if not isinstance(size, int) or size < 0 or offset + size > len(binary):
-            raise RequestError(f"{where}: binary_data_size {size!r} does not fit the {len(binary) - offset} binary bytes left")
+            raise RequestError(
+                f"{where}: binary_data_size {size!r} does not fit the {len(binary) - offset} binary bytes left"
+            )
         return tensor_from_bytes(binary[offset : offset + size], dtype, shape, where), size
     if "data" not in entry:
         raise RequestError(f"{where} has neither 'data' nor a 'binary_data_size' parameter")
@@ -457,9 +475,7 @@ def _http_outputs(raw: Any, binary_default: bool) -> tuple[list[str] | None, set
     return names, binary
 
 
-def encode_http_response(
-    spec: ModelSpec, request: InferRequest, answer: InferAnswer
-) -> tuple[bytes, int | None]:
+def encode_http_response(spec: ModelSpec, request: InferRequest, answer: InferAnswer) -> tuple[bytes, int | None]:
     """The REST response body, and the JSON header length when binary output data follows."""
     out = np.ascontiguousarray(answer.output, dtype=spec.output.dtype)
     binary = spec.output.name in request.binary_outputs or (

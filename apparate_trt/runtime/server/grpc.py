@@ -12,6 +12,7 @@ UNAUTHENTICATED (missing or wrong bearer token, when one is set). Infer messages
 the handlers (an undecodable one is INVALID_ARGUMENT, or an error response on a stream that keeps
 serving). Optional TLS and bearer token: :mod:`apparate_trt.runtime.server.security`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -19,7 +20,8 @@ import concurrent.futures as cf
 import logging
 import threading
 import time
-from typing import Any, AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import grpc
 
@@ -113,8 +115,10 @@ def decode_message(cls: Any, raw: bytes, what: str) -> Any:
     try:
         return cls.FromString(raw)
     except (DecodeError, ValueError, TypeError) as exc:
-        raise RequestError(f"the {what} message cannot be decoded as {cls.DESCRIPTOR.name} ({exc}); "
-                           f"send a {cls.DESCRIPTOR.name} of the Open Inference Protocol") from None
+        raise RequestError(
+            f"the {what} message cannot be decoded as {cls.DESCRIPTOR.name} ({exc}); "
+            f"send a {cls.DESCRIPTOR.name} of the Open Inference Protocol"
+        ) from None
 
 
 def _decoding(method: Any, cls: Any, what: str) -> Any:
@@ -148,7 +152,9 @@ def service_handler(servicer: Any, pb: Any) -> Any:
     }
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
-            _decoding(getattr(servicer, name), req, name), request_deserializer=None, response_serializer=resp.SerializeToString
+            _decoding(getattr(servicer, name), req, name),
+            request_deserializer=None,
+            response_serializer=resp.SerializeToString,
         )
         for name, (req, resp) in unary.items()
     }
@@ -156,7 +162,9 @@ def service_handler(servicer: Any, pb: Any) -> Any:
         servicer.ModelInfer, request_deserializer=None, response_serializer=pb.ModelInferResponse.SerializeToString
     )
     handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
-        servicer.ModelStreamInfer, request_deserializer=None, response_serializer=pb.ModelStreamInferResponse.SerializeToString
+        servicer.ModelStreamInfer,
+        request_deserializer=None,
+        response_serializer=pb.ModelStreamInferResponse.SerializeToString,
     )
     return grpc.method_handlers_generic_handler("inference.GRPCInferenceService", handlers)
 
@@ -235,7 +243,9 @@ def make_servicer(service: InferenceService, pb: Any, pb_grpc: Any, config_pb: A
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
             def entry(t: Any, cls: Any) -> Any:
-                return cls(name=t.name, data_type=config_pb.DataType.Value("TYPE_" + t.datatype), dims=list(t.shape[1:]))
+                return cls(
+                    name=t.name, data_type=config_pb.DataType.Value("TYPE_" + t.datatype), dims=list(t.shape[1:])
+                )
 
             config = config_pb.ModelConfig(
                 name=spec.name,
@@ -314,17 +324,23 @@ def make_servicer(service: InferenceService, pb: Any, pb_grpc: Any, config_pb: A
             code = "ok"
             request: Any = None
             try:
-                request = decode_message(pb.ModelInferRequest, raw, "ModelStreamInfer")  # first: every error names its id
+                request = decode_message(
+                    pb.ModelInferRequest, raw, "ModelStreamInfer"
+                )  # first: every error names its id
                 with service.tracked():
                     service.check_model(request.model_name, request.model_version)
                     infer = parse_grpc_request(request, spec, service.max_batch)
                     pending = service.submit(infer)
                     first = await wait_answer(pending, final=infer.wait_final)
                     first.final_response = first.last  # a skipped sample's early answer is its last
-                    await out.put(pb.ModelStreamInferResponse(infer_response=encode_grpc_response(spec, infer.id, first, pb)))
+                    await out.put(
+                        pb.ModelStreamInferResponse(infer_response=encode_grpc_response(spec, infer.id, first, pb))
+                    )
                     if not first.last:
                         final = await wait_answer(pending, final=True, final_response=True)
-                        await out.put(pb.ModelStreamInferResponse(infer_response=encode_grpc_response(spec, infer.id, final, pb)))
+                        await out.put(
+                            pb.ModelStreamInferResponse(infer_response=encode_grpc_response(spec, infer.id, final, pb))
+                        )
             except ApparateError as exc:
                 code = status_code(exc)[1]
                 label = (request.id if request is not None else "") or "request"
@@ -383,8 +399,11 @@ class GrpcFrontend:
         interceptors = [TokenInterceptor(self.security, self.service)] if self.security.token is not None else []
         # gRPC's own bound on calls being handled, above the service's in-flight limit (which
         # refuses first, counted): it caps the memory of messages received before a handler runs.
-        server = grpc.aio.server(options=options, interceptors=interceptors,
-                                 maximum_concurrent_rpcs=self.service.max_inflight + MAX_PENDING_HEADROOM)
+        server = grpc.aio.server(
+            options=options,
+            interceptors=interceptors,
+            maximum_concurrent_rpcs=self.service.max_inflight + MAX_PENDING_HEADROOM,
+        )
         server.add_generic_rpc_handlers((service_handler(make_servicer(self.service, pb, pb_grpc, config_pb), pb),))
         address = f"{self.host}:{self.port}"
         try:

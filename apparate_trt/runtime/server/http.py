@@ -15,6 +15,7 @@ line, headers and body must arrive within ``READ_TIMEOUT_S``; bodies of at most 
 as sent and ``MAX_DECODED_BYTES`` after gzip / deflate (streamed, stopped at the cap). Optional
 TLS and bearer token: :mod:`apparate_trt.runtime.server.security`.
 """
+
 from __future__ import annotations
 
 import json
@@ -78,7 +79,9 @@ RETRY_AFTER_S = 1
 """Retry-After (seconds) sent with 503 when the queue is full."""
 EXTENSIONS = ["binary_tensor_data", "parameters", "model_configuration"]
 
-_MODEL_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<action>/ready|/config|/infer)?/?$")
+_MODEL_PATH = re.compile(
+    r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<action>/ready|/config|/infer)?/?$"
+)
 
 
 def decoded_limit(max_request_bytes: int | None) -> int:
@@ -163,7 +166,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = f"apparate_trt/{__version__}"
     timeout = IDLE_TIMEOUT_S
     disable_nagle_algorithm = True
-    server: "_Server"
+    server: _Server
 
     reading_since: float | None = None  # monotonic s: a request is being read since (None: idle or answering)
     busy = False  # a request has arrived on this connection and is not answered yet
@@ -254,7 +257,9 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s - %s", self.address_string(), format % args)
 
     # ------------------------------------------------------------------------------ sending
-    def _send(self, status: int, body: bytes, content_type: str = "application/json", headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self, status: int, body: bytes, content_type: str = "application/json", headers: dict[str, str] | None = None
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -281,12 +286,19 @@ class _Handler(BaseHTTPRequestHandler):
     def _authorized(self, path: str) -> bool:
         """True if the request may go on; otherwise 401 was sent (the token is missing or wrong)."""
         security = self.server.app.security
-        if security.token is None or path.rstrip("/") in OPEN_HTTP_PATHS or security.authorized(self.headers.get("Authorization")):
+        if (
+            security.token is None
+            or path.rstrip("/") in OPEN_HTTP_PATHS
+            or security.authorized(self.headers.get("Authorization"))
+        ):
             return True
         self._drain_body()
         self.close_connection = True
-        self._send(401, http_error_body("missing or wrong bearer token; send the header 'Authorization: Bearer TOKEN'"),
-                   headers={"WWW-Authenticate": 'Bearer realm="apparate_trt"'})
+        self._send(
+            401,
+            http_error_body("missing or wrong bearer token; send the header 'Authorization: Bearer TOKEN'"),
+            headers={"WWW-Authenticate": 'Bearer realm="apparate_trt"'},
+        )
         self.server.app.service.metrics.request_done("http", "unauthenticated", 0.0)
         return False
 
@@ -356,7 +368,10 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HttpError(400, f"bad Content-Length {size}; it must be a number of bytes, 0 or more")
         limit = self.server.app.decoded_limit
         if size > limit:
-            raise _HttpError(413, f"request body of {size} bytes is over the limit of {limit} for this model; send less data per request")
+            raise _HttpError(
+                413,
+                f"request body of {size} bytes is over the limit of {limit} for this model; send less data per request",
+            )
         body = self.rfile.read(size)
         if len(body) != size:
             raise ConnectionError("client closed the connection mid-body")
@@ -386,8 +401,7 @@ class _Handler(BaseHTTPRequestHandler):
                 try:
                     service.check_model(name, version)
                     body = decode_body(body, self.headers.get("Content-Encoding"), app.decoded_limit)
-                    request = parse_http_request(body, _header_length(self.headers),
-                                                 service.spec, service.max_batch)
+                    request = parse_http_request(body, _header_length(self.headers), service.spec, service.max_batch)
                     pending = service.submit(request)
                     answer = service.wait(pending, final=request.wait_final)
                     payload, header_length = encode_http_response(service.spec, request, answer)
@@ -395,7 +409,9 @@ class _Handler(BaseHTTPRequestHandler):
                     code = error_status(exc)[1]
                     self._send_error(exc)
                 else:
-                    headers = {"Inference-Header-Content-Length": str(header_length)} if header_length is not None else None
+                    headers = (
+                        {"Inference-Header-Content-Length": str(header_length)} if header_length is not None else None
+                    )
                     ctype = "application/octet-stream" if header_length is not None else "application/json"
                     self._send(200, payload, ctype, headers)
         except _HttpError as exc:
@@ -405,7 +421,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (UnavailableError, OverloadedError) as exc:  # refused before it was accepted
             code = error_status(exc)[1]
             self._send_error(exc)
-        except (ConnectionError, TimeoutError, socket.timeout, OSError):
+        except (ConnectionError, TimeoutError, OSError):
             code = "disconnected"
             self.close_connection = True
         except Exception as exc:  # noqa: BLE001 - a bug must cost one request, not the server
@@ -503,8 +519,10 @@ def _shutdown_raw(conn: socket.socket) -> None:
 def plain_503(message: str) -> bytes:
     """A whole 503 response (JSON error body, Retry-After, Connection: close) as bytes."""
     body = http_error_body(message)
-    head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
-            f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n")
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+        f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
     return head.encode() + body
 
 
@@ -513,7 +531,7 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 1024  # listen backlog: a burst of new connections must not be dropped
 
-    def __init__(self, address: tuple[str, int], app: "HttpFrontend", max_connections: int) -> None:
+    def __init__(self, address: tuple[str, int], app: HttpFrontend, max_connections: int) -> None:
         self.app = app
         self.max_connections = int(max_connections)
         self._open = 0
@@ -576,7 +594,9 @@ class HttpFrontend:
         try:
             self._httpd = _Server((host, port), self, max_connections)
         except OSError as exc:
-            raise ApparateError(f"cannot listen for HTTP on {host}:{port} ({exc.strerror or exc}); choose another --http-port") from None
+            raise ApparateError(
+                f"cannot listen for HTTP on {host}:{port} ({exc.strerror or exc}); choose another --http-port"
+            ) from None
         self.host = host
         self.port = int(self._httpd.server_address[1])
         self.read_timeout_s = float(read_timeout_s)
@@ -588,7 +608,9 @@ class HttpFrontend:
 
     def start(self) -> None:
         """Serve on a background thread, with a reaper thread enforcing the read deadline."""
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1}, name="apparate-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1}, name="apparate-http", daemon=True
+        )
         self._thread.start()
         self._reaper = threading.Thread(target=self._reap_slow_readers, name="apparate-http-reaper", daemon=True)
         self._reaper.start()
@@ -607,7 +629,11 @@ class HttpFrontend:
         while not self._stop.wait(tick):
             now = time.monotonic()
             with self._lock:
-                slow = [c for c, h in self._connections.items() if h.reading_since is not None and now - h.reading_since > self.read_timeout_s]
+                slow = [
+                    c
+                    for c, h in self._connections.items()
+                    if h.reading_since is not None and now - h.reading_since > self.read_timeout_s
+                ]
             for conn in slow:
                 log.debug("closing a connection whose request took over %.0f s to arrive", self.read_timeout_s)
                 _shutdown_raw(conn)

@@ -6,13 +6,15 @@ final latencies, releases per exit site (and their shares). Read from the engine
 ramps, thresholds and the controller's window accuracy. Latencies are in seconds, as Prometheus
 expects. Thread-safe; no dependency beyond the standard library.
 """
+
 from __future__ import annotations
 
 import bisect
 import math
 import threading
 from collections import defaultdict
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 LATENCY_BUCKETS_S: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 """Upper bounds (seconds) of the latency histograms' buckets; +Inf is implied."""
@@ -130,12 +132,27 @@ class Metrics:
             lines.append(f"apparate_requests_total{_labels({**model, 'protocol': protocol, 'code': code})} {count}")
         _header(lines, "apparate_inflight_requests", "gauge", "Infer requests accepted and not yet answered.")
         lines.append(f"apparate_inflight_requests{_labels(model)} {self._inflight}")
-        _header(lines, "apparate_request_duration_seconds", "histogram", "Successful infer requests: receipt to answer, seconds.")
+        _header(
+            lines,
+            "apparate_request_duration_seconds",
+            "histogram",
+            "Successful infer requests: receipt to answer, seconds.",
+        )
         for protocol, hist in sorted(self._durations.items()):
             lines.extend(hist.lines("apparate_request_duration_seconds", {**model, "protocol": protocol}))
-        _header(lines, "apparate_release_latency_seconds", "histogram", "Per sample: arrival to the first released result (early or final), seconds.")
+        _header(
+            lines,
+            "apparate_release_latency_seconds",
+            "histogram",
+            "Per sample: arrival to the first released result (early or final), seconds.",
+        )
         lines.extend(self._release.lines("apparate_release_latency_seconds", model))
-        _header(lines, "apparate_final_latency_seconds", "histogram", "Per sample: arrival to the final result (a skipped sample's early one, its last), seconds.")
+        _header(
+            lines,
+            "apparate_final_latency_seconds",
+            "histogram",
+            "Per sample: arrival to the final result (a skipped sample's early one, its last), seconds.",
+        )
         lines.extend(self._final.lines("apparate_final_latency_seconds", model))
         _header(lines, "apparate_failed_samples_total", "counter", "Samples the engine failed or expired.")
         lines.append(f"apparate_failed_samples_total{_labels(model)} {self._failed}")
@@ -144,22 +161,59 @@ class Metrics:
         _header(lines, "apparate_exits_total", "counter", "Released results by exit site ('final': the full model).")
         lines.extend(f"apparate_exits_total{_labels({**model, 'site': site})} {count}" for site, count in exits)
         _header(lines, "apparate_exit_share", "gauge", "Share of released results by exit site, since start.")
-        lines.extend(f"apparate_exit_share{_labels({**model, 'site': site})} {_num(count / total)}" for site, count in exits)
+        lines.extend(
+            f"apparate_exit_share{_labels({**model, 'site': site})} {_num(count / total)}" for site, count in exits
+        )
 
     def _render_engine(self, lines: list[str], model: dict[str, str]) -> None:
         gauges = dict(self._engine_gauges()) if self._engine_gauges is not None else {}
         scalars = (
             ("queue_depth", "apparate_queue_depth", "gauge", "Requests waiting in the engine's queue."),
             ("batches", "apparate_batches_total", "counter", "Batches the engine ran."),
-            ("unsplit_batches", "apparate_unsplit_batches_total", "counter", "Batches run on the unsplit model, without ramps, because a full batch was waiting (overload fallback)."),
+            (
+                "unsplit_batches",
+                "apparate_unsplit_batches_total",
+                "counter",
+                "Batches run on the unsplit model, without ramps, because a full batch was waiting (overload fallback).",
+            ),
             ("refused", "apparate_refused_total", "counter", "Samples refused because the queue was full."),
             ("expired", "apparate_expired_total", "counter", "Samples dropped after waiting past their timeout."),
-            ("window_accuracy", "apparate_window_accuracy", "gauge", "The controller's accuracy over its feedback window (0..1)."),
-            ("released_rows", "apparate_released_rows_total", "counter", "Rows a ramp released early (batch feedback; overload-fallback batches excluded)."),
-            ("audited_rows", "apparate_audited_rows_total", "counter", "Skip mode: released rows that ran on to the end as the audit sample."),
-            ("skipped_rows", "apparate_skipped_rows_total", "counter", "Skip mode: released rows that left the batch at their ramp (no final result)."),
-            ("compute_saved_s", "apparate_compute_saved_seconds_total", "counter", "Skip mode: segment time the skipped rows did not cost, from the profile, seconds."),
-            ("audit_rate", "apparate_audit_rate", "gauge", "Skip mode: probability that a released row runs on to the end as feedback."),
+            (
+                "window_accuracy",
+                "apparate_window_accuracy",
+                "gauge",
+                "The controller's accuracy over its feedback window (0..1).",
+            ),
+            (
+                "released_rows",
+                "apparate_released_rows_total",
+                "counter",
+                "Rows a ramp released early (batch feedback; overload-fallback batches excluded).",
+            ),
+            (
+                "audited_rows",
+                "apparate_audited_rows_total",
+                "counter",
+                "Skip mode: released rows that ran on to the end as the audit sample.",
+            ),
+            (
+                "skipped_rows",
+                "apparate_skipped_rows_total",
+                "counter",
+                "Skip mode: released rows that left the batch at their ramp (no final result).",
+            ),
+            (
+                "compute_saved_s",
+                "apparate_compute_saved_seconds_total",
+                "counter",
+                "Skip mode: segment time the skipped rows did not cost, from the profile, seconds.",
+            ),
+            (
+                "audit_rate",
+                "apparate_audit_rate",
+                "gauge",
+                "Skip mode: probability that a released row runs on to the end as feedback.",
+            ),
         )
         for key, name, kind, text in scalars:
             value = gauges.get(key)

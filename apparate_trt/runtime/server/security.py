@@ -8,6 +8,7 @@ an orchestrator can probe without the secret. A wrong or missing token gets 401 
 UNAUTHENTICATED. The token is read from a file or an environment variable, never from the
 command line (where other users could read it in the process list).
 """
+
 from __future__ import annotations
 
 import hmac
@@ -81,7 +82,9 @@ def load_security(
         try:
             security.ssl_context()
         except (ssl.SSLError, OSError) as exc:
-            raise ApparateError(f"cannot use {tls_cert} and {tls_key} for TLS ({exc}); give a PEM certificate and its private key") from None
+            raise ApparateError(
+                f"cannot use {tls_cert} and {tls_key} for TLS ({exc}); give a PEM certificate and its private key"
+            ) from None
     token: str | None = None
     if token_file is not None:
         token = _read(str(token_file), "--auth-token-file").decode("utf-8", "replace").strip()
@@ -98,4 +101,6 @@ def _read(path: str, flag: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
-        raise ApparateError(f"cannot read {flag} {path} ({exc.strerror or exc}); check the path and its permissions") from None
+        raise ApparateError(
+            f"cannot read {flag} {path} ({exc.strerror or exc}); check the path and its permissions"
+        ) from None

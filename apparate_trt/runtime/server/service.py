@@ -6,15 +6,17 @@ Both front ends (REST in :mod:`.http`, gRPC in :mod:`.grpc`) go through one
 A request with a batch axis of B becomes B engine submissions; its answer is ready when all B
 samples have a released result (early) or a final one. Times are ``time.monotonic()`` seconds.
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -85,7 +87,9 @@ def combine(results: Sequence[Any], final_response: bool | None = None) -> Infer
     sites = [None if r.is_final else r.exit_site for r in results]
     skipped = any(getattr(r, "skipped", False) for r in results)
     is_last = all(r.is_final or getattr(r, "skipped", False) for r in results)
-    return InferAnswer(output, sites, all(r.is_final for r in results), final_response, skipped=skipped, is_last=is_last)
+    return InferAnswer(
+        output, sites, all(r.is_final for r in results), final_response, skipped=skipped, is_last=is_last
+    )
 
 
 def result_error(exc: BaseException) -> ApparateError:
@@ -140,7 +144,13 @@ class InferenceService:
     """
 
     def __init__(
-        self, engine: Any, spec: ModelSpec, metrics: Metrics, request_timeout_s: float, max_batch: int, max_inflight: int = MAX_INFLIGHT
+        self,
+        engine: Any,
+        spec: ModelSpec,
+        metrics: Metrics,
+        request_timeout_s: float,
+        max_batch: int,
+        max_inflight: int = MAX_INFLIGHT,
     ) -> None:
         if not request_timeout_s > 0:
             raise ApparateError(f"request timeout must be > 0 s, got {request_timeout_s}")
@@ -190,7 +200,9 @@ class InferenceService:
         (UnavailableError) or when ``max_inflight`` requests are in flight (OverloadedError)."""
         with self._cond:
             if self._draining:
-                raise UnavailableError("the server is shutting down and accepts no new requests; retry on another replica")
+                raise UnavailableError(
+                    "the server is shutting down and accepts no new requests; retry on another replica"
+                )
             if self._inflight >= self.max_inflight:
                 raise OverloadedError(f"the server has {self._inflight} requests in flight, its limit; retry shortly")
             self._inflight += 1
@@ -209,7 +221,9 @@ class InferenceService:
         if name != self.spec.name:
             raise UnknownModelError(f"unknown model '{name}'; this server serves '{self.spec.name}'")
         if version not in ("", self.spec.version):
-            raise UnknownModelError(f"unknown version '{version}' of model '{name}'; the only version is '{self.spec.version}'")
+            raise UnknownModelError(
+                f"unknown version '{version}' of model '{name}'; the only version is '{self.spec.version}'"
+            )
 
     def submit(self, request: InferRequest, client_timeout_s: float | None = None) -> Pending:
         """Check ``request`` and submit each of its samples to the engine.

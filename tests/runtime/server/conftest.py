@@ -1,13 +1,14 @@
 """Fixtures of the server tests: the tiny ResNet engine's eval workload and a shared server on free
 127.0.0.1 ports (helpers in server_helpers.py)."""
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
+from server_helpers import CONSTRAINT, Workload, make_workload, start_server
 
 from apparate_trt.runtime.server import Server
-from server_helpers import CONSTRAINT, Workload, make_workload, start_server
 
 
 @pytest.fixture(scope="session")

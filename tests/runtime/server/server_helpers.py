@@ -5,22 +5,24 @@ a gate that holds the engine's batches, and tensors for the real clients.
 Every client here is a real one (tritonclient.http, tritonclient.grpc, urllib, raw sockets) talking
 to a real server over loopback. Engines use one ORT thread (shared CI cores).
 """
+
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
+from apparate_trt.backends import open_runner
 from apparate_trt.data import load_inputs
 from apparate_trt.engine_dir import Manifest, read_manifest
 from apparate_trt.runtime.api import load
-from apparate_trt.backends import open_runner
 from apparate_trt.runtime.server import Server
 
 THREADS = 1

@@ -1,11 +1,11 @@
 """A multi-input int64 model (the tiny BERT: input ids and attention mask, symbolic sequence
 length) over both protocols: the final answers equal the original model's."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-
 from server_helpers import grpc_client, grpc_inputs, http_client, http_inputs, make_workload, start_server
 
 
@@ -27,7 +27,12 @@ def test_bert_over_http_and_grpc(bert) -> None:
     params = {"apparate_wait_final": True}
     for i in range(0, 8, 2):
         expected = workload.expected(i, 2)
-        np.testing.assert_allclose(g.infer(srv.spec.name, grpc_inputs(workload, i, 2), parameters=params).as_numpy(out), expected, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            g.infer(srv.spec.name, grpc_inputs(workload, i, 2), parameters=params).as_numpy(out),
+            expected,
+            rtol=1e-4,
+            atol=1e-4,
+        )
         got = h.infer(srv.spec.name, http_inputs(workload, i, 2, binary=bool(i % 4)), parameters=params).as_numpy(out)
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
     names = list(workload.inputs)

@@ -1,4 +1,5 @@
 """The pure parts of the server: tensor codecs (REST JSON / binary, gRPC) and the metrics text."""
+
 from __future__ import annotations
 
 import json
@@ -20,12 +21,20 @@ from apparate_trt.runtime.server.codec import (
 )
 from apparate_trt.runtime.server.metrics import Histogram, Metrics
 
-SPEC = ModelSpec("m", (TensorSpec("x", np.dtype(np.float32), (-1, 2, 3)),), TensorSpec("y", np.dtype(np.float32), (-1, 4)), 4)
+SPEC = ModelSpec(
+    "m", (TensorSpec("x", np.dtype(np.float32), (-1, 2, 3)),), TensorSpec("y", np.dtype(np.float32), (-1, 4)), 4
+)
 
 
 def _binary_body(x: np.ndarray) -> tuple[bytes, int]:
-    header = json.dumps({"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}],
-                         "outputs": [{"name": "y", "parameters": {"binary_data": True}}]}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "x", "shape": list(x.shape), "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}
+            ],
+            "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
     return header + x.tobytes(), len(header)
 
 
@@ -46,12 +55,15 @@ def test_http_binary_round_trip() -> None:
 _HEADER = b'{"inputs": [{"name": "x", "shape": [1, 2, 3], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6]}]}'
 
 
-@pytest.mark.parametrize("body, header_length, message", [
-    (b"[1]", None, "JSON object"),
-    (b'{"inputs": [{"name": "x", "shape": [1, 2, 3], "datatype": "FP32"}]}', None, "neither 'data' nor"),
-    (b'{"inputs": [{"name": "x", "shape": "1", "datatype": "FP32", "data": []}]}', None, "list of integers"),
-    (_HEADER + b"xyz", len(_HEADER), "binary bytes that no input claims"),
-])
+@pytest.mark.parametrize(
+    "body, header_length, message",
+    [
+        (b"[1]", None, "JSON object"),
+        (b'{"inputs": [{"name": "x", "shape": [1, 2, 3], "datatype": "FP32"}]}', None, "neither 'data' nor"),
+        (b'{"inputs": [{"name": "x", "shape": "1", "datatype": "FP32", "data": []}]}', None, "list of integers"),
+        (_HEADER + b"xyz", len(_HEADER), "binary bytes that no input claims"),
+    ],
+)
 def test_http_parse_errors(body: bytes, header_length: int | None, message: str) -> None:
     with pytest.raises(RequestError, match=message):
         parse_http_request(body, header_length)
@@ -80,8 +92,23 @@ def test_metrics_text_format() -> None:
     hist = Histogram((0.1, 1.0))
     for v in (0.05, 0.5, 5.0):
         hist.observe(v)
-    assert hist.lines("h", {}) == ['h_bucket{le="0.1"} 1', 'h_bucket{le="1"} 2', 'h_bucket{le="+Inf"} 3', "h_sum 5.55", "h_count 3"]
-    metrics = Metrics("m", lambda: {"queue_depth": 2, "unsplit_batches": 3, "active_sites": [1, 4], "thresholds": {1: 0.25, 4: 0.0}, "window_accuracy": 0.995})
+    assert hist.lines("h", {}) == [
+        'h_bucket{le="0.1"} 1',
+        'h_bucket{le="1"} 2',
+        'h_bucket{le="+Inf"} 3',
+        "h_sum 5.55",
+        "h_count 3",
+    ]
+    metrics = Metrics(
+        "m",
+        lambda: {
+            "queue_depth": 2,
+            "unsplit_batches": 3,
+            "active_sites": [1, 4],
+            "thresholds": {1: 0.25, 4: 0.0},
+            "window_accuracy": 0.995,
+        },
+    )
     metrics.request_done("http", "ok", 0.01)
     text = metrics.render()
     assert 'apparate_requests_total{model="m",protocol="http",code="ok"} 1' in text

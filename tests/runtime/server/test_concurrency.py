@@ -2,12 +2,12 @@
 every request gets exactly one answer (its own id), every final result equals the original
 model's output, the released results hold the accuracy constraint, and the engine saw each sample
 exactly once (all connections share its one batcher)."""
+
 from __future__ import annotations
 
 import threading
 
 import numpy as np
-
 from server_helpers import CONSTRAINT, Workload, grpc_client, grpc_inputs, http_client, http_inputs, params_of
 
 THREADS_PER_PROTOCOL = 3

@@ -1,6 +1,7 @@
 """Bounded property-based fuzzing (hypothesis) of the REST and gRPC decoders on a real server:
 random bodies, headers, shapes and messages never get a 5xx / INTERNAL / UNKNOWN answer, never go
 unanswered, and the server still serves afterwards."""
+
 from __future__ import annotations
 
 import gzip
@@ -12,14 +13,19 @@ import grpc
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tritonclient.grpc import service_pb2 as pb
-
 from server_helpers import Workload
+from tritonclient.grpc import service_pb2 as pb
 
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 DATATYPES = ["FP32", "FP64", "INT64", "INT32", "BOOL", "BYTES", "UINT8", "FP16", "nope", ""]
 DIMS = st.one_of(st.integers(-3, 40), st.sampled_from([0, 2**31, 2**62, 2**63 - 1, 10**30]))
-VALUES = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-(2**70), 2**70), st.text(max_size=4), st.booleans(), st.none())
+VALUES = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-(2**70), 2**70),
+    st.text(max_size=4),
+    st.booleans(),
+    st.none(),
+)
 
 
 def _names(workload: Workload) -> list[str]:
@@ -36,22 +42,38 @@ def rest_request(draw, names: list[str]) -> tuple[bytes, dict[str, str]]:
     else:
         entries = []
         for _ in range(draw(st.integers(0, 3))):
-            entry: dict = {"name": draw(st.one_of(st.sampled_from(names), st.text(max_size=6))),
-                           "datatype": draw(st.sampled_from(DATATYPES)),
-                           "shape": draw(st.one_of(st.lists(DIMS, max_size=5), VALUES))}
+            entry: dict = {
+                "name": draw(st.one_of(st.sampled_from(names), st.text(max_size=6))),
+                "datatype": draw(st.sampled_from(DATATYPES)),
+                "shape": draw(st.one_of(st.lists(DIMS, max_size=5), VALUES)),
+            }
             if kind == "binary":
                 entry["parameters"] = {"binary_data_size": draw(st.one_of(st.integers(-2, 600), VALUES))}
             else:
-                entry["data"] = draw(st.one_of(st.lists(VALUES, max_size=20), st.lists(st.lists(VALUES, max_size=4), max_size=4), VALUES))
+                entry["data"] = draw(
+                    st.one_of(st.lists(VALUES, max_size=20), st.lists(st.lists(VALUES, max_size=4), max_size=4), VALUES)
+                )
             entries.append(entry)
-        doc = draw(st.sampled_from([{"inputs": entries}, {"inputs": entries, "parameters": draw(st.dictionaries(st.text(max_size=8), VALUES, max_size=3))},
-                                    {"inputs": entries, "outputs": draw(st.lists(st.dictionaries(st.text(max_size=6), VALUES, max_size=2), max_size=2))},
-                                    entries]))
+        doc = draw(
+            st.sampled_from(
+                [
+                    {"inputs": entries},
+                    {"inputs": entries, "parameters": draw(st.dictionaries(st.text(max_size=8), VALUES, max_size=3))},
+                    {
+                        "inputs": entries,
+                        "outputs": draw(st.lists(st.dictionaries(st.text(max_size=6), VALUES, max_size=2), max_size=2)),
+                    },
+                    entries,
+                ]
+            )
+        )
         header = json.dumps(doc).encode()
         body = header
         if kind == "binary":
             body += draw(st.binary(max_size=600))
-            headers["Inference-Header-Content-Length"] = draw(st.sampled_from([str(len(header)), "-1", "x", str(len(body) + 5)]))
+            headers["Inference-Header-Content-Length"] = draw(
+                st.sampled_from([str(len(header)), "-1", "x", str(len(body) + 5)])
+            )
     encoding = draw(st.sampled_from([None, None, "gzip", "deflate", "br", "identity"]))
     if encoding is not None:
         headers["Content-Encoding"] = encoding
@@ -101,7 +123,9 @@ def grpc_request(draw, names: list[str], model: str) -> bytes:
     """A ModelInferRequest with random names, datatypes, shapes and contents, or random bytes."""
     if draw(st.integers(0, 4)) == 0:
         return draw(st.binary(max_size=256))
-    request = pb.ModelInferRequest(model_name=draw(st.sampled_from(["", "x", model, model])), id=draw(st.text(max_size=4)))
+    request = pb.ModelInferRequest(
+        model_name=draw(st.sampled_from(["", "x", model, model])), id=draw(st.text(max_size=4))
+    )
     for _ in range(draw(st.integers(0, 3))):
         tensor = request.inputs.add()
         tensor.name = draw(st.one_of(st.sampled_from(names), st.text(max_size=6)))

@@ -1,5 +1,6 @@
 """gRPC (inference.GRPCInferenceService) against a real server on 127.0.0.1 with tritonclient.grpc:
 health, metadata, unary infer (early and final) and the decoupled stream (early, then final)."""
+
 from __future__ import annotations
 
 import queue
@@ -7,9 +8,8 @@ import time
 
 import numpy as np
 import pytest
-from tritonclient.utils import InferenceServerException
-
 from server_helpers import Workload, grpc_client, grpc_inputs, params_of
+from tritonclient.utils import InferenceServerException
 
 
 def test_health_and_metadata(server, workload: Workload) -> None:

@@ -5,6 +5,7 @@ connections, the in-flight limit, TLS and the bearer token.
 Each case must get a clear 4xx / non-OK status with a one-line message, never a 5xx, a traceback
 or a lost request; the server answers a good request afterwards.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -23,21 +24,25 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from server_helpers import Gate, Workload, grpc_client, grpc_inputs, start_server, wait_until
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
 from apparate_trt.errors import ApparateError
 from apparate_trt.runtime.server.http import decode_body
 from apparate_trt.runtime.server.security import load_security
-from server_helpers import Gate, Workload, grpc_client, grpc_inputs, start_server, wait_until
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
 
 
-def post(port: int, path: str, body: bytes, headers: dict | None = None, context: ssl.SSLContext | None = None) -> tuple[int, dict]:
+def post(
+    port: int, path: str, body: bytes, headers: dict | None = None, context: ssl.SSLContext | None = None
+) -> tuple[int, dict]:
     scheme = "https" if context else "http"
-    req = urllib.request.Request(f"{scheme}://127.0.0.1:{port}{path}", body, {"Content-Type": "application/json", **(headers or {})})
+    req = urllib.request.Request(
+        f"{scheme}://127.0.0.1:{port}{path}", body, {"Content-Type": "application/json", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(req, timeout=60, context=context) as resp:
             return resp.status, json.load(resp)
@@ -53,7 +58,7 @@ def raw_http(port: int, data: bytes, timeout: float = 30.0) -> bytes:
         while True:
             try:
                 chunk = sock.recv(65536)
-            except (ConnectionResetError, socket.timeout):
+            except (TimeoutError, ConnectionResetError):
                 break
             if not chunk:
                 break
@@ -71,8 +76,12 @@ def status_and_json(raw: bytes) -> tuple[int, dict]:
 def infer_request(workload: Workload, i: int = 0, **first: object) -> dict:
     inputs = []
     for k, (name, value) in enumerate(workload.batch(i).items()):
-        entry = {"name": name, "shape": list(value.shape), "datatype": "FP32" if value.dtype == np.float32 else "INT64",
-                 "data": value.ravel().tolist()}
+        entry = {
+            "name": name,
+            "shape": list(value.shape),
+            "datatype": "FP32" if value.dtype == np.float32 else "INT64",
+            "data": value.ravel().tolist(),
+        }
         if k == 0:
             entry.update(first)
         inputs.append(entry)
@@ -91,8 +100,11 @@ def still_serves(server, workload: Workload) -> None:
 def requests_counted(server, protocol: str, code: str) -> int:
     """``apparate_requests_total`` of one protocol and outcome, from ``/metrics``'s text."""
     labels = f'protocol="{protocol}",code="{code}"'
-    return sum(int(float(line.rsplit(" ", 1)[1])) for line in server.metrics.render().splitlines()
-               if line.startswith("apparate_requests_total") and labels in line)
+    return sum(
+        int(float(line.rsplit(" ", 1)[1]))
+        for line in server.metrics.render().splitlines()
+        if line.startswith("apparate_requests_total") and labels in line
+    )
 
 
 def grpc_message(workload: Workload, i: int = 0, request_id: str = "") -> pb.ModelInferRequest:
@@ -113,8 +125,11 @@ def test_decompression_stops_at_the_limit() -> None:
         with pytest.raises(ApparateError, match="decompresses to over 1048576 bytes"):
             decode_body(body, encoding, limit=1 << 20)
     assert decode_body(gzip.compress(b"ab") + gzip.compress(b"cd"), "gzip") == b"abcd"  # several gzip members
-    for bad, match in ((zlib.compress(b"abc")[:-3], "truncated"), (b"not deflate", "not valid deflate"),
-                       (zlib.compress(b"abc") + b"junk", "after the end")):
+    for bad, match in (
+        (zlib.compress(b"abc")[:-3], "truncated"),
+        (b"not deflate", "not valid deflate"),
+        (zlib.compress(b"abc") + b"junk", "after the end"),
+    ):
         with pytest.raises(ApparateError, match=match):
             decode_body(bad, "deflate")
     with pytest.raises(ApparateError, match="unsupported Content-Encoding 'br'"):
@@ -129,7 +144,9 @@ def test_review_cases_are_400_or_closed(server, workload: Workload) -> None:
     doc["parameters"] = {"timeout": 10**400}
     status, body = post(server.http_port, infer_path(server), json.dumps(doc).encode())
     assert status == 400 and "timeout" in body["error"]
-    got, body = status_and_json(raw_http(server.http_port, b"POST /v2 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"))
+    got, body = status_and_json(
+        raw_http(server.http_port, b"POST /v2 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    )
     assert got == 501 and "Transfer-Encoding" in body["error"]
     # a GET's body is never read, so the server closes the connection after answering it
     raw = raw_http(server.http_port, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nGET /")
@@ -169,10 +186,19 @@ def test_overflowing_and_oversized_shapes_are_400(server, workload: Workload) ->
         ([9, *rest], "over the model's maximum batch of 8"),
     ]
     for shape, message in cases:
-        status, doc = post(server.http_port, infer_path(server), json.dumps(infer_request(workload, shape=shape)).encode())
+        status, doc = post(
+            server.http_port, infer_path(server), json.dumps(infer_request(workload, shape=shape)).encode()
+        )
         assert status == 400 and message in doc["error"], (shape, doc)
-        header = json.dumps({"inputs": [{"name": name, "shape": shape, "datatype": "FP32", "parameters": {"binary_data_size": 16}}]}).encode()
-        status, doc = post(server.http_port, infer_path(server), header + b"\0" * 16, {"Inference-Header-Content-Length": str(len(header))})
+        header = json.dumps(
+            {"inputs": [{"name": name, "shape": shape, "datatype": "FP32", "parameters": {"binary_data_size": 16}}]}
+        ).encode()
+        status, doc = post(
+            server.http_port,
+            infer_path(server),
+            header + b"\0" * 16,
+            {"Inference-Header-Content-Length": str(len(header))},
+        )
         assert status == 400 and message in doc["error"], (shape, doc)
     request = grpc_message(workload)
     del request.inputs[0].shape[:]
@@ -215,7 +241,10 @@ def test_deeply_nested_json_is_400(server) -> None:
 
 
 # ---------------------------------------------------------------------------------- gRPC bytes
-@pytest.mark.parametrize("method", ["ModelInfer", "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig"])
+@pytest.mark.parametrize(
+    "method",
+    ["ModelInfer", "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig"],
+)
 def test_garbage_to_a_unary_method_is_invalid_argument(server, workload: Workload, method: str) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
         with pytest.raises(grpc.RpcError) as err:
@@ -240,22 +269,27 @@ def test_stream_answers_an_undecodable_message_and_keeps_serving(server, workloa
 
 
 # ------------------------------------------------------------------------------- raw HTTP abuse
-@pytest.mark.parametrize("data,status", [
-    (b"GARBAGE\r\n\r\n", 400),
-    (b"GET /v2/health/ready\r\n", 400),  # HTTP/0.9: answered at once, with a status line
-    (b"GET /\r\n\r\n", 400),
-    (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414),
-    (b"GET /v2 HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(120)) + b"\r\n", 431),
-    (b"PUT /v2 HTTP/1.1\r\nHost: x\r\n\r\n", 501),
-    (b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", 400),
-])
+@pytest.mark.parametrize(
+    "data,status",
+    [
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET /v2/health/ready\r\n", 400),  # HTTP/0.9: answered at once, with a status line
+        (b"GET /\r\n\r\n", 400),
+        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414),
+        (b"GET /v2 HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(120)) + b"\r\n", 431),
+        (b"PUT /v2 HTTP/1.1\r\nHost: x\r\n\r\n", 501),
+        (b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", 400),
+    ],
+)
 def test_every_http_error_is_json_with_a_status_line(server, data: bytes, status: int) -> None:
     got, doc = status_and_json(raw_http(server.http_port, data))
     assert got == status and isinstance(doc.get("error"), str) and "\n" not in doc["error"], doc
 
 
 def test_negative_content_length_on_infer_is_400(server, workload: Workload) -> None:
-    raw = raw_http(server.http_port, f"POST {infer_path(server)} HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n".encode())
+    raw = raw_http(
+        server.http_port, f"POST {infer_path(server)} HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n".encode()
+    )
     status, doc = status_and_json(raw)
     assert status == 400 and "Content-Length" in doc["error"]
 
@@ -311,8 +345,14 @@ def test_inflight_limit_refuses_with_a_status_and_counts_it(inflight_server, wor
     gate = Gate(srv.engine)
     done: queue.Queue = queue.Queue()
     try:
-        held = [threading.Thread(target=lambda i=i: done.put(post(srv.http_port, infer_path(srv), json.dumps(infer_request(workload, i)).encode())))
-                for i in range(2)]
+        held = [
+            threading.Thread(
+                target=lambda i=i: done.put(
+                    post(srv.http_port, infer_path(srv), json.dumps(infer_request(workload, i)).encode())
+                )
+            )
+            for i in range(2)
+        ]
         for t in held:
             t.start()
         wait_until(lambda: srv.service.inflight == 2, what="two requests in flight")
@@ -333,7 +373,9 @@ def test_grpc_calls_during_the_drain_get_unavailable_and_accepted_ones_are_answe
     srv = start_server(workload.engine_dir)
     gate = Gate(srv.engine)
     answers: queue.Queue = queue.Queue()
-    accepted = threading.Thread(target=lambda: answers.put(grpc_client(srv).infer(srv.spec.name, grpc_inputs(workload, 0))))
+    accepted = threading.Thread(
+        target=lambda: answers.put(grpc_client(srv).infer(srv.spec.name, grpc_inputs(workload, 0)))
+    )
     accepted.start()
     wait_until(lambda: srv.service.inflight == 1, what="one accepted request")
     stopper = threading.Thread(target=lambda: answers.put(("drained", srv.stop())))
@@ -351,23 +393,32 @@ def test_grpc_calls_during_the_drain_get_unavailable_and_accepted_ones_are_answe
 
 # ------------------------------------------------------------------------------ TLS and token
 def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    import ipaddress
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
     cert_file, key_file = tmp / "cert.pem", tmp / "key.pem"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_file, key_file
 
 
@@ -385,7 +436,9 @@ def test_tls_and_bearer_token(workload: Workload, tmp_path: Path) -> None:
         assert status == 401
         status, doc = post(srv.http_port, infer_path(srv), body, {"Authorization": "Bearer s3cret-token"}, context=ctx)
         assert status == 200, doc
-        with urllib.request.urlopen(f"https://127.0.0.1:{srv.http_port}/v2/health/ready", timeout=30, context=ctx) as resp:
+        with urllib.request.urlopen(
+            f"https://127.0.0.1:{srv.http_port}/v2/health/ready", timeout=30, context=ctx
+        ) as resp:
             assert resp.status == 200  # probes stay open
         with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain text to a TLS port
             urllib.request.urlopen(f"http://127.0.0.1:{srv.http_port}/v2/health/ready", timeout=10).read()
@@ -398,7 +451,9 @@ def test_tls_and_bearer_token(workload: Workload, tmp_path: Path) -> None:
         assert result.as_numpy(workload.manifest.model.output).shape[0] == 1
     finally:
         assert srv.stop()
-    assert requests_counted(srv, "http", "unauthenticated") == 2 and requests_counted(srv, "grpc", "unauthenticated") == 1
+    assert (
+        requests_counted(srv, "http", "unauthenticated") == 2 and requests_counted(srv, "grpc", "unauthenticated") == 1
+    )
 
 
 def test_bad_security_options_are_clear_errors(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """REST (KServe v2) against a real server on 127.0.0.1: tritonclient.http, and plain urllib for
 the JSON-only path, health, metadata and the metrics endpoint."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,6 @@ import urllib.request
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-
 from server_helpers import Workload, http_client, http_inputs
 
 
@@ -50,7 +50,9 @@ def test_tritonclient_infer_early_and_final(server, workload: Workload, binary: 
             np.testing.assert_allclose(got, workload.expected(i), rtol=1e-4, atol=1e-4)
         else:
             assert int(params["apparate_exit_site"]) in {s.id for s in workload.manifest.sites}
-        final = client.infer(name, http_inputs(workload, i, 1, binary), outputs=outputs, parameters={"apparate_wait_final": True})
+        final = client.infer(
+            name, http_inputs(workload, i, 1, binary), outputs=outputs, parameters={"apparate_wait_final": True}
+        )
         assert final.get_response()["parameters"] == {"apparate_exit_site": "final", "apparate_is_final": True}
         np.testing.assert_allclose(final.as_numpy(out), workload.expected(i), rtol=1e-4, atol=1e-4)
 
@@ -69,10 +71,22 @@ def test_plain_json_infer(server, workload: Workload) -> None:
     x = workload.batch(0, 2)
     body = {
         "id": "plain",
-        "inputs": [{"name": k, "shape": list(v.shape), "datatype": "FP32" if v.dtype == np.float32 else "INT64", "data": v.tolist()} for k, v in x.items()],
+        "inputs": [
+            {
+                "name": k,
+                "shape": list(v.shape),
+                "datatype": "FP32" if v.dtype == np.float32 else "INT64",
+                "data": v.tolist(),
+            }
+            for k, v in x.items()
+        ],
         "parameters": {"apparate_wait_final": True},
     }
-    req = urllib.request.Request(_url(server, f"/v2/models/{server.spec.name}/versions/1/infer"), json.dumps(body).encode(), {"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        _url(server, f"/v2/models/{server.spec.name}/versions/1/infer"),
+        json.dumps(body).encode(),
+        {"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=30) as resp:
         assert resp.status == 200
         doc = json.load(resp)
@@ -88,10 +102,18 @@ def test_metrics_endpoint(server, workload: Workload) -> None:
     with urllib.request.urlopen(_url(server, "/metrics"), timeout=30) as resp:
         assert resp.headers["Content-Type"].startswith("text/plain")
         text = resp.read().decode()
-    for family in ("apparate_requests_total", "apparate_request_duration_seconds_bucket", "apparate_exit_share",
-                   "apparate_queue_depth", "apparate_unsplit_batches_total", "apparate_active_ramps", "apparate_threshold", "apparate_release_latency_seconds_count"):
+    for family in (
+        "apparate_requests_total",
+        "apparate_request_duration_seconds_bucket",
+        "apparate_exit_share",
+        "apparate_queue_depth",
+        "apparate_unsplit_batches_total",
+        "apparate_active_ramps",
+        "apparate_threshold",
+        "apparate_release_latency_seconds_count",
+    ):
         assert family in text, family
-    assert 'apparate_requests_total{model="%s",protocol="http",code="ok"}' % server.spec.name in text
+    assert f'apparate_requests_total{{model="{server.spec.name}",protocol="http",code="ok"}}' in text
     for line in text.splitlines():  # every sample line is "name{labels} number"
         if line and not line.startswith("#"):
             float(line.rsplit(" ", 1)[1])

@@ -3,6 +3,7 @@
 Timing never decides a verdict: where a test needs requests to wait, a :class:`Gate` holds the
 engine's batches until the test opens it; waits are bounded polls on observable state.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,9 +20,18 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from server_helpers import (
+    Gate,
+    Workload,
+    grpc_client,
+    grpc_inputs,
+    http_client,
+    http_inputs,
+    params_of,
+    start_server,
+    wait_until,
+)
 from tritonclient.utils import InferenceServerException
-
-from server_helpers import Gate, Workload, grpc_client, grpc_inputs, http_client, http_inputs, params_of, start_server, wait_until
 
 QUEUE = 4
 MAX_BATCH = 2
@@ -29,7 +39,9 @@ MAX_BATCH = 2
 
 def post(server, path: str, body: bytes, headers: dict | None = None) -> tuple[int, dict, Any]:
     """POST ``body``; (status, headers, parsed JSON body)."""
-    req = urllib.request.Request(f"http://127.0.0.1:{server.http_port}{path}", body, {"Content-Type": "application/json", **(headers or {})})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{server.http_port}{path}", body, {"Content-Type": "application/json", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             return resp.status, dict(resp.headers), json.load(resp)
@@ -41,7 +53,12 @@ def json_request(workload: Workload, i: int = 0, **changes: Any) -> dict:
     """A valid JSON infer request for sample ``i``; ``changes`` override the first input's fields."""
     inputs = []
     for k, (name, value) in enumerate(workload.batch(i).items()):
-        entry = {"name": name, "shape": list(value.shape), "datatype": "FP32" if value.dtype == np.float32 else "INT64", "data": value.ravel().tolist()}
+        entry = {
+            "name": name,
+            "shape": list(value.shape),
+            "datatype": "FP32" if value.dtype == np.float32 else "INT64",
+            "data": value.ravel().tolist(),
+        }
         if k == 0:
             entry.update(changes)
         inputs.append(entry)
@@ -61,15 +78,26 @@ BAD_JSON_CASES = {
     "wrong datatype": (lambda w: json.dumps(json_request(w, datatype="FP64")).encode(), "datatype FP64"),
     "unsupported datatype": (lambda w: json.dumps(json_request(w, datatype="BYTES")).encode(), "not supported"),
     "wrong data count": (lambda w: json.dumps(json_request(w, data=[0.0, 1.0])).encode(), "needs"),
-    "NaN": (lambda w: json.dumps(json_request(w, data=[math.nan] * int(np.prod(json_request(w)["inputs"][0]["shape"])))).encode(), "NaN"),
-    "unknown output": (lambda w: json.dumps({**json_request(w), "outputs": [{"name": "nope"}]}).encode(), "unknown output 'nope'"),
+    "NaN": (
+        lambda w: json.dumps(
+            json_request(w, data=[math.nan] * int(np.prod(json_request(w)["inputs"][0]["shape"])))
+        ).encode(),
+        "NaN",
+    ),
+    "unknown output": (
+        lambda w: json.dumps({**json_request(w), "outputs": [{"name": "nope"}]}).encode(),
+        "unknown output 'nope'",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD_JSON_CASES))
 def test_http_bad_request_is_400(server, workload: Workload, case: str) -> None:
     make_body, message = BAD_JSON_CASES[case]
-    if case in ("wrong input name", "NaN", "wrong data count", "wrong shape") and workload.manifest.model.inputs[0].dtype != "float32":
+    if (
+        case in ("wrong input name", "NaN", "wrong data count", "wrong shape")
+        and workload.manifest.model.inputs[0].dtype != "float32"
+    ):
         pytest.skip("float32 first input needed")
     status, _, doc = post(server, _infer_path(server), make_body(workload))
     assert status == 400, (status, doc)
@@ -139,7 +167,9 @@ def test_grpc_stream_bad_request_fails_alone(server, workload: Workload) -> None
         wrong = grpcclient.InferInput("nope", [1], "FP32")
         wrong.set_data_from_numpy(np.zeros(1, np.float32))
         client.async_stream_infer(server.spec.name, [wrong], request_id="bad")
-        client.async_stream_infer(server.spec.name, grpc_inputs(workload, 1), request_id="good", parameters={"apparate_wait_final": True})
+        client.async_stream_infer(
+            server.spec.name, grpc_inputs(workload, 1), request_id="good", parameters={"apparate_wait_final": True}
+        )
         got = [responses.get(timeout=30) for _ in range(2)]
     finally:
         client.stop_stream()
@@ -168,7 +198,9 @@ def gate(small_server):
 
 def _http_one(server, workload: Workload, i: int, out: dict) -> None:
     t0 = time.monotonic()
-    status, headers, doc = post(server, _infer_path(server), json.dumps({**json_request(workload, i), "id": str(i)}).encode())
+    status, headers, doc = post(
+        server, _infer_path(server), json.dumps({**json_request(workload, i), "id": str(i)}).encode()
+    )
     out[("http", i)] = (status, headers, doc, time.monotonic() - t0)
 
 
@@ -249,17 +281,24 @@ def test_client_disconnect_costs_only_its_answer(small_server, gate: Gate, workl
     srv = small_server
     # gRPC: a cancelled call.
     calls = queue.Queue()
-    ctx = grpc_client(srv).async_infer(srv.spec.name, grpc_inputs(workload, 0), callback=lambda result, error: calls.put(error))
+    ctx = grpc_client(srv).async_infer(
+        srv.spec.name, grpc_inputs(workload, 0), callback=lambda result, error: calls.put(error)
+    )
     # REST: a client that sends its request and hangs up.
     body = json.dumps(json_request(workload, 1)).encode()
     sock = socket.create_connection(("127.0.0.1", srv.http_port), timeout=10)
-    sock.sendall(f"POST {_infer_path(srv)} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    sock.sendall(
+        f"POST {_infer_path(srv)} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
     wait_until(lambda: srv.service.inflight == 2, what="both requests in flight")
     ctx.cancel()
     sock.close()
     # the cancelled gRPC call is seen by the server while the engine is still held (the handler's
     # wait is cancelled), so it is counted as a disconnect before any answer could race it
-    wait_until(lambda: 'protocol="grpc",code="disconnected"' in srv.metrics.render(), what="the gRPC disconnect to be counted")
+    wait_until(
+        lambda: 'protocol="grpc",code="disconnected"' in srv.metrics.render(), what="the gRPC disconnect to be counted"
+    )
     gate.open()
     wait_until(lambda: srv.service.inflight == 0, what="the abandoned requests to be dropped")
     assert "CANCELLED" in str(calls.get(timeout=10))

@@ -1,5 +1,6 @@
 """``apparate-run --engine-dir DIR --serve`` as a subprocess: SIGTERM with requests in flight
 answers every accepted request, then the process exits 0."""
+
 from __future__ import annotations
 
 import os
@@ -14,9 +15,8 @@ import urllib.request
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from tritonclient.utils import InferenceServerException
-
 from server_helpers import Workload, grpc_inputs, http_inputs, params_of
+from tritonclient.utils import InferenceServerException
 
 READY = re.compile(r"REST at [^ ]+:(\d+) and gRPC at [^ ]+:(\d+)")
 IN_FLIGHT = 12
@@ -25,11 +25,26 @@ IN_FLIGHT = 12
 def _start(workload: Workload) -> tuple[subprocess.Popen, int, int, list[str]]:
     """Start the server (batches wait up to 60 s for 64 requests, so requests stay queued)."""
     cmd = [
-        sys.executable, "-c", "from apparate_trt.cli.run import main; raise SystemExit(main())",
-        "--engine-dir", str(workload.engine_dir), "--serve", "--http-port", "0", "--grpc-port", "0",
-        "--threads", "1", "--max-batch", "64", "--max-delay-ms", "60000",
+        sys.executable,
+        "-c",
+        "from apparate_trt.cli.run import main; raise SystemExit(main())",
+        "--engine-dir",
+        str(workload.engine_dir),
+        "--serve",
+        "--http-port",
+        "0",
+        "--grpc-port",
+        "0",
+        "--threads",
+        "1",
+        "--max-batch",
+        "64",
+        "--max-delay-ms",
+        "60000",
     ]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
     lines: list[str] = []
     found: list[tuple[int, int]] = []
 
@@ -65,7 +80,9 @@ def test_sigterm_answers_accepted_requests_then_exits_0(workload: Workload) -> N
     def http_one(i: int) -> None:
         client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}", network_timeout=60)
         try:
-            r = client.infer(model_name, http_inputs(workload, i), request_id=str(i), parameters={"apparate_wait_final": True})
+            r = client.infer(
+                model_name, http_inputs(workload, i), request_id=str(i), parameters={"apparate_wait_final": True}
+            )
             out[i] = r.as_numpy(workload.manifest.model.output)
         except InferenceServerException as exc:
             out[i] = exc
@@ -73,7 +90,9 @@ def test_sigterm_answers_accepted_requests_then_exits_0(workload: Workload) -> N
     def grpc_one(i: int) -> None:
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
         try:
-            r = client.infer(model_name, grpc_inputs(workload, i), request_id=str(i), parameters={"apparate_wait_final": True})
+            r = client.infer(
+                model_name, grpc_inputs(workload, i), request_id=str(i), parameters={"apparate_wait_final": True}
+            )
             assert params_of(r)["apparate_is_final"]
             out[i] = r.as_numpy(workload.manifest.model.output)
         except InferenceServerException as exc:

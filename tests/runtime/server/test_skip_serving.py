@@ -1,18 +1,28 @@
 """Skip mode served over REST and gRPC (real tritonclient clients, real server on 127.0.0.1): a
 skipped request's early answer is its last (stream marks it final), wait-final requests always get
 the model's answer, and /metrics counts released, audited and skipped rows."""
+
 from __future__ import annotations
 
 import queue
 import time
 import urllib.request
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from server_helpers import (
+    CONSTRAINT,
+    Workload,
+    grpc_client,
+    grpc_inputs,
+    http_client,
+    http_inputs,
+    params_of,
+    start_server,
+)
 
 from apparate_trt.runtime.server import Server
-from server_helpers import CONSTRAINT, Workload, grpc_client, grpc_inputs, http_client, http_inputs, params_of, start_server
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +57,7 @@ def test_stream_marks_a_skipped_early_answer_final(skip_server, workload: Worklo
         (only,) = by_id[rid]
         assert only["triton_final_response"] and not only["apparate_is_final"]
         assert int(only["apparate_exit_site"]) in {s.id for s in workload.manifest.sites}
-    for rid, got in by_id.items():
+    for got in by_id.values():
         assert got[-1]["triton_final_response"] and (got[-1]["apparate_is_final"] or got[-1].get("apparate_skipped"))
 
 
@@ -71,8 +81,20 @@ def test_unary_answers_say_skipped_and_wait_final_is_never_skipped(skip_server, 
     assert seen_skipped
     with urllib.request.urlopen(f"http://127.0.0.1:{skip_server.http_port}/metrics", timeout=10) as response:
         metrics = response.read().decode()
-    values = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-              if line.startswith(("apparate_skipped_rows_total", "apparate_released_rows_total", "apparate_audit_rate",
-                                  "apparate_compute_saved_seconds_total"))}
-    assert values["apparate_skipped_rows_total"] > 0 and values["apparate_released_rows_total"] >= values["apparate_skipped_rows_total"]
+    values = {
+        line.split("{")[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith(
+            (
+                "apparate_skipped_rows_total",
+                "apparate_released_rows_total",
+                "apparate_audit_rate",
+                "apparate_compute_saved_seconds_total",
+            )
+        )
+    }
+    assert (
+        values["apparate_skipped_rows_total"] > 0
+        and values["apparate_released_rows_total"] >= values["apparate_skipped_rows_total"]
+    )
     assert values["apparate_compute_saved_seconds_total"] > 0 and 0 < values["apparate_audit_rate"] <= 1

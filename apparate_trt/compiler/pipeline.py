@@ -33,6 +33,7 @@ import onnx
 
 import apparate_trt
 from apparate_trt._optional import is_available
+from apparate_trt.backends import BACKENDS as RUNNER_BACKENDS
 from apparate_trt.compiler.augment import (
     MAX_BLENDS,
     MAX_COPIES,
@@ -90,7 +91,7 @@ from apparate_trt.graph.split import Segment, split_model
 
 Log = Callable[[str], None]
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", *RUNNER_BACKENDS)
 MIN_BOOTSTRAP_SAMPLES = 10
 CHAIN_CHECK_SAMPLES = 64
 MODEL_FILE = "model.onnx"

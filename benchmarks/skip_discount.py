@@ -2,8 +2,8 @@
 
     python benchmarks/skip_discount.py [--seeds 3] [--batches 4000] [--audit-rate 0.25]
 
-Drives the real controller (``runtime/controller.py``) in skip mode on the synthetic stationary
-stream of the controller tests (``tests/runtime/test_controller.py``: two ramps, batches of 8) at
+Drives the real controller (``runtime/control/controller.py``) in skip mode on the synthetic stationary
+stream of the controller tests (``tests/runtime/control/test_controller.py``: two ramps, batches of 8) at
 the given audit rate, once as shipped and once with the discount's ``exit_weight`` ignored
 (``search_constraint`` as it was before skip mode scaled it). Prints, per variant, the realised
 disagreement of every served row after the first 1,000 batches, the share of 256-row windows over
@@ -19,13 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "runtime"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "runtime" / "control"))
 
 from test_controller import Stream, make_manifest  # noqa: E402
 from test_controller_skip import run_skip_batch  # noqa: E402
 
-import apparate_trt.runtime.controller as controller_module  # noqa: E402
-from apparate_trt.runtime.controller import DEFAULT_TARGET_FRACTION, Controller  # noqa: E402
+import apparate_trt.runtime.control.controller as controller_module  # noqa: E402
+from apparate_trt.defaults import DEFAULT_TARGET_FRACTION  # noqa: E402
+from apparate_trt.runtime.control.controller import Controller  # noqa: E402
 
 CONSTRAINT = 0.01
 WARMUP_BATCHES = 1000

@@ -30,7 +30,7 @@ from apparate_trt.engine_dir import Manifest, file_sha256, read_manifest
 from apparate_trt.errors import ApparateError
 from apparate_trt.eval import policies
 from apparate_trt.eval.arrivals import fixed_arrivals, poisson_arrivals
-from apparate_trt.eval.replay import ReplayResult, replay
+from apparate_trt.eval.replay import ReplayResult, replay, replay_controller_options
 from apparate_trt.eval.report import build_report
 from apparate_trt.runtime.api import Engine, load
 
@@ -55,6 +55,8 @@ SKIP_SYSTEMS = ("apparate-skip", "apparate-skip-fallback", "oracle-skip")
 """Systems whose released rows leave the batch (``exit_mode="skip"``)."""
 CONSTRAINT = 0.01
 WINDOW = 256
+WARM_UP_BATCHES = 3
+"""Full batches each engine runs before it is measured."""
 MAX_BATCH, MAX_DELAY_MS = (
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_DELAY_MS,
@@ -265,9 +267,11 @@ class SystemFactory:
             }
         return {}
 
-    def load(self, system: str) -> Engine:
+    def load(self, system: str, requests: int | None = None) -> Engine:
         """A started engine serving ``system`` with the shared batching settings (the overload
-        fallback only for ``apparate`` and ``apparate-skip``: the baselines never have it)."""
+        fallback only for ``apparate`` and ``apparate-skip``: the baselines never have it); its
+        controller keeps the threshold history of ``requests`` batches (default: the controller's
+        bound), so a stream of that many requests has a complete one."""
         mode = "vanilla" if system == "vanilla" else "apparate"
         adaptive = system in APPARATE_SYSTEMS
         return load(
@@ -280,6 +284,7 @@ class SystemFactory:
             policy=self.policy(system),
             overload_fallback=adaptive and _fallback(system),
             exit_mode="skip" if system in SKIP_SYSTEMS else "release",
+            controller_options=replay_controller_options(requests) if adaptive and requests else None,
         )
 
 
@@ -290,7 +295,7 @@ def _fallback(system: str) -> bool:
 
 
 # ------------------------------------------------------------------------------ measurements
-def warm_up(engine: Engine, inputs: Mapping[str, np.ndarray], batches: int = 3) -> None:
+def warm_up(engine: Engine, inputs: Mapping[str, np.ndarray], batches: int = WARM_UP_BATCHES) -> None:
     """Run ``batches`` full batches of ``inputs`` (untagged) so first-run allocations are done."""
     n = int(next(iter(inputs.values())).shape[0])
     count = min(n, batches * MAX_BATCH)
@@ -432,7 +437,7 @@ def serve_interleaved(
     engines = {}
     try:
         for system in systems:
-            engines[system] = factory.load(system)
+            engines[system] = factory.load(system, requests=n + WARM_UP_BATCHES * MAX_BATCH)
             warm_up(engines[system], warm_inputs)
         parts: dict[str, list[ReplayResult]] = {s: [] for s in systems}
         spans: dict[str, float] = {s: 0.0 for s in systems}

@@ -327,7 +327,7 @@ def replay_command(args: argparse.Namespace) -> int:
     from apparate_trt.data import load_inputs, num_samples, take
     from apparate_trt.engine_dir import read_manifest
     from apparate_trt.eval.arrivals import parse_arrivals
-    from apparate_trt.eval.replay import offline_predictions, replay
+    from apparate_trt.eval.replay import offline_predictions, replay, replay_controller_options
     from apparate_trt.eval.report import build_report, format_report, write_report
     from apparate_trt.runtime import api
 
@@ -355,7 +355,11 @@ def replay_command(args: argparse.Namespace) -> int:
         queue_size=args.queue_size,
         confidence=args.confidence,
         overload_fallback=args.overload_fallback,
-        controller_options={"window_size": args.window_size, "initial_thresholds": args.initial_thresholds},
+        controller_options={
+            "window_size": args.window_size,
+            "initial_thresholds": args.initial_thresholds,
+            **replay_controller_options(arrivals.shape[0]),  # the report shows every decision
+        },
         exit_mode=args.exit_mode,
         audit_rate=args.audit_rate,
     )

@@ -23,6 +23,7 @@ import numpy as np
 
 from apparate_trt.errors import ApparateError
 from apparate_trt.runtime.api import Engine, Result
+from apparate_trt.runtime.control.records import EVENTS_KEPT, HISTORY_KEPT
 
 ProgressFn = Callable[[str], None]
 
@@ -34,9 +35,11 @@ PROGRESS_INTERVAL_S = 1.0
 class ReplayResult:
     """What a replay measured, per request in arrival order (``n`` requests).
 
-    Times are ``time.monotonic()`` seconds; latencies are ms. ``released_pred`` / ``final_pred`` /
-    ``exit_site`` are -1 where a request failed (or, for ``exit_site``, was released by the final
-    output). ``events`` and ``threshold_history`` are the controller's (empty in vanilla mode).
+        Times are ``time.monotonic()`` seconds; latencies are ms. ``released_pred`` / ``final_pred`` /
+        ``exit_site`` are -1 where a request failed (or, for ``exit_site``, was released by the final
+        output). ``events`` and ``threshold_history`` are the controller's (empty in vanilla mode): its
+    newest records, complete unless ``records_dropped`` counts older ones it no longer keeps (load the
+    engine with :func:`replay_controller_options` to keep a replay's whole record).
     """
 
     mode: str
@@ -61,6 +64,7 @@ class ReplayResult:
     reference_used: bool = False  # final_pred of skipped requests comes from ``reference_pred``
     rows: dict[str, float] = field(default_factory=dict)  # released / audited / skipped rows, compute_saved_ms
     exit_mode: str = "release"
+    records_dropped: dict[str, int] = field(default_factory=dict)  # older events / history entries not kept
 
     @property
     def requests(self) -> int:
@@ -107,6 +111,13 @@ class _Collector:
                 self.t_final[index] = result.t_release
                 self.skipped[index] = True
                 self.finished += 1
+
+
+def replay_controller_options(requests: int) -> dict[str, int]:
+    """Controller options (``load(controller_options=...)``) that keep a replay's whole record:
+    a server's controller keeps only its newest HISTORY_KEPT observations and EVENTS_KEPT decisions,
+    while a replay of ``requests`` requests makes at most one observation per request."""
+    return {"history_kept": max(HISTORY_KEPT, int(requests)), "events_kept": max(EVENTS_KEPT, int(requests))}
 
 
 def replay(
@@ -183,6 +194,7 @@ def replay(
         errors=errors,
         events=[] if controller is None else controller.events,
         threshold_history=[] if controller is None else controller.threshold_history,
+        records_dropped=_records_dropped(controller),
         batches=batches,
         unsplit_batches=unsplit,
         skipped=skipped,
@@ -190,6 +202,14 @@ def replay(
         rows={k: after - rows_before[k] for k, after in _row_counts(engine).items()},
         exit_mode=str(getattr(engine, "exit_mode", "release")),
     )
+
+
+def _records_dropped(controller: Any) -> dict[str, int]:
+    """Older decisions and observations the controller no longer keeps (its logs are bounded)."""
+    if controller is None:
+        return {}
+    dropped = {"events": int(controller.events_dropped), "threshold_history": int(controller.history_dropped)}
+    return {k: v for k, v in dropped.items() if v}
 
 
 def _batch_counts(engine: Any) -> tuple[int, int]:

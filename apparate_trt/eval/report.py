@@ -119,6 +119,7 @@ def build_report(
         "batches": {"run": result.batches, "unsplit": result.unsplit_batches},
         "events": [_relative(e, result.t_start) for e in result.events],
         "threshold_history": [_relative(h, result.t_start) for h in result.threshold_history],
+        "records_dropped": dict(result.records_dropped),
         "submit_lag_ms": {
             "p99": float(np.percentile(lag, 99)) if lag.size else None,
             "max": float(lag.max()) if lag.size else None,
@@ -225,6 +226,13 @@ def format_report(report: Mapping[str, Any]) -> str:
             lines.append(f"    t={event['t']:8.2f}s  {event['kind']:<11} {event['reason']}")
         if len(shown) < len(report["events"]):
             lines.append(f"    ... {len(report['events']) - len(shown)} more (all of them in the JSON report)")
+    dropped = report.get("records_dropped") or {}
+    if dropped:
+        lines.append(
+            "  controller      its bounded logs dropped older records: "
+            + ", ".join(f"{count} {name}" for name, count in dropped.items())
+            + " (load with eval.replay.replay_controller_options(requests) to keep them)"
+        )
     return "\n".join(lines)
 
 

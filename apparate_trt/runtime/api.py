@@ -45,8 +45,8 @@ from apparate_trt.runtime.batching import (
     validate_settings,
 )
 from apparate_trt.runtime.compaction import check_exit_mode
-from apparate_trt.runtime.control_loop import ControlLoop
-from apparate_trt.runtime.controller import Controller
+from apparate_trt.runtime.control.controller import Controller
+from apparate_trt.runtime.control.loop import ControlLoop
 from apparate_trt.runtime.executor import BatchExecutor, BatchOutcome, Executor, check_confidence_kind
 from apparate_trt.runtime.vanilla import VanillaExecutor
 
@@ -441,7 +441,7 @@ class Engine:
         return config
 
     def _observe(self, outcome: BatchOutcome) -> None:
-        """Hand the batch's feedback to the controller's thread (``runtime.control_loop``)."""
+        """Hand the batch's feedback to the controller's thread (:mod:`~apparate_trt.runtime.control.loop`)."""
         if self._control is not None:
             self._control.submit(outcome)
 

@@ -14,8 +14,8 @@ from runtime_helpers import THREADS, reference_ramp_logits
 from apparate_trt import _core
 from apparate_trt.errors import ApparateError
 from apparate_trt.eval import policies
+from apparate_trt.latency import LatencyModel
 from apparate_trt.runtime.api import load
-from apparate_trt.runtime.controller import LatencyModel
 
 WAIT_S = 60.0
 

@@ -241,8 +241,9 @@ def engine_gauges(engine: Any) -> dict[str, Any]:
     if isinstance(stats.get("compute_saved_ms"), (int, float)):
         stats["compute_saved_s"] = float(stats["compute_saved_ms"]) / 1000.0
     if "window_accuracy" not in stats:
-        history = getattr(getattr(engine, "controller", None), "threshold_history", None) or []
-        value = history[-1].get("window_accuracy") if history else None
+        controller = getattr(engine, "controller", None)
+        last = controller.last_observation if controller is not None else None  # O(1): no history copy
+        value = last.get("window_accuracy") if last else None
         if value is not None:
             stats["window_accuracy"] = value
     return stats

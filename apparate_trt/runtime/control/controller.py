@@ -31,7 +31,7 @@ Threshold tuning (fast loop, accuracy first)
       larger (``benchmarks/skip_discount.py``: on the synthetic stream at a 25% audit rate, the
       realised disagreement is 0.40% without that factor and 0.27% with it, against 0.3%).
 
-    Measured on a synthetic stationary stream (tests/runtime/test_controller.py), the realised
+    Measured on a synthetic stationary stream (tests/runtime/control/test_controller.py), the realised
     disagreement then matches the target; without the correction it was 1.6 to 3.5 times it.
     A tune runs on the first feedback, after every ramp change or emergency cut, when the window's
     accuracy with the current thresholds breaks ``1 - accuracy_constraint``, and every
@@ -87,15 +87,27 @@ Every decision is an event ``{t, kind, reason, ...}`` (kinds: ``initial``, ``tun
 ``emergency``, ``remove_ramp``, ``add_ramp``), and every observation (one batch, or the several
 that queued while the engine's control thread was busy: :meth:`Controller.observe_batches`)
 appends to the threshold history
-``{t, active_sites, thresholds, window_accuracy, window_samples}``. Times ``t`` are in seconds of
-``clock`` (``time.monotonic`` by default, the executor's clock).
+``{t, active_sites, thresholds, window_accuracy, window_samples, audit_rate}``. Times ``t`` are in
+seconds of ``clock`` (``time.monotonic`` by default, the executor's clock).
+
+Bounded state
+    Nothing grows with the server's age: the window holds ``window_size`` samples (the C core's
+    ring buffer), the decision log the newest ``events_kept`` events (default EVENTS_KEPT) and the
+    history the newest ``history_kept`` observations (default HISTORY_KEPT), both
+    :class:`~apparate_trt.runtime.control.records.RingLog`; measured chain timings are kept for the
+    TIMED_SETS_KEPT most recently run active sets; the removed-site cooldowns are one entry per site.
+    ``/metrics`` reads only the newest observation (:attr:`Controller.last_observation`).
+
+The pure parts live beside this state machine: the window statistics in
+:mod:`~apparate_trt.runtime.control.statistics`, the placement rules in
+:mod:`~apparate_trt.runtime.control.placement`, the option checks in
+:mod:`~apparate_trt.runtime.control.options`, the latency model in :mod:`apparate_trt.latency`.
 """
 
 from __future__ import annotations
 
-import math
-import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -114,17 +126,24 @@ from apparate_trt.engine_dir import BootstrapStats, Manifest
 from apparate_trt.errors import ApparateError
 from apparate_trt.latency import LatencyModel, saved_next_ms, sum_after
 from apparate_trt.runtime.compaction import check_exit_mode
+from apparate_trt.runtime.control.options import check_options
+from apparate_trt.runtime.control.placement import deeper_probe, earlier_probe, with_site
+from apparate_trt.runtime.control.records import EVENTS_KEPT, HISTORY_KEPT, RingLog, plain
+from apparate_trt.runtime.control.statistics import (
+    emergency_limit,
+    emergency_samples,
+    samples_to_tune,
+    search_constraint,
+    skip_window_size,
+)
 
 Config = tuple[list[int], list[float]]
 """``(active site ids in execution order, threshold per active site)``."""
 
-INITIAL_THRESHOLD_MODES = ("bootstrap", "never")
-EMERGENCY_MIN_ERRORS = 3
-"""Wrong exits at one ramp in the emergency window below which no emergency is declared."""
-EMERGENCY_P_VALUE = 1e-3
-"""An emergency needs one ramp's wrong exits to be this unlikely for a ramp within the constraint."""
 MIN_TIMED_BATCHES = 8
 """Batches an active set must have run before its measured timings replace the profile."""
+TIMED_SETS_KEPT = 32
+"""Active sets whose measured chain timings are kept (the least recently run is dropped)."""
 BATCH_SIZE_SMOOTHING = 0.1
 """Weight of the newest batch in the running batch size used to read the profile."""
 
@@ -139,94 +158,6 @@ class Feedback(Protocol):
     # optional (skip mode): weights float64 [n], 1 / P(row reached the end), 0 for a skipped row
 
 
-def emergency_limit(constraint: float, samples: float, p_value: float = EMERGENCY_P_VALUE) -> int:
-    """Wrong exits of one ramp among ``samples`` recent ones that declare an emergency.
-
-    The smallest count ``k`` (at least EMERGENCY_MIN_ERRORS) that a ramp spending the whole error
-    budget (wrong exits ~ Poisson(constraint * samples)) reaches with probability below ``p_value``:
-    checked every batch, a ramp within the constraint is almost never cut, while one whose exits
-    turn wrong is cut within a few batches.
-    """
-    lam = constraint * float(samples)
-    k, pmf, below = 0, math.exp(-lam), 0.0
-    while True:
-        below += pmf  # P(X <= k)
-        k += 1
-        if 1.0 - below < p_value:
-            return max(EMERGENCY_MIN_ERRORS, k)
-        pmf *= lam / k
-
-
-SKIP_WINDOW_CAP = 8192
-"""Skip mode: the most samples the feedback window stores (see :func:`skip_window_size`)."""
-
-
-def skip_window_size(window_size: int, audit_rate: float) -> int:
-    """Skip mode's window capacity: ``window_size / audit_rate`` kept samples (at most
-    SKIP_WINDOW_CAP), so that the window holds about as many exits' feedback as ``window_size``
-    rows in release mode; an audited exit's weight ``1 / p`` makes each one count more, and the
-    estimate is noisier (its variance grows by ``(1 - p) / p`` per exit) without the extra samples."""
-    return max(window_size, min(SKIP_WINDOW_CAP, int(math.ceil(window_size / audit_rate))))
-
-
-def _emergency_samples(exits: np.ndarray, weights: np.ndarray) -> float:
-    """The sample count at which to read :func:`emergency_limit` for wrong exits counted among
-    kept rows only: the rows the window stands for (its weight) times the share of the exits that
-    were kept (audited); equal to the sample count when every row was kept."""
-    total = float(weights.sum())
-    exited = exits >= 0
-    weighed = float(weights[exited].sum())
-    kept_share = float(np.count_nonzero(exited)) / weighed if weighed > 0 else 1.0
-    return max(1.0, total * kept_share)
-
-
-def search_constraint(target: float, ramps: int, samples: float, exit_weight: float = 1.0) -> float:
-    """The constraint handed to the threshold search on a window of ``samples`` for ``ramps`` ramps.
-
-    The hill climb raises each ramp's threshold until just before the window's next wrong exit, so
-    on new requests the thresholds it picks make about one more wrong exit per ramp than it saw in
-    the window (the winner's curse of tuning on the very samples it is judged on). In skip mode the
-    window holds only the audited exits, each of weight ``exit_weight`` (``1 / audit rate``): the
-    next wrong exit the window would see lies about ``exit_weight`` real wrong exits further on.
-    That expected excess, ``ramps * exit_weight / samples`` (``samples`` the weighted row count),
-    is taken off the target (never below 0).
-    """
-    return max(0.0, target - ramps * max(1.0, exit_weight) / samples) if samples else target
-
-
-# ------------------------------------------------------------------------------ placement rules
-def deeper_probe(removed: int, active: Sequence[int], latest: int, blocked: set[int]) -> int | None:
-    """Site to probe after removing the ramp at ``removed``: halfway to the next boundary, deeper.
-
-    The boundary is the next active ramp after ``removed`` (or ``latest + 1``). Sites in ``active``
-    or ``blocked`` are skipped (the nearest free site from halfway onward, then back toward
-    ``removed``). None when no site is free.
-    """
-    later = [s for s in active if s > removed]
-    boundary = min(later) if later else latest + 1
-    return _free_site_between(removed + 1, boundary, active, blocked)
-
-
-def earlier_probe(active: Sequence[int], latest: int, blocked: set[int]) -> int | None:
-    """Site to probe with spare budget: halfway between the start and the earliest active ramp."""
-    boundary = min(active) if active else latest + 1
-    return _free_site_between(0, boundary, active, blocked)
-
-
-def _free_site_between(low: int, high: int, active: Sequence[int], blocked: set[int]) -> int | None:
-    """A free site in [low, high): the middle one if free, else the nearest free one to it."""
-    if high <= low:
-        return None
-    middle = (low + high - 1) // 2 if high - low > 1 else low
-    taken = set(active) | blocked
-    for distance in range(high - low):
-        for site in (middle + distance, middle - distance):
-            if low <= site < high and site not in taken:
-                return site
-    return None
-
-
-# ------------------------------------------------------------------------------ the controller
 @dataclass
 class _Tuned:
     thresholds: np.ndarray
@@ -256,6 +187,9 @@ class Controller:
         bootstrap: bootstrap statistics to use instead of the engine directory's file.
         exit_mode: the executor's exit mode, ``release`` or ``skip`` (see "Skip mode").
         audit_rate: skip mode's steady audit probability (``MIN_AUDIT_RATE`` to 1).
+        events_kept: decisions kept in :attr:`events` (the newest; default EVENTS_KEPT).
+        history_kept: observations kept in :attr:`threshold_history` (the newest; default
+            HISTORY_KEPT). A replay that wants its whole run passes its request count.
     """
 
     def __init__(
@@ -276,6 +210,8 @@ class Controller:
         bootstrap: BootstrapStats | None = None,
         exit_mode: str = "release",
         audit_rate: float = DEFAULT_AUDIT_RATE,
+        events_kept: int | None = None,
+        history_kept: int | None = None,
     ) -> None:
         self.exit_mode = check_exit_mode(exit_mode)
         if not MIN_AUDIT_RATE <= float(audit_rate) <= 1.0:
@@ -283,7 +219,7 @@ class Controller:
                 f"audit rate must be in [{MIN_AUDIT_RATE}, 1] so that feedback never stops, got {audit_rate}"
             )
         self.steady_audit_rate = float(audit_rate)
-        _check_options(
+        check_options(
             accuracy_constraint,
             window_size,
             tune_every_batches,
@@ -316,15 +252,14 @@ class Controller:
         self._last_adjust_batch = 0
         self._samples_since_adjust = 0
         self._partial_for: tuple[int, ...] | None = None
-        self._timings: dict[tuple[int, ...], tuple[np.ndarray, int]] = {}
+        self._timings: OrderedDict[tuple[int, ...], tuple[np.ndarray, int]] = OrderedDict()
         self._adjust_rounds = 0
         self._tuned_live = False
         self._pending_tune: str | None = "first feedback"
         self._probation: set[int] = set()
         self._blocked_until: dict[int, int] = {}
-        self._events: list[dict[str, Any]] = []
-        self._history: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
+        self._events = RingLog(EVENTS_KEPT if events_kept is None else events_kept)
+        self._history = RingLog(HISTORY_KEPT if history_kept is None else history_kept)
         self._active, self._thresholds = self._start(initial_thresholds, bootstrap)
         self._audit_rate = self._audit_choice()[0]
 
@@ -368,15 +303,32 @@ class Controller:
 
     @property
     def events(self) -> list[dict[str, Any]]:
-        """Every decision so far, oldest first: ``{t, kind, reason, ...}`` (a copy)."""
-        with self._lock:
-            return [dict(e) for e in self._events]
+        """The kept decisions (the newest ``events_kept``), oldest first: ``{t, kind, reason, ...}``
+        (copies; :attr:`events_dropped` says how many older ones are gone)."""
+        return self._events.snapshot()
+
+    @property
+    def events_dropped(self) -> int:
+        """Decisions made but no longer kept in :attr:`events` (0 while the log is complete)."""
+        return self._events.dropped
 
     @property
     def threshold_history(self) -> list[dict[str, Any]]:
-        """Per batch: ``{t, active_sites, thresholds, window_accuracy, window_samples}`` (a copy)."""
-        with self._lock:
-            return [dict(h) for h in self._history]
+        """The kept observations (the newest ``history_kept``), oldest first: ``{t, active_sites,
+        thresholds, window_accuracy, window_samples, audit_rate}`` (copies; :attr:`history_dropped`
+        says how many older ones are gone)."""
+        return self._history.snapshot()
+
+    @property
+    def history_dropped(self) -> int:
+        """Observations recorded but no longer kept in :attr:`threshold_history`."""
+        return self._history.dropped
+
+    @property
+    def last_observation(self) -> dict[str, Any] | None:
+        """The newest entry of :attr:`threshold_history` (a copy), or None before the first
+        feedback; O(1), for ``/metrics``."""
+        return self._history.latest()
 
     def observe(self, outcome: Feedback, t: float | None = None) -> Config | None:
         """Take one batch's feedback; return the new configuration if it changed, else None.
@@ -388,7 +340,7 @@ class Controller:
     def observe_batches(self, outcomes: Sequence[Feedback], t: float | None = None) -> Config | None:
         """Take the feedback of several batches (oldest first) and decide once, as after the last
         of them; return the new configuration if it changed, else None. The engine's control loop
-        (``runtime.control_loop``) hands over everything that finished since its last call.
+        (:mod:`~apparate_trt.runtime.control.loop`) hands over everything that finished since its last call.
 
         Feedback from ramps that are no longer active (batches that ran before the last change)
         is kept in the window like any other: it is what those ramps said about real inputs.
@@ -505,10 +457,12 @@ class Controller:
         if not np.all(np.isfinite(sample)) or np.any(sample < 0):
             return
         key = tuple(sites.tolist())
-        old = self._timings.get(key)
+        old = self._timings.pop(key, None)
         self._timings[key] = (
             (sample, 1) if old is None else (old[0] + BATCH_SIZE_SMOOTHING * (sample - old[0]), old[1] + 1)
         )
+        while len(self._timings) > TIMED_SETS_KEPT:
+            self._timings.popitem(last=False)  # the least recently run active set
 
     def chain_ms(self, sites: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """``(saved_ms [r], cost_ms [r])`` of the active ramps ``sites`` (execution order).
@@ -565,7 +519,7 @@ class Controller:
         if m == 0:
             return False
         exits = _core.exit_decisions(conf, self._thresholds)
-        limit = emergency_limit(self.constraint, _emergency_samples(exits, weights))
+        limit = emergency_limit(self.constraint, emergency_samples(exits, weights))
         cut = []
         for i, site in enumerate(self._active):
             exiting = exits == i
@@ -673,15 +627,9 @@ class Controller:
         return None
 
     def samples_to_tune(self, ramps: int) -> int:
-        """Fewest window samples (holding every active ramp) a tune of ``ramps`` ramps waits for.
-
-        At least ``min_tune_samples``, and enough that the winner's-curse excess of one wrong exit
-        per ramp (see :func:`search_constraint`) fits in the target: ``ramps / target`` samples,
-        capped at the window's capacity.
-        """
-        if self.target_constraint <= 0:
-            return self.min_tune_samples
-        return max(self.min_tune_samples, min(self.window_size, math.ceil(ramps / self.target_constraint)))
+        """Fewest window samples (holding every active ramp) a tune of ``ramps`` ramps waits for
+        (:func:`~apparate_trt.runtime.control.statistics.samples_to_tune`)."""
+        return samples_to_tune(ramps, self.target_constraint, self.min_tune_samples, self.window_size)
 
     def _search(self, sites: Sequence[int]) -> _Tuned | None:
         """Thresholds for ``sites`` from the window, or None when it holds too few samples."""
@@ -784,11 +732,9 @@ class Controller:
         self._pending_tune = "after a ramp change"
 
     def _add_ramp(self, t: float, site: int, reason: str) -> None:
-        sites = sorted([*self._active, site])
-        per_site = dict(zip(self._active, self._thresholds))
-        per_site[site] = 0.0
+        sites, thresholds = with_site(self._active, self._thresholds, site)
         self._active = sites
-        self._thresholds = np.asarray([per_site[s] for s in sites], dtype=np.float64)
+        self._thresholds = np.asarray(thresholds, dtype=np.float64)
         self._probation.add(site)
         used = float(self.latency.ramp_costs_ms(sites, self.batch_size).sum())
         self._event(
@@ -804,9 +750,8 @@ class Controller:
     # --------------------------------------------------------------------------- records
     def _event(self, t: float, kind: str, reason: str, **details: Any) -> None:
         event = {"t": float(t), "kind": kind, "reason": reason, "batch": self.batches}
-        event.update({k: _plain(v) for k, v in details.items()})
-        with self._lock:
-            self._events.append(event)
+        event.update({k: plain(v) for k, v in details.items()})
+        self._events.append(event)
 
     def _record_history(self, t: float, window: tuple[float, int]) -> None:
         accuracy, samples = window
@@ -818,46 +763,4 @@ class Controller:
             "window_samples": samples,
             "audit_rate": self._audit_rate,
         }
-        with self._lock:
-            self._history.append(entry)
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars and arrays as plain Python values (for JSON)."""
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def _check_options(
-    constraint: float,
-    window_size: int,
-    tune_every: int,
-    adjust_every: int,
-    emergency_window: int,
-    target_fraction: float,
-    min_tune_samples: int,
-    initial_thresholds: str,
-    probe_cooldown: int,
-) -> None:
-    if not 0.0 <= constraint < 1.0:
-        raise ApparateError(f"accuracy constraint must be a fraction in [0, 1), e.g. 0.01 for 1%, got {constraint}")
-    for name, value in (
-        ("window size", window_size),
-        ("tune interval (batches)", tune_every),
-        ("adjust interval (batches)", adjust_every),
-        ("emergency window", emergency_window),
-        ("min tune samples", min_tune_samples),
-    ):
-        if int(value) < 1:
-            raise ApparateError(f"controller {name} must be at least 1, got {value}")
-    if not 0.0 < target_fraction <= 1.0:
-        raise ApparateError(f"target_fraction must be in (0, 1], got {target_fraction}")
-    if initial_thresholds not in INITIAL_THRESHOLD_MODES:
-        raise ApparateError(
-            f"initial_thresholds must be one of {', '.join(INITIAL_THRESHOLD_MODES)}, got {initial_thresholds!r}"
-        )
-    if int(probe_cooldown) < 0:
-        raise ApparateError(f"probe_cooldown must be >= 0, got {probe_cooldown}")
+        self._history.append(entry)

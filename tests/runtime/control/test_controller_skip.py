@@ -10,7 +10,8 @@ from test_controller import NUM_SITES, Stream, make_manifest, run_batch
 
 from apparate_trt import _core
 from apparate_trt.errors import ApparateError
-from apparate_trt.runtime.controller import Controller, LatencyModel
+from apparate_trt.latency import LatencyModel
+from apparate_trt.runtime.control.controller import Controller
 
 
 @dataclass

@@ -26,16 +26,10 @@ from apparate_trt.engine_dir import (
     TensorSpec,
 )
 from apparate_trt.errors import ApparateError
-from apparate_trt.runtime.controller import (
-    Controller,
-    LatencyModel,
-    deeper_probe,
-    earlier_probe,
-    emergency_limit,
-    saved_next_ms,
-    search_constraint,
-    sum_after,
-)
+from apparate_trt.latency import LatencyModel, saved_next_ms, sum_after
+from apparate_trt.runtime.control.controller import Controller
+from apparate_trt.runtime.control.placement import deeper_probe, earlier_probe
+from apparate_trt.runtime.control.statistics import emergency_limit, search_constraint
 
 NUM_SITES = 8
 SEGMENT_MS = 10.0  # per segment at batch 1; batch 8 costs 4x

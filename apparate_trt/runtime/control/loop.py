@@ -10,6 +10,11 @@ A decision therefore reaches the executor about one batch later than if the batc
 it, and in exchange no batch ever waits for the controller: its per-batch bookkeeping, threshold
 searches and ramp adjustments run while the batch thread runs the model (ONNX Runtime releases
 the GIL) or waits for requests.
+
+The queue is bounded (``max_backlog`` batches, default MAX_BACKLOG): should the controller ever fall
+that far behind, the oldest queued feedback is dropped (counted in :attr:`ControlLoop.dropped`) and
+never holds memory; the controller then decides on the newest batches, which describe the
+workload as it is now.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 Config = tuple[list[int], list[float]]
+MAX_BACKLOG = 1024
+"""Default most batches' feedback queued for the controller (at batch 16 and 16 sites, about 1 MB)."""
 
 
 ObserveFn = Callable[[Sequence[Any], "float | None"], "Config | None"]
@@ -38,12 +45,23 @@ class ControlLoop:
             controller up at each call, so a replaced controller takes over).
         apply: called on the loop thread with each new configuration ``(active sites, thresholds)``.
         name: the thread's name.
+        max_backlog: most batches queued; beyond it the oldest is dropped (default MAX_BACKLOG).
     """
 
-    def __init__(self, observe: ObserveFn, apply: Callable[[Config], None], name: str = "apparate-controller") -> None:
+    def __init__(
+        self,
+        observe: ObserveFn,
+        apply: Callable[[Config], None],
+        name: str = "apparate-controller",
+        max_backlog: int | None = None,
+    ) -> None:
         self._observe = observe
         self._apply = apply
+        self._max_backlog = MAX_BACKLOG if max_backlog is None else int(max_backlog)
+        if self._max_backlog < 1:
+            raise ValueError(f"max_backlog must be at least 1 batch, got {max_backlog}")
         self._queue: deque[Any] = deque()
+        self._dropped = 0
         self._cond = threading.Condition()
         self._submitted = 0
         self._observed = 0
@@ -52,11 +70,27 @@ class ControlLoop:
         self._thread.start()
 
     def submit(self, outcome: Any) -> None:
-        """Queue one batch's feedback (never blocks on the controller)."""
+        """Queue one batch's feedback (never blocks on the controller; at ``max_backlog`` the
+        oldest queued batch is dropped)."""
         with self._cond:
+            if len(self._queue) >= self._max_backlog:
+                self._queue.popleft()
+                self._dropped += 1
+                self._observed += 1  # dropped: nobody waits for it
+                if self._dropped & (self._dropped - 1) == 0:  # 1, 2, 4, 8, ...: a line, not a flood
+                    log.warning(
+                        "the controller is %d batches behind; dropped the oldest feedback (%d so far)",
+                        self._max_backlog,
+                        self._dropped,
+                    )
             self._queue.append(outcome)
             self._submitted += 1
             self._cond.notify_all()
+
+    @property
+    def dropped(self) -> int:
+        """Batches whose feedback was dropped because the queue held ``max_backlog`` already."""
+        return self._dropped
 
     @property
     def backlog(self) -> int:

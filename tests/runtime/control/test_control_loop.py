@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import threading
+import time
 
-from apparate_trt.runtime.control_loop import ControlLoop
+import pytest
+
+from apparate_trt.runtime.control.loop import ControlLoop
 
 WAIT_S = 10.0
 
@@ -72,3 +75,25 @@ def test_a_failing_controller_does_not_stop_the_loop_and_close_drains() -> None:
         loop.submit(Outcome(n))
     loop.close(WAIT_S)  # observes what is queued before stopping
     assert [n for call in observe.calls for n in call] == [2, 3, 5]
+
+
+def test_the_backlog_is_bounded_and_the_oldest_feedback_is_dropped() -> None:
+    gate = threading.Event()
+    observe = Recorder(gate)
+    loop = ControlLoop(observe, lambda config: None, max_backlog=3)
+    loop.submit(Outcome(1))  # taken by the loop thread, which then waits at the gate
+    deadline = time.monotonic() + WAIT_S
+    while loop._queue and time.monotonic() < deadline:
+        time.sleep(0.005)
+    for n in range(2, 8):
+        loop.submit(Outcome(n))
+    assert len(loop._queue) == 3 and loop.dropped == 3  # 2, 3, 4 dropped; 5, 6, 7 queued
+    gate.set()
+    assert loop.sync(WAIT_S) and loop.backlog == 0
+    loop.close(WAIT_S)
+    assert [n for call in observe.calls for n in call] == [1, 5, 6, 7]
+
+
+def test_a_backlog_below_one_batch_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_backlog"):
+        ControlLoop(lambda outcomes, t: None, lambda config: None, max_backlog=0)

@@ -479,6 +479,7 @@ class Engine:
             "audit_rate": getattr(self.executor, "audit_rate", None) if self.exit_mode == "skip" else None,
             "active_sites": active,
             "thresholds": {site: thresholds.get(site, 0.0) for site in active},
+            "feedback_dropped": self._control.dropped if self._control is not None else 0,
         }
 
     @property

@@ -34,7 +34,7 @@ from apparate_trt.runtime.server.codec import (
     encode_grpc_response,
     parse_grpc_request,
 )
-from apparate_trt.runtime.server.http import EXTENSIONS, error_status
+from apparate_trt.runtime.server.http import EXTENSIONS
 from apparate_trt.runtime.server.security import OPEN_GRPC_METHODS, Security
 from apparate_trt.runtime.server.service import (
     DeadlineError,
@@ -43,6 +43,7 @@ from apparate_trt.runtime.server.service import (
     Pending,
     collect,
 )
+from apparate_trt.runtime.server.statuses import error_kind
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +59,6 @@ STREAM_INFLIGHT = 256
 STREAM_POLL_S = 0.1
 """How often (seconds) an idle stream checks whether the server is draining."""
 
-_STATUS = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    503: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    504: grpc.StatusCode.DEADLINE_EXCEEDED,
-    500: grpc.StatusCode.INTERNAL,
-}
-
 
 def _protocol_modules() -> tuple[Any, Any, Any]:
     pb = require("tritonclient.grpc.service_pb2", extra="serve", purpose="the gRPC server")
@@ -74,11 +68,10 @@ def _protocol_modules() -> tuple[Any, Any, Any]:
 
 
 def status_code(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """gRPC status code and metrics outcome code for an error raised while serving a request."""
-    status, code = error_status(exc)
-    if code == "unavailable":
-        return grpc.StatusCode.UNAVAILABLE, code
-    return _STATUS.get(status, grpc.StatusCode.INTERNAL), code
+    """gRPC status code and metrics outcome code for an error raised while serving a request
+    (the one table in :mod:`.statuses`)."""
+    kind = error_kind(exc)
+    return getattr(grpc.StatusCode, kind.grpc), kind.code
 
 
 def _bridge(fut: cf.Future, loop: asyncio.AbstractEventLoop) -> asyncio.Future:

@@ -38,14 +38,15 @@ from apparate_trt.runtime.server.codec import (
     http_error_body,
     parse_http_request,
 )
+from apparate_trt.runtime.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from apparate_trt.runtime.server.security import OPEN_HTTP_PATHS, Security
 from apparate_trt.runtime.server.service import (
-    DeadlineError,
     InferenceService,
     InternalError,
     OverloadedError,
     UnavailableError,
 )
+from apparate_trt.runtime.server.statuses import error_kind
 
 log = logging.getLogger(__name__)
 
@@ -95,19 +96,6 @@ def decoded_limit(max_request_bytes: int | None) -> int:
 def server_metadata() -> dict[str, Any]:
     """The server metadata object (``GET /v2``)."""
     return {"name": "apparate_trt", "version": __version__, "extensions": EXTENSIONS}
-
-
-def error_status(exc: BaseException) -> tuple[int, str]:
-    """HTTP status and metrics outcome code for an error raised while serving a request."""
-    if isinstance(exc, RequestError):
-        return 400, "bad_request"
-    if isinstance(exc, OverloadedError):
-        return 503, "overloaded"
-    if isinstance(exc, UnavailableError):
-        return 503, "unavailable"
-    if isinstance(exc, DeadlineError):
-        return 504, "timeout"
-    return 500, "error"
 
 
 def decode_body(body: bytes, encoding: str | None, limit: int = MAX_DECODED_BYTES) -> bytes:
@@ -277,7 +265,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(doc).encode())
 
     def _send_error(self, exc: BaseException) -> int:
-        status, _ = error_status(exc)
+        status = error_kind(exc).http
         headers = {"Retry-After": str(RETRY_AFTER_S)} if isinstance(exc, OverloadedError) else None
         self._send(status, http_error_body(str(exc)), headers=headers)
         return status
@@ -314,7 +302,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif path in ("/v2", "/v2/"):
             self._send_json(200, server_metadata())
         elif path == "/metrics":
-            self._send(200, app.service.metrics.render().encode(), "text/plain; version=0.0.4; charset=utf-8")
+            self._send(200, app.service.metrics.render().encode(), METRICS_CONTENT_TYPE)
         else:
             match = _MODEL_PATH.match(path)
             if match is None or match.group("action") == "/infer":
@@ -406,7 +394,7 @@ class _Handler(BaseHTTPRequestHandler):
                     answer = service.wait(pending, final=request.wait_final)
                     payload, header_length = encode_http_response(service.spec, request, answer)
                 except ApparateError as exc:
-                    code = error_status(exc)[1]
+                    code = error_kind(exc).code
                     self._send_error(exc)
                 else:
                     headers = (
@@ -419,7 +407,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._send(exc.status, http_error_body(exc.message))
         except (UnavailableError, OverloadedError) as exc:  # refused before it was accepted
-            code = error_status(exc)[1]
+            code = error_kind(exc).code
             self._send_error(exc)
         except (ConnectionError, TimeoutError, OSError):
             code = "disconnected"

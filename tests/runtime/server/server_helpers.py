@@ -141,3 +141,16 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 20.0, what: str
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.01)
+
+
+def metric_value(text: str, sample: str, **labels: str) -> float:
+    """The sum of the ``sample`` series (e.g. ``apparate_requests_total``) in a ``/metrics`` text
+    whose labels include ``labels``, parsed with ``prometheus_client``'s own parser (0 if none)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items())
+    )

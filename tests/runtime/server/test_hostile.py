@@ -24,7 +24,7 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from server_helpers import Gate, Workload, grpc_client, grpc_inputs, start_server, wait_until
+from server_helpers import Gate, Workload, grpc_client, grpc_inputs, metric_value, start_server, wait_until
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
@@ -99,12 +99,7 @@ def still_serves(server, workload: Workload) -> None:
 
 def requests_counted(server, protocol: str, code: str) -> int:
     """``apparate_requests_total`` of one protocol and outcome, from ``/metrics``'s text."""
-    labels = f'protocol="{protocol}",code="{code}"'
-    return sum(
-        int(float(line.rsplit(" ", 1)[1]))
-        for line in server.metrics.render().splitlines()
-        if line.startswith("apparate_requests_total") and labels in line
-    )
+    return int(metric_value(server.metrics.render(), "apparate_requests_total", protocol=protocol, code=code))
 
 
 def grpc_message(workload: Workload, i: int = 0, request_id: str = "") -> pb.ModelInferRequest:

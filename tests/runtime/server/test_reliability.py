@@ -27,6 +27,7 @@ from server_helpers import (
     grpc_inputs,
     http_client,
     http_inputs,
+    metric_value,
     params_of,
     start_server,
     wait_until,
@@ -258,7 +259,7 @@ def test_overload_refuses_fast_and_loses_nothing(small_server, gate: Gate, workl
         if final:
             np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
     text = srv.metrics.render()
-    overloaded = sum(int(line.rsplit(" ", 1)[1]) for line in text.splitlines() if 'code="overloaded"' in line)
+    overloaded = metric_value(text, "apparate_requests_total", code="overloaded")
     assert overloaded == len(refused)
 
 
@@ -297,7 +298,8 @@ def test_client_disconnect_costs_only_its_answer(small_server, gate: Gate, workl
     # the cancelled gRPC call is seen by the server while the engine is still held (the handler's
     # wait is cancelled), so it is counted as a disconnect before any answer could race it
     wait_until(
-        lambda: 'protocol="grpc",code="disconnected"' in srv.metrics.render(), what="the gRPC disconnect to be counted"
+        lambda: metric_value(srv.metrics.render(), "apparate_requests_total", protocol="grpc", code="disconnected") > 0,
+        what="the gRPC disconnect to be counted",
     )
     gate.open()
     wait_until(lambda: srv.service.inflight == 0, what="the abandoned requests to be dropped")

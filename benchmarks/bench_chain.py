@@ -4,7 +4,7 @@ against the unsplit model through the vanilla executor, at batch 1 and 8 (issue 
     python benchmarks/bench_chain.py --engine-dir out/cv --data data/cv/eval.npz \
         [--ramps 1,2,4] [--batches 1,8] [--rounds 200] [--threads N] [--out FILE]
 
-Both paths are the real runtime (``Executor.run_batch`` and ``VanillaExecutor.run_batch``), same
+Both paths are the real runtime (``Executor.run_batch``, unconfigured for the unsplit model), same
 inputs, measured in interleaved rounds (vanilla, then every chain, repeated) so that machine drift
 hits them alike; each cell is the median batch latency in ms. Active sites are spread evenly over
 the model's sites. Goal (issue 3): at most 3% slower than the
@@ -26,7 +26,6 @@ import numpy as np
 from apparate_trt.data import load_inputs
 from apparate_trt.engine_dir import read_manifest
 from apparate_trt.runtime.executor import Executor
-from apparate_trt.runtime.vanilla import VanillaExecutor
 
 GOAL_OVERHEAD_2_RAMPS = 0.03  # fraction: at most 3% slower than the unsplit model
 
@@ -66,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     manifest = read_manifest(args.engine_dir)
     data = load_inputs(args.data, manifest.model.inputs, min_samples=max(int(b) for b in args.batches.split(",")))
     useful = [s.id for s in manifest.sites]
-    vanilla = VanillaExecutor(manifest, threads=args.threads)
+    vanilla = Executor(manifest, threads=args.threads)  # never configured: the unsplit model
     chains: dict[str, Executor] = {}
     for k in (int(x) for x in args.ramps.split(",")):
         sites = spread_sites(useful, k)

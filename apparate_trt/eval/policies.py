@@ -17,17 +17,19 @@ patience (PABEE)
 oracle (optimal exiting)
     Every input exits at the earliest site whose ramp agrees with the model's final output, at no
     ramp cost. It needs each input's answer in advance: :func:`stream_oracle` runs all ramps and the
-    model over the stream once, offline; :class:`OracleExecutor` then serves the model split at
-    every site with NO ramps on the path, and releases each input (identified by its request
-    ``tag``, its index in the stream) right after the segment of its oracle site. Its latency is
-    measured on the real chain, like every other system's.
+    model over the stream once, offline; the executor then serves the model split at every site
+    with NO ramps on the path (:class:`OracleRule`), and releases each input (identified by its
+    request ``tag``, its index in the stream) right after the segment of its oracle site. Its
+    latency is measured on the real chain, like every other system's.
+
+Each policy names its active sites, thresholds, exit rule and exit mode; ``load`` serves it on the
+same :class:`~apparate_trt.runtime.executor.Executor` as Apparate, without a controller.
 
 Latencies in ms; confidences are max softmax probabilities (the bootstrap statistics' kind).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -39,9 +41,7 @@ from apparate_trt.defaults import SEARCH_MIN_STEP
 from apparate_trt.engine_dir import Manifest
 from apparate_trt.errors import ApparateError
 from apparate_trt.latency import LatencyModel
-from apparate_trt.runtime.compaction import compact, dynamic_batch_inputs
-from apparate_trt.runtime.executor import BatchOutcome, Executor, ReleaseFn, final_predictions, release_final
-from apparate_trt.runtime.vanilla import FixedExecutorBase, rampless_outcome
+from apparate_trt.runtime.executor import final_predictions
 
 SHARED_GRID = np.unique(np.concatenate([np.round(np.linspace(0.0, 1.0, 201), 6), np.geomspace(1e-6, 0.005, 25)]))
 """Thresholds tried by the shared-threshold grid search: steps of 0.005, plus 25 log-spaced values
@@ -206,31 +206,69 @@ def stream_oracle(
 
 # ------------------------------------------------------------------------------ exit rules
 class PatienceRule:
-    """PABEE's exit rule for :class:`Executor`: exit once ``patience`` consecutive active ramps
+    """PABEE's exit rule for :class:`~apparate_trt.runtime.executor.Executor`: exit once ``patience`` consecutive active ramps
     (this one included) gave the same argmax. Thresholds are ignored."""
+
+    runs_ramps = True
 
     def __init__(self, patience: int) -> None:
         if int(patience) < 1:
             raise ApparateError(f"patience must be at least 1 ramp, got {patience}")
         self.patience = int(patience)
-        self._prev: np.ndarray | None = None
+        self._prev = np.zeros(0, dtype=np.int32)
         self._run = np.zeros(0, dtype=np.int64)
 
     def begin_batch(self, n: int, tags: Sequence[object] | None) -> None:
         """Forget the previous batch's predictions."""
-        self._prev = None
+        self._prev = np.full(n, -1, dtype=np.int32)  # no class is -1: the first ramp starts a run of 1
         self._run = np.zeros(n, dtype=np.int64)
 
     def decide(
-        self, site: int, logits: np.ndarray, threshold: float, done: np.ndarray, kind: str
+        self, site: int, logits: np.ndarray | None, threshold: float, done: np.ndarray, kind: str, rows: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Count agreeing consecutive ramps; inputs reaching ``patience`` exit (``done`` is updated)."""
         conf, pred = _core.confidence(logits, kind)
-        self._run = self._run + 1 if self._prev is None else np.where(pred == self._prev, self._run + 1, 1)
-        self._prev = pred
-        newly = ((self._run >= self.patience) & (done == 0)).astype(np.uint8)
+        run = np.where(pred == self._prev[rows], self._run[rows] + 1, 1)
+        self._run[rows], self._prev[rows] = run, pred
+        newly = ((run >= self.patience) & (done == 0)).astype(np.uint8)
         done[newly.astype(bool)] = 1
         return conf, pred, newly
+
+
+class OracleRule:
+    """The oracle's exit rule for :class:`~apparate_trt.runtime.executor.Executor`: no ramp runs; each tagged input (its tag is its
+    index in the stream) exits right after the segment of its oracle site, released as the one-hot
+    row of the model's own answer. Untagged inputs, and inputs no ramp agrees on, reach the end."""
+
+    runs_ramps = False
+
+    def __init__(self, oracle: StreamOracle) -> None:
+        self.oracle = oracle
+        self._site = np.zeros(0, dtype=np.int32)
+        self._pred = np.zeros(0, dtype=np.int32)
+
+    def begin_batch(self, n: int, tags: Sequence[object] | None) -> None:
+        """Look up each tagged input's oracle site and answer (ApparateError for a tag outside the stream)."""
+        self._site = np.full(n, -1, dtype=np.int32)
+        self._pred = np.zeros(n, dtype=np.int32)
+        stream = self.oracle.site.shape[0]
+        for i, tag in enumerate(tags or ()):
+            if tag is None:
+                continue
+            k = int(tag)  # type: ignore[call-overload]
+            if not 0 <= k < stream:
+                raise ApparateError(
+                    f"oracle tag {k} is outside the stream (0..{stream - 1}); tag requests with their stream index"
+                )
+            self._site[i], self._pred[i] = self.oracle.site[k], self.oracle.final_pred[k]
+
+    def decide(
+        self, site: int, logits: np.ndarray | None, threshold: float, done: np.ndarray, kind: str, rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The rows whose oracle site is ``site`` exit (confidence 1), with the model's answer."""
+        newly = ((self._site[rows] == site) & (done == 0)).astype(np.uint8)
+        done[newly.astype(bool)] = 1
+        return newly.astype(np.float32), self._pred[rows].copy(), newly
 
 
 # ------------------------------------------------------------------------------ policies
@@ -242,12 +280,12 @@ class FixedThresholdPolicy:
     sites: list[int]
     thresholds: list[float]
     bootstrap_accuracy: float = 1.0
+    exit_mode: str = "release"
+    audit_rate: float = 1.0
 
-    def build_executor(self, manifest: Manifest, threads: int | None, confidence: str) -> Executor:
-        """An :class:`Executor` configured once (plan built before serving)."""
-        executor = Executor(manifest, threads, confidence)
-        executor.configure(self.sites, self.thresholds, wait=True)
-        return executor
+    def exit_rule(self) -> None:
+        """None: the executor's threshold rule."""
+        return None
 
 
 @dataclass
@@ -258,17 +296,23 @@ class PatiencePolicy:
     sites: list[int]
     patience: int
     bootstrap_accuracy: float = 1.0
+    exit_mode: str = "release"
+    audit_rate: float = 1.0
 
-    def build_executor(self, manifest: Manifest, threads: int | None, confidence: str) -> Executor:
-        """An :class:`Executor` with :class:`PatienceRule`, every ramp active."""
-        executor = Executor(manifest, threads, confidence, exit_rule=PatienceRule(self.patience))
-        executor.configure(self.sites, [0.0] * len(self.sites), wait=True)
-        return executor
+    @property
+    def thresholds(self) -> list[float]:
+        """Unused by the patience rule (0 per site)."""
+        return [0.0] * len(self.sites)
+
+    def exit_rule(self) -> PatienceRule:
+        """A fresh :class:`PatienceRule`."""
+        return PatienceRule(self.patience)
 
 
 @dataclass
 class OraclePolicy:
-    """Serves ``oracle`` (from :func:`stream_oracle`) on the model split at every site, no ramps.
+    """Serves ``oracle`` (from :func:`stream_oracle`) on the model split at every site, no ramps
+    (:class:`OracleRule`).
 
     ``exit_mode="skip"``: the skip oracle, whose rows leave the batch at their oracle site (no
     audits: the oracle needs no feedback), the limit of skip mode."""
@@ -276,10 +320,21 @@ class OraclePolicy:
     oracle: StreamOracle
     name: str = "oracle"
     exit_mode: str = "release"
+    audit_rate: float = 0.0
 
-    def build_executor(self, manifest: Manifest, threads: int | None, confidence: str) -> OracleExecutor:
-        """An :class:`OracleExecutor` (``confidence`` is unused: no ramps run)."""
-        return OracleExecutor(manifest, self.oracle, threads, skip=self.exit_mode == "skip")
+    @property
+    def sites(self) -> list[int]:
+        """Every site: the engine's finest segments."""
+        return list(range(int(self.oracle.ramp_pred.shape[0])))
+
+    @property
+    def thresholds(self) -> list[float]:
+        """Unused by the oracle rule (0 per site)."""
+        return [0.0] * len(self.sites)
+
+    def exit_rule(self) -> OracleRule:
+        """A fresh :class:`OracleRule` on this oracle."""
+        return OracleRule(self.oracle)
 
 
 def _all_sites(manifest: Manifest) -> list[int]:
@@ -322,95 +377,3 @@ def patience_policy(manifest: Manifest, constraint: float = 0.01) -> PatiencePol
     view = bootstrap_view(manifest)
     t, acc = tune_patience(view.ramp_pred, view.final_pred, constraint)
     return PatiencePolicy("patience", sites, t, acc)
-
-
-# ------------------------------------------------------------------------------ oracle executor
-class OracleExecutor(FixedExecutorBase):
-    """The model split at every site (the engine's finest segments), no ramps; each tagged input is
-    released right after the segment of its oracle site with its precomputed final argmax (a one-hot
-    row). Untagged inputs, and inputs no ramp agrees on, are released by the final output.
-    ``skip=True``: a released row leaves the batch at once (its early result is its last)."""
-
-    accepts_tags = True
-
-    def __init__(
-        self, manifest: Manifest, oracle: StreamOracle, threads: int | None = None, skip: bool = False
-    ) -> None:
-        self.manifest = manifest
-        self.oracle = oracle
-        self.skip = bool(skip)
-        self._stages = [
-            (
-                open_runner(manifest.path(s.file), threads=threads, name=f"segment {s.file}"),
-                list(s.outputs),
-                s.ends_at_site,
-            )
-            for s in manifest.segments
-        ]
-        self._rows = np.eye(manifest.model.num_classes, dtype=np.float32)
-        batch = {spec.name for spec in manifest.model.inputs}
-        for runner, _, _ in self._stages:
-            batch |= dynamic_batch_inputs(runner.inputs)[0]
-        self._batch_names = batch
-
-    def _targets(self, n: int, tags: Sequence[object] | None) -> tuple[np.ndarray, np.ndarray]:
-        site = np.full(n, -1, dtype=np.int32)
-        pred = np.full(n, -1, dtype=np.int32)
-        if tags is not None:
-            for i, tag in enumerate(tags):
-                if tag is not None:
-                    k = int(tag)  # type: ignore[call-overload]
-                    if not 0 <= k < self.oracle.site.shape[0]:
-                        raise ApparateError(
-                            f"oracle tag {k} is outside the stream (0..{self.oracle.site.shape[0] - 1}); tag requests with their stream index"
-                        )
-                    site[i], pred[i] = self.oracle.site[k], self.oracle.final_pred[k]
-        return site, pred
-
-    def run_batch(
-        self, inputs: Mapping[str, np.ndarray], on_release: ReleaseFn, tags: Sequence[object] | None = None
-    ) -> BatchOutcome:
-        """Run the finest segments; release each input after its oracle site's segment."""
-        t_start = time.monotonic()
-        n = int(next(iter(inputs.values())).shape[0])
-        target, pred = self._targets(n, tags)
-        env: dict[str, np.ndarray] = dict(inputs)
-        segments_ms = np.zeros(len(self._stages), dtype=np.float64)
-        alive = np.arange(n)  # original indices of the rows still in the batch
-        for k, (runner, outputs, site) in enumerate(self._stages):
-            if alive.size == 0:
-                break
-            t0 = time.perf_counter()
-            env.update(runner.run(env, outputs))
-            segments_ms[k] = (time.perf_counter() - t0) * 1000.0
-            if site is None:
-                continue
-            leaving = target[alive] == site
-            exiting = alive[leaving]
-            if exiting.size:
-                t_release = time.monotonic()
-                for i in exiting:
-                    if self.skip:
-                        on_release(int(i), self._rows[pred[i]], int(pred[i]), site, t_release, last=True)
-                    else:
-                        on_release(int(i), self._rows[pred[i]], int(pred[i]), site, t_release)
-                if self.skip:
-                    kept = np.flatnonzero(~leaving)
-                    env = compact(env, kept, self._batch_names, alive.size)
-                    alive = alive[kept]
-        if not self.skip:
-            logits = np.ascontiguousarray(env[self.manifest.model.output], dtype=np.float32)
-            final = final_predictions(logits)
-            t_end = release_final(logits, final, on_release)
-            return rampless_outcome(logits, final, target, segments_ms, t_start, t_end)
-        logits = np.zeros((n, self.manifest.model.num_classes), dtype=np.float32)
-        final = np.full(n, -1, dtype=np.int32)
-        t_end = time.monotonic()
-        if alive.size:
-            logits[alive] = np.ascontiguousarray(env[self.manifest.model.output], dtype=np.float32)
-            final[alive] = final_predictions(logits[alive])
-            for i in alive:
-                on_release(int(i), logits[i], int(final[i]), None, t_end)
-        outcome = rampless_outcome(logits, final, target, segments_ms, t_start, t_end)
-        outcome.skipped = np.isin(np.arange(n), alive, invert=True)
-        return outcome

@@ -47,8 +47,7 @@ from apparate_trt.runtime.batching import (
 from apparate_trt.runtime.compaction import check_exit_mode
 from apparate_trt.runtime.control.controller import Controller
 from apparate_trt.runtime.control.loop import ControlLoop
-from apparate_trt.runtime.executor import BatchExecutor, BatchOutcome, Executor, check_confidence_kind
-from apparate_trt.runtime.vanilla import VanillaExecutor
+from apparate_trt.runtime.executor import BatchOutcome, Executor, ExitRule, check_confidence_kind
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +66,22 @@ __all__ = [
 
 
 class ServingPolicy(Protocol):
-    """A fixed exit policy for :func:`load`: builds the executor it serves with (no controller)."""
+    """A fixed exit policy for :func:`load` (no controller): what the one :class:`Executor` serves
+    with. Its active sites and thresholds never change at run time."""
 
     name: str
+    """The engine's ``mode`` (e.g. ``static-shared``, ``oracle``)."""
+    sites: Sequence[int]
+    """Active sites."""
+    thresholds: Sequence[float]
+    """One per active site (0: never exits; ignored by rules that use no thresholds)."""
+    exit_mode: str
+    """``release`` or ``skip``."""
+    audit_rate: float
+    """Skip mode: probability in [0, 1] that a released row still runs on (0: no audits)."""
 
-    def build_executor(self, manifest: Manifest, threads: int | None, confidence: str) -> BatchExecutor:
-        """The configured executor (its active sites and thresholds never change at run time)."""
+    def exit_rule(self) -> ExitRule | None:
+        """The exit rule (None: the threshold rule)."""
         ...
 
 
@@ -242,7 +251,7 @@ class Engine:
     def __init__(
         self,
         manifest: Manifest,
-        executor: BatchExecutor,
+        executor: Executor,
         controller: Controller | None,
         *,
         mode: str,
@@ -260,9 +269,7 @@ class Engine:
         self.executor = executor
         self.controller = controller
         self.timeout_ms = timeout_ms
-        self.overload_fallback = (
-            bool(overload_fallback) and controller is not None and getattr(executor, "runs_unsplit", False)
-        )
+        self.overload_fallback = bool(overload_fallback) and controller is not None
         """True when a batch dispatched with a full batch still waiting runs unsplit (see :func:`load`)."""
         self._ids = itertools.count()
         self._failed = 0
@@ -306,8 +313,8 @@ class Engine:
         the final result always comes.
         ``timeout_ms`` (default: the engine's) bounds the time the request may wait in the queue;
         past it the request is not run and its futures get :class:`RequestTimeoutError`.
-        ``tag`` (any object, e.g. the sample's index in a stream) reaches executors that accept
-        tags (``accepts_tags``), such as the oracle baseline of ``apparate_trt.eval.policies``.
+        ``tag`` (any object, e.g. the sample's index in a stream) reaches the exit rule's
+        ``begin_batch``: the oracle baseline of ``apparate_trt.eval.policies`` reads it.
 
         Raises:
             ApparateError: the sample is invalid (nothing is queued; other requests are unaffected).
@@ -358,7 +365,7 @@ class Engine:
             options: dict[str, Any] = {}
             if unsplit:
                 options["unsplit"] = True
-            elif getattr(self.executor, "accepts_tags", False) and any(req.tag is not None for req in group):
+            elif any(req.tag is not None for req in group):
                 options["tags"] = [req.tag for req in group]
             if self.exit_mode == "skip" and not unsplit and any(req.wait_final for req in group):
                 options["wait_final"] = [req.wait_final for req in group]
@@ -379,13 +386,10 @@ class Engine:
 
     def _count_rows(self, outcome: BatchOutcome) -> None:
         """Add the batch's early releases, audits, skips and compute saved to the engine's counters."""
-        exit_site = getattr(outcome, "exit_site", None)
-        if exit_site is not None:
-            self._rows["released"] += int(np.count_nonzero(np.asarray(exit_site) >= 0))
-        skipped = getattr(outcome, "skipped_count", 0)
-        self._rows["skipped"] += int(skipped)
-        self._rows["audited"] += int(getattr(outcome, "audited", 0))
-        self._compute_saved_ms += float(getattr(outcome, "compute_saved_ms", 0.0))
+        self._rows["released"] += int(np.count_nonzero(outcome.exit_site >= 0))
+        self._rows["skipped"] += outcome.skipped_count
+        self._rows["audited"] += int(outcome.audited)
+        self._compute_saved_ms += float(outcome.compute_saved_ms)
 
     def _deliver(
         self, req: _Request, row: np.ndarray, pred: int, site: int | None, t_release: float, last: bool = False
@@ -435,9 +439,8 @@ class Engine:
         controller = self.controller
         assert controller is not None
         config = controller.observe_batches(outcomes, t)
-        rate = getattr(controller, "audit_rate", None)
-        if self.exit_mode == "skip" and rate is not None:
-            self.executor.set_audit_rate(rate)  # type: ignore[attr-defined]
+        if self.exit_mode == "skip":
+            self.executor.set_audit_rate(controller.audit_rate)
         return config
 
     def _observe(self, outcome: BatchOutcome) -> None:
@@ -476,7 +479,7 @@ class Engine:
             "audited_rows": self._rows["audited"],
             "skipped_rows": self._rows["skipped"],
             "compute_saved_ms": self._compute_saved_ms,
-            "audit_rate": getattr(self.executor, "audit_rate", None) if self.exit_mode == "skip" else None,
+            "audit_rate": self.executor.audit_rate if self.exit_mode == "skip" else None,
             "active_sites": active,
             "thresholds": {site: thresholds.get(site, 0.0) for site in active},
             "feedback_dropped": self._control.dropped if self._control is not None else 0,
@@ -567,13 +570,17 @@ def load(
     if overload_fallback is None:
         overload_fallback = exit_mode == "release"
     controller: Controller | None = None
-    executor: BatchExecutor
     if policy is not None:
-        executor = policy.build_executor(manifest, threads, confidence)
-        mode = policy.name
-        exit_mode = getattr(policy, "exit_mode", "release")
+        mode, exit_mode = policy.name, check_exit_mode(policy.exit_mode)
+        executor = Executor(manifest, threads, confidence, policy.exit_rule(), exit_mode=exit_mode)
+        try:
+            executor.configure(policy.sites, policy.thresholds, wait=True)
+            executor.set_audit_rate(policy.audit_rate)
+        except BaseException:
+            executor.close()
+            raise
     elif mode == "vanilla":
-        executor = VanillaExecutor(manifest, threads)
+        executor = Executor(manifest, threads, confidence)  # never configured: the unsplit model
         exit_mode = "release"
     else:
         executor = Executor(manifest, threads, confidence, exit_mode=exit_mode)

@@ -66,7 +66,7 @@ def compact(env: Mapping[str, np.ndarray], keep: np.ndarray, batch_names: set[st
 def draw_audits(rng: np.random.Generator, exiting: np.ndarray, wait_final: np.ndarray, rate: float) -> np.ndarray:
     """Which of the ``exiting`` rows (original batch indices, int [k]) run on to the end: bool [k].
 
-    Each is audited with probability ``rate`` (0 < rate <= 1), and always when ``wait_final`` (bool
+    Each is audited with probability ``rate`` (0 <= rate <= 1), and always when ``wait_final`` (bool
     [batch]) marks its request as waiting for the final answer.
     """
     if exiting.size == 0:

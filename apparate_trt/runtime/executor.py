@@ -21,6 +21,11 @@ always runs to the end (exits never shrink it), then every input's final output 
 ramps run on the compacted batch (``runtime.compaction``), a skipped row's early result is its
 last, and the outcome weighs each audited row by ``1 / audit_rate`` so that the controller's
 feedback stays unbiased.
+
+One executor serves every system: the adaptive controller configures its plan and thresholds;
+vanilla is the unsplit plan (never configured: the original model in one session); the fixed
+baselines of ``apparate_trt.eval.policies`` are a plan and an :class:`ExitRule` (static
+thresholds, PABEE's patience, the oracle, which reads precomputed answers instead of ramps).
 """
 
 from __future__ import annotations
@@ -105,40 +110,27 @@ class BatchOutcome:
         return [int(s) for s in self.site_ids]
 
 
-class BatchExecutor(Protocol):
-    """What the API needs from an executor (apparate or vanilla)."""
-
-    manifest: Manifest
-
-    def configure(self, active_sites: Sequence[int], thresholds: Sequence[float], *, wait: bool = False) -> None: ...
-
-    def wait_ready(self, timeout_s: float | None = None) -> None: ...
-
-    def run_batch(self, inputs: Mapping[str, np.ndarray], on_release: ReleaseFn) -> BatchOutcome: ...
-
-    @property
-    def active_sites(self) -> list[int]: ...
-
-    @property
-    def thresholds(self) -> dict[int, float]: ...
-
-    def close(self) -> None: ...
-
-
 # ------------------------------------------------------------------------------------------ helpers
 class ExitRule(Protocol):
-    """Decides, after each active ramp of a batch, which not-yet-released inputs exit there.
+    """Decides, after each active site of a batch, which not-yet-released inputs exit there.
 
-    The executor calls ``begin_batch`` once per batch (``tags``: one per input, or None when the
-    caller gave none), then ``decide`` after each active ramp, in execution order.
+    The executor calls ``begin_batch`` once per batch (``n`` inputs; ``tags``: one per input, or
+    None when the caller gave none), then ``decide`` after each active site, in execution order,
+    on the rows still in the batch: ``rows`` are their indices in the batch as it began (skip mode
+    drops released rows, so a rule that keeps per-input state indexes it by ``rows``).
     """
+
+    runs_ramps: bool
+    """True: the site's ramp runs and ``decide`` gets its logits; False: no ramp runs (``logits``
+    is None) and an exiting row is released as the one-hot row of its ``pred``."""
 
     def begin_batch(self, n: int, tags: Sequence[object] | None) -> None: ...
 
     def decide(
-        self, site: int, logits: np.ndarray, threshold: float, done: np.ndarray, kind: str
+        self, site: int, logits: np.ndarray | None, threshold: float, done: np.ndarray, kind: str, rows: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Return ``(conf float32[n], pred int32[n], newly uint8[n])`` and set ``done[newly] = 1``."""
+        """Return ``(conf float32[m], pred int32[m], newly uint8[m])`` for the ``m`` rows and set
+        ``done[newly] = 1``."""
         ...
 
 
@@ -146,11 +138,13 @@ class ThresholdRule:
     """The default exit rule (DESIGN.md): an input exits at the first active ramp where
     ``1 - confidence < threshold`` (the C core's ``ramp_exits``)."""
 
+    runs_ramps = True
+
     def begin_batch(self, n: int, tags: Sequence[object] | None) -> None:
         """Stateless: nothing to reset."""
 
     def decide(
-        self, site: int, logits: np.ndarray, threshold: float, done: np.ndarray, kind: str
+        self, site: int, logits: np.ndarray | None, threshold: float, done: np.ndarray, kind: str, rows: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The C core's decision for one ramp (marks the exiting inputs in ``done``)."""
         return _core.ramp_exits(logits, threshold, done, kind)
@@ -392,17 +386,12 @@ class Executor:
         exit_rule: decides the exits after each ramp (default :class:`ThresholdRule`; e.g. the
             patience rule of ``apparate_trt.eval.policies``).
         exit_mode: ``release`` (every row runs to the end) or ``skip`` (released rows leave the
-            batch but for an audit sample drawn at :attr:`audit_rate`; needs the default exit rule).
+            batch but for an audit sample drawn at :attr:`audit_rate`).
         audit_seed: seed of the audit draws (None: fresh entropy).
 
-    The initial plan has no active ramps (the unsplit model) until :meth:`configure` is called.
-    One thread runs batches; :meth:`configure` may be called from any thread.
+    The initial plan has no active ramps (the unsplit model: vanilla) until :meth:`configure` is
+    called. One thread runs batches; :meth:`configure` may be called from any thread.
     """
-
-    accepts_tags = True
-    """``run_batch`` takes per-input ``tags`` (the API passes each request's ``tag``)."""
-    runs_unsplit = True
-    """``run_batch`` takes ``unsplit=True`` (the engine's overload fallback)."""
 
     def __init__(
         self,
@@ -417,11 +406,8 @@ class Executor:
         self.manifest = manifest
         self.confidence = check_confidence_kind(confidence)
         self.exit_mode = check_exit_mode(exit_mode)
-        if exit_mode == "skip" and exit_rule is not None:
-            raise ApparateError(
-                "skip mode needs the default threshold exit rule (a custom rule keeps per-row state); use exit_mode='release'"
-            )
         self.exit_rule: ExitRule = exit_rule or ThresholdRule()
+        self._one_hot = np.eye(manifest.model.num_classes, dtype=np.float32)
         self.audit_rate = 1.0
         """Probability (0, 1] that a row a ramp releases runs on to the end in skip mode (the
         controller sets it, :meth:`set_audit_rate`)."""
@@ -464,11 +450,12 @@ class Executor:
             self._plan = plan
 
     def set_audit_rate(self, rate: float) -> None:
-        """Set the probability (0 < rate <= 1) with which a released row is audited in skip mode;
-        applies from the next batch."""
+        """Set the probability (0 <= rate <= 1) with which a released row is audited in skip mode;
+        applies from the next batch. 0: never (a fixed policy that needs no feedback, such as the
+        oracle; the controller keeps it at least ``MIN_AUDIT_RATE``)."""
         rate = float(rate)
-        if not 0.0 < rate <= 1.0:
-            raise ApparateError(f"audit rate must be in (0, 1], got {rate}")
+        if not 0.0 <= rate <= 1.0:
+            raise ApparateError(f"audit rate must be in [0, 1], got {rate}")
         self.audit_rate = rate
 
     def rebuild_plan(self, active_sites: Sequence[int]) -> None:
@@ -666,8 +653,11 @@ class Executor:
         ran = [self._builder.profiled_stage_ms(active, int(k))[i] for i, k in enumerate(rows_run)]
         return float(max(0.0, full.sum() - float(np.sum(ran))))
 
-    def _ramp_logits(self, site: int, env: Mapping[str, np.ndarray]) -> np.ndarray:
-        """The ramp of ``site`` run on the environment: float32 logits [rows, classes]."""
+    def _ramp_logits(self, site: int, env: Mapping[str, np.ndarray]) -> np.ndarray | None:
+        """The ramp of ``site`` run on the environment: float32 logits [rows, classes]; None when
+        the exit rule runs no ramps."""
+        if not self.exit_rule.runs_ramps:
+            return None
         entry = self.manifest.ramps[site]
         raw = self._builder.ramp(site).run(env, [entry.output])[entry.output]
         return _float32_logits(raw, f"ramp {site} output '{entry.output}'")
@@ -691,7 +681,7 @@ class Executor:
         alive = rows.alive
         logits = self._ramp_logits(site, env)
         sub_done = done[alive]
-        c, pred, newly = self.exit_rule.decide(site, logits, threshold, sub_done, self.confidence)
+        c, pred, newly = self.exit_rule.decide(site, logits, threshold, sub_done, self.confidence, alive)
         done[alive] = sub_done
         conf_out[alive] = c
         pred_out[alive] = pred
@@ -702,12 +692,13 @@ class Executor:
         exit_site[exiting] = site
         audited = draw_audits(self._rng, exiting, rows.wait_final, rows.rate)
         rows.mark(exiting, audited)
+        released = self._released_rows(logits, pred)
         t_release = time.monotonic()
         for pos, i, keep in zip(positions, exiting, audited):
             if keep:
-                on_release(int(i), logits[pos], int(pred[pos]), site, t_release)
+                on_release(int(i), released[pos], int(pred[pos]), site, t_release)
             else:
-                on_release(int(i), logits[pos], int(pred[pos]), site, t_release, last=True)
+                on_release(int(i), released[pos], int(pred[pos]), site, t_release, last=True)
         if audited.all():
             return env
         stay = np.ones(alive.size, dtype=bool)
@@ -729,16 +720,26 @@ class Executor:
     ) -> None:
         """Run one ramp, decide its exits (marking ``done``) and release each exiting input."""
         logits = self._ramp_logits(site, env)
-        conf, pred, newly = self.exit_rule.decide(site, logits, threshold, done, self.confidence)
+        conf, pred, newly = self.exit_rule.decide(site, logits, threshold, done, self.confidence, self._all_rows(done))
         conf_out[:] = conf
         pred_out[:] = pred
         exiting = np.flatnonzero(newly)
         if exiting.size == 0:
             return
         exit_site[exiting] = site
+        released = self._released_rows(logits, pred)
         t_release = time.monotonic()
         for i in exiting:
-            on_release(int(i), logits[i], int(pred[i]), site, t_release)
+            on_release(int(i), released[i], int(pred[i]), site, t_release)
+
+    def _released_rows(self, logits: np.ndarray | None, pred: np.ndarray) -> np.ndarray:
+        """The output rows an exit releases: the ramp's logits, or one-hot rows of ``pred`` when
+        the exit rule runs no ramps."""
+        return logits if logits is not None else self._one_hot[np.clip(pred, 0, self._one_hot.shape[0] - 1)]
+
+    @staticmethod
+    def _all_rows(done: np.ndarray) -> np.ndarray:
+        return np.arange(done.shape[0])
 
     def close(self) -> None:
         """Stop the background builder (sessions are freed with the executor)."""
@@ -763,7 +764,8 @@ class _Rows:
         """Record the fate of rows that exit at a ramp: skipped ones weigh 0, audited ones 1 / rate
         (a wait-final row was kept for sure: it weighs 1)."""
         sampled = exiting[audited & ~self.wait_final[exiting]]
-        self.weights[sampled] = 1.0 / self.rate
+        if sampled.size:  # none at rate 0
+            self.weights[sampled] = 1.0 / self.rate
         self.weights[exiting[~audited]] = 0.0
         self.skipped[exiting[~audited]] = True
         self.audited += int(sampled.size)

@@ -171,3 +171,31 @@ def test_oracle_refuses_a_tag_outside_the_stream(resnet):
         handle = engine.submit(resnet.sample(0), tag=99)
         with pytest.raises(ApparateError, match="outside the stream"):
             handle.final.result(WAIT_S)
+
+
+def test_the_skip_oracle_releases_at_the_same_sites_and_its_rows_leave_the_batch(resnet):
+    oracle = policies.stream_oracle(resnet.manifest, resnet.inputs, batch_size=5, threads=THREADS)
+    policy = policies.OraclePolicy(oracle, name="oracle-skip", exit_mode="skip")
+    with load(resnet.engine_dir, policy=policy, threads=THREADS, max_batch=4, max_delay_ms=20.0) as engine:
+        assert engine.exit_mode == "skip" and engine.executor.audit_rate == 0.0
+        handles = [engine.submit(resnet.sample(i), tag=i) for i in range(resnet.n)]
+        early = [h.early.result(WAIT_S) for h in handles]
+        final = [h.final.result(WAIT_S) for h in handles]
+        stats = engine.stats()
+    for i in range(resnet.n):
+        exits = oracle.site[i] >= 0
+        assert early[i].exit_site == (int(oracle.site[i]) if exits else None)
+        assert final[i].skipped == exits  # no audits: every released row left the batch
+        assert early[i].pred == oracle.final_pred[i]
+    assert stats["skipped_rows"] == int((oracle.site >= 0).sum()) and stats["audited_rows"] == 0
+
+
+def test_patience_in_skip_mode_exits_where_it_does_in_release_mode(bert):
+    sites = [s.id for s in bert.manifest.sites]
+    release = policies.PatiencePolicy("patience", sites, patience=2)
+    skip = policies.PatiencePolicy("patience-skip", sites, patience=2, exit_mode="skip", audit_rate=0.0)
+    early_release, _ = _serve(bert, release)
+    early_skip, final_skip = _serve(bert, skip)
+    assert [r.exit_site for r in early_skip] == [r.exit_site for r in early_release]
+    assert [r.pred for r in early_skip] == [r.pred for r in early_release]
+    assert any(r.skipped for r in final_skip)  # rows left the batch: the rule followed them by index

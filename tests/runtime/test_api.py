@@ -23,6 +23,9 @@ class FixedController:
 
     events: list = []
     threshold_history: list = []
+    events_dropped = history_dropped = 0
+    last_observation = None
+    audit_rate = 1.0  # skip mode: every released row is audited
 
     def __init__(self, switch_to=None) -> None:
         self.switch_to = switch_to

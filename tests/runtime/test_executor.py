@@ -12,7 +12,6 @@ from apparate_trt.backends import open_runner
 from apparate_trt.errors import ApparateError
 from apparate_trt.runtime import executor as executor_module
 from apparate_trt.runtime.executor import Executor
-from apparate_trt.runtime.vanilla import VanillaExecutor
 
 
 @dataclass
@@ -237,15 +236,16 @@ def test_side_tensors_flow_to_later_segments(bert):
         executor.close()
 
 
-def test_vanilla_executor_equals_the_original_model(resnet):
-    vanilla = VanillaExecutor(resnet.manifest, threads=THREADS)
+def test_an_unconfigured_executor_is_vanilla_the_original_model_in_one_session(resnet):
+    vanilla = Executor(resnet.manifest, threads=THREADS)
     releases = Releases()
     outcome = vanilla.run_batch(resnet.batch(7), releases)
     assert_same_output(outcome.final_logits, resnet.reference[:7])
     assert not releases.early() and len(releases.final()) == 7
     assert outcome.site_ids.size == 0 and outcome.confidence.shape == (0, 7)
-    vanilla.configure([0], [1.0])  # ignored: no ramps in vanilla mode
-    assert vanilla.active_sites == []
+    assert vanilla.active_sites == [] and len(vanilla._plan.stages) == 1
+    assert vanilla._plan.stages[0].runner.name.startswith("model")
+    vanilla.close()
 
 
 @pytest.mark.parametrize(

@@ -166,21 +166,23 @@ def _cast(name: str, value: np.ndarray, target: np.dtype) -> np.ndarray:
     )
 
 
-def _check_shape(spec: TensorSpec, value: np.ndarray, symbols: dict[str, int]) -> None:
-    """One sample's shape against the spec without its batch axis; symbolic dims must agree."""
+def _check_shape(spec: TensorSpec, shape: tuple[int, ...], symbols: dict[str, int], sample: bool) -> None:
+    """One sample's ``shape`` against the spec without its batch axis; symbolic dims must agree.
+    ``sample``: the caller gave one sample (the hint then says to leave the batch axis out)."""
     expected = spec.shape[1:]
     shown = [d if isinstance(d, int) else str(d) for d in expected]
-    if value.ndim != len(expected):
-        hint = " (give ONE sample, without the batch axis)" if value.ndim == len(expected) + 1 else ""
-        raise ApparateError(f"input '{spec.name}' has shape {list(value.shape)}, expected {shown}{hint}")
-    for axis, (dim, size) in enumerate(zip(expected, value.shape)):
+    where = "has shape" if sample else "has samples of shape"
+    if len(shape) != len(expected):
+        hint = " (give ONE sample, without the batch axis)" if sample and len(shape) == len(expected) + 1 else ""
+        raise ApparateError(f"input '{spec.name}' {where} {list(shape)}, expected {shown}{hint}")
+    for axis, (dim, size) in enumerate(zip(expected, shape)):
         if isinstance(dim, int) and dim > 0:
             if size != dim:
                 raise ApparateError(
-                    f"input '{spec.name}' has shape {list(value.shape)}, expected {shown} (axis {axis} must be {dim})"
+                    f"input '{spec.name}' {where} {list(shape)}, expected {shown} (axis {axis} must be {dim})"
                 )
         elif size < 1:
-            raise ApparateError(f"input '{spec.name}' has an empty axis {axis} (shape {list(value.shape)})")
+            raise ApparateError(f"input '{spec.name}' has an empty axis {axis} (sample shape {list(shape)})")
         elif isinstance(dim, str) and dim:
             seen = symbols.setdefault(dim, size)
             if seen != size:
@@ -189,24 +191,34 @@ def _check_shape(spec: TensorSpec, value: np.ndarray, symbols: dict[str, int]) -
                 )
 
 
-def validate_sample(specs: Sequence[TensorSpec], inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Check one sample against the model's inputs; return C-contiguous arrays of the model's dtypes.
-
-    Raises ApparateError naming the problem: not a mapping, missing or unknown input names, a shape
-    that does not match (without the batch axis), a dtype that cannot be cast safely, NaN or inf.
-    """
+def _check_names(specs: Sequence[TensorSpec], inputs: Any) -> None:
     if not isinstance(inputs, Mapping):
         raise ApparateError(f"a request is a dict {{input name: array}}, got {type(inputs).__name__}")
     names = [s.name for s in specs]
-    missing = [n for n in names if n not in inputs]
     unknown = [n for n in inputs if n not in names]
-    if missing or unknown:
-        parts = ([f"missing input(s) {missing}"] if missing else []) + (
-            [f"unknown input(s) {unknown}"] if unknown else []
-        )
-        raise ApparateError(f"{' and '.join(parts)}; this model takes {names}")
+    if unknown:
+        raise ApparateError(f"unknown input '{unknown[0]}' (this model takes {', '.join(names)})")
+    missing = [n for n in names if n not in inputs]
+    if missing:
+        raise ApparateError(f"input '{missing[0]}' is missing (this model takes {', '.join(names)})")
+
+
+def validate_batch(
+    specs: Sequence[TensorSpec], inputs: Mapping[str, Any], *, sample: bool = False
+) -> tuple[dict[str, np.ndarray], int]:
+    """Check a batch (arrays with the batch axis first) against the model's inputs: the one check
+    every request passes, from the Python API and from the server alike. Returns C-contiguous
+    arrays of the model's dtypes and the batch size. ``sample=True``: ``inputs`` are ONE sample
+    each (no batch axis); the arrays returned have a batch axis of 1.
+
+    Raises ApparateError naming the problem: not a mapping, missing or unknown input names, an
+    empty batch or batch sizes that disagree, a shape that does not match, a dtype that cannot be
+    cast safely, NaN or inf.
+    """
+    _check_names(specs, inputs)
     out: dict[str, np.ndarray] = {}
     symbols: dict[str, int] = {}
+    batch: int | None = None
     for spec in specs:
         try:
             value = np.asarray(inputs[spec.name])
@@ -214,12 +226,28 @@ def validate_sample(specs: Sequence[TensorSpec], inputs: Mapping[str, Any]) -> d
             raise ApparateError(f"input '{spec.name}' is not an array ({exc})") from None
         if value.dtype == object:
             raise ApparateError(f"input '{spec.name}' is not a numeric array (dtype object); give a numpy array")
-        _check_shape(spec, value, symbols)
+        if sample:
+            value = value[None, ...]
+        elif value.ndim == 0 or value.shape[0] < 1:
+            raise ApparateError(f"input '{spec.name}' has an empty batch (shape {list(value.shape)}); give a sample")
+        if batch is not None and value.shape[0] != batch:
+            raise ApparateError(
+                f"inputs disagree on the batch size: '{spec.name}' has {value.shape[0]}, another has {batch}"
+            )
+        batch = int(value.shape[0])
+        _check_shape(spec, tuple(value.shape[1:]), symbols, sample)
         value = _cast(spec.name, value, np.dtype(spec.dtype))
         if value.dtype.kind == "f" and not np.isfinite(value).all():
             raise ApparateError(f"input '{spec.name}' holds NaN or infinite values; clean the sample before submitting")
         out[spec.name] = np.ascontiguousarray(value)
-    return out
+    assert batch is not None  # a model has at least one input
+    return out, batch
+
+
+def validate_sample(specs: Sequence[TensorSpec], inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """:func:`validate_batch` of ONE sample (no batch axis): its arrays, without a batch axis."""
+    arrays, _ = validate_batch(specs, inputs, sample=True)
+    return {name: value[0] for name, value in arrays.items()}
 
 
 def _group_by_shape(requests: list[_Request]) -> list[list[_Request]]:
@@ -321,12 +349,57 @@ class Engine:
             OverloadError: the queue is full (retry later).
             BatcherClosedError: the engine is closed.
         """
+        return self._enqueue(inputs, True, on_result, timeout_ms, [tag], wait_final)[0]
+
+    def submit_batch(
+        self,
+        inputs: Mapping[str, Any],
+        on_result: Callable[[Result], None] | None = None,
+        *,
+        timeout_ms: float | None = None,
+        tags: Sequence[Any] | None = None,
+        wait_final: bool = False,
+    ) -> list[RequestHandle]:
+        """Queue a batch of samples (``{input name: array with the batch axis first}``) as one
+        request each, all or none; one handle per sample, in batch order.
+
+        The batch is checked once (:func:`validate_batch`) and each sample is a view of it (no copy);
+        the samples are queued together, so a full queue refuses the whole batch. ``tags``: one per
+        sample (None: untagged); the other arguments as for :meth:`submit`.
+
+        Raises:
+            ApparateError: the batch is invalid (nothing is queued).
+            OverloadError: the queue has no room for every sample (nothing is queued).
+            BatcherClosedError: the engine is closed.
+        """
+        return self._enqueue(inputs, False, on_result, timeout_ms, tags, wait_final)
+
+    def _enqueue(
+        self,
+        inputs: Mapping[str, Any],
+        sample: bool,
+        on_result: Callable[[Result], None] | None,
+        timeout_ms: float | None,
+        tags: Sequence[Any] | None,
+        wait_final: bool,
+    ) -> list[RequestHandle]:
         t_arrival = time.monotonic()
-        sample = validate_sample(self.manifest.model.inputs, inputs)
-        handle = RequestHandle(next(self._ids), t_arrival)
+        arrays, n = validate_batch(self.manifest.model.inputs, inputs, sample=sample)
+        if tags is not None and len(tags) != n:
+            raise ApparateError(f"{len(tags)} tags for a batch of {n}; give one tag per sample (or none)")
+        requests = [
+            _Request(
+                RequestHandle(next(self._ids), t_arrival),
+                {name: value[i] for name, value in arrays.items()},
+                on_result,
+                None if tags is None else tags[i],
+                bool(wait_final),
+            )
+            for i in range(n)
+        ]
         timeout = self.timeout_ms if timeout_ms is None else timeout_ms
-        self._batcher.submit(_Request(handle, sample, on_result, tag, bool(wait_final)), timeout_ms=timeout)
-        return handle
+        self._batcher.submit_many(requests, timeout_ms=timeout)
+        return [req.handle for req in requests]
 
     def infer(self, inputs: Mapping[str, Any], timeout_s: float | None = None) -> Result:
         """Submit one sample and wait for its final result (convenience)."""

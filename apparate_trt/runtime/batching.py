@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -117,16 +117,29 @@ class DynamicBatcher(Generic[T]):
             OverloadError: ``queue_size`` items are already waiting (nothing is queued).
             BatcherClosedError: ``close()`` was called.
         """
+        self.submit_many([item], timeout_ms)
+
+    def submit_many(self, items: Sequence[T], timeout_ms: float | None = None) -> None:
+        """Queue every one of ``items`` (in order, with one deadline), or none of them.
+
+        Raises:
+            OverloadError: the queue has no room for all of them (nothing is queued; each counts as refused).
+            BatcherClosedError: ``close()`` was called.
+        """
         now = time.monotonic()
         deadline = None if timeout_ms is None else now + float(timeout_ms) / 1000.0
         with self._cond:
             if self._closing:
                 raise BatcherClosedError("the engine is closed and accepts no new requests; load it again")
-            if len(self._queue) >= self.queue_size:
-                self._stats.refused += 1
-                raise OverloadError(f"request queue full ({self.queue_size} waiting); retry later or raise queue_size")
-            self._queue.append(_Queued(item, now, deadline))
-            self._stats.accepted += 1
+            if len(self._queue) + len(items) > self.queue_size:
+                self._stats.refused += len(items)
+                room = max(0, self.queue_size - len(self._queue))
+                raise OverloadError(
+                    f"request queue full ({len(self._queue)} of {self.queue_size} waiting, room for {room}, "
+                    f"{len(items)} sent); retry later or raise queue_size"
+                )
+            self._queue.extend(_Queued(item, now, deadline) for item in items)
+            self._stats.accepted += len(items)
             self._stats.queue_depth = len(self._queue)
             self._cond.notify()
 

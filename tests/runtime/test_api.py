@@ -13,7 +13,14 @@ from runtime_helpers import THREADS, assert_same_output, reference_ramp_logits
 from apparate_trt.engine_dir import TensorSpec
 from apparate_trt.errors import ApparateError
 from apparate_trt.runtime import api
-from apparate_trt.runtime.api import OverloadError, RequestTimeoutError, Result, load, validate_sample
+from apparate_trt.runtime.api import (
+    OverloadError,
+    RequestTimeoutError,
+    Result,
+    load,
+    validate_batch,
+    validate_sample,
+)
 
 WAIT_S = 60.0
 
@@ -304,6 +311,39 @@ def test_validation_casts_safely_and_checks_symbolic_dims():
         validate_sample(
             SPECS, {"ids": np.ones(2, np.int32), "mask": np.ones(2, np.float32), "x": np.zeros(4, np.float32)}
         )
+
+
+def test_batch_validation_is_the_one_check_and_its_samples_are_views():
+    ids, mask, x = (
+        np.arange(10, dtype=np.int32).reshape(2, 5),
+        np.ones((2, 5), np.float32),
+        np.zeros((2, 3), np.float32),
+    )
+    arrays, n = validate_batch(SPECS, {"ids": ids, "mask": mask, "x": x})
+    assert n == 2 and arrays["ids"] is ids  # already the model's dtype and C-contiguous: no copy
+    with pytest.raises(ApparateError, match="empty batch"):
+        validate_batch(SPECS, {"ids": ids[:0], "mask": mask[:0], "x": x[:0]})
+    with pytest.raises(ApparateError, match="disagree on the batch size"):
+        validate_batch(SPECS, {"ids": ids, "mask": mask[:1], "x": x})
+    with pytest.raises(ApparateError, match="infinite"):
+        validate_batch(SPECS, {"ids": ids, "mask": np.full((2, 5), np.inf, np.float32), "x": x})
+    with pytest.raises(ApparateError, match="input 'mask' is missing"):
+        validate_batch(SPECS, {"ids": ids, "x": x})
+    with pytest.raises(ApparateError, match="has samples of shape \\[4\\]"):
+        validate_batch(SPECS, {"ids": ids, "mask": mask, "x": np.zeros((2, 4), np.float32)})
+
+
+def test_submit_batch_queues_all_samples_or_none(resnet):
+    with _load(resnet, max_batch=4, queue_size=3) as engine:
+        batch = resnet.batch(3)
+        handles = engine.submit_batch(batch, tags=[0, 1, 2])
+        for i, handle in enumerate(handles):
+            assert_same_output(handle.final.result(WAIT_S).output[None], resnet.reference[i : i + 1])
+        with pytest.raises(OverloadError, match="room for 3, 4 sent"):
+            engine.submit_batch(resnet.batch(4))  # more than the queue holds: nothing is queued
+        assert engine.stats()["refused"] == 4 and engine.stats()["queue_depth"] == 0
+        with pytest.raises(ApparateError, match="one tag per sample"):
+            engine.submit_batch(batch, tags=[0])
 
 
 def _burst(engine: api.Engine, compiled, count: int) -> list[tuple[Result, Result]]:

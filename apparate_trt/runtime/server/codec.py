@@ -266,35 +266,6 @@ class InferAnswer:
 
 
 # ------------------------------------------------------------------------------------ checking
-def check_inputs(spec: ModelSpec, inputs: Mapping[str, np.ndarray]) -> int:
-    """Check names, datatypes, shapes and values against the model; return the batch size.
-
-    Raises:
-        RequestError: a missing or unknown input, a wrong datatype or shape, inconsistent batch
-            sizes, an empty batch, or a NaN / infinite value.
-    """
-    expected = {t.name: t for t in spec.inputs}
-    unknown = sorted(set(inputs) - set(expected))
-    if unknown:
-        raise RequestError(f"unknown input '{unknown[0]}' for model '{spec.name}' (its inputs: {', '.join(expected)})")
-    missing = [name for name in expected if name not in inputs]
-    if missing:
-        raise RequestError(f"input '{missing[0]}' is missing (model '{spec.name}' needs {', '.join(expected)})")
-    batch: int | None = None
-    for name in expected:
-        value = inputs[name]
-        check_declared(spec, None, name, value.dtype, value.shape, f"input '{name}'")
-        if value.shape[0] < 1:
-            raise RequestError(f"input '{name}' has an empty batch (shape {list(value.shape)})")
-        if batch is not None and value.shape[0] != batch:
-            raise RequestError(f"inputs disagree on the batch size: '{name}' has {value.shape[0]}, another has {batch}")
-        batch = value.shape[0]
-        if value.dtype.kind == "f" and not np.isfinite(value).all():
-            raise RequestError(f"input '{name}' holds NaN or infinite values")
-    assert batch is not None  # a model has at least one input
-    return batch
-
-
 def _shape_matches(shape: Sequence[int], expected: Sequence[int]) -> bool:
     return len(shape) == len(expected) and all(e < 0 or s == e for s, e in zip(shape, expected))
 
@@ -304,11 +275,6 @@ def check_outputs(spec: ModelSpec, requested: Iterable[str] | None) -> None:
     for name in requested or ():
         if name != spec.output.name:
             raise RequestError(f"unknown output '{name}' for model '{spec.name}' (its output: {spec.output.name})")
-
-
-def split_samples(inputs: Mapping[str, np.ndarray], batch: int) -> list[dict[str, np.ndarray]]:
-    """One ``{name: array without the batch axis}`` per sample, in batch order."""
-    return [{name: np.ascontiguousarray(value[i]) for name, value in inputs.items()} for i in range(batch)]
 
 
 # ----------------------------------------------------------------------------------- tensors

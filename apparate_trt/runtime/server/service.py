@@ -3,8 +3,11 @@ collects their early and final results, and keeps the draining state and in-flig
 
 Both front ends (REST in :mod:`.http`, gRPC in :mod:`.grpc`) go through one
 :class:`InferenceService`, so requests from every connection land in the Engine's one batcher.
-A request with a batch axis of B becomes B engine submissions; its answer is ready when all B
-samples have a released result (early) or a final one. Times are ``time.monotonic()`` seconds.
+A request with a batch axis of B becomes B engine requests, queued together
+(``Engine.submit_batch``: the batch is checked once, there, and its samples are views of it); its
+answer is ready when all B samples have a released result (early) or a final one. The protocol
+layer (:mod:`.codec`) checks only what it must before decoding: names, datatypes, shapes and sizes
+as declared. Times are ``time.monotonic()`` seconds.
 """
 
 from __future__ import annotations
@@ -28,9 +31,7 @@ from apparate_trt.runtime.server.codec import (
     ModelSpec,
     RequestError,
     UnknownModelError,
-    check_inputs,
     check_outputs,
-    split_samples,
 )
 from apparate_trt.runtime.server.metrics import Metrics
 
@@ -133,8 +134,7 @@ class InferenceService:
     """Checks and submits infer requests; tracks what is in flight for a graceful stop.
 
     Args:
-        engine: a loaded :class:`~apparate_trt.runtime.api.Engine` (or anything with its
-            ``submit(inputs, on_result=None, *, timeout_ms=None)`` and ``stats()``).
+        engine: a loaded :class:`~apparate_trt.runtime.api.Engine`.
         spec: the model as the protocol shows it.
         metrics: where requests and releases are counted.
         request_timeout_s: the longest a request may take, seconds (a client may ask for less).
@@ -233,26 +233,24 @@ class InferenceService:
 
         Raises:
             RequestError: the request does not fit the model (nothing is submitted).
-            OverloadedError: the engine's queue is full (samples submitted before are answered by
-                the engine and dropped here).
+            OverloadedError: the engine's queue has no room for every sample (nothing is submitted).
             UnavailableError: the engine is closed.
         """
         t_start = time.monotonic()
-        batch = check_inputs(self.spec, request.inputs)
         check_outputs(self.spec, request.outputs)
         timeout_s = min(t for t in (self.request_timeout_s, request.timeout_s, client_timeout_s) if t is not None)
-        handles: list[Any] = []
-        for sample in split_samples(request.inputs, batch):
-            try:
-                handle = self.engine.submit(sample, timeout_ms=timeout_s * 1000.0, wait_final=request.wait_final)
-            except OverloadError as exc:
-                raise OverloadedError(str(exc)) from None
-            except BatcherClosedError as exc:
-                raise UnavailableError(str(exc)) from None
-            except ApparateError as exc:
-                raise RequestError(str(exc)) from None
+        try:
+            handles = self.engine.submit_batch(
+                request.inputs, timeout_ms=timeout_s * 1000.0, wait_final=request.wait_final
+            )
+        except OverloadError as exc:
+            raise OverloadedError(str(exc)) from None
+        except BatcherClosedError as exc:
+            raise UnavailableError(str(exc)) from None
+        except ApparateError as exc:
+            raise RequestError(f"{exc} (model '{self.spec.name}')") from None
+        for handle in handles:
             self.metrics.watch(handle)
-            handles.append(handle)
         return Pending(request, handles, [first_released(h) for h in handles], t_start, t_start + timeout_s)
 
     def wait(self, pending: Pending, final: bool, final_response: bool | None = None) -> InferAnswer:

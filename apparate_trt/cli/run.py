@@ -7,7 +7,7 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apparate_trt.cli._common import HelpFormatter, Parser, flush_print, run_main
 from apparate_trt.defaults import (
@@ -20,6 +20,9 @@ from apparate_trt.defaults import (
     MIN_AUDIT_RATE,
 )
 from apparate_trt.errors import ApparateError
+
+if TYPE_CHECKING:
+    from apparate_trt.runtime.config import EngineConfig
 
 DESCRIPTION = """\
 Serve an engine directory written by apparate-compile.
@@ -296,29 +299,42 @@ def serve_command(args: argparse.Namespace) -> int:
             f"--serve needs the server module and its dependencies, which are missing ({exc}); "
             "install them with: pip install 'apparate_trt[serve]'"
         ) from None
-    security = load_security(args.tls_cert, args.tls_key, args.auth_token_file)
-    return int(
-        serve(
-            args.engine_dir,
-            model_name=args.model_name,
-            host=args.host,
-            http_port=args.http_port,
-            grpc_port=args.grpc_port,
-            max_batch=args.max_batch,
-            max_delay_ms=args.max_delay_ms,
-            accuracy_constraint=args.accuracy_constraint,
-            queue_size=args.queue_size,
-            request_timeout_s=args.request_timeout_s,
-            mode=args.mode,
-            threads=args.threads,
-            overload_fallback=args.overload_fallback,
-            exit_mode=args.exit_mode,
-            audit_rate=args.audit_rate,
-            security=security,
-            max_connections=args.max_connections,
-            max_inflight=args.max_inflight,
-        )
-        or 0
+    from apparate_trt.runtime.server.config import ServingConfig
+
+    config = ServingConfig(
+        engine=engine_config(args),
+        model_name=args.model_name,
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        request_timeout_s=args.request_timeout_s,
+        security=load_security(args.tls_cert, args.tls_key, args.auth_token_file),
+        max_connections=args.max_connections,
+        max_inflight=args.max_inflight,
+    )
+    return int(serve(args.engine_dir, config) or 0)
+
+
+def engine_config(args: argparse.Namespace, **controller_options: Any) -> EngineConfig:
+    """The engine's settings from the flags (checked: ApparateError names a bad one)."""
+    from apparate_trt.runtime.config import EngineConfig
+
+    return EngineConfig(
+        max_batch=args.max_batch,
+        max_delay_ms=args.max_delay_ms,
+        accuracy_constraint=args.accuracy_constraint,
+        mode=args.mode,
+        threads=args.threads,
+        queue_size=args.queue_size,
+        confidence=args.confidence,
+        overload_fallback=args.overload_fallback,
+        exit_mode=args.exit_mode,
+        audit_rate=args.audit_rate,
+        controller_options={
+            "window_size": args.window_size,
+            "initial_thresholds": args.initial_thresholds,
+            **controller_options,
+        },
     )
 
 
@@ -345,24 +361,8 @@ def replay_command(args: argparse.Namespace) -> int:
         f"apparate-run: {manifest.model.name} ({len(manifest.sites)} sites), mode {args.mode}, "
         f"{arrivals.shape[0]} requests, arrivals {args.arrivals}, max batch {args.max_batch}, max delay {args.max_delay_ms} ms"
     )
-    engine = api.load(
-        args.engine_dir,
-        max_batch=args.max_batch,
-        max_delay_ms=args.max_delay_ms,
-        accuracy_constraint=args.accuracy_constraint,
-        mode=args.mode,
-        threads=args.threads,
-        queue_size=args.queue_size,
-        confidence=args.confidence,
-        overload_fallback=args.overload_fallback,
-        controller_options={
-            "window_size": args.window_size,
-            "initial_thresholds": args.initial_thresholds,
-            **replay_controller_options(arrivals.shape[0]),  # the report shows every decision
-        },
-        exit_mode=args.exit_mode,
-        audit_rate=args.audit_rate,
-    )
+    # the report shows every decision: the controller keeps the whole replay's record
+    engine = api.load(args.engine_dir, engine_config(args, **replay_controller_options(arrivals.shape[0])))
     settings["exit_mode"] = engine.exit_mode
     settings["overload_fallback"] = engine.overload_fallback
     try:

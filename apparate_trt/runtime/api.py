@@ -28,11 +28,6 @@ from typing import Any, Protocol
 import numpy as np
 
 from apparate_trt.defaults import (
-    DEFAULT_ACCURACY_CONSTRAINT,
-    DEFAULT_AUDIT_RATE,
-    DEFAULT_MAX_BATCH,
-    DEFAULT_MAX_DELAY_MS,
-    DEFAULT_QUEUE_SIZE,
     default_exit_mode,
 )
 from apparate_trt.engine_dir import Manifest, TensorSpec, read_manifest
@@ -42,20 +37,20 @@ from apparate_trt.runtime.batching import (
     DynamicBatcher,
     OverloadError,
     RequestTimeoutError,
-    validate_settings,
 )
 from apparate_trt.runtime.compaction import check_exit_mode
+from apparate_trt.runtime.config import EngineConfig
 from apparate_trt.runtime.control.controller import Controller
 from apparate_trt.runtime.control.loop import ControlLoop
-from apparate_trt.runtime.executor import BatchOutcome, Executor, ExitRule, check_confidence_kind
+from apparate_trt.runtime.executor import BatchOutcome, Executor, ExitRule
 
 log = logging.getLogger(__name__)
 
-MODES = ("apparate", "vanilla")
 
 __all__ = [
     "BatcherClosedError",
     "Engine",
+    "EngineConfig",
     "ServingPolicy",
     "OverloadError",
     "RequestHandle",
@@ -563,6 +558,11 @@ class Engine:
         """True once :meth:`close` was called."""
         return self._batcher.closed
 
+    @property
+    def max_batch(self) -> int:
+        """The largest batch the engine runs (samples)."""
+        return self._batcher.max_batch
+
     def close(self, timeout_s: float | None = None) -> None:
         """Stop accepting requests, answer every accepted one, let the controller take their
         feedback, then free the executor."""
@@ -580,106 +580,63 @@ class Engine:
 
 def load(
     engine_dir: str | Path,
+    config: EngineConfig | None = None,
     *,
-    max_batch: int = DEFAULT_MAX_BATCH,
-    max_delay_ms: float = DEFAULT_MAX_DELAY_MS,
-    accuracy_constraint: float = DEFAULT_ACCURACY_CONSTRAINT,
-    mode: str = "apparate",
-    threads: int | None = None,
-    queue_size: int = DEFAULT_QUEUE_SIZE,
-    confidence: str = "maxprob",
-    controller_options: Mapping[str, Any] | None = None,
-    timeout_ms: float | None = None,
     policy: ServingPolicy | None = None,
-    overload_fallback: bool | None = None,
-    exit_mode: str | None = None,
-    audit_rate: float = DEFAULT_AUDIT_RATE,
+    **settings: Any,
 ) -> Engine:
     """Load an engine directory and start serving it.
 
     Args:
         engine_dir: the directory written by ``apparate-compile``.
-        max_batch: the largest batch; max_delay_ms: the longest queueing delay (ms) before a
-            partial batch is dispatched.
-        accuracy_constraint: the tolerated share of results that disagree with the original model.
-        mode: ``apparate`` (ramps, adaptive) or ``vanilla`` (the unsplit original model).
-        threads: ONNX Runtime intra-op threads per session (None: every core).
-        queue_size: the most requests waiting; past it ``submit`` raises OverloadError.
-        confidence: ``maxprob`` or ``entropy``.
-        controller_options: extra keyword arguments for the controller.
-        timeout_ms: default per-request queueing timeout (ms), None for none.
-        policy: a fixed (non-adaptive) exit policy that builds its own executor, e.g. the
-            baselines of ``apparate_trt.eval.policies`` (static thresholds, patience, oracle);
-            None (default): ``mode`` decides (the adaptive controller or vanilla). With a policy
-            there is no controller and the engine's ``mode`` is the policy's ``name``.
-        overload_fallback: (``apparate`` mode) when a batch is dispatched while at least
-            ``max_batch`` more requests wait, run it on the unsplit original model with no ramps:
-            under overload every request queues for longer than an exit saves, and the split model
-            with ramps drains the queue more slowly. Its results are all final (exact); the
-            controller gets no feedback from it. ``stats()["unsplit_batches"]`` counts such
-            batches. False: always run the active ramps. None (default): on in release mode, off
-            in skip mode, where the split model sheds released rows and drains a backlog at
-            least as fast as the unsplit one (``benchmarks/saturation.py``, two runs: NLP 1.06x
-            and 1.08x vanilla's without the fallback, 0.84x and 1.02x with it; CV a tie).
-        exit_mode: (``apparate`` mode) ``release``: every row runs to the end of the model, so its
-            final output labels every ramp (the paper's design); ``skip``: a row a ramp releases
-            leaves the batch, except an audit sample (each released row with probability
-            ``audit_rate``, every one while the controller's window is thin) and requests
-            submitted with ``wait_final=True``; the later segments run on fewer rows. None
-            (default): the backend's default (``defaults.default_exit_mode``).
-        audit_rate: (skip mode) the steady probability that a released row still runs to the end
-            as feedback, in [0.05, 1]; the controller weighs each audited row by ``1 / audit_rate``.
+        config: the settings (:class:`~apparate_trt.runtime.config.EngineConfig`; None: the
+            defaults).
+        policy: a fixed (non-adaptive) exit policy, e.g. the baselines of
+            ``apparate_trt.eval.policies`` (static thresholds, patience, oracle), served on the
+            same executor without a controller; None (default): ``mode`` decides (the adaptive
+            controller or vanilla). With a policy the engine's ``mode`` is the policy's ``name``.
+        settings: fields of :class:`~apparate_trt.runtime.config.EngineConfig` that replace
+            ``config``'s, e.g. ``load(path, max_batch=8, accuracy_constraint=0.02)``.
+
+    Raises:
+        ApparateError: a setting is unknown or out of range, or the engine directory is missing,
+            incomplete or corrupt (the message says which and how to fix it).
     """
-    if mode not in MODES:
-        raise ApparateError(f"unknown mode '{mode}'; use one of: {', '.join(MODES)}")
-    if not 0.0 <= accuracy_constraint < 1.0:
-        raise ApparateError(f"accuracy constraint must lie in [0, 1), got {accuracy_constraint}")
-    if threads is not None and int(threads) < 1:
-        raise ApparateError(f"threads must be at least 1 (or None for all cores), got {threads}")
-    check_confidence_kind(confidence)
-    validate_settings(max_batch, max_delay_ms, queue_size)
+    config = (config or EngineConfig()).replace(**settings)
     manifest = read_manifest(engine_dir)
-    exit_mode = check_exit_mode(default_exit_mode(manifest.profiles.backend) if exit_mode is None else exit_mode)
-    if overload_fallback is None:
-        overload_fallback = exit_mode == "release"
-    controller: Controller | None = None
     if policy is not None:
-        mode, exit_mode = policy.name, check_exit_mode(policy.exit_mode)
-        executor = Executor(manifest, threads, confidence, policy.exit_rule(), exit_mode=exit_mode)
-        try:
+        mode, exit_mode, rule = policy.name, check_exit_mode(policy.exit_mode), policy.exit_rule()
+    elif config.mode == "vanilla":
+        mode, exit_mode, rule = "vanilla", "release", None
+    else:
+        exit_mode = check_exit_mode(config.exit_mode or default_exit_mode(manifest.profiles.backend))
+        mode, rule = "apparate", None
+    executor = Executor(manifest, config.threads, config.confidence, rule, exit_mode=exit_mode)
+    controller: Controller | None = None
+    try:
+        if policy is not None:
             executor.configure(policy.sites, policy.thresholds, wait=True)
             executor.set_audit_rate(policy.audit_rate)
-        except BaseException:
-            executor.close()
-            raise
-    elif mode == "vanilla":
-        executor = Executor(manifest, threads, confidence)  # never configured: the unsplit model
-        exit_mode = "release"
-    else:
-        executor = Executor(manifest, threads, confidence, exit_mode=exit_mode)
-        options = {
-            "confidence": confidence,
-            "exit_mode": exit_mode,
-            "audit_rate": audit_rate,
-            **dict(controller_options or {}),
-        }
-        try:
-            controller = Controller(manifest, accuracy_constraint=accuracy_constraint, **options)
+        elif mode == "apparate":
+            options = {"confidence": config.confidence, "exit_mode": exit_mode, "audit_rate": config.audit_rate}
+            options.update(config.controller_options or {})
+            controller = Controller(manifest, accuracy_constraint=config.accuracy_constraint, **options)
             active, thresholds = controller.initial_config()
             executor.configure(active, thresholds, wait=True)
             executor.set_audit_rate(controller.audit_rate)
-        except BaseException:
-            executor.close()
-            raise
+    except BaseException:
+        executor.close()
+        raise
+    fallback = exit_mode == "release" if config.overload_fallback is None else config.overload_fallback
     return Engine(
         manifest,
         executor,
         controller,
         mode=mode,
-        max_batch=max_batch,
-        max_delay_ms=max_delay_ms,
-        queue_size=queue_size,
-        timeout_ms=timeout_ms,
-        overload_fallback=overload_fallback,
+        max_batch=config.max_batch,
+        max_delay_ms=config.max_delay_ms,
+        queue_size=config.queue_size,
+        timeout_ms=config.timeout_ms,
+        overload_fallback=fallback,
         exit_mode=exit_mode,
     )

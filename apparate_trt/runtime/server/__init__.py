@@ -5,5 +5,6 @@ starts and stops in-process. See docs/SERVING.md.
 """
 
 from apparate_trt.runtime.server.app import Server, run_until_signal, serve
+from apparate_trt.runtime.server.config import ServingConfig
 
-__all__ = ["Server", "run_until_signal", "serve"]
+__all__ = ["Server", "ServingConfig", "run_until_signal", "serve"]

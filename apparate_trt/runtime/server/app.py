@@ -15,25 +15,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from apparate_trt.defaults import (
-    DEFAULT_ACCURACY_CONSTRAINT,
-    DEFAULT_AUDIT_RATE,
-    DEFAULT_MAX_BATCH,
-    DEFAULT_MAX_DELAY_MS,
-    DEFAULT_QUEUE_SIZE,
-)
 from apparate_trt.errors import ApparateError
 from apparate_trt.runtime.server.codec import ModelSpec
+from apparate_trt.runtime.server.config import ServingConfig
 from apparate_trt.runtime.server.grpc import GrpcFrontend
-from apparate_trt.runtime.server.http import MAX_CONNECTIONS, HttpFrontend
+from apparate_trt.runtime.server.http import HttpFrontend
 from apparate_trt.runtime.server.metrics import Metrics, engine_gauges
 from apparate_trt.runtime.server.security import Security
-from apparate_trt.runtime.server.service import MAX_INFLIGHT, InferenceService
+from apparate_trt.runtime.server.service import InferenceService
 
 log = logging.getLogger(__name__)
 
-DRAIN_TIMEOUT_S = 60.0
-"""The longest a stop waits (seconds) for accepted requests to be answered."""
 GRPC_STOP_GRACE_S = 1.0
 """Once every accepted request is answered, the gRPC server's grace (seconds) for the calls it is
 still refusing with UNAVAILABLE."""
@@ -54,51 +46,32 @@ def raise_open_file_limit(want: int = 65536) -> None:
 
 
 class Server:
-    """Serves ``engine`` over REST and gRPC on ``host``; port 0 picks a free port, None disables.
+    """Serves ``engine`` over REST and gRPC as ``config`` says; port 0 picks a free port, None disables.
 
     The server owns the engine: :meth:`stop` closes it. Ports are bound by :meth:`start`; read the
     actual ones from :attr:`http_port` / :attr:`grpc_port`.
 
     Args:
         engine: a loaded :class:`~apparate_trt.runtime.api.Engine`.
-        model_name: the served model's name (default: the manifest's model name).
-        request_timeout_s: the longest one request may take, seconds.
-        max_batch: the engine's max batch size (shown in the model config; a request's batch may
-            not exceed it).
-        drain_timeout_s: the longest :meth:`stop` waits for accepted requests, seconds.
-        security: TLS and bearer token (:func:`~apparate_trt.runtime.server.security.load_security`);
-            None: plain text, no token.
-        max_connections: REST connections served at once (one more gets 503).
-        max_inflight: requests in flight at once over REST and gRPC (one more gets 503 /
-            RESOURCE_EXHAUSTED, counted as overloaded).
+        config: the server's settings (:class:`~apparate_trt.runtime.server.config.ServingConfig`;
+            its ``engine`` part is what the engine was loaded with); None: the defaults.
+        settings: fields of ``ServingConfig`` that replace ``config``'s (e.g. ``http_port=0``).
     """
 
-    def __init__(
-        self,
-        engine: Any,
-        *,
-        model_name: str | None = None,
-        host: str = "127.0.0.1",
-        http_port: int | None = 8000,
-        grpc_port: int | None = 8001,
-        request_timeout_s: float = 30.0,
-        max_batch: int = DEFAULT_MAX_BATCH,
-        drain_timeout_s: float = DRAIN_TIMEOUT_S,
-        security: Security | None = None,
-        max_connections: int = MAX_CONNECTIONS,
-        max_inflight: int = MAX_INFLIGHT,
-    ) -> None:
-        if http_port is None and grpc_port is None:
-            raise ApparateError("the server needs at least one of the HTTP and gRPC ports")
+    def __init__(self, engine: Any, config: ServingConfig | None = None, **settings: Any) -> None:
+        config = (config or ServingConfig()).replace(**settings)
+        self.config = config
         self.engine = engine
-        self.spec = ModelSpec.from_manifest(engine.manifest, model_name)
+        self.spec = ModelSpec.from_manifest(engine.manifest, config.model_name)
         self.metrics = Metrics(self.spec.name, lambda: engine_gauges(engine))
-        self.service = InferenceService(engine, self.spec, self.metrics, request_timeout_s, max_batch, max_inflight)
-        self.host = host
-        self.security = security or Security()
-        self.max_connections = int(max_connections)
-        self.drain_timeout_s = float(drain_timeout_s)
-        self._http_port, self._grpc_port = http_port, grpc_port
+        self.service = InferenceService(
+            engine, self.spec, self.metrics, config.request_timeout_s, engine.max_batch, config.max_inflight
+        )
+        self.host = config.host
+        self.security = config.security or Security()
+        self.max_connections = int(config.max_connections)
+        self.drain_timeout_s = float(config.drain_timeout_s)
+        self._http_port, self._grpc_port = config.http_port, config.grpc_port
         self._http: HttpFrontend | None = None
         self._grpc: GrpcFrontend | None = None
         self._started = False
@@ -106,58 +79,15 @@ class Server:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_engine_dir(
-        cls,
-        engine_dir: str | Path,
-        *,
-        model_name: str | None = None,
-        host: str = "127.0.0.1",
-        http_port: int | None = 8000,
-        grpc_port: int | None = 8001,
-        max_batch: int = DEFAULT_MAX_BATCH,
-        max_delay_ms: float = DEFAULT_MAX_DELAY_MS,
-        accuracy_constraint: float = DEFAULT_ACCURACY_CONSTRAINT,
-        queue_size: int = DEFAULT_QUEUE_SIZE,
-        request_timeout_s: float = 30.0,
-        mode: str = "apparate",
-        threads: int | None = None,
-        drain_timeout_s: float = DRAIN_TIMEOUT_S,
-        overload_fallback: bool | None = None,
-        exit_mode: str | None = None,
-        audit_rate: float = DEFAULT_AUDIT_RATE,
-        security: Security | None = None,
-        max_connections: int = MAX_CONNECTIONS,
-        max_inflight: int = MAX_INFLIGHT,
-    ) -> Server:
-        """Load ``engine_dir`` (see :func:`apparate_trt.runtime.api.load`) and wrap it (not started)."""
+    def from_engine_dir(cls, engine_dir: str | Path, config: ServingConfig | None = None, **settings: Any) -> Server:
+        """Load ``engine_dir`` with ``config.engine`` (:func:`apparate_trt.runtime.api.load`) and
+        wrap it (not started); ``settings`` replace fields of ``config`` or of its engine part."""
         from apparate_trt.runtime.api import load
 
-        engine = load(
-            engine_dir,
-            max_batch=max_batch,
-            max_delay_ms=max_delay_ms,
-            accuracy_constraint=accuracy_constraint,
-            mode=mode,
-            threads=threads,
-            queue_size=queue_size,
-            overload_fallback=overload_fallback,
-            exit_mode=exit_mode,
-            audit_rate=audit_rate,
-        )
+        config = (config or ServingConfig()).replace(**settings)
+        engine = load(engine_dir, config.engine)
         try:
-            return cls(
-                engine,
-                model_name=model_name,
-                host=host,
-                http_port=http_port,
-                grpc_port=grpc_port,
-                request_timeout_s=request_timeout_s,
-                max_batch=max_batch,
-                drain_timeout_s=drain_timeout_s,
-                security=security,
-                max_connections=max_connections,
-                max_inflight=max_inflight,
-            )
+            return cls(engine, config)
         except BaseException:
             engine.close()
             raise
@@ -283,49 +213,14 @@ def run_until_signal(server: Server, ready_callback: Callable[[Server], None] | 
 
 def serve(
     engine_dir: str | Path,
-    *,
-    model_name: str | None = None,
-    http_port: int | None = 8000,
-    grpc_port: int | None = 8001,
-    host: str = "127.0.0.1",
-    max_batch: int = DEFAULT_MAX_BATCH,
-    max_delay_ms: float = DEFAULT_MAX_DELAY_MS,
-    accuracy_constraint: float = DEFAULT_ACCURACY_CONSTRAINT,
-    queue_size: int = DEFAULT_QUEUE_SIZE,
-    request_timeout_s: float = 30.0,
-    mode: str = "apparate",
-    threads: int | None = None,
+    config: ServingConfig | None = None,
     ready_callback: Callable[[Server], None] | None = None,
-    overload_fallback: bool | None = None,
-    exit_mode: str | None = None,
-    audit_rate: float = DEFAULT_AUDIT_RATE,
-    security: Security | None = None,
-    max_connections: int = MAX_CONNECTIONS,
-    max_inflight: int = MAX_INFLIGHT,
+    **settings: Any,
 ) -> int:
     """Serve ``engine_dir`` over the Open Inference Protocol until SIGTERM / SIGINT; the exit status.
 
-    Ports 0 pick free ones; the ready line on stderr names them. Returns 0 once every accepted
-    request was answered, 1 if the drain timed out.
+    ``config`` (:class:`~apparate_trt.runtime.server.config.ServingConfig`; None: the defaults) and
+    ``settings`` (its fields, or its engine's) say how. Ports 0 pick free ones; the ready line on
+    stderr names them. Returns 0 once every accepted request was answered, 1 if the drain timed out.
     """
-    server = Server.from_engine_dir(
-        engine_dir,
-        model_name=model_name,
-        host=host,
-        http_port=http_port,
-        grpc_port=grpc_port,
-        max_batch=max_batch,
-        max_delay_ms=max_delay_ms,
-        accuracy_constraint=accuracy_constraint,
-        queue_size=queue_size,
-        request_timeout_s=request_timeout_s,
-        mode=mode,
-        threads=threads,
-        overload_fallback=overload_fallback,
-        exit_mode=exit_mode,
-        audit_rate=audit_rate,
-        security=security,
-        max_connections=max_connections,
-        max_inflight=max_inflight,
-    )
-    return run_until_signal(server, ready_callback)
+    return run_until_signal(Server.from_engine_dir(engine_dir, config, **settings), ready_callback)

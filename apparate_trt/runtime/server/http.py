@@ -38,6 +38,7 @@ from apparate_trt.runtime.server.codec import (
     http_error_body,
     parse_http_request,
 )
+from apparate_trt.runtime.server.config import MAX_CONNECTIONS
 from apparate_trt.runtime.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from apparate_trt.runtime.server.security import OPEN_HTTP_PATHS, Security
 from apparate_trt.runtime.server.service import (
@@ -69,8 +70,6 @@ IDLE_TIMEOUT_S = 120.0
 READ_TIMEOUT_S = 30.0
 """From a request's first byte, its line, headers and body must arrive within this (seconds), or
 the connection is closed (a slow client cannot hold a thread)."""
-MAX_CONNECTIONS = 256
-"""Open connections served at once; one more is answered 503 and closed."""
 MAX_REFUSING = 1024
 """Connections past the limit being answered 503 at once (one thread, non-blocking sockets); past
 this many as well, a connection is just closed."""

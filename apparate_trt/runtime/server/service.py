@@ -33,13 +33,10 @@ from apparate_trt.runtime.server.codec import (
     UnknownModelError,
     check_outputs,
 )
+from apparate_trt.runtime.server.config import MAX_INFLIGHT
 from apparate_trt.runtime.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-
-MAX_INFLIGHT = 1024
-"""Default limit of requests in flight at once, over every front end."""
 
 
 class OverloadedError(ApparateError):

@@ -23,7 +23,7 @@ from apparate_trt.backends import open_runner
 from apparate_trt.data import load_inputs
 from apparate_trt.engine_dir import Manifest, read_manifest
 from apparate_trt.runtime.api import load
-from apparate_trt.runtime.server import Server
+from apparate_trt.runtime.server import Server, ServingConfig
 
 THREADS = 1
 CONSTRAINT = 0.05  # accuracy constraint of the shared server: loose enough that ramps do exit
@@ -61,12 +61,12 @@ def make_workload(engine: tuple[Path, Path]) -> Workload:
 
 
 def start_server(engine_dir: Path, **kwargs: Any) -> Server:
-    """A started server on free ports around a freshly loaded engine (one ORT thread)."""
-    server_keys = ("request_timeout_s", "model_name", "drain_timeout_s", "security", "max_connections", "max_inflight")
-    server_kw = {k: kwargs.pop(k) for k in server_keys if k in kwargs}
-    load_kw = {"threads": THREADS, "max_batch": 8, "max_delay_ms": 2.0, "queue_size": 256, **kwargs}
-    engine = load(engine_dir, **load_kw)
-    return Server(engine, http_port=0, grpc_port=0, max_batch=load_kw["max_batch"], **server_kw).start()
+    """A started server on free ports around a freshly loaded engine (one ORT thread); ``kwargs``
+    are ServingConfig fields or its engine's."""
+    config = ServingConfig(http_port=0, grpc_port=0).replace(
+        **{"threads": THREADS, "max_batch": 8, "max_delay_ms": 2.0, "queue_size": 256, **kwargs}
+    )
+    return Server(load(engine_dir, config.engine), config).start()
 
 
 class Gate:

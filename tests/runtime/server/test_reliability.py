@@ -315,7 +315,7 @@ def test_taken_port_is_a_clear_error(server, workload: Workload) -> None:
     from apparate_trt.errors import ApparateError
     from apparate_trt.runtime.server import Server
 
-    stub = SimpleNamespace(manifest=workload.manifest, close=lambda: None, stats=lambda: {})
+    stub = SimpleNamespace(manifest=workload.manifest, close=lambda: None, stats=lambda: {}, max_batch=8)
     with pytest.raises(ApparateError, match="cannot listen for HTTP"):
         Server(stub, http_port=server.http_port, grpc_port=None).start()
     with pytest.raises(ApparateError, match="cannot listen for gRPC"):

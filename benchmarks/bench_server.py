@@ -100,10 +100,6 @@ def reference_pred(manifest: Manifest, inputs: dict[str, np.ndarray], threads: i
     return np.concatenate(preds).astype(np.int32)
 
 
-def _datatype(dtype: np.dtype) -> str:
-    return {"float32": "FP32", "int64": "INT64", "int32": "INT32", "float16": "FP16"}[np.dtype(dtype).name]
-
-
 # ------------------------------------------------------------------------------------- the server
 class ServerProcess:
     """``apparate-run --serve`` in a subprocess on free ports; SIGTERM on :meth:`stop`."""
@@ -208,6 +204,7 @@ def drive(
     """Send sample ``i`` at ``arrivals[i]`` (open loop); wait for every response. Returns the
     responses and the start time (monotonic seconds)."""
     import tritonclient.grpc as grpcclient
+    from tritonclient.utils import np_to_triton_dtype
 
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
     n = arrivals.shape[0]
@@ -218,7 +215,7 @@ def drive(
         tensors = []
         for name, value in inputs.items():
             sample = value[i : i + 1]
-            t = grpcclient.InferInput(name, list(sample.shape), _datatype(sample.dtype))
+            t = grpcclient.InferInput(name, list(sample.shape), np_to_triton_dtype(sample.dtype))
             t.set_data_from_numpy(sample)
             tensors.append(t)
         delay = t0 + arrivals[i] - time.monotonic()

@@ -34,6 +34,7 @@ import grpc
 import numpy as np
 from bench_server import ServerProcess
 from tritonclient.grpc import service_pb2 as pb
+from tritonclient.utils import np_to_triton_dtype
 
 from apparate_trt.data import load_inputs
 from apparate_trt.engine_dir import read_manifest
@@ -96,7 +97,7 @@ class Client:
             {
                 "name": k,
                 "shape": [1, *v.shape[1:]],
-                "datatype": _datatype(v.dtype),
+                "datatype": np_to_triton_dtype(v.dtype),
                 "data": v[i % self.n].ravel().tolist(),
             }
             for k, v in self.inputs.items()
@@ -107,7 +108,7 @@ class Client:
         request = pb.ModelInferRequest(model_name=self.name, id=str(i))
         for k, v in self.inputs.items():
             t = request.inputs.add()
-            t.name, t.datatype = k, _datatype(v.dtype)
+            t.name, t.datatype = k, np_to_triton_dtype(v.dtype)
             t.shape.extend([1, *v.shape[1:]])
             request.raw_input_contents.append(np.ascontiguousarray(v[i % self.n : i % self.n + 1]).tobytes())
         return request
@@ -153,10 +154,6 @@ async def grpc_burst(port: int, requests: list[bytes], tally: Tally, method: str
         await asyncio.gather(*(tally_call(call, r, tally, 120.0) for r in requests))
 
 
-def _datatype(dtype: np.dtype) -> str:
-    return {"float32": "FP32", "int64": "INT64", "int32": "INT32"}[np.dtype(dtype).name]
-
-
 # --------------------------------------------------------------------------------------- cases
 def case_rest_burst(client: Client, count: int) -> Tally:
     tally = Tally(f"REST burst: {count} concurrent requests")
@@ -198,7 +195,7 @@ def case_hostile(client: Client) -> list[Tally]:
                 {
                     "name": name,
                     "shape": [2**62, *rest],
-                    "datatype": _datatype(value.dtype),
+                    "datatype": np_to_triton_dtype(value.dtype),
                     "parameters": {"binary_data_size": 16},
                 }
             ]

@@ -18,25 +18,26 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
 
 from apparate_trt.errors import ApparateError
 
-# KServe v2 datatype names <-> numpy dtypes (BYTES is not used by classifiers and is refused).
-_DATATYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-}
-_NAMES: dict[np.dtype, str] = {dt: name for name, dt in _DATATYPES.items()}
+SUPPORTED_DATATYPES = (
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+)
+"""The KServe v2 datatypes a request may use; their numpy dtypes come from ``tritonclient.utils``
+(BYTES is not used by classifiers, BF16 has no numpy dtype: both are refused)."""
 
 # gRPC InferTensorContents field holding each datatype's values (when raw contents are not used).
 _GRPC_CONTENTS: dict[str, str] = {
@@ -87,19 +88,22 @@ class UnknownModelError(RequestError):
 
 def numpy_dtype(datatype: str, where: str) -> np.dtype:
     """The numpy dtype of a protocol datatype name such as ``FP32``; RequestError if unsupported."""
-    try:
-        return _DATATYPES[str(datatype).upper()]
-    except KeyError:
-        supported = ", ".join(_DATATYPES)
-        raise RequestError(f"{where}: datatype '{datatype}' is not supported (use one of {supported})") from None
+    name = str(datatype).upper()
+    if name not in SUPPORTED_DATATYPES:
+        supported = ", ".join(SUPPORTED_DATATYPES)
+        raise RequestError(f"{where}: datatype '{datatype}' is not supported (use one of {supported})")
+    return np.dtype(triton_to_np_dtype(name))
 
 
 def protocol_datatype(dtype: np.dtype | str) -> str:
     """The protocol datatype name (``FP32``) of a numpy dtype or dtype name (``float32``)."""
     try:
-        return _NAMES[np.dtype(dtype)]
-    except (KeyError, TypeError):
-        raise ApparateError(f"dtype '{dtype}' has no Open Inference Protocol datatype") from None
+        name = np_to_triton_dtype(np.dtype(dtype))
+    except TypeError:
+        name = None
+    if name not in SUPPORTED_DATATYPES:
+        raise ApparateError(f"dtype '{dtype}' has no Open Inference Protocol datatype")
+    return name
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from tritonclient.utils import np_to_triton_dtype
 
 from apparate_trt.backends import open_runner
 from apparate_trt.data import load_inputs
@@ -98,15 +99,11 @@ class Gate:
         self.engine.executor = self._inner
 
 
-def _datatype(value: np.ndarray) -> str:
-    return {"float32": "FP32", "int64": "INT64", "int32": "INT32", "float64": "FP64"}[value.dtype.name]
-
-
 def http_inputs(workload: Workload, start: int, count: int = 1, binary: bool = True) -> list[httpclient.InferInput]:
     """tritonclient.http tensors of samples ``start ..`` (binary or JSON data)."""
     out = []
     for name, value in workload.batch(start, count).items():
-        inp = httpclient.InferInput(name, list(value.shape), _datatype(value))
+        inp = httpclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
         inp.set_data_from_numpy(value, binary_data=binary)
         out.append(inp)
     return out
@@ -116,7 +113,7 @@ def grpc_inputs(workload: Workload, start: int, count: int = 1) -> list[grpcclie
     """tritonclient.grpc tensors of samples ``start ..``."""
     out = []
     for name, value in workload.batch(start, count).items():
-        inp = grpcclient.InferInput(name, list(value.shape), _datatype(value))
+        inp = grpcclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
         inp.set_data_from_numpy(value)
         out.append(inp)
     return out

@@ -16,9 +16,14 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import numpy as np
 
 from apparate_trt.errors import ApparateError
+from apparate_trt.manifest_schema import MANIFEST_SCHEMA
+
+_VALIDATOR = jsonschema.Draft202012Validator(MANIFEST_SCHEMA)
+"""Checks a parsed manifest against its schema (built once)."""
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -352,128 +357,85 @@ def _check_version(data: dict[str, Any], path: Path) -> None:
         )
 
 
-class _Missing(Exception):
-    def __init__(self, key: str):
-        super().__init__(key)
-        self.key = key
+def _schema_error(data: dict[str, Any]) -> str | None:
+    """The JSON path and message of the manifest's first departure from MANIFEST_SCHEMA, or None."""
+    error = jsonschema.exceptions.best_match(_VALIDATOR.iter_errors(data))
+    if error is None:
+        return None
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
+    if error.validator == "required":  # name the missing key itself, not its parent
+        missing = next((k for k in error.validator_value if k not in error.instance), "")
+        where = f"{where}.{missing}" if where else missing
+        return f"'{where}' is missing"
+    return f"'{where}' is bad ({error.message})"
 
 
-def _get(obj: Any, key: str, where: str, kind: type | tuple[type, ...]) -> Any:
-    """``obj[key]`` with a type check; raises _Missing(path) naming the JSON path of the problem."""
-    label = f"{where}.{key}" if where else key
-    if not isinstance(obj, dict) or key not in obj:
-        raise _Missing(label)
-    value = obj[key]
-    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
-        raise _Missing(f"{label} (wrong type {type(value).__name__})")
-    return value
-
-
-def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
-    return kind if isinstance(kind, tuple) else (kind,)
-
-
-_NUM = (int, float)
-_OPT_INT = (int, type(None))
-
-
-def _tensor(obj: Any, where: str) -> TensorSpec:
-    return TensorSpec(
-        _get(obj, "name", where, str), _get(obj, "dtype", where, str), list(_get(obj, "shape", where, list))
-    )
-
-
-def _items(obj: Any, key: str, where: str = "") -> list[tuple[Any, str]]:
-    label = f"{where}.{key}" if where else key
-    return [(item, f"{label}[{i}]") for i, item in enumerate(_get(obj, key, where, list))]
+def _tensor(obj: dict[str, Any]) -> TensorSpec:
+    return TensorSpec(obj["name"], obj["dtype"], list(obj["shape"]))
 
 
 def _parse(data: dict[str, Any], path: Path) -> Manifest:
-    try:
-        model = _get(data, "model", "", dict)
-        profiles = _get(data, "profiles", "", dict)
-        initial = _get(data, "initial_config", "", dict)
-        boot = _get(data, "bootstrap", "", dict)
-        return Manifest(
-            format_version=data["format_version"],
-            model=ModelInfo(
-                file=_get(model, "file", "model", str),
-                name=_get(model, "name", "model", str),
-                sha256=_get(model, "sha256", "model", str),
-                inputs=[_tensor(t, w) for t, w in _items(model, "inputs", "model")],
-                outputs=[_tensor(t, w) for t, w in _items(model, "outputs", "model")],
-                output=_get(model, "output", "model", str),
-                num_classes=_get(model, "num_classes", "model", int),
-            ),
-            sites=[
-                SiteEntry(
-                    id=_get(s, "id", w, int),
-                    tensor=_get(s, "tensor", w, str),
-                    side_tensors=list(_get(s, "side_tensors", w, list)),
-                    shape=list(_get(s, "shape", w, list)),
-                    node_index=_get(s, "node_index", w, int),
-                    depth=_get(s, "depth", w, (*_NUM, type(None))),
-                )
-                for s, w in _items(data, "sites")
-            ],
-            segments=[
-                SegmentEntry(
-                    file=_get(s, "file", w, str),
-                    inputs=list(_get(s, "inputs", w, list)),
-                    outputs=list(_get(s, "outputs", w, list)),
-                    ends_at_site=_get(s, "ends_at_site", w, _OPT_INT),
-                )
-                for s, w in _items(data, "segments")
-            ],
-            ramps=[
-                RampEntry(
-                    site=_get(r, "site", w, int),
-                    file=_get(r, "file", w, str),
-                    inputs=list(_get(r, "inputs", w, list)),
-                    output=_get(r, "output", w, str),
-                    kind=_get(r, "kind", w, str),
-                    num_classes=_get(r, "num_classes", w, int),
-                    agreement=float(_get(r, "agreement", w, _NUM)),
-                    cost_ms=float(_get(r, "cost_ms", w, _NUM)),
-                    cost_fraction=float(_get(r, "cost_fraction", w, _NUM)),
-                )
-                for r, w in _items(data, "ramps")
-            ],
-            profiles=Profiles(
-                backend=_get(profiles, "backend", "profiles", str),
-                threads=_get(profiles, "threads", "profiles", _OPT_INT),
-                batch_sizes=[int(b) for b in _get(profiles, "batch_sizes", "profiles", list)],
-                model_ms=[float(v) for v in _get(profiles, "model_ms", "profiles", list)],
-                segments_ms=[[float(v) for v in row] for row in _get(profiles, "segments_ms", "profiles", list)],
-                ramps_ms=[[float(v) for v in row] for row in _get(profiles, "ramps_ms", "profiles", list)],
-                ramp_threads=_get(profiles, "ramp_threads", "profiles", int) if "ramp_threads" in profiles else 1,
-            ),
-            budget=float(_get(data, "budget", "", _NUM)),
-            initial_config=InitialConfig(
-                active_sites=[int(s) for s in _get(initial, "active_sites", "initial_config", list)],
-                thresholds=[float(t) for t in _get(initial, "thresholds", "initial_config", list)],
-            ),
-            bootstrap=BootstrapInfo(
-                file=_get(boot, "file", "bootstrap", str),
-                num_samples=_get(boot, "num_samples", "bootstrap", int),
-                num_train=_get(boot, "num_train", "bootstrap", int),
-                num_heldout=_get(boot, "num_heldout", "bootstrap", int),
-                folds=_get(boot, "folds", "bootstrap", int) if "folds" in boot else 0,
-            ),
-            tools=dict(_get(data, "tools", "", dict)),
-            created=_get(data, "created", "", str),
-            file_sha256={str(k): str(v) for k, v in _get(data, "file_sha256", "", dict).items()}
-            if "file_sha256" in data
-            else {},
-        )
-    except _Missing as exc:
-        raise ApparateError(
-            f"{path} is missing or has a bad '{exc.key}'; the engine directory is corrupt or from another tool, {_RECOMPILE}"
-        ) from None
-    except (TypeError, ValueError) as exc:
-        raise ApparateError(
-            f"{path} holds a malformed value ({exc}); the engine directory is corrupt, {_RECOMPILE}"
-        ) from None
+    problem = _schema_error(data)
+    if problem is not None:
+        raise ApparateError(f"{path}: {problem}; the engine directory is corrupt or from another tool, {_RECOMPILE}")
+    model, profiles, initial, boot = data["model"], data["profiles"], data["initial_config"], data["bootstrap"]
+    return Manifest(
+        format_version=data["format_version"],
+        model=ModelInfo(
+            file=model["file"],
+            name=model["name"],
+            sha256=model["sha256"],
+            inputs=[_tensor(t) for t in model["inputs"]],
+            outputs=[_tensor(t) for t in model["outputs"]],
+            output=model["output"],
+            num_classes=model["num_classes"],
+        ),
+        sites=[
+            SiteEntry(s["id"], s["tensor"], list(s["side_tensors"]), list(s["shape"]), s["node_index"], s["depth"])
+            for s in data["sites"]
+        ],
+        segments=[
+            SegmentEntry(s["file"], list(s["inputs"]), list(s["outputs"]), s["ends_at_site"]) for s in data["segments"]
+        ],
+        ramps=[
+            RampEntry(
+                site=r["site"],
+                file=r["file"],
+                inputs=list(r["inputs"]),
+                output=r["output"],
+                kind=r["kind"],
+                num_classes=r["num_classes"],
+                agreement=float(r["agreement"]),
+                cost_ms=float(r["cost_ms"]),
+                cost_fraction=float(r["cost_fraction"]),
+            )
+            for r in data["ramps"]
+        ],
+        profiles=Profiles(
+            backend=profiles["backend"],
+            threads=profiles["threads"],
+            batch_sizes=[int(b) for b in profiles["batch_sizes"]],
+            model_ms=[float(v) for v in profiles["model_ms"]],
+            segments_ms=[[float(v) for v in row] for row in profiles["segments_ms"]],
+            ramps_ms=[[float(v) for v in row] for row in profiles["ramps_ms"]],
+            ramp_threads=int(profiles.get("ramp_threads", 1)),
+        ),
+        budget=float(data["budget"]),
+        initial_config=InitialConfig(
+            active_sites=[int(s) for s in initial["active_sites"]],
+            thresholds=[float(t) for t in initial["thresholds"]],
+        ),
+        bootstrap=BootstrapInfo(
+            file=boot["file"],
+            num_samples=boot["num_samples"],
+            num_train=boot["num_train"],
+            num_heldout=boot["num_heldout"],
+            folds=int(boot.get("folds", 0)),
+        ),
+        tools=dict(data["tools"]),
+        created=data["created"],
+        file_sha256={str(k): str(v) for k, v in data.get("file_sha256", {}).items()},
+    )
 
 
 def _check_consistency(m: Manifest, path: Path) -> None:

@@ -20,6 +20,7 @@ LAYERS = {
     "_core": 0,
     "data": 0,
     "engine_dir": 0,
+    "manifest_schema": 0,
     "defaults": 0,
     "latency": 0,
     "core_checks": 0,

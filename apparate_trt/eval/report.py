@@ -221,11 +221,18 @@ def format_report(report: Mapping[str, Any]) -> str:
     if report["events"]:
         summary = ", ".join(f"{count} {kind}" for kind, count in kinds.items())
         lines.append(f"  controller      {len(report['events'])} events: {summary}")
-        shown = _events_to_show(report["events"])
+        changing = [e for e in report["events"] if not _changed_nothing(e)]
+        shown = _events_to_show(changing)
         for event in shown:
-            lines.append(f"    t={event['t']:8.2f}s  {event['kind']:<11} {event['reason']}")
-        if len(shown) < len(report["events"]):
-            lines.append(f"    ... {len(report['events']) - len(shown)} more (all of them in the JSON report)")
+            change = describe_change(event)
+            lines.append(
+                f"    t={event['t']:8.2f}s  {event['kind']:<11} {event['reason']}{': ' + change if change else ''}"
+            )
+        quiet = len(report["events"]) - len(changing)
+        more = len(changing) - len(shown)
+        if quiet or more:
+            parts = ([f"{more} more"] if more else []) + ([f"{quiet} tunes that changed no threshold"] if quiet else [])
+            lines.append(f"    ... {' and '.join(parts)} (all of them in the JSON report)")
     dropped = report.get("records_dropped") or {}
     if dropped:
         lines.append(
@@ -234,6 +241,32 @@ def format_report(report: Mapping[str, Any]) -> str:
             + " (load with eval.replay.replay_controller_options(requests) to keep them)"
         )
     return "\n".join(lines)
+
+
+def _threshold_changes(event: Mapping[str, Any]) -> list[str]:
+    old, new = event.get("old_thresholds") or [], event.get("thresholds") or []
+    sites = event.get("active_sites") or []
+    return [f"site {s} {a:.4g} -> {b:.4g}" for s, a, b in zip(sites, old, new) if abs(a - b) > 1e-12]
+
+
+def _changed_nothing(event: Mapping[str, Any]) -> bool:
+    """A tune whose thresholds all stayed as they were."""
+    return event.get("kind") == "tune" and "old_thresholds" in event and not _threshold_changes(event)
+
+
+def describe_change(event: Mapping[str, Any]) -> str:
+    """What a controller event changed, in a few words: the thresholds a tune moved, the active
+    sites a ramp change left, an initial configuration's thresholds (empty when nothing to add)."""
+    kind = event.get("kind")
+    if kind == "tune":
+        return ", ".join(_threshold_changes(event))
+    if kind == "emergency" and "old_threshold" in event:
+        return f"site {event.get('site')} {event['old_threshold']:.4g} -> 0"
+    if kind in ("add_ramp", "remove_ramp") and event.get("active_sites") is not None:
+        return f"active sites now {list(event['active_sites'])}"
+    if kind == "initial" and event.get("thresholds"):
+        return "thresholds " + ", ".join(f"{t:.4g}" for t in event["thresholds"])
+    return ""
 
 
 def _events_to_show(events: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

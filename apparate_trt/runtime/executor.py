@@ -3,7 +3,8 @@
 A *plan* is the chain of ONNX Runtime sessions for one set of active ramp sites: the model split
 only at those sites (``split_model``), so an inactive site costs nothing, plus one ramp session per
 active site. Plans are built off the critical path on a background thread when the active set
-changes, cached by active set (a revisited set is instant), and swapped in between batches. A
+changes, cached by active set (a revisited set is instant; the PLANS_KEPT most recent), and swapped
+in between batches. A
 large model is split in a low-priority child process (``runtime.split_worker``) so that the split
 never holds the GIL against the batch thread.
 Thresholds change at once.
@@ -35,6 +36,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
@@ -55,6 +57,9 @@ from apparate_trt.runtime.split_worker import IdleGate, should_split_out_of_proc
 log = logging.getLogger(__name__)
 
 CONFIDENCE_KINDS = ("maxprob", "entropy")
+PLANS_KEPT = 8
+"""Plans (sessions of one active set) cached for a revisit; the least recently used is dropped (never
+the unsplit plan), so a server that tries many active sets over its life holds at most this many."""
 
 ReleaseFn = Callable[..., None]
 """``on_release(index, logits_row, pred, site_id, t_release)``: index in the batch, the released
@@ -243,7 +248,7 @@ class _PlanBuilder:
         self.manifest = manifest
         self.threads = threads
         self._model: onnx.ModelProto | None = None
-        self._plans: dict[tuple[int, ...], _Plan] = {}
+        self._plans: OrderedDict[tuple[int, ...], _Plan] = OrderedDict()
         self._ramps: dict[int, Runner] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apparate-plan")
@@ -253,7 +258,10 @@ class _PlanBuilder:
 
     def cached(self, active: tuple[int, ...]) -> _Plan | None:
         with self._lock:
-            return self._plans.get(active)
+            plan = self._plans.get(active)
+            if plan is not None:
+                self._plans.move_to_end(active)
+            return plan
 
     def ramp(self, site: int) -> Runner:
         with self._lock:
@@ -286,7 +294,18 @@ class _PlanBuilder:
             for stage in plan.stages:
                 env.update(stage.runner.run(env, stage.outputs))
         with self._lock:
-            return self._plans.setdefault(active, plan)
+            plan = self._plans.setdefault(active, plan)
+            self._plans.move_to_end(active)
+            self._evict()
+            return plan
+
+    def _evict(self) -> None:
+        """Drop the least recently used plans past PLANS_KEPT, never the unsplit one (the overload
+        fallback runs it on the critical path); a dropped plan that is running stays alive with the
+        executor that holds it."""
+        evictable = [key for key in self._plans if key != ()]
+        while len(self._plans) > PLANS_KEPT and evictable:
+            del self._plans[evictable.pop(0)]
 
     def _batch_layout(self, stages: list[_Stage], ramps: list[Runner]) -> tuple[frozenset[str], bool]:
         """The plan's batch-first tensors, and whether rows can leave its batch (see :class:`_Plan`)."""

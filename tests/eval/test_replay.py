@@ -123,3 +123,30 @@ def test_refused_requests_fail_alone_and_are_reported(tiny_resnet_engine):
     assert report["failed"] > 0 and report["completed"] > 0
     assert report["failed"] + report["completed"] == 60
     assert any("queue full" in message for message in report["errors"])
+
+
+def test_controller_lines_say_what_changed_and_quiet_tunes_are_counted() -> None:
+    from apparate_trt.eval.report import describe_change, format_report
+
+    tune = {"t": 1.0, "kind": "tune", "reason": "periodic (every 16 batches)", "active_sites": [1, 5]}
+    moved = {**tune, "old_thresholds": [0.01, 0.2], "thresholds": [0.02, 0.2]}
+    still = {**tune, "old_thresholds": [0.02, 0.2], "thresholds": [0.02, 0.2]}
+    added = {"t": 2.0, "kind": "add_ramp", "reason": "spare budget", "site": 3, "active_sites": [1, 3, 5]}
+    cut = {"t": 3.0, "kind": "emergency", "reason": "ramp 1: 7 wrong exits", "site": 1, "old_threshold": 0.02}
+    assert describe_change(moved) == "site 1 0.01 -> 0.02"
+    assert describe_change(added) == "active sites now [1, 3, 5]" and describe_change(cut) == "site 1 0.02 -> 0"
+    report = {
+        "mode": "apparate",
+        "requests": 1,
+        "completed": 1,
+        "failed": 0,
+        "latency_ms": {"p50": 1.0, "p95": 1.0, "p99": 1.0},
+        "throughput_rps": 1.0,
+        "accuracy": {"overall": 1.0, "worst_window": 1.0, "window_size": 256, "constraint": 0.01},
+        "windows_violating": 0.0,
+        "exit_share": {"final": 1.0},
+        "events": [moved, still, still, added, cut],
+    }
+    text = format_report(report)
+    assert "periodic (every 16 batches): site 1 0.01 -> 0.02" in text
+    assert "2 tunes that changed no threshold" in text and "active sites now [1, 3, 5]" in text

@@ -309,3 +309,18 @@ def test_a_model_onnx_runtime_cannot_run_fails_in_one_line_naming_the_node() -> 
     message = str(err.value)
     assert message.startswith("ONNX Runtime fails to run the toy model: node 'bad_reshape' (Reshape): ")
     assert "\n" not in message and "onnxruntime::" not in message and "re-export" in message
+
+
+def test_the_plan_cache_keeps_the_most_recent_sets_only(resnet, monkeypatch):
+    monkeypatch.setattr(executor_module, "PLANS_KEPT", 2)
+    sites = [s.id for s in resnet.manifest.sites]
+    ex = Executor(resnet.manifest, threads=THREADS)
+    try:
+        for active in ([sites[0]], [sites[1]], [sites[0], sites[1]]):
+            ex.configure(active, [0.0] * len(active), wait=True)
+        cached = list(ex._builder._plans)
+        assert cached == [(), (sites[0], sites[1])]  # the unsplit plan is kept; [sites[0]], [sites[1]] dropped
+        outcome = ex.run_batch(resnet.batch(3), Releases())  # the running plan is still whole
+        assert_same_output(outcome.final_logits, resnet.reference[:3])
+    finally:
+        ex.close()

@@ -712,6 +712,7 @@ class Controller:
                 utility_ms=value,
                 exits=exited,
                 samples=samples,
+                active_sites=list(self._active),
             )
         latest = self.latency.latest_useful_site(self.batch_size)
         for site in removed:

@@ -10,11 +10,10 @@ install:
 	bash scripts/install_system.sh
 	$(PY) -m pip install -q --no-build-isolation -e '.[train,models,plot,serve,test]'
 
-# Builds the real CV model (EfficientNet-Lite0 + Fashion-MNIST head), compiles it, replays it.
+# Builds the real CV model (EfficientNet-Lite0 + Fashion-MNIST head), compiles it, replays it on
+# Apparate and on vanilla at the same arrivals (scripts/demo.sh prints the time it took).
 demo: install
-	$(PY) scripts/build_real_models.py --out $(DATA) --only cv
-	apparate-compile $(DATA)/cv/model.onnx --data $(DATA)/cv/bootstrap.npz --out $(OUT)/cv --force
-	apparate-run --engine-dir $(OUT)/cv --data $(DATA)/cv/eval.npz --arrivals poisson:100 --report $(OUT)/cv_report.json
+	PY=$(PY) DATA=$(DATA) OUT=$(OUT) bash scripts/demo.sh
 
 models: install
 	$(PY) scripts/build_real_models.py --out $(DATA)

@@ -307,7 +307,8 @@ def read_manifest(directory: str | Path, verify: bool = True) -> Manifest:
     directory = Path(directory)
     if not directory.exists():
         raise ApparateError(
-            f"engine directory '{directory}' does not exist; create it with: apparate-compile MODEL.onnx --data BOOTSTRAP.npz --out {directory}"
+            f"engine directory '{directory}' does not exist; create it with: apparate-compile MODEL.onnx --data "
+            f"BOOTSTRAP.npz --out {directory}"
         )
     if not directory.is_dir():
         raise ApparateError(
@@ -316,7 +317,8 @@ def read_manifest(directory: str | Path, verify: bool = True) -> Manifest:
     manifest_path = directory / MANIFEST_NAME
     if not manifest_path.is_file():
         raise ApparateError(
-            f"'{directory}' is not an engine directory (it has no {MANIFEST_NAME}); pass the directory written by apparate-compile --out, or {_RECOMPILE}"
+            f"'{directory}' is not an engine directory (it has no {MANIFEST_NAME}); pass the directory written by "
+            f"apparate-compile --out, or {_RECOMPILE}"
         )
     data = _load_json(manifest_path)
     _check_version(data, manifest_path)

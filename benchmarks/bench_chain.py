@@ -102,7 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in two:
         verdict = "met" if r["vs_unsplit"] <= GOAL_OVERHEAD_2_RAMPS else "missed"
         print(
-            f"goal (2 ramps at most {GOAL_OVERHEAD_2_RAMPS:.0%} slower), batch {r['batch']}: {r['vs_unsplit']:+.1%} -> {verdict}"
+            f"goal (2 ramps at most {GOAL_OVERHEAD_2_RAMPS:.0%} slower), batch {r['batch']}: "
+            f"{r['vs_unsplit']:+.1%} -> {verdict}"
         )
     if args.out:
         Path(args.out).write_text(

@@ -1,6 +1,7 @@
 """What compacting a batch costs (skip mode), against the segment time it saves.
 
-    python benchmarks/bench_compaction.py --engine-dir out/bench/cv --data data/cv/eval.npz --out benchmarks/results/compaction.json
+    python benchmarks/bench_compaction.py --engine-dir out/bench/cv --data data/cv/eval.npz \
+        --out benchmarks/results/compaction.json
 
 For every site of the engine: run the finest segments on a full batch up to the site (the tensor
 environment the executor holds there), then time ``runtime.compaction.compact`` keeping half of
@@ -63,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         row["saved_ms"] = row["rest_full_ms"] - row["rest_half_ms"]
         rows.append(row)
         print(
-            f"site {row['site']:>2}: compact {row['compact_us']:7.1f} us; rest of the model {row['rest_full_ms']:6.2f} ms at "
+            f"site {row['site']:>2}: compact {row['compact_us']:7.1f} us; rest of the model "
+            f"{row['rest_full_ms']:6.2f} ms at "
             f"batch {args.batch}, {row['rest_half_ms']:6.2f} ms at {keep.size} rows (saves {row['saved_ms']:.2f} ms)",
             flush=True,
         )

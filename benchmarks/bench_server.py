@@ -72,7 +72,8 @@ class Run:
         errs = sum(self.errors.values())
         return (
             f"| {self.mode} | {self.path} | {self.rate:g} | {self.completed}/{self.requests} | {_ms(lat['p50'])} | "
-            f"{_ms(lat['p95'])} | {_ms(lat['p99'])} | {self.throughput_rps:.1f} | {acc} | {100 * self.early_share:.1f}% | {errs} |"
+            f"{_ms(lat['p95'])} | {_ms(lat['p99'])} | {self.throughput_rps:.1f} | {acc} | "
+            f"{100 * self.early_share:.1f}% | {errs} |"
         )
 
 
@@ -81,7 +82,8 @@ def _ms(value: float | None) -> str:
 
 
 HEADER = (
-    "| mode | path | rate (rps) | answered | p50 ms | p95 ms | p99 ms | throughput (rps) | accuracy | early exits | errors |\n"
+    "| mode | path | rate (rps) | answered | p50 ms | p95 ms | p99 ms | throughput (rps) | accuracy | early exits "
+    "| errors |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|"
 )
 

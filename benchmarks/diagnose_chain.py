@@ -105,7 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         base = result[str(b)]["unsplit"]
         print(f"batch {b}: " + ", ".join(f"{k} {v:.3f} ms ({v / base - 1:+.1%})" for k, v in result[str(b)].items()))
         print(
-            f"  profile: an exit at sites {sites} saves {[round(float(x), 3) for x in m.site_saved_ms(b)[sites]]} ms at batch {b}"
+            f"  profile: an exit at sites {sites} saves {[round(float(x), 3) for x in m.site_saved_ms(b)[sites]]} "
+            f"ms at batch {b}"
         )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

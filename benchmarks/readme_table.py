@@ -1,6 +1,6 @@
 """Print the compact Markdown table of the top-level README from benchmark summaries.
 
-    python benchmarks/readme_table.py SUMMARY.json [SUMMARY.json ...]
+    python benchmarks/readme_table.py [--systems vanilla,apparate,...] [SUMMARY.json ...]
 
 One row per workload and system: p50 / p99 latency (ms) and p50 against vanilla, saturation
 throughput against vanilla, accuracy against the original model, share of 256-request windows
@@ -36,18 +36,28 @@ def row(workload: str, system: str, s: dict[str, Any]) -> str:
     return (
         f"| {workload} | {system} | {s['latency_ms']['p50']:.2f} | {s['latency_ms']['p99']:.1f} | "
         f"{s['latency_vs_vanilla']['p50']:.2f}x | {s['throughput_vs_vanilla']:.2f}x | "
-        f"{100 * s['accuracy']['overall']:.2f}% | {100 * s['accuracy']['windows_violating']:.1f}% | {100 * early:.1f}% | {100 * skipped:.1f}% |"
+        f"{100 * s['accuracy']['overall']:.2f}% | {100 * s['accuracy']['windows_violating']:.1f}% | "
+        f"{100 * early:.1f}% | {100 * skipped:.1f}% |"
     )
 
 
-def main(paths: list[str]) -> int:
+def main(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Print the README's Markdown table from benchmark summaries.")
+    parser.add_argument("summaries", nargs="*", default=["benchmarks/results/summary.json"], help="summary.json files")
+    parser.add_argument("--systems", default=None, help="comma-separated systems to show (default: all)")
+    args = parser.parse_args(argv)
+    wanted = None if args.systems is None else set(args.systems.split(","))
     print(
-        "| workload | system | p50 ms | p99 ms | p50 vs vanilla | throughput vs vanilla | accuracy | windows > 1% | early exits | left the batch |"
+        "| workload | system | p50 ms | p99 ms | p50 vs vanilla | throughput vs vanilla | accuracy | windows > 1% "
+        "| early exits | left the batch |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for workload, systems in merged_workloads(paths or ["benchmarks/results/summary.json"]).items():
+    for workload, systems in merged_workloads(args.summaries).items():
         for system, s in systems.items():
-            print(row(workload, system, s))
+            if wanted is None or system in wanted:
+                print(row(workload, system, s))
     return 0
 
 

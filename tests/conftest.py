@@ -97,7 +97,7 @@ def tiny_bert_engine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
     )
 
 
-# ---------------------------------------------------------------- the tiny engines with eval inputs and reference outputs
+# ----------------------------------------------------- the tiny engines with eval inputs and reference outputs
 
 
 def _compiled(engine: tuple[Path, Path], count: int) -> Compiled:

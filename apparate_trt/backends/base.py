@@ -3,8 +3,8 @@
 A *runner* holds one loaded model (an ONNX segment, a ramp, the whole model, or a TensorRT engine)
 and maps ``{input name: array}`` to ``{output name: array}``. Callers never name a backend class:
 they call :func:`apparate_trt.backends.open_runner` (today every caller opens the engine directory's
-ONNX files on the default backend, onnxruntime) and use the runner through this interface only. Tests use a real runner or a small fake that
-implements :class:`Runner`.
+ONNX files on the default backend, onnxruntime) and use the runner through this interface only.
+Tests use a real runner or a small fake that implements :class:`Runner`.
 """
 
 from __future__ import annotations

@@ -53,7 +53,8 @@ def build_parser() -> Parser:
         type=float,
         default=0.02,
         metavar="FRACTION",
-        help="ramp budget: latency all active ramps may add to an input that never exits, as a fraction of the model's latency, in (0, 1)",
+        help="ramp budget: latency all active ramps may add to an input that never exits, as a fraction of the "
+        "model's latency, in (0, 1)",
     )
     p.add_argument(
         "--max-batch",
@@ -66,7 +67,8 @@ def build_parser() -> Parser:
         "--backend",
         choices=["auto", "onnxruntime", "tensorrt"],
         default="auto",
-        help="backend to profile on: onnxruntime works everywhere; tensorrt needs an NVIDIA GPU and the 'tensorrt' extra; auto picks what this machine can use",
+        help="backend to profile on: onnxruntime works everywhere; tensorrt needs an NVIDIA GPU and the 'tensorrt' "
+        "extra; auto picks what this machine can use",
     )
     p.add_argument(
         "--seed", type=int, default=0, metavar="N", help="random seed for the train/held-out split and ramp training"
@@ -75,14 +77,16 @@ def build_parser() -> Parser:
         "--output",
         metavar="NAME",
         default=None,
-        help="name of the [batch, classes] score output, needed when the model has several outputs (default: the only such output)",
+        help="name of the [batch, classes] score output, needed when the model has several outputs (default: the "
+        "only such output)",
     )
     p.add_argument(
         "--threads",
         type=int,
         default=None,
         metavar="N",
-        help="ONNX Runtime intra-op threads for feature collection and profiling (default: all cores this process may use)",
+        help="ONNX Runtime intra-op threads for feature collection and profiling (default: all cores this process "
+        "may use)",
     )
     p.add_argument(
         "--augment",
@@ -91,7 +95,8 @@ def build_parser() -> Parser:
         metavar="N",
         help="near-copies of each train sample the ramps also learn the model's outputs on, 0-7: mirror and 1-pixel "
         "shifts of an image, a few tokens deleted from a token sequence (default: 7 for a model whose only input "
-        "is a float [N, C, H, W] image or whose inputs are integer [N, S] token tensors with an attention mask, 0 otherwise)",
+        "is a float [N, C, H, W] image or whose inputs are integer [N, S] token tensors with an attention mask, 0 "
+        "otherwise)",
     )
     p.add_argument(
         "--blends",

@@ -59,6 +59,7 @@ exit status: 0 success, 2 bad input (one line 'error: ...' on stderr), 130 inter
 examples:
   apparate-run --engine-dir out/cv --data data/cv/eval.npz --arrivals poisson:100 --report cv.json --plot plots/
   apparate-run --engine-dir out/cv --data data/cv/eval.npz --arrivals poisson:100 --mode vanilla
+  apparate-run --engine-dir out/cv --data data/cv/eval.npz --arrivals poisson:100 --compare-vanilla
   apparate-run --engine-dir out/cv --data data/cv/eval.npz --arrivals poisson:100 --exit-mode skip --audit-rate 0.25
   apparate-run --engine-dir out/cv --serve --model-name cv --http-port 8000 --grpc-port 8001
 """
@@ -77,7 +78,8 @@ def build_parser() -> Parser:
         "--data",
         metavar="EVAL.npz",
         default=None,
-        help="samples to replay: one array per model input, named as in the model, first axis = samples (required unless --serve)",
+        help="samples to replay: one array per model input, named as in the model, first axis = samples (required "
+        "unless --serve)",
     )
     p.add_argument(
         "--arrivals",
@@ -172,7 +174,8 @@ def build_parser() -> Parser:
         "--initial-thresholds",
         choices=["bootstrap", "never"],
         default="bootstrap",
-        help="start with thresholds tuned on the engine's held-out bootstrap statistics, or at never-exit until the first feedback",
+        help="start with thresholds tuned on the engine's held-out bootstrap statistics, or at never-exit until "
+        "the first feedback",
     )
     p.add_argument(
         "--queue-size",
@@ -187,7 +190,8 @@ def build_parser() -> Parser:
         action="store_const",
         const=False,
         default=None,
-        help="always run the active ramps; by default (release mode) a batch dispatched while a full batch more waits runs on "
+        help="always run the active ramps; by default (release mode) a batch dispatched while a full batch more "
+        "waits runs on "
         "the unsplit model without ramps (under overload exits save less than the split and ramps cost the queue)",
     )
     p.add_argument(
@@ -195,9 +199,16 @@ def build_parser() -> Parser:
         dest="overload_fallback",
         action="store_const",
         const=True,
-        help="use the overload fallback in skip mode too (off there by default: shedding released rows drains a backlog faster)",
+        help="use the overload fallback in skip mode too (off there by default: shedding released rows drains a "
+        "backlog faster)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress line while the replay runs")
+    p.add_argument(
+        "--compare-vanilla",
+        action="store_true",
+        help="then replay the same arrivals on the unsplit model (--mode vanilla, same batching) and print "
+        "both side by side with the latency ratio",
+    )
     serve = p.add_argument_group("serving (--serve)")
     serve.add_argument(
         "--serve", action="store_true", help="serve over the Open Inference Protocol instead of replaying --data"
@@ -283,6 +294,10 @@ def validate_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             "TLS needs both --tls-cert and --tls-key (PEM files), or neither",
         ),
         (args.serve or args.data is not None, "--data EVAL.npz is required to replay (or pass --serve to serve)"),
+        (
+            not (args.compare_vanilla and (args.serve or args.mode == "vanilla")),
+            "--compare-vanilla compares an apparate replay with vanilla: drop --serve or --mode vanilla",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -344,7 +359,7 @@ def replay_command(args: argparse.Namespace) -> int:
     from apparate_trt.engine_dir import read_manifest
     from apparate_trt.eval.arrivals import parse_arrivals
     from apparate_trt.eval.replay import offline_predictions, replay, replay_controller_options
-    from apparate_trt.eval.report import build_report, format_report, write_report
+    from apparate_trt.eval.report import build_report, comparison_table, format_report, write_report
     from apparate_trt.runtime import api
 
     manifest = read_manifest(args.engine_dir, verify=False)  # api.load below checks every file
@@ -359,7 +374,8 @@ def replay_command(args: argparse.Namespace) -> int:
     settings = _settings(args, arrivals.shape[0])
     flush_print(
         f"apparate-run: {manifest.model.name} ({len(manifest.sites)} sites), mode {args.mode}, "
-        f"{arrivals.shape[0]} requests, arrivals {args.arrivals}, max batch {args.max_batch}, max delay {args.max_delay_ms} ms"
+        f"{arrivals.shape[0]} requests, arrivals {args.arrivals}, max batch {args.max_batch}, max delay "
+        f"{args.max_delay_ms} ms"
     )
     # the report shows every decision: the controller keeps the whole replay's record
     engine = api.load(args.engine_dir, engine_config(args, **replay_controller_options(arrivals.shape[0])))
@@ -371,7 +387,8 @@ def replay_command(args: argparse.Namespace) -> int:
         engine.close()
     if result.skipped is not None and result.skipped.any():
         flush_print(
-            f"judging the {int(result.skipped.sum())} requests that left the batch early against the original model (offline)"
+            f"judging the {int(result.skipped.sum())} requests that left the batch early against the original "
+            f"model (offline)"
         )
         skipped = result.skipped.nonzero()[0]
         result.final_pred[skipped] = offline_predictions(
@@ -380,6 +397,17 @@ def replay_command(args: argparse.Namespace) -> int:
         result.reference_used = True
     report = build_report(result, args.accuracy_constraint, window_size=args.accuracy_window, settings=settings)
     flush_print(format_report(report))
+    if args.compare_vanilla:
+        flush_print(f"replaying the same {arrivals.shape[0]} arrivals on the unsplit model (vanilla) ...")
+        baseline = api.load(args.engine_dir, engine_config(args).replace(mode="vanilla"))
+        try:
+            vanilla = replay(baseline, inputs, arrivals, progress=not args.quiet)
+        finally:
+            baseline.close()
+        vanilla_report = build_report(vanilla, args.accuracy_constraint, window_size=args.accuracy_window)
+        report["vanilla"] = vanilla_report
+        flush_print("Apparate beside vanilla on the same arrivals:")
+        flush_print(comparison_table({args.mode: report, "vanilla": vanilla_report}, baseline="vanilla"))
     if args.report:
         flush_print(f"report written to {write_report(report, args.report)}")
     if args.plot:

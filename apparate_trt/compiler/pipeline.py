@@ -127,11 +127,13 @@ def resolve_backend(backend: str) -> str:
         problem = unavailable_reason()
         if problem:
             raise ApparateError(
-                f"--backend tensorrt needs an NVIDIA GPU and the 'tensorrt' extra (pip install 'apparate_trt[tensorrt]'), "
+                f"--backend tensorrt needs an NVIDIA GPU and the 'tensorrt' extra (pip install "
+                f"'apparate_trt[tensorrt]'), "
                 f"which this machine lacks ({problem}); use --backend onnxruntime, which works everywhere"
             )
         raise ApparateError(
-            "building TensorRT engines is not supported by this version of apparate-compile yet; use --backend onnxruntime"
+            "building TensorRT engines is not supported by this version of apparate-compile yet; use --backend "
+            "onnxruntime"
         )
     return "onnxruntime"  # auto: TensorRT engine building arrives in a later version
 
@@ -274,7 +276,8 @@ def _split_and_check(
     check = verify_chain(model, segments, take(data, slice(0, CHAIN_CHECK_SAMPLES)), score_name)
     if not check.argmax_equal:  # verify_chain raises on a real mismatch; this guards its contract
         raise ApparateError(
-            f"the chained segments do not reproduce the model (argmax differs, max abs difference {check.max_abs_diff:.3g}); "
+            f"the chained segments do not reproduce the model (argmax differs, max abs difference "
+            f"{check.max_abs_diff:.3g}); "
             "the model may be non-deterministic or use an unsupported construct; please report it with the model"
         )
     log(f"  chained segments equal the model: all argmaxes equal, max abs difference {check.max_abs_diff:.3g}")
@@ -489,14 +492,16 @@ def _copies_features(
     if spec is None:
         if config.blend_copies:
             log(
-                f"  --blends {config.blend_copies} ignored: only a model whose one input is a float image [N, C, H, W] gets blends"
+                f"  --blends {config.blend_copies} ignored: only a model whose one input is a float image [N, C, "
+                f"H, W] gets blends"
             )
         blends = 0
     if copies == 0 and blends == 0:
         return None
     if spec is None and edited is None:
         log(
-            "  no near-copies: the model's input is neither a single float image [N, C, H, W] nor token sequences with an attention mask"
+            "  no near-copies: the model's input is neither a single float image [N, C, H, W] nor token sequences "
+            "with an attention mask"
         )
         return None
     train_idx, _ = bootstrap_split(num_samples(data), config)
@@ -614,19 +619,23 @@ def summary_table(m: Manifest, compile_s: float) -> str:
     width = max([22, *(len(s.tensor) for s in m.sites)])
     lines = [
         f"summary for {m.model.name} ({m.model.num_classes} classes) on {m.profiles.backend}, latencies at batch {b}:",
-        f"{'site':>4}  {'tensor':<{width}}  {'shape':<18}  {'depth':>5}  {'ramp kind':<26}  {'agree':>6}  {'cost ms':>8}  {'cost %':>6}  {'segment ms':>10}  active",
+        f"{'site':>4}  {'tensor':<{width}}  {'shape':<18}  {'depth':>5}  {'ramp kind':<26}  "
+        f"{'agree':>6}  {'cost ms':>8}  {'cost %':>6}  {'segment ms':>10}  active",
     ]
     for s, r in zip(m.sites, m.ramps):
         shape = "[" + ",".join(str(d) for d in s.shape) + "]"
         lines.append(
             f"{s.id:>4}  {s.tensor:<{width}}  {shape:<18}  {s.depth or 0:>5.2f}  {r.kind:<26}  "
-            f"{r.agreement:>6.3f}  {r.cost_ms:>8.3f}  {100 * r.cost_fraction:>5.2f}%  {seg_ms[s.id]:>10.3f}  {'*' if s.id in active else ''}"
+            f"{r.agreement:>6.3f}  {r.cost_ms:>8.3f}  {100 * r.cost_fraction:>5.2f}%  {seg_ms[s.id]:>10.3f}  "
+            f"{'*' if s.id in active else ''}"
         )
     lines.append(
-        f"{'tail':>4}  {'(to the model outputs)':<{width}}  {'':<18}  {1.0:>5.2f}  {'':<26}  {'':>6}  {'':>8}  {'':>6}  {seg_ms[-1]:>10.3f}"
+        f"{'tail':>4}  {'(to the model outputs)':<{width}}  {'':<18}  {1.0:>5.2f}  {'':<26}  "
+        f"{'':>6}  {'':>8}  {'':>6}  {seg_ms[-1]:>10.3f}"
     )
     lines.append(
-        f"model {model_ms:.3f} ms (segments chained {seg_ms.sum():.3f} ms); budget {100 * m.budget:.1f}% = {m.budget * model_ms:.3f} ms; "
+        f"model {model_ms:.3f} ms (segments chained {seg_ms.sum():.3f} ms); budget {100 * m.budget:.1f}% = "
+        f"{m.budget * model_ms:.3f} ms; "
         f"{len(m.sites)} sites; initial active sites: {', '.join(map(str, sorted(active))) or 'none'}"
     )
     if m.bootstrap.folds >= 2:
@@ -636,7 +645,8 @@ def summary_table(m: Manifest, compile_s: float) -> str:
         )
     else:
         lines.append(
-            f"bootstrap: {m.bootstrap.num_samples} samples ({m.bootstrap.num_train} train, {m.bootstrap.num_heldout} held out)"
+            f"bootstrap: {m.bootstrap.num_samples} samples ({m.bootstrap.num_train} train, "
+            f"{m.bootstrap.num_heldout} held out)"
         )
     lines.append(f"compile time: {compile_s:.1f} s")
     return "\n".join(lines)

@@ -370,6 +370,7 @@ def check_ramp(
     diff = float(np.max(np.abs(got - want))) if want.size else 0.0
     if not diff <= rtol * max(1.0, float(np.max(np.abs(want))) if want.size else 1.0):
         raise ApparateError(
-            f"internal error: ramp {model.graph.name} in ONNX differs from its trained weights by {diff:.3g}; please report it"
+            f"internal error: ramp {model.graph.name} in ONNX differs from its trained weights by {diff:.3g}; "
+            f"please report it"
         )
     return diff

@@ -402,7 +402,8 @@ def train_ramps(
                 else ""
             )
             log(
-                f"  ramp {i + 1}/{len(features.pooled)} ({kind}, {pooled.shape[1]} features, {rows.y.shape[0]} train rows{copies}): {'held-out' if folds is None else 'out-of-fold'} agreement "
+                f"  ramp {i + 1}/{len(features.pooled)} ({kind}, {pooled.shape[1]} features, {rows.y.shape[0]} "
+                f"train rows{copies}): {'held-out' if folds is None else 'out-of-fold'} agreement "
                 f"{ramp.agreement:.3f} (train {ramp.train_agreement:.3f}, {time.perf_counter() - start:.1f} s{chosen})"
             )
     finally:

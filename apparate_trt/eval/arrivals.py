@@ -73,7 +73,8 @@ def read_trace(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise ApparateError(
-            f"arrival trace '{path}' does not exist or is not a file; pass trace:FILE with one arrival time in seconds per line"
+            f"arrival trace '{path}' does not exist or is not a file; pass trace:FILE with one arrival time in "
+            f"seconds per line"
         )
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -90,7 +91,8 @@ def read_trace(path: str | Path) -> np.ndarray:
             value = float(text)
         except ValueError:
             raise ApparateError(
-                f"arrival trace '{path}' line {number}: '{text}' is not a time in seconds; each line must hold one number"
+                f"arrival trace '{path}' line {number}: '{text}' is not a time in seconds; each line must hold one "
+                f"number"
             ) from None
         if not math.isfinite(value):
             raise ApparateError(

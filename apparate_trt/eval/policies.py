@@ -206,8 +206,8 @@ def stream_oracle(
 
 # ------------------------------------------------------------------------------ exit rules
 class PatienceRule:
-    """PABEE's exit rule for :class:`~apparate_trt.runtime.executor.Executor`: exit once ``patience`` consecutive active ramps
-    (this one included) gave the same argmax. Thresholds are ignored."""
+    """PABEE's exit rule for :class:`~apparate_trt.runtime.executor.Executor`: exit once ``patience``
+    consecutive active ramps (this one included) gave the same argmax. Thresholds are ignored."""
 
     runs_ramps = True
 
@@ -236,9 +236,10 @@ class PatienceRule:
 
 
 class OracleRule:
-    """The oracle's exit rule for :class:`~apparate_trt.runtime.executor.Executor`: no ramp runs; each tagged input (its tag is its
-    index in the stream) exits right after the segment of its oracle site, released as the one-hot
-    row of the model's own answer. Untagged inputs, and inputs no ramp agrees on, reach the end."""
+    """The oracle's exit rule for :class:`~apparate_trt.runtime.executor.Executor`: no ramp runs; each tagged
+    input (its tag is its index in the stream) exits right after the segment of its oracle site,
+    released as the one-hot row of the model's own answer. Untagged inputs, and inputs no ramp
+    agrees on, reach the end."""
 
     runs_ramps = False
 

@@ -322,7 +322,10 @@ class _Progress:
         elapsed = max(time.monotonic() - self._t_start, 1e-9)
         p50 = f"{np.median(latency_ms):.2f} ms" if latency_ms.size else "-"
         state = "finished" if final else "running"
-        return f"replay {state}: {done}/{self.total} requests done, p50 latency {p50}, throughput {done / elapsed:.1f} req/s, {elapsed:.1f} s"
+        return (
+            f"replay {state}: {done}/{self.total} requests done, p50 latency {p50}, throughput "
+            f"{done / elapsed:.1f} req/s, {elapsed:.1f} s"
+        )
 
     def _run(self) -> None:
         while not self._stop.wait(PROGRESS_INTERVAL_S):

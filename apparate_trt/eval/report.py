@@ -197,24 +197,29 @@ def format_report(report: Mapping[str, Any]) -> str:
     )
     kinds = Counter(e["kind"] for e in report["events"])
     lines = [
-        f"mode {report['mode']}: {report['requests']} requests, {report['completed']} completed, {report['failed']} failed",
-        f"  latency ms      p50 {_ms(lat['p50'])}   p95 {_ms(lat['p95'])}   p99 {_ms(lat['p99'])}   (first release - arrival)",
+        f"mode {report['mode']}: {report['requests']} requests, {report['completed']} completed, "
+        f"{report['failed']} failed",
+        f"  latency ms      p50 {_ms(lat['p50'])}   p95 {_ms(lat['p95'])}   p99 {_ms(lat['p99'])}   (first release "
+        f"- arrival)",
         f"  throughput      {report['throughput_rps']:.1f} req/s",
         f"  accuracy        overall {_pct(acc['overall'])}   worst window {_pct(acc['worst_window'])} "
-        f"(windows of {acc['window_size']})   windows below {_pct(1 - acc['constraint'], 1)}: {_pct(report['windows_violating'], 1)}",
+        f"(windows of {acc['window_size']})   windows below {_pct(1 - acc['constraint'], 1)}: "
+        f"{_pct(report['windows_violating'], 1)}",
         f"  exit share      {shares}",
     ]
     rows = report.get("rows") or {}
     if report.get("exit_mode") == "skip":
         lines.append(
             f"  skip mode       {rows.get('released', 0)} released early: {rows.get('skipped', 0)} left the batch, "
-            f"{rows.get('audited', 0)} audited to the end; {rows.get('compute_saved_ms', 0.0):.0f} ms of segment time saved "
+            f"{rows.get('audited', 0)} audited to the end; {rows.get('compute_saved_ms', 0.0):.0f} ms of segment "
+            f"time saved "
             f"(profile); accuracy judged on {acc.get('judged', '-')} requests ({acc.get('reference', 'final outputs')})"
         )
     batches = report.get("batches") or {}
     if batches.get("run"):
         lines.append(
-            f"  batches         {batches['run']} run, {batches['unsplit']} unsplit (overload fallback: a full batch was waiting)"
+            f"  batches         {batches['run']} run, {batches['unsplit']} unsplit (overload fallback: a full "
+            f"batch was waiting)"
         )
     for message, count in report.get("errors", {}).items():
         lines.append(f"  failed          {count} x {message}")
@@ -279,7 +284,10 @@ def _events_to_show(events: Sequence[Mapping[str, Any]]) -> list[Mapping[str, An
 def comparison_table(reports: Mapping[str, Mapping[str, Any]], baseline: str = "vanilla") -> str:
     """A Markdown table of several reports side by side; latency ratios are against ``baseline``."""
     base = reports.get(baseline)
-    header = "| system | p50 ms | p95 ms | p99 ms | p50 vs base | throughput req/s | accuracy | worst window | windows violating |"
+    header = (
+        "| system | p50 ms | p95 ms | p99 ms | p50 vs base | throughput req/s | accuracy | worst window | "
+        "windows violating |"
+    )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for name, rep in reports.items():
         lat, acc = rep["latency_ms"], rep["accuracy"]
@@ -288,6 +296,7 @@ def comparison_table(reports: Mapping[str, Mapping[str, Any]], baseline: str = "
             ratio = f"{lat['p50'] / base['latency_ms']['p50']:.2f}x"
         lines.append(
             f"| {name} | {_ms(lat['p50'])} | {_ms(lat['p95'])} | {_ms(lat['p99'])} | {ratio} | "
-            f"{rep['throughput_rps']:.1f} | {_pct(acc['overall'])} | {_pct(acc['worst_window'])} | {_pct(rep['windows_violating'], 1)} |"
+            f"{rep['throughput_rps']:.1f} | {_pct(acc['overall'])} | {_pct(acc['worst_window'])} | "
+            f"{_pct(rep['windows_violating'], 1)} |"
         )
     return "\n".join(lines)

@@ -182,7 +182,8 @@ def _check_shape(spec: TensorSpec, shape: tuple[int, ...], symbols: dict[str, in
             seen = symbols.setdefault(dim, size)
             if seen != size:
                 raise ApparateError(
-                    f"inputs disagree on dimension '{dim}' ({seen} and {size} in '{spec.name}'); give every input the same length"
+                    f"inputs disagree on dimension '{dim}' ({seen} and {size} in '{spec.name}'); give every input "
+                    f"the same length"
                 )
 
 
@@ -496,7 +497,8 @@ class Engine:
             self._fail(
                 req,
                 RequestTimeoutError(
-                    f"request {req.handle.request_id} waited {waited_ms:.0f} ms in the queue, past its timeout; retry, or raise the timeout"
+                    f"request {req.handle.request_id} waited {waited_ms:.0f} ms in the queue, past its timeout; "
+                    f"retry, or raise the timeout"
                 ),
             )
 

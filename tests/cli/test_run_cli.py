@@ -316,3 +316,18 @@ def test_bad_skip_flags(tiny_resnet_engine, extra, fragment, capsys):
         ["--engine-dir", str(engine_dir), "--data", str(eval_npz), "--quiet", *extra], capsys
     )
     _assert_one_line_error(status, err, fragment)
+
+
+def test_compare_vanilla_replays_the_same_arrivals_and_prints_the_ratio(tiny_resnet_engine, tmp_path, capsys):
+    engine_dir, eval_npz = tiny_resnet_engine
+    report_path = tmp_path / "report.json"
+    argv = ["--engine-dir", str(engine_dir), "--data", str(eval_npz), "--arrivals", "fixed:200", "--threads", "1"]
+    status, out, err = _run_in_process([*argv, "--quiet", "--compare-vanilla", "--report", str(report_path)], capsys)
+    assert status == 0, err
+    assert "Apparate beside vanilla on the same arrivals" in out
+    table = [line for line in out.splitlines() if line.startswith("| apparate |") or line.startswith("| vanilla |")]
+    assert len(table) == 2 and "1.00x" in table[1]  # vanilla against itself
+    report = json.loads(report_path.read_text())
+    assert report["vanilla"]["mode"] == "vanilla" and report["vanilla"]["requests"] == report["requests"]
+    status, _, err = _run_in_process([*argv, "--mode", "vanilla", "--compare-vanilla"], capsys)
+    _assert_one_line_error(status, err, "--compare-vanilla")

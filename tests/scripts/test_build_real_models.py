@@ -18,11 +18,15 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build_real_models.py
 
 @pytest.fixture(scope="module")
 def brm():
-    """The script loaded as a module (it is not part of the package)."""
+    """The script and its per-model modules (scripts/real_models: common, cv, nlp; not part of the
+    package) as one namespace."""
     spec = importlib.util.spec_from_file_location("build_real_models", SCRIPT)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    spec.loader.exec_module(module)  # puts scripts/ on sys.path
+    parts = [importlib.import_module(f"real_models.{name}") for name in ("common", "cv", "nlp")]
+    return SimpleNamespace(
+        **{k: v for part in [*parts, module] for k, v in vars(part).items() if not k.startswith("__")}
+    )
 
 
 def test_bootstrap_count_is_max_of_ten_percent_and_1000(brm):
@@ -144,7 +148,7 @@ def test_fold_constants_keeps_standard_ops_and_outputs(brm, tmp_path):
 
 def test_missing_dataset_is_a_one_line_error(brm, tmp_path, monkeypatch, capsys):
     pytest.importorskip("torch")
-    monkeypatch.setattr(brm, "FASHION_MNIST_DIR", tmp_path / "nowhere")
+    monkeypatch.setattr(importlib.import_module("real_models.cv"), "FASHION_MNIST_DIR", tmp_path / "nowhere")
     assert brm.main(["--only", "cv", "--out", str(tmp_path / "data")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "dataset-fashion-mnist" in err and "install_system.sh" in err

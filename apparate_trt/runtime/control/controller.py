@@ -44,24 +44,23 @@ Emergency cut
     window is then cleared, since its older feedback describes a workload that is gone, and a tune
     follows once enough fresh samples arrived.
 
-Ramp adjustment (slow loop, latency first)
-    Every ``adjust_every_batches`` batches, and at least ``window_size`` samples after the last
-    adjustment or ramp change (small batches must not make it hasty), when no tune is pending and
-    no ramp is in probation: each active ramp's utility over the window with the current
-    thresholds, via ``ramp_utility``:
-    ``exit share * ms saved relative to the next exit point - pass share * ramp cost ms``, where a
-    ramp's cost is the ramp itself plus the segment boundary its site needs (``Manifest.boundary_ms``:
-    on CPU a boundary can cost more than the ramp, and an exit has to pay for both). Ramps
-    with negative utility (or no exits) are removed, and each one's freed budget probes a site
-    deeper: halfway between it and the next active ramp (or the latest useful site). When every
-    ramp pays off, spare budget probes a site earlier: halfway between the start and the earliest
-    active ramp. A removed site is not probed again for ``probe_cooldown`` adjustment rounds. Sites
-    past the latest useful site (where the latency after the site does not exceed the ramp's and
-    boundary's cost) are never used. The budget is checked in latency: the sum of the active ramps'
-    profiled costs (ramps alone, as the compiler's budget) at the current batch size stays within ``manifest.budget`` times the model's latency. A
-    new ramp starts in probation (threshold 0, never exits) and gets its threshold at the next tune
-    that has enough samples holding it; meanwhile the other ramps are re-tuned at once on the
-    samples that hold them (a ramp in probation changes no exit, so that search is exact).
+    Ramp adjustment (slow loop, latency first) Every ``adjust_every_batches`` batches, and at least
+    ``window_size`` samples after the last adjustment or ramp change (small batches must not make it
+    hasty), when no tune is pending and no ramp is in probation: each active ramp's utility over the
+    window with the current thresholds, via ``ramp_utility``: ``exit share * ms saved relative to
+    the next exit point - pass share * ramp cost ms``, where a ramp's cost is the ramp itself plus
+    the segment boundary its site needs (``Manifest.boundary_ms``: on CPU a boundary can cost more
+    than the ramp, and an exit has to pay for both). Ramps with negative utility (or no exits) are
+    removed, and each one's freed budget probes a site deeper: halfway between it and the next
+    active ramp (or the latest useful site). When every ramp pays off, spare budget probes a site
+    earlier: halfway between the start and the earliest active ramp. A removed site is not probed
+    again for ``probe_cooldown`` adjustment rounds. Sites past the latest useful site (where the
+    latency after the site does not exceed the ramp's and boundary's cost) are never used. The
+    budget is checked in latency: the sum of the active ramps' profiled costs (ramps alone, as the
+    compiler's budget) at the current batch size stays within ``manifest.budget`` times the model's
+    latency. A new ramp starts in probation (threshold 0, never exits) and gets its threshold at the
+    next tune that has enough samples holding it; meanwhile the other ramps are re-tuned at once on
+    the samples that hold them (a ramp in probation changes no exit, so that search is exact).
 
 Skip mode (``exit_mode="skip"``)
     The executor drops released rows from the batch but for an audit sample; an audited row
@@ -381,7 +380,8 @@ class Controller:
                 t,
                 "initial",
                 f"sites from the manifest; thresholds 0 (never exit) until the first tune: {len(self.window)} held-out "
-                f"bootstrap samples are too few to tune {len(active)} ramps on (needs {self.samples_to_tune(len(active))})",
+                f"bootstrap samples are too few to tune {len(active)} ramps on (needs "
+                f"{self.samples_to_tune(len(active))})",
             )
             return active, thresholds
         self._event(
@@ -603,7 +603,8 @@ class Controller:
         self._event(
             t,
             "tune",
-            f"{reason}: sites {established} (sites {sorted(self._probation)} stay in probation until they have feedback)",
+            f"{reason}: sites {established} (sites {sorted(self._probation)} stay in probation until they have "
+            f"feedback)",
             active_sites=list(self._active),
             old_thresholds=[float(x) for x in old],
             thresholds=[float(x) for x in self._thresholds],

@@ -347,7 +347,8 @@ def tensor_from_bytes(raw: bytes, dtype: np.dtype, shape: tuple[int, ...], where
     count = need // dtype.itemsize
     if len(raw) != need:
         raise RequestError(
-            f"{where}: binary data has {len(raw)} bytes but shape {list(shape)} of {protocol_datatype(dtype)} needs {need}"
+            f"{where}: binary data has {len(raw)} bytes but shape {list(shape)} of {protocol_datatype(dtype)} "
+            f"needs {need}"
         )
     return np.frombuffer(raw, dtype=dtype.newbyteorder("<"), count=count).astype(dtype, copy=True).reshape(shape)
 

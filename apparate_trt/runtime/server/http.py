@@ -534,7 +534,10 @@ class _Server(ThreadingHTTPServer):
                 self._open += 1
         if busy:
             self.app.service.metrics.request_done("http", "overloaded", 0.0)
-            message = f"the server has {self.max_connections} connections open, its limit; retry shortly or reuse a connection"
+            message = (
+                f"the server has {self.max_connections} connections open, its limit; retry shortly or reuse "
+                f"a connection"
+            )
             if self.app.ssl_context is not None or not self.refuser.refuse(request, plain_503(message)):
                 self.shutdown_request(request)  # over TLS, or past MAX_REFUSING: the refusal is the closed connection
             return

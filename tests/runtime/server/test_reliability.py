@@ -289,7 +289,8 @@ def test_client_disconnect_costs_only_its_answer(small_server, gate: Gate, workl
     body = json.dumps(json_request(workload, 1)).encode()
     sock = socket.create_connection(("127.0.0.1", srv.http_port), timeout=10)
     sock.sendall(
-        f"POST {_infer_path(srv)} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        f"POST {_infer_path(srv)} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
+        f"{len(body)}\r\n\r\n".encode()
         + body
     )
     wait_until(lambda: srv.service.inflight == 2, what="both requests in flight")

@@ -10,7 +10,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,23 @@ def require(module: str, package: str) -> Any:
 # --------------------------------------------------------------------------------------------
 # Shared helpers
 # --------------------------------------------------------------------------------------------
+
+
+def run_stage(model: str, stage: str, due: bool, build: Callable[[], object], skipped: str = "outputs exist") -> bool:
+    """Run one build stage of ``model`` when ``due`` (logged either way); True if it ran, so that the
+    stages after it run too."""
+    if not due:
+        log(f"{model}: stage {stage}: {skipped}, skipped")
+        return False
+    log(f"{model}: stage {stage}")
+    build()
+    return True
+
+
+def finish_meta(paths: dict[str, Path], t0: float) -> None:
+    """Record the files' sizes and the run's seconds (since ``t0``, ``time.perf_counter()``) in meta.json."""
+    update_json(paths["meta"], "files_bytes", file_sizes(list(paths.values())))
+    update_json(paths["meta"], "last_run_seconds", round(time.perf_counter() - t0, 1))
 
 
 def bootstrap_count(n_stream: int) -> int:

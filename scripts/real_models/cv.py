@@ -21,7 +21,7 @@ from real_models.common import (
     check_onnx,
     evaluate_stage,
     export_onnx,
-    file_sizes,
+    finish_meta,
     head_accuracy,
     log,
     ort_logits,
@@ -30,6 +30,7 @@ from real_models.common import (
     outputs_exist,
     read_json,
     require,
+    run_stage,
     seeded_torch,
     train_head,
     update_json,
@@ -360,38 +361,42 @@ def build_cv(out: Path, force: bool) -> None:
     paths["model"].parent.mkdir(parents=True, exist_ok=True)
     train_x, train_y, test_x, test_y = load_fashion_mnist(FASHION_MNIST_DIR)
     t0 = time.perf_counter()
-    ran = False
-    if force or not outputs_exist([paths["model"]]):
-        log("cv: stage model")
-        build_cv_model(paths, train_x, train_y, test_x)
-        ran = True
-    else:
-        log("cv: stage model: outputs exist, skipped (--force to rebuild)")
-    if force or ran or not outputs_exist([paths["bootstrap"], paths["eval"], paths["labels"]]):
-        log("cv: stage streams")
-        build_cv_streams(paths, test_x, test_y)
-        ran = True
-    else:
-        log("cv: stage streams: outputs exist, skipped")
-    if force or ran or "evaluation" not in read_json(paths["meta"]):
-        log("cv: stage evaluation")
-        labels = np.load(paths["labels"])
-        images = np.concatenate([np.load(paths["bootstrap"])["image"], np.load(paths["eval"])["image"]])
-        evaluate_stage(
-            paths["model"],
-            {"image": images},
-            np.concatenate([labels["bootstrap"], labels["eval"]]),
-            len(labels["bootstrap"]),
-            paths["meta"],
-            "cv",
-        )
-        ran = True
-    else:
-        log("cv: stage evaluation: done, skipped")
-    if force or ran or not outputs_exist([paths["drift"], paths["drift_meta"]]):
-        log("cv: stage drift")
-        build_cv_drift(paths)
-    else:
-        log("cv: stage drift: outputs exist, skipped")
-    update_json(paths["meta"], "files_bytes", file_sizes(list(paths.values())))
-    update_json(paths["meta"], "last_run_seconds", round(time.perf_counter() - t0, 1))
+    ran = run_stage(
+        "cv",
+        "model",
+        force or not outputs_exist([paths["model"]]),
+        lambda: build_cv_model(paths, train_x, train_y, test_x),
+        "outputs exist (--force to rebuild)",
+    )
+    streams = [paths["bootstrap"], paths["eval"], paths["labels"]]
+    ran |= run_stage(
+        "cv", "streams", force or ran or not outputs_exist(streams), lambda: build_cv_streams(paths, test_x, test_y)
+    )
+    ran |= run_stage(
+        "cv",
+        "evaluation",
+        force or ran or "evaluation" not in read_json(paths["meta"]),
+        lambda: evaluate_cv(paths),
+        "done",
+    )
+    run_stage(
+        "cv",
+        "drift",
+        force or ran or not outputs_exist([paths["drift"], paths["drift_meta"]]),
+        lambda: build_cv_drift(paths),
+    )
+    finish_meta(paths, t0)
+
+
+def evaluate_cv(paths: dict[str, Path]) -> None:
+    """The CV model's accuracy and latency on its bootstrap and evaluation streams, into meta.json."""
+    labels = np.load(paths["labels"])
+    images = np.concatenate([np.load(paths["bootstrap"])["image"], np.load(paths["eval"])["image"]])
+    evaluate_stage(
+        paths["model"],
+        {"image": images},
+        np.concatenate([labels["bootstrap"], labels["eval"]]),
+        len(labels["bootstrap"]),
+        paths["meta"],
+        "cv",
+    )

@@ -21,13 +21,14 @@ from real_models.common import (
     check_onnx,
     evaluate_stage,
     export_onnx,
-    file_sizes,
+    finish_meta,
     head_accuracy,
     log,
     ort_vs_torch,
     outputs_exist,
     read_json,
     require,
+    run_stage,
     seeded_torch,
     train_head,
     update_json,
@@ -204,45 +205,57 @@ def build_nlp(out: Path, force: bool) -> None:
         f"({df['movie_name'].nunique()} movies); token length p50 {np.median(lengths):.0f}, "
         f"p99 {np.quantile(lengths, 0.99):.0f}, max {lengths.max()} -> L={seq_len}"
     )
-    ran = False
-    if force or not outputs_exist([paths["model"]]):
-        log("nlp: stage model")
-        build_nlp_model(paths, encoder, tokenizer, train, val, stream, seq_len, float((lengths > seq_len).mean()))
-        ran = True
-    else:
-        log("nlp: stage model: outputs exist, skipped (--force to rebuild)")
+    truncated = float((lengths > seq_len).mean())
+    ran = run_stage(
+        "nlp",
+        "model",
+        force or not outputs_exist([paths["model"]]),
+        lambda: build_nlp_model(paths, encoder, tokenizer, train, val, stream, seq_len, truncated),
+        "outputs exist (--force to rebuild)",
+    )
     ids, mask = tokenize(tokenizer, stream["text"], seq_len)
     labels = stream["label"].to_numpy()
     n_boot = bootstrap_count(len(stream))
-    if force or ran or not outputs_exist([paths["bootstrap"], paths["eval"], paths["labels"]]):
-        log("nlp: stage streams")
-        np.savez_compressed(paths["bootstrap"], input_ids=ids[:n_boot], attention_mask=mask[:n_boot])
-        np.savez_compressed(paths["eval"], input_ids=ids[n_boot:], attention_mask=mask[n_boot:])
-        np.savez_compressed(paths["labels"], bootstrap=labels[:n_boot], eval=labels[n_boot:])
-        update_json(
-            paths["meta"],
-            "stream",
-            {
-                "source": "Rotten Tomatoes snippets of the held-out stream movies, seeded shuffle",
-                "stream_movies": int(stream["movie_name"].nunique()),
-                "bootstrap_samples": n_boot,
-                "eval_samples": len(stream) - n_boot,
-                "bootstrap_rule": "first max(10% of the stream, 1000) samples",
-                "fresh_share": round(float(labels.mean()), 4),
-                "labels": "labels.npz: bootstrap/eval = true classes (0 rotten, 1 fresh)",
-            },
-        )
-        log(f"nlp: wrote bootstrap ({n_boot}) and eval ({len(stream) - n_boot}) streams")
-        ran = True
-    else:
-        log("nlp: stage streams: outputs exist, skipped")
-    if force or ran or "evaluation" not in read_json(paths["meta"]):
-        log("nlp: stage evaluation")
-        evaluate_stage(paths["model"], {"input_ids": ids, "attention_mask": mask}, labels, n_boot, paths["meta"], "nlp")
-    else:
-        log("nlp: stage evaluation: done, skipped")
-    update_json(paths["meta"], "files_bytes", file_sizes(list(paths.values())))
-    update_json(paths["meta"], "last_run_seconds", round(time.perf_counter() - t0, 1))
+    streams = [paths["bootstrap"], paths["eval"], paths["labels"]]
+    ran |= run_stage(
+        "nlp",
+        "streams",
+        force or ran or not outputs_exist(streams),
+        lambda: write_nlp_streams(paths, ids, mask, labels, n_boot, stream),
+    )
+    run_stage(
+        "nlp",
+        "evaluation",
+        force or ran or "evaluation" not in read_json(paths["meta"]),
+        lambda: evaluate_stage(
+            paths["model"], {"input_ids": ids, "attention_mask": mask}, labels, n_boot, paths["meta"], "nlp"
+        ),
+        "done",
+    )
+    finish_meta(paths, t0)
+
+
+def write_nlp_streams(
+    paths: dict[str, Path], ids: np.ndarray, mask: np.ndarray, labels: np.ndarray, n_boot: int, stream: Any
+) -> None:
+    """The bootstrap (first ``n_boot``) and evaluation streams, their true labels apart, and their meta."""
+    np.savez_compressed(paths["bootstrap"], input_ids=ids[:n_boot], attention_mask=mask[:n_boot])
+    np.savez_compressed(paths["eval"], input_ids=ids[n_boot:], attention_mask=mask[n_boot:])
+    np.savez_compressed(paths["labels"], bootstrap=labels[:n_boot], eval=labels[n_boot:])
+    update_json(
+        paths["meta"],
+        "stream",
+        {
+            "source": "Rotten Tomatoes snippets of the held-out stream movies, seeded shuffle",
+            "stream_movies": int(stream["movie_name"].nunique()),
+            "bootstrap_samples": n_boot,
+            "eval_samples": len(stream) - n_boot,
+            "bootstrap_rule": "first max(10% of the stream, 1000) samples",
+            "fresh_share": round(float(labels.mean()), 4),
+            "labels": "labels.npz: bootstrap/eval = true classes (0 rotten, 1 fresh)",
+        },
+    )
+    log(f"nlp: wrote bootstrap ({n_boot}) and eval ({len(stream) - n_boot}) streams")
 
 
 def build_nlp_model(

@@ -22,8 +22,14 @@ import numpy as np
 from apparate_trt.errors import ApparateError
 from apparate_trt.manifest_schema import MANIFEST_SCHEMA
 
-_VALIDATOR = jsonschema.Draft202012Validator(MANIFEST_SCHEMA)
-"""Checks a parsed manifest against its schema (built once)."""
+_VALIDATOR = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool)
+    ),
+)(MANIFEST_SCHEMA)
+"""Checks a parsed manifest against its schema (built once); an ``integer`` is a JSON number
+without a fraction part *written as one* (``10``, not ``10.0``), as the writer writes them."""
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"

@@ -50,8 +50,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     wanted = None if args.systems is None else set(args.systems.split(","))
     print(
-        "| workload | system | p50 ms | p99 ms | p50 vs vanilla | throughput vs vanilla | accuracy | windows > 1% "
-        "| early exits | left the batch |"
+        "| workload | system | p50 ms | p99 ms | p50 vs vanilla | saturation throughput vs vanilla | accuracy "
+        "| windows > 1% | early exits | left the batch |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for workload, systems in merged_workloads(args.summaries).items():

@@ -33,3 +33,20 @@ def test_every_default_in_a_usage_line_is_the_commands_default(doc: str):
         assert float(value) == float(defaults[option]), (
             f"{doc} shows {option} {value}, the command's default is {defaults[option]}"
         )
+
+
+def test_the_readme_results_table_is_what_readme_table_prints(capsys):
+    """The README's results rows are the output of the command it names, on the committed summary."""
+    import importlib.util
+
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"`python benchmarks/readme_table\.py --systems ([a-z,-]+)`", readme)
+    assert command, "the README names the command that prints its results table"
+    spec = importlib.util.spec_from_file_location("readme_table", ROOT / "benchmarks" / "readme_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--systems", command.group(1), str(ROOT / "benchmarks" / "results" / "summary.json")])
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    shown = [line for line in readme.splitlines() if line.startswith("| ") and "|" in line[2:]]
+    for row in printed:
+        assert row in shown, f"README.md lacks the row {row!r}: rerun the command and paste its table"

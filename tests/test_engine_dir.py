@@ -252,3 +252,11 @@ def test_a_file_without_its_hash_is_refused(engine: Path) -> None:
     (engine / "manifest.json").write_text(json.dumps(data))
     message = _error(engine)
     assert "ramps/ramp_001.onnx" in message and "no SHA-256" in message
+
+
+def test_an_integer_written_as_a_float_is_refused(engine: Path) -> None:
+    data = json.loads((engine / "manifest.json").read_text())
+    data["model"]["num_classes"] = float(data["model"]["num_classes"])  # 10.0: the writer never writes it
+    (engine / "manifest.json").write_text(json.dumps(data))
+    message = _error(engine)
+    assert "'model.num_classes' is bad" in message and "recompile" in message

@@ -18,7 +18,8 @@
    where forward selection finds an earlier site whose exits save more: benchmarks/README.md.)
 3. Thresholds all start at 0 (never exit) until the first feedback arrives.
 
-Latencies are in ms at batch size 1; budget and accuracy target are fractions.
+Latencies are in ms at the batch size the pipeline chooses at (``pipeline.serving_batch``: the largest
+profiled one up to the serving default); budget and accuracy target are fractions.
 """
 
 from __future__ import annotations

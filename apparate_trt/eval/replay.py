@@ -35,9 +35,9 @@ PROGRESS_INTERVAL_S = 1.0
 class ReplayResult:
     """What a replay measured, per request in arrival order (``n`` requests).
 
-        Times are ``time.monotonic()`` seconds; latencies are ms. ``released_pred`` / ``final_pred`` /
-        ``exit_site`` are -1 where a request failed (or, for ``exit_site``, was released by the final
-        output). ``events`` and ``threshold_history`` are the controller's (empty in vanilla mode): its
+    Times are ``time.monotonic()`` seconds; latencies are ms. ``released_pred`` / ``final_pred`` /
+    ``exit_site`` are -1 where a request failed (or, for ``exit_site``, was released by the final
+    output). ``events`` and ``threshold_history`` are the controller's (empty in vanilla mode): its
     newest records, complete unless ``records_dropped`` counts older ones it no longer keeps (load the
     engine with :func:`replay_controller_options` to keep a replay's whole record).
     """

@@ -289,7 +289,7 @@ class Engine:
         self.manifest = manifest
         self.mode = mode
         self.exit_mode = exit_mode
-        """``release`` or ``skip`` (see :func:`load`); ``release`` for vanilla and the fixed policies."""
+        """``release`` or ``skip`` (see :func:`load`); ``release`` for vanilla, the policy's own for a fixed policy."""
         self.executor = executor
         self.controller = controller
         self.timeout_ms = timeout_ms

@@ -123,9 +123,16 @@ class DynamicBatcher(Generic[T]):
         """Queue every one of ``items`` (in order, with one deadline), or none of them.
 
         Raises:
-            OverloadError: the queue has no room for all of them (nothing is queued; each counts as refused).
+            ApparateError: more items than the queue holds (they could never fit; nothing is queued).
+            OverloadError: the queue has no room for all of them now (nothing is queued; each counts
+                as refused).
             BatcherClosedError: ``close()`` was called.
         """
+        if len(items) > self.queue_size:
+            raise ApparateError(
+                f"{len(items)} samples at once can never fit the queue of {self.queue_size}; send at most "
+                f"{self.queue_size} per request, or raise queue_size"
+            )
         now = time.monotonic()
         deadline = None if timeout_ms is None else now + float(timeout_ms) / 1000.0
         with self._cond:

@@ -18,6 +18,7 @@ from apparate_trt.defaults import (
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_DELAY_MS,
     DEFAULT_QUEUE_SIZE,
+    MIN_AUDIT_RATE,
 )
 from apparate_trt.errors import ApparateError
 from apparate_trt.runtime.batching import validate_settings
@@ -85,6 +86,10 @@ class EngineConfig:
         validate_settings(self.max_batch, self.max_delay_ms, self.queue_size)
         if self.exit_mode is not None:
             check_exit_mode(self.exit_mode)
+        if not MIN_AUDIT_RATE <= self.audit_rate <= 1.0:
+            raise ApparateError(
+                f"audit rate must be in [{MIN_AUDIT_RATE}, 1] so that feedback never stops, got {self.audit_rate}"
+            )
         if self.timeout_ms is not None and not self.timeout_ms > 0:
             raise ApparateError(f"timeout_ms must be > 0 ms (or None for none), got {self.timeout_ms}")
 

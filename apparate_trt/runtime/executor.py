@@ -3,10 +3,9 @@
 A *plan* is the chain of ONNX Runtime sessions for one set of active ramp sites: the model split
 only at those sites (``split_model``), so an inactive site costs nothing, plus one ramp session per
 active site. Plans are built off the critical path on a background thread when the active set
-changes, cached by active set (a revisited set is instant; the PLANS_KEPT most recent), and swapped
-in between batches. A
-large model is split in a low-priority child process (``runtime.split_worker``) so that the split
-never holds the GIL against the batch thread.
+changes, cached by active set (a revisited set is instant; at most PLANS_KEPT, the unsplit model
+always among them), and swapped in between batches. A large model is split in a low-priority child
+process (``runtime.split_worker``) so that the split never holds the GIL against the batch thread.
 Thresholds change at once.
 
 ``run_batch`` keeps an environment of named tensors: each segment reads its inputs from it (side
@@ -58,8 +57,10 @@ log = logging.getLogger(__name__)
 
 CONFIDENCE_KINDS = ("maxprob", "entropy")
 PLANS_KEPT = 8
-"""Plans (sessions of one active set) cached for a revisit; the least recently used is dropped (never
-the unsplit plan), so a server that tries many active sets over its life holds at most this many."""
+"""Plans (sessions of one active set) cached for a revisit, the unsplit plan among them; past it the
+least recently used one is dropped, with its segment files, but never the unsplit, running or
+just-built plan, so a server that tries many active sets over its life holds at most
+``max(PLANS_KEPT, 3)``."""
 
 ReleaseFn = Callable[..., None]
 """``on_release(index, logits_row, pred, site_id, t_release)``: index in the batch, the released
@@ -238,6 +239,11 @@ def _split_segments(model: onnx.ModelProto, manifest: Manifest, active: tuple[in
     return split_model(model, manifest.sites, list(active))
 
 
+def _plan_folder(active: tuple[int, ...]) -> str:
+    """The scratch folder of the segment files of the plan for ``active``."""
+    return "sites_" + "_".join(map(str, active))
+
+
 class _PlanBuilder:
     """Builds and caches plans; builds run on one background thread (off the critical path).
 
@@ -253,6 +259,8 @@ class _PlanBuilder:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apparate-plan")
         self._scratch_dir: Path | None = None
+        self.running: tuple[int, ...] = ()
+        """The active set of the plan the executor runs now (never evicted from the cache)."""
         self.gate = IdleGate()
         """Stops the split worker while a batch runs (the executor calls it around each batch)."""
 
@@ -296,16 +304,19 @@ class _PlanBuilder:
         with self._lock:
             plan = self._plans.setdefault(active, plan)
             self._plans.move_to_end(active)
-            self._evict()
+            self._evict(keep=active)
             return plan
 
-    def _evict(self) -> None:
-        """Drop the least recently used plans past PLANS_KEPT, never the unsplit one (the overload
-        fallback runs it on the critical path); a dropped plan that is running stays alive with the
-        executor that holds it."""
-        evictable = [key for key in self._plans if key != ()]
+    def _evict(self, keep: tuple[int, ...]) -> None:
+        """Drop the least recently used plans past PLANS_KEPT (with their segment files), never the
+        unsplit one (the overload fallback runs it on the critical path), the running one nor ``keep``
+        (the one just built)."""
+        evictable = [key for key in self._plans if key not in ((), self.running, keep)]
         while len(self._plans) > PLANS_KEPT and evictable:
-            del self._plans[evictable.pop(0)]
+            active = evictable.pop(0)
+            del self._plans[active]
+            if self._scratch_dir is not None:  # loaded sessions keep their own copy of the model
+                shutil.rmtree(self._scratch_dir / _plan_folder(active), ignore_errors=True)
 
     def _batch_layout(self, stages: list[_Stage], ramps: list[Runner]) -> tuple[frozenset[str], bool]:
         """The plan's batch-first tensors, and whether rows can leave its batch (see :class:`_Plan`)."""
@@ -356,9 +367,7 @@ class _PlanBuilder:
             ]
         if should_split_out_of_process(m):
             try:
-                files = split_out_of_process(
-                    m, active, self._scratch() / ("sites_" + "_".join(map(str, active))), gate=self.gate
-                )
+                files = split_out_of_process(m, active, self._scratch() / _plan_folder(active), gate=self.gate)
                 return [
                     _Stage(
                         open_runner(f.file, threads=self.threads, name=f"segment {i} of sites {list(active)}"),
@@ -457,6 +466,9 @@ class Executor:
             if active == self._wanted:
                 return
             self._wanted = active
+            if active == self._plan.active:  # back to the running plan: nothing to build
+                self._pending = None
+                return
             if wait:
                 self._pending = None
                 plan = self._builder.build(active, self._warm_inputs)
@@ -466,7 +478,7 @@ class Executor:
                     self._pending = self._builder.build_async(active, self._warm_inputs)
                     return
             self._pending = None
-            self._plan = plan
+            self._set_plan(plan)
 
     def set_audit_rate(self, rate: float) -> None:
         """Set the probability (0 <= rate <= 1) with which a released row is audited in skip mode;
@@ -513,8 +525,13 @@ class Executor:
                     self._wanted = self._plan.active
                 else:
                     if plan.active == self._wanted:
-                        self._plan = plan
+                        self._set_plan(plan)
             return self._plan
+
+    def _set_plan(self, plan: _Plan) -> None:
+        """Run ``plan`` from the next batch (the caller holds the lock); the cache keeps it."""
+        self._plan = plan
+        self._builder.running = plan.active
 
     @property
     def active_sites(self) -> list[int]:

@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from apparate_trt.backends import open_runner
-from apparate_trt.compiler.pipeline import compile_model
+from apparate_trt.compiler.pipeline import compile_model, serving_batch
 from apparate_trt.compiler.profiling import ProfileSettings
 from apparate_trt.data import load_inputs
 from apparate_trt.engine_dir import read_manifest, write_manifest
@@ -29,8 +29,9 @@ def test_engine_dir_is_complete_and_consistent(request: pytest.FixtureRequest, f
     depths = [s.depth for s in m.sites]
     assert all(0 < d < 1 for d in depths) and depths == sorted(depths)
     assert all(0.0 <= r.agreement <= 1.0 and r.cost_ms > 0 for r in m.ramps)
-    cost = m.ramp_cost_ms(1)[m.initial_config.active_sites].sum()
-    assert cost <= m.budget * m.model_ms(1) + 1e-9 and m.initial_config.thresholds == [0.0] * len(
+    b = serving_batch(m.profiles.batch_sizes)
+    cost = m.ramp_cost_ms(b)[m.initial_config.active_sites].sum()
+    assert cost <= m.budget * m.model_ms(b) + 1e-9 and m.initial_config.thresholds == [0.0] * len(
         m.initial_config.active_sites
     )
     stats = m.load_bootstrap_stats()

@@ -99,6 +99,24 @@ def test_overload_is_refused_at_once_and_nothing_accepted_is_lost():
     assert rec.items == [0, 1, 2, 3]
 
 
+def test_submit_many_queues_all_or_none():
+    rec = Recorder(block=True)
+    batcher = DynamicBatcher(rec, max_batch=1, max_delay_ms=0, queue_size=3)
+    batcher.submit(0)
+    assert rec.started.wait(WAIT_S)  # the worker holds item 0
+    batcher.submit_many([1, 2])
+    with pytest.raises(OverloadError, match="room for 1, 2 sent"):
+        batcher.submit_many([3, 4])  # one would fit: neither is queued
+    assert batcher.queue_depth == 2 and batcher.stats().refused == 2
+    with pytest.raises(ApparateError, match="can never fit the queue of 3") as never:
+        batcher.submit_many([5, 6, 7, 8])
+    assert not isinstance(never.value, OverloadError)  # not "retry later"
+    batcher.submit_many([9])
+    rec.release.set()
+    batcher.close()
+    assert rec.items == [0, 1, 2, 9]
+
+
 def test_close_answers_every_accepted_item_then_refuses_new_ones():
     rec = Recorder(block=True)
     batcher = DynamicBatcher(rec, max_batch=2, max_delay_ms=60_000, queue_size=64)

@@ -319,7 +319,10 @@ def test_the_plan_cache_keeps_the_most_recent_sets_only(resnet, monkeypatch):
         for active in ([sites[0]], [sites[1]], [sites[0], sites[1]]):
             ex.configure(active, [0.0] * len(active), wait=True)
         cached = list(ex._builder._plans)
-        assert cached == [(), (sites[0], sites[1])]  # the unsplit plan is kept; [sites[0]], [sites[1]] dropped
+        # the unsplit plan, the one running when the last was built, and the last: [sites[0]] dropped
+        assert cached == [(), (sites[1],), (sites[0], sites[1])]
+        ex.configure([sites[1]], [0.0], wait=True)  # an evicted set comes back: built anew
+        ex.configure([sites[0], sites[1]], [0.0, 0.0], wait=True)  # back to a cached one
         outcome = ex.run_batch(resnet.batch(3), Releases())  # the running plan is still whole
         assert_same_output(outcome.final_logits, resnet.reference[:3])
     finally:

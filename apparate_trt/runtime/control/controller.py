@@ -44,7 +44,8 @@ Emergency cut
     window is then cleared, since its older feedback describes a workload that is gone, and a tune
     follows once enough fresh samples arrived.
 
-    Ramp adjustment (slow loop, latency first) Every ``adjust_every_batches`` batches, and at least
+Ramp adjustment (slow loop, latency first)
+    Every ``adjust_every_batches`` batches, and at least
     ``window_size`` samples after the last adjustment or ramp change (small batches must not make it
     hasty), when no tune is pending and no ramp is in probation: each active ramp's utility over the
     window with the current thresholds, via ``ramp_utility``: ``exit share * ms saved relative to
@@ -83,7 +84,7 @@ batch size; a boundary's cost and the budget check for a new ramp always use the
 chain cannot time a boundary apart from its segments, and a new ramp has not run yet).
 
 Every decision is an event ``{t, kind, reason, ...}`` (kinds: ``initial``, ``tune``,
-``emergency``, ``remove_ramp``, ``add_ramp``), and every observation (one batch, or the several
+``emergency``, ``remove_ramp``, ``add_ramp``, ``audit``), and every observation (one batch, or the several
 that queued while the engine's control thread was busy: :meth:`Controller.observe_batches`)
 appends to the threshold history
 ``{t, active_sites, thresholds, window_accuracy, window_samples, audit_rate}``. Times ``t`` are in

@@ -59,6 +59,12 @@ class Server:
     """
 
     def __init__(self, engine: Any, config: ServingConfig | None = None, **settings: Any) -> None:
+        engine_fields = sorted(set(settings) - set(ServingConfig.server_fields()))
+        if engine_fields:
+            raise ApparateError(
+                f"{engine_fields} are engine settings, and this engine is loaded already; pass them to "
+                "load(), or use Server.from_engine_dir / serve"
+            )
         config = (config or ServingConfig()).replace(**settings)
         self.config = config
         self.engine = engine

@@ -69,10 +69,15 @@ class ServingConfig:
         if int(self.max_inflight) < 1:
             raise ApparateError(f"the in-flight request limit must be at least 1, got {self.max_inflight}")
 
+    @staticmethod
+    def server_fields() -> list[str]:
+        """The names of the server's own settings (the others are the engine's)."""
+        return [f.name for f in dataclasses.fields(ServingConfig) if f.name != "engine"]
+
     def replace(self, **settings: Any) -> ServingConfig:
         """A copy with ``settings`` changed (checked): server fields, or engine fields that go to
         :attr:`engine`; ApparateError naming an unknown setting."""
-        own = {f.name for f in dataclasses.fields(ServingConfig)}
+        own = {*self.server_fields(), "engine"}
         mine = {k: v for k, v in settings.items() if k in own}
         engine = {k: v for k, v in settings.items() if k not in own}
         if engine:

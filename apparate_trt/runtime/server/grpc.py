@@ -121,7 +121,7 @@ def _decoding(method: Any, cls: Any, what: str) -> Any:
         try:
             request = decode_message(cls, raw, what)
         except RequestError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(status_code(exc)[0], str(exc))
         return await method(request, context)
 
     return handler
@@ -216,7 +216,7 @@ def make_servicer(service: InferenceService, pb: Any, pb_grpc: Any, config_pb: A
             try:
                 service.check_model(request.name, request.version)
             except RequestError as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                await context.abort(status_code(exc)[0], str(exc))
 
             def tensor(t: Any) -> Any:
                 return pb.ModelMetadataResponse.TensorMetadata(name=t.name, datatype=t.datatype, shape=list(t.shape))
@@ -233,7 +233,7 @@ def make_servicer(service: InferenceService, pb: Any, pb_grpc: Any, config_pb: A
             try:
                 service.check_model(request.name, request.version)
             except RequestError as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                await context.abort(status_code(exc)[0], str(exc))
 
             def entry(t: Any, cls: Any) -> Any:
                 return cls(

@@ -230,8 +230,7 @@ def engine_gauges(engine: Any) -> dict[str, Any]:
     stats: dict[str, Any] = dict(engine.stats())
     if isinstance(stats.get("compute_saved_ms"), (int, float)):
         stats["compute_saved_s"] = float(stats["compute_saved_ms"]) / 1000.0
-    controller = getattr(engine, "controller", None)
-    last = controller.last_observation if controller is not None else None
+    last = engine.controller.last_observation if engine.controller is not None else None
     if "window_accuracy" not in stats and last and last.get("window_accuracy") is not None:
         stats["window_accuracy"] = last["window_accuracy"]
     return stats

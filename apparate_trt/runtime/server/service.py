@@ -83,8 +83,8 @@ def combine(results: Sequence[Any], final_response: bool | None = None) -> Infer
     """Stack per-sample engine Results (in batch order) into one answer."""
     output = np.stack([np.asarray(r.output) for r in results])
     sites = [None if r.is_final else r.exit_site for r in results]
-    skipped = any(getattr(r, "skipped", False) for r in results)
-    is_last = all(r.is_final or getattr(r, "skipped", False) for r in results)
+    skipped = any(r.skipped for r in results)
+    is_last = all(r.is_last for r in results)
     return InferAnswer(
         output, sites, all(r.is_final for r in results), final_response, skipped=skipped, is_last=is_last
     )

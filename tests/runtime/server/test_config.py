@@ -47,3 +47,15 @@ def test_serving_md_states_the_server_defaults() -> None:
         found = re.search(rf"`{name}` \((\d+(?:\.\d+)?)", text)
         assert found, f"docs/SERVING.md does not state the default of {name}"
         assert float(found.group(1)) == float(getattr(defaults, name)), name
+
+
+def test_a_loaded_engine_refuses_engine_settings_at_the_server(tiny_resnet_engine) -> None:
+    from apparate_trt.runtime.api import load
+    from apparate_trt.runtime.server import Server
+
+    engine = load(tiny_resnet_engine[0], threads=1)
+    try:
+        with pytest.raises(ApparateError, match=r"\['max_batch'\] are engine settings"):
+            Server(engine, http_port=0, grpc_port=0, max_batch=4)
+    finally:
+        engine.close()

@@ -476,6 +476,19 @@ def _check_consistency(m: Manifest, path: Path) -> None:
         problems.append("initial_config.thresholds does not match active_sites")
     if m.model.output not in [t.name for t in m.model.outputs]:
         problems.append(f"model.output '{m.model.output}' is not one of model.outputs")
+    else:
+        classes = next(t for t in m.model.outputs if t.name == m.model.output).shape[-1:]
+        if m.model.num_classes < 1 or (classes and isinstance(classes[0], int) and classes[0] != m.model.num_classes):
+            problems.append(
+                f"model.num_classes {m.model.num_classes} is not the score output's class axis "
+                f"{classes[0] if classes else '?'}"
+            )
+    if any(r.num_classes != m.model.num_classes for r in m.ramps):
+        problems.append("a ramp's num_classes differs from the model's")
+    if any(
+        v < 0 or v != v for v in [*m.profiles.model_ms, *sum(m.profiles.segments_ms, []), *sum(m.profiles.ramps_ms, [])]
+    ):
+        problems.append("a profiled latency is negative or NaN")
     if problems:
         raise ApparateError(f"{path} is inconsistent: {'; '.join(problems)}; {_RECOMPILE}")
 

@@ -260,3 +260,11 @@ def test_an_integer_written_as_a_float_is_refused(engine: Path) -> None:
     (engine / "manifest.json").write_text(json.dumps(data))
     message = _error(engine)
     assert "'model.num_classes' is bad" in message and "recompile" in message
+
+
+def test_a_class_count_that_is_not_the_outputs_is_refused(engine: Path) -> None:
+    data = json.loads((engine / "manifest.json").read_text())
+    data["model"]["num_classes"] = data["model"]["num_classes"] + 1
+    (engine / "manifest.json").write_text(json.dumps(data))
+    message = _error(engine)
+    assert "inconsistent" in message and "num_classes" in message

@@ -148,7 +148,7 @@ def build_parser() -> Parser:
         "--report",
         metavar="report.json",
         default=None,
-        help="also write the report as JSON to this file (keys: docs/REPORT.md)",
+        help="also write the report as JSON to this file, creating missing directories (keys: docs/REPORT.md)",
     )
     p.add_argument(
         "--plot",

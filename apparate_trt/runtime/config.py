@@ -84,6 +84,11 @@ class EngineConfig:
             raise ApparateError(f"threads must be at least 1 (or None for all cores), got {self.threads}")
         check_confidence_kind(self.confidence)
         validate_settings(self.max_batch, self.max_delay_ms, self.queue_size)
+        if int(self.queue_size) < int(self.max_batch):
+            raise ApparateError(
+                f"queue size {self.queue_size} is below the max batch {self.max_batch}: a full batch could never "
+                "wait in the queue; raise queue_size or lower max_batch"
+            )
         if self.exit_mode is not None:
             check_exit_mode(self.exit_mode)
         if not MIN_AUDIT_RATE <= self.audit_rate <= 1.0:

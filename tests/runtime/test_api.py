@@ -334,7 +334,7 @@ def test_batch_validation_is_the_one_check_and_its_samples_are_views():
 
 
 def test_submit_batch_queues_all_samples_or_none(resnet):
-    with _load(resnet, max_batch=4, queue_size=3) as engine:
+    with _load(resnet, max_batch=3, queue_size=3) as engine:
         batch = resnet.batch(3)
         handles = engine.submit_batch(batch, tags=[0, 1, 2])
         for i, handle in enumerate(handles):

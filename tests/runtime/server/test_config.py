@@ -59,3 +59,8 @@ def test_a_loaded_engine_refuses_engine_settings_at_the_server(tiny_resnet_engin
             Server(engine, http_port=0, grpc_port=0, max_batch=4)
     finally:
         engine.close()
+
+
+def test_a_queue_smaller_than_a_batch_is_refused() -> None:
+    with pytest.raises(ApparateError, match="queue size 4 is below the max batch 8"):
+        EngineConfig(max_batch=8, queue_size=4)

@@ -434,9 +434,12 @@ def _header_length(headers: Any) -> int | None:
     if value is None:
         return None
     try:
-        return int(value)
+        length = int(value)
     except ValueError:
         raise RequestError(f"bad Inference-Header-Content-Length '{value}'") from None
+    if length < 0:
+        raise RequestError(f"Inference-Header-Content-Length {length} is negative; send the JSON header's byte size")
+    return length
 
 
 class _Refuser:

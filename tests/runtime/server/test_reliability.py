@@ -128,6 +128,8 @@ def test_http_binary_nan_and_bad_header(server, workload: Workload) -> None:
     assert err.value.status() == "400" and "NaN" in err.value.message()
     status, _, doc = post(server, _infer_path(server), b"{}", {"Inference-Header-Content-Length": "99"})
     assert status == 400 and "Inference-Header-Content-Length" in doc["error"]
+    status, _, doc = post(server, _infer_path(server), b"{}", {"Inference-Header-Content-Length": "-5"})
+    assert status == 400 and "is negative" in doc["error"]
 
 
 def test_grpc_bad_requests_are_invalid_argument(server, workload: Workload) -> None:

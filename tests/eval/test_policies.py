@@ -181,7 +181,7 @@ def test_the_skip_oracle_releases_at_the_same_sites_and_its_rows_leave_the_batch
         handles = [engine.submit(resnet.sample(i), tag=i) for i in range(resnet.n)]
         early = [h.early.result(WAIT_S) for h in handles]
         final = [h.final.result(WAIT_S) for h in handles]
-        stats = engine.stats()
+    stats = engine.stats()  # after close: the last batch's rows are counted once its run returns
     for i in range(resnet.n):
         exits = oracle.site[i] >= 0
         assert early[i].exit_site == (int(oracle.site[i]) if exits else None)

@@ -108,6 +108,13 @@ class RampEntry:
     agreement: float
     cost_ms: float
     cost_fraction: float
+    features: str | None = None
+    """The ramp graph's pooled-features output (``features``), which refits learn from; None in
+    engine directories compiled before it (their ramps run, but are never refitted)."""
+    refit: dict[str, Any] | None = None
+    """Where a refitted ramp came from (``apparate-run --save-ramps``): the compiled file it
+    replaced, the requests served and samples it learned from, its releasable share and agreement
+    on held-out served samples before and after; None for a ramp as compiled."""
 
 
 @dataclass
@@ -416,6 +423,8 @@ def _parse(data: dict[str, Any], path: Path) -> Manifest:
                 agreement=float(r["agreement"]),
                 cost_ms=float(r["cost_ms"]),
                 cost_fraction=float(r["cost_fraction"]),
+                features=r.get("features"),
+                refit=r.get("refit"),
             )
             for r in data["ramps"]
         ],

@@ -78,7 +78,8 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                         "agreement": _NUM,
                         "cost_ms": _NUM,
                         "cost_fraction": _NUM,
-                    }
+                    },
+                    {"features": {"type": ["string", "null"]}, "refit": {"type": ["object", "null"]}},
                 ),
             },
             "profiles": _object(

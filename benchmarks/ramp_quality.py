@@ -27,21 +27,7 @@ from apparate_trt.data import load_inputs, num_samples, take
 from apparate_trt.engine_dir import read_manifest
 from apparate_trt.errors import ApparateError
 from apparate_trt.eval.policies import stream_ramps
-
-
-def confident_share(confidence: np.ndarray, agree: np.ndarray, max_disagreement: float) -> float:
-    """The largest share (0..1) of all inputs that one threshold could release (the most confident
-    ones) while the wrongly released stay at most ``max_disagreement`` (a fraction) of ALL inputs,
-    as the accuracy constraint counts them. A threshold cannot split inputs of equal confidence, so
-    only cuts between distinct confidences count."""
-    if confidence.size == 0:
-        return 0.0
-    order = np.argsort(-confidence, kind="stable")
-    ranked = confidence[order]
-    wrong = np.cumsum(agree[order] == 0)
-    cut = np.append(ranked[:-1] > ranked[1:], True)  # a threshold can fall after position k
-    ok = np.flatnonzero(cut & (wrong <= max_disagreement * confidence.size))
-    return float((ok[-1] + 1) / confidence.size) if ok.size else 0.0
+from apparate_trt.ramps.quality import releasable_share
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,7 +70,7 @@ def report(args: argparse.Namespace, levels: list[float]) -> int:
                 "site": entry.site,
                 "kind": entry.kind,
                 "agreement": float(agree.mean()),
-                "confident_share": {f"{e:g}": confident_share(conf, agree, e) for e in levels},
+                "confident_share": {f"{e:g}": releasable_share(conf, agree, e) for e in levels},
             }
         )
     header = " | ".join(f"releasable, <= {100 * e:g}% wrong" for e in levels)

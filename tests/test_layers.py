@@ -26,13 +26,14 @@ LAYERS = {
     "core_checks": 0,
     "graph": 1,
     "backends": 1,
+    "ramps": 1,
     "compiler": 2,
     "runtime": 2,
     "eval": 3,
     "cli": 4,
 }
-#: Parts on the same layer that must not import each other.
-SIBLINGS_APART = [{"graph", "backends"}, {"compiler", "runtime"}]
+#: Parts on the same layer that must not import each other (ramps may use backends to run a ramp).
+SIBLINGS_APART = [{"graph", "backends"}, {"graph", "ramps"}, {"compiler", "runtime"}]
 
 
 def _part(module: str) -> str | None:

@@ -49,14 +49,6 @@ from apparate_trt.compiler.batch_axes import PROBE_BATCHES, restore_batch_axes
 from apparate_trt.compiler.chain import verify_chain
 from apparate_trt.compiler.initial_config import choose_initial
 from apparate_trt.compiler.profiling import ProfileResult, ProfileSettings, batch_sizes_up_to, profile_all
-from apparate_trt.compiler.ramps import (
-    MASKED_KINDS,
-    RAMP_OUTPUT,
-    build_ramp_onnx,
-    candidate_kinds,
-    check_ramp,
-    find_mask_input,
-)
 from apparate_trt.compiler.sites import Site, find_sites
 from apparate_trt.compiler.training import (
     Features,
@@ -88,6 +80,15 @@ from apparate_trt.engine_dir import (
 from apparate_trt.errors import ApparateError
 from apparate_trt.graph.ingest import TensorInfo, load_model, model_io, score_output
 from apparate_trt.graph.split import Segment, split_model
+from apparate_trt.ramps.model import (
+    MASKED_KINDS,
+    RAMP_FEATURES,
+    RAMP_OUTPUT,
+    build_ramp_onnx,
+    candidate_kinds,
+    check_ramp,
+    find_mask_input,
+)
 
 Log = Callable[[str], None]
 
@@ -600,6 +601,7 @@ def _assemble_manifest(
                 agreement=r.agreement,
                 cost_ms=prof.ramps_ms[i][0],
                 cost_fraction=prof.ramps_ms[i][0] / model_b1,
+                features=RAMP_FEATURES,
             )
             for i, (s, names, r) in enumerate(zip(sites, ramp_inputs, trained.ramps))
         ],

@@ -35,18 +35,18 @@ import onnx
 
 from apparate_trt._optional import require
 from apparate_trt.backends import open_runner
-from apparate_trt.compiler.ramps import (
+from apparate_trt.data import num_samples, take
+from apparate_trt.engine_dir import BootstrapStats
+from apparate_trt.graph.split import with_extra_outputs
+from apparate_trt.ramps.fit import HeadTraining, split_indices, target_probabilities, train_head
+from apparate_trt.ramps.model import (
     MASKED_KINDS,
     RampWeights,
     SiteLike,
-    kind_spec,
     pool_features,
     ramp_forward,
     softmax,
 )
-from apparate_trt.data import num_samples, take
-from apparate_trt.engine_dir import BootstrapStats
-from apparate_trt.graph.split import with_extra_outputs
 
 Log = Callable[[str], None]
 
@@ -77,20 +77,11 @@ class Features:
 
 
 @dataclass
-class TrainConfig:
-    """Ramp training hyper-parameters (defaults train 16 ramps x 1,000 samples in seconds)."""
+class TrainConfig(HeadTraining):
+    """Ramp training hyper-parameters: each head's (:class:`~apparate_trt.ramps.fit.HeadTraining`)
+    and the bootstrap data's use (defaults train 16 ramps x 1,000 samples in seconds)."""
 
     heldout_fraction: float = 0.2
-    epochs: int = 20
-    min_steps: int = 200
-    max_steps: int = 400
-    """Optimiser steps are ``epochs`` passes, raised to ``min_steps`` and capped at ``max_steps``
-    (near-copies multiply the rows; the cap keeps training time flat)."""
-    batch_size: int = 128
-    lr: float = 1e-2
-    weight_decay: float = 1e-4
-    max_hidden: int = 128
-    """A cap on the hidden width of two-layer heads (each kind has its own, ``ramps.KindSpec.hidden``)."""
     distill: bool = True
     """Train on the model's probabilities (True) or on its argmax (False)."""
     seed: int = 0
@@ -202,91 +193,6 @@ def fold_ids(n: int, folds: int, seed: int) -> np.ndarray:
     ids = np.empty(n, dtype=np.int64)
     ids[order] = np.arange(n) % folds
     return ids
-
-
-def split_indices(n: int, heldout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded random split of ``n`` samples: (train indices, held-out indices), both non-empty if n >= 2."""
-    order = np.random.default_rng(seed).permutation(n)
-    heldout = min(n - 1, max(1, int(round(heldout_fraction * n)))) if n >= 2 else 0
-    return np.sort(order[heldout:]), np.sort(order[:heldout])
-
-
-def target_probabilities(scores: np.ndarray) -> np.ndarray:
-    """The model's output as probabilities: itself if it already is (rows >= 0 summing to 1), else softmax."""
-    if scores.size and scores.min() >= 0 and np.allclose(scores.sum(axis=1), 1.0, atol=1e-3):
-        return scores.astype(np.float32)
-    return softmax(scores)
-
-
-def _standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mean = x.mean(axis=0, dtype=np.float64)
-    std = x.std(axis=0, dtype=np.float64)
-    # Features that barely vary (e.g. a [CLS] token after one layer) would get huge folded weights
-    # that float round-off then disturbs: floor the scale at 1% of the features' overall magnitude.
-    magnitude = float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
-    return mean, np.maximum(std, 0.01 * magnitude) if magnitude > 0 else np.ones_like(std)
-
-
-def fold_standardisation(weights: RampWeights, mean: np.ndarray, std: np.ndarray) -> RampWeights:
-    """Weights for raw features equal to ``weights`` applied to ``(x - mean) / std``."""
-    w0, b0 = weights.layers[0]
-    w = w0.astype(np.float64) / std[:, None]
-    b = b0.astype(np.float64) - mean @ w
-    first = (w.astype(np.float32), b.astype(np.float32))
-    return RampWeights([first, *weights.layers[1:]], weights.activation)
-
-
-def train_head(
-    features: np.ndarray,
-    labels: np.ndarray,
-    probs: np.ndarray | None,
-    kind: str,
-    num_classes: int,
-    config: TrainConfig,
-    seed: int,
-) -> RampWeights:
-    """Train one ramp head on pooled ``features`` [N, D] to predict ``labels`` (or ``probs``)."""
-    torch = require("torch", extra="train", purpose="ramp training")
-    torch.manual_seed(seed)
-    mean, std = _standardiser(features)
-    x = torch.from_numpy(((features - mean) / std).astype(np.float32))
-    y = torch.from_numpy(labels.astype(np.int64))
-    p = torch.from_numpy(probs) if probs is not None else None
-    dim = features.shape[1]
-    spec = kind_spec(kind)
-    sizes = [dim, min(dim, spec.hidden, config.max_hidden), num_classes] if spec.layers == 2 else [dim, num_classes]
-    layers: list = []
-    for i in range(len(sizes) - 1):
-        if i:
-            layers.append(torch.nn.Tanh() if spec.activation == "tanh" else torch.nn.ReLU())
-        layers.append(torch.nn.Linear(sizes[i], sizes[i + 1]))
-    net = torch.nn.Sequential(*layers)
-    opt = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    n = x.shape[0]
-    batch = min(config.batch_size, n)
-    steps_per_epoch = max(1, -(-n // batch))
-    steps = min(max(config.epochs * steps_per_epoch, config.min_steps), max(config.max_steps, config.min_steps))
-    epochs = max(1, -(-steps // steps_per_epoch))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=gen)
-        for begin in range(0, n, batch):
-            idx = order[begin : begin + batch]
-            logits = net(x[idx])
-            if p is not None:
-                loss = -(p[idx] * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
-            else:
-                loss = torch.nn.functional.cross_entropy(logits, y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    linear = [m for m in net if isinstance(m, torch.nn.Linear)]
-    trained = RampWeights(
-        [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy()) for m in linear], spec.activation
-    )
-    return fold_standardisation(trained, mean, std)
 
 
 @dataclass

@@ -43,6 +43,7 @@ from apparate_trt.runtime.config import EngineConfig
 from apparate_trt.runtime.control.controller import Controller
 from apparate_trt.runtime.control.loop import ControlLoop
 from apparate_trt.runtime.executor import BatchOutcome, Executor, ExitRule
+from apparate_trt.runtime.learning.learner import FinishedRefit, RampLearner
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +286,7 @@ class Engine:
         timeout_ms: float | None,
         overload_fallback: bool = True,
         exit_mode: str = "release",
+        learner: RampLearner | None = None,
     ) -> None:
         self.manifest = manifest
         self.mode = mode
@@ -292,6 +294,11 @@ class Engine:
         """``release`` or ``skip`` (see :func:`load`); ``release`` for vanilla, the policy's own for a fixed policy."""
         self.executor = executor
         self.controller = controller
+        self.learner = learner if controller is not None else None
+        """The :class:`~apparate_trt.runtime.learning.learner.RampLearner` that refits the ramps on
+        the served stream (None: vanilla, a fixed policy, or ``refits=False``)."""
+        if self.learner is not None and self.learner.enabled:
+            executor.keep_features = True
         self.timeout_ms = timeout_ms
         self.overload_fallback = bool(overload_fallback) and controller is not None
         """True when a batch dispatched with a full batch still waiting runs unsplit (see :func:`load`)."""
@@ -509,9 +516,35 @@ class Engine:
         controller = self.controller
         assert controller is not None
         config = controller.observe_batches(outcomes, t)
+        learner = self.learner
+        if learner is not None and learner.enabled:
+            learner.observe(outcomes)
+            finished = learner.take_finished()
+            if finished is not None and self._swap_refit(finished, t):
+                config = None  # applied already, before the new head serves
+            learner.maybe_start(controller.config[0], controller.probation)
         if self.exit_mode == "skip":
             self.executor.set_audit_rate(controller.audit_rate)
         return config
+
+    def _swap_refit(self, finished: FinishedRefit, t: float | None) -> bool:
+        """Act on a finished refit: an accepted head goes into probation (threshold 0, applied at
+        once) and then serves from the next batch; a rejected one is only recorded. True when the
+        controller's configuration was applied here."""
+        controller = self.controller
+        assert controller is not None
+        figures = {k: v for k, v in finished.figures.items() if k not in ("file", "accepted")}
+        figures.update(wall_s=finished.wall_s, requests_served=finished.served)
+        if not finished.accepted or finished.file is None:
+            controller.refit_rejected(t, finished.site, figures)
+            return False
+        controller.ramp_refitted(t, finished.site, figures)
+        self._apply_config(controller.config)  # threshold 0 before the new head runs
+        try:
+            self.executor.replace_ramp(finished.site, finished.file)
+        except ApparateError as exc:  # the refitted graph did not open: keep serving the old one
+            log.warning("refitted ramp %d did not open (%s); it stays in probation on the old head", finished.site, exc)
+        return True
 
     def _observe(self, outcome: BatchOutcome) -> None:
         """Hand the batch's feedback to the controller's thread (:mod:`~apparate_trt.runtime.control.loop`)."""
@@ -553,7 +586,25 @@ class Engine:
             "active_sites": active,
             "thresholds": {site: thresholds.get(site, 0.0) for site in active},
             "feedback_dropped": self._control.dropped if self._control is not None else 0,
+            "learning": self.learner.stats() if self.learner is not None else None,
         }
+
+    def save_ramps(self, directory: str | Path) -> Path:
+        """Write an engine directory at ``directory`` (new or empty) that serves the ramps as they
+        are now: a copy of this one with every refitted head in place and each refitted ramp's
+        manifest entry recording where it came from (``refit``: the compiled file, refits, requests
+        served, samples, the before/after figures). It loads as any engine directory. Call it
+        after :meth:`sync_controller` to include a refit that just finished.
+
+        Raises:
+            ApparateError: the engine keeps no learner (vanilla, a fixed policy, ``refits=False``
+                or refits off: see ``stats()["learning"]``), or ``directory`` holds files.
+        """
+        if self.learner is None:
+            raise ApparateError(
+                f"the engine in mode '{self.mode}' does not refit ramps; load it in apparate mode with refits on"
+            )
+        return self.learner.save(directory)
 
     @property
     def closed(self) -> bool:
@@ -571,6 +622,8 @@ class Engine:
         self._batcher.close(timeout_s)
         if self._control is not None:
             self._control.close(timeout_s)
+        if self.learner is not None:
+            self.learner.close()
         self.executor.close()
 
     def __enter__(self) -> Engine:
@@ -615,6 +668,7 @@ def load(
         mode, rule = "apparate", None
     executor = Executor(manifest, config.threads, config.confidence, rule, exit_mode=exit_mode)
     controller: Controller | None = None
+    learner: RampLearner | None = None
     try:
         if policy is not None:
             executor.configure(policy.sites, policy.thresholds, wait=True)
@@ -626,6 +680,9 @@ def load(
             active, thresholds = controller.initial_config()
             executor.configure(active, thresholds, wait=True)
             executor.set_audit_rate(controller.audit_rate)
+            learning = config.learning()
+            if learning.refits:
+                learner = RampLearner(manifest, controller.target_constraint, learning, gate=executor.build_gate)
     except BaseException:
         executor.close()
         raise
@@ -641,4 +698,5 @@ def load(
         timeout_ms=config.timeout_ms,
         overload_fallback=fallback,
         exit_mode=exit_mode,
+        learner=learner,
     )

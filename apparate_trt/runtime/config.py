@@ -24,6 +24,7 @@ from apparate_trt.errors import ApparateError
 from apparate_trt.runtime.batching import validate_settings
 from apparate_trt.runtime.compaction import check_exit_mode
 from apparate_trt.runtime.executor import check_confidence_kind
+from apparate_trt.runtime.learning.learner import LearningOptions
 
 MODES = ("apparate", "vanilla")
 """``apparate``: ramps and the adaptive controller; ``vanilla``: the unsplit original model."""
@@ -60,6 +61,14 @@ class EngineConfig:
             (default): the backend's default (``defaults.default_exit_mode``).
         audit_rate: (skip mode) the steady probability that a released row still runs to the end
             as feedback, in [0.05, 1]; the controller weighs each audited row by ``1 / audit_rate``.
+        refits: (``apparate`` mode) True (default): the ramps keep learning from the served
+            stream: each active ramp's reservoir of pooled features and final outputs refits its
+            head in a niced child process, swapped in only when it releases more on held-out
+            samples (:mod:`~apparate_trt.runtime.learning`; needs torch, the ``train`` extra,
+            else it says so once and the ramps stay as compiled). False: the ramps stay as compiled.
+        learning_options: extra keyword arguments for the ramp learner
+            (:class:`~apparate_trt.runtime.learning.learner.LearningOptions`: ``refit_every``,
+            ``reservoir_samples``, ``reservoir_bytes``, ``total_bytes``, ``min_gain``).
     """
 
     max_batch: int = DEFAULT_MAX_BATCH
@@ -74,6 +83,8 @@ class EngineConfig:
     overload_fallback: bool | None = None
     exit_mode: str | None = None
     audit_rate: float = DEFAULT_AUDIT_RATE
+    refits: bool = True
+    learning_options: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -97,6 +108,19 @@ class EngineConfig:
             )
         if self.timeout_ms is not None and not self.timeout_ms > 0:
             raise ApparateError(f"timeout_ms must be > 0 ms (or None for none), got {self.timeout_ms}")
+        self.learning()  # checks the learning options
+
+    def learning(self) -> LearningOptions:
+        """The ramp learner's options from :attr:`refits` and :attr:`learning_options` (checked)."""
+        options = dict(self.learning_options or {})
+        unknown = sorted(set(options) - {f.name for f in dataclasses.fields(LearningOptions)} - {"refits"})
+        if unknown:
+            raise ApparateError(
+                f"unknown learning option(s) {unknown}; the options are "
+                f"{', '.join(f.name for f in dataclasses.fields(LearningOptions) if f.name != 'refits')}"
+            )
+        options.pop("refits", None)
+        return LearningOptions(refits=bool(self.refits), **options)
 
     def replace(self, **settings: Any) -> EngineConfig:
         """A copy with ``settings`` changed (checked); ApparateError naming an unknown setting."""

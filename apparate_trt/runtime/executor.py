@@ -99,6 +99,10 @@ class BatchOutcome:
     compute_saved_ms: float = 0.0
     """Segment time the skipped rows did not cost, from the profile: the sum over segments of the
     profiled latency at the full batch minus that at the rows the segment ran on (ms)."""
+    features: dict[int, np.ndarray] | None = None
+    """float32 [n, D] per active site: the ramp's pooled features (its graph's ``features``
+    output), kept only when :attr:`Executor.keep_features` is set (the ramp learner reads them);
+    rows that left the batch before the ramp are zeros. None: not kept."""
 
     @property
     def skipped_count(self) -> int:
@@ -283,6 +287,12 @@ class _PlanBuilder:
                 runner = self._ramps.setdefault(site, runner)
         return runner
 
+    def set_ramp(self, site: int, runner: Runner) -> None:
+        """Serve ``site``'s ramp with ``runner`` from now on (every plan shares it); the caller
+        swaps it in between batches."""
+        with self._lock:
+            self._ramps[site] = runner
+
     def build(self, active: tuple[int, ...], warm_inputs: Mapping[str, np.ndarray] | None = None) -> _Plan:
         """Build (or fetch) the plan for ``active`` on the calling thread.
 
@@ -450,6 +460,11 @@ class Executor:
         self._pending: Future[_Plan] | None = None
         self._warm_inputs: dict[str, np.ndarray] | None = None  # one sample of the latest batch
         self._lock = threading.Lock()
+        self.keep_features = False
+        """True: each outcome carries the active ramps' pooled features (``BatchOutcome.features``)
+        where the ramp graphs export them; the ramp learner sets it."""
+        self._new_ramps: dict[int, Runner] = {}  # swapped in before the next batch
+        self._features: dict[int, np.ndarray] = {}  # the running batch's, site -> [n, D]
 
     # ------------------------------------------------------------------------------- configuration
     def configure(self, active_sites: Sequence[int], thresholds: Sequence[float], *, wait: bool = False) -> None:
@@ -479,6 +494,27 @@ class Executor:
                     return
             self._pending = None
             self._set_plan(plan)
+
+    def replace_ramp(self, site: int, file: str | Path) -> None:
+        """Serve ``site``'s ramp from the ONNX graph ``file`` (same inputs and outputs as the
+        compiled one: a refitted head) from the next batch on, in every plan. The session opens
+        on the calling thread; a batch running meanwhile finishes with the old ramp.
+
+        Raises:
+            ApparateError: ``site`` is unknown or ``file`` does not open.
+        """
+        if not 0 <= int(site) < len(self.manifest.ramps):
+            raise ApparateError(f"unknown ramp site {site}; this engine has sites 0..{len(self.manifest.ramps) - 1}")
+        runner = open_runner(Path(file), threads=self._builder.threads, name=f"ramp {site} ({Path(file).name})")
+        with self._lock:
+            self._new_ramps[int(site)] = runner
+
+    def _swap_ramps(self) -> None:
+        """Put ramps replaced since the last batch in service (the batch thread, between batches)."""
+        with self._lock:
+            new, self._new_ramps = self._new_ramps, {}
+        for site, runner in new.items():
+            self._builder.set_ramp(site, runner)
 
     def set_audit_rate(self, rate: float) -> None:
         """Set the probability (0 <= rate <= 1) with which a released row is audited in skip mode;
@@ -582,7 +618,10 @@ class Executor:
         wait_final: Sequence[bool] | np.ndarray | None = None,
     ) -> BatchOutcome:
         t_start = time.monotonic()
+        if self._new_ramps:
+            self._swap_ramps()
         plan = self._builder.build(()) if unsplit else self._swap_if_ready()
+        self._features = {}
         thresholds = self._thresholds
         n = _batch_size(inputs)
         self.exit_rule.begin_batch(n, tags)
@@ -647,6 +686,8 @@ class Executor:
                 rows_run=rows.run,
                 compute_saved_ms=self._compute_saved_ms(plan.active, n, rows.run),
             )
+        if self.keep_features and self._features:
+            extra["features"], self._features = self._features, {}
         return BatchOutcome(
             site_ids=np.asarray(plan.active, dtype=np.int32),
             thresholds=applied,
@@ -689,14 +730,34 @@ class Executor:
         ran = [self._builder.profiled_stage_ms(active, int(k))[i] for i, k in enumerate(rows_run)]
         return float(max(0.0, full.sum() - float(np.sum(ran))))
 
-    def _ramp_logits(self, site: int, env: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    def _ramp_logits(
+        self, site: int, env: Mapping[str, np.ndarray], rows: np.ndarray | None = None, n: int = 0
+    ) -> np.ndarray | None:
         """The ramp of ``site`` run on the environment: float32 logits [rows, classes]; None when
-        the exit rule runs no ramps."""
+        the exit rule runs no ramps. With :attr:`keep_features` the ramp's pooled features are kept
+        for the outcome, scattered to batch rows ``rows`` of ``n`` (None: every row)."""
         if not self.exit_rule.runs_ramps:
             return None
         entry = self.manifest.ramps[site]
-        raw = self._builder.ramp(site).run(env, [entry.output])[entry.output]
-        return _float32_logits(raw, f"ramp {site} output '{entry.output}'")
+        wanted = [entry.output]
+        if self.keep_features and entry.features:
+            wanted.append(entry.features)
+        values = self._builder.ramp(site).run(env, wanted)
+        if len(wanted) > 1:
+            self._keep_features(site, values[entry.features], rows, n)
+        return _float32_logits(values[entry.output], f"ramp {site} output '{entry.output}'")
+
+    def _keep_features(self, site: int, value: np.ndarray, rows: np.ndarray | None, n: int) -> None:
+        """Record a ramp's pooled features [rows, D] as the batch's [n, D] (zeros for rows gone)."""
+        value = np.asarray(value, dtype=np.float32)
+        if value.ndim != 2:
+            return  # not [rows, D]: nothing the learner can use
+        if rows is None:
+            self._features[site] = np.array(value)
+            return
+        full = np.zeros((n, value.shape[1]), dtype=np.float32)
+        full[rows] = value
+        self._features[site] = full
 
     def _run_ramp_skipping(
         self,
@@ -715,7 +776,7 @@ class Executor:
         runs on only if audited; the others are released as their last result and leave the
         batch. Returns the (compacted) environment."""
         alive = rows.alive
-        logits = self._ramp_logits(site, env)
+        logits = self._ramp_logits(site, env, alive, rows.weights.shape[0])
         sub_done = done[alive]
         c, pred, newly = self.exit_rule.decide(site, logits, threshold, sub_done, self.confidence, alive)
         done[alive] = sub_done

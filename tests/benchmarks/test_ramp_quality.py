@@ -6,7 +6,6 @@ import importlib.util
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "ramp_quality.py"
@@ -17,18 +16,6 @@ def _script():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def test_confident_share_counts_wrong_releases_against_all_inputs_and_never_splits_ties() -> None:
-    share = _script().confident_share
-    conf = np.array([0.99, 0.98, 0.97, 0.96, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05])
-    agree = np.array([1, 1, 0, 1, 1, 0, 1, 1, 1, 1], dtype=np.uint8)
-    assert share(conf, agree, 0.0) == 0.2  # the first wrong one is third most confident
-    assert share(conf, agree, 0.1) == 0.5  # one wrong release of ten inputs is allowed
-    assert share(conf, agree, 1.0) == 1.0
-    tied = np.array([0.9, 0.9, 0.9, 0.1])
-    assert share(tied, np.array([1, 1, 0, 1], dtype=np.uint8), 0.0) == 0.0  # no threshold splits the tie
-    assert share(np.zeros(0), np.zeros(0, dtype=np.uint8), 0.01) == 0.0
 
 
 def test_runs_on_a_compiled_engine_and_writes_json(tiny_resnet_engine, tmp_path, capsys) -> None:

@@ -8,26 +8,22 @@ import pytest
 import tiny_models
 
 from apparate_trt.backends import open_runner
-from apparate_trt.compiler.ramps import (
-    MASKED_KINDS,
-    RampWeights,
-    build_ramp_onnx,
-    candidate_kinds,
-    check_ramp,
-    find_mask_input,
-    ramp_forward,
-)
 from apparate_trt.compiler.sites import find_sites
 from apparate_trt.compiler.training import (
     Features,
     TrainConfig,
     collect_features,
     fold_ids,
-    fold_standardisation,
-    split_indices,
     train_ramps,
 )
 from apparate_trt.graph.ingest import load_model, model_io
+from apparate_trt.ramps.model import (
+    MASKED_KINDS,
+    build_ramp_onnx,
+    candidate_kinds,
+    check_ramp,
+    find_mask_input,
+)
 
 QUIET = {"log": lambda line: None}
 
@@ -168,28 +164,6 @@ def test_distillation_on_probabilities() -> None:
         Features([{"dense_linear": x}], probs.astype(np.float32), []), TrainConfig(distill=True), **QUIET
     )
     assert result.ramps[0].agreement > 0.8
-
-
-def test_fold_standardisation_is_exact() -> None:
-    rng = np.random.default_rng(2)
-    x = rng.normal(3.0, 5.0, size=(10, 4)).astype(np.float32)
-    mean, std = x.mean(axis=0).astype(np.float64), x.std(axis=0).astype(np.float64)
-    weights = RampWeights(
-        [
-            (rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)),
-            (rng.normal(size=(3, 2)).astype(np.float32), rng.normal(size=2).astype(np.float32)),
-        ]
-    )
-    folded = fold_standardisation(weights, mean, std)
-    want = ramp_forward(weights, ((x - mean) / std).astype(np.float32))
-    np.testing.assert_allclose(ramp_forward(folded, x), want, rtol=1e-4, atol=1e-4)
-
-
-def test_split_indices() -> None:
-    train, held = split_indices(100, 0.2, seed=0)
-    assert len(held) == 20 and len(train) == 80 and not set(train) & set(held)
-    train, held = split_indices(2, 0.2, seed=0)
-    assert len(train) == 1 and len(held) == 1
 
 
 def test_kind_choice_keeps_the_candidate_that_agrees_better() -> None:

@@ -84,7 +84,8 @@ batch size; a boundary's cost and the budget check for a new ramp always use the
 chain cannot time a boundary apart from its segments, and a new ramp has not run yet).
 
 Every decision is an event ``{t, kind, reason, ...}`` (kinds: ``initial``, ``tune``,
-``emergency``, ``remove_ramp``, ``add_ramp``, ``audit``), and every observation (one batch, or the several
+``emergency``, ``remove_ramp``, ``add_ramp``, ``audit``, ``refit``: a ramp's head refitted on served
+samples, :mod:`apparate_trt.runtime.learning`, swapped in or rejected), and every observation (one batch, or the several
 that queued while the engine's control thread was busy: :meth:`Controller.observe_batches`)
 appends to the threshold history
 ``{t, active_sites, thresholds, window_accuracy, window_samples, audit_rate}``. Times ``t`` are in
@@ -375,6 +376,9 @@ class Controller:
             )
             return active, thresholds
         self._seed_window(stats)
+        refitted = self._forget_refitted(active)
+        if refitted:
+            return active, self._start_refitted(t, active, refitted)
         tuned = self._search(active)
         if tuned is None:
             self._event(
@@ -394,6 +398,89 @@ class Controller:
             saved_ms=tuned.saved_ms,
         )
         return active, tuned.thresholds
+
+    def _forget_refitted(self, active: Sequence[int]) -> list[int]:
+        """Active sites whose ramp was refitted since compile time (``RampEntry.refit``): the
+        bootstrap statistics describe the compiled head, so the window forgets them and the
+        ramps start in probation."""
+        refitted = [s for s in active if self.manifest.ramps[s].refit]
+        for site in refitted:
+            self.window.remove_site(site)
+        self._probation.update(refitted)
+        return refitted
+
+    def _start_refitted(self, t: float, active: list[int], refitted: list[int]) -> np.ndarray:
+        """Thresholds at the start when some active ramps were refitted: the others tuned on the
+        bootstrap statistics, the refitted ones 0 (probation) until live feedback holds them."""
+        established = [s for s in active if s not in refitted]
+        tuned = self._search(established) if established else None
+        per_site = {} if tuned is None else dict(zip(established, tuned.thresholds))
+        thresholds = np.asarray([per_site.get(s, 0.0) for s in active], dtype=np.float64)
+        self._partial_for = tuple(active) if tuned is not None else None
+        self._event(
+            t,
+            "initial",
+            f"sites from the manifest; refitted ramps {refitted} in probation (threshold 0) until live feedback "
+            + (
+                f"holds them; sites {established} tuned on {tuned.samples} held-out bootstrap samples"
+                if tuned
+                else "holds them"
+            ),
+            thresholds=[float(x) for x in thresholds],
+        )
+        return thresholds
+
+    # --------------------------------------------------------------------------- refits
+    @property
+    def probation(self) -> frozenset[int]:
+        """Active sites whose ramps run at threshold 0 (never exit) until a tune holds them."""
+        return frozenset(self._probation)
+
+    def ramp_refitted(self, t: float | None, site: int, figures: dict[str, Any]) -> Config | None:
+        """A refitted head serves ``site`` from the next batch: its old feedback is forgotten, it
+        goes into probation (threshold 0) until a tune on the new head's feedback, and the other
+        ramps are re-tuned at once; ``figures`` (the refit's before/after quality, samples, times)
+        go into a ``refit`` event. Returns the new configuration if it changed."""
+        t = self.clock() if t is None else float(t)
+        before = self.config
+        site = int(site)
+        self.window.remove_site(site)
+        if site in self._active:
+            self._thresholds[self._active.index(site)] = 0.0
+            self._probation.add(site)
+            self._pending_tune = f"after a refit of ramp {site}"
+            self._partial_for = None
+        self._event(t, "refit", self._refit_reason(site, figures, accepted=True), site=site, accepted=True, **figures)
+        self._update_audit_rate(t)
+        after = self.config
+        return after if after != before else None
+
+    def refit_rejected(self, t: float | None, site: int, figures: dict[str, Any]) -> None:
+        """Record a refit of ``site`` that was not swapped in (the new head did not release more on
+        held-out samples, or the refit failed): a ``refit`` event only."""
+        t = self.clock() if t is None else float(t)
+        self._event(
+            t,
+            "refit",
+            self._refit_reason(int(site), figures, accepted=False),
+            site=int(site),
+            accepted=False,
+            **figures,
+        )
+
+    @staticmethod
+    def _refit_reason(site: int, figures: dict[str, Any], accepted: bool) -> str:
+        if "error" in figures:
+            return f"ramp {site}: refit failed ({figures['error']}); the ramp stays as it is"
+        before, after = figures.get("before") or {}, figures.get("after") or {}
+        share = (
+            f"releasable share {before.get('share', 0.0):.3f} -> {after.get('share', 0.0):.3f}, agreement "
+            f"{before.get('agreement', 0.0):.3f} -> {after.get('agreement', 0.0):.3f} on "
+            f"{figures.get('heldout_samples', 0)} held-out samples"
+        )
+        if accepted:
+            return f"ramp {site}: refitted head swapped in ({share}); in probation (threshold 0) until the next tune"
+        return f"ramp {site}: refitted head rejected ({share}); the ramp stays as it is"
 
     def _bootstrap_for_start(self, mode: str, given: BootstrapStats | None) -> tuple[BootstrapStats | None, str]:
         """The bootstrap statistics to seed the window with, or (None, why not)."""

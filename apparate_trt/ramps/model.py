@@ -33,7 +33,8 @@ second input.
 Because the pooling is fixed, training works on pooled features (:func:`pool_features`), and
 :func:`build_ramp_onnx` turns the trained numpy weights into the ramp's own small ONNX model
 (inputs: the site tensor, and the mask for the masked mean; output ``logits``) that computes
-exactly :func:`ramp_forward` after the pooling. Feature maps of rank > 4 ([N, C, D, H, W]) are
+exactly :func:`ramp_forward` after the pooling, with the pooled features as a second output
+(``features``). Feature maps of rank > 4 ([N, C, D, H, W]) are
 pooled like rank 4 over all spatial axes.
 """
 
@@ -60,6 +61,9 @@ SEQ_CLS_DENSE_TANH_LINEAR = "seq_cls_dense_tanh_linear"
 SEQ_MEAN_DENSE_TANH_LINEAR = "seq_mean_dense_tanh_linear"
 DENSE_LINEAR = "dense_linear"
 RAMP_OUTPUT = "logits"
+RAMP_FEATURES = "features"
+"""The ramp graph's second output: its pooled features [N, D], what the head reads (the runtime keeps
+them from served rows to refit the head, :mod:`apparate_trt.ramps.refit`)."""
 RAMP_OPSET = 17
 RAMP_IR_VERSION = 8  # readable by every onnxruntime this package supports
 
@@ -301,7 +305,7 @@ def _pooling_nodes(
 
 def build_ramp_onnx(site: SiteLike, kind: str, weights: RampWeights, mask: InputLike | None = None) -> onnx.ModelProto:
     """The ramp at ``site`` as its own checked ONNX model: inputs ``site.tensor`` (and ``mask.name``
-    for a masked-mean ramp), output ``logits``."""
+    for a masked-mean ramp), outputs ``logits`` and ``features`` (the pooled features the head reads)."""
     spec = kind_spec(kind)
     if len(weights.layers) != spec.layers:
         raise ValueError(f"{kind} ramps have {spec.layers} layers, got {len(weights.layers)}")
@@ -315,6 +319,7 @@ def build_ramp_onnx(site: SiteLike, kind: str, weights: RampWeights, mask: Input
         mask_type = helper.np_dtype_to_tensor_dtype(np.dtype(mask.dtype))
         inputs.append(_value_info(mask.name, [batch, *list(mask.shape)[1:]], batch, mask_type))
     nodes, inits, x = _pooling_nodes(kind, site.tensor, mask.name if mask is not None else None, site.shape)
+    nodes.append(helper.make_node("Identity", [x], [RAMP_FEATURES], name="ramp_features"))
     for i, (w, b) in enumerate(weights.layers):
         if i:
             op = "Tanh" if weights.activation == "tanh" else "Relu"
@@ -331,7 +336,10 @@ def build_ramp_onnx(site: SiteLike, kind: str, weights: RampWeights, mask: Input
         nodes,
         f"ramp_site{site.id}",
         inputs,
-        [_value_info(RAMP_OUTPUT, [batch, weights.num_classes], batch)],
+        [
+            _value_info(RAMP_OUTPUT, [batch, weights.num_classes], batch),
+            _value_info(RAMP_FEATURES, [batch, int(weights.layers[0][0].shape[0])], batch),
+        ],
         initializer=inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", RAMP_OPSET)], producer_name="apparate_trt")
@@ -365,12 +373,55 @@ def check_ramp(
     feeds = {names[0]: activation.astype(np.float32)}
     if kind in MASKED_KINDS:
         feeds[names[1]] = mask
-    got = open_runner(model, threads=threads, name=f"ramp {model.graph.name}").run(feeds)[RAMP_OUTPUT]
-    want = ramp_forward(weights, pool_features(kind, activation, mask))
+    outputs = [o.name for o in model.graph.output]
+    ran = open_runner(model, threads=threads, name=f"ramp {model.graph.name}").run(feeds)
+    got = ran[RAMP_OUTPUT]
+    pooled = pool_features(kind, activation, mask)
+    want = ramp_forward(weights, pooled)
     diff = float(np.max(np.abs(got - want))) if want.size else 0.0
+    if RAMP_FEATURES in outputs and pooled.size:
+        scale = max(1.0, float(np.max(np.abs(pooled))))
+        diff = max(diff, float(np.max(np.abs(ran[RAMP_FEATURES] - pooled))) / scale)
     if not diff <= rtol * max(1.0, float(np.max(np.abs(want))) if want.size else 1.0):
         raise ApparateError(
             f"internal error: ramp {model.graph.name} in ONNX differs from its trained weights by {diff:.3g}; "
             f"please report it"
         )
     return diff
+
+
+def head_weights(model: onnx.ModelProto, kind: str) -> RampWeights:
+    """The head of a ramp graph written by :func:`build_ramp_onnx` (its ``ramp_w{i}`` and
+    ``ramp_b{i}`` initializers) as :class:`RampWeights`."""
+    spec = kind_spec(kind)
+    inits = {t.name: t for t in model.graph.initializer}
+    try:
+        layers = [
+            (numpy_helper.to_array(inits[f"ramp_w{i}"]).astype(np.float32), numpy_helper.to_array(inits[f"ramp_b{i}"]))
+            for i in range(spec.layers)
+        ]
+    except KeyError as exc:
+        raise ApparateError(
+            f"ramp graph {model.graph.name} has no head weight {exc}; it was not written by apparate-compile"
+        ) from None
+    return RampWeights([(w, b.astype(np.float32)) for w, b in layers], spec.activation)
+
+
+def with_head_weights(model: onnx.ModelProto, weights: RampWeights) -> onnx.ModelProto:
+    """A copy of the ramp graph ``model`` whose head is ``weights`` (same layer shapes; the pooling
+    and the inputs stay): how a refitted head becomes a ramp file without the site's specs."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    replace = {}
+    for i, (w, b) in enumerate(weights.layers):
+        replace[f"ramp_w{i}"] = np.ascontiguousarray(w, dtype=np.float32)
+        replace[f"ramp_b{i}"] = np.ascontiguousarray(b, dtype=np.float32)
+    for index, tensor in enumerate(out.graph.initializer):
+        if tensor.name in replace:
+            new = replace.pop(tensor.name)
+            if tuple(tensor.dims) != new.shape:
+                raise ValueError(f"head weight {tensor.name} has shape {list(tensor.dims)}, got {list(new.shape)}")
+            out.graph.initializer[index].CopyFrom(numpy_helper.from_array(new, tensor.name))
+    if replace:
+        raise ValueError(f"ramp graph {model.graph.name} has no head weights {sorted(replace)}")
+    return out

@@ -9,7 +9,8 @@ import onnx
 import pytest
 
 from apparate_trt.backends import open_runner
-from apparate_trt.compiler.ramps import (
+from apparate_trt.graph.ingest import TensorInfo
+from apparate_trt.ramps.model import (
     CONV_GAP_LINEAR,
     CONV_GAP_MLP,
     CONV_GRID2_LINEAR,
@@ -18,6 +19,7 @@ from apparate_trt.compiler.ramps import (
     CONV_GRID4_MLP,
     DENSE_LINEAR,
     KINDS,
+    RAMP_FEATURES,
     RAMP_OUTPUT,
     SEQ_CLS_DENSE_TANH_LINEAR,
     SEQ_MEAN_DENSE_TANH_LINEAR,
@@ -26,11 +28,12 @@ from apparate_trt.compiler.ramps import (
     candidate_kinds,
     check_ramp,
     find_mask_input,
+    head_weights,
     pool_features,
     ramp_forward,
     ramp_kind,
+    with_head_weights,
 )
-from apparate_trt.graph.ingest import TensorInfo
 
 RNG = np.random.default_rng(0)
 CASES = {
@@ -122,13 +125,34 @@ def test_onnx_ramp_equals_numpy(kind: str) -> None:
     model = build_ramp_onnx(site, kind, weights)
     onnx.checker.check_model(model, full_check=True)
     assert [i.name for i in model.graph.input] == ["/layer/out_0"]
-    assert [o.name for o in model.graph.output] == [RAMP_OUTPUT]
+    assert [o.name for o in model.graph.output] == [RAMP_OUTPUT, RAMP_FEATURES]
     x = RNG.normal(size=concrete).astype(np.float32)
-    got = open_runner(model, threads=1).run({"/layer/out_0": x})[RAMP_OUTPUT]
-    want = ramp_forward(weights, pool_features(kind, x))
-    assert got.shape == (3, 4)
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    ran = open_runner(model, threads=1).run({"/layer/out_0": x})
+    pooled = pool_features(kind, x)
+    want = ramp_forward(weights, pooled)
+    assert ran[RAMP_OUTPUT].shape == (3, 4)
+    np.testing.assert_allclose(ran[RAMP_OUTPUT], want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ran[RAMP_FEATURES], pooled, rtol=1e-5, atol=1e-5)  # what a refit learns from
     assert check_ramp(model, kind, weights, x) < 1e-3
+
+
+@pytest.mark.parametrize("kind", [CONV_GAP_MLP, SEQ_CLS_DENSE_TANH_LINEAR, DENSE_LINEAR])
+def test_a_head_read_from_a_ramp_graph_and_written_back_round_trips(kind: str) -> None:
+    shape, concrete, sizes = CASES[kind]
+    site = SimpleNamespace(id=3, tensor="/layer/out_0", shape=shape)
+    model = build_ramp_onnx(site, kind, _weights(sizes, activation=KINDS[kind].activation))
+    read = head_weights(model, kind)
+    other = _weights(sizes, activation=KINDS[kind].activation)
+    replaced = with_head_weights(model, other)
+    onnx.checker.check_model(replaced, full_check=True)
+    x = RNG.normal(size=concrete).astype(np.float32)
+    got = open_runner(replaced, threads=1).run({"/layer/out_0": x})[RAMP_OUTPUT]
+    np.testing.assert_allclose(got, ramp_forward(other, pool_features(kind, x)), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(head_weights(replaced, kind).layers[-1][1], other.layers[-1][1])
+    assert [w.shape for w, _ in read.layers] == [w.shape for w, _ in other.layers]
+    wrong = RampWeights([(np.zeros((2, 2), np.float32), np.zeros(2, np.float32))] * len(other.layers), other.activation)
+    with pytest.raises(ValueError, match="shape"):
+        with_head_weights(model, wrong)
 
 
 def test_grid_ramp_needs_a_static_divisible_map() -> None:

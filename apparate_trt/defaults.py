@@ -31,3 +31,7 @@ SEARCH_MIN_STEP = 1e-6
 def default_exit_mode(backend: str) -> str:
     """The default exit mode for an engine profiled on ``backend`` (``release`` when unknown)."""
     return DEFAULT_EXIT_MODES.get(backend, "release")
+
+
+DEFAULT_REFIT_EVERY = 1024
+"""Ramps that keep learning: new samples an active ramp gathers before its next refit."""

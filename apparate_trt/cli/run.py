@@ -17,6 +17,7 @@ from apparate_trt.defaults import (
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_DELAY_MS,
     DEFAULT_QUEUE_SIZE,
+    DEFAULT_REFIT_EVERY,
     MIN_AUDIT_RATE,
 )
 from apparate_trt.errors import ApparateError
@@ -35,10 +36,14 @@ paper's design); --exit-mode skip lets a released row leave the batch, so the la
 on fewer rows, except an audit sample (--audit-rate) that runs on as feedback, weighted by
 1 / rate so the controller's estimates stay unbiased. In skip mode the report judges the requests
 that left early against the original model run offline on them afterwards. --mode vanilla serves the unsplit original
-model through the same batching, as the baseline. Latency = release time - arrival time on the
-wall clock. Prints a report (latency p50/p95/p99, throughput, accuracy against the original model
-overall and per window, exit share per ramp, the controller's decisions); --report writes it as
-JSON (keys in docs/REPORT.md), --plot writes a latency CDF and a controller timeline as PNG.
+model through the same batching, as the baseline. The ramps keep learning (--no-refits turns it
+off): rows that reach the model's end fill each active ramp's reservoir, a ramp's head is refitted
+on it in a niced child process and swapped in when it releases more of held-out samples at the
+controller's target; --save-ramps DIR keeps the refitted ramps as a new engine directory.
+Latency = release time - arrival time on the wall clock. Prints a report (latency p50/p95/p99,
+throughput, accuracy against the original model overall and per window, exit share per ramp, the
+controller's decisions and refits); --report writes it as JSON (keys in docs/REPORT.md),
+--plot writes a latency CDF and a controller timeline as PNG.
 
 Serving (--serve): an Open Inference Protocol (KServe v2) server, REST on --http-port and gRPC on
 --grpc-port, until SIGTERM or Ctrl-C (docs/SERVING.md). It binds 127.0.0.1 unless --host says
@@ -202,6 +207,29 @@ def build_parser() -> Parser:
         help="use the overload fallback in skip mode too (off there by default: shedding released rows drains a "
         "backlog faster)",
     )
+    p.add_argument(
+        "--no-refits",
+        dest="refits",
+        action="store_false",
+        help="keep the ramps as compiled; by default (apparate mode) each active ramp keeps a reservoir of the "
+        "served stream (newest 4096 samples, at most 32 MiB per ramp, 128 MiB in all) and its head is refitted on "
+        "it every 1024 new samples in a niced child process, swapped in only when it releases more of held-out "
+        "samples (needs torch, the 'train' extra)",
+    )
+    p.add_argument(
+        "--refit-every",
+        type=int,
+        default=DEFAULT_REFIT_EVERY,
+        metavar="N",
+        help=f"new samples an active ramp gathers before its next refit (default {DEFAULT_REFIT_EVERY})",
+    )
+    p.add_argument(
+        "--save-ramps",
+        metavar="DIR",
+        default=None,
+        help="at the end (replay) or on stop (serve), write an engine directory to DIR (new or empty) with the "
+        "refitted ramps, each manifest entry recording where it came from; it loads as any engine directory",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress line while the replay runs")
     p.add_argument(
         "--compare-vanilla",
@@ -295,6 +323,18 @@ def validate_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         ),
         (args.serve or args.data is not None, "--data EVAL.npz is required to replay (or pass --serve to serve)"),
         (
+            args.refit_every is None or args.refit_every >= 1,
+            f"--refit-every must be at least 1, got {args.refit_every}",
+        ),
+        (
+            args.save_ramps is None or (args.mode == "apparate" and args.refits),
+            "--save-ramps saves refitted ramps: it needs --mode apparate and refits on (drop --no-refits)",
+        ),
+        (
+            args.save_ramps is None or not _holds_files(args.save_ramps),
+            f"--save-ramps {args.save_ramps} exists and is not empty: give a new or empty directory",
+        ),
+        (
             not (args.compare_vanilla and (args.serve or args.mode == "vanilla")),
             "--compare-vanilla compares an apparate replay with vanilla: drop --serve or --mode vanilla",
         ),
@@ -302,6 +342,12 @@ def validate_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     for ok, message in checks:
         if not ok:
             p.error(message)
+
+
+def _holds_files(path: str) -> bool:
+    """True when ``path`` exists and is not an empty directory."""
+    p = Path(path)
+    return p.exists() and (not p.is_dir() or any(p.iterdir()))
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -326,6 +372,7 @@ def serve_command(args: argparse.Namespace) -> int:
         security=load_security(args.tls_cert, args.tls_key, args.auth_token_file),
         max_connections=args.max_connections,
         max_inflight=args.max_inflight,
+        save_ramps=args.save_ramps,
     )
     return int(serve(args.engine_dir, config) or 0)
 
@@ -345,6 +392,8 @@ def engine_config(args: argparse.Namespace, **controller_options: Any) -> Engine
         overload_fallback=args.overload_fallback,
         exit_mode=args.exit_mode,
         audit_rate=args.audit_rate,
+        refits=args.refits,
+        learning_options={"refit_every": args.refit_every},
         controller_options={
             "window_size": args.window_size,
             "initial_thresholds": args.initial_thresholds,
@@ -385,6 +434,8 @@ def replay_command(args: argparse.Namespace) -> int:
         result = replay(engine, inputs, arrivals, progress=not args.quiet)
     finally:
         engine.close()
+    if args.save_ramps:
+        flush_print(_save_ramps(engine, args.save_ramps))
     if result.skipped is not None and result.skipped.any():
         flush_print(
             f"judging the {int(result.skipped.sum())} requests that left the batch early against the original "
@@ -419,6 +470,14 @@ def replay_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _save_ramps(engine: Any, directory: str) -> str:
+    """Save the (closed) engine's refitted ramps to ``directory``; a line saying what was saved."""
+    out = engine.save_ramps(directory)
+    refitted = sorted(engine.learner.refitted()) if engine.learner is not None else []
+    what = f"ramps at sites {refitted} refitted" if refitted else "no ramp refitted: the ramps as compiled"
+    return f"engine directory written to {out} ({what})"
+
+
 def _settings(args: argparse.Namespace, requests: int) -> dict[str, Any]:
     return {
         "engine_dir": str(Path(args.engine_dir)),
@@ -436,6 +495,8 @@ def _settings(args: argparse.Namespace, requests: int) -> dict[str, Any]:
         "window_size": args.window_size,
         "initial_thresholds": args.initial_thresholds,
         "audit_rate": args.audit_rate,
+        "refits": args.refits,
+        "refit_every": args.refit_every,
     }
 
 

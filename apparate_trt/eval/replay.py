@@ -65,6 +65,7 @@ class ReplayResult:
     rows: dict[str, float] = field(default_factory=dict)  # released / audited / skipped rows, compute_saved_ms
     exit_mode: str = "release"
     records_dropped: dict[str, int] = field(default_factory=dict)  # older events / history entries not kept
+    learning: dict[str, Any] | None = None  # the ramp learner's figures at the end (``Engine.stats()``)
 
     @property
     def requests(self) -> int:
@@ -201,6 +202,7 @@ def replay(
         reference_used=reference_used,
         rows={k: after - rows_before[k] for k, after in _row_counts(engine).items()},
         exit_mode=str(getattr(engine, "exit_mode", "release")),
+        learning=(engine.stats() if hasattr(engine, "stats") else {}).get("learning"),
     )
 
 

@@ -120,6 +120,7 @@ def build_report(
         "events": [_relative(e, result.t_start) for e in result.events],
         "threshold_history": [_relative(h, result.t_start) for h in result.threshold_history],
         "records_dropped": dict(result.records_dropped),
+        "learning": dict(result.learning) if result.learning is not None else None,
         "submit_lag_ms": {
             "p99": float(np.percentile(lag, 99)) if lag.size else None,
             "max": float(lag.max()) if lag.size else None,
@@ -238,6 +239,9 @@ def format_report(report: Mapping[str, Any]) -> str:
         if quiet or more:
             parts = ([f"{more} more"] if more else []) + ([f"{quiet} tunes that changed no threshold"] if quiet else [])
             lines.append(f"    ... {' and '.join(parts)} (all of them in the JSON report)")
+    learning = report.get("learning")
+    if learning:
+        lines.append(f"  ramp learning   {describe_learning(learning)}")
     dropped = report.get("records_dropped") or {}
     if dropped:
         lines.append(
@@ -246,6 +250,20 @@ def format_report(report: Mapping[str, Any]) -> str:
             + " (load with eval.replay.replay_controller_options(requests) to keep them)"
         )
     return "\n".join(lines)
+
+
+def describe_learning(learning: Mapping[str, Any]) -> str:
+    """The ramp learner's figures in one line: refits run and accepted, time spent, reservoir size."""
+    if learning.get("status") != "on":
+        return f"off: {learning.get('status')}"
+    last = learning.get("last_refit_s")
+    last_text = f", the last {last:.1f} s" if last is not None else ""
+    return (
+        f"{learning.get('refits', 0)} refits, {learning.get('refits_accepted', 0)} accepted; "
+        f"{learning.get('refit_seconds', 0.0):.1f} s refitting (wall, paused time included{last_text}); "
+        f"reservoirs {learning.get('reservoir_samples', 0)} samples, "
+        f"{learning.get('reservoir_bytes', 0) / 2**20:.1f} MiB"
+    )
 
 
 def _threshold_changes(event: Mapping[str, Any]) -> list[str]:

@@ -517,7 +517,7 @@ class Engine:
         assert controller is not None
         config = controller.observe_batches(outcomes, t)
         learner = self.learner
-        if learner is not None and learner.enabled:
+        if learner is not None and learner.enabled and isinstance(controller, Controller):
             learner.observe(outcomes)
             finished = learner.take_finished()
             if finished is not None and self._swap_refit(finished, t):
@@ -594,7 +594,8 @@ class Engine:
         are now: a copy of this one with every refitted head in place and each refitted ramp's
         manifest entry recording where it came from (``refit``: the compiled file, refits, requests
         served, samples, the before/after figures). It loads as any engine directory. Call it
-        after :meth:`sync_controller` to include a refit that just finished.
+        after :meth:`sync_controller` to include a refit that just finished, or after
+        :meth:`close` to include every refit of the engine's life.
 
         Raises:
             ApparateError: the engine keeps no learner (vanilla, a fixed policy, ``refits=False``

@@ -133,6 +133,9 @@ def test_help_documents_every_flag(capsys):
         "--tls-cert",
         "--tls-key",
         "--auth-token-file",
+        "--no-refits",
+        "--refit-every",
+        "--save-ramps",
     ):
         assert flag in text
     assert "default: poisson:100" in text and "default: 0.01" in text
@@ -222,6 +225,9 @@ def test_data_not_matching_the_model(tiny_resnet_engine, tmp_path, kind, fragmen
         (["--serve", "--max-connections", "0"], "--max-connections"),
         (["--serve", "--max-inflight", "0"], "--max-inflight"),
         (["--serve", "--tls-cert", "cert.pem"], "both --tls-cert and --tls-key"),
+        (["--refit-every", "0"], "--refit-every must be at least 1"),
+        (["--save-ramps", "saved", "--no-refits"], "drop --no-refits"),
+        (["--save-ramps", "saved", "--mode", "vanilla"], "needs --mode apparate"),
         (
             ["--serve", "--http-port", "0", "--grpc-port", "0", "--auth-token-file", "/nonexistent/token"],
             "cannot read --auth-token-file",
@@ -331,3 +337,54 @@ def test_compare_vanilla_replays_the_same_arrivals_and_prints_the_ratio(tiny_res
     assert report["vanilla"]["mode"] == "vanilla" and report["vanilla"]["requests"] == report["requests"]
     status, _, err = _run_in_process([*argv, "--mode", "vanilla", "--compare-vanilla"], capsys)
     _assert_one_line_error(status, err, "--compare-vanilla")
+
+
+def test_help_states_the_learning_defaults(capsys):
+    from apparate_trt.runtime.learning.learner import REFIT_EVERY
+    from apparate_trt.runtime.learning.reservoir import RESERVOIR_BYTES, RESERVOIR_SAMPLES, TOTAL_BYTES
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"newest {RESERVOIR_SAMPLES} samples" in text and f"every {REFIT_EVERY} new samples" in text
+    assert f"{RESERVOIR_BYTES // 2**20} MiB per ramp, {TOTAL_BYTES // 2**20} MiB in all" in text
+    assert f"(default {REFIT_EVERY})" in text
+
+
+def test_save_ramps_refuses_a_directory_that_holds_files(tiny_resnet_engine, tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "manifest.json").write_text("{}")
+    engine_dir, eval_npz = tiny_resnet_engine
+    status, _, err = _run_in_process(
+        ["--engine-dir", str(engine_dir), "--data", str(eval_npz), "--save-ramps", str(taken)], capsys
+    )
+    _assert_one_line_error(status, err, "exists and is not empty")
+
+
+def test_replay_refits_ramps_reports_them_and_saves_an_engine_directory(tiny_resnet_engine, tmp_path, capsys):
+    pytest.importorskip("torch")
+    import tiny_models
+
+    from apparate_trt.engine_dir import read_manifest
+
+    engine_dir, _ = tiny_resnet_engine
+    stream = tmp_path / "stream.npz"
+    np.savez(stream, **tiny_models.separable_images("resnet", 640, seed=7))
+    report_path, saved = tmp_path / "report.json", tmp_path / "saved"
+    argv = ["--engine-dir", str(engine_dir), "--data", str(stream), "--arrivals", "fixed:200", "--max-batch", "4"]
+    argv += ["--threads", "1", "--refit-every", "256", "--save-ramps", str(saved), "--report", str(report_path)]
+    status, out, err = _run_in_process([*argv, "--quiet"], capsys)
+    assert status == 0, err
+    learning = json.loads(report_path.read_text())["learning"]
+    assert learning["status"] == "on" and learning["refits"] >= 1, learning
+    assert learning["reservoir_samples"] > 256 and learning["reservoir_bytes"] > 0
+    assert "ramp learning   " in out and f"{learning['refits']} refits" in out
+    assert f"engine directory written to {saved}" in out
+    manifest = read_manifest(saved)  # checks every file
+    refitted = [r.site for r in manifest.ramps if r.refit]
+    assert len(refitted) == learning["refits_accepted"]
+    status, _, err = _run_in_process(
+        ["--engine-dir", str(saved), "--data", str(stream), "--limit", "40", "--no-refits", "--quiet"], capsys
+    )
+    assert status == 0, err

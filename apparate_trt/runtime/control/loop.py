@@ -14,7 +14,10 @@ the GIL) or waits for requests.
 The queue is bounded (``max_backlog`` batches, default MAX_BACKLOG): should the controller ever fall
 that far behind, the oldest queued feedback is dropped (counted in :attr:`ControlLoop.dropped`) and
 never holds memory; the controller then decides on the newest batches, which describe the
-workload as it is now.
+workload as it is now. Outcomes may carry the active ramps' pooled features for the ramp learner
+(``BatchOutcome.features``, up to ``rows x sites x D`` floats): only the newest
+:data:`FEATURES_BACKLOG` queued batches keep them, so a controller that falls behind costs the
+learner some samples, never the memory of a thousand batches' features.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ Config = tuple[list[int], list[float]]
 MAX_BACKLOG = 1024
 """Default most batches' feedback queued for the controller (a batch's BatchOutcome at batch 16, 16
 sites and 10 classes holds about 5 KB: about 5 MB in all at this bound)."""
+FEATURES_BACKLOG = 64
+"""Newest queued batches that keep their pooled features (older ones drop them: at batch 16, 3
+active ramps of 2,048 features, 64 batches hold about 25 MB)."""
 
 
 ObserveFn = Callable[[Sequence[Any], "float | None"], "Config | None"]
@@ -85,6 +91,10 @@ class ControlLoop:
                         self._dropped,
                     )
             self._queue.append(outcome)
+            if len(self._queue) > FEATURES_BACKLOG:
+                behind = self._queue[-FEATURES_BACKLOG - 1]
+                if getattr(behind, "features", None):
+                    behind.features = None  # the learner misses these samples; the controller does not
             self._submitted += 1
             self._cond.notify_all()
 

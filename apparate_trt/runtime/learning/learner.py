@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from apparate_trt._optional import is_available
+from apparate_trt.defaults import DEFAULT_REFIT_EVERY
 from apparate_trt.engine_dir import Manifest, write_manifest
 from apparate_trt.errors import ApparateError
 from apparate_trt.ramps.fit import target_probabilities
@@ -50,7 +51,7 @@ from apparate_trt.runtime.split_worker import IdleGate
 
 log = logging.getLogger(__name__)
 
-REFIT_EVERY = 1024
+REFIT_EVERY = DEFAULT_REFIT_EVERY
 """New samples a ramp gathers between refits."""
 TIMEOUT_S = 300.0
 """Wall-clock seconds a refit may take, stopped time included."""
@@ -117,6 +118,8 @@ class _SiteState:
     since_refit: int = 0
     version: int = 0
     provenance: dict[str, Any] | None = None
+    graph: bytes | None = None
+    """The refitted ramp graph's bytes (kept so that :meth:`RampLearner.save` works after close)."""
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -315,6 +318,7 @@ class RampLearner:
                 shutil.rmtree(done.file.parent, ignore_errors=True)
                 compiled = self.manifest.ramps[done.site].file
                 state.file = kept
+                state.graph = kept.read_bytes()
                 state.provenance = {
                     "compiled_file": compiled,
                     "refits": state.version,
@@ -361,7 +365,8 @@ class RampLearner:
         """Write an engine directory at ``directory`` (created; it must not hold one already): a copy
         of this one with every refitted ramp's file replaced and its manifest entry recording where
         it came from (``refit``). Loading it works as for any engine directory; a refitted ramp
-        starts in probation (its bootstrap statistics describe the compiled head)."""
+        starts in probation (its bootstrap statistics describe the compiled head). Works after
+        :meth:`close` too."""
         src = self.manifest.root
         if src is None:
             raise ApparateError("this engine was not loaded from a directory; there is nothing to copy")
@@ -372,7 +377,7 @@ class RampLearner:
         ramps = list(self.manifest.ramps)
         for site, provenance in self.refitted().items():
             entry = ramps[site]
-            shutil.copyfile(self._sites[site].file, out / entry.file)
+            (out / entry.file).write_bytes(self._sites[site].graph or b"")
             history = entry.refit or {}
             provenance = {**provenance, "refits": provenance["refits"] + int(history.get("refits", 0))}
             after = provenance.get("after") or {}

@@ -150,6 +150,8 @@ class Server:
             self.engine.close()  # dispatches the queue at once and answers every accepted sample
         except Exception:  # noqa: BLE001 - the front ends must still close
             log.exception("closing the engine failed")
+        if self.config.save_ramps is not None:
+            self._save_ramps(self.config.save_ramps)
         idle = self.service.wait_idle(self.drain_timeout_s)
         if self._grpc is not None:
             # gRPC keeps taking calls while draining, so that each one not accepted gets UNAVAILABLE
@@ -161,6 +163,21 @@ class Server:
         if not idle:
             log.warning("%d request(s) still unanswered after %.0f s", self.service.inflight, self.drain_timeout_s)
         return idle
+
+    def _save_ramps(self, directory: str) -> None:
+        """Write the closed engine's refitted ramps to ``directory`` (a failure is logged: the stop goes on)."""
+        try:
+            out = self.engine.save_ramps(directory)
+        except Exception as exc:  # noqa: BLE001 - the front ends must still close
+            log.error("saving the ramps to %s failed: %s", directory, exc)
+            return
+        learner = getattr(self.engine, "learner", None)
+        refitted = sorted(learner.refitted()) if learner is not None else []
+        print(
+            f"apparate-run: engine directory with the ramps written to {out} (refitted: {refitted})",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def __enter__(self) -> Server:
         return self.start() if not self._started else self

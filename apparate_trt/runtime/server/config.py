@@ -40,6 +40,8 @@ class ServingConfig:
             RESOURCE_EXHAUSTED, counted as overloaded).
         security: TLS and bearer token (:func:`~apparate_trt.runtime.server.security.load_security`);
             None: plain text, no token.
+        save_ramps: a directory (new or empty) that the stop writes an engine directory with the
+            refitted ramps to (``Engine.save_ramps``); None: nothing is saved.
     """
 
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -52,6 +54,7 @@ class ServingConfig:
     max_connections: int = MAX_CONNECTIONS
     max_inflight: int = MAX_INFLIGHT
     security: Security | None = None
+    save_ramps: str | None = None
 
     def __post_init__(self) -> None:
         if self.http_port is None and self.grpc_port is None:

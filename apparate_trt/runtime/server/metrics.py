@@ -70,6 +70,16 @@ ENGINE_SCALARS: tuple[tuple[str, str, str, str], ...] = (
         "gauge",
         "Skip mode: probability that a released row runs on to the end as feedback.",
     ),
+    ("reservoir_samples", "apparate_reservoir_samples", "gauge", "Served samples the ramps' reservoirs hold now."),
+    ("reservoir_bytes", "apparate_reservoir_bytes", "gauge", "Bytes the ramps' reservoirs hold now."),
+    ("refits", "apparate_refits", "counter", "Ramp head refits run on the served stream."),
+    ("refits_accepted", "apparate_refits_accepted", "counter", "Refitted ramp heads swapped in."),
+    (
+        "refit_seconds",
+        "apparate_refit_seconds",
+        "counter",
+        "Wall time of the finished refits, paused time included, seconds.",
+    ),
     (
         "feedback_dropped",
         "apparate_feedback_dropped",
@@ -230,6 +240,10 @@ def engine_gauges(engine: Any) -> dict[str, Any]:
     stats: dict[str, Any] = dict(engine.stats())
     if isinstance(stats.get("compute_saved_ms"), (int, float)):
         stats["compute_saved_s"] = float(stats["compute_saved_ms"]) / 1000.0
+    learning = stats.get("learning")
+    if isinstance(learning, Mapping) and learning.get("status") == "on":
+        for key in ("reservoir_samples", "reservoir_bytes", "refits", "refits_accepted", "refit_seconds"):
+            stats[key] = learning.get(key)
     last = engine.controller.last_observation if engine.controller is not None else None
     if "window_accuracy" not in stats and last and last.get("window_accuracy") is not None:
         stats["window_accuracy"] = last["window_accuracy"]

@@ -97,3 +97,33 @@ def test_the_backlog_is_bounded_and_the_oldest_feedback_is_dropped() -> None:
 def test_a_backlog_below_one_batch_is_refused() -> None:
     with pytest.raises(ValueError, match="max_backlog"):
         ControlLoop(lambda outcomes, t: None, lambda config: None, max_backlog=0)
+
+
+def test_only_the_newest_queued_batches_keep_their_features() -> None:
+    from apparate_trt.runtime.control.loop import FEATURES_BACKLOG
+
+    gate = threading.Event()
+    seen: list[object] = []
+
+    def observe(outcomes, t):
+        gate.wait(WAIT_S)
+        seen.extend(outcomes)
+        return None
+
+    loop = ControlLoop(observe, lambda config: None)
+    outcomes = [Outcome(i) for i in range(FEATURES_BACKLOG + 40)]
+    for o in outcomes:
+        o.features = {0: [float(o.n)]}
+    try:
+        loop.submit(outcomes[0])
+        time.sleep(0.2)  # the loop takes the first and blocks on the gate: the rest queue up
+        for o in outcomes[1:]:
+            loop.submit(o)
+        gate.set()
+        assert loop.sync(WAIT_S)
+    finally:
+        loop.close(WAIT_S)
+    assert [o.n for o in seen] == list(range(len(outcomes)))  # every batch's feedback is observed
+    kept = [o.n for o in outcomes if o.features]
+    assert kept[-FEATURES_BACKLOG:] == list(range(len(outcomes) - FEATURES_BACKLOG, len(outcomes)))
+    assert len(kept) <= FEATURES_BACKLOG + 1  # the one being observed when the rest queued keeps its own

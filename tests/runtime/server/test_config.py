@@ -36,8 +36,9 @@ def test_the_cli_flags_make_the_same_engine_config_as_the_defaults() -> None:
     from_flags = engine_config(args)
     defaults = EngineConfig()
     for field in dataclasses.fields(EngineConfig):
-        if field.name != "controller_options":
+        if field.name not in ("controller_options", "learning_options"):
             assert getattr(from_flags, field.name) == getattr(defaults, field.name), field.name
+    assert from_flags.learning() == defaults.learning()
 
 
 def test_serving_md_states_the_server_defaults() -> None:

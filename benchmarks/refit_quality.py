@@ -7,13 +7,14 @@
 Runs the model (its finest segment chain) and every ramp once over ``--data`` in stream order,
 keeping each ramp's pooled features (the ramp graph's ``features`` output) and the model's final
 probabilities: what the runtime's reservoirs gather from the rows that reach the model's end.
-The last ``--test-fraction`` of the stream is the test set, never trained or judged on. For each
-point N of ``--points`` (requests served; capped at what the stream holds before the test set),
-each ramp is refitted as the runtime refits it: ``ramps.refit.refit_head`` on the newest
-``--reservoir`` samples of the first N (the runtime's reservoir, the same share of them held out
-to judge on, the same minimum gain), and the head the runtime would then serve (the new one if
-accepted, else the compiled one) is measured on the test set: the releasable share at ``--target``
-disagreement (the controller's target for a 1% constraint is 0.3%) and the agreement with the model.
+The last ``--test-fraction`` of the stream is the test set, never trained or judged on. Before it,
+each ramp is refitted as the runtime refits an active ramp: every ``--refit-every`` samples,
+``ramps.refit.refit_head`` on the newest ``--reservoir`` of them (the runtime's reservoir, the
+same share held out on arrival, the same acceptance rule), warm-started from the head serving then,
+which the new head replaces when accepted. At each point N of ``--points`` (requests served;
+capped at what the stream holds before the test set) the head serving then is measured on the
+test set: the releasable share at ``--target`` disagreement (the controller's target for a 1%
+constraint is 0.3%) and the agreement with the model.
 
 Prints a table per site (compiled, then each point), the best early ramp's gain (depth <= 0.5,
 the issue's goal) and, with ``--out``/``--plot``, writes the figures as JSON and a plot.
@@ -39,6 +40,7 @@ from apparate_trt.ramps.fit import target_probabilities
 from apparate_trt.ramps.model import head_weights, ramp_forward
 from apparate_trt.ramps.quality import head_quality
 from apparate_trt.ramps.refit import MIN_GAIN, refit_head
+from apparate_trt.runtime.learning.learner import REFIT_EVERY
 from apparate_trt.runtime.learning.reservoir import HELDOUT_FRACTION, RESERVOIR_SAMPLES
 
 EARLY_DEPTH = 0.5
@@ -89,40 +91,49 @@ def measure_site(
     points: Sequence[int],
     target: float,
     reservoir: int,
+    refit_every: int,
     seed: int,
 ) -> list[dict[str, object]]:
-    """The figures of one ramp at compile time and after each point (see the module doc)."""
+    """The figures of one ramp at compile time and at each point (see the module doc): the runtime's
+    sequence of refits, one every ``refit_every`` samples on the reservoir of the newest
+    ``reservoir``, each warm-started from the head serving then and swapped in when accepted."""
     test = slice(train_end, features.shape[0])
     final_pred = probs.argmax(axis=1)
     current = head_weights(compiled, kind)
-    compiled_test = head_quality(ramp_forward(current, features[test]), final_pred[test], target)
-    rows: list[dict[str, object]] = [{"served": 0, "accepted": None, **compiled_test}]
-    rng = np.random.default_rng(seed)
-    heldout_all = rng.random(train_end) < HELDOUT_FRACTION  # marked once, when each sample arrives
-    for n in points:
-        lo = max(0, n - reservoir)
-        start = time.perf_counter()
-        result = refit_head(
-            kind,
-            current,
-            features[lo:n],
-            probs[lo:n],
-            target,
-            heldout=heldout_all[lo:n],
-            min_gain=MIN_GAIN,
-            seed=seed,
-        )
-        serving = result.weights if result.accepted and result.weights is not None else current
-        test_q = head_quality(ramp_forward(serving, features[test]), final_pred[test], target)
+
+    def on_test(head: object) -> dict[str, float]:
+        return head_quality(ramp_forward(head, features[test]), final_pred[test], target)
+
+    rows: list[dict[str, object]] = [{"served": 0, "refits": 0, "accepted": 0, "refit_s": 0.0, **on_test(current)}]
+    heldout_all = np.random.default_rng(seed).random(train_end) < HELDOUT_FRACTION  # marked on arrival
+    refits = accepted = 0
+    spent = 0.0
+    served = refit_every
+    for point in points:
+        while served <= point:
+            lo = max(0, served - reservoir)
+            t0 = time.perf_counter()
+            try:
+                result = refit_head(
+                    kind,
+                    current,
+                    features[lo:served],
+                    probs[lo:served],
+                    target,
+                    heldout=heldout_all[lo:served],
+                    min_gain=MIN_GAIN,
+                    seed=seed + refits,
+                )
+            except ValueError:  # too few samples on a side of the split yet: the runtime waits too
+                served += refit_every
+                continue
+            spent += time.perf_counter() - t0
+            refits += 1
+            if result.accepted and result.weights is not None:
+                current, accepted = result.weights, accepted + 1
+            served += refit_every
         rows.append(
-            {
-                "served": int(n),
-                "accepted": bool(result.accepted),
-                **test_q,
-                "refit_heldout": {"before": result.before, "after": result.after},
-                "train_samples": result.train_samples,
-                "refit_s": time.perf_counter() - start,
-            }
+            {"served": int(point), "refits": refits, "accepted": accepted, "refit_s": spent, **on_test(current)}
         )
     return rows
 
@@ -165,10 +176,21 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         t1 = time.perf_counter()
         model = onnx.load(str(manifest.path(entry.file)))
         rows = measure_site(
-            entry.kind, model, feats[entry.site], probs, train_end, points, args.target, args.reservoir, args.seed
+            entry.kind,
+            model,
+            feats[entry.site],
+            probs,
+            train_end,
+            points,
+            args.target,
+            args.reservoir,
+            args.refit_every,
+            args.seed,
         )
         sites.append({"site": entry.site, "kind": entry.kind, "depth": depths.get(entry.site), "rows": rows})
-        shares = "  ".join(f"{r['served']}: {100 * float(r['share']):5.1f}%" for r in rows)
+        shares = "  ".join(
+            f"{r['served']}: {100 * float(r['share']):5.1f}% ({r['accepted']}/{r['refits']})" for r in rows
+        )
         depth = depths.get(entry.site, float("nan"))
         print(f"  site {entry.site:2d} depth {depth:.2f}: {shares}  ({time.perf_counter() - t1:.0f} s)", flush=True)
     return {
@@ -178,6 +200,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "test_samples": n - train_end,
         "target": args.target,
         "reservoir": args.reservoir,
+        "refit_every": args.refit_every,
         "points_requested": requested,
         "points": points,
         "sites": sites,
@@ -251,6 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--test-fraction", type=float, default=0.2, help="share of the stream (its end) held out to test on")
     p.add_argument("--target", type=float, default=0.003, help="disagreement (fraction of inputs) of the share")
     p.add_argument("--reservoir", type=int, default=RESERVOIR_SAMPLES, help="samples a ramp's reservoir keeps")
+    p.add_argument("--refit-every", type=int, default=REFIT_EVERY, help="new samples between refits")
     p.add_argument("--batch", type=int, default=64, help="batch size of the stream pass")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")
     p.add_argument("--seed", type=int, default=0, help="seeds the held-out marks and the training")

@@ -212,7 +212,7 @@ def build_parser() -> Parser:
         dest="refits",
         action="store_false",
         help="keep the ramps as compiled; by default (apparate mode) each active ramp keeps a reservoir of the "
-        "served stream (newest 4096 samples, at most 32 MiB per ramp, 128 MiB in all) and its head is refitted on "
+        "served stream (newest 8192 samples, at most 32 MiB per ramp, 128 MiB in all) and its head is refitted on "
         "it every 1024 new samples in a niced child process, swapped in only when it releases more of held-out "
         "samples (needs torch, the 'train' extra)",
     )

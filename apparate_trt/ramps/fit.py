@@ -65,6 +65,15 @@ def _standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.maximum(std, 0.01 * magnitude) if magnitude > 0 else np.ones_like(std)
 
 
+def unfold_standardisation(weights: RampWeights, mean: np.ndarray, std: np.ndarray) -> RampWeights:
+    """The inverse of :func:`fold_standardisation`: weights for ``(x - mean) / std`` equal to
+    ``weights`` applied to raw features."""
+    w0, b0 = weights.layers[0]
+    w = w0.astype(np.float64) * std[:, None]
+    b = b0.astype(np.float64) + mean @ w0.astype(np.float64)
+    return RampWeights([(w.astype(np.float32), b.astype(np.float32)), *weights.layers[1:]], weights.activation)
+
+
 def fold_standardisation(weights: RampWeights, mean: np.ndarray, std: np.ndarray) -> RampWeights:
     """Weights for raw features equal to ``weights`` applied to ``(x - mean) / std``."""
     w0, b0 = weights.layers[0]
@@ -83,9 +92,11 @@ def train_head(
     config: HeadTraining,
     seed: int,
     sample_weight: np.ndarray | None = None,
+    init: RampWeights | None = None,
 ) -> RampWeights:
     """Train one ramp head on pooled ``features`` [N, D] to predict ``labels`` (or ``probs``
-    [N, classes] when given); ``sample_weight`` [N] (> 0) weighs each row's loss (None: all 1)."""
+    [N, classes] when given); ``sample_weight`` [N] (> 0) weighs each row's loss (None: all 1).
+    ``init``: a head of the same shapes to start from (a warm start; None: random)."""
     torch = require("torch", extra="train", purpose="ramp training")
     torch.manual_seed(seed)
     mean, std = _standardiser(features)
@@ -104,6 +115,17 @@ def train_head(
             layers.append(torch.nn.Tanh() if spec.activation == "tanh" else torch.nn.ReLU())
         layers.append(torch.nn.Linear(sizes[i], sizes[i + 1]))
     net = torch.nn.Sequential(*layers)
+    if init is not None:
+        start = unfold_standardisation(init, mean, std)
+        linear = [m for m in net if isinstance(m, torch.nn.Linear)]
+        if len(linear) != len(start.layers) or any(
+            m.weight.shape != (wi.shape[1], wi.shape[0]) for m, (wi, _) in zip(linear, start.layers)
+        ):
+            raise ValueError("the head to start from does not have this kind's layer shapes")
+        with torch.no_grad():
+            for m, (wi, bi) in zip(linear, start.layers):
+                m.weight.copy_(torch.from_numpy(np.ascontiguousarray(wi.T, dtype=np.float32)))
+                m.bias.copy_(torch.from_numpy(np.asarray(bi, dtype=np.float32)))
     opt = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     n = x.shape[0]
     batch = min(config.batch_size, n)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from apparate_trt.ramps.model import DENSE_LINEAR, RampWeights, ramp_forward
-from apparate_trt.ramps.refit import MIN_SAMPLES, refit_head
+from apparate_trt.ramps.refit import MIN_SAMPLES, refit_head, resampled_wins
 
 pytest.importorskip("torch")
 
@@ -64,3 +64,22 @@ def test_too_few_samples_are_refused() -> None:
     x, probs = _stream(400, seed=3)
     with pytest.raises(ValueError, match="to judge on"):
         refit_head(DENSE_LINEAR, _zero_head(), x, probs, target=0.003, heldout=np.zeros(400, dtype=bool))
+
+
+def test_resampled_wins_tell_a_better_head_from_an_equal_one() -> None:
+    x, probs = _stream(800, seed=3)
+    final = probs.argmax(axis=1)
+    good = refit_head(DENSE_LINEAR, _zero_head(), x, probs, target=0.003, seed=0).weights
+    assert good is not None
+    w = np.ones(final.size)
+    better = resampled_wins(ramp_forward(_zero_head(), x), ramp_forward(good, x), final, 0.003, w, seed=0)
+    same = resampled_wins(ramp_forward(good, x), ramp_forward(good, x), final, 0.003, w, seed=0)
+    assert better == 1.0 and same == 0.0
+
+
+def test_a_noisy_gain_is_not_enough() -> None:
+    """Confidence 1.01 can never be met: the single held-out gain alone does not accept a head."""
+    x, probs = _stream(1200, seed=0)
+    result = refit_head(DENSE_LINEAR, _zero_head(), x, probs, target=0.003, seed=0, confidence=1.01)
+    assert not result.accepted and result.after["share"] > result.before["share"]
+    assert result.after["resampled_wins"] == 1.0

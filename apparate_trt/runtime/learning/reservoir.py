@@ -11,7 +11,8 @@ rows it trained on. :class:`Reservoirs` holds one per site and bounds their tota
 
 Sizes: a ramp's reservoir holds ``min(samples, max_bytes // row_bytes)`` rows, ``row_bytes =
 4 * (D + classes) + 9``; the defaults (:data:`RESERVOIR_SAMPLES`, :data:`RESERVOIR_BYTES`) keep a
-1,280-feature ramp of a 10-class model at 4,096 rows, 21 MB. Past :data:`TOTAL_BYTES` the
+384-feature ramp of a 10-class model at 8,192 rows (13 MB) and a 2,048-feature one at 4,071 rows
+(32 MiB). More samples refit better (``benchmarks/refit_quality.py``). Past :data:`TOTAL_BYTES` the
 reservoir least recently fed (a ramp no longer active) is dropped.
 """
 
@@ -21,7 +22,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-RESERVOIR_SAMPLES = 4096
+RESERVOIR_SAMPLES = 8192
 """Newest samples kept per ramp."""
 RESERVOIR_BYTES = 32 * 1024 * 1024
 """Most bytes one ramp's reservoir holds (fewer rows for wide features)."""

@@ -23,7 +23,6 @@ the issue's goal) and, with ``--out``/``--plot``, writes the figures as JSON and
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -42,6 +41,9 @@ from apparate_trt.ramps.quality import head_quality
 from apparate_trt.ramps.refit import MIN_GAIN, refit_head
 from apparate_trt.runtime.learning.learner import REFIT_EVERY
 from apparate_trt.runtime.learning.reservoir import HELDOUT_FRACTION, RESERVOIR_SAMPLES
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from workloads import write_figures  # noqa: E402
 
 EARLY_DEPTH = 0.5
 """The issue's "early" ramps: at most half the model's profiled latency before them."""
@@ -294,13 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{name} ramps: best compiled site {s['best_compiled_site']} frees {100 * s['best_compiled_share']:.1f}%; "
             f"the best after refits: {gains}"
         )
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(figures, indent=1))
-        print(f"wrote {args.out}")
-    if args.plot:
-        plot(figures, args.plot)
-        print(f"wrote {args.plot}")
+    write_figures(figures, args.out, args.plot, plot)
     return 0
 
 

@@ -287,6 +287,9 @@ class SystemFactory:
             overload_fallback=adaptive and _fallback(system),
             exit_mode="skip" if system in SKIP_SYSTEMS else "release",
             controller_options=replay_controller_options(requests) if adaptive and requests else None,
+            # systems are served interleaved, and a refit's child process of one engine would run
+            # during another's chunks; ramps that keep learning are measured alone (refit_stream.py)
+            refits=False,
         )
 
 
@@ -521,3 +524,19 @@ def windows_after_changes(n_windows: int, phases: list[dict[str, Any]], window: 
         k = phase["start"] // window
         keep[k : k + 2] = False
     return keep
+
+
+def write_figures(
+    figures: Mapping[str, Any],
+    out: Path | None,
+    plot_path: Path | None,
+    plot: Callable[[Mapping[str, Any], Path], None],
+) -> None:
+    """Write ``figures`` as JSON to ``out`` and ``plot(figures, plot_path)``, each if given, saying so."""
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(figures, indent=1))
+        print(f"wrote {out}")
+    if plot_path:
+        plot(figures, plot_path)
+        print(f"wrote {plot_path}")

@@ -73,6 +73,14 @@ class RefitResult:
         }
 
 
+def serving_releases(
+    current: RampWeights, features: np.ndarray, final_pred: np.ndarray, target: float, weights: np.ndarray
+) -> bool:
+    """True when ``current`` releases any of these rows at ``target`` disagreement (else a refit
+    starts from random weights: warm-starting from a head that releases nothing keeps nothing)."""
+    return head_quality(ramp_forward(current, features), final_pred, target, weights)["share"] > 0
+
+
 def refit_head(
     kind: str,
     current: RampWeights,
@@ -105,7 +113,8 @@ def refit_head(
         heldout_fraction: share of the rows held out when ``heldout`` is None.
         min_gain: least rise of the releasable share (a fraction) that accepts the new head.
         seed: seeds the split, the training and the resamples.
-        warm_start: start from ``current`` (True) or from random weights.
+        warm_start: start from ``current`` (True; random weights when ``current`` releases
+            none of the training rows at ``target``) or from random weights (False).
         confidence: least share of the held-out resamples in which the new head must release
             more (0: the single held-out estimate decides).
 
@@ -132,6 +141,8 @@ def refit_head(
             f"{held.size}"
         )
     final_pred = probs.argmax(axis=1)
+    if warm_start and not serving_releases(current, features[train], final_pred[train], target, w[train]):
+        warm_start = False  # a head that releases nothing at the target has nothing worth keeping
     new = train_head(
         features[train],
         final_pred[train],
@@ -149,6 +160,7 @@ def refit_head(
     gain = after["share"] - before["share"]
     wins = resampled_wins(old_logits, new_logits, final_pred[held], target, w[held], seed) if gain > 0 else 0.0
     after["resampled_wins"] = wins
+    after["warm_start"] = bool(warm_start)
     accepted = gain > 0 and gain >= min_gain - 1e-12 and wins >= confidence - 1e-12
     return RefitResult(
         accepted, before, after, int(train.size), int(held.size), time.perf_counter() - start, new if accepted else None

@@ -4,10 +4,11 @@ The engine's control thread hands every batch's feedback to :meth:`RampLearner.o
 active ramp, the pooled features of the rows that reached the model's end and the model's final
 probabilities go into that ramp's reservoir (:mod:`.reservoir`). When an active ramp out of
 probation has gathered ``refit_every`` new samples (and none is being refitted), a refit starts on
-a background thread that runs :mod:`.refit_worker` as a niced child process, held stopped by the
-executor's :class:`~apparate_trt.runtime.split_worker.IdleGate` while batches run. The worker
-trains a new head on the reservoir's training rows and judges both heads on its held-out rows
-(the releasable share at the controller's target, :mod:`apparate_trt.ramps.refit`).
+a background thread that runs :mod:`.refit_worker` as a niced child process beside the batches
+(the engine passes no gate: held stopped while batches ran, a refit under steady load never
+finished). The worker trains a new head on the reservoir's training rows, warm-started from the
+serving head, and judges both heads on its held-out rows (the releasable share at the controller's
+target, :mod:`apparate_trt.ramps.refit`).
 
 :meth:`RampLearner.take_finished` hands the engine a finished refit; an accepted one is swapped in
 between batches (``Executor.replace_ramp``) and the controller puts the ramp in probation until a
@@ -137,7 +138,8 @@ class RampLearner:
         target: the disagreement (fraction) refits judge the releasable share at: the controller's
             ``target_constraint``.
         options: :class:`LearningOptions` (None: the defaults).
-        gate: the executor's IdleGate (None: the worker runs freely, niced).
+        gate: an IdleGate that stops the worker while batches run (None, the engine's choice: the
+            worker runs beside them, niced).
         seed: seeds the held-out marks and the training.
     """
 

@@ -2,8 +2,8 @@
 
 Training a head takes torch about a second of CPU and holds the GIL while it does; in the serving
 process that would stall the batch thread. So, as plan builds do (``runtime.split_worker``), the
-learner writes a job directory and runs this module as a niced child process that the executor's
-:class:`~apparate_trt.runtime.split_worker.IdleGate` keeps stopped while a batch runs:
+learner writes a job directory and runs this module as a niced child process (optionally held
+stopped while a batch runs by an :class:`~apparate_trt.runtime.split_worker.IdleGate`):
 
     python -m apparate_trt.runtime.learning.refit_worker JOB_DIR
 

@@ -81,7 +81,7 @@ def test_a_refit_that_raises_agreement_is_swapped_in_and_saved(tiny_resnet_engin
         refits = _serve_until_refit(engine)
         assert len(refits) == 1, refits
         event = refits[0]
-        assert event["accepted"] and event["site"] == site
+        assert event["accepted"] and event["site"] == site, event
         assert event["after"]["agreement"] > event["before"]["agreement"] + 0.3
         assert event["after"]["share"] > event["before"]["share"]
         assert event["train_samples"] + event["heldout_samples"] >= 256 and event["wall_s"] > 0

@@ -8,7 +8,7 @@ OUT ?= out
 
 install:
 	bash scripts/install_system.sh
-	$(PY) -m pip install -q --no-build-isolation -e '.[train,models,plot,serve,test]'
+	$(PY) -m pip install -q --no-build-isolation -e '.[train,models,plot,serve,cluster,test]'
 
 # Builds the real CV model (EfficientNet-Lite0 + Fashion-MNIST head), compiles it, replays it on
 # Apparate and on vanilla at the same arrivals (scripts/demo.sh prints the time it took).

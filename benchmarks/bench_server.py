@@ -32,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -106,7 +107,7 @@ def reference_pred(manifest: Manifest, inputs: dict[str, np.ndarray], threads: i
 class ServerProcess:
     """``apparate-run --serve`` in a subprocess on free ports; SIGTERM on :meth:`stop`."""
 
-    def __init__(self, engine_dir: Path, mode: str, args: argparse.Namespace) -> None:
+    def __init__(self, engine_dir: Path, mode: str, args: argparse.Namespace, extra: Sequence[str] = ()) -> None:
         cmd = [
             sys.executable,
             "-c",
@@ -131,6 +132,7 @@ class ServerProcess:
         ]
         if args.threads is not None:
             cmd += ["--threads", str(args.threads)]
+        cmd += list(extra)
         self.proc = subprocess.Popen(
             cmd,
             stderr=subprocess.PIPE,

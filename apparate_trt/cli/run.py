@@ -48,6 +48,9 @@ controller's decisions and refits); --report writes it as JSON (keys in docs/REP
 Serving (--serve): an Open Inference Protocol (KServe v2) server, REST on --http-port and gRPC on
 --grpc-port, until SIGTERM or Ctrl-C (docs/SERVING.md). It binds 127.0.0.1 unless --host says
 otherwise; --tls-cert/--tls-key add TLS and --auth-token-file (or $APPARATE_AUTH_TOKEN) a bearer token.
+--replicas N (or auto) serves the same protocol from N engine replicas on Ray Serve, each with
+--threads ONNX Runtime threads (default 1), on a local Ray instance or --ray-address's cluster
+(the 'cluster' extra; docs/SERVING.md).
 """
 
 EPILOG = """\
@@ -67,6 +70,8 @@ examples:
   apparate-run --engine-dir out/cv --data data/cv/eval.npz --arrivals poisson:100 --compare-vanilla
   apparate-run --engine-dir out/cv --data data/cv/eval.npz --arrivals poisson:100 --exit-mode skip --audit-rate 0.25
   apparate-run --engine-dir out/cv --serve --model-name cv --http-port 8000 --grpc-port 8001
+  apparate-run --engine-dir out/cv --serve --replicas 2 --threads 1
+  apparate-run --engine-dir out/cv --serve --replicas auto --min-replicas 1 --max-replicas 4
 """
 
 
@@ -285,7 +290,42 @@ def build_parser() -> Parser:
         help="require 'Authorization: Bearer TOKEN' (gRPC metadata 'authorization') on every call but the health "
         "probes, TOKEN read from FILE (default: $APPARATE_AUTH_TOKEN if set, else no token)",
     )
+    cluster = p.add_argument_group("replicas on Ray Serve (--serve --replicas)")
+    cluster.add_argument(
+        "--replicas",
+        default=None,
+        metavar="N|auto",
+        help="serve from N engine replicas on Ray Serve (each its own batching, executor and controller, "
+        "--threads threads each, default 1), or 'auto' to autoscale on ongoing requests between "
+        "--min-replicas and --max-replicas (default: one process, no Ray)",
+    )
+    cluster.add_argument("--min-replicas", type=int, default=1, metavar="N", help="--replicas auto: fewest replicas")
+    cluster.add_argument("--max-replicas", type=int, default=4, metavar="N", help="--replicas auto: most replicas")
+    cluster.add_argument(
+        "--target-ongoing-requests",
+        type=float,
+        default=16.0,
+        metavar="N",
+        help="--replicas auto: the ongoing requests per replica that the autoscaler aims for",
+    )
+    cluster.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="join this Ray cluster (ray://HOST:10001 or HOST:6379; every node must see --engine-dir at the "
+        "same path) instead of starting a local Ray instance on 127.0.0.1 that stops on exit",
+    )
     return p
+
+
+def parse_replicas(value: str | None) -> int | str | None:
+    """``--replicas``: None, ``"auto"`` or a whole number >= 1; ValueError otherwise."""
+    if value is None or value == "auto":
+        return value
+    count = int(value)
+    if count < 1:
+        raise ValueError(value)
+    return count
 
 
 def validate_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -339,6 +379,29 @@ def validate_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             "--compare-vanilla compares an apparate replay with vanilla: drop --serve or --mode vanilla",
         ),
     ]
+    try:
+        args.replicas = parse_replicas(args.replicas)
+    except ValueError:
+        p.error(f"--replicas must be a whole number >= 1 or 'auto', got {args.replicas!r}")
+    checks += [
+        (args.replicas is None or args.serve, "--replicas serves from replicas: add --serve"),
+        (
+            args.replicas is None or args.save_ramps is None,
+            "--save-ramps needs one process (each replica refits its own ramps): drop --replicas",
+        ),
+        (
+            1 <= args.min_replicas <= args.max_replicas,
+            f"--min-replicas and --max-replicas need 1 <= min <= max, got {args.min_replicas} and {args.max_replicas}",
+        ),
+        (
+            math.isfinite(args.target_ongoing_requests) and args.target_ongoing_requests > 0,
+            f"--target-ongoing-requests must be > 0, got {args.target_ongoing_requests}",
+        ),
+        (
+            args.ray_address is None or args.replicas is not None,
+            "--ray-address joins a Ray cluster for replicas: add --replicas N",
+        ),
+    ]
     for ok, message in checks:
         if not ok:
             p.error(message)
@@ -374,7 +437,24 @@ def serve_command(args: argparse.Namespace) -> int:
         max_inflight=args.max_inflight,
         save_ramps=args.save_ramps,
     )
+    if args.replicas is not None:
+        return serve_replicas_command(args, config)
     return int(serve(args.engine_dir, config) or 0)
+
+
+def serve_replicas_command(args: argparse.Namespace, config: Any) -> int:
+    """``--serve --replicas``: the same server over Ray Serve replicas (the 'cluster' extra)."""
+    from apparate_trt.runtime.cluster import ClusterConfig, serve_replicated
+
+    cluster = ClusterConfig(
+        replicas=args.replicas,
+        min_replicas=args.min_replicas,
+        max_replicas=args.max_replicas,
+        target_ongoing_requests=args.target_ongoing_requests,
+        threads=args.threads,
+        ray_address=args.ray_address,
+    )
+    return int(serve_replicated(args.engine_dir, config, cluster) or 0)
 
 
 def engine_config(args: argparse.Namespace, **controller_options: Any) -> EngineConfig:

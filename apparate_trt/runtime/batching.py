@@ -40,6 +40,11 @@ class BatcherClosedError(ApparateError):
     """The batcher (engine) is closed and accepts no new requests."""
 
 
+class ReplicaLostError(ApparateError):
+    """The replica running the request died or stopped before answering it (retry: another
+    replica serves it); raised by replicated engines (``runtime.cluster``)."""
+
+
 @dataclass
 class _Queued(Generic[T]):
     item: T

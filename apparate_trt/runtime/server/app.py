@@ -220,6 +220,8 @@ def run_until_signal(server: Server, ready_callback: Callable[[Server], None] | 
         previous[sig] = signal.signal(sig, on_signal)
     try:
         server.start()
+        for sig in previous:  # starting may install handlers of its own (Ray does): ours win
+            signal.signal(sig, on_signal)
         print(f"apparate-run: {server.describe()}", file=sys.stderr, flush=True)
         if ready_callback is not None:
             ready_callback(server)

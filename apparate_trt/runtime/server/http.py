@@ -265,7 +265,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_error(self, exc: BaseException) -> int:
         status = error_kind(exc).http
-        headers = {"Retry-After": str(RETRY_AFTER_S)} if isinstance(exc, OverloadedError) else None
+        retry = isinstance(exc, (OverloadedError, UnavailableError))
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if retry else None
         self._send(status, http_error_body(str(exc)), headers=headers)
         return status
 

@@ -131,6 +131,7 @@ class EngineCollector:
         for site, value in sorted((gauges.get("thresholds") or {}).items()):
             thresholds.add_metric([self.model, str(site)], float(value))
         yield thresholds
+        yield from replica_families(self.model, gauges.get("replicas"))
         exits = dict(self._exits())
         total = sum(exits.values())
         shares = GaugeMetricFamily(
@@ -139,6 +140,37 @@ class EngineCollector:
         for site, count in sorted(exits.items(), key=lambda kv: (kv[0] == "final", kv[0])):
             shares.add_metric([self.model, site], count / total)
         yield shares
+
+
+def replica_families(model: str, replicas: Any) -> Iterator[Metric]:
+    """A replicated engine's numbers per replica: each engine number as ``apparate_replica_*``
+    with a ``replica`` label (the unlabelled families hold their sums), and each replica's
+    thresholds; nothing for a single-process engine (no ``replicas`` in its stats)."""
+    if not isinstance(replicas, Mapping) or not replicas:
+        return
+    count = GaugeMetricFamily("apparate_replicas", "Replicas that reported their numbers.", labels=["model"])
+    count.add_metric([model], float(len(replicas)))
+    yield count
+    for key, name, kind, text in ENGINE_SCALARS:
+        name = name.replace("apparate_", "apparate_replica_", 1)
+        family = (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(
+            name, f"{text} Per replica.", labels=["model", "replica"]
+        )
+        for replica, gauges in sorted(replicas.items()):
+            value = gauges.get(key) if isinstance(gauges, Mapping) else None
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                family.add_metric([model, str(replica)], float(value))
+        if family.samples:
+            yield family
+    thresholds = GaugeMetricFamily(
+        "apparate_replica_threshold",
+        "Exit threshold of each active ramp, per replica.",
+        labels=["model", "replica", "site"],
+    )
+    for replica, gauges in sorted(replicas.items()):
+        for site, value in sorted(((gauges or {}).get("thresholds") or {}).items()):
+            thresholds.add_metric([model, str(replica), str(site)], float(value))
+    yield thresholds
 
 
 class Metrics:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from apparate_trt.errors import ApparateError
-from apparate_trt.runtime.batching import BatcherClosedError, OverloadError, RequestTimeoutError
+from apparate_trt.runtime.batching import BatcherClosedError, OverloadError, ReplicaLostError, RequestTimeoutError
 from apparate_trt.runtime.server.codec import (
     InferAnswer,
     InferRequest,
@@ -94,6 +94,10 @@ def result_error(exc: BaseException) -> ApparateError:
     """The server error for an exception that an engine future holds."""
     if isinstance(exc, RequestTimeoutError):
         return DeadlineError(str(exc))
+    if isinstance(exc, OverloadError):  # a replica's queue was full (replicated engines)
+        return OverloadedError(str(exc))
+    if isinstance(exc, (ReplicaLostError, BatcherClosedError)):
+        return UnavailableError(str(exc))
     return InternalError(f"the engine failed on this request: {exc}")
 
 

@@ -8,6 +8,10 @@ to a real server over loopback. Engines use one ORT thread (shared CI cores).
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -151,3 +155,39 @@ def metric_value(text: str, sample: str, **labels: str) -> float:
         for s in family.samples
         if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items())
     )
+
+
+READY_LINE = re.compile(r"REST at [^ ]+:(\d+) and gRPC at [^ ]+:(\d+)")
+
+
+def start_serve_process(flags: list[str], timeout_s: float = 60.0) -> tuple[subprocess.Popen, int, int, list[str]]:
+    """``apparate-run FLAGS`` (a ``--serve`` command) as a subprocess; once its ready line is out:
+    the process, its HTTP and gRPC ports, and its stderr lines so far (filled on as it runs)."""
+    cmd = [sys.executable, "-c", "from apparate_trt.cli.run import main; raise SystemExit(main())", *flags]
+    proc = subprocess.Popen(
+        cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
+    lines: list[str] = []
+    found: list[tuple[int, int]] = []
+
+    def read() -> None:
+        for line in proc.stderr:
+            lines.append(line)
+            match = READY_LINE.search(line)
+            if match:
+                found.append((int(match.group(1)), int(match.group(2))))
+
+    threading.Thread(target=read, daemon=True).start()
+    deadline = time.monotonic() + timeout_s
+    while not found:
+        assert proc.poll() is None, "server exited early:\n" + "".join(lines)
+        assert time.monotonic() < deadline, "no ready line:\n" + "".join(lines)
+        time.sleep(0.05)
+    return proc, found[0][0], found[0][1], lines
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """Kill ``proc`` if it still runs (a test's cleanup)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)

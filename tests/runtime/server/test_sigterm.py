@@ -3,11 +3,8 @@ answers every accepted request, then the process exits 0."""
 
 from __future__ import annotations
 
-import os
-import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -15,53 +12,31 @@ import urllib.request
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from server_helpers import Workload, grpc_inputs, http_inputs, params_of
+from server_helpers import Workload, grpc_inputs, http_inputs, params_of, start_serve_process, stop_process
 from tritonclient.utils import InferenceServerException
 
-READY = re.compile(r"REST at [^ ]+:(\d+) and gRPC at [^ ]+:(\d+)")
 IN_FLIGHT = 12
 
 
 def _start(workload: Workload) -> tuple[subprocess.Popen, int, int, list[str]]:
     """Start the server (batches wait up to 60 s for 64 requests, so requests stay queued)."""
-    cmd = [
-        sys.executable,
-        "-c",
-        "from apparate_trt.cli.run import main; raise SystemExit(main())",
-        "--engine-dir",
-        str(workload.engine_dir),
-        "--serve",
-        "--http-port",
-        "0",
-        "--grpc-port",
-        "0",
-        "--threads",
-        "1",
-        "--max-batch",
-        "64",
-        "--max-delay-ms",
-        "60000",
-    ]
-    proc = subprocess.Popen(
-        cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    return start_serve_process(
+        [
+            "--engine-dir",
+            str(workload.engine_dir),
+            "--serve",
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--threads",
+            "1",
+            "--max-batch",
+            "64",
+            "--max-delay-ms",
+            "60000",
+        ]
     )
-    lines: list[str] = []
-    found: list[tuple[int, int]] = []
-
-    def read() -> None:
-        for line in proc.stderr:
-            lines.append(line)
-            match = READY.search(line)
-            if match:
-                found.append((int(match.group(1)), int(match.group(2))))
-
-    threading.Thread(target=read, daemon=True).start()
-    deadline = time.monotonic() + 60
-    while not found:
-        assert proc.poll() is None, "server exited early:\n" + "".join(lines)
-        assert time.monotonic() < deadline, "no ready line:\n" + "".join(lines)
-        time.sleep(0.05)
-    return proc, found[0][0], found[0][1], lines
 
 
 def _inflight(http_port: int) -> int:
@@ -112,9 +87,7 @@ def test_sigterm_answers_accepted_requests_then_exits_0(workload: Workload) -> N
         for t in threads:
             t.join(30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc)
     log = "".join(lines)
     assert rc == 0, log
     assert "stopping" in log, log

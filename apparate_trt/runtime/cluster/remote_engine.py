@@ -38,7 +38,7 @@ RETRIES = 1
 CALL_GRACE_S = 5.0
 """Seconds past a request's own timeout after which its call is cancelled."""
 STATS_STALE_S = 60.0
-"""A replica whose stats are older than this (seconds) is left out of the sums (it died)."""
+"""A replica whose last stats are older than this (seconds) is left out of the sums (it died)."""
 STATS_TIMEOUT_S = 2.0
 """The longest :meth:`ReplicatedEngine.stats` waits for the replicas' own numbers (seconds)."""
 SUMMED = (
@@ -267,13 +267,12 @@ class ReplicatedEngine:
         limit_s = None if timeout_ms is None else timeout_ms / 1000.0 + CALL_GRACE_S
         try:
             for attempt in range(RETRIES + 1):
-                answered = False
                 try:
                     stream = self._handle.infer.remote(inputs, timeout_ms, wait_final)
-                    answered = await asyncio.wait_for(self._consume(stream, handles), limit_s)
+                    await asyncio.wait_for(self._consume(stream, handles), limit_s)
                     return
                 except Exception as exc:  # noqa: BLE001 - classified below; every future gets an answer
-                    answered = answered or any(h.early.done() for h in handles)
+                    answered = any(h.early.done() for h in handles)
                     if is_backpressure(exc):
                         self._fail(handles, OverloadError(f"every replica's queue is full ({exc}); retry shortly"))
                         return
@@ -293,26 +292,21 @@ class ReplicatedEngine:
         finally:
             self._fail(handles, ReplicaLostError("the replica ended the request without answering it; retry"))
 
-    async def _consume(self, stream: Any, handles: list[RequestHandle]) -> bool:
-        """Resolve ``handles`` from a replica's event stream; True once all have their final result."""
+    async def _consume(self, stream: Any, handles: list[RequestHandle]) -> None:
+        """Resolve ``handles`` from a replica's event stream (its early, final and error events)."""
         async for event in stream:
             kind = event.get("kind")
-            if kind == "stats":
-                self._replica_stats[str(event["replica"])] = (time.monotonic(), dict(event["stats"]))
-                continue
             index = event.get("index")
             targets = handles if index is None else [handles[int(index)]]
             if kind == "error":
                 self._fail(targets, error_for(str(event.get("error")), str(event.get("message"))))
                 continue
             result = event["result"]
+            last = kind == "final" or getattr(result, "skipped", False)  # no other result follows
             for handle in targets:
-                future = handle.early if kind == "early" else handle.final
-                _settle(future, result)
-                if kind == "final" or getattr(result, "skipped", False):
-                    _settle(handle.early, result)
+                _settle(handle.early, result)
+                if last:
                     _settle(handle.final, result)
-        return all(h.final.done() for h in handles)
 
     @staticmethod
     def _fail(handles: Sequence[RequestHandle], exc: BaseException) -> None:
@@ -323,7 +317,8 @@ class ReplicatedEngine:
     # ------------------------------------------------------------------------------- state
     def refresh_stats(self, timeout_s: float = STATS_TIMEOUT_S) -> None:
         """Ask every running replica for its numbers now (Ray Serve's ``broadcast``: a control-plane
-        call, one per replica); on failure the numbers that came with the answers stay."""
+        call, one per replica); on failure each replica's previous numbers stay (for
+        :data:`STATS_STALE_S`)."""
         try:
             events = self._plain.broadcast("stats").results(timeout_s=timeout_s, return_exceptions=True)
         except Exception as exc:  # noqa: BLE001 - a scrape must not fail because a replica is restarting

@@ -10,9 +10,10 @@ Events are plain dicts (picklable, stable across Ray versions):
 
 - ``{"kind": "early" | "final", "index": i, "result": Result}``: sample ``i``'s result;
 - ``{"kind": "error", "index": i | None, "error": CODE, "message": str}``: sample ``i`` (None:
-  every sample not yet answered) failed; ``CODE`` is one of :data:`ERROR_CODES`;
-- ``{"kind": "stats", "replica": ID, "stats": dict}``: the replica's ``Engine.stats()`` (and the
-  controller's window accuracy), sent with at most one request every :data:`STATS_EVERY_S`.
+  every sample not yet answered) failed; ``CODE`` is one of :data:`ERROR_CODES`.
+
+:meth:`EngineReplica.stats` answers ``{"kind": "stats", "replica": ID, "stats": dict}`` (the
+numbers ``/metrics`` reads), which the ingress asks every replica for at a scrape.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import asyncio
 import concurrent.futures as cf
 import logging
 import os
-import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -33,8 +33,6 @@ from apparate_trt.runtime.config import EngineConfig
 
 log = logging.getLogger(__name__)
 
-STATS_EVERY_S = 0.5
-"""The least time (seconds) between two stats events of one replica."""
 ERROR_CODES = ("overloaded", "closed", "invalid", "timeout", "internal")
 """What an error event can say: the queue was full, the replica is stopping, the request does not
 fit the model, it waited past its timeout, or the engine failed on it."""
@@ -99,7 +97,6 @@ class EngineReplica:
                 self.replica_id,
                 os.nice(0),
             )
-        self._last_stats = 0.0
 
     async def infer(
         self, inputs: Mapping[str, Any], timeout_ms: float | None = None, wait_final: bool = False
@@ -132,18 +129,10 @@ class EngineReplica:
             for handle in handles:
                 handle.final.cancel()
             raise
-        now = time.monotonic()
-        if now - self._last_stats >= STATS_EVERY_S:
-            self._last_stats = now
-            yield self.stats_event()
-
-    def stats_event(self) -> dict[str, Any]:
-        """This replica's numbers now, as a stats event."""
-        return {"kind": "stats", "replica": self.replica_id, "stats": replica_gauges(self.engine)}
 
     async def stats(self) -> dict[str, Any]:
-        """This replica's stats event (for a caller that asks, e.g. a readiness probe)."""
-        return self.stats_event()
+        """This replica's numbers now, as a stats event (the ingress broadcasts for them at a scrape)."""
+        return {"kind": "stats", "replica": self.replica_id, "stats": replica_gauges(self.engine)}
 
     async def drain(self) -> int:
         """Dispatch the queue at once, answer every accepted request and close the engine

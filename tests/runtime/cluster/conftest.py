@@ -13,27 +13,17 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "server"))  # server_helpers.py
 
+from cluster_helpers import CONSTRAINT, REPLICAS, serving_config  # noqa: E402
 from server_helpers import THREADS, Workload, make_workload  # noqa: E402
 
 pytest.importorskip("ray.serve", reason="the replica tests need Ray Serve: pip install 'apparate_trt[cluster]'")
 
 from apparate_trt.runtime.cluster import ClusterConfig, ReplicatedServer  # noqa: E402
-from apparate_trt.runtime.server import ServingConfig  # noqa: E402
-
-CONSTRAINT = 0.05  # as the single-process server tests: loose enough that ramps do exit
-REPLICAS = 2
 
 
 @pytest.fixture(scope="session")
 def workload(tiny_resnet_engine) -> Workload:
     return make_workload(tiny_resnet_engine)
-
-
-def serving_config(**settings) -> ServingConfig:
-    """The replicated service's settings: free ports, one thread per replica, short batches."""
-    return ServingConfig(http_port=0, grpc_port=0).replace(
-        **{"threads": THREADS, "max_batch": 8, "max_delay_ms": 2.0, "queue_size": 256, **settings}
-    )
 
 
 @pytest.fixture(scope="module")

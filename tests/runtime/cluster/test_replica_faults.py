@@ -10,8 +10,17 @@ import time
 
 import numpy as np
 import tritonclient.http as httpclient
-from conftest import REPLICAS, serving_config
-from server_helpers import THREADS, Workload, http_inputs, start_serve_process, stop_process, wait_until
+from cluster_helpers import REPLICAS, serving_config
+from server_helpers import (
+    THREADS,
+    Workload,
+    http_inputs,
+    metric_value,
+    scrape,
+    start_serve_process,
+    stop_process,
+    wait_until,
+)
 from tritonclient.utils import InferenceServerException
 
 from apparate_trt.runtime.cluster import ClusterConfig, ReplicatedServer
@@ -113,7 +122,9 @@ def test_sigterm_drains_every_replica_then_exits_0(workload: Workload) -> None:
     try:
         assert "2 replicas" in "".join(lines)
         threads, out = _send_all(http_port, workload, 12)
-        time.sleep(3.0)  # every request reaches a replica's queue (the batches wait 60 s)
+        wait_until(  # every request is in a replica's queue (the batches wait 60 s)
+            lambda: metric_value(scrape(http_port), "apparate_queue_depth") == 12, 30.0, "12 requests queued"
+        )
         assert not out, "a request was answered before its batch was due"
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)

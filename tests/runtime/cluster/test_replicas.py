@@ -7,13 +7,12 @@ from __future__ import annotations
 import queue
 import threading
 import time
-import urllib.request
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from conftest import REPLICAS
-from server_helpers import Workload, grpc_inputs, http_inputs, metric_value, params_of
+from cluster_helpers import REPLICAS
+from server_helpers import Workload, grpc_inputs, http_inputs, metric_value, params_of, scrape
 from tritonclient.utils import InferenceServerException
 
 from apparate_trt.runtime.cluster.deploy import APP_NAME, DEPLOYMENT_NAME
@@ -23,11 +22,6 @@ WAIT_FINAL = {"apparate_wait_final": True}
 
 def _http(srv) -> httpclient.InferenceServerClient:
     return httpclient.InferenceServerClient(f"127.0.0.1:{srv.http_port}", connection_timeout=30, network_timeout=60)
-
-
-def _metrics(srv) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{srv.http_port}/metrics", timeout=30) as resp:
-        return resp.read().decode()
 
 
 def _concurrently(count: int, threads: int, one) -> dict[int, object]:
@@ -71,7 +65,7 @@ def test_replicas_answer_as_the_original_model_over_http(replicated, workload: W
     for i in range(8):
         r = _http(replicated).infer(name, http_inputs(workload, i, 2))
         assert set(r.get_response()["parameters"]["apparate_exit_site"].split(",")) <= sites
-    text = _metrics(replicated)
+    text = scrape(replicated.http_port)
     assert metric_value(text, "apparate_replicas") == REPLICAS, text
     per_replica = [
         line for line in text.splitlines() if line.startswith("apparate_replica_batches_total{") and 'replica="' in line

@@ -191,3 +191,11 @@ def stop_process(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.kill()
         proc.wait(10)
+
+
+def scrape(http_port: int) -> str:
+    """The ``/metrics`` text of the server on ``http_port`` (127.0.0.1)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=30) as resp:
+        return resp.read().decode()

@@ -18,7 +18,7 @@ DEFAULT_AUDIT_RATE = 0.25
 """Skip mode: the probability that a row a ramp releases still runs to the end as feedback."""
 MIN_AUDIT_RATE = 0.05
 """Skip mode: the lowest audit rate a user may set (feedback never stops)."""
-DEFAULT_EXIT_MODES = {"onnxruntime": "release", "tensorrt": "release"}
+DEFAULT_EXIT_MODES = {"onnxruntime": "release", "onnxruntime-gpu": "release", "tensorrt": "release"}
 """The exit mode ``load(exit_mode=None)`` and ``apparate-run`` use per backend (see ``default_exit_mode``)."""
 DEFAULT_TARGET_FRACTION = 0.3
 """The share (fraction) of the accuracy constraint the threshold search aims at, leaving the rest as a

@@ -9,9 +9,9 @@ Tests use a real runner or a small fake that implements :class:`Runner`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -85,3 +85,54 @@ class RunnerBase:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+# ------------------------------------------------------------------------------ device-resident chains
+@dataclass
+class Submission:
+    """Work a :class:`ChainRunner` has queued: the outputs kept on its device, and the fetched ones.
+
+    ``kept`` maps output names to the backend's device tensors (a TensorRT runner's
+    :class:`~apparate_trt.backends.tensorrt.DeviceArray`, an ONNX Runtime ``OrtValue``): later
+    runners of the same chain read them in stream order without a host round trip. :meth:`wait`
+    blocks until the fetched outputs are on the host and returns them (the same dict on every call).
+    """
+
+    kept: dict[str, Any]
+    fetch: Callable[[], dict[str, np.ndarray]]
+    _fetched: dict[str, np.ndarray] | None = field(default=None, repr=False)
+
+    def wait(self) -> dict[str, np.ndarray]:
+        if self._fetched is None:
+            self._fetched = self.fetch()
+        return self._fetched
+
+    @classmethod
+    def ready(cls, kept: dict[str, Any], fetched: dict[str, np.ndarray]) -> Submission:
+        """A submission that already finished (a synchronous runner's)."""
+        return cls(kept, lambda: fetched, fetched)
+
+
+@runtime_checkable
+class ChainRunner(Runner, Protocol):
+    """A runner whose outputs can stay on its device and feed the next runner of a chain.
+
+    ``submit`` queues one run: ``feeds`` hold host arrays or device tensors kept by an earlier
+    submission of the same device; outputs named in ``keep`` stay on the device, those in ``fetch``
+    come back to the host. ``side=True`` queues it on the chain's side stream after everything
+    queued so far on the main stream (a ramp beside the next segment). An ``asynchronous`` runner
+    returns at once; a synchronous one has finished when ``submit`` returns.
+    """
+
+    device: str
+    """Where its tensors live: ``cpu``, ``cuda:0``."""
+    asynchronous: bool
+
+    def submit(
+        self,
+        feeds: Mapping[str, Any],
+        keep: Sequence[str] = (),
+        fetch: Sequence[str] = (),
+        *,
+        side: bool = False,
+    ) -> Submission: ...

@@ -86,11 +86,17 @@ class OrtRunner(RunnerBase):
     concurrently.
     """
 
-    def __init__(self, model: onnx.ModelProto | bytes | str | Path, threads: int | None = None, name: str = "model"):
+    def __init__(
+        self,
+        model: onnx.ModelProto | bytes | str | Path,
+        threads: int | None = None,
+        name: str = "model",
+        providers: Sequence[str | tuple[str, dict]] = ("CPUExecutionProvider",),
+    ):
         self.name = name
         try:
             self.session = ort.InferenceSession(
-                _model_bytes(model), session_options(threads), providers=["CPUExecutionProvider"]
+                _model_bytes(model), session_options(threads), providers=list(providers)
             )
         except ApparateError:
             raise

@@ -44,6 +44,7 @@ from apparate_trt.runtime.control.controller import Controller
 from apparate_trt.runtime.control.loop import ControlLoop
 from apparate_trt.runtime.executor import BatchOutcome, Executor, ExitRule
 from apparate_trt.runtime.learning.learner import FinishedRefit, RampLearner
+from apparate_trt.runtime.serving_backend import choose_backend
 
 log = logging.getLogger(__name__)
 
@@ -569,6 +570,7 @@ class Engine:
         active = self.executor.active_sites
         return {
             "mode": self.mode,
+            "backend": self.executor.backend.describe(),
             "queue_depth": b.queue_depth,
             "batches": b.batches,
             "requests": b.accepted,
@@ -660,14 +662,21 @@ def load(
     """
     config = (config or EngineConfig()).replace(**settings)
     manifest = read_manifest(engine_dir)
+    backend = choose_backend(manifest, config.backend)
+    if backend.record is not None and config.max_batch > backend.record.max_batch:
+        raise ApparateError(
+            f"max batch {config.max_batch} exceeds the {backend.record.max_batch} the TensorRT engines in "
+            f"{backend.engines} were built for; serve with --max-batch {backend.record.max_batch} or less, or rebuild "
+            f"with apparate-compile --backend tensorrt --max-batch {config.max_batch}"
+        )
     if policy is not None:
         mode, exit_mode, rule = policy.name, check_exit_mode(policy.exit_mode), policy.exit_rule()
     elif config.mode == "vanilla":
         mode, exit_mode, rule = "vanilla", "release", None
     else:
-        exit_mode = check_exit_mode(config.exit_mode or default_exit_mode(manifest.profiles.backend))
+        exit_mode = check_exit_mode(config.exit_mode or default_exit_mode(backend.name))
         mode, rule = "apparate", None
-    executor = Executor(manifest, config.threads, config.confidence, rule, exit_mode=exit_mode)
+    executor = Executor(manifest, config.threads, config.confidence, rule, exit_mode=exit_mode, backend=backend)
     controller: Controller | None = None
     learner: RampLearner | None = None
     try:

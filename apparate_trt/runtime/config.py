@@ -25,6 +25,7 @@ from apparate_trt.runtime.batching import validate_settings
 from apparate_trt.runtime.compaction import check_exit_mode
 from apparate_trt.runtime.executor import check_confidence_kind
 from apparate_trt.runtime.learning.learner import LearningOptions
+from apparate_trt.runtime.serving_backend import CHOICES as BACKEND_CHOICES
 
 MODES = ("apparate", "vanilla")
 """``apparate``: ramps and the adaptive controller; ``vanilla``: the unsplit original model."""
@@ -69,6 +70,11 @@ class EngineConfig:
         learning_options: extra keyword arguments for the ramp learner
             (:class:`~apparate_trt.runtime.learning.learner.LearningOptions`: ``refit_every``,
             ``reservoir_samples``, ``reservoir_bytes``, ``total_bytes``, ``min_gain``).
+        backend: what runs the segments and ramps (:mod:`~apparate_trt.runtime.serving_backend`):
+            ``onnxruntime`` (CPU), ``onnxruntime-gpu`` (ONNX Runtime's CUDA provider, tensors kept on
+            the GPU), ``tensorrt`` (the directory's engines for this GPU, chained on the device), or
+            None / ``auto`` (default): TensorRT where the machine and the directory have it, else
+            onnxruntime. The GPU backends run release mode only.
     """
 
     max_batch: int = DEFAULT_MAX_BATCH
@@ -85,8 +91,11 @@ class EngineConfig:
     audit_rate: float = DEFAULT_AUDIT_RATE
     refits: bool = True
     learning_options: Mapping[str, Any] | None = None
+    backend: str | None = None
 
     def __post_init__(self) -> None:
+        if self.backend is not None and self.backend not in BACKEND_CHOICES:
+            raise ApparateError(f"unknown backend '{self.backend}'; use one of: {', '.join(BACKEND_CHOICES)}")
         if self.mode not in MODES:
             raise ApparateError(f"unknown mode '{self.mode}'; use one of: {', '.join(MODES)}")
         if not 0.0 <= self.accuracy_constraint < 1.0:

@@ -47,10 +47,11 @@ import numpy as np
 import onnx
 
 from apparate_trt import _core
-from apparate_trt.backends import Runner, open_runner
+from apparate_trt.backends import ChainRunner, Runner
 from apparate_trt.engine_dir import Manifest
 from apparate_trt.errors import ApparateError
 from apparate_trt.runtime.compaction import check_exit_mode, compact, draw_audits, dynamic_batch_inputs
+from apparate_trt.runtime.serving_backend import ServingBackend
 from apparate_trt.runtime.split_worker import IdleGate, should_split_out_of_process, split_out_of_process
 
 log = logging.getLogger(__name__)
@@ -254,9 +255,10 @@ class _PlanBuilder:
     Ramp sessions are shared by all plans (one per site, created on first use).
     """
 
-    def __init__(self, manifest: Manifest, threads: int | None) -> None:
+    def __init__(self, manifest: Manifest, threads: int | None, backend: ServingBackend | None = None) -> None:
         self.manifest = manifest
         self.threads = threads
+        self.backend = backend or ServingBackend()
         self._model: onnx.ModelProto | None = None
         self._plans: OrderedDict[tuple[int, ...], _Plan] = OrderedDict()
         self._ramps: dict[int, Runner] = {}
@@ -279,10 +281,7 @@ class _PlanBuilder:
         with self._lock:
             runner = self._ramps.get(site)
         if runner is None:
-            entry = self.manifest.ramps[site]
-            runner = open_runner(
-                self.manifest.path(entry.file), threads=self.threads, name=f"ramp {site} ({entry.file})"
-            )
+            runner = self.backend.open_ramp(self.manifest, site, self.threads)
             with self._lock:
                 runner = self._ramps.setdefault(site, runner)
         return runner
@@ -364,23 +363,21 @@ class _PlanBuilder:
     def _stages(self, active: tuple[int, ...]) -> list[_Stage]:
         m = self.manifest
         if not active:
-            runner = open_runner(m.path(m.model.file), threads=self.threads, name=f"model ({m.model.file})")
-            return [_Stage(runner, [m.model.output], None)]
+            return [_Stage(self.backend.open_model(m, self.threads), [m.model.output], None)]
         if list(active) == [s.id for s in m.sites]:  # the finest split is on disk already
             return [
-                _Stage(
-                    open_runner(m.path(seg.file), threads=self.threads, name=f"segment {seg.file}"),
-                    list(seg.outputs),
-                    seg.ends_at_site,
-                )
-                for seg in m.segments
+                _Stage(self.backend.open_segment(m, i, self.threads), list(seg.outputs), seg.ends_at_site)
+                for i, seg in enumerate(m.segments)
             ]
+        folder = _plan_folder(active)
         if should_split_out_of_process(m):
             try:
                 files = split_out_of_process(m, active, self._scratch() / _plan_folder(active), gate=self.gate)
                 return [
                     _Stage(
-                        open_runner(f.file, threads=self.threads, name=f"segment {i} of sites {list(active)}"),
+                        self.backend.open_merged(
+                            f.file, self.threads, f"segment {i} of sites {list(active)}", f"{folder}_segment_{i}"
+                        ),
                         f.outputs,
                         f.ends_at_site,
                     )
@@ -393,7 +390,9 @@ class _PlanBuilder:
         segments = _split_segments(self._model, m, active)
         return [
             _Stage(
-                open_runner(seg.model, threads=self.threads, name=f"segment {i} of sites {list(active)}"),
+                self.backend.open_merged(
+                    seg.model, self.threads, f"segment {i} of sites {list(active)}", f"{folder}_segment_{i}"
+                ),
                 list(seg.outputs),
                 seg.ends_at_site,
             )
@@ -440,17 +439,27 @@ class Executor:
         *,
         exit_mode: str = "release",
         audit_seed: int | None = None,
+        backend: ServingBackend | None = None,
     ) -> None:
         self.manifest = manifest
         self.confidence = check_confidence_kind(confidence)
         self.exit_mode = check_exit_mode(exit_mode)
+        backend = backend or ServingBackend()
+        self.backend = backend
+        """What runs the segments and ramps (:class:`~apparate_trt.runtime.serving_backend.ServingBackend`)."""
+        if backend.chained and self.exit_mode == "skip":
+            raise ApparateError(
+                f"exit mode 'skip' compacts batches on the host, which the {backend.name} backend's device-resident "
+                f"chain does not do: use exit mode 'release' (--exit-mode release; every row runs on), or --backend "
+                f"onnxruntime"
+            )
         self.exit_rule: ExitRule = exit_rule or ThresholdRule()
         self._one_hot = np.eye(manifest.model.num_classes, dtype=np.float32)
         self.audit_rate = 1.0
         """Probability (0, 1] that a row a ramp releases runs on to the end in skip mode (the
         controller sets it, :meth:`set_audit_rate`)."""
         self._rng = np.random.default_rng(audit_seed)
-        self._builder = _PlanBuilder(manifest, threads)
+        self._builder = _PlanBuilder(manifest, threads, backend)
         self._plan = self._builder.build(())
         self.build_gate = self._builder.gate
         """The :class:`~apparate_trt.runtime.split_worker.IdleGate` that stops a plan build's split
@@ -505,7 +514,7 @@ class Executor:
         """
         if not 0 <= int(site) < len(self.manifest.ramps):
             raise ApparateError(f"unknown ramp site {site}; this engine has sites 0..{len(self.manifest.ramps) - 1}")
-        runner = open_runner(Path(file), threads=self._builder.threads, name=f"ramp {site} ({Path(file).name})")
+        runner = self._builder.backend.open_ramp(self.manifest, int(site), self._builder.threads, file=Path(file))
         with self._lock:
             self._new_ramps[int(site)] = runner
 
@@ -621,6 +630,8 @@ class Executor:
         if self._new_ramps:
             self._swap_ramps()
         plan = self._builder.build(()) if unsplit else self._swap_if_ready()
+        if self._builder.backend.chained:
+            return self._run_chained(plan, inputs, on_release, tags, t_start)
         self._features = {}
         thresholds = self._thresholds
         n = _batch_size(inputs)
@@ -705,6 +716,106 @@ class Executor:
             **extra,
         )
 
+    def _run_chained(
+        self,
+        plan: _Plan,
+        inputs: Mapping[str, np.ndarray],
+        on_release: ReleaseFn,
+        tags: Sequence[object] | None,
+        t_start: float,
+    ) -> BatchOutcome:
+        """Release mode on a device-resident chain (the GPU backends' :class:`ChainRunner`s).
+
+        Segment outputs stay on the device and feed the next segment; each active ramp runs on the
+        side stream and only its logits come to the host. With overlap (asynchronous runners) the
+        next segment is queued before the host waits for a ramp's logits, so the exits of ramp k
+        are decided and released while segment k + 1 runs. Stage wall times are not measured here
+        (the GPU runs ahead of the host): they are NaN, and the controller uses the profile.
+        """
+        self._features = {}
+        thresholds = self._thresholds
+        n = _batch_size(inputs)
+        self.exit_rule.begin_batch(n, tags)
+        self._warm_inputs = {name: value[:1] for name, value in inputs.items()}
+        r = len(plan.active)
+        final = self.manifest.model.output
+        runners = [stage.runner for stage in plan.stages] + [self._builder.ramp(site) for site in plan.active]
+        for runner in runners:
+            if not isinstance(runner, ChainRunner):
+                raise ApparateError(f"{runner.name} cannot keep its tensors on the device (not a chain runner)")
+        overlap = self._builder.backend.overlap
+        if overlap is None:
+            overlap = any(runner.asynchronous for runner in runners)
+        env: dict = dict(inputs)
+        done = np.zeros(n, dtype=np.uint8)
+        exit_site = np.full(n, -1, dtype=np.int32)
+        conf = np.zeros((r, n), dtype=np.float32)
+        ramp_pred = np.zeros((r, n), dtype=np.int32)
+        applied = np.zeros(r, dtype=np.float64)
+        segments_ms = np.full(r + 1, np.nan) if overlap else np.zeros(r + 1)
+        ramps_ms = np.full(r, np.nan) if overlap else np.zeros(r)
+        pending: list[tuple[int, int, object]] = []  # (ramp index, site, submission)
+
+        def decide(ramp_index: int, site: int, submission: object) -> None:
+            t0 = time.perf_counter()
+            threshold = thresholds.get(site, 0.0)
+            applied[ramp_index] = threshold
+            values = None if submission is None else submission.wait()
+            self._run_ramp(
+                site, threshold, env, done, conf[ramp_index], ramp_pred[ramp_index], exit_site, on_release, values
+            )
+            if not overlap:
+                ramps_ms[ramp_index] = _ms_since(t0)
+
+        last = None
+        ramp_index = 0
+        for stage_index, stage in enumerate(plan.stages):
+            t0 = time.perf_counter()
+            is_last = stage_index == len(plan.stages) - 1
+            fetch = [final] if is_last else []
+            keep = [name for name in stage.outputs if name not in fetch]
+            last = stage.runner.submit(env, keep=keep, fetch=fetch)
+            env.update(last.kept)
+            if not overlap:
+                segments_ms[stage_index] = _ms_since(t0)
+            while pending:  # the previous ramp's exits, decided while this segment runs
+                decide(*pending.pop())
+            if stage.site is None:
+                continue
+            submission = None
+            if self.exit_rule.runs_ramps:
+                ramp = self._builder.ramp(stage.site)
+                submission = ramp.submit(env, fetch=self._ramp_outputs(stage.site), side=True)
+            if overlap:
+                pending.append((ramp_index, stage.site, submission))
+            else:
+                decide(ramp_index, stage.site, submission)
+            ramp_index += 1
+        while pending:
+            decide(*pending.pop())
+        final_logits = _float32_logits(last.wait()[final], f"model output '{final}'")
+        final_pred = final_predictions(final_logits)
+        t_end = release_final(final_logits, final_pred, on_release)
+        extra: dict = {}
+        if self.keep_features and self._features:
+            extra["features"], self._features = self._features, {}
+        return BatchOutcome(
+            site_ids=np.asarray(plan.active, dtype=np.int32),
+            thresholds=applied,
+            confidence=conf,
+            ramp_pred=ramp_pred,
+            final_logits=final_logits,
+            final_pred=final_pred,
+            agree=(ramp_pred == final_pred[None, :]).astype(np.uint8),
+            exit_site=exit_site,
+            segments_ms=segments_ms,
+            ramps_ms=ramps_ms,
+            total_ms=(t_end - t_start) * 1000.0,
+            t_start=t_start,
+            t_end=t_end,
+            **extra,
+        )
+
     def _release_alive(
         self, env: Mapping[str, np.ndarray], rows: _Rows, on_release: ReleaseFn, n: int
     ) -> tuple[np.ndarray, np.ndarray, float]:
@@ -730,20 +841,33 @@ class Executor:
         ran = [self._builder.profiled_stage_ms(active, int(k))[i] for i, k in enumerate(rows_run)]
         return float(max(0.0, full.sum() - float(np.sum(ran))))
 
-    def _ramp_logits(
-        self, site: int, env: Mapping[str, np.ndarray], rows: np.ndarray | None = None, n: int = 0
-    ) -> np.ndarray | None:
-        """The ramp of ``site`` run on the environment: float32 logits [rows, classes]; None when
-        the exit rule runs no ramps. With :attr:`keep_features` the ramp's pooled features are kept
-        for the outcome, scattered to batch rows ``rows`` of ``n`` (None: every row)."""
-        if not self.exit_rule.runs_ramps:
-            return None
+    def _ramp_outputs(self, site: int) -> list[str]:
+        """The ramp outputs a batch needs: the logits, and the pooled features for the learner."""
         entry = self.manifest.ramps[site]
         wanted = [entry.output]
         if self.keep_features and entry.features:
             wanted.append(entry.features)
-        values = self._builder.ramp(site).run(env, wanted)
-        if len(wanted) > 1:
+        return wanted
+
+    def _ramp_logits(
+        self,
+        site: int,
+        env: Mapping[str, np.ndarray],
+        rows: np.ndarray | None = None,
+        n: int = 0,
+        values: Mapping[str, np.ndarray] | None = None,
+    ) -> np.ndarray | None:
+        """The ramp of ``site`` run on the environment (or its outputs ``values``, already run on
+        the device): float32 logits [rows, classes]; None when the exit rule runs no ramps. With
+        :attr:`keep_features` the ramp's pooled features are kept for the outcome, scattered to
+        batch rows ``rows`` of ``n`` (None: every row)."""
+        if not self.exit_rule.runs_ramps:
+            return None
+        entry = self.manifest.ramps[site]
+        wanted = self._ramp_outputs(site)
+        if values is None:
+            values = self._builder.ramp(site).run(env, wanted)
+        if len(wanted) > 1 and entry.features in values:
             self._keep_features(site, values[entry.features], rows, n)
         return _float32_logits(values[entry.output], f"ramp {site} output '{entry.output}'")
 
@@ -814,9 +938,11 @@ class Executor:
         pred_out: np.ndarray,
         exit_site: np.ndarray,
         on_release: ReleaseFn,
+        values: Mapping[str, np.ndarray] | None = None,
     ) -> None:
-        """Run one ramp, decide its exits (marking ``done``) and release each exiting input."""
-        logits = self._ramp_logits(site, env)
+        """Run one ramp (or take its device-run outputs ``values``), decide its exits (marking
+        ``done``) and release each exiting input."""
+        logits = self._ramp_logits(site, env, values=values)
         conf, pred, newly = self.exit_rule.decide(site, logits, threshold, done, self.confidence, self._all_rows(done))
         conf_out[:] = conf
         pred_out[:] = pred

@@ -38,13 +38,15 @@ def test_a_fixed_first_axis_is_not_a_batch_axis():
 
 
 def test_backend_names_are_checked():
-    assert check_backend(None) == "onnxruntime" and set(BACKENDS) == {"onnxruntime", "tensorrt"}
-    with pytest.raises(ApparateError, match="unknown backend 'cuda'; use one of: onnxruntime, tensorrt"):
+    assert check_backend(None) == "onnxruntime" and set(BACKENDS) == {"onnxruntime", "onnxruntime-gpu", "tensorrt"}
+    with pytest.raises(
+        ApparateError, match="unknown backend 'cuda'; use one of: onnxruntime, onnxruntime-gpu, tensorrt"
+    ):
         open_runner(_relu_model(), backend="cuda")
 
 
 def test_tensorrt_takes_engine_files_and_says_what_it_needs(tmp_path):
-    with pytest.raises(ApparateError, match="runs engine files"):
+    with pytest.raises(ApparateError, match="runs serialized engines; build them with apparate-compile --backend"):
         open_runner(_relu_model(), backend="tensorrt", name="segment 0")
     from apparate_trt.backends.tensorrt import unavailable_reason
 
@@ -52,6 +54,8 @@ def test_tensorrt_takes_engine_files_and_says_what_it_needs(tmp_path):
         pytest.skip("TensorRT is available here; the GPU tests cover it")
     with pytest.raises(ApparateError, match="needs an NVIDIA GPU with TensorRT"):
         open_runner(tmp_path / "segment_0.engine", backend="tensorrt")
+    with pytest.raises(ApparateError, match="needs an NVIDIA GPU with TensorRT"):
+        open_runner(b"not an engine", backend="tensorrt")
 
 
 def test_a_missing_file_is_one_clear_error(tmp_path):

@@ -11,6 +11,7 @@ from runtime_helpers import THREADS, assert_same_output, reference_ramp_logits, 
 from apparate_trt.backends import open_runner
 from apparate_trt.errors import ApparateError
 from apparate_trt.runtime import executor as executor_module
+from apparate_trt.runtime import serving_backend as serving_backend_module
 from apparate_trt.runtime.executor import Executor
 
 
@@ -91,7 +92,7 @@ def test_early_results_are_the_ramps_argmax_and_come_before_the_next_segment(res
     sites = [s.id for s in resnet.manifest.sites]
     first, last = sites[0], sites[-1]
     events: list[str] = []
-    trace_runs(monkeypatch, executor_module, lambda runner, feeds: events.append(f"run {runner.name}"))
+    trace_runs(monkeypatch, serving_backend_module, lambda runner, feeds: events.append(f"run {runner.name}"))
     executor = _executor(resnet, [first, last], [1.0, 1.0])  # threshold 1: every input exits at once
     releases = Releases()
 

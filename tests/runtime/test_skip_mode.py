@@ -8,6 +8,7 @@ from runtime_helpers import THREADS, assert_same_output, reference_ramp_logits, 
 
 from apparate_trt.errors import ApparateError
 from apparate_trt.runtime import executor as executor_module
+from apparate_trt.runtime import serving_backend as serving_backend_module
 from apparate_trt.runtime.compaction import compact, draw_audits
 from apparate_trt.runtime.executor import Executor
 
@@ -40,7 +41,7 @@ def _traced_batch_sizes(monkeypatch) -> list[tuple[str, int]]:
         rows = {int(np.shape(feeds[name])[0]) for name in runner.input_names if np.ndim(feeds[name])}
         seen.append((runner.name, max(rows)))
 
-    trace_runs(monkeypatch, executor_module, traced)
+    trace_runs(monkeypatch, serving_backend_module, traced)
     return seen
 
 

@@ -89,6 +89,9 @@ def build_engine(
     ``timing_cache``: a file read first (if present) and appended to after the build (None: none).
     Raises ApparateError with TensorRT's reason when the build fails.
     """
+    from apparate_trt.backends.tensorrt import require_tensorrt  # noqa: PLC0415
+
+    require_tensorrt("building TensorRT engines")
     from polygraphy.backend.trt import (  # noqa: PLC0415 - optional, imported lazily
         CreateConfig,
         EngineBytesFromNetwork,

@@ -106,6 +106,8 @@ def profile_ranges(
         for axis, dim in enumerate(spec.shape):
             if isinstance(dim, int) and dim >= 0:
                 dims.append(dim)
+            elif axis == 0 and spec.batch_first:
+                dims.append(1)  # the batch: its range is set below
             elif seen is not None and axis < len(seen):
                 dims.append(int(seen[axis]))
             else:

@@ -65,10 +65,19 @@ def build_parser() -> Parser:
     )
     p.add_argument(
         "--backend",
-        choices=["auto", "onnxruntime", "tensorrt"],
+        choices=["auto", "onnxruntime", "onnxruntime-gpu", "tensorrt"],
         default="auto",
-        help="backend to profile on: onnxruntime works everywhere; tensorrt needs an NVIDIA GPU and the 'tensorrt' "
-        "extra; auto picks what this machine can use",
+        help="backend to profile on: onnxruntime works everywhere; onnxruntime-gpu needs the onnxruntime-gpu package "
+        "and an NVIDIA GPU; tensorrt also builds one TensorRT engine per segment and ramp (and the whole model) for "
+        "this GPU into tensorrt/<gpu>_<sm>_<trt version>/, with one optimization profile for batch 1..--max-batch, and "
+        "needs an NVIDIA GPU and the 'tensorrt' extra; auto: tensorrt where this machine can build engines, else "
+        "onnxruntime",
+    )
+    p.add_argument(
+        "--fp16",
+        action="store_true",
+        help="--backend tensorrt on TensorRT 10: let TensorRT use FP16 kernels (builder flag FP16). TensorRT 11 is "
+        "strongly typed and has no such flag: there it is refused, and engines compute in the ONNX model's own types",
     )
     p.add_argument(
         "--seed", type=int, default=0, metavar="N", help="random seed for the train/held-out split and ramp training"
@@ -130,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             threads=args.threads,
             augment=args.augment,
             blends=args.blends,
+            fp16=args.fp16,
             log=flush_print,
         )
 

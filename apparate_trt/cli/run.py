@@ -121,6 +121,15 @@ def build_parser() -> Parser:
         help="apparate: ramps with adaptive thresholds; vanilla: the unsplit original model (baseline)",
     )
     p.add_argument(
+        "--backend",
+        choices=["auto", "onnxruntime", "onnxruntime-gpu", "tensorrt"],
+        default="auto",
+        help="what runs the segments and ramps: onnxruntime (CPU, any machine); onnxruntime-gpu (ONNX Runtime's CUDA "
+        "provider, tensors kept on the GPU); tensorrt (the engine directory's TensorRT engines for this GPU, chained "
+        "in device memory); auto: tensorrt where this machine and the directory have it, else onnxruntime. The GPU "
+        "backends run --exit-mode release only",
+    )
+    p.add_argument(
         "--exit-mode",
         choices=["release", "skip"],
         default=None,
@@ -471,6 +480,7 @@ def engine_config(args: argparse.Namespace, **controller_options: Any) -> Engine
         confidence=args.confidence,
         overload_fallback=args.overload_fallback,
         exit_mode=args.exit_mode,
+        backend=None if args.backend == "auto" else args.backend,
         audit_rate=args.audit_rate,
         refits=args.refits,
         learning_options={"refit_every": args.refit_every},
@@ -509,6 +519,7 @@ def replay_command(args: argparse.Namespace) -> int:
     # the report shows every decision: the controller keeps the whole replay's record
     engine = api.load(args.engine_dir, engine_config(args, **replay_controller_options(arrivals.shape[0])))
     settings["exit_mode"] = engine.exit_mode
+    settings["backend"] = engine.executor.backend.describe()
     settings["overload_fallback"] = engine.overload_fallback
     try:
         result = replay(engine, inputs, arrivals, progress=not args.quiet)

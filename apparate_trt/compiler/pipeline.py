@@ -34,6 +34,8 @@ import onnx
 import apparate_trt
 from apparate_trt._optional import is_available
 from apparate_trt.backends import BACKENDS as RUNNER_BACKENDS
+from apparate_trt.backends import Runner, open_runner
+from apparate_trt.backends.trt_layout import TRT_DIR
 from apparate_trt.compiler.augment import (
     MAX_BLENDS,
     MAX_COPIES,
@@ -118,25 +120,38 @@ def check_options(
         raise ApparateError(f"--threads must be an integer >= 1 (or omitted for all cores); got {threads}")
 
 
+def tensorrt_build_problem() -> str | None:
+    """Why this machine cannot build TensorRT engines (None when it can): it needs a visible NVIDIA
+    GPU, the ``tensorrt`` and cuda-bindings packages, and Polygraphy (the ``tensorrt`` extra)."""
+    from apparate_trt.backends.tensorrt import unavailable_reason  # lazy: no CUDA at import
+
+    problem = unavailable_reason()
+    if problem is None and not is_available("polygraphy.backend.trt"):
+        problem = "the 'polygraphy' package is not installed"
+    return problem
+
+
 def resolve_backend(backend: str) -> str:
-    """The backend to profile on: ``auto`` picks what the machine can build (onnxruntime for now)."""
+    """The backend to profile on (and, for ``tensorrt``, build engines for): ``auto`` picks
+    ``tensorrt`` where this machine can build engines, else ``onnxruntime``. ApparateError saying
+    what is missing when the named backend cannot run here."""
     if backend not in BACKENDS:
         raise ApparateError(f"--backend must be one of {', '.join(BACKENDS)}; got '{backend}'")
+    if backend == "auto":
+        return "tensorrt" if tensorrt_build_problem() is None else "onnxruntime"
     if backend == "tensorrt":
-        from apparate_trt.backends.tensorrt import unavailable_reason  # lazy: no CUDA at import
-
-        problem = unavailable_reason()
+        problem = tensorrt_build_problem()
         if problem:
             raise ApparateError(
                 f"--backend tensorrt needs an NVIDIA GPU and the 'tensorrt' extra (pip install "
-                f"'apparate_trt[tensorrt]'), "
-                f"which this machine lacks ({problem}); use --backend onnxruntime, which works everywhere"
+                f"'apparate_trt[tensorrt]'), which this machine lacks ({problem}); use --backend onnxruntime, which "
+                f"works everywhere"
             )
-        raise ApparateError(
-            "building TensorRT engines is not supported by this version of apparate-compile yet; use --backend "
-            "onnxruntime"
-        )
-    return "onnxruntime"  # auto: TensorRT engine building arrives in a later version
+    if backend == "onnxruntime-gpu":
+        from apparate_trt.backends.ort_device import providers_for
+
+        providers_for("cuda")  # raises saying how to install onnxruntime-gpu
+    return backend
 
 
 def prepare_out_dir(out_dir: Path, force: bool) -> None:
@@ -235,9 +250,11 @@ def _write_engine_dir(
     segment_models: Sequence[onnx.ModelProto],
     ramp_models: Sequence[onnx.ModelProto],
     stats: BootstrapStats,
+    engines: Path | None = None,
 ) -> None:
     """Write everything into a temporary sibling of ``out_dir``, check it reads back, then move it
-    into place (replacing an old engine directory), so that a failure never leaves half a directory."""
+    into place (replacing an old engine directory), so that a failure never leaves half a directory.
+    ``engines``: a key folder of built TensorRT engines, moved to ``tensorrt/<its name>/``."""
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
         (tmp / "segments").mkdir()
@@ -246,6 +263,9 @@ def _write_engine_dir(
         for entry, m in [*zip(manifest.segments, segment_models), *zip(manifest.ramps, ramp_models)]:
             onnx.save(m, str(tmp / entry.file))
         write_bootstrap_stats(tmp / manifest.bootstrap.file, stats)
+        if engines is not None:
+            (tmp / TRT_DIR).mkdir()
+            shutil.move(str(engines), str(tmp / TRT_DIR / engines.name))
         write_manifest(tmp, manifest)
         read_manifest(tmp)  # what we wrote must read back
         if out_dir.exists():
@@ -312,6 +332,7 @@ def compile_model(
     profile_settings: ProfileSettings | None = None,
     augment: int | None = None,
     blends: int | None = None,
+    fp16: bool = False,
 ) -> Manifest:
     """Compile ``model_path`` with bootstrap data ``data_path`` into the engine directory ``out_dir``.
 
@@ -321,12 +342,20 @@ def compile_model(
     for a single-image-input or token-sequence model and none otherwise); ``blends`` the blends of
     each train image with another one that they train on too (None: the ``train_config``'s setting,
     whose None means ``augment.DEFAULT_BLENDS`` for a single-image-input model and none otherwise).
+    ``backend``: ``auto`` (TensorRT where this machine can build engines, else onnxruntime),
+    ``onnxruntime``, ``onnxruntime-gpu`` or ``tensorrt`` (then the model, every segment and every
+    ramp get an engine for this GPU under ``tensorrt/<key>/``, and the profile is measured on them);
+    ``fp16``: let TensorRT 10 pick FP16 kernels (refused on TensorRT 11, see ``trt_build``).
     Returns the manifest as read back from the written directory.
     """
     t0 = time.perf_counter()
     model_path, data_path, out_dir = Path(model_path), Path(data_path), Path(out_dir)
     check_options(budget, max_batch, threads, augment, blends)
     backend = resolve_backend(backend)
+    if fp16 and backend != "tensorrt":
+        raise ApparateError(
+            f"--fp16 applies to TensorRT engines only; add --backend tensorrt (the backend is {backend})"
+        )
     prepare_out_dir(out_dir, force)
     train_config = dataclasses.replace(train_config or TrainConfig(), seed=seed)
     if augment is not None:
@@ -385,8 +414,13 @@ def compile_model(
     batch_sizes = [fixed] if fixed else batch_sizes_up_to(max_batch)
     if fixed and fixed != max_batch:
         log(f"warning: the model's batch dimension is fixed at {fixed}; profiling only that batch size")
-    log(f"[6/8] profile on {backend} at batch sizes {batch_sizes}")
     ramp_inputs = [[i.name for i in m.graph.input] for m in ramp_models]
+    engines = None
+    if backend == "tensorrt":
+        engines = _build_trt_engines(
+            model, segments, ramp_models, sites, data, max(batch_sizes), serving_batch(batch_sizes), fp16, log
+        )
+    log(f"[6/8] profile on {backend} at batch sizes {batch_sizes}")
     prof = profile_all(
         model,
         [s.model for s in segments],
@@ -397,6 +431,7 @@ def compile_model(
         threads=threads,
         settings=profile_settings,
         log=log,
+        open_model=_trt_opener(engines) if engines is not None else _onnx_opener(backend),
     )
 
     log("[7/8] choose the initial configuration")
@@ -437,10 +472,70 @@ def compile_model(
     )
 
     log(f"[8/8] write {out_dir}")
-    _write_engine_dir(out_dir, manifest, model, [s.model for s in segments], ramp_models, trained.stats)
+    _write_engine_dir(out_dir, manifest, model, [s.model for s in segments], ramp_models, trained.stats, engines)
     result = read_manifest(out_dir)
     log(summary_table(result, time.perf_counter() - t0))
     return result
+
+
+def _build_trt_engines(
+    model: onnx.ModelProto,
+    segments: Sequence[Segment],
+    ramp_models: Sequence[onnx.ModelProto],
+    sites: Sequence[Site],
+    data: dict[str, np.ndarray],
+    max_batch: int,
+    opt_batch: int,
+    fp16: bool,
+    log: Log,
+) -> Path:
+    """Build this GPU's engines of the model, segments and ramps into a scratch key folder (moved
+    into the engine directory when it is written); returns the folder."""
+    from apparate_trt.backends.trt_build import build_engine_set, machine_key, observed_shapes
+
+    key = machine_key()
+    count = 1 + len(segments) + len(ramp_models)
+    log(f"[5b/8] build {count} TensorRT engines for {key.describe()} (batch 1..{max_batch}, opt {opt_batch})")
+    observed = observed_shapes([s.model for s in segments], take(data, slice(0, 1)))
+    files = {"model": MODEL_FILE}
+    files.update({f"segment {i}": segment_file(i) for i in range(len(segments))})
+    files.update({f"ramp {i}": ramp_file(i) for i in range(len(ramp_models))})
+    folder = Path(tempfile.mkdtemp(prefix="apparate-trt-build-")) / key.folder
+    build_engine_set(
+        folder,
+        key,
+        model=model,
+        segments=[s.model for s in segments],
+        ramps=ramp_models,
+        ramp_sites=[s.id for s in sites],
+        onnx_files=files,
+        observed=observed,
+        max_batch=max_batch,
+        opt_batch=opt_batch,
+        fp16=fp16,
+        log=log,
+    )
+    return folder
+
+
+def _trt_opener(folder: Path) -> Callable[[str, int, onnx.ModelProto, int | None], Runner]:
+    """Opens the profiler's runners on the engines built into ``folder``."""
+    from apparate_trt.backends.trt_layout import MODEL_ENGINE, ramp_engine, segment_engine
+
+    def open_model(kind: str, index: int, model: onnx.ModelProto, threads: int | None) -> Runner:
+        file = {"model": MODEL_ENGINE, "segment": segment_engine(index), "ramp": ramp_engine(index)}[kind]
+        return open_runner(folder / file, backend="tensorrt", name=f"{kind} {index}")
+
+    return open_model
+
+
+def _onnx_opener(backend: str) -> Callable[[str, int, onnx.ModelProto, int | None], Runner]:
+    """Opens the profiler's runners on ONNX Runtime (CPU, or CUDA for ``onnxruntime-gpu``)."""
+
+    def open_model(kind: str, index: int, model: onnx.ModelProto, threads: int | None) -> Runner:
+        return open_runner(model, backend=backend, threads=threads, name=f"{kind} {index}")
+
+    return open_model
 
 
 def _train_ramps(

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from apparate_trt.backends import open_runner
+from apparate_trt.backends import ChainRunner, Runner, open_runner
 from apparate_trt.backends.onnxruntime import default_threads
 from apparate_trt.data import num_samples
 
 Log = Callable[[str], None]
+Opener = Callable[[str, int, onnx.ModelProto, "int | None"], Runner]
 
 #: ORT intra-op threads of a ramp session: a ramp is a few small ops, and waking a second thread
 #: costs more than it saves (it doubles a ramp's latency on CPU). Recorded in the manifest.
@@ -103,36 +104,32 @@ def profile_all(
     threads: int | None,
     settings: ProfileSettings = ProfileSettings(),
     log: Log = print,
+    open_model: Opener | None = None,
 ) -> ProfileResult:
     """Profile the model, the segments (chained in order) and the ramps at each batch size.
 
     ``ramp_inputs[i]`` names the tensors ramp i reads (its site tensor, maybe a model input).
     ``threads`` is the ORT intra-op thread count of the model and the segments (None: all cores);
-    ramps run with ``RAMP_THREADS``. The result records the numbers used.
+    ramps run with ``RAMP_THREADS``. ``open_model(kind, index, model, threads)`` opens each runner
+    (``kind``: ``model``, ``segment`` or ``ramp``; None: ONNX Runtime on the CPU; the compiler
+    passes TensorRT engines' runners on ``--backend tensorrt``). The result records the numbers used.
     """
     threads = threads or default_threads()
-    whole = open_runner(model, threads=threads, name="the model")
-    segments = [open_runner(m, threads=threads, name=f"segment {i}") for i, m in enumerate(segment_models)]
-    ramps = [open_runner(m, threads=RAMP_THREADS, name=f"ramp {i}") for i, m in enumerate(ramp_models)]
+    if open_model is None:
+
+        def open_model(kind: str, index: int, m: onnx.ModelProto, n_threads: int | None) -> Runner:
+            return open_runner(m, threads=n_threads, name="the model" if kind == "model" else f"{kind} {index}")
+
+    whole = open_model("model", 0, model, threads)
+    segments = [open_model("segment", i, m, threads) for i, m in enumerate(segment_models)]
+    ramps = [open_model("ramp", i, m, RAMP_THREADS) for i, m in enumerate(ramp_models)]
     model_ms: list[float] = []
     segments_ms: list[list[float]] = [[] for _ in segments]
     ramps_ms: list[list[float]] = [[] for _ in ramps]
     start = time.perf_counter()
     for b in batch_sizes:
         feeds = tile_batch(inputs, b)
-        env: dict[str, np.ndarray] = dict(feeds)
-        seg_feeds = []
-        for seg in segments:
-            seg_feeds.append({name: env[name] for name in seg.input_names})
-            env.update(seg.run(seg_feeds[-1]))
-        ramp_feeds = [{name: env[name] for name in names} for names in ramp_inputs]
-        # execution order: the model, then segment 0, ramp 0, segment 1, ramp 1, ..., the last segment
-        calls: list[Callable[[], object]] = [lambda: whole.run(feeds)]
-        for i, (seg, f) in enumerate(zip(segments, seg_feeds)):
-            calls.append(lambda seg=seg, f=f: seg.run(f))
-            if i < len(ramps):
-                calls.append(lambda ramp=ramps[i], f=ramp_feeds[i]: ramp.run(f))
-        measured = median_ms(calls, settings)
+        measured = median_ms(_chain_calls(whole, segments, ramps, ramp_inputs, feeds), settings)
         model_ms.append(measured[0])
         for i in range(len(segments)):
             segments_ms[i].append(measured[1 + 2 * i])
@@ -143,3 +140,41 @@ def profile_all(
             f"ramps {sum(r[-1] for r in ramps_ms):.3f} ms in total ({time.perf_counter() - start:.1f} s)"
         )
     return ProfileResult(list(batch_sizes), model_ms, segments_ms, ramps_ms, threads)
+
+
+def _chain_calls(
+    whole: Runner,
+    segments: Sequence[Runner],
+    ramps: Sequence[Runner],
+    ramp_inputs: Sequence[Sequence[str]],
+    feeds: dict[str, np.ndarray],
+) -> list[Callable[[], object]]:
+    """One call per measurement, in execution order: the model, then segment 0, ramp 0, segment 1,
+    ramp 1, ..., the last segment, each on the real outputs of the ones before it.
+
+    Runners that keep tensors on a device (:class:`~apparate_trt.backends.base.ChainRunner`) are
+    timed as the executor runs them: a segment reads the previous one's device tensors and keeps
+    its outputs there, a ramp fetches its logits, and each call waits until its work is done.
+    """
+    chained = all(isinstance(r, ChainRunner) for r in [whole, *segments, *ramps])
+    env: dict = dict(feeds)
+    seg_feeds = []
+    for seg in segments:
+        seg_feeds.append({name: env[name] for name in seg.input_names})
+        env.update(seg.submit(seg_feeds[-1], keep=seg.output_names).kept if chained else seg.run(seg_feeds[-1]))
+    ramp_feeds = [{name: env[name] for name in names} for names in ramp_inputs]
+    if chained:
+        calls: list[Callable[[], object]] = [lambda: whole.submit(feeds, fetch=whole.output_names).wait()]
+    else:
+        calls = [lambda: whole.run(feeds)]
+    for i, (seg, f) in enumerate(zip(segments, seg_feeds)):
+        if chained:  # a segment's kept outputs are ready once a zero-output fetch behind it completes
+            calls.append(lambda seg=seg, f=f: seg.submit(f, keep=seg.output_names).wait())
+        else:
+            calls.append(lambda seg=seg, f=f: seg.run(f))
+        if i < len(ramps):
+            if chained:
+                calls.append(lambda ramp=ramps[i], f=ramp_feeds[i]: ramp.submit(f, fetch=ramp.output_names).wait())
+            else:
+                calls.append(lambda ramp=ramps[i], f=ramp_feeds[i]: ramp.run(f))
+    return calls

@@ -190,7 +190,10 @@ def choose_backend(manifest: Manifest, requested: str | None = None) -> ServingB
 
 
 def _tensorrt_backend(manifest: Manifest) -> ServingBackend:
+    from apparate_trt.backends.tensorrt import require_tensorrt
     from apparate_trt.backends.trt_build import machine_key
+
+    require_tensorrt("serving on the tensorrt backend")
 
     folder, record = select_engines(manifest.root, machine_key())
     if len(record.segments) != len(manifest.segments) or len(record.ramps) != len(manifest.ramps):

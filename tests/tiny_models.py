@@ -399,3 +399,20 @@ def separable_inputs(tiny: TinyModel, n: int, seed: int) -> dict[str, np.ndarray
     if tiny.kind == "bert":
         return separable_tokens(n, seed, classes=tiny.num_classes)
     return separable_images(tiny.kind, n, seed, classes=tiny.num_classes)
+
+
+def dense_layer(name: str, inp: str, out: str, k: int, n: int, seed: int = 0, relu: bool = False) -> onnx.ModelProto:
+    """A one-layer model ``out = inp @ W`` (optionally then Relu) over a batch axis ``N``: [N, k] -> [N, n].
+    Chains of them are the smallest segment chains (the backend and profiler tests)."""
+    w = np.random.default_rng(seed).normal(size=(k, n)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", [inp, f"{name}_w"], [f"{name}_mm" if relu else out])]
+    if relu:
+        nodes.append(helper.make_node("Relu", [f"{name}_mm"], [out]))
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info(inp, TensorProto.FLOAT, ["N", k])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", n])],
+        [numpy_helper.from_array(w, f"{name}_w")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import numpy_helper
+from tiny_models import dense_layer
 
 from apparate_trt.backends import ChainRunner, Runner, Submission, open_runner
 from apparate_trt.backends.ort_device import OrtDeviceRunner, cuda_provider_missing, providers_for
@@ -14,18 +15,8 @@ from apparate_trt.errors import ApparateError
 
 
 def _layer(name: str, inp: str, out: str, k: int, n: int, seed: int):
-    w = np.random.default_rng(seed).normal(size=(k, n)).astype(np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", [inp, f"{name}_w"], [f"{name}_mm"]),
-            helper.make_node("Relu", [f"{name}_mm"], [out]),
-        ],
-        name,
-        [helper.make_tensor_value_info(inp, TensorProto.FLOAT, ["N", k])],
-        [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", n])],
-        [numpy_helper.from_array(w, f"{name}_w")],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), w
+    model = dense_layer(name, inp, out, k, n, seed, relu=True)
+    return model, numpy_helper.to_array(model.graph.initializer[0])
 
 
 def test_kept_outputs_stay_ortvalues_and_feed_the_next_runner():

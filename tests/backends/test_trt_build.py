@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
+from tiny_models import dense_layer
 
 from apparate_trt.backends.base import IOSpec
 from apparate_trt.backends.trt_build import (
@@ -18,18 +19,6 @@ from apparate_trt.backends.trt_build import (
 )
 from apparate_trt.backends.trt_layout import ShapeRange
 from apparate_trt.errors import ApparateError
-
-
-def _matmul_model(name: str, inp: str, out: str, k: int, n: int, seed: int):
-    w = numpy_helper.from_array(np.random.default_rng(seed).normal(size=(k, n)).astype(np.float32), f"{name}_w")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", [inp, f"{name}_w"], [out])],
-        name,
-        [helper.make_tensor_value_info(inp, TensorProto.FLOAT, ["N", k])],
-        [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", n])],
-        [w],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def test_fp16_is_the_builder_flag_on_tensorrt_10_and_refused_with_the_way_out_on_11():
@@ -52,7 +41,7 @@ def test_a_profile_holds_every_input_range_in_polygraphy():
 
 
 def test_onnx_inputs_leave_out_initializers_and_observed_shapes_follow_the_chain():
-    first, second = _matmul_model("a", "x", "h", 4, 6, 0), _matmul_model("b", "h", "y", 6, 3, 1)
+    first, second = dense_layer("a", "x", "h", 4, 6, 0), dense_layer("b", "h", "y", 6, 3, 1)
     second.graph.input.append(helper.make_tensor_value_info("b_w", TensorProto.FLOAT, [6, 3]))  # old-style export
     assert onnx_inputs(second) == [IOSpec("h", "float32", ("N", 6))]
     shapes = observed_shapes([first, second], {"x": np.ones((2, 4), np.float32)})
@@ -66,7 +55,7 @@ def test_building_without_tensorrt_says_what_is_missing():
         pytest.skip("TensorRT is available here")
     with pytest.raises(ApparateError, match="needs an NVIDIA GPU with TensorRT"):
         build_engine(
-            _matmul_model("a", "x", "h", 4, 6, 0),
+            dense_layer("a", "x", "h", 4, 6, 0),
             {"x": ShapeRange((1, 4), (8, 4), (16, 4))},
             fp16=False,
             timing_cache=None,

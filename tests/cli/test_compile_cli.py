@@ -152,6 +152,7 @@ def test_help_documents_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
         "--threads",
         "--augment",
         "--blends",
+        "--fp16",
         "--force",
     ):
         assert flag in text
@@ -238,6 +239,8 @@ def test_existing_engine_dir_needs_force(files, capsys) -> None:
         (("--blends", "-1"), "--blends must be an integer from 0"),
         (("--backend", "tensorrt"), "--backend onnxruntime"),
         (("--backend", "cuda"), "invalid choice"),
+        (("--backend", "onnxruntime-gpu"), "pip install onnxruntime-gpu"),
+        (("--fp16",), "--fp16 applies to TensorRT engines only; add --backend tensorrt"),
         (("--budget", "lots"), "invalid float value"),
     ],
 )

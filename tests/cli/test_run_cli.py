@@ -112,6 +112,7 @@ def test_help_documents_every_flag(capsys):
         "--engine-dir",
         "--data",
         "--arrivals",
+        "--backend",
         "--max-batch",
         "--max-delay-ms",
         "--accuracy-constraint",
@@ -322,6 +323,16 @@ def test_bad_skip_flags(tiny_resnet_engine, extra, fragment, capsys):
         ["--engine-dir", str(engine_dir), "--data", str(eval_npz), "--quiet", *extra], capsys
     )
     _assert_one_line_error(status, err, fragment)
+
+
+def test_a_gpu_backend_this_machine_lacks_is_one_clear_error(tiny_resnet_engine, capsys):
+    from apparate_trt.backends.tensorrt import unavailable_reason
+
+    if unavailable_reason() is None:  # pragma: no cover - a GPU machine with TensorRT
+        pytest.skip("TensorRT is available here")
+    engine_dir, eval_npz = tiny_resnet_engine
+    argv = ["--engine-dir", str(engine_dir), "--data", str(eval_npz), "--quiet", "--backend", "tensorrt"]
+    _assert_one_line_error(*_run_in_process(argv, capsys)[::2], "tensorrt backend needs an NVIDIA GPU with TensorRT")
 
 
 def test_compare_vanilla_replays_the_same_arrivals_and_prints_the_ratio(tiny_resnet_engine, tmp_path, capsys):

@@ -7,7 +7,6 @@ import pytest
 from runtime_helpers import THREADS, assert_same_output, reference_ramp_logits, trace_runs
 
 from apparate_trt.errors import ApparateError
-from apparate_trt.runtime import executor as executor_module
 from apparate_trt.runtime import serving_backend as serving_backend_module
 from apparate_trt.runtime.compaction import compact, draw_audits
 from apparate_trt.runtime.executor import Executor

@@ -179,7 +179,6 @@ def correctness(engine_dir: Path, eval_npz: Path, backend_name: str) -> dict:
     from apparate_trt.runtime.executor import Executor
     from apparate_trt.runtime.serving_backend import choose_backend
 
-    manifest = read_manifest(engine_dir)
     if backend_name == "tensorrt":
         _require_tensorrt()
     else:
@@ -188,6 +187,9 @@ def correctness(engine_dir: Path, eval_npz: Path, backend_name: str) -> dict:
         problem = cuda_provider_missing()
         if problem:
             raise _NotRunnable(f"ONNX Runtime has no CUDA provider here ({problem}); pip install onnxruntime-gpu")
+    if not (engine_dir / "manifest.json").is_file():
+        raise _NotRunnable(f"no engine directory at {engine_dir}: compile one (apparate-compile, or make demo)")
+    manifest = read_manifest(engine_dir)
     sites = [s.id for s in manifest.sites]
     cpu = Executor(manifest, threads=None)
     gpu = Executor(manifest, threads=None, backend=choose_backend(manifest, backend_name))

@@ -68,6 +68,12 @@ class OrtDeviceRunner(OrtRunner):
         device_id: int = 0,
     ) -> None:
         super().__init__(model, threads=threads, name=name, providers=providers_for(device, device_id))
+        if device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
+            # ORT falls back to the CPU when the CUDA provider fails to start: say so rather than run there
+            raise ApparateError(
+                f"{name}: ONNX Runtime could not start its CUDA provider (it runs on {self.session.get_providers()}); "
+                f"the onnxruntime-gpu backend {NEEDS_CUDA_EP}"
+            )
         self.device = device if device == "cpu" else f"{device}:{device_id}"
         self._device_type = device
         self._device_id = device_id

@@ -53,9 +53,10 @@ def _import_modules() -> tuple[Any, Any]:
     return tensorrt, cudart
 
 
-def _gpu_count(cudart: Any) -> int:
+def _gpu_count(cudart: Any) -> tuple[Any, int]:
+    """(CUDA's error code, the number of visible GPUs)."""
     err, count = cudart.cudaGetDeviceCount()
-    return int(count) if err == cudart.cudaError_t.cudaSuccess else 0
+    return err, int(count) if err == cudart.cudaError_t.cudaSuccess else 0
 
 
 def unavailable_reason() -> str | None:
@@ -65,11 +66,27 @@ def unavailable_reason() -> str | None:
     except Exception as exc:  # noqa: BLE001 - ImportError or a broken CUDA install
         return f"{type(exc).__name__}: {exc}"
     try:
-        if _gpu_count(cudart) == 0:
+        err, count = _gpu_count(cudart)
+        if err != cudart.cudaError_t.cudaSuccess:
+            _, name = cudart.cudaGetErrorName(err)
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            return f"CUDA reports {name} (no GPU, or a driver too old for this cuda-bindings)"
+        if count == 0:
             return "no NVIDIA GPU is visible"
     except Exception as exc:  # noqa: BLE001
         return f"CUDA does not initialise ({exc})"
     return None
+
+
+_LOGGER: Any = None
+
+
+def _logger(trt: Any) -> Any:
+    """The process's one TensorRT logger (TensorRT warns when runtimes get different ones)."""
+    global _LOGGER
+    if _LOGGER is None:
+        _LOGGER = trt.Logger(trt.Logger.WARNING)
+    return _LOGGER
 
 
 def is_available() -> bool:
@@ -111,9 +128,9 @@ class DeviceArray:
 
 
 class Streams:
-    """The process's two CUDA streams: ``main`` (segments, in order) and ``side`` (ramps). Made once."""
+    """A GPU's two CUDA streams: ``main`` (segments, in order) and ``side`` (ramps). Made once per GPU."""
 
-    _instance: Streams | None = None
+    _instances: dict[int, Streams] = {}
     _lock = threading.Lock()
 
     def __init__(self, cudart: Any) -> None:
@@ -123,11 +140,12 @@ class Streams:
         self.side = cuda_call(cudart, cudart.cudaStreamCreateWithFlags(flags))
 
     @classmethod
-    def shared(cls, cudart: Any) -> Streams:
+    def shared(cls, cudart: Any, device_id: int = 0) -> Streams:
+        """The streams of GPU ``device_id`` (the caller has made it current)."""
         with cls._lock:
-            if cls._instance is None:
-                cls._instance = cls(cudart)
-            return cls._instance
+            if device_id not in cls._instances:
+                cls._instances[device_id] = cls(cudart)
+            return cls._instances[device_id]
 
 
 class _Pinned:
@@ -167,8 +185,7 @@ class TrtRunner(RunnerBase):
             data = path.read_bytes()
         else:
             data = bytes(engine)
-        logger = self.trt.Logger(self.trt.Logger.WARNING)
-        self._runtime = self.trt.Runtime(logger)
+        self._runtime = self.trt.Runtime(_logger(self.trt))
         self.engine = self._runtime.deserialize_cuda_engine(data)
         if self.engine is None:
             raise ApparateError(
@@ -181,7 +198,7 @@ class TrtRunner(RunnerBase):
         self.inputs = [self._spec(n) for n in names if is_input[n]]
         self.outputs = [self._spec(n) for n in names if not is_input[n]]
         self._dtypes = {s.name: s.dtype for s in [*self.inputs, *self.outputs]}
-        self.streams = Streams.shared(self.cudart)
+        self.streams = Streams.shared(self.cudart, device_id)
         self.max_shapes = self._max_shapes()
         sizes = plan_buffers(self.max_shapes, self._dtypes)
         self._device = {n: cuda_call(self.cudart, self.cudart.cudaMalloc(b)) for n, b in sizes.items()}
@@ -192,7 +209,19 @@ class TrtRunner(RunnerBase):
 
     def _spec(self, name: str) -> IOSpec:
         """A tensor of the engine as an IOSpec (TensorRT's -1 for a dynamic dimension is None)."""
-        dtype = np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(name))).name
+        shape_tensor = getattr(self.engine, "is_shape_inference_io", None)
+        if shape_tensor is not None and shape_tensor(name):
+            raise ApparateError(
+                f"{self.name}: tensor '{name}' is a shape tensor (its values set other shapes), which apparate_trt's "
+                f"TensorRT chain does not pass; serve this model with --backend onnxruntime"
+            )
+        try:
+            dtype = np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(name))).name
+        except TypeError:
+            raise ApparateError(
+                f"{self.name}: tensor '{name}' has type {self.engine.get_tensor_dtype(name)}, which numpy cannot hold; "
+                f"serve this model with --backend onnxruntime"
+            ) from None
         shape = tuple(None if d < 0 else int(d) for d in self.engine.get_tensor_shape(name))
         return IOSpec(name, dtype, shape)
 

@@ -65,7 +65,7 @@ def precision_policy(fp16: bool, tensorrt_version: str) -> tuple[bool, str]:
     major = tensorrt_major(tensorrt_version)
     if not fp16:
         typed = "strongly typed: " if major >= 11 else ""
-        return False, f"{typed}the ONNX graph's own types (fp32 for a float model)"
+        return False, f"{typed}the ONNX graph's own types (fp32 for a float model, TF32 matmuls and convolutions)"
     if major >= 11:
         raise ApparateError(FP16_GONE_MESSAGE.format(version=tensorrt_version))
     return True, "fp16 where TensorRT chooses it (weak typing, builder flag FP16), fp32 elsewhere"
@@ -101,6 +101,7 @@ def build_engine(
     data = model if isinstance(model, bytes) else model.SerializeToString()
     cache = None if timing_cache is None else Path(timing_cache)
     config = CreateConfig(
+        tf32=True,  # TensorRT's own default for float engines (Polygraphy clears it unless asked)
         fp16=True if fp16 else None,
         profiles=[polygraphy_profile(ranges)],
         load_timing_cache=str(cache) if cache is not None and cache.is_file() else None,
@@ -112,9 +113,10 @@ def build_engine(
         engine = loader()
     except Exception as exc:  # noqa: BLE001 - Polygraphy reports failures as its own exception types
         raise ApparateError(f"TensorRT could not build the engine ({type(exc).__name__}: {exc})") from None
-    if not engine:
+    data = bytes(engine)  # an IHostMemory: it has the buffer protocol, not a length
+    if not data:
         raise ApparateError("TensorRT built no engine (see TensorRT's log above)")
-    return bytes(engine)
+    return data
 
 
 def machine_key(device: int = 0) -> DeviceKey:

@@ -279,7 +279,7 @@ def install(monkeypatch) -> Cudart:
         "cuda.bindings.runtime": cudart,
     }.items():
         monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.setattr(Streams, "_instance", None)
+    monkeypatch.setattr(Streams, "_instances", {})
     monkeypatch.setattr(
         trt_build,
         "build_engine",

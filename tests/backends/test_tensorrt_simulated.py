@@ -147,3 +147,16 @@ def test_apparate_run_replays_on_the_engines_and_refuses_a_larger_batch(trt_resn
     assert "exceeds the 4 the TensorRT engines" in capsys.readouterr().err
     assert main([*argv, "--limit", "8", "--max-batch", "4", "--backend", "tensorrt", "--exit-mode", "skip"]) != 0
     assert "exit mode 'skip' compacts batches on the host" in capsys.readouterr().err
+
+
+def test_a_cuda_error_at_start_is_named_not_taken_for_a_missing_gpu(monkeypatch):
+    cudart = simulated_gpu.install(monkeypatch)
+    from apparate_trt.backends.tensorrt import unavailable_reason
+
+    assert unavailable_reason() is None
+    monkeypatch.setattr(cudart, "cudaGetDeviceCount", lambda: (35, None))  # e.g. cudaErrorInsufficientDriver
+    assert (
+        unavailable_reason() == "CUDA reports cudaErrorSimulated (no GPU, or a driver too old for this cuda-bindings)"
+    )
+    monkeypatch.setattr(cudart, "cudaGetDeviceCount", lambda: (simulated_gpu.SUCCESS, 0))
+    assert unavailable_reason() == "no NVIDIA GPU is visible"

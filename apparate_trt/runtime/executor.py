@@ -697,22 +697,18 @@ class Executor:
                 rows_run=rows.run,
                 compute_saved_ms=self._compute_saved_ms(plan.active, n, rows.run),
             )
-        if self.keep_features and self._features:
-            extra["features"], self._features = self._features, {}
-        return BatchOutcome(
-            site_ids=np.asarray(plan.active, dtype=np.int32),
-            thresholds=applied,
-            confidence=conf,
-            ramp_pred=ramp_pred,
-            final_logits=final_logits,
-            final_pred=final_pred,
-            agree=(ramp_pred == final_pred[None, :]).astype(np.uint8),
-            exit_site=exit_site,
-            segments_ms=segments_ms,
-            ramps_ms=ramps_ms,
-            total_ms=(t_end - t_start) * 1000.0,
-            t_start=t_start,
-            t_end=t_end,
+        return self._outcome(
+            plan,
+            applied,
+            conf,
+            ramp_pred,
+            final_logits,
+            final_pred,
+            exit_site,
+            segments_ms,
+            ramps_ms,
+            t_start,
+            t_end,
             **extra,
         )
 
@@ -796,7 +792,26 @@ class Executor:
         final_logits = _float32_logits(last.wait()[final], f"model output '{final}'")
         final_pred = final_predictions(final_logits)
         t_end = release_final(final_logits, final_pred, on_release)
-        extra: dict = {}
+        return self._outcome(
+            plan, applied, conf, ramp_pred, final_logits, final_pred, exit_site, segments_ms, ramps_ms, t_start, t_end
+        )
+
+    def _outcome(
+        self,
+        plan: _Plan,
+        applied: np.ndarray,
+        conf: np.ndarray,
+        ramp_pred: np.ndarray,
+        final_logits: np.ndarray,
+        final_pred: np.ndarray,
+        exit_site: np.ndarray,
+        segments_ms: np.ndarray,
+        ramps_ms: np.ndarray,
+        t_start: float,
+        t_end: float,
+        **extra: object,
+    ) -> BatchOutcome:
+        """The batch's :class:`BatchOutcome` (with the kept ramp features, which it takes over)."""
         if self.keep_features and self._features:
             extra["features"], self._features = self._features, {}
         return BatchOutcome(

@@ -43,6 +43,10 @@ RAMP_KINDS = (
     "seq_cls_dense_tanh_linear",
     "seq_mean_dense_tanh_linear",
     "dense_linear",
+    "conv_bottleneck_gap_mlp",
+    "conv_bottleneck_grid2_mlp",
+    "seq_token_mean_mlp",
+    "seq_token_avg_mlp",
 )
 BOOTSTRAP_ARRAYS = ("confidence", "ramp_pred", "final_pred", "agree")
 

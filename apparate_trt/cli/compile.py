@@ -6,6 +6,7 @@ import sys
 from collections.abc import Sequence
 
 from apparate_trt.cli._common import HelpFormatter, Parser, flush_print, run_main
+from apparate_trt.compiler.bootstrap import DEFAULT_MAX_SAMPLES
 
 DESCRIPTION = """\
 Compile an ONNX classifier for early-exit serving.
@@ -21,7 +22,10 @@ active ramps within --budget and writes everything to the engine directory --out
 
 EPILOG = """\
 BOOTSTRAP.npz holds one array per model input, named as in the model, first axis = samples
-(at least 10; 1,000 is a good size). Write it with numpy.savez(path, input_name=array, ...).
+(at least 10). The ramps learn the model's own answers, so any unlabeled inputs serve: more is
+better (agreement rose up to 20,000 on the benchmark models; --max-samples caps what is used).
+Write it with numpy.savez(path, input_name=array, ...) in the model's dtypes: such a file is
+memory-mapped, not read into memory (a savez_compressed file is read whole).
 
 exit status: 0 success, 2 bad input (one line 'error: ...' on stderr), 130 interrupted.
 
@@ -115,6 +119,14 @@ def build_parser() -> Parser:
         help="blends of each train image with another one (its own weight 0.5-0.9) the ramps also learn the model's "
         "outputs on, 0-16 (default: 8 for a model whose only input is a float [N, C, H, W] image, 0 otherwise)",
     )
+    p.add_argument(
+        "--max-samples",
+        type=int,
+        default=DEFAULT_MAX_SAMPLES,
+        metavar="N",
+        help="use at most N bootstrap samples: a seeded random subsample of a larger file, copied in chunks, so "
+        "the compile's memory does not grow with the file (memory-mapped when written by numpy.savez)",
+    )
     p.add_argument("--force", action="store_true", help="replace --out if it already holds an engine directory")
     return p
 
@@ -140,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             augment=args.augment,
             blends=args.blends,
             fp16=args.fp16,
+            max_samples=args.max_samples,
             log=flush_print,
         )
 

@@ -48,8 +48,10 @@ from apparate_trt.compiler.augment import (
     token_inputs,
 )
 from apparate_trt.compiler.batch_axes import PROBE_BATCHES, restore_batch_axes
+from apparate_trt.compiler.bootstrap import DEFAULT_MAX_SAMPLES, bounded_bootstrap
 from apparate_trt.compiler.chain import verify_chain
 from apparate_trt.compiler.initial_config import choose_initial
+from apparate_trt.compiler.prestages import PreStages, learn_prestages
 from apparate_trt.compiler.profiling import ProfileResult, ProfileSettings, batch_sizes_up_to, profile_all
 from apparate_trt.compiler.sites import Site, find_sites
 from apparate_trt.compiler.training import (
@@ -333,6 +335,7 @@ def compile_model(
     augment: int | None = None,
     blends: int | None = None,
     fp16: bool = False,
+    max_samples: int = DEFAULT_MAX_SAMPLES,
 ) -> Manifest:
     """Compile ``model_path`` with bootstrap data ``data_path`` into the engine directory ``out_dir``.
 
@@ -345,12 +348,15 @@ def compile_model(
     ``backend``: ``auto`` (TensorRT where this machine can build engines, else onnxruntime),
     ``onnxruntime``, ``onnxruntime-gpu`` or ``tensorrt`` (then the model, every segment and every
     ramp get an engine for this GPU under ``tensorrt/<key>/``, and the profile is measured on them);
-    ``fp16``: let TensorRT 10 pick FP16 kernels (refused on TensorRT 11, see ``trt_build``).
+    ``fp16``: let TensorRT 10 pick FP16 kernels (refused on TensorRT 11, see ``trt_build``);
+    ``max_samples``: the bootstrap rows used at most (a seeded subsample above it, ``compiler.bootstrap``).
     Returns the manifest as read back from the written directory.
     """
     t0 = time.perf_counter()
     model_path, data_path, out_dir = Path(model_path), Path(data_path), Path(out_dir)
     check_options(budget, max_batch, threads, augment, blends)
+    if not (isinstance(max_samples, int) and max_samples >= MIN_BOOTSTRAP_SAMPLES):
+        raise ApparateError(f"--max-samples must be an integer >= {MIN_BOOTSTRAP_SAMPLES}; got {max_samples}")
     backend = resolve_backend(backend)
     if fp16 and backend != "tensorrt":
         raise ApparateError(
@@ -379,8 +385,53 @@ def compile_model(
         data = load_inputs(data_path, inputs_info, min_samples=MIN_BOOTSTRAP_SAMPLES, what="bootstrap data")
     for w in caught:
         log(f"warning: {w.message}")
-    n = next(iter(data.values())).shape[0]
-    log(f"  {n} samples")
+    log(f"  {num_samples(data)} samples")
+    scratch = tempfile.TemporaryDirectory(prefix="apparate-compile-")
+    try:
+        return _compile_loaded(
+            model,
+            model_path,
+            out_dir,
+            inputs_info,
+            outputs_info,
+            score_name,
+            num_classes,
+            bounded_bootstrap(data, max_samples, seed, Path(scratch.name), log),
+            budget,
+            max_batch,
+            backend,
+            threads,
+            fp16,
+            train_config,
+            profile_settings,
+            log,
+            t0,
+        )
+    finally:
+        scratch.cleanup()
+
+
+def _compile_loaded(
+    model: onnx.ModelProto,
+    model_path: Path,
+    out_dir: Path,
+    inputs_info: Sequence[TensorInfo],
+    outputs_info: Sequence[TensorInfo],
+    score_name: str,
+    num_classes: int,
+    data: dict[str, np.ndarray],
+    budget: float,
+    max_batch: int,
+    backend: str,
+    threads: int | None,
+    fp16: bool,
+    train_config: TrainConfig,
+    profile_settings: ProfileSettings,
+    log: Log,
+    t0: float,
+) -> Manifest:
+    """Steps 3-8 of :func:`compile_model` on the loaded model and bootstrap rows."""
+    n = num_samples(data)
 
     log("[3/8] find ramp sites")
     mask = find_mask_input(inputs_info)
@@ -551,20 +602,13 @@ def _train_ramps(
     threads: int | None,
     log: Log,
 ) -> tuple[TrainResult, list[onnx.ModelProto]]:
-    """Collect features, train every ramp, export each as ONNX and check it against numpy."""
-    features = collect_features(
-        model,
-        sites,
-        candidates,
-        data,
-        score_name,
-        mask=mask.name if mask else None,
-        batch_size=batch_size,
-        threads=threads,
-        log=log,
-    )
+    """Learn the per-position stages, collect features, train every ramp, export each as ONNX and
+    check it against numpy."""
+    passes = {"mask": mask.name if mask else None, "batch_size": batch_size, "threads": threads, "log": log}
+    stages = learn_prestages(model, sites, candidates, data, score_name, seed=config.seed, **passes)
+    features = collect_features(model, sites, candidates, data, score_name, prestages=stages, **passes)
     extra = _copies_features(
-        model, inputs_info, sites, candidates, mask, data, score_name, batch_size, config, threads, log
+        model, inputs_info, sites, candidates, mask, data, score_name, batch_size, config, threads, log, stages
     )
     # one torch thread: the heads are tiny, and extra (spin-waiting) threads only slow them down
     trained = train_ramps(features, config, extra=extra, threads=1, log=log)
@@ -575,6 +619,12 @@ def _train_ramps(
         check_ramp(onnx_ramp, ramp.kind, ramp.weights, example, features.mask_example if masked else None, threads=1)
         ramp_models.append(onnx_ramp)
     return trained, ramp_models
+
+
+NO_COPIES_FROM = 4000
+"""From this many bootstrap samples on, no near-copies or blends are made unless asked for
+(``--augment``, ``--blends``): they stand in for real samples where there are few, and with many
+they only multiply the compile's time and memory."""
 
 
 def _copies_features(
@@ -589,12 +639,16 @@ def _copies_features(
     config: TrainConfig,
     threads: int | None,
     log: Log,
+    stages: PreStages | None = None,
 ) -> Features | None:
     """Features of near-copies and blends of the train samples (``compiler.augment``), or None when there are none."""
     spec = image_input(inputs_info)
     edited = token_inputs(inputs_info, mask)
-    copies = default_copies(inputs_info, mask) if config.augment_copies is None else config.augment_copies
-    blends = default_blends(inputs_info) if config.blend_copies is None else config.blend_copies
+    large = num_samples(data) >= NO_COPIES_FROM
+    copies = (
+        (0 if large else default_copies(inputs_info, mask)) if config.augment_copies is None else config.augment_copies
+    )
+    blends = (0 if large else default_blends(inputs_info)) if config.blend_copies is None else config.blend_copies
     if spec is None:
         if config.blend_copies:
             log(
@@ -635,6 +689,7 @@ def _copies_features(
         batch_size=batch_size,
         threads=threads,
         example_rows=0,
+        prestages=stages,
         log=log,
     )
     extra.source = source

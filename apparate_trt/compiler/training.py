@@ -26,6 +26,7 @@ folded into the first layer, so the exported ramp takes raw pooled features.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ import onnx
 
 from apparate_trt._optional import require
 from apparate_trt.backends import open_runner
+from apparate_trt.compiler.prestages import PreStages
 from apparate_trt.data import num_samples, take
 from apparate_trt.engine_dir import BootstrapStats
 from apparate_trt.graph.split import with_extra_outputs
@@ -43,6 +45,7 @@ from apparate_trt.ramps.model import (
     MASKED_KINDS,
     RampWeights,
     SiteLike,
+    kind_spec,
     pool_features,
     ramp_forward,
     softmax,
@@ -70,6 +73,9 @@ class Features:
     partner: np.ndarray | None = None
     """For extra rows: the second bootstrap index a blended row was made from (a row that is not
     a blend names its own source); None when no row is a blend."""
+    prestages: PreStages | None = None
+    """The frozen per-position stages of the kinds that have one (``compiler.prestages``); their
+    training rows are kept out of the held-out statistics."""
 
     @property
     def final_pred(self) -> np.ndarray:
@@ -132,18 +138,23 @@ def collect_features(
     batch_size: int = 64,
     threads: int | None = None,
     example_rows: int = 4,
+    prestages: PreStages | None = None,
     log: Log = print,
 ) -> Features:
     """Run the model once over ``inputs`` in batches; pool every site's activation on the fly for
     each of its ``candidates`` kinds (``mask`` names the attention mask input that masked kinds
-    read; a masked kind is dropped at a site whose sequence length differs from the mask's)."""
+    read; a masked kind is dropped at a site whose sequence length differs from the mask's; a kind
+    with a per-position stage runs its frozen stage from ``prestages`` first, and is dropped where
+    none was learned)."""
     tensors = [site.tensor for site in sites]
     runner = open_runner(
         with_extra_outputs(model, tensors) if tensors else model, threads=threads, name="the model with site outputs"
     )
     wanted = [score_name, *dict.fromkeys(tensors)]
     n = num_samples(inputs)
-    pooled: list[dict[str, list[np.ndarray]]] = [{} for _ in sites]
+    # preallocated per kind on its first batch and filled in place: no list of chunks to concatenate
+    pooled: list[dict[str, np.ndarray]] = [{} for _ in sites]
+    filled: list[dict[str, int]] = [{} for _ in sites]
     scores: list[np.ndarray] = []
     examples: list[np.ndarray] = []
     start, next_report = time.perf_counter(), 0.25
@@ -157,19 +168,30 @@ def collect_features(
             for kind in kinds:
                 if kind in MASKED_KINDS and (mask_rows is None or mask_rows.shape[:2] != activation.shape[:2]):
                     continue
-                pooled[i].setdefault(kind, []).append(pool_features(kind, activation, mask_rows))
+                pre = prestages.get(i, kind) if prestages is not None else None
+                if kind_spec(kind).pre_width and pre is None:
+                    continue
+                rows = pool_features(kind, activation, mask_rows, pre)
+                if kind not in pooled[i]:
+                    if begin:
+                        continue  # missing from an earlier batch: incomplete, dropped below
+                    pooled[i][kind] = np.empty((n, rows.shape[1]), dtype=np.float32)
+                    filled[i][kind] = 0
+                pooled[i][kind][begin : begin + rows.shape[0]] = rows
+                filled[i][kind] += rows.shape[0]
             if begin == 0:
                 examples.append(np.array(activation[:example_rows], dtype=np.float32))
         done = min(n, begin + batch_size)
         if done / n >= next_report or done == n:
             log(f"  features: {done}/{n} samples ({time.perf_counter() - start:.1f} s)")
             next_report = done / n + 0.25
-    complete = [{k: np.concatenate(v) for k, v in site.items() if len(v) == len(scores)} for site in pooled]
+    complete = [{k: v for k, v in site.items() if counts[k] == n} for site, counts in zip(pooled, filled)]
     return Features(
         pooled=complete,
         final_scores=np.concatenate(scores),
         examples=examples,
         mask_example=np.array(inputs[mask][:example_rows]) if mask is not None else None,
+        prestages=prestages,
     )
 
 
@@ -211,6 +233,7 @@ class _TrainingSet:
         self.features = features
         self.extra = extra
         self.final_pred = features.final_pred
+        self.excluded = features.prestages.rows if features.prestages is not None else np.zeros(0, np.int64)
         self.probs = target_probabilities(features.final_scores) if distill else None
         if extra is not None:
             if extra.source is None:
@@ -256,6 +279,8 @@ def choose_kind(
         return kinds[0], {}
     fit_pos, val_pos = split_indices(len(train_idx), 0.25, seed)
     fit, val = train_idx[fit_pos], train_idx[val_pos]
+    unseen = np.setdiff1d(val, data.excluded)  # rows that trained no per-position stage
+    val = unseen if unseen.size else val
     scores: dict[str, float] = {}
     for kind in kinds:
         rows = data.rows(site, kind, fit)
@@ -285,6 +310,8 @@ def train_ramps(
     folds = fold_ids(n, config.folds, config.seed) if cross_fitted(n, config) else None
     final_pred = features.final_pred
     data = _TrainingSet(features, extra, config.distill)
+    unseen = np.setdiff1d(held_idx, data.excluded)  # no per-position stage trained on these
+    held_idx = unseen if unseen.size else held_idx
     ramps: list[TrainedRamp] = []
     old_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads or 1))
@@ -296,8 +323,10 @@ def train_ramps(
             pooled = options[kind]
             rows = data.rows(i, kind, train_idx)
             weights = train_head(rows.x, rows.y, rows.p, kind, num_classes, config, seed=seed)
+            if features.prestages is not None:
+                weights = dataclasses.replace(weights, pre=features.prestages.get(i, kind))
             if folds is not None:
-                ramp = _cross_fit(data, i, kind, weights, folds, num_classes, config, seed)
+                ramp = _cross_fit(data, i, kind, weights, folds, held_idx, num_classes, config, seed)
             else:
                 ramp = _evaluate(kind, weights, pooled, final_pred, train_idx, held_idx)
             ramps.append(ramp)
@@ -325,13 +354,15 @@ def _cross_fit(
     kind: str,
     weights: RampWeights,
     folds: np.ndarray,
+    held: np.ndarray,
     num_classes: int,
     config: TrainConfig,
     seed: int,
 ) -> TrainedRamp:
     """The exported ramp (``weights``, trained on every sample) with out-of-fold statistics: each
     sample's confidence and prediction come from a ramp trained on the other folds (``folds``:
-    :func:`fold_ids`)."""
+    :func:`fold_ids`); the statistics are those of the samples ``held`` (all of them unless some
+    trained a per-position stage)."""
     pooled = data.features.pooled[site][kind]
     n = pooled.shape[0]
     confidence = np.zeros(n, dtype=np.float32)
@@ -350,10 +381,10 @@ def _cross_fit(
     return TrainedRamp(
         kind=kind,
         weights=weights,
-        agreement=float((pred == final_pred).mean()),
+        agreement=float((pred[held] == final_pred[held]).mean()),
         train_agreement=float((train_pred == final_pred).mean()),
-        confidence=confidence,
-        pred=pred,
+        confidence=confidence[held],
+        pred=pred[held],
     )
 
 

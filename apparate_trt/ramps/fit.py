@@ -71,7 +71,8 @@ def unfold_standardisation(weights: RampWeights, mean: np.ndarray, std: np.ndarr
     w0, b0 = weights.layers[0]
     w = w0.astype(np.float64) * std[:, None]
     b = b0.astype(np.float64) + mean @ w0.astype(np.float64)
-    return RampWeights([(w.astype(np.float32), b.astype(np.float32)), *weights.layers[1:]], weights.activation)
+    first = (w.astype(np.float32), b.astype(np.float32))
+    return RampWeights([first, *weights.layers[1:]], weights.activation, weights.pre)
 
 
 def fold_standardisation(weights: RampWeights, mean: np.ndarray, std: np.ndarray) -> RampWeights:
@@ -80,7 +81,7 @@ def fold_standardisation(weights: RampWeights, mean: np.ndarray, std: np.ndarray
     w = w0.astype(np.float64) / std[:, None]
     b = b0.astype(np.float64) - mean @ w
     first = (w.astype(np.float32), b.astype(np.float32))
-    return RampWeights([first, *weights.layers[1:]], weights.activation)
+    return RampWeights([first, *weights.layers[1:]], weights.activation, weights.pre)
 
 
 def train_head(

@@ -50,6 +50,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from apparate_trt.backends import open_runner
 from apparate_trt.errors import ApparateError
+from apparate_trt.ramps.prestage import (
+    PreStage,
+    apply_prestage,
+    prepool_stride,
+    prepooled_shape,
+    prestage_nodes,
+    read_prestage,
+)
 
 CONV_GAP_LINEAR = "conv_gap_linear"
 CONV_GRID2_LINEAR = "conv_grid2_linear"
@@ -60,6 +68,10 @@ CONV_GRID4_MLP = "conv_grid4_mlp"
 SEQ_CLS_DENSE_TANH_LINEAR = "seq_cls_dense_tanh_linear"
 SEQ_MEAN_DENSE_TANH_LINEAR = "seq_mean_dense_tanh_linear"
 DENSE_LINEAR = "dense_linear"
+CONV_BOTTLENECK_GAP_MLP = "conv_bottleneck_gap_mlp"
+CONV_BOTTLENECK_GRID2_MLP = "conv_bottleneck_grid2_mlp"
+SEQ_TOKEN_MEAN_MLP = "seq_token_mean_mlp"
+SEQ_TOKEN_AVG_MLP = "seq_token_avg_mlp"
 RAMP_OUTPUT = "logits"
 RAMP_FEATURES = "features"
 """The ramp graph's second output: its pooled features [N, D], what the head reads (the runtime keeps
@@ -75,7 +87,9 @@ class KindSpec:
     ``pooling``: ``gap`` (global average), ``grid`` (average over ``cells`` x ``cells`` tiles),
     ``cls`` (first token), ``mean`` (masked mean over tokens) or ``none``; ``layers``: linear
     layers of the head; ``activation``: between consecutive layers (``tanh`` or ``relu``);
-    ``hidden``: the width of a two-layer head's hidden layer (at most the pooled features').
+    ``hidden``: the width of a two-layer head's hidden layer (at most the pooled features');
+    ``pre_width``: > 0 for kinds with a learned per-position stage of that many outputs before
+    the pooling (:mod:`apparate_trt.ramps.prestage`; ``avg`` pooling: mean over all tokens).
     """
 
     pooling: str
@@ -83,6 +97,7 @@ class KindSpec:
     activation: str = "tanh"
     cells: int = 0
     hidden: int = 128
+    pre_width: int = 0
 
 
 KINDS: dict[str, KindSpec] = {
@@ -97,6 +112,12 @@ KINDS: dict[str, KindSpec] = {
     SEQ_CLS_DENSE_TANH_LINEAR: KindSpec("cls", 2, "tanh"),
     SEQ_MEAN_DENSE_TANH_LINEAR: KindSpec("mean", 2, "tanh"),
     DENSE_LINEAR: KindSpec("none", 1),
+    # A 1x1 convolution and a ReLU at every position before the pooling, as the model's own head does.
+    CONV_BOTTLENECK_GAP_MLP: KindSpec("gap", 2, "relu", hidden=64, pre_width=128),
+    CONV_BOTTLENECK_GRID2_MLP: KindSpec("grid", 2, "relu", cells=2, hidden=64, pre_width=64),
+    # A dense layer and a ReLU at every token before the (masked) mean, like a feed-forward layer.
+    SEQ_TOKEN_MEAN_MLP: KindSpec("mean", 2, "tanh", hidden=128, pre_width=128),
+    SEQ_TOKEN_AVG_MLP: KindSpec("avg", 2, "tanh", hidden=128, pre_width=128),
 }
 #: Kinds whose ramp also reads the attention mask.
 MASKED_KINDS = frozenset(kind for kind, spec in KINDS.items() if spec.pooling == "mean")
@@ -127,6 +148,8 @@ class RampWeights:
 
     layers: list[tuple[np.ndarray, np.ndarray]]
     activation: str = "tanh"
+    pre: PreStage | None = None
+    """The frozen per-position stage before the pooling, for kinds with one (``KindSpec.pre_width``)."""
 
     @property
     def num_classes(self) -> int:
@@ -159,10 +182,16 @@ def candidate_kinds(shape: Sequence[int | str | None], mask: str | None) -> list
     kind = ramp_kind(shape)
     if kind is None:
         return []
-    if kind == SEQ_CLS_DENSE_TANH_LINEAR and mask is not None:
-        return [kind, SEQ_MEAN_DENSE_TANH_LINEAR]
+    if kind == SEQ_CLS_DENSE_TANH_LINEAR:
+        return [kind, SEQ_MEAN_DENSE_TANH_LINEAR, SEQ_TOKEN_MEAN_MLP] if mask is not None else [kind, SEQ_TOKEN_AVG_MLP]
     if kind == CONV_GAP_MLP:
-        return [kind, *(grid for grid in OFFERED_GRID_KINDS if grid_fits(shape, KINDS[grid].cells))]
+        grids = [grid for grid in OFFERED_GRID_KINDS if grid_fits(shape, KINDS[grid].cells)]
+        if len(shape) != 4:
+            return [kind, *grids]
+        bottlenecks = [CONV_BOTTLENECK_GAP_MLP]
+        if grid_fits(prepooled_shape(shape, prepool_stride(shape)), KINDS[CONV_BOTTLENECK_GRID2_MLP].cells):
+            bottlenecks.append(CONV_BOTTLENECK_GRID2_MLP)
+        return [kind, *grids, *bottlenecks]
     return [kind]
 
 
@@ -192,9 +221,16 @@ def find_mask_input(model_inputs: Sequence[InputLike]) -> InputLike | None:
     return None
 
 
-def pool_features(kind: str, array: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """The fixed pooling of a ramp: site activation (and mask [N, S]) -> float32 features [N, D]."""
+def pool_features(
+    kind: str, array: np.ndarray, mask: np.ndarray | None = None, pre: PreStage | None = None
+) -> np.ndarray:
+    """The fixed feature extractor of a ramp: site activation (and mask [N, S]) -> float32
+    features [N, D]; for a kind with a per-position stage, ``pre`` runs before the pooling."""
     spec = kind_spec(kind)
+    if spec.pre_width:
+        if pre is None:
+            raise ValueError(f"{kind} ramps need their per-position stage (RampWeights.pre)")
+        array = apply_prestage(pre, array)
     if spec.pooling == "gap":
         pooled = array.reshape(array.shape[0], array.shape[1], -1).mean(axis=2, dtype=np.float64)
     elif spec.pooling == "grid":
@@ -206,6 +242,8 @@ def pool_features(kind: str, array: np.ndarray, mask: np.ndarray | None = None) 
             raise ValueError(f"{kind} pooling needs the attention mask")
         m = mask.astype(np.float32)[:, :, None]
         pooled = (array * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1.0)
+    elif spec.pooling == "avg":
+        pooled = array.mean(axis=1, dtype=np.float64)
     else:
         pooled = array
     return np.ascontiguousarray(pooled, dtype=np.float32)
@@ -300,6 +338,9 @@ def _pooling_nodes(
             _const("ramp_one", np.array(1.0, np.float32)),
         ]
         return nodes, inits, "ramp_pooled"
+    if spec.pooling == "avg":
+        mean = node("ReduceMean", [source], ["ramp_pooled"], name="ramp_mean", axes=[1], keepdims=0)
+        return [mean], [], "ramp_pooled"
     return [], [], source
 
 
@@ -318,7 +359,15 @@ def build_ramp_onnx(site: SiteLike, kind: str, weights: RampWeights, mask: Input
     if mask is not None:
         mask_type = helper.np_dtype_to_tensor_dtype(np.dtype(mask.dtype))
         inputs.append(_value_info(mask.name, [batch, *list(mask.shape)[1:]], batch, mask_type))
-    nodes, inits, x = _pooling_nodes(kind, site.tensor, mask.name if mask is not None else None, site.shape)
+    source, shape, nodes, inits = site.tensor, list(site.shape), [], []
+    if spec.pre_width:
+        if weights.pre is None:
+            raise ValueError(f"{kind} ramps need their per-position stage (RampWeights.pre)")
+        nodes, inits, source = prestage_nodes(weights.pre, site.tensor, len(site.shape))
+        shape = prepooled_shape(shape, weights.pre.stride)
+    pooling, pool_inits, x = _pooling_nodes(kind, source, mask.name if mask is not None else None, shape)
+    nodes += pooling
+    inits += pool_inits
     nodes.append(helper.make_node("Identity", [x], [RAMP_FEATURES], name="ramp_features"))
     for i, (w, b) in enumerate(weights.layers):
         if i:
@@ -376,7 +425,7 @@ def check_ramp(
     outputs = [o.name for o in model.graph.output]
     ran = open_runner(model, threads=threads, name=f"ramp {model.graph.name}").run(feeds)
     got = ran[RAMP_OUTPUT]
-    pooled = pool_features(kind, activation, mask)
+    pooled = pool_features(kind, activation, mask, weights.pre)
     want = ramp_forward(weights, pooled)
     diff = float(np.max(np.abs(got - want))) if want.size else 0.0
     if RAMP_FEATURES in outputs and pooled.size:
@@ -404,7 +453,8 @@ def head_weights(model: onnx.ModelProto, kind: str) -> RampWeights:
         raise ApparateError(
             f"ramp graph {model.graph.name} has no head weight {exc}; it was not written by apparate-compile"
         ) from None
-    return RampWeights([(w, b.astype(np.float32)) for w, b in layers], spec.activation)
+    pre = read_prestage(model) if spec.pre_width else None
+    return RampWeights([(w, b.astype(np.float32)) for w, b in layers], spec.activation, pre)
 
 
 def with_head_weights(model: onnx.ModelProto, weights: RampWeights) -> onnx.ModelProto:

@@ -55,6 +55,7 @@ CV_TRAIN_IMAGES = 6000  # Fashion-MNIST train images whose frozen features train
 CV_VAL_IMAGES = 1000  # further train images held out to report the head's validation accuracy
 CV_HEAD_HIDDEN = 256
 CV_HEAD_EPOCHS = 30
+CV_HISTORY_IMAGES = 20000  # unlabeled train images (none of the head's) for apparate-compile --data
 DRIFT_PHASE_LEN = 2000  # samples per drift phase (4 phases)
 DRIFT_FOCUS_CLASSES = (0, 2, 6)  # T-shirt/top, Pullover, Shirt: the confusable upper-body classes
 DRIFT_FOCUS_SHARE = 0.9  # share of phase-2 samples drawn from the focus classes
@@ -230,6 +231,7 @@ def cv_paths(out: Path) -> dict[str, Path]:
             ("meta", "meta.json"),
             ("drift", "drift.npz"),
             ("drift_meta", "drift_meta.json"),
+            ("history", "history.npz"),
         ]
     }
 
@@ -285,6 +287,17 @@ def build_cv_model(paths: dict[str, Path], train_x: np.ndarray, train_y: np.ndar
             "seed": SEED,
         },
     )
+
+
+def build_cv_history(paths: dict[str, Path], train_x: np.ndarray) -> None:
+    """Write history.npz: CV_HISTORY_IMAGES Fashion-MNIST train images that did not train the
+    head, as a user's unlabeled history of inputs (never the evaluation stream), uncompressed so
+    that apparate-compile memory-maps it."""
+    pick = np.random.default_rng(SEED).permutation(len(train_x))
+    rest = pick[CV_TRAIN_IMAGES + CV_VAL_IMAGES :][:CV_HISTORY_IMAGES]
+    np.savez(paths["history"], image=to_model_images(train_x[rest]))
+    update_json(paths["meta"], "history", {"samples": int(rest.size), "source": "Fashion-MNIST train images"})
+    log(f"cv: wrote history ({rest.size} unlabeled train images)")
 
 
 def build_cv_streams(paths: dict[str, Path], test_x: np.ndarray, test_y: np.ndarray) -> int:
@@ -378,6 +391,9 @@ def build_cv(out: Path, force: bool) -> None:
         force or ran or "evaluation" not in read_json(paths["meta"]),
         lambda: evaluate_cv(paths),
         "done",
+    )
+    run_stage(
+        "cv", "history", force or ran or not outputs_exist([paths["history"]]), lambda: build_cv_history(paths, train_x)
     )
     run_stage(
         "cv",

@@ -169,6 +169,7 @@ def nlp_paths(out: Path) -> dict[str, Path]:
             ("eval", "eval.npz"),
             ("labels", "labels.npz"),
             ("meta", "meta.json"),
+            ("history", "history.npz"),
         ]
     }
 
@@ -223,6 +224,13 @@ def build_nlp(out: Path, force: bool) -> None:
         force or ran or not outputs_exist(streams),
         lambda: write_nlp_streams(paths, ids, mask, labels, n_boot, stream),
     )
+    history = df[~df["movie_name"].isin(set(stream["movie_name"]))]
+    run_stage(
+        "nlp",
+        "history",
+        force or ran or not outputs_exist([paths["history"]]),
+        lambda: write_nlp_history(paths, tokenizer, history, seq_len),
+    )
     run_stage(
         "nlp",
         "evaluation",
@@ -233,6 +241,16 @@ def build_nlp(out: Path, force: bool) -> None:
         "done",
     )
     finish_meta(paths, t0)
+
+
+def write_nlp_history(paths: dict[str, Path], tokenizer: Any, history: Any, seq_len: int) -> None:
+    """Write history.npz: every snippet of the movies outside the stream (the head's training and
+    validation movies), tokenized, as a user's unlabeled history of inputs for apparate-compile
+    --data (uncompressed, so that it is memory-mapped); never the evaluation stream."""
+    ids, mask = tokenize(tokenizer, history["text"], seq_len)
+    np.savez(paths["history"], input_ids=ids, attention_mask=mask)
+    update_json(paths["meta"], "history", {"samples": int(len(ids)), "source": "snippets of the non-stream movies"})
+    log(f"nlp: wrote history ({len(ids)} unlabeled snippets of {history['movie_name'].nunique()} movies)")
 
 
 def write_nlp_streams(

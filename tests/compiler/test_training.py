@@ -8,6 +8,7 @@ import pytest
 import tiny_models
 
 from apparate_trt.backends import open_runner
+from apparate_trt.compiler.prestages import learn_prestages
 from apparate_trt.compiler.sites import find_sites
 from apparate_trt.compiler.training import (
     Features,
@@ -24,6 +25,7 @@ from apparate_trt.ramps.model import (
     check_ramp,
     find_mask_input,
 )
+from apparate_trt.ramps.prestage import PreStageTraining
 
 QUIET = {"log": lambda line: None}
 
@@ -38,16 +40,13 @@ def _features(tmp_path, tiny, data):
     model = load_model(path)
     sites = find_sites(model)
     mask = find_mask_input(model_io(model)[0])
+    candidates = candidates_of(sites, mask)
+    mask_name = mask.name if mask else None
+    stages = learn_prestages(
+        model, sites, candidates, data, "logits", mask=mask_name, config=PreStageTraining(steps=100), **QUIET
+    )
     feats = collect_features(
-        model,
-        sites,
-        candidates_of(sites, mask),
-        data,
-        "logits",
-        mask=mask.name if mask else None,
-        batch_size=64,
-        threads=1,
-        **QUIET,
+        model, sites, candidates, data, "logits", mask=mask_name, batch_size=64, threads=1, prestages=stages, **QUIET
     )
     return model, sites, mask, feats
 
@@ -79,9 +78,12 @@ def test_ramps_agree_with_the_model_far_above_chance(tmp_path, builder, data, cl
     assert max(agreements) >= max(floor, majority + 0.15), (agreements, majority)
     assert agreements[-1] >= 1.0 / classes + 0.25
     stats = result.stats
-    # cross-fitted by default: every sample has statistics, from a ramp trained without it
-    assert result.folds == TrainConfig().folds and result.heldout_index.size == 300
-    assert stats.confidence.shape == stats.agree.shape == (300, len(sites)) and stats.final_pred.shape == (300,)
+    # cross-fitted by default: every sample that trained no per-position stage has statistics,
+    # from a ramp trained without it
+    held = np.setdiff1d(np.arange(300), feats.prestages.rows)
+    assert feats.prestages.rows.size == 150 and feats.prestages.stages
+    assert result.folds == TrainConfig().folds and np.array_equal(result.heldout_index, held)
+    assert stats.confidence.shape == stats.agree.shape == (150, len(sites)) and stats.final_pred.shape == (150,)
     np.testing.assert_allclose(stats.agree.mean(axis=0), agreements, rtol=1e-6)
     assert np.all((stats.confidence >= 1.0 / classes - 1e-6) & (stats.confidence <= 1.0))
     # each trained ramp exported as ONNX computes what numpy computes on real activations

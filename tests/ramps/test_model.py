@@ -11,6 +11,8 @@ import pytest
 from apparate_trt.backends import open_runner
 from apparate_trt.graph.ingest import TensorInfo
 from apparate_trt.ramps.model import (
+    CONV_BOTTLENECK_GAP_MLP,
+    CONV_BOTTLENECK_GRID2_MLP,
     CONV_GAP_LINEAR,
     CONV_GAP_MLP,
     CONV_GRID2_LINEAR,
@@ -23,6 +25,8 @@ from apparate_trt.ramps.model import (
     RAMP_OUTPUT,
     SEQ_CLS_DENSE_TANH_LINEAR,
     SEQ_MEAN_DENSE_TANH_LINEAR,
+    SEQ_TOKEN_AVG_MLP,
+    SEQ_TOKEN_MEAN_MLP,
     RampWeights,
     build_ramp_onnx,
     candidate_kinds,
@@ -65,14 +69,16 @@ def test_kind_by_rank() -> None:
     assert ramp_kind(["N", 128, 384]) == SEQ_CLS_DENSE_TANH_LINEAR
     assert ramp_kind(["N", 10]) == DENSE_LINEAR
     assert ramp_kind(["N"]) is None
-    assert candidate_kinds(["N", "S", 8], "attention_mask") == [SEQ_CLS_DENSE_TANH_LINEAR, SEQ_MEAN_DENSE_TANH_LINEAR]
-    assert candidate_kinds(["N", "S", 8], None) == [SEQ_CLS_DENSE_TANH_LINEAR]
-    assert candidate_kinds(["N", 8, 4, 4], "attention_mask") == [CONV_GAP_MLP, CONV_GRID2_MLP]
-    assert candidate_kinds(["N", 8, 16, 8], None) == [CONV_GAP_MLP, CONV_GRID2_MLP, CONV_GRID4_MLP]
-    assert candidate_kinds(["N", 8, 3, 3], None) == [CONV_GAP_MLP]  # too small for any grid
-    assert candidate_kinds(["N", 8, 12, 10], None) == [CONV_GAP_MLP, CONV_GRID2_MLP]  # 4 does not divide 10
-    assert candidate_kinds(["N", 8, "H", "W"], None) == [CONV_GAP_MLP]  # dynamic: no fixed grid
-    assert candidate_kinds(["N", 4, 8, 8, 8], None) == [CONV_GAP_MLP]
+    seq_masked = [SEQ_CLS_DENSE_TANH_LINEAR, SEQ_MEAN_DENSE_TANH_LINEAR, SEQ_TOKEN_MEAN_MLP]
+    assert candidate_kinds(["N", "S", 8], "attention_mask") == seq_masked
+    assert candidate_kinds(["N", "S", 8], None) == [SEQ_CLS_DENSE_TANH_LINEAR, SEQ_TOKEN_AVG_MLP]
+    stages = [CONV_BOTTLENECK_GAP_MLP, CONV_BOTTLENECK_GRID2_MLP]
+    assert candidate_kinds(["N", 8, 4, 4], "attention_mask") == [CONV_GAP_MLP, CONV_GRID2_MLP, *stages]
+    assert candidate_kinds(["N", 8, 16, 8], None) == [CONV_GAP_MLP, CONV_GRID2_MLP, CONV_GRID4_MLP, *stages]
+    assert candidate_kinds(["N", 8, 3, 3], None) == [CONV_GAP_MLP, CONV_BOTTLENECK_GAP_MLP]  # too small for a grid
+    assert candidate_kinds(["N", 8, 12, 10], None) == [CONV_GAP_MLP, CONV_GRID2_MLP, *stages]  # 4 does not divide 10
+    assert candidate_kinds(["N", 8, "H", "W"], None) == [CONV_GAP_MLP, CONV_BOTTLENECK_GAP_MLP]  # dynamic: no grid
+    assert candidate_kinds(["N", 4, 8, 8, 8], None) == [CONV_GAP_MLP]  # rank 5: no per-position stage
     assert candidate_kinds(["N"], None) == []
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from apparate_trt.compiler.bootstrap import DEFAULT_MAX_SAMPLES
 from apparate_trt.data import load_inputs, take
 from apparate_trt.defaults import DEFAULT_AUDIT_RATE, DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY_MS
 from apparate_trt.engine_dir import Manifest, file_sha256, read_manifest
@@ -167,14 +168,17 @@ def cached_engine_ok(engine_dir: Path, model: Path, bootstrap_samples: int) -> b
 
 
 def ensure_engine(data_dir: Path, engine_dir: Path, threads: int | None, log: Log) -> Manifest:
-    """The engine directory for ``data_dir`` (``model.onnx`` + ``bootstrap.npz``): reused from
-    ``engine_dir`` when it matches, else compiled there with ``compile_model`` (max batch 8)."""
-    model, bootstrap = data_dir / "model.onnx", data_dir / "bootstrap.npz"
+    """The engine directory for ``data_dir`` (``model.onnx`` + ``history.npz``, the model's unlabeled
+    history of inputs, or ``bootstrap.npz`` where there is none): reused from ``engine_dir`` when it
+    matches, else compiled there with ``compile_model`` (max batch 8)."""
+    model, bootstrap = data_dir / "model.onnx", data_dir / "history.npz"
+    if not bootstrap.is_file():
+        bootstrap = data_dir / "bootstrap.npz"
     for path in (model, bootstrap):
         if not path.is_file():
             raise ApparateError(f"'{path}' is missing; build the data with `python scripts/build_real_models.py`")
     with np.load(bootstrap) as npz:
-        samples = int(next(iter(npz.values())).shape[0])
+        samples = min(DEFAULT_MAX_SAMPLES, int(next(iter(npz.values())).shape[0]))
     if cached_engine_ok(engine_dir, model, samples):
         log(f"  engine {engine_dir}: cached (same model and bootstrap size)")
         return read_manifest(engine_dir)

@@ -54,7 +54,11 @@ Ramp adjustment (slow loop, latency first)
     than the ramp, and an exit has to pay for both). Ramps with negative utility (or no exits) are
     removed, and each one's freed budget probes a site deeper: halfway between it and the next
     active ramp (or the latest useful site). When every ramp pays off, spare budget probes a site
-    earlier: halfway between the start and the earliest active ramp. A removed site is not probed
+    earlier: halfway between the start and the earliest active ramp. Where the budget cannot afford
+    the halfway site, the nearest free site that it affords is probed instead. With no active ramp
+    (the engine then serves the unsplit model, at vanilla's cost) a round needs only
+    ``adjust_every_batches`` batches, not a window of samples, so the slow loop never ends with
+    nothing to try: it probes again within that many batches. A removed site is not probed
     again for ``probe_cooldown`` adjustment rounds. Sites past the latest useful site (where the
     latency after the site does not exceed the ramp's and boundary's cost) are never used. The
     budget is checked in latency: the sum of the active ramps' profiled costs (ramps alone, as the
@@ -128,7 +132,7 @@ from apparate_trt.errors import ApparateError
 from apparate_trt.latency import LatencyModel, saved_next_ms, sum_after
 from apparate_trt.runtime.compaction import check_exit_mode
 from apparate_trt.runtime.control.options import check_options
-from apparate_trt.runtime.control.placement import deeper_probe, earlier_probe, with_site
+from apparate_trt.runtime.control.placement import deeper_probes, earlier_probes, with_site
 from apparate_trt.runtime.control.records import EVENTS_KEPT, HISTORY_KEPT, RingLog, plain
 from apparate_trt.runtime.control.statistics import (
     emergency_limit,
@@ -743,7 +747,12 @@ class Controller:
 
     # --------------------------------------------------------------------------- ramp adjustment
     def _maybe_adjust(self, t: float) -> None:
-        if self.batches - self._last_adjust_batch < self.adjust_every or self._samples_since_adjust < self.window_size:
+        if self.batches - self._last_adjust_batch < self.adjust_every:
+            return
+        # With no active ramp there is nothing to judge: probe again after adjust_every batches (the
+        # cooldown), not after a full window of samples (that wait, with a halfway site the budget
+        # could not afford, left an engine with no ramp after a drift for good, issue 32).
+        if self._active and self._samples_since_adjust < self.window_size:
             return
         if self._pending_tune is not None or self._probation or not self._tuned_live:
             return
@@ -805,21 +814,25 @@ class Controller:
             )
         latest = self.latency.latest_useful_site(self.batch_size)
         for site in removed:
-            probe = deeper_probe(site, self._active, latest, self._blocked())
-            if probe is not None and self._fits_budget([*self._active, probe]):
+            probe = self._affordable(deeper_probes(site, self._active, latest, self._blocked()))
+            if probe is not None:
                 self._add_ramp(t, probe, f"freed budget of ramp {site} probes a deeper site")
         self._pending_tune = "after a ramp change"
 
     def _probe_earlier(self, t: float, values: np.ndarray) -> None:
         latest = self.latency.latest_useful_site(self.batch_size)
-        probe = earlier_probe(self._active, latest, self._blocked())
-        if probe is None or not self._fits_budget([*self._active, probe]):
+        probe = self._affordable(earlier_probes(self._active, latest, self._blocked()))
+        if probe is None:
             return
         why = "every ramp pays off" if self._active else "no active ramp"
         self._add_ramp(
             t, probe, f"{why} (utility ms {[round(float(v), 4) for v in values]}); spare budget probes an earlier site"
         )
         self._pending_tune = "after a ramp change"
+
+    def _affordable(self, probes: Sequence[int]) -> int | None:
+        """The first of ``probes`` (best first) that the budget affords beside the active ramps, or None."""
+        return next((p for p in probes if self._fits_budget([*self._active, p])), None)
 
     def _add_ramp(self, t: float, site: int, reason: str) -> None:
         sites, thresholds = with_site(self._active, self._thresholds, site)

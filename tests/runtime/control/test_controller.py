@@ -327,10 +327,10 @@ def test_new_ramp_starts_in_probation_and_gets_a_threshold_at_the_next_tune():
 
 @pytest.mark.parametrize("probe_cost_ms, expect_add", [(0.5, True), (3.0, False)])
 def test_budget_is_checked_in_latency_not_count(probe_cost_ms, expect_add):
-    # budget 2% of 90 ms = 1.8 ms; ramp 5 costs 1.0 ms; the probe at site 2 costs probe_cost_ms.
-    costs = [0.5] * NUM_SITES
+    # budget 2% of 90 ms = 1.8 ms; ramp 5 costs 1.0 ms; the probes before it (sites 0-4) cost
+    # probe_cost_ms.
+    costs = [probe_cost_ms] * NUM_SITES
     costs[5] = 1.0
-    costs[2] = probe_cost_ms
     m = make_manifest([5], ramp_ms=costs, budget=0.02)
     ctl = Controller(m, initial_thresholds="never", adjust_every_batches=20, probe_cooldown=100)
     drive(ctl, Stream(8), batches=45, batch=32)
@@ -340,6 +340,17 @@ def test_budget_is_checked_in_latency_not_count(probe_cost_ms, expect_add):
         assert added[0]["cost_ms"] <= added[0]["budget_ms"] + 1e-9
     else:
         assert not added and ctl.config[0] == [5]
+
+
+def test_a_probe_the_budget_cannot_afford_gives_way_to_the_nearest_one_it_can():
+    costs = [0.5] * NUM_SITES
+    costs[5], costs[2] = 1.0, 3.0  # the halfway site before ramp 5 costs more than the 0.8 ms left
+    ctl = Controller(
+        make_manifest([5], ramp_ms=costs, budget=0.02), initial_thresholds="never", adjust_every_batches=20
+    )
+    drive(ctl, Stream(8), batches=45, batch=32)
+    added = [e for e in ctl.events if e["kind"] == "add_ramp"]
+    assert added and added[0]["site"] in (1, 3) and added[0]["cost_ms"] <= added[0]["budget_ms"] + 1e-9
 
 
 def test_every_event_has_time_kind_and_reason():
@@ -386,3 +397,42 @@ def test_measured_chain_timings_replace_the_profile_after_a_few_batches():
     np.testing.assert_allclose(
         ctl.chain_ms([2])[0], LatencyModel(m).exit_saved_ms([2], ctl.batch_size)
     )  # other sets: profile
+
+
+class PhasedStream(Stream):
+    """A stream whose ramps go silent (nothing confident: degraded inputs) for a while, then recover."""
+
+    def __init__(self, seed: int, degraded: range) -> None:
+        super().__init__(seed)
+        self.degraded = degraded
+        self.served = 0
+
+    def sample(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        conf, agree = super().sample(n)
+        if self.served in self.degraded:
+            conf[:] = 0.0
+        self.served += 1
+        return conf, agree
+
+
+def test_after_a_degraded_phase_the_controller_probes_again_and_exits_recover():
+    """Normal, degraded (no ramp can exit), normal: the degraded phase removes the ramps; within
+    2,000 requests of the normal inputs returning, early exits are back to >= 80% of the first
+    phase's. Only sites 5 and 6 fit the budget: the halfway site the idle loop used to probe (3)
+    does not, and it used to stay without a ramp for good."""
+    costs = [3.0] * NUM_SITES
+    costs[5] = costs[6] = 0.5
+    m = make_manifest([5], ramp_ms=costs, budget=0.02)
+    normal, degraded, back = 300, 400, 250  # batches of 8: the last phase is 2,000 requests
+    stream = PhasedStream(11, degraded=range(normal, normal + degraded))
+    ctl = Controller(m, initial_thresholds="never")
+    _, exits, _ = drive(ctl, stream, batches=normal + degraded + back, batch=8)
+    per_batch = (exits.reshape(-1, 8) >= 0).mean(axis=1)
+    first = per_batch[normal // 2 : normal].mean()
+    assert first > 0.05
+    assert "remove_ramp" in kinds(ctl)
+    recovered = per_batch[-back // 4 :].mean()  # the last 500 of the 2,000 requests
+    assert recovered >= 0.8 * first, (first, recovered, [e for e in ctl.events if e["kind"] != "tune"])
+    removal = next(e["batch"] for e in ctl.events if e["kind"] == "remove_ramp")
+    added = [e["batch"] for e in ctl.events if e["kind"] == "add_ramp" and e["batch"] > removal]
+    assert added, ctl.events

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +118,123 @@ def test_different_sample_counts(tmp_path: Path) -> None:
 
 def test_too_few_samples(tmp_path: Path) -> None:
     assert "has 5 samples but at least 10" in _error(_save(tmp_path, **_good()), min_samples=10)
+
+
+def test_savez_file_is_memory_mapped(tmp_path: Path) -> None:
+    path = _save(tmp_path, **_good())
+    data = load_inputs(path, INPUTS)
+    with np.load(path) as expected:
+        for name in ("input_ids", "pixels"):
+            assert isinstance(data[name], np.memmap) and data[name].mode == "r"
+            assert not data[name].flags.writeable and data[name].flags.c_contiguous
+            np.testing.assert_array_equal(data[name], expected[name])
+    np.testing.assert_array_equal(np.ascontiguousarray(data["input_ids"][2:4]), _good()["input_ids"][2:4])
+
+
+def test_savez_compressed_file_still_loads(tmp_path: Path) -> None:
+    path = tmp_path / "data.npz"
+    np.savez_compressed(path, **_good())
+    data = load_inputs(path, INPUTS)
+    assert not isinstance(data["pixels"], np.memmap) and isinstance(data["pixels"], np.ndarray)
+    np.testing.assert_array_equal(data["input_ids"], _good()["input_ids"])
+
+
+def test_float64_file_is_converted_in_memory(tmp_path: Path) -> None:
+    good = _good()
+    data = load_inputs(_save(tmp_path, input_ids=good["input_ids"], pixels=good["pixels"].astype(np.float64)), INPUTS)
+    assert data["pixels"].dtype == np.float32 and not isinstance(data["pixels"], np.memmap)
+    assert isinstance(data["input_ids"], np.memmap)
+    np.testing.assert_array_equal(data["pixels"], good["pixels"])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nan_only_in_second_chunk_is_refused(tmp_path: Path, dtype: type) -> None:
+    n = 5000  # more than one 4096-row chunk
+    good = _good(n)
+    pixels = good["pixels"].astype(dtype)
+    pixels[4500, 1, 2, 3] = np.nan
+    message = _error(_save(tmp_path, input_ids=good["input_ids"], pixels=pixels))
+    assert "pixels" in message and "1 NaN and 0 inf" in message and "1 samples" in message
+
+
+def test_integer_overflow_in_second_chunk_is_refused(tmp_path: Path) -> None:
+    inputs = [TensorInfo("ids", "int8", ["N", 2])]
+    ids = np.zeros((5000, 2), dtype=np.int64)
+    ids[4999, 1] = 1000
+    np.savez(tmp_path / "d.npz", ids=ids)
+    with pytest.raises(ApparateError, match="values 0..1000 that do not fit"):
+        load_inputs(tmp_path / "d.npz", inputs)
+
+
+def test_truncated_savez_file_is_one_line_error(tmp_path: Path) -> None:
+    path = _save(tmp_path, **_good(50))
+    path.write_bytes(path.read_bytes()[:-200])
+    assert "not a readable .npz" in _error(path)
+
+
+def test_member_running_past_the_end_of_the_file_is_refused(tmp_path: Path) -> None:
+    """A zip directory intact but an array whose .npy header promises more rows than the file holds."""
+    good = _good()
+    path = tmp_path / "data.npz"
+    header = np.lib.format.header_data_from_array_1_0(good["input_ids"])
+    header["shape"] = (1_000_000, 8)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        with zf.open("input_ids.npy", "w") as fp:
+            np.lib.format.write_array_header_1_0(fp, header)
+            fp.write(good["input_ids"].tobytes())
+        with zf.open("pixels.npy", "w") as fp:
+            np.lib.format.write_array(fp, good["pixels"])
+    message = _error(path)
+    assert "truncated" in message and "input_ids" in message
+
+
+def test_corrupt_stored_member_is_one_line_error(tmp_path: Path) -> None:
+    path = _save(tmp_path, **_good())
+    raw = bytearray(path.read_bytes())
+    at = raw.index(np.arange(40, dtype=np.int64)[7:8].tobytes())  # a byte of input_ids' data
+    raw[at] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    message = _error(path)
+    assert "cannot be read" in message and "CRC" in message
+
+
+def test_corrupt_compressed_member_is_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "data.npz"
+    np.savez_compressed(path, **_good(200))
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("pixels.npy")
+    at = info.header_offset + 30 + len(info.filename) + 60  # inside the deflate stream
+    raw[at : at + 20] = bytes(20)
+    path.write_bytes(bytes(raw))
+    assert "cannot be read" in _error(path)
+
+
+_PEAK_SCRIPT = """
+import resource, sys
+import numpy as np
+from apparate_trt.data import load_inputs
+from apparate_trt.graph.ingest import TensorInfo
+
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+data = load_inputs(sys.argv[1], [TensorInfo("x", "float32", ["N", 256, 256])])
+x = data["x"]
+assert isinstance(x, np.memmap) and x.shape == (1600, 256, 256), (type(x), x.shape)
+row = np.ascontiguousarray(x[1234])
+assert row.shape == (256, 256) and float(row[0, 0]) == 1.0
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) // 1024)
+"""
+
+
+def test_peak_memory_of_a_large_savez_file_stays_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "big.npz"
+    # ~400 MB of float32, written from a broadcast view so the test itself holds no full copy
+    np.savez(path, x=np.broadcast_to(np.float32(1.0), (1600, 256, 256)))
+    assert path.stat().st_size > 400e6
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT, str(path)], capture_output=True, text=True, check=False, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    growth_mb = int(done.stdout.strip().splitlines()[-1])
+    assert growth_mb < 150, f"load_inputs grew the resident set by {growth_mb} MB"

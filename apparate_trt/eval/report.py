@@ -59,6 +59,36 @@ def window_accuracies(correct: np.ndarray, window_size: int) -> np.ndarray:
     return correct[: full * window_size].reshape(full, window_size).mean(axis=1)
 
 
+def window_figures(
+    result: ReplayResult, window_size: int, history: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """Per run of ``window_size`` consecutive requests (arrival order; a trailing partial window
+    kept): its first request's index, accuracy against the model over its judged requests, early-
+    exit share (fraction of its completed requests released by a ramp) and the active sites in force
+    at its last request's arrival (from ``history``, the controller's records with ``t`` in seconds
+    after the replay's start; [] when none). Recovery after a drift can be read off these."""
+    n = result.requests
+    correct = result.released_pred == result.final_pred
+    done, judged = result.completed, result.judged
+    times = np.asarray([float(h["t"]) for h in history], dtype=np.float64)
+    out = []
+    for begin in range(0, n, window_size):
+        part = slice(begin, min(n, begin + window_size))
+        ok, seen = done[part], judged[part]
+        last = float(result.arrivals_s[part][-1])
+        at = int(np.searchsorted(times, last, side="right")) - 1 if times.size else -1
+        sites = history[max(at, 0)].get("active_sites", []) if times.size else []
+        out.append(
+            {
+                "start": begin,
+                "accuracy": float(correct[part][seen].mean()) if seen.any() else None,
+                "exit_share": float((result.exit_site[part][ok] >= 0).mean()) if ok.any() else None,
+                "active_sites": [int(x) for x in sites],
+            }
+        )
+    return out
+
+
 def exit_shares(exit_site: np.ndarray) -> dict[str, float]:
     """Share (0..1) of requests released by each ramp site (keys: site ids as text) and ``final``."""
     sites = np.asarray(exit_site)
@@ -91,6 +121,7 @@ def build_report(
     correct = (result.released_pred == result.final_pred)[judged]
     windows = window_accuracies(correct, window_size)
     floor = 1.0 - accuracy_constraint
+    history = [_relative(h, result.t_start) for h in result.threshold_history]
     lag = result.submit_lag_ms[np.isfinite(result.submit_lag_ms)]
     return {
         "mode": result.mode,
@@ -118,7 +149,8 @@ def build_report(
         "exit_share": exit_shares(result.exit_site[done]),
         "batches": {"run": result.batches, "unsplit": result.unsplit_batches},
         "events": [_relative(e, result.t_start) for e in result.events],
-        "threshold_history": [_relative(h, result.t_start) for h in result.threshold_history],
+        "threshold_history": history,
+        "windows": window_figures(result, window_size, history),
         "records_dropped": dict(result.records_dropped),
         "learning": dict(result.learning) if result.learning is not None else None,
         "submit_lag_ms": {

@@ -69,6 +69,13 @@ def test_report_of_a_real_replay_has_sane_keys(which, request, tmp_path):
     history = report["threshold_history"]
     assert history and all({"t", "active_sites", "thresholds", "window_accuracy"} <= set(h) for h in history)
     assert [h["t"] for h in history] == sorted(h["t"] for h in history)
+    # per-window figures: accuracy as in accuracy.windows, the exit share, the sites in force
+    windows = report["windows"]
+    assert [w["start"] for w in windows] == [0, 64, 128]
+    assert [w["accuracy"] for w in windows[:2]] == pytest.approx(acc["windows"])
+    released = result.exit_site >= 0
+    assert windows[0]["exit_share"] == pytest.approx(released[:64].mean())
+    assert all(set(w["active_sites"]) <= {h_site for h in history for h_site in h["active_sites"]} for w in windows)
     # the final result is the original model's argmax; the released one agrees where it is final
     final_only = result.exit_site < 0
     np.testing.assert_array_equal(result.released_pred[final_only], result.final_pred[final_only])

@@ -63,7 +63,8 @@ Ramp adjustment (slow loop, latency first)
     latency after the site does not exceed the ramp's and boundary's cost) are never used. The
     budget is checked in latency: the sum of the active ramps' profiled costs (ramps alone, as the
     compiler's budget) at the current batch size stays within ``manifest.budget`` times the model's
-    latency. A new ramp starts in probation (threshold 0, never exits) and gets its threshold at the
+    latency (with ``defaults.BUDGET_SLACK`` of margin for the profile's noise). A new ramp starts
+    in probation (threshold 0, never exits) and gets its threshold at the
     next tune that has enough samples holding it; meanwhile the other ramps are re-tuned at once on
     the samples that hold them (a ramp in probation changes no exit, so that search is exact).
 
@@ -121,6 +122,7 @@ import numpy as np
 
 from apparate_trt import _core
 from apparate_trt.defaults import (
+    BUDGET_SLACK,
     DEFAULT_ACCURACY_CONSTRAINT,
     DEFAULT_AUDIT_RATE,
     DEFAULT_TARGET_FRACTION,
@@ -791,7 +793,7 @@ class Controller:
     def _fits_budget(self, sites: Sequence[int]) -> bool:
         return (
             float(self.latency.ramp_costs_ms(sites, self.batch_size).sum())
-            <= self.latency.budget_ms(self.batch_size) + 1e-12
+            <= self.latency.budget_ms(self.batch_size) * (1.0 + BUDGET_SLACK) + 1e-12
         )
 
     def _remove_and_probe_deeper(self, t: float, useless: list[tuple[int, float, int]], samples: int) -> None:

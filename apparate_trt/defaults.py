@@ -29,6 +29,10 @@ it, in the compiler's initial choice and the controller's probes alike. Profiled
 between compiles of one model (a ramp measured at 1.95% to 2.35% of the model against a 2% budget
 was active in one compile and not in the next, issue 32); with this margin the same model compiles
 to the same initial sites, and a budget of 2% admits ramps profiled at up to 2.5%."""
+PROBE_BACKOFF_DOUBLINGS = 6
+"""How many times the wait of an engine with no paying ramp doubles (from ``adjust_every`` batches),
+one doubling per probe in a row that ended with no ramp paying; a change of the stream's final
+outputs (:mod:`apparate_trt.runtime.control.shift`) or a ramp that pays starts it over (issue 32)."""
 SEARCH_MIN_STEP = 1e-6
 """Smallest threshold step of the search. Over-confident ramps (NLP ramps often give
 1 - p_max around 1e-4) need thresholds far below the C core's default step of 1e-3."""

@@ -58,7 +58,14 @@ Ramp adjustment (slow loop, latency first)
     the halfway site, the nearest free site that it affords is probed instead. With no active ramp
     (the engine then serves the unsplit model, at vanilla's cost) a round needs only
     ``adjust_every_batches`` batches, not a window of samples, so the slow loop never ends with
-    nothing to try: it probes again within that many batches. A removed site is not probed
+    nothing to try: it probes again within that many batches. When no ramp pays (a removal leaves
+    none active, an ``idle`` event) the wait doubles with each probe in a row that fails, up to
+    ``2 ** defaults.PROBE_BACKOFF_DOUBLINGS`` times (:meth:`Controller.idle_wait_batches`), and a
+    probe out of that wait that fails returns to it rather than chaining deeper: on a model whose
+    ramps never pay, the probes' split chain runs on about 8% of batches once backed off, the rest
+    at vanilla's cost. A change of the stream's final outputs since the engine went idle (predicted
+    classes' shares or mean top probability, :mod:`~apparate_trt.runtime.control.shift`) ends the
+    wait at once, and a round in which every active ramp pays starts the backoff over. A removed site is not probed
     again for ``probe_cooldown`` adjustment rounds. Sites past the latest useful site (where the
     latency after the site does not exceed the ramp's and boundary's cost) are never used. The
     budget is checked in latency: the sum of the active ramps' profiled costs (ramps alone, as the
@@ -89,7 +96,7 @@ batch size; a boundary's cost and the budget check for a new ramp always use the
 chain cannot time a boundary apart from its segments, and a new ramp has not run yet).
 
 Every decision is an event ``{t, kind, reason, ...}`` (kinds: ``initial``, ``tune``,
-``emergency``, ``remove_ramp``, ``add_ramp``, ``audit``, ``refit``: a ramp's head refitted on served
+``emergency``, ``remove_ramp``, ``add_ramp``, ``idle``, ``audit``, ``refit``: a ramp's head refitted on served
 samples, :mod:`apparate_trt.runtime.learning`, swapped in or rejected), and every observation (one batch, or the several
 that queued while the engine's control thread was busy: :meth:`Controller.observe_batches`)
 appends to the threshold history
@@ -127,6 +134,7 @@ from apparate_trt.defaults import (
     DEFAULT_AUDIT_RATE,
     DEFAULT_TARGET_FRACTION,
     MIN_AUDIT_RATE,
+    PROBE_BACKOFF_DOUBLINGS,
     SEARCH_MIN_STEP,
 )
 from apparate_trt.engine_dir import BootstrapStats, Manifest
@@ -136,6 +144,7 @@ from apparate_trt.runtime.compaction import check_exit_mode
 from apparate_trt.runtime.control.options import check_options
 from apparate_trt.runtime.control.placement import deeper_probes, earlier_probes, with_site
 from apparate_trt.runtime.control.records import EVENTS_KEPT, HISTORY_KEPT, RingLog, plain
+from apparate_trt.runtime.control.shift import StreamShift
 from apparate_trt.runtime.control.statistics import (
     emergency_limit,
     emergency_samples,
@@ -265,6 +274,8 @@ class Controller:
         self._pending_tune: str | None = "first feedback"
         self._probation: set[int] = set()
         self._blocked_until: dict[int, int] = {}
+        self._idle_failures = 0
+        self._shift = StreamShift()
         self._events = RingLog(EVENTS_KEPT if events_kept is None else events_kept)
         self._history = RingLog(HISTORY_KEPT if history_kept is None else history_kept)
         self._active, self._thresholds = self._start(initial_thresholds, bootstrap)
@@ -521,6 +532,9 @@ class Controller:
             return
         self._samples_since_adjust += n
         self._measure(outcome, sites)
+        final_pred = getattr(outcome, "final_pred", None)
+        if final_pred is not None:
+            self._shift.add(final_pred, getattr(outcome, "final_logits", None))
         self.batch_size += BATCH_SIZE_SMOOTHING * (n - self.batch_size) if self.batches else (n - self.batch_size)
         if sites.size == 0:
             self.window.push(sites, np.zeros((0, n), np.float32), np.zeros((0, n), np.uint8))
@@ -756,6 +770,9 @@ class Controller:
         # could not afford, left an engine with no ramp after a drift for good, issue 32).
         if self._active and self._samples_since_adjust < self.window_size:
             return
+        idle_reason = self._idle_probe_reason() if not self._active else None
+        if not self._active and idle_reason is None:
+            return
         if self._pending_tune is not None or self._probation or not self._tuned_live:
             return
         utility = self._utilities()
@@ -767,8 +784,31 @@ class Controller:
         useless = [(s, float(u), int(e)) for s, u, e in zip(self._active, values, exits) if u < 0 or e == 0]
         if useless:
             self._remove_and_probe_deeper(t, useless, samples)
-        else:
-            self._probe_earlier(t, values)
+            return
+        if self._active:  # every ramp pays: the backoff of an idle engine starts over
+            self._idle_failures = 0
+            self._shift.clear()
+        self._probe_earlier(t, values, idle_reason)
+
+    def idle_wait_batches(self) -> int:
+        """Batches an engine with no active ramp (serving the unsplit model) waits before it probes:
+        ``adjust_every`` doubled for each probe in a row that ended with no ramp paying, at most
+        ``2 ** PROBE_BACKOFF_DOUBLINGS`` times, so that on a model whose ramps never pay the probes'
+        split chain costs a small share of the batches."""
+        return self.adjust_every * 2 ** min(self._idle_failures, PROBE_BACKOFF_DOUBLINGS)
+
+    def _idle_probe_reason(self) -> str | None:
+        """Why an engine with no active ramp probes now, or None while it waits."""
+        waited = self.batches - self._last_adjust_batch
+        shifted = self._shift.changed() if self._idle_failures else None
+        if shifted is not None:
+            self._idle_failures = 0
+            self._shift.clear()
+            return f"the stream changed after {waited} idle batches ({shifted})"
+        wait = self.idle_wait_batches()
+        if waited < wait:
+            return None
+        return f"no active ramp for {waited} batches (backoff {wait})"
 
     def _utilities(self) -> tuple[np.ndarray, np.ndarray, int] | None:
         """(utility ms per input, exits) per active ramp over the window, and the samples used."""
@@ -815,18 +855,31 @@ class Controller:
                 active_sites=list(self._active),
             )
         latest = self.latency.latest_useful_site(self.batch_size)
-        for site in removed:
+        # A probe out of an idle backoff that fails returns to idle (one probe per wait), not down a
+        # chain of deeper probes that would each cost a window of split batches.
+        for site in removed if not self._idle_failures else []:
             probe = self._affordable(deeper_probes(site, self._active, latest, self._blocked()))
             if probe is not None:
                 self._add_ramp(t, probe, f"freed budget of ramp {site} probes a deeper site")
         self._pending_tune = "after a ramp change"
+        if not self._active:
+            self._idle_failures += 1
+            self._shift.mark()
+            self._event(
+                t,
+                "idle",
+                f"no ramp pays: serving the unsplit model; next probe in {self.idle_wait_batches()} batches "
+                "or when the stream changes",
+                wait_batches=self.idle_wait_batches(),
+                failures=self._idle_failures,
+            )
 
-    def _probe_earlier(self, t: float, values: np.ndarray) -> None:
+    def _probe_earlier(self, t: float, values: np.ndarray, idle_reason: str | None = None) -> None:
         latest = self.latency.latest_useful_site(self.batch_size)
         probe = self._affordable(earlier_probes(self._active, latest, self._blocked()))
         if probe is None:
             return
-        why = "every ramp pays off" if self._active else "no active ramp"
+        why = "every ramp pays off" if self._active else (idle_reason or "no active ramp")
         self._add_ramp(
             t, probe, f"{why} (utility ms {[round(float(v), 4) for v in values]}); spare budget probes an earlier site"
         )

@@ -33,6 +33,10 @@ without a fraction part *written as one* (``10``, not ``10.0``), as the writer w
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+"""The largest ``manifest.json`` read (bytes, 16 MiB): a real one is a few KiB to a few hundred KiB
+(its size grows with sites and profiled batch sizes), so anything larger is corrupt or hostile and is
+refused before it is read into memory."""
 RAMP_KINDS = (
     "conv_gap_mlp",
     "conv_grid2_mlp",
@@ -351,7 +355,14 @@ def read_manifest(directory: str | Path, verify: bool = True) -> Manifest:
 
 def _load_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_MANIFEST_BYTES + 1)  # never more than the cap, whatever the file's size
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise ApparateError(
+                f"{path} is over {MAX_MANIFEST_BYTES // (1024 * 1024)} MiB, the limit for a manifest (a real one is "
+                f"a few KiB); the engine directory is corrupt, {_RECOMPILE}"
+            )
+        data = json.loads(raw.decode("utf-8"))
     except json.JSONDecodeError as exc:
         raise ApparateError(
             f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}); the engine directory is corrupt, {_RECOMPILE}"
@@ -394,6 +405,14 @@ def _tensor(obj: dict[str, Any]) -> TensorSpec:
 
 
 def _parse(data: dict[str, Any], path: Path) -> Manifest:
+    unknown = sorted(set(data) - set(MANIFEST_SCHEMA["properties"]))
+    if unknown:
+        names = ", ".join(repr(k if len(k) <= 40 else k[:37] + "...") for k in unknown[:10])
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        raise ApparateError(
+            f"{path} has unknown top-level key(s) {names}{more}; the engine directory is corrupt or from "
+            f"another tool, {_RECOMPILE}"
+        )
     problem = _schema_error(data)
     if problem is not None:
         raise ApparateError(f"{path}: {problem}; the engine directory is corrupt or from another tool, {_RECOMPILE}")

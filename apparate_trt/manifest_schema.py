@@ -103,5 +103,6 @@ MANIFEST_SCHEMA: dict[str, Any] = {
         },
         {"file_sha256": {"type": "object", "additionalProperties": _STR}},
     ),
+    "additionalProperties": False,  # unknown top-level keys are refused (engine_dir names them)
 }
 """The manifest's schema (JSON Schema draft 2020-12)."""

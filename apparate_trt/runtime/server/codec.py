@@ -332,13 +332,84 @@ def _claim_name(seen: Iterable[str], name: str, where: str) -> None:
 def tensor_from_values(values: Any, dtype: np.dtype, shape: tuple[int, ...], where: str) -> np.ndarray:
     """Array of ``shape`` from JSON data (flat or nested list); RequestError on a size mismatch."""
     count = tensor_nbytes(shape, dtype, where) // dtype.itemsize
+    flat = _flatten(values, where)
+    check_value_types(flat, dtype, where)
     try:
-        arr = np.asarray(values, dtype=dtype)
+        arr = np.asarray(flat, dtype=dtype)
     except (TypeError, ValueError, OverflowError) as exc:
         raise RequestError(f"{where}: 'data' cannot be read as {protocol_datatype(dtype)} ({exc})") from None
     if arr.size != count:
         raise RequestError(f"{where}: 'data' holds {arr.size} values but shape {list(shape)} needs {count}")
     return arr.reshape(shape)
+
+
+MAX_NESTING = 64
+"""The deepest nesting of lists a tensor's JSON 'data' may have (a tensor has at most a few dims)."""
+
+
+def _flatten(values: Any, where: str) -> list[Any]:
+    """The values of JSON ``data`` (a scalar, a flat list or nested lists) in row-major order."""
+    if not isinstance(values, list):
+        return [values]
+    if not any(isinstance(v, list) for v in values):
+        return values
+    flat: list[Any] = []
+    stack = [iter(values)]
+    while stack:
+        for v in stack[-1]:
+            if isinstance(v, list):
+                if len(stack) >= MAX_NESTING:
+                    raise RequestError(f"{where}: 'data' nests lists over {MAX_NESTING} deep; send a flat list")
+                stack.append(iter(v))
+                break
+            flat.append(v)
+        else:
+            stack.pop()
+    return flat
+
+
+def _describe(value: Any) -> str:
+    """A JSON value as the client wrote it, shortened (for error messages)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = json.dumps(value) if isinstance(value, (str, int, float)) else type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_value_types(flat: Sequence[Any], dtype: np.dtype, where: str) -> None:
+    """RequestError naming the first value of ``flat`` that ``dtype`` does not take, and where.
+
+    FP16/FP32/FP64 take JSON numbers (not booleans, strings or null); INT and UINT types take
+    integers within the type's range; BOOL takes true and false only."""
+    kinds = set(map(type, flat))
+    name = protocol_datatype(dtype)
+    if dtype.kind == "f":
+        ok: tuple[type, ...] = (int, float)
+        hint = "send a JSON number for every value (no booleans, strings or null)"
+    elif dtype.kind in "iu":
+        ok = (int,)
+        hint = f"send a JSON integer in {np.iinfo(dtype).min}..{np.iinfo(dtype).max} for every value"
+    elif dtype.kind == "b":
+        ok = (bool,)
+        hint = "send true or false for every value"
+    else:
+        return
+    if not kinds <= set(ok):
+        for i, v in enumerate(flat):
+            if type(v) not in ok:
+                raise RequestError(f"{where}: 'data' holds {_describe(v)} at position {i}, not valid {name}; {hint}")
+    if dtype.kind in "iu" and flat:
+        info = np.iinfo(dtype)
+        low, high = min(flat), max(flat)
+        if low < info.min or high > info.max:
+            bad = low if low < info.min else high
+            i = list(flat).index(bad)
+            raise RequestError(
+                f"{where}: 'data' holds {bad} at position {i}, outside {name}'s range {info.min}..{info.max}; "
+                "send values that fit the datatype"
+            )
 
 
 def tensor_from_bytes(raw: bytes, dtype: np.dtype, shape: tuple[int, ...], where: str) -> np.ndarray:

@@ -100,3 +100,58 @@ def test_metrics_text_format() -> None:
     assert 'apparate_threshold{model="m",site="1"} 0.25' in text and 'apparate_window_accuracy{model="m"} 0.995' in text
     families = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
     assert len(families) == len(set(families)), "a metric family is declared twice"
+
+
+@pytest.mark.parametrize(
+    "datatype, data, fragment",
+    [
+        ("FP32", [True, False], "holds true at position 0"),
+        ("FP32", [0.5, "0.5"], 'holds "0.5" at position 1'),
+        ("FP32", [0.5, 1.0, None], "holds null at position 2"),
+        ("FP64", [[1.0], [False]], "holds false at position 1"),
+        ("INT8", [1.5, 2], "holds 1.5 at position 0"),
+        ("INT8", [1, 300], "holds 300 at position 1, outside INT8's range -128..127"),
+        ("UINT8", [-1, 0], "outside UINT8's range 0..255"),
+        ("INT64", [1, 2.0], "holds 2.0 at position 1"),
+        ("BOOL", [True, 1], "holds 1 at position 1"),
+        ("BOOL", ["true", True], 'holds "true" at position 0'),
+    ],
+)
+def test_json_data_is_strictly_typed(datatype: str, data: list, fragment: str) -> None:
+    from apparate_trt.runtime.server.codec import RequestError, numpy_dtype, tensor_from_values
+
+    with pytest.raises(RequestError) as err:
+        tensor_from_values(data, numpy_dtype(datatype, "input 'x'"), (2,), "input 'x'")
+    message = str(err.value)
+    assert fragment in message and datatype in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize(
+    "datatype, data",
+    [
+        ("FP32", [1, 2.5]),
+        ("FP16", [[0.0], [-3]]),
+        ("INT8", [-128, 127]),
+        ("UINT64", [0, 2**64 - 1]),
+        ("BOOL", [True, False]),
+    ],
+)
+def test_json_data_of_the_right_types_is_read(datatype: str, data: list) -> None:
+    from apparate_trt.runtime.server.codec import numpy_dtype, tensor_from_values
+
+    dtype = numpy_dtype(datatype, "x")
+    arr = tensor_from_values(data, dtype, (2,), "x")
+    assert arr.dtype == dtype and arr.shape == (2,)
+
+
+def test_grpc_typed_contents_are_range_checked() -> None:
+    spec = ModelSpec(
+        "m", (TensorSpec("x", np.dtype(np.int8), (-1, 2)),), TensorSpec("y", np.dtype(np.float32), (-1, 4)), 4
+    )
+    request = pb.ModelInferRequest(model_name="m")
+    tensor = request.inputs.add()
+    tensor.name, tensor.datatype = "x", "INT8"
+    tensor.shape.extend([1, 2])
+    tensor.contents.int_contents.extend([1, 300])  # int_contents holds int32: 300 fits it, not INT8
+    with pytest.raises(RequestError, match="holds 300 at position 1, outside INT8's range"):
+        parse_grpc_request(request, spec, 4)

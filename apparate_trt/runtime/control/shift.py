@@ -77,11 +77,13 @@ class StreamShift:
 
     def add(self, final_pred: np.ndarray, final_logits: np.ndarray | None) -> None:
         """Count a batch's final predictions (int [n], -1 for a row without one) and logits [n, classes]."""
+        if self._reference is None:  # nothing to compare with (a hot path while ramps pay): no work
+            return
         predictions = np.asarray(final_pred, dtype=np.int64).reshape(-1)
         if final_logits is None or np.shape(final_logits)[0] != predictions.size or predictions.size == 0:
             return
         confidence = top_probability(np.asarray(final_logits))[predictions >= 0]
-        if self._reference is not None and self._reference.samples < self.min_samples:
+        if self._reference.samples < self.min_samples:
             self._reference.add(predictions, confidence)
             return
         self._recent.add(predictions, confidence)

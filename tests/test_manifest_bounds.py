@@ -18,16 +18,20 @@ from hypothesis import strategies as st
 from apparate_trt.engine_dir import MAX_MANIFEST_BYTES, read_manifest
 from apparate_trt.errors import ApparateError
 
-# Runs the CLI and writes its own peak resident memory (KiB on Linux) to the file named by argv[1].
+# Runs the CLI and writes its own peak resident memory (KiB) to the file named by argv[1]. It reads
+# VmHWM, which starts anew with the process image; getrusage's ru_maxrss would not do: Linux keeps it
+# across execve, so a child of a large pytest process reports the parent's size at the fork.
 _MEASURED_RUN = """
-import resource, sys
+import sys
 from apparate_trt.cli.run import main
 out = sys.argv[1]
 try:
     status = main(sys.argv[2:])
 finally:
+    with open("/proc/self/status") as status_file:
+        peak_kib = next(line.split()[1] for line in status_file if line.startswith("VmHWM:"))
     with open(out, "w") as fh:
-        fh.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+        fh.write(peak_kib)
 sys.exit(status)
 """
 

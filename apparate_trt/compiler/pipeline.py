@@ -605,7 +605,9 @@ def _train_ramps(
     """Learn the per-position stages, collect features, train every ramp, export each as ONNX and
     check it against numpy."""
     passes = {"mask": mask.name if mask else None, "batch_size": batch_size, "threads": threads, "log": log}
-    stages = learn_prestages(model, sites, candidates, data, score_name, seed=config.seed, **passes)
+    stages = learn_prestages(
+        model, sites, candidates, data, score_name, seed=config.seed, config=config.prestage, **passes
+    )
     features = collect_features(model, sites, candidates, data, score_name, prestages=stages, **passes)
     extra = _copies_features(
         model, inputs_info, sites, candidates, mask, data, score_name, batch_size, config, threads, log, stages

@@ -50,6 +50,7 @@ from apparate_trt.ramps.model import (
     ramp_forward,
     softmax,
 )
+from apparate_trt.ramps.prestage import PreStageTraining
 
 Log = Callable[[str], None]
 
@@ -102,6 +103,8 @@ class TrainConfig(HeadTraining):
     blend_copies: int | None = None
     """Blends of each train sample with another one to train on too (``compiler.augment``); None:
     the default for the model's inputs (``augment.DEFAULT_BLENDS`` for an image model, else none)."""
+    prestage: PreStageTraining = dataclasses.field(default_factory=PreStageTraining)
+    """The training of the per-position stages (``compiler.prestages``) of the kinds that have one."""
 
 
 @dataclass

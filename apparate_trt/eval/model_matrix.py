@@ -429,6 +429,7 @@ def run_entry(e: Entry, workdir: Path, log: Log = lambda line: None) -> Row:
     from apparate_trt.compiler.pipeline import compile_model
     from apparate_trt.compiler.profiling import ProfileSettings
     from apparate_trt.compiler.training import TrainConfig
+    from apparate_trt.ramps.prestage import PreStageTraining
 
     require("torch", extra="train", purpose="the model matrix")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -454,8 +455,10 @@ def run_entry(e: Entry, workdir: Path, log: Log = lambda line: None) -> Row:
             output=e.output,
             force=True,
             log=keep,
-            # fast ramps (see render()): no near-copies or blends, at most 200 steps
-            train_config=TrainConfig(max_steps=200, augment_copies=0, blend_copies=0),
+            # fast ramps (see render()): no near-copies or blends, at most 200 steps (30 for a stage)
+            train_config=TrainConfig(
+                max_steps=200, augment_copies=0, blend_copies=0, prestage=PreStageTraining(min_steps=10, max_steps=30)
+            ),
             profile_settings=ProfileSettings(budget_ms=10.0, min_repeats=3, max_repeats=50),
         )
     except ApparateError as exc:
@@ -600,7 +603,7 @@ def render(rows: Sequence[Row], command: str, seconds: float) -> str:
         "Each entry is a tiny PyTorch model (random init, 80 Adam steps on synthetic data), exported as",
         f"shown, compiled by the real pipeline (max batch 4, ramp budget 0.5, {BOOTSTRAP_SAMPLES} bootstrap "
         f"samples; to keep",
-        "the matrix fast, ramps train without near-copies or blends, at most 200 steps), then: the engine",
+        "the matrix fast, ramps train without near-copies or blends, at most 200 steps, 30 for a per-position stage), then: the engine",
         f"directory run with every site active and no exit, against the exported model on {CHAIN_SAMPLES} samples; "
         f"in skip",
         "mode with every row exiting at the first ramp and half of them audited (the later segments run on",

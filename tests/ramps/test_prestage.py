@@ -108,7 +108,7 @@ def test_bottleneck_ramp_reproduces_a_conv_head_that_pool_first_ramps_cannot() -
     labels = logits.argmax(axis=1)
     train, test = slice(0, 3200), slice(3200, None)
     config = HeadTraining(epochs=40, max_steps=1500)
-    pre = train_prestage(x[train], probs[train], 64, "gap", config=PreStageTraining(steps=1500, lr=1e-2), seed=0)
+    pre = train_prestage(x[train], probs[train], 64, "gap", config=PreStageTraining(min_steps=1500, max_steps=1500, lr=1e-2), seed=0)
     agreement = {}
     for kind, stage in ((CONV_BOTTLENECK_GAP_MLP, pre), (CONV_GAP_MLP, None), (CONV_GRID2_MLP, None)):
         feats = pool_features(kind, x, pre=stage)
@@ -127,7 +127,7 @@ def test_token_stage_trains_on_masked_sequences() -> None:
     per_token = np.maximum(x @ w, 0) * mask[:, :, None]
     logits = (per_token.sum(axis=1) / mask.sum(axis=1, keepdims=True)) @ np.array([[3.0, -3.0]] * 4, np.float32)
     probs = target_probabilities(logits)
-    pre = train_prestage(x, probs, 16, "mean", mask=mask, config=PreStageTraining(steps=800), seed=0)
+    pre = train_prestage(x, probs, 16, "mean", mask=mask, config=PreStageTraining(min_steps=800, max_steps=800), seed=0)
     feats = pool_features(SEQ_TOKEN_MEAN_MLP, x, mask, pre)
     labels = logits.argmax(axis=1)
     head = train_head(feats[:1000], labels[:1000], probs[:1000], SEQ_TOKEN_MEAN_MLP, 2, HeadTraining(), seed=0)

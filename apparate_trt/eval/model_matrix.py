@@ -603,7 +603,8 @@ def render(rows: Sequence[Row], command: str, seconds: float) -> str:
         "Each entry is a tiny PyTorch model (random init, 80 Adam steps on synthetic data), exported as",
         f"shown, compiled by the real pipeline (max batch 4, ramp budget 0.5, {BOOTSTRAP_SAMPLES} bootstrap "
         f"samples; to keep",
-        "the matrix fast, ramps train without near-copies or blends, at most 200 steps, 30 for a per-position stage), then: the engine",
+        "the matrix fast, ramps train without near-copies or blends, at most 200 steps, 30 for a per-position stage), "
+        "then: the engine",
         f"directory run with every site active and no exit, against the exported model on {CHAIN_SAMPLES} samples; "
         f"in skip",
         "mode with every row exiting at the first ramp and half of them audited (the later segments run on",

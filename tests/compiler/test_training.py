@@ -43,7 +43,14 @@ def _features(tmp_path, tiny, data):
     candidates = candidates_of(sites, mask)
     mask_name = mask.name if mask else None
     stages = learn_prestages(
-        model, sites, candidates, data, "logits", mask=mask_name, config=PreStageTraining(min_steps=100, max_steps=100), **QUIET
+        model,
+        sites,
+        candidates,
+        data,
+        "logits",
+        mask=mask_name,
+        config=PreStageTraining(min_steps=100, max_steps=100),
+        **QUIET,
     )
     feats = collect_features(
         model, sites, candidates, data, "logits", mask=mask_name, batch_size=64, threads=1, prestages=stages, **QUIET

@@ -108,7 +108,9 @@ def test_bottleneck_ramp_reproduces_a_conv_head_that_pool_first_ramps_cannot() -
     labels = logits.argmax(axis=1)
     train, test = slice(0, 3200), slice(3200, None)
     config = HeadTraining(epochs=40, max_steps=1500)
-    pre = train_prestage(x[train], probs[train], 64, "gap", config=PreStageTraining(min_steps=1500, max_steps=1500, lr=1e-2), seed=0)
+    pre = train_prestage(
+        x[train], probs[train], 64, "gap", config=PreStageTraining(min_steps=1500, max_steps=1500, lr=1e-2), seed=0
+    )
     agreement = {}
     for kind, stage in ((CONV_BOTTLENECK_GAP_MLP, pre), (CONV_GAP_MLP, None), (CONV_GRID2_MLP, None)):
         feats = pool_features(kind, x, pre=stage)

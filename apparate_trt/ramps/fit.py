@@ -16,6 +16,7 @@ import numpy as np
 
 from apparate_trt._optional import require
 from apparate_trt.ramps.model import RampWeights, kind_spec, softmax
+from apparate_trt.ramps.steps import step_count
 
 
 @dataclass
@@ -131,7 +132,7 @@ def train_head(
     n = x.shape[0]
     batch = min(config.batch_size, n)
     steps_per_epoch = max(1, -(-n // batch))
-    steps = min(max(config.epochs * steps_per_epoch, config.min_steps), max(config.max_steps, config.min_steps))
+    steps = step_count(n, batch, config.epochs, config.min_steps, config.max_steps)
     epochs = max(1, -(-steps // steps_per_epoch))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
     gen = torch.Generator().manual_seed(seed)

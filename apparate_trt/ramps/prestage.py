@@ -28,6 +28,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from apparate_trt._optional import require
+from apparate_trt.ramps.steps import step_count
 
 MAX_POSITIONS = 256
 """A feature map is average-pooled to at most this many positions (16 x 16) before the 1x1
@@ -149,12 +150,6 @@ class PreStageTraining:
     hidden: int = 64
 
 
-def stage_steps(rows: int, config: PreStageTraining) -> int:
-    """The optimiser steps that train a stage on ``rows`` rows under ``config``."""
-    per_epoch = max(1, -(-rows // max(1, min(config.batch_size, rows))))
-    return min(max(config.epochs * per_epoch, config.min_steps), max(config.max_steps, config.min_steps))
-
-
 def _channel_stats(x: np.ndarray, channel_axis: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and standard deviation (float64) of ``x``, over valid tokens only with ``mask``."""
     moved = np.moveaxis(x, channel_axis, -1).reshape(-1, x.shape[channel_axis])
@@ -221,9 +216,9 @@ def train_prestage(
     params = [*stage.parameters(), *head.parameters()]
     opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     n = x.shape[0]
-    steps = stage_steps(n, config)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     batch = min(config.batch_size, n)
+    steps = step_count(n, batch, config.epochs, config.min_steps, config.max_steps)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     gen = torch.Generator().manual_seed(seed)
     order, pos = torch.randperm(n, generator=gen), 0
     for _ in range(steps):

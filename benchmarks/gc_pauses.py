@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import argparse
 import gc
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from apparate_trt.data import take
+from apparate_trt.data import load_inputs, take
+from apparate_trt.engine_dir import read_manifest
+from apparate_trt.errors import ApparateError
 from apparate_trt.eval.replay import replay
 from apparate_trt.runtime.api import load
 
@@ -63,12 +66,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=380.0, help="arrivals per second (fixed rate)")
     parser.add_argument("--freeze", action="store_true", help="gc.freeze() after the warm-up")
     args = parser.parse_args(argv)
-    with np.load(args.data) as archive:
-        inputs = {k: archive[k] for k in archive.files if k not in ("labels", "label", "y")}
-    inputs = dict(take(inputs, slice(0, args.requests)))
-    gc.callbacks.append(_time_collections)
-    for mode in ("vanilla", "apparate"):
-        print(serve_once(args.engine_dir, inputs, mode, args.rate, args.freeze), flush=True)
+    if args.rate <= 0 or args.requests < 1:
+        parser.error(f"--rate must be > 0 and --requests >= 1; got --rate {args.rate}, --requests {args.requests}")
+    try:
+        manifest = read_manifest(args.engine_dir)
+        inputs = dict(take(load_inputs(args.data, manifest.model.inputs), slice(0, args.requests)))
+        gc.callbacks.append(_time_collections)
+        for mode in ("vanilla", "apparate"):
+            print(serve_once(args.engine_dir, inputs, mode, args.rate, args.freeze), flush=True)
+    except ApparateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if _time_collections in gc.callbacks:
+            gc.callbacks.remove(_time_collections)
     return 0
 
 

@@ -1,0 +1,43 @@
+"""``benchmarks/gc_pauses.py`` on the tiny ResNet engine: it prints one line of figures per system,
+and a missing engine directory or a bad flag is a one-line error with a non-zero exit."""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gc_pauses.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("gc_pauses", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_it_prints_each_systems_latency_and_collections(tiny_resnet_engine, capsys, freeze):
+    engine_dir, eval_npz = tiny_resnet_engine
+    argv = ["--engine-dir", str(engine_dir), "--data", str(eval_npz), "--requests", "120", "--rate", "400"]
+    assert _script().main(argv + (["--freeze"] if freeze else [])) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["vanilla", "apparate"]
+    assert all(" p99 " in line and " collections, " in line for line in lines)
+    assert gc.get_freeze_count() == 0  # the script leaves the process's GC as it found it
+
+
+def test_a_missing_engine_directory_is_one_line_and_exit_2(tmp_path, capsys):
+    code = _script().main(["--engine-dir", str(tmp_path / "nothing"), "--data", str(tmp_path / "x.npz")])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ")
+
+
+def test_a_bad_rate_is_refused_before_any_work(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _script().main(["--rate", "0"])
+    assert exit_.value.code == 2
+    assert "--rate must be > 0" in capsys.readouterr().err

@@ -84,3 +84,14 @@ def trace_runs(monkeypatch, module: ModuleType, hook: Callable[[Runner, Mapping[
     """Make every runner ``module`` opens from now on a :class:`TracingRunner` calling ``hook``."""
     real = module.open_runner
     monkeypatch.setattr(module, "open_runner", lambda *args, **kwargs: TracingRunner(real(*args, **kwargs), hook))
+
+
+def load_script(path: Path) -> ModuleType:
+    """The module of a script that is not in a package (``benchmarks/*.py``), loaded afresh from ``path``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None, f"cannot load {path}"
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

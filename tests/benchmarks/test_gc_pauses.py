@@ -4,19 +4,16 @@ and a missing engine directory or a bad flag is a one-line error with a non-zero
 from __future__ import annotations
 
 import gc
-import importlib.util
 from pathlib import Path
 
 import pytest
+from runtime_helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gc_pauses.py"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("gc_pauses", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 @pytest.mark.parametrize("freeze", [False, True])

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from runtime_helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "ramp_quality.py"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("ramp_quality", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def test_runs_on_a_compiled_engine_and_writes_json(tiny_resnet_engine, tmp_path, capsys) -> None:

@@ -104,7 +104,8 @@ class TrainConfig(HeadTraining):
     """Blends of each train sample with another one to train on too (``compiler.augment``); None:
     the default for the model's inputs (``augment.DEFAULT_BLENDS`` for an image model, else none)."""
     prestage: PreStageTraining = dataclasses.field(default_factory=PreStageTraining)
-    """The training of the per-position stages (``compiler.prestages``) of the kinds that have one."""
+    """The training of the per-position stages (``compiler.prestages``) of the kinds that have one;
+    the head settings above (``epochs``, ``min_steps``, ``max_steps``, ...) do not apply to it."""
 
 
 @dataclass

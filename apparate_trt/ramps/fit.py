@@ -26,8 +26,8 @@ class HeadTraining:
     epochs: int = 20
     min_steps: int = 200
     max_steps: int = 400
-    """Optimiser steps are ``epochs`` passes, raised to ``min_steps`` and capped at ``max_steps``
-    (near-copies multiply the rows; the cap keeps training time flat)."""
+    """Optimiser steps are ``epochs`` passes, raised to ``min_steps`` and capped at ``max_steps``,
+    then rounded up to whole passes (near-copies multiply the rows; the cap keeps training time flat)."""
     batch_size: int = 128
     lr: float = 1e-2
     weight_decay: float = 1e-4

@@ -137,9 +137,11 @@ def read_prestage(model: onnx.ModelProto, stride: int | None = None) -> PreStage
 
 @dataclass
 class PreStageTraining:
-    """Hyper-parameters of a stage's end-to-end training with a temporary head. The optimiser takes
-    ``epochs`` passes over the rows, raised to ``min_steps`` and capped at ``max_steps`` steps: the
-    compiler's largest subsample (4,000 rows) trains for 600 steps, a 150-row one for 60."""
+    """Hyper-parameters of a stage's end-to-end training with a temporary head. It takes
+    ``epochs`` x ceil(rows / ``batch_size``) optimiser steps (``ramps.steps.step_count``), raised to
+    ``min_steps`` and capped at ``max_steps``: the compiler's largest subsample (4,000 rows) trains
+    for 600 steps, a 150-row one for 60. Each step draws a full batch of reshuffled rows (a partial
+    batch at the end of a shuffle is skipped), so on few rows the passes are more than ``epochs``."""
 
     epochs: int = 30
     min_steps: int = 50
@@ -148,6 +150,12 @@ class PreStageTraining:
     lr: float = 3e-3
     weight_decay: float = 1e-4
     hidden: int = 64
+
+    def __post_init__(self) -> None:
+        counts = {name: getattr(self, name) for name in ("epochs", "min_steps", "max_steps", "batch_size", "hidden")}
+        bad = {name: value for name, value in counts.items() if not (isinstance(value, int) and value >= 1)}
+        if bad:
+            raise ValueError(f"PreStageTraining needs integers >= 1; got {bad}")
 
 
 def _channel_stats(x: np.ndarray, channel_axis: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

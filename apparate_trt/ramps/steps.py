@@ -1,5 +1,6 @@
-"""How long a ramp's training runs: the optimiser steps of a head (``ramps.fit``) and of a
-per-position stage (``ramps.prestage``) alike."""
+"""How long a ramp's training runs: the optimiser step count from which a head (``ramps.fit``,
+which then rounds it up to whole epochs) and a per-position stage (``ramps.prestage``, which takes
+it as is) both start."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""``benchmarks/gc_pauses.py`` on the tiny ResNet engine: it prints one line of figures per system,
-and a missing engine directory or a bad flag is a one-line error with a non-zero exit."""
+"""``benchmarks/gc_pauses.py`` on the tiny ResNet engine: it prints one line of figures per system;
+a missing engine directory, a stream too short, a bad rate or too few requests is a one-line error, exit 2."""
 
 from __future__ import annotations
 
@@ -33,8 +33,16 @@ def test_a_missing_engine_directory_is_one_line_and_exit_2(tmp_path, capsys):
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ")
 
 
-def test_a_bad_rate_is_refused_before_any_work(capsys):
+@pytest.mark.parametrize("argv", [["--rate", "0"], ["--rate", "nan"], ["--rate", "inf"], ["--requests", "63"]])
+def test_a_bad_rate_or_too_few_requests_is_refused_before_any_work(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
-        _script().main(["--rate", "0"])
+        _script().main(argv)
     assert exit_.value.code == 2
-    assert "--rate must be > 0" in capsys.readouterr().err
+    assert "--rate must be a finite number > 0 and --requests >= 64" in capsys.readouterr().err
+
+
+def test_more_requests_than_the_stream_has_is_one_line_and_exit_2(tiny_resnet_engine, capsys):
+    engine_dir, eval_npz = tiny_resnet_engine  # 200 samples
+    code = _script().main(["--engine-dir", str(engine_dir), "--data", str(eval_npz), "--requests", "201"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and "the stream" in err[0], err

@@ -18,7 +18,8 @@ rotated per round); its ratio to vanilla's is the median of the per-round ratios
 Writes into the output directory: ``summary.json``, ``summary.md`` (tables, goals, machine,
 command), ``latency_cdf_<workload>.png``, ``drift_timeline.png`` and ``apparate_timeline_<workload>
 .png``, and ``runs/<workload>.json`` (every run's report; apparate's controller events and
-threshold history). The full run also rewrites the results block of ``benchmarks/README.md``.
+threshold history; vanilla's, apparate's and apparate-skip's per-request arrivals and
+latencies). The full run also rewrites the results block of ``benchmarks/README.md``.
 Prints progress lines and, at the end, which goals are met.
 
 Latencies in ms, rates in requests per second.
@@ -287,6 +288,24 @@ def measure_capacity(
 def _median(values: Sequence[float | None]) -> float | None:
     finite = [float(v) for v in values if v is not None and np.isfinite(v)]
     return float(np.median(finite)) if finite else None
+
+
+PER_REQUEST_SYSTEMS = ("vanilla", "apparate", "apparate-skip")
+"""Systems whose first repeat's per-request latencies go into runs/<workload>.json (for tails)."""
+
+
+def per_request(record: RunRecord) -> dict[str, Any]:
+    """``{"requests": {"arrival_s": [...], "latency_ms": [...]}}`` of the completed requests, in
+    arrival order (seconds since the stream's start, ms rounded to 0.01) for the first repeat of
+    :data:`PER_REQUEST_SYSTEMS`; empty for other runs. A tail can then be traced to its time."""
+    if record.system not in PER_REQUEST_SYSTEMS or record.repeat != 0:
+        return {}
+    return {
+        "requests": {
+            "arrival_s": [round(float(t), 4) for t in record.arrivals_s],
+            "latency_ms": [round(float(v), 2) for v in record.latency_ms],
+        }
+    }
 
 
 def summarize_system(runs: list[RunRecord], phases: list[dict[str, Any]]) -> dict[str, Any]:
@@ -774,6 +793,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "report": r.report
                         if (r.system == "apparate" and r.repeat == 0)
                         else {k: v for k, v in r.report.items() if k not in ("threshold_history",)},
+                        **per_request(r),
                     }
                     for r in res["runs"]
                 ],

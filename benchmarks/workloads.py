@@ -34,6 +34,7 @@ from apparate_trt.eval.arrivals import fixed_arrivals, poisson_arrivals
 from apparate_trt.eval.replay import ReplayResult, replay, replay_controller_options
 from apparate_trt.eval.report import build_report
 from apparate_trt.runtime.api import Engine, load
+from apparate_trt.runtime.gc_pauses import freeze_after_load
 
 Log = Callable[[str], None]
 
@@ -448,6 +449,7 @@ def serve_interleaved(
         for system in systems:
             engines[system] = factory.load(system, requests=n + WARM_UP_BATCHES * MAX_BATCH)
             warm_up(engines[system], warm_inputs)
+        freeze_after_load()  # as apparate-run does once loaded: full GC collections skip the engines
         parts: dict[str, list[ReplayResult]] = {s: [] for s in systems}
         spans: dict[str, float] = {s: 0.0 for s in systems}
         starts = list(range(0, n, chunk))

@@ -500,6 +500,7 @@ def replay_command(args: argparse.Namespace) -> int:
     from apparate_trt.eval.replay import offline_predictions, replay, replay_controller_options
     from apparate_trt.eval.report import build_report, comparison_table, format_report, write_report
     from apparate_trt.runtime import api
+    from apparate_trt.runtime.gc_pauses import freeze_after_load
 
     manifest = read_manifest(args.engine_dir, verify=False)  # api.load below checks every file
     inputs = load_inputs(args.data, manifest.model.inputs, min_samples=1, what="evaluation data")
@@ -521,6 +522,7 @@ def replay_command(args: argparse.Namespace) -> int:
     settings["exit_mode"] = engine.exit_mode
     settings["backend"] = engine.executor.backend.describe()
     settings["overload_fallback"] = engine.overload_fallback
+    freeze_after_load()  # full GC collections off the replay's tail (runtime/gc_pauses.py)
     try:
         result = replay(engine, inputs, arrivals, progress=not args.quiet)
     finally:
@@ -542,6 +544,7 @@ def replay_command(args: argparse.Namespace) -> int:
     if args.compare_vanilla:
         flush_print(f"replaying the same {arrivals.shape[0]} arrivals on the unsplit model (vanilla) ...")
         baseline = api.load(args.engine_dir, engine_config(args).replace(mode="vanilla"))
+        freeze_after_load()  # as for the engine above, so both replays run alike
         try:
             vanilla = replay(baseline, inputs, arrivals, progress=not args.quiet)
         finally:

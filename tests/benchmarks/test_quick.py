@@ -101,6 +101,13 @@ def test_quick_run_serves_every_system_and_writes_every_file(tmp_path, tiny_resn
         assert (out / f"apparate_timeline_{w}.png").stat().st_size > 0
         runs = json.loads((out / "runs" / f"{w}.json").read_text())
         assert {r["system"] for r in runs["runs"]} == set(run.SYSTEMS)
+        for r in runs["runs"]:  # the first repeat of vanilla and apparate keeps every request's latency
+            if r["system"] in run.PER_REQUEST_SYSTEMS and r["repeat"] == 0:
+                requests = r["requests"]
+                assert len(requests["latency_ms"]) == len(requests["arrival_s"]) > 0
+                assert np.all(np.diff(requests["arrival_s"]) >= 0) and min(requests["latency_ms"]) > 0
+            else:
+                assert "requests" not in r
     assert (out / "drift_timeline.png").stat().st_size > 0
     after = sorted(p.name for p in run.RESULTS.glob("*")) if run.RESULTS.exists() else []
     assert after == results_before  # the committed results are never touched

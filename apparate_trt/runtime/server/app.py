@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from apparate_trt.errors import ApparateError
+from apparate_trt.runtime.gc_pauses import freeze_after_load
 from apparate_trt.runtime.server.codec import ModelSpec
 from apparate_trt.runtime.server.config import ServingConfig
 from apparate_trt.runtime.server.grpc import GrpcFrontend
@@ -222,6 +223,7 @@ def run_until_signal(server: Server, ready_callback: Callable[[Server], None] | 
         server.start()
         for sig in previous:  # starting may install handlers of its own (Ray does): ours win
             signal.signal(sig, on_signal)
+        freeze_after_load()  # this process serves: what loading made leaves the GC's full collections
         print(f"apparate-run: {server.describe()}", file=sys.stderr, flush=True)
         if ready_callback is not None:
             ready_callback(server)

@@ -18,7 +18,7 @@ rotated per round); its ratio to vanilla's is the median of the per-round ratios
 Writes into the output directory: ``summary.json``, ``summary.md`` (tables, goals, machine,
 command), ``latency_cdf_<workload>.png``, ``drift_timeline.png`` and ``apparate_timeline_<workload>
 .png``, and ``runs/<workload>.json`` (every run's report; apparate's controller events and
-threshold history; vanilla's, apparate's and apparate-skip's per-request arrivals and
+threshold history; vanilla's and the adaptive systems' per-request arrivals and
 latencies). The full run also rewrites the results block of ``benchmarks/README.md``.
 Prints progress lines and, at the end, which goals are met.
 
@@ -116,8 +116,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--systems",
         default=",".join(SYSTEMS),
-        help=f"comma-separated systems (vanilla is always run); also {', '.join(ABLATIONS)}: apparate without its "
-        f"overload fallback",
+        help=f"comma-separated systems (vanilla is always run); also {', '.join(ABLATIONS)}: apparate in exit mode "
+        f"auto, apparate without its overload fallback, apparate-skip with it",
     )
     p.add_argument("--requests", type=int, help="requests per run (default: the whole stream; --quick: 300)")
     p.add_argument(
@@ -290,7 +290,7 @@ def _median(values: Sequence[float | None]) -> float | None:
     return float(np.median(finite)) if finite else None
 
 
-PER_REQUEST_SYSTEMS = ("vanilla", "apparate", "apparate-skip")
+PER_REQUEST_SYSTEMS = ("vanilla", "apparate", "apparate-skip", "apparate-auto")
 """Systems whose first repeat's per-request latencies go into runs/<workload>.json (for tails)."""
 
 

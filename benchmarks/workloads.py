@@ -48,13 +48,22 @@ SYSTEMS = (
     "oracle",
     "oracle-skip",
 )
-APPARATE_SYSTEMS = ("apparate", "apparate-skip", "apparate-no-fallback", "apparate-skip-fallback")
-"""The systems served by the adaptive controller (no fixed policy); ``-skip``: exit mode skip."""
-ABLATIONS = ("apparate-no-fallback", "apparate-skip-fallback")
-"""Systems run only when named (``--systems``): apparate (release) without its overload fallback,
-apparate-skip with it (the API's default is the fallback in release mode only)."""
+APPARATE_SYSTEMS = ("apparate", "apparate-skip", "apparate-auto", "apparate-no-fallback", "apparate-skip-fallback")
+"""The systems served by the adaptive controller (no fixed policy); ``-skip``: exit mode skip,
+``-auto``: exit mode auto."""
+ABLATIONS = ("apparate-auto", "apparate-no-fallback", "apparate-skip-fallback")
+"""Systems run only when named (``--systems``): apparate in exit mode auto, apparate (release)
+without its overload fallback, apparate-skip with it (the API's default is the fallback in
+release mode only)."""
 SKIP_SYSTEMS = ("apparate-skip", "apparate-skip-fallback", "oracle-skip")
 """Systems whose released rows leave the batch (``exit_mode="skip"``)."""
+
+
+def exit_mode_of(system: str) -> str:
+    """The exit mode a system is served in: skip for :data:`SKIP_SYSTEMS`, auto for apparate-auto."""
+    return "skip" if system in SKIP_SYSTEMS else "auto" if system == "apparate-auto" else "release"
+
+
 CONSTRAINT = 0.01
 WINDOW = 256
 WARM_UP_BATCHES = 3
@@ -269,8 +278,8 @@ class SystemFactory:
                 "initial_sites": list(self.manifest.initial_config.active_sites),
                 "budget": self.manifest.budget,
                 "overload_fallback": _fallback(system),
-                "exit_mode": "skip" if system in SKIP_SYSTEMS else "release",
-                **({"audit_rate": DEFAULT_AUDIT_RATE} if system in SKIP_SYSTEMS else {}),
+                "exit_mode": exit_mode_of(system),
+                **({"audit_rate": DEFAULT_AUDIT_RATE} if exit_mode_of(system) != "release" else {}),
             }
         return {}
 
@@ -290,7 +299,7 @@ class SystemFactory:
             threads=self.threads,
             policy=self.policy(system),
             overload_fallback=adaptive and _fallback(system),
-            exit_mode="skip" if system in SKIP_SYSTEMS else "release",
+            exit_mode=exit_mode_of(system),
             controller_options=replay_controller_options(requests) if adaptive and requests else None,
             # systems are served interleaved, and a refit's child process of one engine would run
             # during another's chunks; ramps that keep learning are measured alone (refit_stream.py)
@@ -409,6 +418,7 @@ def merge_results(parts: list[ReplayResult]) -> ReplayResult:
         threshold_history=list(last.threshold_history),
         batches=sum(p.batches for p in parts),
         unsplit_batches=sum(p.unsplit_batches for p in parts),
+        skip_mode_batches=sum(p.skip_mode_batches for p in parts),
         skipped=np.concatenate([p.skipped if p.skipped is not None else np.zeros(p.requests, bool) for p in parts]),
         reference_used=any(p.reference_used for p in parts),
         rows={k: float(sum(p.rows.get(k, 0.0) for p in parts)) for k in first.rows},

@@ -131,10 +131,11 @@ def build_parser() -> Parser:
     )
     p.add_argument(
         "--exit-mode",
-        choices=["release", "skip"],
+        choices=["release", "skip", "auto"],
         default=None,
         help="release: every row runs to the end of its batch; skip: a released row leaves the batch but for an audit "
-        "sample (default: the backend's, " + ", ".join(f"{k} {v}" for k, v in DEFAULT_EXIT_MODES.items()) + ")",
+        "sample; auto: skip while requests wait behind a batch, release otherwise (CPU backends, as skip) "
+        "(default: the backend's, " + ", ".join(f"{k} {v}" for k, v in DEFAULT_EXIT_MODES.items()) + ")",
     )
     p.add_argument(
         "--audit-rate",

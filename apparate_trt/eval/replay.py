@@ -60,6 +60,7 @@ class ReplayResult:
     settings: dict[str, Any] = field(default_factory=dict)
     batches: int = 0  # batches the engine ran during the replay
     unsplit_batches: int = 0  # of them, run unsplit by the overload fallback
+    skip_mode_batches: int = 0  # of them, run in skip mode with ramps (all of skip's; auto's under a backlog)
     skipped: np.ndarray | None = None  # bool [n]: left the batch at their ramp (skip mode): no final result
     reference_used: bool = False  # final_pred of skipped requests comes from ``reference_pred``
     rows: dict[str, float] = field(default_factory=dict)  # released / audited / skipped rows, compute_saved_ms
@@ -178,7 +179,7 @@ def replay(
     if sync is not None:
         sync(wait_timeout_s)  # the controller has taken every batch's feedback: its events are complete
     controller = getattr(engine, "controller", None)
-    batches, unsplit = (after - before for after, before in zip(_batch_counts(engine), batches_before))
+    batches, unsplit, skip_mode = (after - before for after, before in zip(_batch_counts(engine), batches_before))
     return ReplayResult(
         mode=getattr(engine, "mode", "apparate"),
         t_start=t_start,
@@ -198,6 +199,7 @@ def replay(
         records_dropped=_records_dropped(controller),
         batches=batches,
         unsplit_batches=unsplit,
+        skip_mode_batches=skip_mode,
         skipped=skipped,
         reference_used=reference_used,
         rows={k: after - rows_before[k] for k, after in _row_counts(engine).items()},
@@ -214,10 +216,11 @@ def _records_dropped(controller: Any) -> dict[str, int]:
     return {k: v for k, v in dropped.items() if v}
 
 
-def _batch_counts(engine: Any) -> tuple[int, int]:
-    """(batches run, of them unsplit) so far, from ``engine.stats()`` (zeros without it)."""
+def _batch_counts(engine: Any) -> tuple[int, int, int]:
+    """(batches run, of them unsplit, of them in skip mode) so far, from ``engine.stats()`` (zeros without it)."""
     stats = engine.stats() if hasattr(engine, "stats") else {}
-    return int(stats.get("batches", 0)), int(stats.get("unsplit_batches", 0))
+    keys = ("batches", "unsplit_batches", "skip_mode_batches")
+    return tuple(int(stats.get(k, 0)) for k in keys)  # type: ignore[return-value]
 
 
 def offline_predictions(

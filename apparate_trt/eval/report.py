@@ -147,7 +147,7 @@ def build_report(
         "rows": _rows(result),
         "windows_violating": float(np.mean(windows < floor - 1e-12)) if windows.size else 0.0,
         "exit_share": exit_shares(result.exit_site[done]),
-        "batches": {"run": result.batches, "unsplit": result.unsplit_batches},
+        "batches": {"run": result.batches, "unsplit": result.unsplit_batches, "skip_mode": result.skip_mode_batches},
         "events": [_relative(e, result.t_start) for e in result.events],
         "threshold_history": history,
         "windows": window_figures(result, window_size, history),
@@ -241,7 +241,7 @@ def format_report(report: Mapping[str, Any]) -> str:
         f"  exit share      {shares}",
     ]
     rows = report.get("rows") or {}
-    if report.get("exit_mode") == "skip":
+    if report.get("exit_mode") in ("skip", "auto"):
         lines.append(
             f"  skip mode       {rows.get('released', 0)} released early: {rows.get('skipped', 0)} left the batch, "
             f"{rows.get('audited', 0)} audited to the end; {rows.get('compute_saved_ms', 0.0):.0f} ms of segment "
@@ -250,10 +250,13 @@ def format_report(report: Mapping[str, Any]) -> str:
         )
     batches = report.get("batches") or {}
     if batches.get("run"):
-        lines.append(
+        line = (
             f"  batches         {batches['run']} run, {batches['unsplit']} unsplit (overload fallback: a full "
             f"batch was waiting)"
         )
+        if report.get("exit_mode") == "auto":
+            line += f", {batches.get('skip_mode', 0)} in skip mode (a request waited behind them)"
+        lines.append(line)
     for message, count in report.get("errors", {}).items():
         lines.append(f"  failed          {count} x {message}")
     if report["events"]:

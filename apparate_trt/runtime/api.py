@@ -38,7 +38,7 @@ from apparate_trt.runtime.batching import (
     OverloadError,
     RequestTimeoutError,
 )
-from apparate_trt.runtime.compaction import check_exit_mode
+from apparate_trt.runtime.compaction import check_exit_mode, compacts, skips_batch
 from apparate_trt.runtime.config import EngineConfig
 from apparate_trt.runtime.control.controller import Controller
 from apparate_trt.runtime.control.loop import ControlLoop
@@ -292,7 +292,8 @@ class Engine:
         self.manifest = manifest
         self.mode = mode
         self.exit_mode = exit_mode
-        """``release`` or ``skip`` (see :func:`load`); ``release`` for vanilla, the policy's own for a fixed policy."""
+        """``release``, ``skip`` or ``auto`` (see :func:`load`); ``release`` for vanilla, the
+        policy's own for a fixed policy."""
         self.executor = executor
         self.controller = controller
         self.learner = learner if controller is not None else None
@@ -306,6 +307,7 @@ class Engine:
         self._ids = itertools.count()
         self._failed = 0
         self._unsplit_batches = 0
+        self._skip_mode_batches = 0  # batches run in skip mode (all of skip's; auto's under a backlog)
         self._rows = {"released": 0, "audited": 0, "skipped": 0}
         self._compute_saved_ms = 0.0
         self._control = (
@@ -419,8 +421,9 @@ class Engine:
             else:
                 live.append(req)
         unsplit = self._overloaded()
+        skip = skips_batch(self.exit_mode, self._batcher.queue_depth)
         for group in _group_by_shape(live):
-            self._run_group(group, unsplit)
+            self._run_group(group, unsplit, skip)
 
     def _overloaded(self) -> bool:
         """True when the overload fallback applies to the batch just taken: at least a full batch
@@ -428,9 +431,10 @@ class Engine:
         unsplit model, faster than the split one with ramps, drains the queue sooner."""
         return self.overload_fallback and self._batcher.queue_depth >= self._batcher.max_batch
 
-    def _run_group(self, group: list[_Request], unsplit: bool = False) -> None:
-        """Run ``group`` as one batch (``unsplit``: the original model, no ramps, no feedback);
-        if it fails, rerun each request alone so one fails alone."""
+    def _run_group(self, group: list[_Request], unsplit: bool = False, skip: bool = False) -> None:
+        """Run ``group`` as one batch (``unsplit``: the original model, no ramps, no feedback;
+        ``skip``: in skip mode, which exit mode ``auto`` decides per batch); if it fails, rerun
+        each request alone so one fails alone."""
         try:
             batch = {name: np.stack([req.inputs[name] for req in group]) for name in group[0].inputs}
 
@@ -444,20 +448,23 @@ class Engine:
                 options["unsplit"] = True
             elif any(req.tag is not None for req in group):
                 options["tags"] = [req.tag for req in group]
-            if self.exit_mode == "skip" and not unsplit and any(req.wait_final for req in group):
+            if skip and not unsplit and any(req.wait_final for req in group):
                 options["wait_final"] = [req.wait_final for req in group]
+            if self.exit_mode == "auto" and skip and not unsplit:
+                options["skip"] = True
             outcome = self.executor.run_batch(batch, on_release, **options)
         except Exception as exc:  # noqa: BLE001 - isolate the failing request(s)
             if len(group) > 1:
                 log.warning("a batch of %d failed (%s); running its requests one by one", len(group), exc)
                 for req in group:
-                    self._run_group([req], unsplit)
+                    self._run_group([req], unsplit, skip)
             else:
                 self._fail(group[0], exc)
             return
         if unsplit:
             self._unsplit_batches += 1  # no ramp ran: nothing for the controller to learn
         else:
+            self._skip_mode_batches += int(outcome.skipped is not None)
             self._count_rows(outcome)
             self._observe(outcome)
 
@@ -524,7 +531,7 @@ class Engine:
             if finished is not None and self._swap_refit(finished, t):
                 config = None  # applied already, before the new head serves
             learner.maybe_start(controller.config[0], controller.probation)
-        if self.exit_mode == "skip":
+        if compacts(self.exit_mode):
             self.executor.set_audit_rate(controller.audit_rate)
         return config
 
@@ -580,11 +587,12 @@ class Engine:
             "batch_sizes": b.batch_sizes,
             "unsplit_batches": self._unsplit_batches,
             "exit_mode": self.exit_mode,
+            "skip_mode_batches": self._skip_mode_batches,
             "released_rows": self._rows["released"],
             "audited_rows": self._rows["audited"],
             "skipped_rows": self._rows["skipped"],
             "compute_saved_ms": self._compute_saved_ms,
-            "audit_rate": self.executor.audit_rate if self.exit_mode == "skip" else None,
+            "audit_rate": self.executor.audit_rate if compacts(self.exit_mode) else None,
             "active_sites": active,
             "thresholds": {site: thresholds.get(site, 0.0) for site in active},
             "feedback_dropped": self._control.dropped if self._control is not None else 0,

@@ -22,9 +22,26 @@ import numpy as np
 
 from apparate_trt.backends.base import IOSpec
 
-EXIT_MODES = ("release", "skip")
+EXIT_MODES = ("release", "skip", "auto")
 """``release``: every row runs to the end (the paper's design); ``skip``: released rows leave the
-batch but for an audit sample."""
+batch but for an audit sample; ``auto``: each batch is run in release mode while no request waits
+behind it and in skip mode when one does (:func:`skips_batch`)."""
+
+AUTO_SKIP_QUEUE_DEPTH = 1
+"""``auto`` exit mode: a batch runs in skip mode when at least this many requests still wait in
+the queue once it is taken (a backlog is building: its rows' full runs would delay them), in
+release mode otherwise (idle capacity: every row runs on and labels every ramp)."""
+
+
+def skips_batch(exit_mode: str, queue_depth: int, threshold: int = AUTO_SKIP_QUEUE_DEPTH) -> bool:
+    """Whether a batch taken with ``queue_depth`` requests still waiting runs in skip mode."""
+    return exit_mode == "skip" or (exit_mode == "auto" and queue_depth >= threshold)
+
+
+def compacts(exit_mode: str) -> bool:
+    """Whether ``exit_mode`` may compact batches (skip or auto): the engine then draws audits and
+    the controller weighs feedback."""
+    return exit_mode in ("skip", "auto")
 
 
 def check_exit_mode(mode: str) -> str:

@@ -52,13 +52,17 @@ class EngineConfig:
             with ramps drains the queue more slowly. Its results are all final (exact); the
             controller gets no feedback from it. ``stats()["unsplit_batches"]`` counts such
             batches. False: always run the active ramps. None (default): on in release mode, off
-            in skip mode, where the split model sheds released rows and drains a backlog at
+            in skip and auto mode, where the split model sheds released rows and drains a backlog at
             least as fast as the unsplit one (``benchmarks/saturation.py``).
         exit_mode: (``apparate`` mode) ``release``: every row runs to the end of the model, so its
             final output labels every ramp (the paper's design); ``skip``: a row a ramp releases
             leaves the batch, except an audit sample (each released row with probability
             ``audit_rate``, every one while the controller's window is thin) and requests
-            submitted with ``wait_final=True``; the later segments run on fewer rows. None
+            submitted with ``wait_final=True``; the later segments run on fewer rows. ``auto``:
+            each batch runs in skip mode when a request still waits behind it once it is taken
+            (``compaction.AUTO_SKIP_QUEUE_DEPTH``), in release mode otherwise; the overload
+            fallback is off by default, as in skip mode; ``stats()["skip_mode_batches"]`` counts
+            the batches with ramps that ran in skip mode. CPU backends only, as skip. None
             (default): the backend's default (``defaults.default_exit_mode``).
         audit_rate: (skip mode) the steady probability that a released row still runs to the end
             as feedback, in [0.05, 1]; the controller weighs each audited row by ``1 / audit_rate``.

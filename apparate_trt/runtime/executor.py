@@ -422,8 +422,9 @@ class Executor:
         confidence: ``maxprob`` (max softmax probability) or ``entropy``.
         exit_rule: decides the exits after each ramp (default :class:`ThresholdRule`; e.g. the
             patience rule of ``apparate_trt.eval.policies``).
-        exit_mode: ``release`` (every row runs to the end) or ``skip`` (released rows leave the
-            batch but for an audit sample drawn at :attr:`audit_rate`).
+        exit_mode: ``release`` (every row runs to the end), ``skip`` (released rows leave the
+            batch but for an audit sample drawn at :attr:`audit_rate`) or ``auto`` (each batch's
+            caller says which, :meth:`run_batch`'s ``skip``; release when it does not).
         audit_seed: seed of the audit draws (None: fresh entropy).
 
     The initial plan has no active ramps (the unsplit model: vanilla) until :meth:`configure` is
@@ -447,11 +448,11 @@ class Executor:
         backend = backend or ServingBackend()
         self.backend = backend
         """What runs the segments and ramps (:class:`~apparate_trt.runtime.serving_backend.ServingBackend`)."""
-        if backend.chained and self.exit_mode == "skip":
+        if backend.chained and self.exit_mode != "release":
             raise ApparateError(
-                f"exit mode 'skip' compacts batches on the host, which the {backend.name} backend's device-resident "
-                f"chain does not do: use exit mode 'release' (--exit-mode release; every row runs on), or --backend "
-                f"onnxruntime"
+                f"exit mode '{self.exit_mode}' compacts batches on the host, which the {backend.name} backend's "
+                f"device-resident chain does not do: use exit mode 'release' (--exit-mode release; every row runs "
+                f"on), or --backend onnxruntime"
             )
         self.exit_rule: ExitRule = exit_rule or ThresholdRule()
         self._one_hot = np.eye(manifest.model.num_classes, dtype=np.float32)
@@ -602,6 +603,7 @@ class Executor:
         *,
         unsplit: bool = False,
         wait_final: Sequence[bool] | np.ndarray | None = None,
+        skip: bool | None = None,
     ) -> BatchOutcome:
         """Run one batch (arrays with the batch axis first) and release results as they are decided.
 
@@ -611,10 +613,12 @@ class Executor:
         ``unsplit=True`` runs the original model in one piece with no ramps (the engine's overload
         fallback): every result is final and the outcome has no ramp feedback. ``wait_final`` (bool
         per input, skip mode): rows whose request waits for the final answer, never skipped.
+        ``skip`` (exit mode ``auto`` only; None: release): whether this batch runs in skip mode.
         """
+        skipping = self.exit_mode == "skip" or (self.exit_mode == "auto" and bool(skip))
         self._builder.gate.batch_started()
         try:
-            return self._run_plan(inputs, on_release, tags, unsplit, wait_final)
+            return self._run_plan(inputs, on_release, tags, unsplit, wait_final, skipping)
         finally:
             self._builder.gate.batch_finished()
 
@@ -625,6 +629,7 @@ class Executor:
         tags: Sequence[object] | None,
         unsplit: bool,
         wait_final: Sequence[bool] | np.ndarray | None = None,
+        skip_mode: bool = False,
     ) -> BatchOutcome:
         t_start = time.monotonic()
         if self._new_ramps:
@@ -646,7 +651,7 @@ class Executor:
         applied = np.zeros(r, dtype=np.float64)
         segments_ms = np.zeros(r + 1, dtype=np.float64)
         ramps_ms = np.zeros(r, dtype=np.float64)
-        skipping = self.exit_mode == "skip" and plan.compactable and r > 0
+        skipping = skip_mode and plan.compactable and r > 0
         rows = _Rows(n, r, self.audit_rate, _wait_final_mask(wait_final, n)) if skipping else None
         ramp_index = 0
         for stage_index, stage in enumerate(plan.stages):

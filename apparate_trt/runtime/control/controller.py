@@ -140,7 +140,7 @@ from apparate_trt.defaults import (
 from apparate_trt.engine_dir import BootstrapStats, Manifest
 from apparate_trt.errors import ApparateError
 from apparate_trt.latency import LatencyModel, saved_next_ms, sum_after
-from apparate_trt.runtime.compaction import check_exit_mode
+from apparate_trt.runtime.compaction import check_exit_mode, compacts
 from apparate_trt.runtime.control.options import check_options
 from apparate_trt.runtime.control.placement import deeper_probes, earlier_probes, with_site
 from apparate_trt.runtime.control.records import EVENTS_KEPT, HISTORY_KEPT, RingLog, plain
@@ -201,7 +201,9 @@ class Controller:
         initial_thresholds: ``bootstrap`` (tune on the bootstrap statistics at start) or ``never``.
         probe_cooldown: adjustment rounds during which a removed site is not probed again.
         bootstrap: bootstrap statistics to use instead of the engine directory's file.
-        exit_mode: the executor's exit mode, ``release`` or ``skip`` (see "Skip mode").
+        exit_mode: the executor's exit mode, ``release``, ``skip`` (see "Skip mode") or ``auto``
+            (skip mode per batch under a backlog: weighed as skip mode, its skip gain scaled by
+            the running share of batches that ran in it, :attr:`skip_share`).
         audit_rate: skip mode's steady audit probability (``MIN_AUDIT_RATE`` to 1).
         events_kept: decisions kept in :attr:`events` (the newest; default EVENTS_KEPT).
         history_kept: observations kept in :attr:`threshold_history` (the newest; default
@@ -235,6 +237,9 @@ class Controller:
                 f"audit rate must be in [{MIN_AUDIT_RATE}, 1] so that feedback never stops, got {audit_rate}"
             )
         self.steady_audit_rate = float(audit_rate)
+        self.skip_share = 1.0 if self.exit_mode == "skip" else 0.0
+        """Running share (0..1) of the batches that ran in skip mode: 1 in skip mode, 0 in release
+        mode; in ``auto`` mode it follows the load (the skip gain in :meth:`chain_ms` is scaled by it)."""
         check_options(
             accuracy_constraint,
             window_size,
@@ -288,7 +293,7 @@ class Controller:
 
     def _audit_choice(self) -> tuple[float, str]:
         """The audit rate the state calls for (see "Skip mode"), and why."""
-        if self.exit_mode != "skip":
+        if not compacts(self.exit_mode):
             return 1.0, "release mode"
         if self._active and self.window.count(np.asarray(self._active, np.int32)) < self.samples_to_tune(
             len(self._active)
@@ -532,6 +537,9 @@ class Controller:
             return
         self._samples_since_adjust += n
         self._measure(outcome, sites)
+        if self.exit_mode == "auto" and sites.size:  # a batch with ramps: did it run in skip mode?
+            compacted = float(getattr(outcome, "skipped", None) is not None)
+            self.skip_share += BATCH_SIZE_SMOOTHING * (compacted - self.skip_share)
         final_pred = getattr(outcome, "final_pred", None)
         if final_pred is not None:
             self._shift.add(final_pred, getattr(outcome, "final_logits", None))
@@ -587,8 +595,8 @@ class Controller:
         r = len(sites)
         boundary = self.latency.boundary_ms(self.batch_size)
         skip_gain = (
-            (1.0 - self.steady_audit_rate) * self.latency.row_saved_ms(sites, self.batch_size)
-            if self.exit_mode == "skip"
+            self.skip_share * (1.0 - self.steady_audit_rate) * self.latency.row_saved_ms(sites, self.batch_size)
+            if compacts(self.exit_mode)
             else 0.0
         )
         timed = self._timings.get(tuple(sites))

@@ -4,8 +4,10 @@
         [--sizes 2500,5000,10000,20000] [--epochs 20] [--eval-samples 4000] \
         [--out benchmarks/results/ramp_ceiling_cv.json]
 
-For each chosen site, the raw site tensor of the model's ``history.npz`` (its unlabeled inputs,
-the first rows of a seeded shuffle) and of the first ``--eval-samples`` inputs of ``eval.npz``
+For each chosen site, the raw site tensor of the model's ``history.npz`` (its unlabeled inputs;
+a size of N takes the first N rows in file order, among those of a seeded shuffle of the largest
+size, so a history must be stored in random order, as ``scripts/build_real_models.py`` writes it)
+and of the first ``--eval-samples`` inputs of ``eval.npz``
 (the served stream, never trained on) is collected with the model's own outputs. Heads of
 growing capacity are trained on it with the model's probabilities as targets, from pooled-then-
 dense (what a small ramp is) to a wide 1x1 convolution (or per-token dense layer) with an
@@ -136,9 +138,6 @@ def train_and_measure(make: Any, x: np.ndarray, p: np.ndarray, xe: np.ndarray, f
 
 
 def measure(args: argparse.Namespace) -> list[dict]:
-    import torch
-
-    torch.set_num_threads(args.threads)
     model = load_model(args.data_dir / "model.onnx")
     inputs_info, _ = model_io(model)
     score, classes = score_output(model, None)
@@ -148,6 +147,9 @@ def measure(args: argparse.Namespace) -> list[dict]:
     bad = [s for s in chosen if not 0 <= s < len(all_sites)]
     if bad:
         raise SystemExit(f"error: --sites {bad} not in 0..{len(all_sites) - 1} (the compiler's site numbers)")
+    import torch
+
+    torch.set_num_threads(args.threads)
     sizes = sorted({int(s) for s in args.sizes.split(",")})
     history = load_inputs(args.data_dir / "history.npz", inputs_info, what="history")
     order = np.random.default_rng(0).permutation(num_samples(history))[: max(sizes)]

@@ -34,7 +34,7 @@ from apparate_trt.eval.arrivals import fixed_arrivals, poisson_arrivals
 from apparate_trt.eval.replay import ReplayResult, replay, replay_controller_options
 from apparate_trt.eval.report import build_report
 from apparate_trt.runtime.api import Engine, load
-from apparate_trt.runtime.gc_pauses import freeze_after_load
+from apparate_trt.runtime.gc_freeze import freeze_after_load, unfreeze
 
 Log = Callable[[str], None]
 
@@ -492,6 +492,7 @@ def serve_interleaved(
     finally:
         for engine in engines.values():
             engine.close()
+        unfreeze()  # the closed engines go back to the collector (they hold reference cycles)
     records = []
     for system in systems:
         merged = merge_results(parts[system])

@@ -34,7 +34,8 @@ confident ramp; the final output is free feedback that tunes the ramps' threshol
 ramps (--mode apparate). --exit-mode release runs every row on to the end of its batch (the
 paper's design); --exit-mode skip lets a released row leave the batch, so the later segments run
 on fewer rows, except an audit sample (--audit-rate) that runs on as feedback, weighted by
-1 / rate so the controller's estimates stay unbiased. In skip mode the report judges the requests
+1 / rate so the controller's estimates stay unbiased; --exit-mode auto does so only for batches
+taken while another request waits. In skip mode the report judges the requests
 that left early against the original model run offline on them afterwards. --mode vanilla serves the unsplit original
 model through the same batching, as the baseline. The ramps keep learning (--no-refits turns it
 off): rows that reach the model's end fill each active ramp's reservoir, a ramp's head is refitted
@@ -219,8 +220,8 @@ def build_parser() -> Parser:
         dest="overload_fallback",
         action="store_const",
         const=True,
-        help="use the overload fallback in skip mode too (off there by default: shedding released rows drains a "
-        "backlog faster)",
+        help="use the overload fallback in skip and auto mode too (off there by default: shedding released rows "
+        "drains a backlog faster)",
     )
     p.add_argument(
         "--no-refits",
@@ -501,7 +502,7 @@ def replay_command(args: argparse.Namespace) -> int:
     from apparate_trt.eval.replay import offline_predictions, replay, replay_controller_options
     from apparate_trt.eval.report import build_report, comparison_table, format_report, write_report
     from apparate_trt.runtime import api
-    from apparate_trt.runtime.gc_pauses import freeze_after_load
+    from apparate_trt.runtime.gc_freeze import freeze_after_load, unfreeze
 
     manifest = read_manifest(args.engine_dir, verify=False)  # api.load below checks every file
     inputs = load_inputs(args.data, manifest.model.inputs, min_samples=1, what="evaluation data")
@@ -523,11 +524,12 @@ def replay_command(args: argparse.Namespace) -> int:
     settings["exit_mode"] = engine.exit_mode
     settings["backend"] = engine.executor.backend.describe()
     settings["overload_fallback"] = engine.overload_fallback
-    freeze_after_load()  # full GC collections off the replay's tail (runtime/gc_pauses.py)
+    freeze_after_load()  # full GC collections off the replay's tail (runtime/gc_freeze.py)
     try:
         result = replay(engine, inputs, arrivals, progress=not args.quiet)
     finally:
         engine.close()
+        unfreeze()
     if args.save_ramps:
         flush_print(_save_ramps(engine, args.save_ramps))
     if result.skipped is not None and result.skipped.any():
@@ -550,6 +552,7 @@ def replay_command(args: argparse.Namespace) -> int:
             vanilla = replay(baseline, inputs, arrivals, progress=not args.quiet)
         finally:
             baseline.close()
+            unfreeze()
         vanilla_report = build_report(vanilla, args.accuracy_constraint, window_size=args.accuracy_window)
         report["vanilla"] = vanilla_report
         flush_print("Apparate beside vanilla on the same arrivals:")

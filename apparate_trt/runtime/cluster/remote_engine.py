@@ -45,6 +45,7 @@ SUMMED = (
     "queue_depth",
     "batches",
     "unsplit_batches",
+    "skip_mode_batches",
     "refused",
     "expired",
     "released_rows",

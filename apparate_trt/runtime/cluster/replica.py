@@ -30,6 +30,7 @@ from typing import Any
 from apparate_trt.errors import ApparateError
 from apparate_trt.runtime.batching import BatcherClosedError, OverloadError, RequestTimeoutError
 from apparate_trt.runtime.config import EngineConfig
+from apparate_trt.runtime.gc_freeze import freeze_after_load
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ class EngineReplica:
         self.replica_id = replica_id or _serve_replica_id() or f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
         unniced = raise_priority()
         self.engine = load(engine_dir, config or EngineConfig())  # its threads inherit this thread's priority
+        freeze_after_load()  # the replica's process serves: full GC collections skip what loading made
         if not unniced:
             log.warning(
                 "replica %s runs at niceness %d (Ray's worker niceness) and may starve beside other "

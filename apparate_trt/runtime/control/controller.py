@@ -203,7 +203,9 @@ class Controller:
         bootstrap: bootstrap statistics to use instead of the engine directory's file.
         exit_mode: the executor's exit mode, ``release``, ``skip`` (see "Skip mode") or ``auto``
             (skip mode per batch under a backlog: weighed as skip mode, its skip gain scaled by
-            the running share of batches that ran in it, :attr:`skip_share`).
+            the running share of batches that ran in it, :attr:`skip_share`; its window holds skip
+            mode's ``window_size / audit_rate`` samples even while its batches run in release
+            mode, so it reacts to a change more slowly than release mode).
         audit_rate: skip mode's steady audit probability (``MIN_AUDIT_RATE`` to 1).
         events_kept: decisions kept in :attr:`events` (the newest; default EVENTS_KEPT).
         history_kept: observations kept in :attr:`threshold_history` (the newest; default

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from apparate_trt.errors import ApparateError
-from apparate_trt.runtime.gc_pauses import freeze_after_load
+from apparate_trt.runtime.gc_freeze import freeze_after_load, unfreeze
 from apparate_trt.runtime.server.codec import ModelSpec
 from apparate_trt.runtime.server.config import ServingConfig
 from apparate_trt.runtime.server.grpc import GrpcFrontend
@@ -233,6 +233,7 @@ def run_until_signal(server: Server, ready_callback: Callable[[Server], None] | 
         drained = server.stop()
     finally:
         server.stop()
+        unfreeze()  # the closed engine goes back to the collector (an embedding process lives on)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0 if drained else 1

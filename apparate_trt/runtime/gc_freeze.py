@@ -23,10 +23,18 @@ def freeze_after_load() -> int:
     """Collect once, then freeze every surviving object out of later collections.
 
     Call it after loading and warming up, before serving. Returns how many objects were frozen
-    (``gc.get_freeze_count()``). Calling it again freezes what was allocated since; objects frozen
-    are never freed by the cycle collector (reference counting still frees them), so call it at
-    start-up, not per request.
+    (``gc.get_freeze_count()``). Frozen objects are never freed by the cycle collector (reference
+    counting still frees them), so an engine closed while frozen would stay in memory: each call
+    first unfreezes, so that the collection frees what was closed since the last call (a replay's
+    engine before ``--compare-vanilla``'s, a benchmark round's before the next), and the commands
+    call :func:`unfreeze` once their engines are closed. Call it at start-up, not per request.
     """
+    gc.unfreeze()
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()
+
+
+def unfreeze() -> None:
+    """Return every frozen object to the collector (after the engines frozen are closed)."""
+    gc.unfreeze()

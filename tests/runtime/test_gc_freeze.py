@@ -27,7 +27,7 @@ def test_what_lives_at_the_freeze_leaves_the_collections_and_what_comes_after_do
     before = _Node()
     assert any(o is before for o in gc.get_objects())
     frozen = freeze_after_load()
-    assert frozen == gc.get_freeze_count() > 0
+    assert frozen > 0 and gc.get_freeze_count() > 0  # (frozen objects that refcounting frees leave the count)
     assert not any(o is before for o in gc.get_objects())  # the permanent generation is not scanned
     after = _Node()
     assert any(o is after for o in gc.get_objects())  # new objects are collected as usual

@@ -12,6 +12,9 @@ DEFAULT_MAX_DELAY_MS = 5.0
 """Longest the oldest queued request waits for a batch to fill (ms)."""
 DEFAULT_QUEUE_SIZE = 1024
 """Most samples waiting for a batch; past it a new request is refused at once (overload)."""
+DEFAULT_MAX_CONNECTIONS = 4096
+"""The server's default limit of REST connections open at once (one more gets 503). A connection
+is a few kilobytes on the server's event loop, not a thread: idle and slow ones cost no worker."""
 DEFAULT_ACCURACY_CONSTRAINT = 0.01
 """Allowed share (fraction) of released results that disagree with the original model over a window."""
 DEFAULT_AUDIT_RATE = 0.25

@@ -107,13 +107,20 @@ def reference_pred(manifest: Manifest, inputs: dict[str, np.ndarray], threads: i
 class ServerProcess:
     """``apparate-run --serve`` in a subprocess on free ports; SIGTERM on :meth:`stop`."""
 
-    def __init__(self, engine_dir: Path, mode: str, args: argparse.Namespace, extra: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        engine_dir: Path,
+        mode: str,
+        args: argparse.Namespace,
+        extra: Sequence[str] = (),
+        source: Path | None = None,
+    ) -> None:
         cmd = [
             sys.executable,
             "-c",
             "from apparate_trt.cli.run import main; raise SystemExit(main())",
             "--engine-dir",
-            str(engine_dir),
+            str(engine_dir.resolve()),
             "--serve",
             "--mode",
             mode,
@@ -138,7 +145,8 @@ class ServerProcess:
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **({"PYTHONPATH": str(source)} if source else {})},
+            cwd=source,  # python -c puts the working directory first on sys.path
         )
         self.log: list[str] = []
         self._ports: list[tuple[int, int]] = []
@@ -232,13 +240,22 @@ def drive(
     return out, t0
 
 
-def server_run(mode: str, rate: float, responses: _Responses, t0: float, arrivals: np.ndarray, ref: np.ndarray) -> Run:
+def server_run(
+    mode: str,
+    rate: float,
+    responses: Any,
+    t0: float,
+    arrivals: np.ndarray,
+    ref: np.ndarray,
+    path: str = "server (gRPC)",
+) -> Run:
+    """One server measurement from ``responses`` (``_Responses`` or ``rest_load.RestResponses``)."""
     ok = np.isfinite(responses.t_done)
     latency = (responses.t_done - (t0 + arrivals)) * 1000.0
     span = (np.nanmax(responses.t_done) - t0) if ok.any() else float("nan")
     return Run(
         mode,
-        "server (gRPC)",
+        path,
         rate,
         int(arrivals.shape[0]),
         int(ok.sum()),
@@ -287,6 +304,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--requests", type=int, default=None, help="requests per rate")
     p.add_argument("--modes", type=str, default="apparate,vanilla")
     p.add_argument("--no-replay", action="store_true", help="skip the in-process replay comparison")
+    p.add_argument(
+        "--protocol",
+        choices=("grpc", "rest"),
+        default="grpc",
+        help="drive the server over gRPC (tritonclient) or REST (binary tensors, keep-alive connections)",
+    )
+    p.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="also serve each mode from this source tree (e.g. a git worktree of an older commit, with its "
+        "built core) on the same arrivals: a before/after comparison in one run",
+    )
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--max-delay-ms", type=float, default=5.0)
     p.add_argument("--accuracy-constraint", type=float, default=0.01)
@@ -316,20 +346,12 @@ def main(argv: list[str] | None = None) -> int:
         f"bench_server: {manifest.model.name}, rates {rates} rps, {n} requests each, modes {args.modes}",
         file=sys.stderr,
     )
+    sources: list[tuple[str, Path | None]] = [("", None)]
+    if args.baseline_src is not None:
+        sources.append((", baseline", args.baseline_src.resolve()))
     for mode in args.modes.split(","):
-        server = ServerProcess(args.engine_dir, mode, args)
-        try:
-            for k, rate in enumerate(rates):
-                sl = slice(k * n, (k + 1) * n)
-                inputs = {name: v[sl] for name, v in inputs_all.items()}
-                arrivals = poisson_arrivals(rate, n, args.seed + k)
-                responses, t0 = drive(server.grpc_port, manifest, manifest.model.name, inputs, arrivals, timeout_s=300)
-                runs.append(server_run(mode, rate, responses, t0, arrivals, ref_all[sl]))
-                print(runs[-1].row(), file=sys.stderr)
-        finally:
-            rc = server.stop()
-        if rc != 0:
-            print(f"warning: the {mode} server exited with status {rc}", file=sys.stderr)
+        for label, source in sources:
+            runs += serve_rates(args, mode, manifest, rates, n, inputs_all, ref_all, label, source)
         if not args.no_replay:
             from apparate_trt.runtime.api import load
 
@@ -381,6 +403,41 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps(doc, indent=2))
         print(f"\nwrote {args.out}", file=sys.stderr)
     return 0
+
+
+def serve_rates(
+    args: argparse.Namespace,
+    mode: str,
+    manifest: Manifest,
+    rates: list[float],
+    n: int,
+    inputs_all: dict[str, np.ndarray],
+    ref_all: np.ndarray,
+    label: str,
+    source: Path | None,
+) -> list[Run]:
+    """One server process of ``mode`` (from ``source``; None: this tree) driven at each rate."""
+    from rest_load import drive_rest
+
+    runs = []
+    server = ServerProcess(args.engine_dir, mode, args, source=source)
+    path = f"server ({'REST' if args.protocol == 'rest' else 'gRPC'}{label})"
+    try:
+        for k, rate in enumerate(rates):
+            sl = slice(k * n, (k + 1) * n)
+            inputs = {name: v[sl] for name, v in inputs_all.items()}
+            arrivals = poisson_arrivals(rate, n, args.seed + k)
+            if args.protocol == "rest":
+                responses, t0 = drive_rest(server.http_port, manifest.model.name, inputs, arrivals, timeout_s=300)
+            else:
+                responses, t0 = drive(server.grpc_port, manifest, manifest.model.name, inputs, arrivals, timeout_s=300)
+            runs.append(server_run(mode, rate, responses, t0, arrivals, ref_all[sl], path))
+            print(runs[-1].row(), file=sys.stderr)
+    finally:
+        rc = server.stop()
+    if rc != 0:
+        print(f"warning: the {mode} server{label} exited with status {rc}", file=sys.stderr)
+    return runs
 
 
 def overhead_table(runs: list[Run]) -> str:

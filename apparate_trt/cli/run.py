@@ -15,6 +15,7 @@ from apparate_trt.defaults import (
     DEFAULT_AUDIT_RATE,
     DEFAULT_EXIT_MODES,
     DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_DELAY_MS,
     DEFAULT_QUEUE_SIZE,
     DEFAULT_REFIT_EVERY,
@@ -276,9 +277,10 @@ def build_parser() -> Parser:
     serve.add_argument(
         "--max-connections",
         type=int,
-        default=256,
+        default=DEFAULT_MAX_CONNECTIONS,
         metavar="N",
-        help="REST connections served at once; one more is answered 503 and closed (default 256)",
+        help="REST connections open at once (idle ones cost no worker); one more is answered 503 and closed "
+        f"(default {DEFAULT_MAX_CONNECTIONS})",
     )
     serve.add_argument(
         "--max-inflight",

@@ -78,8 +78,20 @@ MAX_JSON_BYTES = 64 * 1024 * 1024
 memory, so larger tensors must travel as binary data (``binary_data_size``)."""
 
 
+def one_line(message: str) -> str:
+    """``message`` with its control characters escaped (``\\n`` for a newline): a name a client
+    sent cannot break an error message into lines."""
+    if message.isprintable():
+        return message
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in message)
+
+
 class RequestError(ApparateError):
-    """A request the server cannot serve as sent (HTTP 400, gRPC INVALID_ARGUMENT)."""
+    """A request the server cannot serve as sent (HTTP 400, gRPC INVALID_ARGUMENT); its message is
+    kept on one line (:func:`one_line`)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(one_line(str(message)))
 
 
 class UnknownModelError(RequestError):
@@ -543,8 +555,8 @@ def encode_http_response(spec: ModelSpec, request: InferRequest, answer: InferAn
 
 
 def http_error_body(message: str) -> bytes:
-    """The protocol's error body: ``{"error": message}``."""
-    return json.dumps({"error": message}).encode()
+    """The protocol's error body: ``{"error": message}``, the message on one line."""
+    return json.dumps({"error": one_line(message)}).encode()
 
 
 # --------------------------------------------------------------------------------------- gRPC

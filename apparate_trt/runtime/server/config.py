@@ -8,6 +8,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from apparate_trt.defaults import DEFAULT_MAX_CONNECTIONS
 from apparate_trt.errors import ApparateError
 from apparate_trt.runtime.config import EngineConfig
 from apparate_trt.runtime.server.security import Security
@@ -18,8 +19,8 @@ DEFAULT_REQUEST_TIMEOUT_S = 30.0
 """The longest one request may take, seconds (a client may ask for less)."""
 DRAIN_TIMEOUT_S = 60.0
 """The longest a stop waits (seconds) for accepted requests to be answered."""
-MAX_CONNECTIONS = 256
-"""Default limit of REST connections served at once (one more gets 503)."""
+MAX_CONNECTIONS = DEFAULT_MAX_CONNECTIONS
+"""Default limit of REST connections open at once (one more gets 503; see apparate_trt.defaults)."""
 MAX_INFLIGHT = 1024
 """Default limit of requests in flight at once, over every front end."""
 

@@ -34,7 +34,7 @@ from apparate_trt.runtime.server.codec import (
     encode_grpc_response,
     parse_grpc_request,
 )
-from apparate_trt.runtime.server.http import EXTENSIONS
+from apparate_trt.runtime.server.rest_app import EXTENSIONS
 from apparate_trt.runtime.server.security import OPEN_GRPC_METHODS, Security
 from apparate_trt.runtime.server.service import (
     DeadlineError,

@@ -12,6 +12,7 @@ as declared. Times are ``time.monotonic()`` seconds.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
 import logging
 import threading
@@ -266,3 +267,48 @@ class InferenceService:
         if not_done:
             raise DeadlineError(f"no answer within the request timeout of {pending.deadline - pending.t_start:.3g} s")
         return collect(futures, final_response)
+
+    async def wait_async(self, pending: Pending, final: bool, final_response: bool | None = None) -> InferAnswer:
+        """:meth:`wait` for an event loop: awaits the results without blocking the loop.
+
+        Raises:
+            DeadlineError: the deadline passed first (the engine's late answers are dropped).
+            InternalError: the engine failed on a sample.
+        """
+        futures = pending.futures(final)
+        done = all_done(futures, asyncio.get_running_loop())
+        try:
+            await asyncio.wait_for(asyncio.shield(done), timeout=max(0.0, pending.remaining_s()))
+        except TimeoutError:
+            raise DeadlineError(
+                f"no answer within the request timeout of {pending.deadline - pending.t_start:.3g} s"
+            ) from None
+        return collect(futures, final_response)
+
+
+def all_done(futures: Sequence[cf.Future], loop: asyncio.AbstractEventLoop) -> asyncio.Future:
+    """An asyncio future on ``loop``, resolved once every one of ``futures`` (resolved on any
+    thread) is done. The futures themselves are never cancelled; a loop closed meanwhile is ignored."""
+    waiter: asyncio.Future = loop.create_future()
+    left = [len(futures)]
+    lock = threading.Lock()
+
+    def resolve() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    def one_done(_: cf.Future) -> None:
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            try:
+                loop.call_soon_threadsafe(resolve)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+    if not futures:
+        resolve()
+    for fut in futures:
+        fut.add_done_callback(one_done)
+    return waiter

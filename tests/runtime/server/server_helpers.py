@@ -8,12 +8,17 @@ to a real server over loopback. Engines use one ORT thread (shared CI cores).
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,3 +204,65 @@ def scrape(http_port: int) -> str:
 
     with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=30) as resp:
         return resp.read().decode()
+
+
+# ------------------------------------------------------------------------ raw HTTP and JSON
+def post(
+    port: int, path: str, body: bytes, headers: dict | None = None, context: ssl.SSLContext | None = None
+) -> tuple[int, dict]:
+    scheme = "https" if context else "http"
+    req = urllib.request.Request(
+        f"{scheme}://127.0.0.1:{port}{path}", body, {"Content-Type": "application/json", **(headers or {})}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60, context=context) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"null")
+
+
+def raw_http(port: int, data: bytes, timeout: float = 30.0) -> bytes:
+    """Send raw bytes on a fresh connection; everything the server writes back before closing."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except (TimeoutError, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def status_and_json(raw: bytes) -> tuple[int, dict]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].decode()
+    assert status_line.startswith("HTTP/1."), f"no status line in {raw[:120]!r}"
+    return int(status_line.split()[1]), json.loads(body)
+
+
+def infer_request(workload: Workload, i: int = 0, **first: object) -> dict:
+    inputs = []
+    for k, (name, value) in enumerate(workload.batch(i).items()):
+        entry = {
+            "name": name,
+            "shape": list(value.shape),
+            "datatype": "FP32" if value.dtype == np.float32 else "INT64",
+            "data": value.ravel().tolist(),
+        }
+        if k == 0:
+            entry.update(first)
+        inputs.append(entry)
+    return {"inputs": inputs}
+
+
+def infer_path(server) -> str:
+    return f"/v2/models/{server.spec.name}/infer"
+
+
+def still_serves(server, workload: Workload) -> None:
+    status, doc = post(server.http_port, infer_path(server), json.dumps(infer_request(workload, 3)).encode())
+    assert status == 200, doc

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from server_helpers import Workload
 from tritonclient.grpc import service_pb2 as pb
 
-FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+FUZZ = settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 DATATYPES = ["FP32", "FP64", "INT64", "INT32", "BOOL", "BYTES", "UINT8", "FP16", "nope", ""]
 DIMS = st.one_of(st.integers(-3, 40), st.sampled_from([0, 2**31, 2**62, 2**63 - 1, 10**30]))
 VALUES = st.one_of(

@@ -24,77 +24,30 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from server_helpers import Gate, Workload, grpc_client, grpc_inputs, metric_value, start_server, wait_until
+from server_helpers import (
+    Gate,
+    Workload,
+    grpc_client,
+    grpc_inputs,
+    infer_path,
+    infer_request,
+    metric_value,
+    post,
+    raw_http,
+    start_server,
+    status_and_json,
+    still_serves,
+    wait_until,
+)
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
 from apparate_trt.errors import ApparateError
-from apparate_trt.runtime.server.http import decode_body
+from apparate_trt.runtime.server.encoding import decode_body
 from apparate_trt.runtime.server.security import load_security
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
-
-
-def post(
-    port: int, path: str, body: bytes, headers: dict | None = None, context: ssl.SSLContext | None = None
-) -> tuple[int, dict]:
-    scheme = "https" if context else "http"
-    req = urllib.request.Request(
-        f"{scheme}://127.0.0.1:{port}{path}", body, {"Content-Type": "application/json", **(headers or {})}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=60, context=context) as resp:
-            return resp.status, json.load(resp)
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"null")
-
-
-def raw_http(port: int, data: bytes, timeout: float = 30.0) -> bytes:
-    """Send raw bytes on a fresh connection; everything the server writes back before closing."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(data)
-        chunks = []
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except (TimeoutError, ConnectionResetError):
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def status_and_json(raw: bytes) -> tuple[int, dict]:
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status_line = head.split(b"\r\n", 1)[0].decode()
-    assert status_line.startswith("HTTP/1."), f"no status line in {raw[:120]!r}"
-    return int(status_line.split()[1]), json.loads(body)
-
-
-def infer_request(workload: Workload, i: int = 0, **first: object) -> dict:
-    inputs = []
-    for k, (name, value) in enumerate(workload.batch(i).items()):
-        entry = {
-            "name": name,
-            "shape": list(value.shape),
-            "datatype": "FP32" if value.dtype == np.float32 else "INT64",
-            "data": value.ravel().tolist(),
-        }
-        if k == 0:
-            entry.update(first)
-        inputs.append(entry)
-    return {"inputs": inputs}
-
-
-def infer_path(server) -> str:
-    return f"/v2/models/{server.spec.name}/infer"
-
-
-def still_serves(server, workload: Workload) -> None:
-    status, doc = post(server.http_port, infer_path(server), json.dumps(infer_request(workload, 3)).encode())
-    assert status == 200, doc
 
 
 def requests_counted(server, protocol: str, code: str) -> int:
@@ -152,7 +105,7 @@ def test_the_decoded_body_cap_follows_the_model(workload: Workload) -> None:
     """A model with fixed input sizes caps a decoded body at room for its largest request as
     JSON; a dynamic dimension leaves the global cap."""
     from apparate_trt.runtime.server.codec import ModelSpec
-    from apparate_trt.runtime.server.http import JSON_EXPANSION, MAX_DECODED_BYTES, decoded_limit
+    from apparate_trt.runtime.server.encoding import JSON_EXPANSION, MAX_DECODED_BYTES, decoded_limit
 
     spec = ModelSpec.from_manifest(workload.manifest)
     one = sum(int(np.prod(v.shape[1:])) * v.dtype.itemsize for v in workload.batch(0).values())
@@ -271,7 +224,7 @@ def test_stream_answers_an_undecodable_message_and_keeps_serving(server, workloa
         (b"GET /v2/health/ready\r\n", 400),  # HTTP/0.9: answered at once, with a status line
         (b"GET /\r\n\r\n", 400),
         (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414),
-        (b"GET /v2 HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(120)) + b"\r\n", 431),
+        (b"GET /v2 HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(120)) + b"\r\n", 431),
         (b"PUT /v2 HTTP/1.1\r\nHost: x\r\n\r\n", 501),
         (b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", 400),
     ],
@@ -293,7 +246,7 @@ def test_negative_content_length_on_infer_is_400(server, workload: Workload) -> 
 @pytest.fixture()
 def bounded_server(workload: Workload):
     srv = start_server(workload.engine_dir, max_connections=2, max_inflight=2, queue_size=16)
-    srv._http.read_timeout_s = 3.0  # the reaper's deadline, short for the test
+    srv._http.header_timeout_s = 3.0  # the header deadline, short for the test
     yield srv
     assert srv.stop()
 
@@ -303,13 +256,13 @@ def test_connection_limit_and_slow_clients(bounded_server, workload: Workload, c
     slow = [socket.create_connection(("127.0.0.1", srv.http_port), timeout=10) for _ in range(2)]
     for sock in slow:
         sock.sendall(b"POST /v2/models/m/infer HTTP/1.1\r\nContent-")  # a header that never ends
-    wait_until(lambda: len(srv._http._connections) == 2, what="two connections held")
+    wait_until(lambda: srv._http.open_connections == 2, what="two connections held")
     status, doc = status_and_json(raw_http(srv.http_port, b"GET /v2 HTTP/1.1\r\nHost: x\r\n\r\n"))
     assert status == 503 and "connections open" in doc["error"]
-    for sock in slow:  # the reaper closes both once the read deadline has passed
+    for sock in slow:  # both are closed once the header deadline has passed
         assert sock.recv(1024) == b""
         sock.close()
-    wait_until(lambda: len(srv._http._connections) == 0, what="the slow connections to be closed")
+    wait_until(lambda: srv._http.open_connections == 0, what="the slow connections to be closed")
     still_serves(srv, workload)
     assert "Traceback" not in capfd.readouterr().err
 

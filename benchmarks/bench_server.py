@@ -310,6 +310,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="grpc",
         help="drive the server over gRPC (tritonclient) or REST (binary tensors, keep-alive connections)",
     )
+    p.add_argument("--repeats", type=int, default=1, help="serve every mode and source this many times, in turn")
     p.add_argument(
         "--baseline-src",
         type=Path,
@@ -349,9 +350,11 @@ def main(argv: list[str] | None = None) -> int:
     sources: list[tuple[str, Path | None]] = [("", None)]
     if args.baseline_src is not None:
         sources.append((", baseline", args.baseline_src.resolve()))
-    for mode in args.modes.split(","):
-        for label, source in sources:
-            runs += serve_rates(args, mode, manifest, rates, n, inputs_all, ref_all, label, source)
+    for repeat in range(args.repeats):  # each repeat serves every mode from every source, in turn
+        for mode in args.modes.split(","):
+            for label, source in sources:
+                tag = f"{label}, #{repeat + 1}" if args.repeats > 1 else label
+                runs += serve_rates(args, mode, manifest, rates, n, inputs_all, ref_all, tag, source)
         if not args.no_replay:
             from apparate_trt.runtime.api import load
 
@@ -382,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     print(HEADER)
     for run in sorted(runs, key=lambda r: (r.rate, r.mode, r.path)):
         print(run.row())
+    if args.baseline_src is not None:
+        print("\nThis tree against the baseline, same arrivals (median over repeats; spread: max - min):\n")
+        print(baseline_table(runs))
     overhead = overhead_table(runs)
     if overhead:
         print("\nServer overhead over in-process replay (p50 difference, ms):\n")
@@ -392,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
             "engine_dir": str(args.engine_dir),
             "model": manifest.model.name,
             "rates": rates,
+            "protocol": args.protocol,
+            "repeats": args.repeats,
+            "baseline_src": None if args.baseline_src is None else str(args.baseline_src),
             "requests_per_rate": n,
             "settings": {
                 k: getattr(args, k)
@@ -438,6 +447,42 @@ def serve_rates(
     if rc != 0:
         print(f"warning: the {mode} server{label} exited with status {rc}", file=sys.stderr)
     return runs
+
+
+def baseline_table(runs: list[Run]) -> str:
+    """Per mode and rate: this tree's and the baseline's p50 and throughput (medians over the
+    repeats, with their spread), and this tree's over the baseline's."""
+    groups: dict[tuple[str, float, bool], list[Run]] = {}
+    for run in runs:
+        if run.path.startswith("server"):
+            groups.setdefault((run.mode, run.rate, "baseline" in run.path), []).append(run)
+    rows = []
+    for (mode, rate, is_baseline), mine in sorted(groups.items()):
+        theirs = groups.get((mode, rate, True))
+        if is_baseline or not theirs:
+            continue
+        cells = []
+        for pick in (lambda r: r.latency_ms["p50"], lambda r: r.throughput_rps):
+            a = [v for v in map(pick, mine) if v is not None]
+            b = [v for v in map(pick, theirs) if v is not None]
+            if not a or not b:
+                cells.append("- | - | -")
+                continue
+            ma, mb = float(np.median(a)), float(np.median(b))
+            cells.append(
+                f"{ma:.2f} (±{(max(a) - min(a)) / 2:.2f}) | {mb:.2f} (±{(max(b) - min(b)) / 2:.2f}) | {ma / mb:.3f}x"
+            )
+        paired = [
+            f"{a.latency_ms['p50'] - b.latency_ms['p50']:+.2f}"
+            for a, b in zip(mine, theirs, strict=False)
+            if a.latency_ms["p50"] is not None and b.latency_ms["p50"] is not None
+        ]
+        rows.append(f"| {mode} | {rate:g} | {len(mine)} | " + " | ".join(cells) + f" | {' / '.join(paired)} |")
+    head = (
+        "| mode | rate (rps) | repeats | p50 ms | baseline p50 ms | p50 ratio | throughput rps | baseline rps "
+        "| throughput ratio | p50 minus baseline's, per repeat (ms) |\n|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    return head + "\n".join(rows)
 
 
 def overhead_table(runs: list[Run]) -> str:

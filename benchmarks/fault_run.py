@@ -246,7 +246,7 @@ def case_stream_garbage(client: Client) -> Tally:
 
 def case_slow_clients(client: Client, count: int) -> Tally:
     """``count`` connections that send half a header and stall: refused past the connection
-    limit, closed by the read deadline; then a good request."""
+    limit, closed by the header deadline; then a good request."""
     tally = Tally(f"{count} slow connections (half a header each), then a good request")
     socks = []
     for _ in range(count):
@@ -262,7 +262,7 @@ def case_slow_clients(client: Client, count: int) -> Tally:
             tally.add(
                 "http 503"
                 if data.startswith(b"HTTP/1.1 503")
-                else ("closed by the read deadline" if not data else "lost: other answer")
+                else ("closed by the header deadline" if not data else "lost: other answer")
             )
         except (TimeoutError, ConnectionResetError) as exc:
             tally.add(f"lost: {type(exc).__name__}")

@@ -34,7 +34,7 @@ still refusing with UNAVAILABLE."""
 
 def raise_open_file_limit(want: int = 65536) -> None:
     """Raise this process's soft limit of open files toward ``want`` (at most the hard limit):
-    the connection limit, the refuser and the engine's files must fit under it."""
+    the connection limit and the engine's files must fit under it."""
     try:
         import resource
 

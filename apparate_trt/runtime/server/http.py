@@ -170,7 +170,8 @@ class _Protocol(H11Protocol):
         if self.conn.their_state is h11.IDLE:  # a request head is arriving
             if self._deadline is None:
                 self._arm(self.frontend.header_timeout_s)  # a later request's first byte
-            refusal = request_line_refusal(self.conn.trailing_data[0] + data)
+            start = self.conn.trailing_data[0][: MAX_REQUEST_LINE + 2] + data[: MAX_REQUEST_LINE + 2]
+            refusal = request_line_refusal(start)
             if refusal is not None:
                 self._answer(*refusal)
                 return

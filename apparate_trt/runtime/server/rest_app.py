@@ -128,16 +128,18 @@ def header_dict(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
     return out
 
 
-async def read_body(receive: Receive, size: int) -> bytearray:
-    """The whole request body (``size`` bytes as framed); ConnectionError if the client left."""
-    body = bytearray()
+async def read_body(receive: Receive, size: int) -> bytes:
+    """The whole request body (``size`` bytes as framed); ConnectionError if the client left.
+    A body that arrives in one message is not copied."""
+    chunks = []
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ConnectionError("client closed the connection mid-body")
-        body += message.get("body", b"")
+        chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             break
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     if len(body) != size:
         raise ConnectionError(f"the body ended after {len(body)} of {size} bytes")
     return body
@@ -286,7 +288,7 @@ class RestApp:
         finally:
             service.metrics.request_done("http", code, time.monotonic() - t0)
 
-    async def _parse(self, body: bytearray, headers: dict[str, str]) -> InferRequest:
+    async def _parse(self, body: bytes, headers: dict[str, str]) -> InferRequest:
         """The checked request from its body (decoded, then parsed), on a worker thread if large."""
         service = self.service
         encoding = headers.get("content-encoding")

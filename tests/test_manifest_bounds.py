@@ -127,7 +127,7 @@ _JSON = st.recursive(
 )
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzzed_manifests_fail_with_an_apparate_error_only(resnet, tmp_path_factory, data):
     """Every mutation of a real manifest is read, or refused with ApparateError: no other exception."""

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rest_load import RestResponses, drive_rest
 
 from apparate_trt.backends import open_runner
 from apparate_trt.data import load_inputs
@@ -179,16 +180,13 @@ class ServerProcess:
 
 
 # ---------------------------------------------------------------------------------- load generator
-class _Responses:
+class _Responses(RestResponses):
+    """The arrays of :class:`rest_load.RestResponses`, filled from tritonclient's callback thread."""
+
     def __init__(self, n: int) -> None:
-        self.t_done = np.full(n, np.nan)
-        self.pred = np.full(n, -1, dtype=np.int32)
-        self.early = np.zeros(n, dtype=bool)
-        self.errors: dict[str, int] = {}
-        self.count = 0
+        super().__init__(n)
         self.lock = threading.Lock()
         self.all_done = threading.Event()
-        self.n = n
 
     def on_response(self, index: int, output: str, result: Any, error: Any) -> None:
         t = time.monotonic()
@@ -426,8 +424,6 @@ def serve_rates(
     source: Path | None,
 ) -> list[Run]:
     """One server process of ``mode`` (from ``source``; None: this tree) driven at each rate."""
-    from rest_load import drive_rest
-
     runs = []
     server = ServerProcess(args.engine_dir, mode, args, source=source)
     path = f"server ({'REST' if args.protocol == 'rest' else 'gRPC'}{label})"

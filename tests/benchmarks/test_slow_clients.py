@@ -4,11 +4,10 @@ are held, and the server closes each of them at the header deadline."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
+from runtime_helpers import load_script
 
 from apparate_trt.data import load_inputs
 from apparate_trt.engine_dir import read_manifest
@@ -18,16 +17,8 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "slow_clients.py"
 DEADLINE_S = 2.0
 
 
-def _script():
-    sys.path.insert(0, str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location("slow_clients", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_slow_connections_are_closed_at_the_deadline_and_normal_clients_are_served(tiny_resnet_engine) -> None:
-    slow_clients = _script()
+    slow_clients = load_script(SCRIPT)  # it puts benchmarks/ on sys.path
     from rest_load import infer_request
 
     engine_dir, eval_npz = tiny_resnet_engine

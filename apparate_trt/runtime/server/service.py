@@ -120,6 +120,10 @@ class Pending:
         """Seconds left before the deadline (may be negative)."""
         return self.deadline - time.monotonic()
 
+    def deadline_error(self) -> DeadlineError:
+        """The error of a request whose deadline passed before its answer."""
+        return DeadlineError(f"no answer within the request timeout of {self.deadline - self.t_start:.3g} s")
+
 
 def collect(futures: Sequence[cf.Future], final_response: bool | None = None) -> InferAnswer:
     """The answer from resolved futures; the server error of the first failed one."""
@@ -265,7 +269,7 @@ class InferenceService:
         futures = pending.futures(final)
         _, not_done = cf.wait(futures, timeout=max(0.0, pending.remaining_s()))
         if not_done:
-            raise DeadlineError(f"no answer within the request timeout of {pending.deadline - pending.t_start:.3g} s")
+            raise pending.deadline_error()
         return collect(futures, final_response)
 
     async def wait_async(self, pending: Pending, final: bool, final_response: bool | None = None) -> InferAnswer:
@@ -280,9 +284,7 @@ class InferenceService:
         try:
             await asyncio.wait_for(asyncio.shield(done), timeout=max(0.0, pending.remaining_s()))
         except TimeoutError:
-            raise DeadlineError(
-                f"no answer within the request timeout of {pending.deadline - pending.t_start:.3g} s"
-            ) from None
+            raise pending.deadline_error() from None
         return collect(futures, final_response)
 
 

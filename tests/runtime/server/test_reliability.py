@@ -27,6 +27,7 @@ from server_helpers import (
     grpc_inputs,
     http_client,
     http_inputs,
+    infer_request,
     metric_value,
     params_of,
     start_server,
@@ -50,22 +51,6 @@ def post(server, path: str, body: bytes, headers: dict | None = None) -> tuple[i
         return err.code, dict(err.headers), json.loads(err.read() or b"null")
 
 
-def json_request(workload: Workload, i: int = 0, **changes: Any) -> dict:
-    """A valid JSON infer request for sample ``i``; ``changes`` override the first input's fields."""
-    inputs = []
-    for k, (name, value) in enumerate(workload.batch(i).items()):
-        entry = {
-            "name": name,
-            "shape": list(value.shape),
-            "datatype": "FP32" if value.dtype == np.float32 else "INT64",
-            "data": value.ravel().tolist(),
-        }
-        if k == 0:
-            entry.update(changes)
-        inputs.append(entry)
-    return {"inputs": inputs}
-
-
 def _infer_path(server, model: str | None = None) -> str:
     return f"/v2/models/{model or server.spec.name}/infer"
 
@@ -74,19 +59,19 @@ def _infer_path(server, model: str | None = None) -> str:
 BAD_JSON_CASES = {
     "malformed body": (lambda w: b'{"inputs": [', "not valid JSON"),
     "no inputs": (lambda w: json.dumps({"inputs": []}).encode(), "non-empty 'inputs'"),
-    "wrong input name": (lambda w: json.dumps(json_request(w, name="nope")).encode(), "unknown input 'nope'"),
-    "wrong shape": (lambda w: json.dumps(json_request(w, shape=[1, 7], data=[0.0] * 7)).encode(), "has shape [1, 7]"),
-    "wrong datatype": (lambda w: json.dumps(json_request(w, datatype="FP64")).encode(), "datatype FP64"),
-    "unsupported datatype": (lambda w: json.dumps(json_request(w, datatype="BYTES")).encode(), "not supported"),
-    "wrong data count": (lambda w: json.dumps(json_request(w, data=[0.0, 1.0])).encode(), "needs"),
+    "wrong input name": (lambda w: json.dumps(infer_request(w, name="nope")).encode(), "unknown input 'nope'"),
+    "wrong shape": (lambda w: json.dumps(infer_request(w, shape=[1, 7], data=[0.0] * 7)).encode(), "has shape [1, 7]"),
+    "wrong datatype": (lambda w: json.dumps(infer_request(w, datatype="FP64")).encode(), "datatype FP64"),
+    "unsupported datatype": (lambda w: json.dumps(infer_request(w, datatype="BYTES")).encode(), "not supported"),
+    "wrong data count": (lambda w: json.dumps(infer_request(w, data=[0.0, 1.0])).encode(), "needs"),
     "NaN": (
         lambda w: json.dumps(
-            json_request(w, data=[math.nan] * int(np.prod(json_request(w)["inputs"][0]["shape"])))
+            infer_request(w, data=[math.nan] * int(np.prod(infer_request(w)["inputs"][0]["shape"])))
         ).encode(),
         "NaN",
     ),
     "unknown output": (
-        lambda w: json.dumps({**json_request(w), "outputs": [{"name": "nope"}]}).encode(),
+        lambda w: json.dumps({**infer_request(w), "outputs": [{"name": "nope"}]}).encode(),
         "unknown output 'nope'",
     ),
 }
@@ -107,7 +92,7 @@ def test_http_bad_request_is_400(server, workload: Workload, case: str) -> None:
 
 
 def test_http_unknown_model_and_version(server, workload: Workload) -> None:
-    body = json.dumps(json_request(workload)).encode()
+    body = json.dumps(infer_request(workload)).encode()
     status, _, doc = post(server, _infer_path(server, "no_such_model"), body)
     assert status == 400 and "unknown model 'no_such_model'" in doc["error"]
     status, _, doc = post(server, f"/v2/models/{server.spec.name}/versions/7/infer", body)
@@ -202,7 +187,7 @@ def gate(small_server):
 def _http_one(server, workload: Workload, i: int, out: dict) -> None:
     t0 = time.monotonic()
     status, headers, doc = post(
-        server, _infer_path(server), json.dumps({**json_request(workload, i), "id": str(i)}).encode()
+        server, _infer_path(server), json.dumps({**infer_request(workload, i), "id": str(i)}).encode()
     )
     out[("http", i)] = (status, headers, doc, time.monotonic() - t0)
 
@@ -288,7 +273,7 @@ def test_client_disconnect_costs_only_its_answer(small_server, gate: Gate, workl
         srv.spec.name, grpc_inputs(workload, 0), callback=lambda result, error: calls.put(error)
     )
     # REST: a client that sends its request and hangs up.
-    body = json.dumps(json_request(workload, 1)).encode()
+    body = json.dumps(infer_request(workload, 1)).encode()
     sock = socket.create_connection(("127.0.0.1", srv.http_port), timeout=10)
     sock.sendall(
         f"POST {_infer_path(srv)} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import threading
 from typing import Any
@@ -68,10 +69,13 @@ def json_response(status: int, reason: str, message: str, extra: str = "") -> by
     return head.encode() + body
 
 
-def request_line_refusal(head: bytes) -> tuple[int, str] | None:
-    """(status, reason) when the request head received so far must be refused before it is
-    complete: a request line over ``MAX_REQUEST_LINE`` bytes (414), or one without an HTTP version
-    (HTTP/0.9, which has no status line to answer with: 400 at once); None otherwise."""
+def head_refusal(head: bytes) -> tuple[int, str] | None:
+    """(status, reason) when the request head received so far must be refused before h11 parses
+    it; None otherwise. Refused: a request line over ``MAX_REQUEST_LINE`` bytes (414); one without
+    an HTTP version (HTTP/0.9, which has no status line to answer with: 400 at once); a version
+    other than HTTP/1.0 and 1.1 (505; a malformed one is h11's 400); a head over
+    ``MAX_HEADER_BYTES`` (431: h11 checks only a head still incomplete, so one that arrives whole
+    in one read is checked here)."""
     head = head.lstrip(b"\r\n")
     end = head.find(b"\n")
     line = head if end < 0 else head[:end]
@@ -80,6 +84,11 @@ def request_line_refusal(head: bytes) -> tuple[int, str] | None:
     words = line.split()
     if end >= 0 and words and len(words) != 3:
         return 400, "the request line must be METHOD PATH HTTP/1.1 (HTTP/0.9 is not supported)"
+    if end >= 0 and words and re.fullmatch(rb"HTTP/\d\.\d", words[2]) and words[2] not in (b"HTTP/1.0", b"HTTP/1.1"):
+        return 505, "this server speaks HTTP/1.0 and HTTP/1.1; send the request as HTTP/1.1"
+    blank = head.find(b"\r\n\r\n", 0, MAX_HEADER_BYTES + 4)
+    if (blank < 0 and len(head) > MAX_HEADER_BYTES) or blank + 4 > MAX_HEADER_BYTES:
+        return 431, f"the request head is over {MAX_HEADER_BYTES} bytes; send fewer or shorter headers"
     return None
 
 
@@ -170,8 +179,8 @@ class _Protocol(H11Protocol):
         if self.conn.their_state is h11.IDLE:  # a request head is arriving
             if self._deadline is None:
                 self._arm(self.frontend.header_timeout_s)  # a later request's first byte
-            start = self.conn.trailing_data[0][: MAX_REQUEST_LINE + 2] + data[: MAX_REQUEST_LINE + 2]
-            refusal = request_line_refusal(start)
+            limit = MAX_HEADER_BYTES + 8
+            refusal = head_refusal(self.conn.trailing_data[0][:limit] + data[:limit])
             if refusal is not None:
                 self._answer(*refusal)
                 return
@@ -188,6 +197,7 @@ class _Protocol(H11Protocol):
         exc = self.conn.last_error
         status = exc.error_status_hint if exc is not None else 400
         reason = str(exc) if exc is not None and str(exc) else msg
+        reason = re.sub(r"bytearray\(b(['\"])(.*)\1\)", r"'\2'", reason)  # h11 quotes lines as bytearray(b'...')
         if status == 431:
             reason = f"the request head is over {MAX_HEADER_BYTES} bytes; send fewer or shorter headers"
         self._answer(status, reason)
@@ -197,7 +207,12 @@ class _Protocol(H11Protocol):
         if self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete:
             self.transport.close()  # a response is half written: closing is the only answer left
             return
-        phrases = {400: "Bad Request", 414: "URI Too Long", 431: "Request Header Fields Too Large"}
+        phrases = {
+            400: "Bad Request",
+            414: "URI Too Long",
+            431: "Request Header Fields Too Large",
+            505: "HTTP Version Not Supported",
+        }
         phrase = phrases.get(status, "Not Implemented" if status == 501 else "Error")
         self.transport.write(json_response(status, phrase, f"{status} {phrase}: {reason}"))
         self.frontend.service.metrics.request_done("http", "bad_request", 0.0)

@@ -226,12 +226,26 @@ def test_stream_answers_an_undecodable_message_and_keeps_serving(server, workloa
         (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414),
         (b"GET /v2 HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(120)) + b"\r\n", 431),
         (b"PUT /v2 HTTP/1.1\r\nHost: x\r\n\r\n", 501),
+        (b"GET /v2 HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431),  # a whole head in one read
+        (
+            b"GET /v2 HTTP/1.1\r\nHost: x\r\n"
+            + b"".join(b"X-%d: %s\r\n" % (i, b"a" * 8000) for i in range(10))
+            + b"\r\n",
+            431,
+        ),
+        (b"GET /v2 HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+        (b"GET /v2 HTTP/9.9\r\nHost: x\r\n\r\n", 505),
         (b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", 400),
     ],
 )
 def test_every_http_error_is_json_with_a_status_line(server, data: bytes, status: int) -> None:
     got, doc = status_and_json(raw_http(server.http_port, data))
     assert got == status and isinstance(doc.get("error"), str) and "\n" not in doc["error"], doc
+
+
+def test_a_bad_header_line_is_named_without_python_reprs(server) -> None:
+    got, doc = status_and_json(raw_http(server.http_port, b"GET /v2 HTTP/1.1\r\nHost: x\r\nbogus\r\n\r\n"))
+    assert got == 400 and "illegal header line: 'bogus'" in doc["error"] and "bytearray" not in doc["error"], doc
 
 
 def test_negative_content_length_on_infer_is_400(server, workload: Workload) -> None:

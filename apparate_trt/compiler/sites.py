@@ -19,6 +19,11 @@ Rules, applied in this order:
    produced by a node (not a graph input), and at least one node follows.
 3. **One site per tensor.** When several consecutive positions have the same main tensor (the nodes
    between them only made constants or side tensors), the last position is kept.
+   **Quantized activations.** When only a QuantizeLinear -> DequantizeLinear pair lies between two
+   candidates (the fake-quantized activation of a QDQ model), the later one is dropped: the cut
+   stays before the pair, so the next segment keeps it with the node that reads it, which ONNX
+   Runtime fuses into its int8 kernel (a cut after the pair leaves that node a float one, and the
+   chain no longer matches the model).
 4. **Layer ends (elementwise chains).** A candidate is dropped when every node between it and the
    next candidate (or the end of the graph) is cheap, i.e. not one of the ``LAYER_OPS``
    (convolutions, matrix products, pooling, resize, recurrent and control-flow nodes). So
@@ -258,6 +263,24 @@ def _candidates(model: onnx.ModelProto, lv: Liveness, sides: set[str]) -> list[_
     return found
 
 
+QUANTIZE_PAIR_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+"""The nodes of a fake-quantized activation: a cut never goes between them and their reader."""
+
+
+def _cut_before_quantization(model: onnx.ModelProto, cands: list[_Candidate]) -> list[_Candidate]:
+    """Rule 3, quantized activations: drop a candidate when only QuantizeLinear/DequantizeLinear
+    nodes lie between the previous kept candidate and it."""
+    nodes = model.graph.node
+    kept: list[_Candidate] = []
+    for cand in cands:
+        prev = kept[-1] if kept else None
+        between = range(prev.position + 1, cand.position + 1) if prev is not None else range(0)
+        if prev is not None and len(between) and all(nodes[i].op_type in QUANTIZE_PAIR_OPS for i in between):
+            continue
+        kept.append(cand)
+    return kept
+
+
 def _merge_elementwise_chains(model: onnx.ModelProto, cands: list[_Candidate]) -> list[_Candidate]:
     """Rule 4: drop a candidate when only cheap nodes lie between it and the next one (or the end
     of the graph)."""
@@ -346,7 +369,7 @@ def find_sites(
     """
     lv = liveness(model)
     sides = side_tensors(lv, side_span)
-    raw = _candidates(model, lv, sides)
+    raw = _cut_before_quantization(model, _candidates(model, lv, sides))
     cands = _merge_elementwise_chains(model, raw)
     cands = _merge_transformer_sublayers(model, cands, raw, auxiliary_tensors(model, sides))
     cands = _drop_bulges(cands)

@@ -168,3 +168,30 @@ def test_graph_output_read_at_the_end_is_a_side_tensor():
     sites = find_sites(model)
     assert [s.tensor for s in sites] == tiny.site_tensors
     assert all(s.side_tensors == ["stem_out"] for s in sites)
+
+
+def test_quantized_activation_is_cut_before_its_quantize_pair():
+    """A QDQ model: the cut goes before QuantizeLinear -> DequantizeLinear, never after it, so the
+    next segment keeps the pair with the MatMul that ONNX Runtime fuses it into."""
+    nodes, inits, x = _dense_chain(3)
+    scale = numpy_helper.from_array(np.array(0.05, np.float32), "scale")
+    zero = numpy_helper.from_array(np.array(0, np.int8), "zero")
+    quantized: list[onnx.NodeProto] = []
+    for node in nodes:
+        quantized.append(node)
+        if node.op_type == "Relu" and node.output[0] != x:
+            h = node.output[0]
+            quantized += [
+                helper.make_node("QuantizeLinear", [h, "scale", "zero"], [f"{h}_q"]),
+                helper.make_node("DequantizeLinear", [f"{h}_q", "scale", "zero"], [f"{h}_dq"]),
+            ]
+    for node in quantized:  # the next layer reads the dequantized activation
+        if node.op_type == "MatMul" and node.input[0] != "x":
+            node.input[0] = f"{node.input[0]}_dq"
+    model = _graph_model(
+        quantized,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", 16])],
+        inits + [scale, zero],
+    )
+    assert [s.tensor for s in find_sites(model, 0.0, 1.0)] == ["h0", "h1"]

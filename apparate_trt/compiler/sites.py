@@ -273,9 +273,8 @@ def _cut_before_quantization(model: onnx.ModelProto, cands: list[_Candidate]) ->
     nodes = model.graph.node
     kept: list[_Candidate] = []
     for cand in cands:
-        prev = kept[-1] if kept else None
-        between = range(prev.position + 1, cand.position + 1) if prev is not None else range(0)
-        if prev is not None and len(between) and all(nodes[i].op_type in QUANTIZE_PAIR_OPS for i in between):
+        between = range(kept[-1].position + 1, cand.position + 1) if kept else range(0)
+        if between and all(nodes[i].op_type in QUANTIZE_PAIR_OPS for i in between):
             continue
         kept.append(cand)
     return kept

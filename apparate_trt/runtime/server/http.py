@@ -110,11 +110,10 @@ class _BodyFlow(FlowControl):
     """uvicorn's flow control without its pause at every 64 KiB of a request body still arriving.
 
     uvicorn stops reading a connection once 64 KiB of body wait for the app, and reads on when the
-    app asks for more: for a 600 KB tensor that is a pause and a wake per read (about 0.4 ms a
-    request, measured). The infer app reads the whole body at once, up to ``limit_bytes`` (413
-    over it, before any of it is read), so a body still arriving is read on up to that size; past
-    it, and for every other pause (a pipelined request waiting behind the answer), uvicorn's
-    flow control holds."""
+    app asks for more: for a 600 KB tensor that is a pause and a wake of the app per read. The
+    infer app reads the whole body at once, up to ``limit_bytes`` (413 over it, before any of it
+    is read), so a body still arriving is read on up to that size; past it, and for every other
+    pause (a pipelined request waiting behind the answer), uvicorn's flow control holds."""
 
     def __init__(self, transport: asyncio.Transport, protocol: H11Protocol, limit_bytes: int) -> None:
         super().__init__(transport)
@@ -123,9 +122,13 @@ class _BodyFlow(FlowControl):
 
     def pause_reading(self) -> None:
         cycle = self._protocol.cycle
-        if cycle is not None and cycle.more_body and not cycle.response_complete:
-            if len(cycle.body) <= self._limit_bytes:
-                return  # the body of the request being read, which the app reads whole
+        if (
+            cycle is not None
+            and cycle.more_body  # the request's body is still arriving
+            and not cycle.response_complete
+            and len(cycle.body) <= self._limit_bytes
+        ):
+            return  # the app reads this body whole: no pause below the cap
         super().pause_reading()
 
 

@@ -256,7 +256,15 @@ class RestApp:
         t0 = time.monotonic()
         code = "ok"
         try:
-            body = await read_body(receive, body_size(headers, self.decoded_limit))
+            try:
+                body = await read_body(receive, body_size(headers, self.decoded_limit))
+            except asyncio.CancelledError:  # the stop's grace ended while this body was still arriving
+                stopping = UnavailableError(
+                    "the server stopped before this request's body arrived; retry it once the server is back"
+                )
+                code = error_kind(stopping).code
+                await reply.exception(stopping)
+                return
             with service.tracked():
                 try:
                     service.check_model(name, version)

@@ -7,6 +7,7 @@ engine's batches until the test opens it; waits are bounded polls on observable 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import queue
 import socket
@@ -31,6 +32,7 @@ from server_helpers import (
     metric_value,
     params_of,
     start_server,
+    status_and_json,
     wait_until,
 )
 from tritonclient.utils import InferenceServerException
@@ -308,3 +310,32 @@ def test_taken_port_is_a_clear_error(server, workload: Workload) -> None:
         Server(stub, http_port=server.http_port, grpc_port=None).start()
     with pytest.raises(ApparateError, match="cannot listen for gRPC"):
         Server(stub, http_port=None, grpc_port=server.grpc_port).start()
+
+
+def test_stop_with_a_body_still_arriving_answers_503(workload: Workload, caplog: pytest.LogCaptureFixture) -> None:
+    """A body still arriving when the stop's grace ends is not accepted yet: its client gets the
+    protocol's 503 with Retry-After and a JSON error, not a 500, and no traceback is logged."""
+    from apparate_trt.runtime.server.http import STOP_GRACE_S
+
+    srv = start_server(workload.engine_dir, grpc_port=None)
+    sock = socket.create_connection(("127.0.0.1", srv.http_port), timeout=STOP_GRACE_S + 20)
+    try:
+        sock.sendall(
+            f"POST {_infer_path(srv)} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "Content-Length: 100000\r\n\r\n{".encode()
+        )
+        wait_until(lambda: srv._http.open_connections == 1, what="the connection to be served")
+        time.sleep(0.2)  # the head is read and the app waits for the rest of the body
+        with caplog.at_level(logging.ERROR):
+            assert srv.stop(), "nothing was accepted, so the drain must succeed"
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    finally:
+        sock.close()
+    head = reply.partition(b"\r\n\r\n")[0].decode().lower()
+    status, doc = status_and_json(reply)
+    assert status == 503, reply
+    assert "retry-after:" in head and "connection: close" in head, head
+    assert "stopped before this request's body arrived" in doc["error"], doc
+    assert "Traceback" not in caplog.text and "Exception in ASGI" not in caplog.text, caplog.text

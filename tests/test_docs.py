@@ -18,7 +18,7 @@ def _defaults(parser) -> dict[str, object]:
     return {opt: action.default for action in parser._actions for opt in action.option_strings}
 
 
-@pytest.mark.parametrize("doc", ["README.md", "docs/SERVING.md"])
+@pytest.mark.parametrize("doc", ["README.md", "docs/USAGE.md", "docs/SERVING.md"])
 def test_every_default_in_a_usage_line_is_the_commands_default(doc: str):
     defaults = {**_defaults(compile_cli.build_parser()), **_defaults(run_cli.build_parser())}
     text = (ROOT / doc).read_text()

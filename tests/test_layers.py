@@ -24,6 +24,7 @@ LAYERS = {
     "defaults": 0,
     "latency": 0,
     "core_checks": 0,
+    "progress": 0,
     "graph": 1,
     "backends": 1,
     "ramps": 1,

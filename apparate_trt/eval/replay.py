@@ -22,13 +22,14 @@ from typing import Any
 import numpy as np
 
 from apparate_trt.errors import ApparateError
+from apparate_trt.progress import Progress
 from apparate_trt.runtime.api import Engine, Result
 from apparate_trt.runtime.control.records import EVENTS_KEPT, HISTORY_KEPT
 
 ProgressFn = Callable[[str], None]
 
 PROGRESS_INTERVAL_S = 1.0
-"""Seconds between progress lines."""
+"""Seconds between two looks at the replay's progress."""
 
 
 @dataclass
@@ -133,9 +134,10 @@ def replay(
     """Replay ``inputs`` (arrays with the samples on axis 0) against ``engine`` at ``arrivals``.
 
     ``arrivals`` are seconds from the start (non-decreasing); request ``i`` is sample ``i`` and
-    there must be at least as many samples as arrivals. ``progress``: True prints a progress line
-    (requests done, current median latency, throughput) to stderr about once a second; a callable
-    receives the line instead; False prints nothing. Waits up to ``wait_timeout_s`` seconds after
+    there must be at least as many samples as arrivals. ``progress``: True shows the progress on stderr
+    (requests done, current median latency, throughput): a bar on a terminal, else a line per tenth
+    of the requests or per 30 s, then one summary line; a callable receives a line about once a
+    second instead; False prints nothing. Waits up to ``wait_timeout_s`` seconds after
     the last arrival for the outstanding results. ``reference_pred`` (int [n], optional): the
     original model's argmax for each sample, computed offline; in skip mode it judges the requests
     that left the batch early and so got no final result (without it they are left out of the
@@ -294,12 +296,19 @@ def _wait_for(handles: list[Any], errors: dict[int, str], timeout_s: float) -> N
 
 
 class _Progress:
-    """Prints ``done/total, p50 latency, throughput`` about once a second on a daemon thread."""
+    """Replay progress on a daemon thread: ``done/total``, p50 latency and throughput.
+
+    ``progress=True``: an :class:`~apparate_trt.progress.Progress` on stderr (a bar on a terminal,
+    else a line per tenth of the requests or per 30 s), then one ``replay finished`` line. A
+    callable gets a line about once a second instead.
+    """
 
     def __init__(self, collector: _Collector, total: int, progress: bool | ProgressFn) -> None:
         self.collector = collector
         self.total = total
         self.emit: ProgressFn | None = _stderr_line if progress is True else (progress or None)
+        self._shown: Progress | None = None
+        self._progress = progress
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._t_start = 0.0
@@ -308,6 +317,8 @@ class _Progress:
     def start(self, t_start: float, arrivals_s: np.ndarray) -> None:
         self._t_start = t_start
         self._scheduled = t_start + arrivals_s
+        if self._progress is True:
+            self._shown = Progress("replay", self.total, "req")
         if self.emit is not None:
             self._thread = threading.Thread(target=self._run, name="apparate-replay-progress", daemon=True)
             self._thread.start()
@@ -316,9 +327,13 @@ class _Progress:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        if self._shown is not None:
+            self._shown.close(self.line(final=True))
+        elif self.emit is not None:
             self.emit(self.line(final=True))
 
-    def line(self, final: bool = False) -> str:
+    def figures(self) -> tuple[int, str, float]:
+        """Requests done, the p50 latency so far (text) and the throughput so far (req/s)."""
         c = self.collector
         with c.lock:
             done = c.finished
@@ -326,15 +341,24 @@ class _Progress:
         latency_ms = latency_ms[np.isfinite(latency_ms)]
         elapsed = max(time.monotonic() - self._t_start, 1e-9)
         p50 = f"{np.median(latency_ms):.2f} ms" if latency_ms.size else "-"
+        return done, p50, done / elapsed
+
+    def line(self, final: bool = False) -> str:
+        done, p50, throughput = self.figures()
         state = "finished" if final else "running"
+        elapsed = time.monotonic() - self._t_start
         return (
             f"replay {state}: {done}/{self.total} requests done, p50 latency {p50}, throughput "
-            f"{done / elapsed:.1f} req/s, {elapsed:.1f} s"
+            f"{throughput:.1f} req/s, {elapsed:.1f} s"
         )
 
     def _run(self) -> None:
         while not self._stop.wait(PROGRESS_INTERVAL_S):
-            self.emit(self.line())
+            if self._shown is not None:
+                done, p50, throughput = self.figures()
+                self._shown.update(done, f"p50 {p50}, {throughput:.1f} req/s")
+            elif self.emit is not None:
+                self.emit(self.line())
 
 
 def _stderr_line(text: str) -> None:

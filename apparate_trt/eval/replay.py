@@ -11,7 +11,6 @@ real client. The engine is not closed: the caller owns it.
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -306,9 +305,9 @@ class _Progress:
     def __init__(self, collector: _Collector, total: int, progress: bool | ProgressFn) -> None:
         self.collector = collector
         self.total = total
-        self.emit: ProgressFn | None = _stderr_line if progress is True else (progress or None)
+        self.emit: ProgressFn | None = None if isinstance(progress, bool) else progress
+        self._show = progress is True
         self._shown: Progress | None = None
-        self._progress = progress
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._t_start = 0.0
@@ -317,9 +316,9 @@ class _Progress:
     def start(self, t_start: float, arrivals_s: np.ndarray) -> None:
         self._t_start = t_start
         self._scheduled = t_start + arrivals_s
-        if self._progress is True:
+        if self._show:
             self._shown = Progress("replay", self.total, "req")
-        if self.emit is not None:
+        if self._shown is not None or self.emit is not None:
             self._thread = threading.Thread(target=self._run, name="apparate-replay-progress", daemon=True)
             self._thread.start()
 
@@ -332,8 +331,9 @@ class _Progress:
         elif self.emit is not None:
             self.emit(self.line(final=True))
 
-    def figures(self) -> tuple[int, str, float]:
-        """Requests done, the p50 latency so far (text) and the throughput so far (req/s)."""
+    def figures(self) -> tuple[int, str, float, float]:
+        """Requests done, the p50 latency so far (text), the throughput so far (req/s) and the
+        seconds since the start."""
         c = self.collector
         with c.lock:
             done = c.finished
@@ -341,12 +341,11 @@ class _Progress:
         latency_ms = latency_ms[np.isfinite(latency_ms)]
         elapsed = max(time.monotonic() - self._t_start, 1e-9)
         p50 = f"{np.median(latency_ms):.2f} ms" if latency_ms.size else "-"
-        return done, p50, done / elapsed
+        return done, p50, done / elapsed, elapsed
 
     def line(self, final: bool = False) -> str:
-        done, p50, throughput = self.figures()
+        done, p50, throughput, elapsed = self.figures()
         state = "finished" if final else "running"
-        elapsed = time.monotonic() - self._t_start
         return (
             f"replay {state}: {done}/{self.total} requests done, p50 latency {p50}, throughput "
             f"{throughput:.1f} req/s, {elapsed:.1f} s"
@@ -355,11 +354,7 @@ class _Progress:
     def _run(self) -> None:
         while not self._stop.wait(PROGRESS_INTERVAL_S):
             if self._shown is not None:
-                done, p50, throughput = self.figures()
+                done, p50, throughput, _ = self.figures()
                 self._shown.update(done, f"p50 {p50}, {throughput:.1f} req/s")
             elif self.emit is not None:
                 self.emit(self.line())
-
-
-def _stderr_line(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)

@@ -311,6 +311,11 @@ class HttpFrontend:
         """Connections being served now (refused ones aside)."""
         return len(self._server.server_state.connections)
 
+    @property
+    def requests_in_progress(self) -> int:
+        """Requests whose head is read and whose app call has not returned yet."""
+        return len(self._server.server_state.tasks)
+
     def start(self) -> None:
         """Serve on a background thread (its own event loop); returns once the listener accepts."""
         self._thread = threading.Thread(target=self._run, name="apparate-http", daemon=True)

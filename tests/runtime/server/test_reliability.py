@@ -324,8 +324,7 @@ def test_stop_with_a_body_still_arriving_answers_503(workload: Workload, caplog:
             f"POST {_infer_path(srv)} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             "Content-Length: 100000\r\n\r\n{".encode()
         )
-        wait_until(lambda: srv._http.open_connections == 1, what="the connection to be served")
-        time.sleep(0.2)  # the head is read and the app waits for the rest of the body
+        wait_until(lambda: srv._http.requests_in_progress == 1, what="the app to wait for the rest of the body")
         with caplog.at_level(logging.ERROR):
             assert srv.stop(), "nothing was accepted, so the drain must succeed"
         reply = b""

@@ -15,8 +15,8 @@ from typing import IO, Any
 QUIET_INTERVAL_S = 30.0
 """Seconds between two lines at most when the stream is not a terminal."""
 
-STEP_FRACTION = 0.1
-"""When the stream is not a terminal: a line each time the work crosses this fraction of its total."""
+STEPS = 10
+"""When the stream is not a terminal: a line each time the work crosses another 1/STEPS of its total."""
 
 
 def is_terminal(stream: IO[str]) -> bool:
@@ -49,7 +49,7 @@ class Progress:
         self.done = 0
         self._t0 = time.monotonic()
         self._last_line_t = self._t0
-        self._next_step = STEP_FRACTION
+        self._step = 0  # the last 1/STEPS of the total that a line was written for
         self._bar: Any = None
         if bar if bar is not None else is_terminal(self.stream):
             from tqdm import tqdm
@@ -73,10 +73,9 @@ class Progress:
             return
         self.done = done
         now = time.monotonic()
-        crossed = done / self.total >= self._next_step
-        if crossed or now - self._last_line_t >= QUIET_INTERVAL_S:
-            while done / self.total >= self._next_step:
-                self._next_step += STEP_FRACTION
+        step = done * STEPS // self.total  # integers: a float sum of tenths would miss 30%
+        if step > self._step or now - self._last_line_t >= QUIET_INTERVAL_S:
+            self._step = step
             self._last_line_t = now
             self._write(self.line(status))
 

@@ -19,6 +19,8 @@ def test_lines_off_a_terminal_come_once_per_tenth_then_one_summary() -> None:
     assert lines[0].startswith("replay: 100/1000 req (10%), p50 8.0 ms, ")
     assert lines[-2].startswith("replay: 1000/1000 req (100%)")
     assert lines[-1] == "replay finished: 1000/1000"
+    assert [line.split(" (")[1].split(")")[0] for line in lines[:-1]] == [f"{k}0%" for k in range(1, 11)]
+    assert [line.split()[1] for line in lines[:-1]] == [f"{k}00/1000" for k in range(1, 11)]  # each tenth when reached
 
 
 def test_a_slow_stage_writes_a_line_every_interval(monkeypatch) -> None:
